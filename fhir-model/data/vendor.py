@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Write a trimmed, minified copy of the FHIR R4 JSON schema to stdout.
+
+Usage: python3 vendor.py fhir.schema.json [profiles-resources.json profiles-types.json] > out
+
+Drops every `description` annotation (most of the file) but keeps elements that are *named*
+`description` inside a `properties` map.
+
+The R4 schema leaves required *primitive* elements (Observation.status, Bundle.type, ...) out
+of `required`, because FHIR JSON may carry such a value as `_status` extensions alone. Given the
+R4 StructureDefinition bundles, elements with min >= 1 and a single primitive type are added to
+their definition's `required` list, so a missing status is reported.
+"""
+import json
+import sys
+
+
+def strip(schema):
+    if isinstance(schema, list):
+        return [strip(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "description":
+            continue
+        if key == "properties":
+            # Keys here are element names, not keywords: keep them all.
+            out[key] = {name: strip(sub) for name, sub in value.items()}
+        else:
+            out[key] = strip(value)
+    return out
+
+
+def definition_for(definitions, path):
+    """The schema definition holding the last element of `path`, following `$ref`s."""
+    definition = definitions.get(path[0])
+    for name in path[1:-1]:
+        prop = (definition or {}).get("properties", {}).get(name, {})
+        ref = prop.get("$ref") or prop.get("items", {}).get("$ref")
+        if not ref:
+            return None
+        definition = definitions[ref.split("/")[-1]]
+    if definition and path[-1] in definition.get("properties", {}):
+        return definition
+    return None
+
+
+def require_primitives(definitions, bundle):
+    for entry in bundle["entry"]:
+        sd = entry["resource"]
+        if sd.get("resourceType") != "StructureDefinition":
+            continue
+        if sd.get("derivation") != "specialization" or sd["kind"] not in ("resource", "complex-type"):
+            continue
+        for element in sd["snapshot"]["element"]:
+            path = element["path"].split(".")
+            types = [t["code"] for t in element.get("type", [])]
+            if (
+                len(path) < 2
+                or element.get("min", 0) < 1
+                or path[-1].endswith("[x]")
+                or len(types) != 1
+                or not types[0][:1].islower()  # a primitive, or a system type as in Extension.url
+            ):
+                continue
+            definition = definition_for(definitions, path)
+            required = definition.setdefault("required", []) if definition else None
+            if required is not None and path[-1] not in required:
+                required.append(path[-1])
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    with open(sys.argv[1], encoding="utf-8") as f:
+        schema = strip(json.load(f))
+    for profiles in sys.argv[2:]:
+        with open(profiles, encoding="utf-8") as f:
+            require_primitives(schema["definitions"], json.load(f))
+    json.dump(schema, sys.stdout, separators=(",", ":"), ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

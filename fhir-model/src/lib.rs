@@ -1,0 +1,12 @@
+//! FHIR R4 model for fhirgate: resource types, schema validation and `OperationOutcome`.
+//! Pure: the schemas are compiled into the crate and nothing here does I/O.
+
+mod error;
+mod outcome;
+pub mod resource_types;
+mod validation;
+
+pub use error::Error;
+pub use outcome::{operation_outcome, Issue, IssueCode, Severity};
+pub use resource_types::is_valid_id;
+pub use validation::{pointer_to_expression, Validator};

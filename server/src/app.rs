@@ -1,0 +1,152 @@
+//! The application: start-up (database, migrations, bootstrap, keys), shared
+//! state, and the HTTP server with its routes.
+
+use std::{net::TcpListener, time::Instant};
+
+use actix_web::{
+    body::MessageBody,
+    dev::{Server, ServiceRequest, ServiceResponse},
+    middleware::{from_fn, Next},
+    web, App, HttpRequest, HttpResponse, HttpServer,
+};
+use fhir_model::Validator;
+use serde_json::json;
+
+use crate::{
+    auth::keys::Keys,
+    bootstrap::bootstrap,
+    config::Config,
+    error::{Error, Result},
+    fhir::capability::capability_statement,
+    http,
+    store::{connect, Store},
+};
+
+/// What every request handler can reach. Passed, never global, so tests can
+/// run several servers with different configurations side by side.
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub validator: Validator,
+    pub keys: Keys,
+    /// Public base URL ending in `/`.
+    pub base_url: String,
+    /// The CapabilityStatement, rendered once.
+    pub capability: String,
+}
+
+/// Connects (creating the database if needed), applies migrations, makes sure
+/// a signing key exists and bootstraps the super admin on an empty database.
+/// Instances that start together do this one at a time.
+pub async fn prepare_database(config: &Config, validator: &Validator) -> Result<Store> {
+    let store = Store::new(connect::connect(&config.database_url, config.pool_size).await?);
+    store
+        .with_startup_lock(async |client| {
+            connect::migrate(client).await?;
+            Keys::ensure(&store).await?;
+            bootstrap(&store, validator, &config.admin).await
+        })
+        .await?;
+    Ok(store)
+}
+
+pub struct Application {
+    base_url: String,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application> {
+        let validator =
+            Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
+        let store = prepare_database(&config, &validator).await?;
+        let keys = Keys::load(&store).await?;
+        let listener = TcpListener::bind(config.bind).map_err(|e| {
+            Error::Startup(format!(
+                "cannot listen on {}: {e}; set FHIRGATE_BIND",
+                config.bind
+            ))
+        })?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Startup(format!("listener address: {e}")))?;
+        let base_url = config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}/"));
+        let state = web::Data::new(AppState {
+            capability: capability_statement(&base_url).to_string(),
+            base_url: base_url.clone(),
+            store,
+            validator,
+            keys,
+            config: config.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(log_request))
+                .route("/healthcheck", web::get().to(healthcheck))
+                .configure(http::oauth::routes)
+                .configure(http::fhir::routes)
+                .default_service(web::to(not_found))
+        })
+        .workers(config.workers)
+        .shutdown_timeout(config.shutdown_timeout.as_secs())
+        .listen(listener)
+        .map_err(|e| Error::Startup(format!("cannot start the HTTP server: {e}")))?
+        .run();
+        tracing::info!(%address, %base_url, "fhirgate listening");
+        Ok(Application { base_url, server })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Serves until SIGINT or SIGTERM, then finishes requests in flight
+    /// (up to the shutdown timeout) and returns.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// `GET /healthcheck`: 200 when PostgreSQL answers, 503 when it does not.
+async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
+    let postgres = tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping())
+        .await
+        .is_ok_and(|result| result.is_ok());
+    let body =
+        json!({ "ok": postgres, "postgres": postgres, "version": env!("CARGO_PKG_VERSION") });
+    if postgres {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
+    Err(Error::NotFound(format!(
+        "Nothing here: {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> std::result::Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let response = next.call(req).await?;
+    tracing::info!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        elapsed_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(response)
+}

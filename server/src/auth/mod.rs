@@ -1,0 +1,165 @@
+//! Who is calling: bearer tokens, the Login behind them, the membership and
+//! project it speaks for, and the client-credentials grant that issues them.
+
+pub mod keys;
+pub mod secrets;
+pub mod token;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use access_policy::Role;
+use actix_web::{web, FromRequest, HttpRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    store::Tenant,
+};
+
+/// The claims of a fhirgate access token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub client_id: String,
+    pub login_id: String,
+    pub scope: String,
+    pub profile: String,
+}
+
+/// The authenticated caller of a request, loaded fresh from the database on
+/// every request so that a revoked login or a removed membership stops
+/// working at once.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The project of the caller's membership (its tenant).
+    pub project_id: Uuid,
+    pub role: Role,
+    /// Reference to the caller's profile (`Practitioner/…`, `ClientApplication/…`),
+    /// recorded as `meta.author` on what it writes.
+    pub profile: String,
+}
+
+impl Caller {
+    /// The rows this caller may see: its project, or every project for super admins.
+    pub fn tenant(&self) -> Tenant {
+        match self.role {
+            Role::SuperAdmin => Tenant::AllProjects,
+            _ => Tenant::Project(self.project_id),
+        }
+    }
+
+    pub fn is_super_admin(&self) -> bool {
+        self.role == Role::SuperAdmin
+    }
+
+    async fn from_bearer(state: &AppState, token: &str) -> Result<Caller> {
+        let claims: AccessClaims = state.keys.verify(token, &state.base_url)?;
+        let revoked = || Error::Unauthorized("Access token has been revoked; sign in again".into());
+        let login_id = Uuid::parse_str(&claims.login_id).map_err(|_| revoked())?;
+        let login = load_live(state, Tenant::AllProjects, "Login", login_id)
+            .await?
+            .ok_or_else(revoked)?;
+        if login.1["revoked"] == Value::Bool(true) || login.1["granted"] != Value::Bool(true) {
+            return Err(revoked());
+        }
+        let membership_id =
+            reference_id(&login.1["membership"], "ProjectMembership").ok_or_else(revoked)?;
+        let (project_id, membership) = load_live(
+            state,
+            Tenant::Project(login.0),
+            "ProjectMembership",
+            membership_id,
+        )
+        .await?
+        .ok_or_else(revoked)?;
+        if membership["active"] == Value::Bool(false) {
+            return Err(revoked());
+        }
+        let (_, project) = load_live(state, Tenant::Project(project_id), "Project", project_id)
+            .await?
+            .ok_or_else(revoked)?;
+        let role = if project["superAdmin"] == Value::Bool(true) {
+            Role::SuperAdmin
+        } else if membership["admin"] == Value::Bool(true) {
+            Role::ProjectAdmin
+        } else {
+            Role::Member
+        };
+        let profile = membership["profile"]["reference"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok(Caller {
+            project_id,
+            role,
+            profile,
+        })
+    }
+}
+
+/// A live (not deleted) resource's project and parsed content.
+async fn load_live(
+    state: &AppState,
+    tenant: Tenant,
+    resource_type: &str,
+    id: Uuid,
+) -> Result<Option<(Uuid, Value)>> {
+    let Some(version) = state.store.read(tenant, resource_type, id).await? else {
+        return Ok(None);
+    };
+    let Some(content) = version.content else {
+        return Ok(None);
+    };
+    let value = serde_json::from_str(&content)
+        .map_err(|e| Error::Internal(format!("stored {resource_type}/{id} is not JSON: {e}")))?;
+    Ok(Some((version.project_id, value)))
+}
+
+/// The id of a `{"reference": "Type/<uuid>"}` of the expected type.
+pub fn reference_id(reference: &Value, resource_type: &str) -> Option<Uuid> {
+    let (kind, id) = reference["reference"].as_str()?.split_once('/')?;
+    (kind == resource_type)
+        .then(|| Uuid::parse_str(id).ok())
+        .flatten()
+}
+
+impl FromRequest for Caller {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let header = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| Error::Internal("application state missing".into()))?;
+            let header = header.ok_or_else(|| {
+                Error::Unauthorized(
+                    "Authentication required: send 'Authorization: Bearer <access token>'".into(),
+                )
+            })?;
+            let token = header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    Error::Unauthorized(
+                        "The Authorization header must be 'Bearer <access token>'".into(),
+                    )
+                })?;
+            Caller::from_bearer(&state, token).await
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! Configuration, read once from the environment. Every variable is listed in
+//! README.md with its default.
+
+use std::{env, net::SocketAddr, time::Duration};
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `postgres://user[:password]@host:port/database`.
+    pub database_url: String,
+    pub bind: SocketAddr,
+    /// Public base URL ending in `/`; links and the token issuer derive from
+    /// it. `None`: `http://<bound address>/`, known once the socket is bound.
+    pub base_url: Option<String>,
+    pub pool_size: usize,
+    pub max_body_bytes: usize,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// HTTP worker threads.
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+    pub access_token_lifetime: Duration,
+    pub admin: AdminBootstrap,
+}
+
+/// Credentials for the super admin created on an empty database. Whatever is
+/// `None` is generated and printed once.
+#[derive(Debug, Clone, Default)]
+pub struct AdminBootstrap {
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fhirgate";
+pub const DEFAULT_BIND: &str = "127.0.0.1:8103";
+
+impl Config {
+    pub fn from_env() -> Result<Config, Error> {
+        let var = |name: &str| env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let bind: SocketAddr = parse(
+            "FHIRGATE_BIND",
+            &var("FHIRGATE_BIND").unwrap_or_else(|| DEFAULT_BIND.into()),
+        )?;
+        let log_format = match var("FHIRGATE_LOG_FORMAT").as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "FHIRGATE_LOG_FORMAT must be 'human' or 'json', not '{other}'"
+                )))
+            }
+        };
+        let number = |name: &str, default: usize| -> Result<usize, Error> {
+            var(name).map_or(Ok(default), |v| parse(name, &v))
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Config {
+            database_url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            bind,
+            base_url: var("FHIRGATE_BASE_URL").map(with_trailing_slash),
+            pool_size: number("FHIRGATE_DB_POOL_SIZE", 16)?.max(1),
+            max_body_bytes: number("FHIRGATE_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
+            log_level: var("FHIRGATE_LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            log_format,
+            workers: number("FHIRGATE_WORKERS", cores)?.max(1),
+            shutdown_timeout: Duration::from_secs(number("FHIRGATE_SHUTDOWN_TIMEOUT", 30)? as u64),
+            access_token_lifetime: Duration::from_secs(
+                number("FHIRGATE_ACCESS_TOKEN_LIFETIME", 3600)?.max(1) as u64,
+            ),
+            admin: AdminBootstrap {
+                email: var("FHIRGATE_ADMIN_EMAIL"),
+                password: var("FHIRGATE_ADMIN_PASSWORD"),
+                client_id: var("FHIRGATE_ADMIN_CLIENT_ID"),
+                client_secret: var("FHIRGATE_ADMIN_CLIENT_SECRET"),
+            },
+        })
+    }
+
+    /// A configuration for tests and tools: everything at its default except
+    /// the database and an ephemeral port.
+    pub fn for_database(database_url: &str) -> Config {
+        Config {
+            database_url: database_url.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_url: None,
+            pool_size: 8,
+            max_body_bytes: 16 * 1024 * 1024,
+            log_level: "warn".into(),
+            log_format: LogFormat::Human,
+            workers: 1,
+            shutdown_timeout: Duration::from_secs(5),
+            access_token_lifetime: Duration::from_secs(3600),
+            admin: AdminBootstrap::default(),
+        }
+    }
+}
+
+fn with_trailing_slash(mut url: String) -> String {
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    url
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e| Error::Config(format!("{name}='{value}' is not valid: {e}")))
+}

@@ -1,0 +1,180 @@
+//! The server's one error type, and its single mapping to HTTP: every error a
+//! client sees is an OperationOutcome (or, on the OAuth token endpoint, the
+//! RFC 6749 error object), with the right status. Causes of server-side
+//! failures go to the log, never into a response body.
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use fhir_model::{operation_outcome, Issue, IssueCode};
+
+use crate::http::FHIR_JSON;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- start-up ---
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Startup(String),
+
+    // --- client mistakes ---
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid resource")]
+    Invalid(Vec<Issue>),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Unknown resource type: {0}")]
+    UnknownResourceType(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("Request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    NotImplemented(String),
+
+    /// An RFC 6749 section 5.2 error from the token endpoint.
+    #[error("{error}: {description}")]
+    OAuth {
+        status: StatusCode,
+        error: &'static str,
+        description: String,
+        /// Whether the client authenticated with HTTP Basic (RFC 6749 asks
+        /// for a `WWW-Authenticate` challenge in the 401 then).
+        basic_challenge: bool,
+    },
+
+    // --- server-side failures (details logged, not returned) ---
+    #[error("database: {}", describe_db_error(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// tokio-postgres says only "db error"; the server's message is in the source.
+fn describe_db_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => std::error::Error::source(error)
+            .map_or_else(|| error.to_string(), |s| format!("{error}: {s}")),
+    }
+}
+
+impl Error {
+    pub fn oauth(status: StatusCode, error: &'static str, description: impl Into<String>) -> Error {
+        Error::OAuth {
+            status,
+            error,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+
+    fn issue_code(&self) -> IssueCode {
+        match self {
+            Error::BadRequest(_) | Error::Invalid(_) | Error::Unprocessable(_) => {
+                IssueCode::Invalid
+            }
+            Error::Unauthorized(_) => IssueCode::Login,
+            Error::Forbidden(_) => IssueCode::Forbidden,
+            Error::NotFound(_) | Error::UnknownResourceType(_) => IssueCode::NotFound,
+            Error::Gone(_) => IssueCode::Deleted,
+            Error::Conflict(_) | Error::PreconditionFailed(_) => IssueCode::Conflict,
+            Error::PayloadTooLarge(_) => IssueCode::TooCostly,
+            Error::MethodNotAllowed(_)
+            | Error::NotAcceptable(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::NotImplemented(_) => IssueCode::NotSupported,
+            Error::Pool(_) => IssueCode::Transient,
+            _ => IssueCode::Exception,
+        }
+    }
+
+    /// What the client may read. Server-side causes are replaced by a generic
+    /// sentence so that no SQL or internal detail leaks.
+    fn public_message(&self) -> String {
+        match self {
+            Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
+                "Internal server error; the cause has been logged".into()
+            }
+            Error::Pool(_) => "The database is not available right now; try again shortly".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) | Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) | Error::UnknownResourceType(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Gone(_) => StatusCode::GONE,
+            Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::OAuth { status, .. } => *status,
+            Error::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        if let Error::OAuth {
+            error,
+            description,
+            basic_challenge,
+            ..
+        } = self
+        {
+            let mut response = HttpResponse::build(status);
+            response.insert_header(("Cache-Control", "no-store"));
+            if *basic_challenge && status == StatusCode::UNAUTHORIZED {
+                response.insert_header(("WWW-Authenticate", "Basic realm=\"fhirgate\""));
+            }
+            return response
+                .json(serde_json::json!({ "error": error, "error_description": description }));
+        }
+        let issues = match self {
+            Error::Invalid(issues) => issues.clone(),
+            other => vec![Issue::error(other.issue_code(), other.public_message())],
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type(FHIR_JSON);
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header(("WWW-Authenticate", "Bearer realm=\"fhirgate\""));
+        }
+        response.body(operation_outcome(&issues).to_string())
+    }
+}

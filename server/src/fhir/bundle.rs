@@ -1,0 +1,277 @@
+//! History bundles: parameters, keyset paging links, and entries that carry
+//! the stored JSON as it is (no re-serialisation of resources).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::resource::instant;
+use crate::{
+    error::{Error, Result},
+    store::Version,
+};
+
+pub const DEFAULT_COUNT: usize = 20;
+pub const MAX_COUNT: usize = 1000;
+
+/// `_count`, `_since` and the paging cursor of a history request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryParams {
+    pub count: usize,
+    pub since: Option<DateTime<Utc>>,
+    pub cursor: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl HistoryParams {
+    pub fn parse(query: &[(String, String)]) -> Result<HistoryParams> {
+        let mut params = HistoryParams {
+            count: DEFAULT_COUNT,
+            since: None,
+            cursor: None,
+        };
+        for (name, value) in query {
+            match name.as_str() {
+                "_count" => {
+                    params.count = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_COUNT).contains(n))
+                        .ok_or_else(|| {
+                            Error::BadRequest(format!(
+                            "_count must be a whole number from 1 to {MAX_COUNT}, not '{value}'"
+                        ))
+                        })?
+                }
+                "_since" => params.since = Some(parse_instant(value)?),
+                "_cursor" => params.cursor = Some(parse_cursor(value)?),
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(Error::BadRequest(format!(
+                        "Unknown history parameter '{other}'; supported: _count, _since"
+                    )))
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// `_since`: an instant (`2024-05-01T10:00:00Z`) or a date (midnight UTC).
+fn parse_instant(value: &str) -> Result<DateTime<Utc>> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc());
+    }
+    Err(Error::BadRequest(format!(
+        "_since must be an instant such as 2024-05-01T10:00:00Z or a date such as 2024-05-01, not '{value}'"
+    )))
+}
+
+/// The cursor is `<microseconds since epoch>.<version id>` of the last entry.
+fn format_cursor(version: &Version) -> String {
+    format!(
+        "{}.{}",
+        version.last_updated.timestamp_micros(),
+        version.version_id
+    )
+}
+
+fn parse_cursor(value: &str) -> Result<(DateTime<Utc>, Uuid)> {
+    value
+        .split_once('.')
+        .and_then(|(micros, vid)| {
+            let time = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+            Some((time, Uuid::parse_str(vid).ok()?))
+        })
+        .ok_or_else(|| {
+            Error::BadRequest("_cursor is not valid; follow the Bundle's next link".into())
+        })
+}
+
+#[derive(Serialize)]
+struct Link {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct Request {
+    method: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response {
+    status: &'static str,
+    etag: String,
+    last_modified: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    full_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    request: Request,
+    response: Response,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle<'a> {
+    resource_type: &'static str,
+    id: String,
+    meta: serde_json::Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    link: Vec<Link>,
+    entry: Vec<Entry<'a>>,
+}
+
+/// A `history` Bundle of one page. `versions` holds up to `count + 1` rows;
+/// the extra one only tells that a next page exists.
+/// `self_url` is the request's URL without `_cursor`.
+pub fn history_bundle(
+    fhir_base: &str,
+    self_url: &str,
+    versions: &[Version],
+    count: usize,
+) -> Result<String> {
+    let page = &versions[..versions.len().min(count)];
+    let mut link = vec![Link {
+        relation: "self",
+        url: self_url.to_string(),
+    }];
+    if versions.len() > count {
+        if let Some(last) = page.last() {
+            let separator = if self_url.contains('?') { '&' } else { '?' };
+            link.push(Link {
+                relation: "next",
+                url: format!("{self_url}{separator}_cursor={}", format_cursor(last)),
+            });
+        }
+    }
+    let mut entry = Vec::with_capacity(page.len());
+    for version in page {
+        let path = format!("{}/{}", version.resource_type, version.id);
+        let resource = match &version.content {
+            Some(content) => Some(
+                serde_json::from_str::<&RawValue>(content)
+                    .map_err(|e| Error::Internal(format!("stored {path} is not JSON: {e}")))?,
+            ),
+            None => None,
+        };
+        entry.push(Entry {
+            full_url: format!("{fhir_base}{path}"),
+            request: Request {
+                method: if resource.is_some() { "PUT" } else { "DELETE" },
+                url: path,
+            },
+            response: Response {
+                status: if resource.is_some() { "200" } else { "204" },
+                etag: format!("W/\"{}\"", version.version_id),
+                last_modified: instant(&version.last_updated),
+            },
+            resource,
+        });
+    }
+    let bundle = Bundle {
+        resource_type: "Bundle",
+        id: Uuid::new_v4().to_string(),
+        meta: serde_json::json!({ "lastUpdated": instant(&super::resource::now_millis()) }),
+        kind: "history",
+        link,
+        entry,
+    };
+    serde_json::to_string(&bundle).map_err(|e| Error::Internal(format!("serialising bundle: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_history_parameters() {
+        let p = HistoryParams::parse(&query(&[("_count", "5"), ("_since", "2024-05-01")])).unwrap();
+        assert_eq!(p.count, 5);
+        assert_eq!(instant(&p.since.unwrap()), "2024-05-01T00:00:00.000Z");
+        let p = HistoryParams::parse(&query(&[("_since", "2024-05-01T10:00:00+02:00")])).unwrap();
+        assert_eq!(instant(&p.since.unwrap()), "2024-05-01T08:00:00.000Z");
+        for bad in [
+            ("_count", "0"),
+            ("_count", "1001"),
+            ("_count", "x"),
+            ("_since", "May"),
+            ("_cursor", "1"),
+            ("foo", "1"),
+        ] {
+            assert!(HistoryParams::parse(&query(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cursor_round_trips() {
+        let version = Version {
+            project_id: Uuid::new_v4(),
+            resource_type: "Patient".into(),
+            id: Uuid::new_v4(),
+            version_id: Uuid::new_v4(),
+            last_updated: super::super::resource::now_millis(),
+            content: None,
+        };
+        let (time, vid) = parse_cursor(&format_cursor(&version)).unwrap();
+        assert_eq!((time, vid), (version.last_updated, version.version_id));
+    }
+
+    #[test]
+    fn bundle_pages_and_links() {
+        let make = |content: Option<&str>| Version {
+            project_id: Uuid::new_v4(),
+            resource_type: "Patient".into(),
+            id: Uuid::new_v4(),
+            version_id: Uuid::new_v4(),
+            last_updated: super::super::resource::now_millis(),
+            content: content.map(str::to_string),
+        };
+        let versions = vec![
+            make(Some(r#"{"resourceType":"Patient"}"#)),
+            make(None),
+            make(Some("{}")),
+        ];
+        let json: serde_json::Value = serde_json::from_str(
+            &history_bundle(
+                "http://x/fhir/R4/",
+                "http://x/fhir/R4/_history?_count=2",
+                &versions,
+                2,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["type"], "history");
+        assert_eq!(json["entry"].as_array().unwrap().len(), 2);
+        assert_eq!(json["entry"][0]["resource"]["resourceType"], "Patient");
+        assert_eq!(json["entry"][1]["request"]["method"], "DELETE");
+        assert!(json["entry"][1].get("resource").is_none());
+        let next = json["link"][1]["url"].as_str().unwrap();
+        assert!(
+            next.starts_with("http://x/fhir/R4/_history?_count=2&_cursor="),
+            "{next}"
+        );
+    }
+}

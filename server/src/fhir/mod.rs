@@ -1,0 +1,536 @@
+//! The FHIR interactions on single resources and history, independent of
+//! HTTP: each takes the caller, checks the gate, and talks to the store with
+//! the caller's tenant.
+
+pub mod bundle;
+pub mod capability;
+pub mod resource;
+
+use access_policy::{is_allowed, Interaction, Role};
+use fhir_model::resource_types::{is_known_resource_type, ADMIN_RESOURCE_TYPES, R4_RESOURCE_TYPES};
+use fhir_model::Validator;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::Caller,
+    error::{Error, Result},
+    store::{HistoryFilter, Tenant, Tx, Version, Write},
+};
+use resource::{prepare, same_content, Prepared, Stamp};
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created,
+    Updated,
+    /// The update changed nothing; no version was written.
+    Unchanged,
+}
+
+/// Checks that the type exists and the caller may perform `interaction` on it.
+pub fn authorize(caller: &Caller, resource_type: &str, interaction: Interaction) -> Result<()> {
+    if !is_known_resource_type(resource_type) {
+        return Err(Error::UnknownResourceType(resource_type.to_string()));
+    }
+    if !is_allowed(caller.role, resource_type, interaction) {
+        return Err(Error::Forbidden(format!(
+            "Your access does not allow {interaction} on {resource_type} resources"
+        )));
+    }
+    Ok(())
+}
+
+/// fhirgate ids are UUIDs in their canonical lower-case form, so one resource
+/// has exactly one URL. Anything else cannot name a stored resource.
+pub fn parse_id(id: &str) -> Option<Uuid> {
+    Uuid::parse_str(id)
+        .ok()
+        .filter(|uuid| uuid.hyphenated().to_string() == id)
+}
+
+fn not_found(resource_type: &str, id: &str) -> Error {
+    Error::NotFound(format!("{resource_type}/{id} not found"))
+}
+
+fn gone(resource_type: &str, id: &str) -> Error {
+    Error::Gone(format!("{resource_type}/{id} has been deleted"))
+}
+
+/// Parses stored content (always valid JSON: the server wrote it).
+fn parse_stored(version: &Version) -> Result<Value> {
+    let content = version.content.as_deref().unwrap_or("null");
+    serde_json::from_str(content).map_err(|e| {
+        Error::Internal(format!(
+            "stored {}/{} is not JSON: {e}",
+            version.resource_type, version.id
+        ))
+    })
+}
+
+pub async fn read(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> Result<Version> {
+    authorize(caller, resource_type, Interaction::Read)?;
+    let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
+    let version = state
+        .store
+        .read(caller.tenant(), resource_type, uuid)
+        .await?
+        .ok_or_else(|| not_found(resource_type, id))?;
+    if version.is_deleted() {
+        return Err(gone(resource_type, id));
+    }
+    Ok(version)
+}
+
+pub async fn vread(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    version_id: &str,
+) -> Result<Version> {
+    authorize(caller, resource_type, Interaction::Vread)?;
+    let missing = || {
+        Error::NotFound(format!(
+            "{resource_type}/{id}/_history/{version_id} not found"
+        ))
+    };
+    let (uuid, vid) = parse_id(id).zip(parse_id(version_id)).ok_or_else(missing)?;
+    let version = state
+        .store
+        .vread(caller.tenant(), resource_type, uuid, vid)
+        .await?
+        .ok_or_else(missing)?;
+    if version.is_deleted() {
+        return Err(Error::Gone(format!(
+            "{resource_type}/{id}/_history/{version_id} is a deletion"
+        )));
+    }
+    Ok(version)
+}
+
+/// The project a new resource goes into. Members write into their own
+/// project; super admins may name another one in `meta.project`. A Project
+/// is its own tenant.
+async fn target_project(
+    state: &AppState,
+    caller: &Caller,
+    resource: &Value,
+    new_id: Uuid,
+) -> Result<Uuid> {
+    if resource["resourceType"] == "Project" {
+        return Ok(new_id);
+    }
+    let requested = resource["meta"]["project"].as_str();
+    match requested {
+        Some(project) if caller.is_super_admin() => {
+            let project_id = parse_id(project).ok_or_else(|| bad_project(project))?;
+            match state
+                .store
+                .read(Tenant::AllProjects, "Project", project_id)
+                .await?
+            {
+                Some(version) if !version.is_deleted() => Ok(project_id),
+                _ => Err(bad_project(project)),
+            }
+        }
+        _ => Ok(caller.project_id),
+    }
+}
+
+fn bad_project(project: &str) -> Error {
+    Error::Invalid(vec![fhir_model::Issue::error(
+        fhir_model::IssueCode::Value,
+        format!("meta.project '{project}' is not an existing Project id"),
+    )
+    .at("meta.project")])
+}
+
+/// `meta.author`: the caller, unless a super admin says otherwise.
+fn author_for(caller: &Caller, resource: &Value) -> String {
+    match resource["meta"]["author"]["reference"].as_str() {
+        Some(author) if caller.is_super_admin() => author.to_string(),
+        _ => caller.profile.clone(),
+    }
+}
+
+/// Checks rules that JSON schema cannot express, with the resource's project known.
+fn check_consistency(resource: &Value, project_id: Uuid) -> Result<()> {
+    if resource["resourceType"] == "ProjectMembership" {
+        let expected = format!("Project/{project_id}");
+        if resource["project"]["reference"].as_str() != Some(expected.as_str()) {
+            return Err(Error::Invalid(vec![fhir_model::Issue::error(
+                fhir_model::IssueCode::Value,
+                format!("ProjectMembership.project must be {{\"reference\": \"{expected}\"}}, the project it belongs to"),
+            )
+            .at("ProjectMembership.project")]));
+        }
+    }
+    Ok(())
+}
+
+/// Stores a new resource (or the first version at a chosen id) in `tx`.
+pub async fn insert(
+    validator: &Validator,
+    tx: &Tx,
+    resource: Value,
+    stamp: &Stamp,
+) -> Result<(Version, Value)> {
+    let prepared = prepare(validator, resource, stamp)?;
+    store_prepared(tx, prepared, stamp, true).await
+}
+
+async fn store_prepared(
+    tx: &Tx,
+    prepared: Prepared,
+    stamp: &Stamp,
+    is_new: bool,
+) -> Result<(Version, Value)> {
+    check_consistency(&prepared.value, stamp.project_id)?;
+    let resource_type = prepared.value["resourceType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    tx.write(
+        &Write {
+            project_id: stamp.project_id,
+            resource_type: &resource_type,
+            id: stamp.id,
+            version_id: stamp.version_id,
+            last_updated: stamp.last_updated,
+            content: Some(&prepared.content),
+        },
+        is_new,
+    )
+    .await?;
+    for (kind, hash) in &prepared.secrets {
+        tx.set_secret(stamp.project_id, &resource_type, stamp.id, kind, hash)
+            .await?;
+    }
+    let version = Version {
+        project_id: stamp.project_id,
+        resource_type,
+        id: stamp.id,
+        version_id: stamp.version_id,
+        last_updated: stamp.last_updated,
+        content: Some(prepared.content),
+    };
+    Ok((version, prepared.value))
+}
+
+/// The body's `resourceType` must be the URL's.
+fn check_body_type(resource_type: &str, body: &Value) -> Result<()> {
+    match body["resourceType"].as_str() {
+        Some(t) if t == resource_type => Ok(()),
+        Some(t) => Err(Error::BadRequest(format!(
+            "The body is a {t} but the URL is for {resource_type}"
+        ))),
+        None => Err(Error::BadRequest(format!(
+            "The body has no resourceType; expected \"resourceType\": \"{resource_type}\""
+        ))),
+    }
+}
+
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    body: Value,
+) -> Result<Version> {
+    authorize(caller, resource_type, Interaction::Create)?;
+    check_body_type(resource_type, &body)?;
+    let id = Uuid::new_v4();
+    let project_id = target_project(state, caller, &body, id).await?;
+    let stamp = Stamp::new(id, project_id, &author_for(caller, &body));
+    let tx = state.store.begin().await?;
+    let (version, _) = insert(&state.validator, &tx, body, &stamp).await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// `PUT Type/id`. Create-on-update is for super admins only (the
+/// CapabilityStatement says `updateCreate: false` for everyone else).
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    body: Value,
+    if_match: Option<&str>,
+) -> Result<(Version, WriteOutcome)> {
+    authorize(caller, resource_type, Interaction::Update)?;
+    check_body_type(resource_type, &body)?;
+    match body["id"].as_str() {
+        Some(body_id) if body_id == id => {}
+        Some(body_id) => {
+            return Err(Error::BadRequest(format!(
+                "The body's id '{body_id}' does not match the URL's id '{id}'"
+            )))
+        }
+        None => {
+            return Err(Error::BadRequest(format!(
+                "An update must carry the resource id in the body: \"id\": \"{id}\""
+            )))
+        }
+    }
+    let cannot_create = || {
+        Error::MethodNotAllowed(format!(
+            "{resource_type}/{id} does not exist, and an update does not create it (updateCreate is false); create it with POST"
+        ))
+    };
+    let uuid = match parse_id(id) {
+        Some(uuid) => uuid,
+        None if caller.is_super_admin() => {
+            return Err(Error::BadRequest(format!(
+                "'{id}' is not a valid fhirgate id: ids are lower-case UUIDs"
+            )))
+        }
+        None => return Err(cannot_create()),
+    };
+    let tx = state.store.begin().await?;
+    let current = tx
+        .lock_current(caller.tenant(), resource_type, uuid)
+        .await?;
+    let Some(current) = current else {
+        if !caller.is_super_admin() {
+            return Err(cannot_create());
+        }
+        if if_match.is_some() {
+            return Err(Error::PreconditionFailed(format!(
+                "If-Match was sent but {resource_type}/{id} does not exist"
+            )));
+        }
+        if tx.exists_anywhere(resource_type, uuid).await? {
+            return Err(Error::Conflict(format!(
+                "{resource_type}/{id} already exists in another project"
+            )));
+        }
+        let project_id = target_project(state, caller, &body, uuid).await?;
+        let stamp = Stamp::new(uuid, project_id, &author_for(caller, &body));
+        let (version, _) = insert(&state.validator, &tx, body, &stamp).await?;
+        tx.commit().await?;
+        return Ok((version, WriteOutcome::Created));
+    };
+    check_if_match(&current, if_match)?;
+    let stamp = Stamp::new(uuid, current.project_id, &author_for(caller, &body));
+    replace(state, tx, &current, body, &stamp).await
+}
+
+/// Writes `resource` as the next version of `current`, unless nothing changed.
+async fn replace(
+    state: &AppState,
+    tx: Tx,
+    current: &Version,
+    resource: Value,
+    stamp: &Stamp,
+) -> Result<(Version, WriteOutcome)> {
+    let prepared = prepare(&state.validator, resource, stamp)?;
+    if !current.is_deleted()
+        && prepared.secrets.is_empty()
+        && same_content(&parse_stored(current)?, &prepared.value)
+    {
+        return Ok((current.clone(), WriteOutcome::Unchanged));
+    }
+    let (version, _) = store_prepared(&tx, prepared, stamp, false).await?;
+    tx.commit().await?;
+    Ok((version, WriteOutcome::Updated))
+}
+
+/// `If-Match` against the current version: `W/"<vid>"`, `"<vid>"` or `<vid>`.
+fn check_if_match(current: &Version, if_match: Option<&str>) -> Result<()> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    let expected = expected.trim();
+    let expected = expected
+        .strip_prefix("W/")
+        .unwrap_or(expected)
+        .trim_matches('"');
+    if expected == current.version_id.to_string() {
+        Ok(())
+    } else {
+        Err(Error::PreconditionFailed(format!(
+            "If-Match '{expected}' does not match the current version '{}'",
+            current.version_id
+        )))
+    }
+}
+
+/// JSON Patch (RFC 6902). `test` operations are honoured; the patched
+/// resource is validated like any update, and nothing is stored on failure.
+pub async fn patch(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    operations: json_patch::Patch,
+    if_match: Option<&str>,
+) -> Result<(Version, WriteOutcome)> {
+    authorize(caller, resource_type, Interaction::Patch)?;
+    for op in &operations.0 {
+        let (path, is_test) = match op {
+            json_patch::PatchOperation::Test(t) => (t.path.as_str(), true),
+            json_patch::PatchOperation::Add(o) => (o.path.as_str(), false),
+            json_patch::PatchOperation::Remove(o) => (o.path.as_str(), false),
+            json_patch::PatchOperation::Replace(o) => (o.path.as_str(), false),
+            json_patch::PatchOperation::Move(o) => (o.path.as_str(), false),
+            json_patch::PatchOperation::Copy(o) => (o.path.as_str(), false),
+        };
+        let protected = ["/id", "/meta", "/resourceType"]
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+        if protected && !is_test {
+            return Err(Error::BadRequest(format!(
+                "A patch may not change {path}: id, resourceType and meta are managed by the server"
+            )));
+        }
+    }
+    let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
+    let tx = state.store.begin().await?;
+    let current = tx
+        .lock_current(caller.tenant(), resource_type, uuid)
+        .await?
+        .ok_or_else(|| not_found(resource_type, id))?;
+    if current.is_deleted() {
+        return Err(gone(resource_type, id));
+    }
+    check_if_match(&current, if_match)?;
+    let mut resource = parse_stored(&current)?;
+    json_patch::patch(&mut resource, &operations).map_err(|e| match e.kind {
+        json_patch::PatchErrorKind::TestFailed => Error::PreconditionFailed(format!(
+            "Patch test failed at {} (operation {}): the resource does not hold the tested value",
+            e.path, e.operation
+        )),
+        _ => Error::Unprocessable(format!(
+            "Patch operation {} cannot be applied at {}: {}",
+            e.operation,
+            fhir_model::pointer_to_expression(resource_type, e.path.as_str()),
+            e.kind
+        )),
+    })?;
+    let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
+    replace(state, tx, &current, resource, &stamp).await
+}
+
+/// Deletes the current version. Deleting a deleted resource succeeds and
+/// writes nothing.
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> Result<()> {
+    authorize(caller, resource_type, Interaction::Delete)?;
+    let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
+    let tx = state.store.begin().await?;
+    let current = tx
+        .lock_current(caller.tenant(), resource_type, uuid)
+        .await?
+        .ok_or_else(|| not_found(resource_type, id))?;
+    if current.is_deleted() {
+        return Ok(());
+    }
+    let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
+    tx.write(
+        &Write {
+            project_id: current.project_id,
+            resource_type,
+            id: uuid,
+            version_id: stamp.version_id,
+            last_updated: stamp.last_updated,
+            content: None,
+        },
+        false,
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Which history: all of the caller's, one type's, or one resource's.
+pub struct HistoryRequest<'a> {
+    pub resource_type: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub params: bundle::HistoryParams,
+}
+
+/// Versions newest first, one page (plus one row to know whether more exist).
+pub async fn history(
+    state: &AppState,
+    caller: &Caller,
+    request: &HistoryRequest<'_>,
+) -> Result<Vec<Version>> {
+    let excluded;
+    let exclude_types: &[&str] = match request.resource_type {
+        Some(resource_type) => {
+            authorize(caller, resource_type, Interaction::History)?;
+            &[]
+        }
+        None => {
+            excluded = hidden_types(caller.role);
+            &excluded
+        }
+    };
+    let id = match request.id {
+        Some(id) => {
+            let resource_type = request.resource_type.unwrap_or_default();
+            let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
+            if state
+                .store
+                .read(caller.tenant(), resource_type, uuid)
+                .await?
+                .is_none()
+            {
+                return Err(not_found(resource_type, id));
+            }
+            Some(uuid)
+        }
+        None => None,
+    };
+    let filter = HistoryFilter {
+        resource_type: request.resource_type,
+        id,
+        since: request.params.since,
+        before: request.params.cursor,
+        exclude_types,
+        limit: request.params.count as i64 + 1,
+    };
+    state.store.history(caller.tenant(), &filter).await
+}
+
+/// Types whose history a role may not read, left out of system history.
+fn hidden_types(role: Role) -> Vec<&'static str> {
+    R4_RESOURCE_TYPES
+        .iter()
+        .chain(ADMIN_RESOURCE_TYPES)
+        .copied()
+        .filter(|t| !is_allowed(role, t, Interaction::History))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_canonical_uuids() {
+        let id = Uuid::new_v4().to_string();
+        assert_eq!(parse_id(&id), Some(Uuid::parse_str(&id).unwrap()));
+        assert_eq!(parse_id(&id.to_uppercase()), None);
+        assert_eq!(parse_id(&id.replace('-', "")), None);
+        assert_eq!(parse_id("example"), None);
+    }
+
+    #[test]
+    fn members_do_not_see_admin_history() {
+        let hidden = hidden_types(Role::Member);
+        assert!(hidden.contains(&"Login") && hidden.contains(&"ProjectMembership"));
+        assert!(!hidden.contains(&"Patient"));
+        assert!(hidden_types(Role::SuperAdmin).is_empty());
+    }
+}

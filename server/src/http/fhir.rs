@@ -1,0 +1,304 @@
+//! FHIR REST routes under `/fhir/R4`. Each handler extracts the caller first
+//! (so an unauthenticated request learns nothing), then negotiates, then
+//! calls the interaction in `crate::fhir`.
+
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+
+use super::{
+    check_accept, check_content_type, parse_resource, prefer_return, query_pairs, read_body,
+    version_response, FHIR_JSON, JSON_TYPES,
+};
+use crate::{
+    app::AppState,
+    auth::Caller,
+    error::{Error, Result},
+    fhir::{self, bundle, HistoryRequest, WriteOutcome},
+};
+
+type Data = web::Data<AppState>;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let method_not_allowed = || {
+        web::route().to(|req: HttpRequest| async move {
+            Err::<HttpResponse, _>(Error::MethodNotAllowed(format!(
+                "{} is not supported on {}",
+                req.method(),
+                req.path()
+            )))
+        })
+    };
+    cfg.service(
+        web::resource("/fhir/R4/metadata")
+            .get(metadata)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/_history")
+            .get(history_system)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/{type}/_history")
+            .get(history_type)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/{type}/{id}/_history/{vid}")
+            .get(vread)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/{type}/{id}/_history")
+            .get(history_instance)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/{type}/{id}")
+            .get(read)
+            .put(update)
+            .patch(patch)
+            .delete(delete)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/{type}")
+            .post(create)
+            .get(search)
+            .default_service(method_not_allowed()),
+    );
+}
+
+async fn metadata(state: Data, req: HttpRequest) -> Result<HttpResponse> {
+    check_accept(&req)?;
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(state.capability.clone()))
+}
+
+async fn create(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let resource_type = path.into_inner();
+    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Create)?;
+    check_accept(&req)?;
+    check_content_type(&req, JSON_TYPES)?;
+    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let version = fhir::create(&state, &caller, &resource_type, body).await?;
+    let location = format!(
+        "{}fhir/R4/{}/{}/_history/{}",
+        state.base_url, version.resource_type, version.id, version.version_id
+    );
+    let mut response = version_response(
+        StatusCode::CREATED,
+        &version,
+        prefer_return(&req),
+        &format!("Created {resource_type}/{}", version.id),
+    );
+    response.headers_mut().insert(
+        actix_web::http::header::LOCATION,
+        location
+            .parse()
+            .map_err(|_| Error::Internal("location header".into()))?,
+    );
+    Ok(response)
+}
+
+async fn read(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    check_accept(&req)?;
+    let version = fhir::read(&state, &caller, &resource_type, &id).await?;
+    Ok(version_response(
+        StatusCode::OK,
+        &version,
+        super::Return::Representation,
+        "",
+    ))
+}
+
+async fn vread(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse> {
+    let (resource_type, id, vid) = path.into_inner();
+    check_accept(&req)?;
+    let version = fhir::vread(&state, &caller, &resource_type, &id, &vid).await?;
+    Ok(version_response(
+        StatusCode::OK,
+        &version,
+        super::Return::Representation,
+        "",
+    ))
+}
+
+fn if_match(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(actix_web::http::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The response to an update or patch: 201 when it created, 200 otherwise.
+fn write_response(
+    req: &HttpRequest,
+    version: &crate::store::Version,
+    outcome: WriteOutcome,
+) -> HttpResponse {
+    let reference = format!("{}/{}", version.resource_type, version.id);
+    let (status, message) = match outcome {
+        WriteOutcome::Created => (StatusCode::CREATED, format!("Created {reference}")),
+        WriteOutcome::Updated => (StatusCode::OK, format!("Updated {reference}")),
+        WriteOutcome::Unchanged => (
+            StatusCode::OK,
+            format!("{reference} unchanged: the update matched the current version"),
+        ),
+    };
+    version_response(status, version, prefer_return(req), &message)
+}
+
+async fn update(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Update)?;
+    check_accept(&req)?;
+    check_content_type(&req, JSON_TYPES)?;
+    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let (version, outcome) = fhir::update(
+        &state,
+        &caller,
+        &resource_type,
+        &id,
+        body,
+        if_match(&req).as_deref(),
+    )
+    .await?;
+    Ok(write_response(&req, &version, outcome))
+}
+
+async fn patch(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Patch)?;
+    check_accept(&req)?;
+    if req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_none()
+    {
+        return Err(Error::UnsupportedMediaType(
+            "A patch needs Content-Type: application/json-patch+json".into(),
+        ));
+    }
+    check_content_type(&req, &["application/json-patch+json"])?;
+    let body = super::parse_json(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let operations: json_patch::Patch = serde_json::from_value(body).map_err(|e| {
+        Error::BadRequest(format!(
+            "The body is not a JSON Patch document (an array of operations with op and path): {e}"
+        ))
+    })?;
+    let (version, outcome) = fhir::patch(
+        &state,
+        &caller,
+        &resource_type,
+        &id,
+        operations,
+        if_match(&req).as_deref(),
+    )
+    .await?;
+    Ok(write_response(&req, &version, outcome))
+}
+
+async fn delete(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    check_accept(&req)?;
+    fhir::delete(&state, &caller, &resource_type, &id).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(super::informational(&format!("Deleted {resource_type}/{id}")).to_string()))
+}
+
+async fn search(caller: Caller, path: web::Path<String>) -> Result<HttpResponse> {
+    fhir::authorize(&caller, &path, access_policy::Interaction::Search)?;
+    Err(Error::NotImplemented(
+        "Search is not available yet on this server (see the CapabilityStatement)".into(),
+    ))
+}
+
+async fn history(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    resource_type: Option<&str>,
+    id: Option<&str>,
+) -> Result<HttpResponse> {
+    check_accept(&req)?;
+    let query = query_pairs(&req)?;
+    let params = bundle::HistoryParams::parse(&query)?;
+    let request = HistoryRequest {
+        resource_type,
+        id,
+        params,
+    };
+    let versions = fhir::history(&state, &caller, &request).await?;
+    let kept: Vec<(String, String)> = query.into_iter().filter(|(k, _)| k != "_cursor").collect();
+    let mut self_url = format!("{}{}", state.base_url, req.path().trim_start_matches('/'));
+    if !kept.is_empty() {
+        self_url.push('?');
+        self_url.push_str(&serde_urlencoded::to_string(&kept).unwrap_or_default());
+    }
+    let body = bundle::history_bundle(
+        &format!("{}fhir/R4/", state.base_url),
+        &self_url,
+        &versions,
+        request.params.count,
+    )?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
+}
+
+async fn history_system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
+    history(caller, state, req, None, None).await
+}
+
+async fn history_type(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    history(caller, state, req, Some(&path), None).await
+}
+
+async fn history_instance(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    history(caller, state, req, Some(&resource_type), Some(&id)).await
+}

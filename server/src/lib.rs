@@ -1,0 +1,15 @@
+//! fhirgate's server: HTTP glue over `fhir-model` and `access-policy`, with
+//! PostgreSQL storage. See README.md's architecture section for the map.
+
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod store;
+
+pub use app::{prepare_database, Application};
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,445 @@
+//! All SQL that touches resources lives here. Every function takes the
+//! caller's [`Tenant`], and every statement filters by it, so no query can
+//! forget the project.
+
+pub mod connect;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// Whose data a statement may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenant {
+    Project(Uuid),
+    /// Super admins cross projects.
+    AllProjects,
+}
+
+/// One version of a resource as stored. `content` is `None` for a deletion.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub project_id: Uuid,
+    pub resource_type: String,
+    pub id: Uuid,
+    pub version_id: Uuid,
+    pub last_updated: DateTime<Utc>,
+    pub content: Option<String>,
+}
+
+impl Version {
+    fn from_row(row: &tokio_postgres::Row) -> Version {
+        Version {
+            project_id: row.get("project_id"),
+            resource_type: row.get("resource_type"),
+            id: row.get("id"),
+            version_id: row.get("version_id"),
+            last_updated: row.get("last_updated"),
+            content: row.get("content"),
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.content.is_none()
+    }
+}
+
+/// A new version to write: `content: None` deletes.
+pub struct Write<'a> {
+    pub project_id: Uuid,
+    pub resource_type: &'a str,
+    pub id: Uuid,
+    pub version_id: Uuid,
+    pub last_updated: DateTime<Utc>,
+    pub content: Option<&'a str>,
+}
+
+/// Which versions a history request lists, newest first.
+pub struct HistoryFilter<'a> {
+    pub resource_type: Option<&'a str>,
+    pub id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    /// Keyset cursor: only versions strictly older than this one.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Types the caller may not see at all (system history).
+    pub exclude_types: &'a [&'a str],
+    pub limit: i64,
+}
+
+/// A signing key row.
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub private_pem: String,
+    pub public_jwk: serde_json::Value,
+}
+
+/// Builds one parameterised statement: text plus its bound values, numbered as
+/// they are added so a filter can never be spliced in as text.
+struct Query {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Query {
+    fn new(sql: &str) -> Query {
+        Query {
+            sql: sql.into(),
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: &str) -> &mut Query {
+        self.sql.push_str(sql);
+        self
+    }
+
+    fn bind<T: ToSql + Sync + Send + 'static>(&mut self, value: T) -> &mut Query {
+        self.params.push(Box::new(value));
+        self.sql.push_str(&format!("${}", self.params.len()));
+        self
+    }
+
+    fn tenant(&mut self, tenant: Tenant) -> &mut Query {
+        if let Tenant::Project(project_id) = tenant {
+            self.push(" AND project_id = ").bind(project_id);
+        }
+        self
+    }
+
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "project_id, resource_type, id, version_id, last_updated, CASE WHEN deleted THEN NULL ELSE content END AS content";
+const HISTORY_COLUMNS: &str = "project_id, resource_type, id, version_id, last_updated, content";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Store {
+        Store { pool }
+    }
+
+    async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(&query.sql).await?;
+        Ok(client.query(&statement, &query.values()).await?)
+    }
+
+    /// `SELECT 1`: whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// The current version (deleted ones included, so the caller can say 410).
+    pub async fn read(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+    ) -> Result<Option<Version>> {
+        let mut q = Query::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resource WHERE resource_type = "
+        ));
+        q.bind(resource_type.to_string())
+            .push(" AND id = ")
+            .bind(id)
+            .tenant(tenant);
+        Ok(self.query(&q).await?.first().map(Version::from_row))
+    }
+
+    pub async fn vread(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+        version_id: Uuid,
+    ) -> Result<Option<Version>> {
+        let mut q = Query::new(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM resource_history WHERE resource_type = "
+        ));
+        q.bind(resource_type.to_string())
+            .push(" AND id = ")
+            .bind(id)
+            .push(" AND version_id = ")
+            .bind(version_id)
+            .tenant(tenant);
+        Ok(self.query(&q).await?.first().map(Version::from_row))
+    }
+
+    /// Versions newest first, at most `filter.limit`.
+    pub async fn history(
+        &self,
+        tenant: Tenant,
+        filter: &HistoryFilter<'_>,
+    ) -> Result<Vec<Version>> {
+        let mut q = Query::new(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM resource_history WHERE true"
+        ));
+        q.tenant(tenant);
+        if let Some(resource_type) = filter.resource_type {
+            q.push(" AND resource_type = ")
+                .bind(resource_type.to_string());
+        }
+        if let Some(id) = filter.id {
+            q.push(" AND id = ").bind(id);
+        }
+        if !filter.exclude_types.is_empty() {
+            let excluded: Vec<String> =
+                filter.exclude_types.iter().map(|t| t.to_string()).collect();
+            q.push(" AND resource_type <> ALL(")
+                .bind(excluded)
+                .push(")");
+        }
+        if let Some(since) = filter.since {
+            q.push(" AND last_updated >= ").bind(since);
+        }
+        if let Some((last_updated, version_id)) = filter.before {
+            q.push(" AND (last_updated, version_id) < (")
+                .bind(last_updated)
+                .push(", ")
+                .bind(version_id)
+                .push(")");
+        }
+        q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
+            .bind(filter.limit);
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(Version::from_row)
+            .collect())
+    }
+
+    /// The live membership whose `user` is `member` (e.g. `ClientApplication/…`) in a project.
+    pub async fn find_membership(&self, project_id: Uuid, member: &str) -> Result<Option<Version>> {
+        let mut q = Query::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resource WHERE resource_type = 'ProjectMembership' AND NOT deleted AND content::jsonb #>> '{{user,reference}}' = "
+        ));
+        q.bind(member.to_string())
+            .tenant(Tenant::Project(project_id))
+            .push(" LIMIT 1");
+        Ok(self.query(&q).await?.first().map(Version::from_row))
+    }
+
+    /// Whether any Project exists: false only on an empty database.
+    pub async fn any_project(&self) -> Result<bool> {
+        let q = Query::new("SELECT 1 FROM resource WHERE resource_type = 'Project' LIMIT 1");
+        Ok(!self.query(&q).await?.is_empty())
+    }
+
+    pub async fn secret_hash(
+        &self,
+        resource_type: &str,
+        id: Uuid,
+        kind: &str,
+    ) -> Result<Option<String>> {
+        let mut q = Query::new("SELECT hash FROM resource_secret WHERE resource_type = ");
+        q.bind(resource_type.to_string())
+            .push(" AND resource_id = ")
+            .bind(id)
+            .push(" AND kind = ")
+            .bind(kind.to_string());
+        Ok(self.query(&q).await?.first().map(|row| row.get(0)))
+    }
+
+    pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>> {
+        let q = Query::new(
+            "SELECT kid, private_pem, public_jwk FROM signing_key WHERE active ORDER BY created_at DESC",
+        );
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(|row| SigningKeyRow {
+                kid: row.get(0),
+                private_pem: row.get(1),
+                public_jwk: row.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn insert_signing_key(&self, key: &SigningKeyRow) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO signing_key (kid, private_pem, public_jwk) VALUES ($1, $2, $3)",
+                &[&key.kid, &key.private_pem, &key.public_jwk],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        let client = self.pool.get().await?;
+        client.batch_execute("BEGIN").await?;
+        Ok(Tx {
+            client: Some(client),
+        })
+    }
+
+    /// Holds the start-up advisory lock on its own connection while `work`
+    /// runs, so that instances starting together migrate and bootstrap once.
+    pub async fn with_startup_lock<T, F>(&self, work: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T>,
+    {
+        let mut client = self.pool.get().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&connect::STARTUP_LOCK])
+            .await?;
+        let result = work(&mut client).await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&connect::STARTUP_LOCK])
+            .await?;
+        result
+    }
+}
+
+/// A write transaction on one pooled connection. Dropped without
+/// [`Tx::commit`], its connection is closed instead of returned to the pool,
+/// so PostgreSQL rolls everything back and a failed write leaves no trace.
+pub struct Tx {
+    client: Option<Object>,
+}
+
+impl Tx {
+    fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("transaction is open until commit")
+    }
+
+    async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client();
+        let statement = client.prepare_cached(&query.sql).await?;
+        Ok(client.query(&statement, &query.values()).await?)
+    }
+
+    /// The current version, locked until commit so concurrent writers queue.
+    pub async fn lock_current(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+    ) -> Result<Option<Version>> {
+        let mut q = Query::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resource WHERE resource_type = "
+        ));
+        q.bind(resource_type.to_string())
+            .push(" AND id = ")
+            .bind(id)
+            .tenant(tenant)
+            .push(" FOR UPDATE");
+        Ok(self.query(&q).await?.first().map(Version::from_row))
+    }
+
+    /// Whether a resource with this type and id exists in any project.
+    pub async fn exists_anywhere(&self, resource_type: &str, id: Uuid) -> Result<bool> {
+        let mut q = Query::new("SELECT 1 FROM resource WHERE resource_type = ");
+        q.bind(resource_type.to_string())
+            .push(" AND id = ")
+            .bind(id);
+        Ok(!self.query(&q).await?.is_empty())
+    }
+
+    /// Writes a version: the resource row (inserted when `is_new`, otherwise
+    /// updated) and its history row.
+    pub async fn write(&self, w: &Write<'_>, is_new: bool) -> Result<()> {
+        let client = self.client();
+        let resource_sql = if is_new {
+            "INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content)
+             VALUES ($1, $2, $3, $4, $5, $6::text IS NULL, COALESCE($6::text, ''))"
+        } else {
+            "UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL,
+                 content = COALESCE($6::text, content)
+             WHERE project_id = $1 AND resource_type = $2 AND id = $3"
+        };
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &w.project_id,
+            &w.resource_type,
+            &w.id,
+            &w.version_id,
+            &w.last_updated,
+            &w.content,
+        ];
+        let statement = client.prepare_cached(resource_sql).await?;
+        client
+            .execute(&statement, &params)
+            .await
+            .map_err(conflict_on_duplicate)?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?;
+        client.execute(&statement, &params).await?;
+        Ok(())
+    }
+
+    /// Sets a secret (a hash) that belongs to a resource but never appears in it.
+    pub async fn set_secret(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        kind: &str,
+        hash: &str,
+    ) -> Result<()> {
+        let client = self.client();
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO resource_secret (project_id, resource_type, resource_id, kind, hash)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (project_id, resource_type, resource_id, kind)
+                 DO UPDATE SET hash = EXCLUDED.hash, updated_at = now()",
+            )
+            .await?;
+        client
+            .execute(
+                &statement,
+                &[&project_id, &resource_type, &id, &kind, &hash],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn commit(mut self) -> Result<()> {
+        let client = self.client.take().expect("commit once");
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Detach from the pool; dropping the connection rolls back.
+            drop(Object::take(client));
+        }
+    }
+}
+
+fn conflict_on_duplicate(e: tokio_postgres::Error) -> Error {
+    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        Error::Conflict(
+            "A resource with this id was created at the same time; retry the request".into(),
+        )
+    } else {
+        Error::Database(e)
+    }
+}

@@ -1,0 +1,180 @@
+//! The `fhirgate` binary as an operator runs it: zero configuration against a
+//! local PostgreSQL, credentials printed once, a clear message when the
+//! database is down, and a graceful stop on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn postgres_server() -> String {
+    std::env::var("FHIRGATE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+struct Running {
+    child: Child,
+    address: String,
+    /// Every log line printed up to "listening".
+    startup_log: Vec<String>,
+}
+
+/// Starts the binary on a free port with JSON logs and waits until it listens.
+fn start(database_url: &str) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("FHIRGATE_BIND", "127.0.0.1:0")
+        .env("FHIRGATE_LOG_FORMAT", "json")
+        .env("FHIRGATE_WORKERS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fhirgate");
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut startup_log = Vec::new();
+    loop {
+        let Ok(line) = receiver.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("fhirgate did not start ({status:?}); log so far: {startup_log:#?}");
+        };
+        let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        startup_log.push(line);
+        if parsed["fields"]["message"] == "fhirgate listening" {
+            let address = parsed["fields"]["address"].as_str().unwrap().to_string();
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || while receiver.recv().is_ok() {});
+            return Running {
+                child,
+                address,
+                startup_log,
+            };
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn drop_database(name: &str) {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{}/postgres", postgres_server()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_with_no_configuration_and_stops_gracefully() {
+    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{database}", postgres_server());
+    let http = reqwest::Client::new();
+
+    // First start: creates the database, bootstraps, prints credentials once.
+    let mut first = start(&url);
+    let log = first.startup_log.join("\n");
+    assert!(log.contains("created database"), "{log}");
+    assert!(log.contains("shown once"), "{log}");
+    let secret_line = first
+        .startup_log
+        .iter()
+        .find(|l| l.contains("client secret:"))
+        .expect("credentials printed");
+    assert!(!secret_line.contains("(from the environment)"));
+    let health: Value = http
+        .get(format!("http://{}/healthcheck", first.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["ok"], true);
+
+    // A request in flight when SIGTERM arrives still gets its answer: send
+    // the headers and half the body, signal, then finish the body.
+    let mut stream = tokio::net::TcpStream::connect(&first.address)
+        .await
+        .unwrap();
+    let body = r#"{"grant_type_is_missing": "so this is a 400 after a full read"}"#;
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(&first.child);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 400"),
+        "in-flight request was cut: {response:?}"
+    );
+    assert!(response.contains("invalid_request"));
+    let status = first.child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    // Second start on the same database: no new credentials.
+    let mut second = start(&url);
+    let log = second.startup_log.join("\n");
+    assert!(
+        !log.contains("shown once") && !log.contains("client secret"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("applied migration"),
+        "migrations ran twice: {log}"
+    );
+    terminate(&second.child);
+    assert!(second.child.wait().unwrap().success());
+    drop_database(&database).await;
+}
+
+#[test]
+fn unreachable_database_exits_with_a_clear_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/fhirgate")
+        .env("FHIRGATE_BIND", "127.0.0.1:0")
+        .output()
+        .expect("run fhirgate");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert!(
+        stderr.lines().count() <= 2,
+        "the message should be short: {stderr}"
+    );
+}

@@ -1,0 +1,300 @@
+//! Test harness: each [`TestApp`] is the real fhirgate server, started
+//! in-process on a random port against its own fresh PostgreSQL database
+//! (created by the server itself, as on a first start), and dropped after.
+//! Tests talk to it over HTTP only, as clients do.
+
+use std::sync::OnceLock;
+
+use fhirgate_server::{Application, Config};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The PostgreSQL server the tests use; override with FHIRGATE_TEST_POSTGRES.
+pub fn postgres_server() -> String {
+    std::env::var("FHIRGATE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A client id and secret.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+pub struct TestApp {
+    /// Base URL ending in `/`.
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub database: String,
+    /// The bootstrapped super-admin client.
+    pub admin: Credentials,
+}
+
+/// A signed-in caller: a bearer token and the base URL.
+#[derive(Clone)]
+pub struct Session {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub token: String,
+    pub credentials: Credentials,
+}
+
+/// A project made for one test, with an admin client and a plain member client.
+pub struct TestProject {
+    pub id: String,
+    pub admin: Session,
+    pub member: Session,
+}
+
+fn http_client() -> reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("HTTP client")
+        })
+        .clone()
+}
+
+pub fn random_secret() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server on a new database; `configure` may change its config.
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        let database = format!("fhirgate_test_{}", Uuid::new_v4().simple());
+        let mut config = Config::for_database(&format!("{}/{database}", postgres_server()));
+        let admin = Credentials {
+            client_id: Uuid::new_v4().to_string(),
+            client_secret: random_secret(),
+        };
+        config.admin.client_id = Some(admin.client_id.clone());
+        config.admin.client_secret = Some(admin.client_secret.clone());
+        config.admin.email = Some("admin@example.com".into());
+        config.admin.password = Some("admin-password-for-tests".into());
+        configure(&mut config);
+        let app = Application::build(config).await.expect("server starts");
+        let base_url = app.base_url().to_string();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            base_url,
+            http: http_client(),
+            database,
+            admin,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path.trim_start_matches('/'))
+    }
+
+    /// A direct connection to this app's database, for assertions on what is stored.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect(&format!("{}/{}", postgres_server(), self.database)).await
+    }
+
+    /// Client credentials with `client_secret_post`; panics unless it works.
+    pub async fn session(&self, credentials: &Credentials) -> Session {
+        let response = self
+            .http
+            .post(self.url("oauth2/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &credentials.client_id),
+                ("client_secret", &credentials.client_secret),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(response.status(), 200, "token request failed");
+        let body: Value = response.json().await.expect("token JSON");
+        Session {
+            base_url: self.base_url.clone(),
+            http: self.http.clone(),
+            token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_string(),
+            credentials: credentials.clone(),
+        }
+    }
+
+    pub async fn super_admin(&self) -> Session {
+        self.session(&self.admin).await
+    }
+
+    /// A new project with an admin client and a non-admin member client,
+    /// created through the FHIR API by the super admin.
+    pub async fn project(&self, name: &str) -> TestProject {
+        let root = self.super_admin().await;
+        let project = root
+            .create(json!({"resourceType": "Project", "name": name}))
+            .await;
+        let id = project["id"].as_str().expect("project id").to_string();
+        let admin = self.client_in(&root, &id, true).await;
+        let member = self.client_in(&root, &id, false).await;
+        TestProject { id, admin, member }
+    }
+
+    /// A ClientApplication with a membership in `project_id`, signed in.
+    pub async fn client_in(&self, root: &Session, project_id: &str, admin: bool) -> Session {
+        let secret = random_secret();
+        let client = root
+            .create(json!({
+                "resourceType": "ClientApplication", "name": "test client", "secret": secret,
+                "meta": {"project": project_id}
+            }))
+            .await;
+        let client_ref = format!("ClientApplication/{}", client["id"].as_str().unwrap());
+        root.create(json!({
+            "resourceType": "ProjectMembership", "meta": {"project": project_id},
+            "project": {"reference": format!("Project/{project_id}")},
+            "user": {"reference": client_ref}, "profile": {"reference": client_ref},
+            "admin": admin
+        }))
+        .await;
+        self.session(&Credentials {
+            client_id: client["id"].as_str().unwrap().to_string(),
+            client_secret: secret,
+        })
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let database = self.database.clone();
+        // Dropping needs async I/O; do it on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let client = connect(&format!("{}/postgres", postgres_server())).await;
+                let _ = client
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+impl Session {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path.trim_start_matches('/'))
+    }
+
+    /// A request to `fhir/R4/<path>` with this session's bearer token.
+    pub fn fhir(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(
+                method,
+                self.url(&format!("fhir/R4/{}", path.trim_start_matches('/'))),
+            )
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.fhir(Method::GET, path).send().await.expect("GET")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.fhir(Method::DELETE, path)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        self.fhir(Method::PUT, path)
+            .header("Content-Type", "application/fhir+json")
+            .json(body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.fhir(Method::POST, path)
+            .header("Content-Type", "application/fhir+json")
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn patch(&self, path: &str, operations: &Value) -> Response {
+        self.fhir(Method::PATCH, path)
+            .header("Content-Type", "application/json-patch+json")
+            .body(operations.to_string())
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    /// Creates a resource, asserting 201, and returns what the server stored.
+    pub async fn create(&self, resource: Value) -> Value {
+        let resource_type = resource["resourceType"]
+            .as_str()
+            .expect("resourceType")
+            .to_string();
+        let response = self.post(&resource_type, &resource).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, 201, "create {resource_type} failed: {body}");
+        body
+    }
+}
+
+/// The response's status and JSON body.
+pub async fn status_json(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    (status, body)
+}
+
+/// Asserts an OperationOutcome error with `status` whose text contains `needle`.
+pub async fn assert_outcome(response: Response, status: u16, needle: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (actual, body) = status_json(response).await;
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    assert!(
+        content_type.starts_with("application/fhir+json"),
+        "content type {content_type}"
+    );
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(text.contains(needle), "expected '{needle}' in '{text}'");
+    body
+}

@@ -1,0 +1,376 @@
+//! Authentication from day one: the client-credentials grant, the token's
+//! shape and signature, and bearer checks on every FHIR route.
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use fhirgate_tests::{assert_outcome, status_json, TestApp};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use oauth2::{basic::BasicClient, AuthUrl, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_client_gets_a_token_with_basic_auth() {
+    let app = TestApp::spawn().await;
+    // A real OAuth client library, which authenticates with HTTP Basic.
+    let client = BasicClient::new(ClientId::new(app.admin.client_id.clone()))
+        .set_client_secret(ClientSecret::new(app.admin.client_secret.clone()))
+        .set_auth_uri(AuthUrl::new(app.url("oauth2/authorize")).unwrap())
+        .set_token_uri(TokenUrl::new(app.url("oauth2/token")).unwrap());
+    let http = oauth2::reqwest::Client::builder()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let token = client
+        .exchange_client_credentials()
+        .add_scope(Scope::new("openid".into()))
+        .request_async(&http)
+        .await
+        .expect("client credentials grant");
+    assert_eq!(token.token_type(), &oauth2::basic::BasicTokenType::Bearer);
+    assert!(token.expires_in().unwrap().as_secs() > 3000);
+
+    // The token works on the FHIR API.
+    let response = app
+        .http
+        .get(app.url("fhir/R4/Project/_history"))
+        .bearer_auth(token.access_token().secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_is_an_es256_jwt_verifiable_with_the_published_jwks() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .post(app.url("oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", app.admin.client_id.as_str()),
+            ("client_secret", app.admin.client_secret.as_str()),
+            ("scope", "openid system/*.read"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let (status, body) = status_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "openid system/*.read");
+    assert_eq!(body["expires_in"], 3600);
+    let profile = format!("ClientApplication/{}", app.admin.client_id);
+    assert_eq!(body["profile"]["reference"], profile);
+    assert!(body["project"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Project/"));
+
+    let token = body["access_token"].as_str().unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::ES256);
+    let (_, jwks) = status_json(
+        app.http
+            .get(app.url(".well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == json!(header.kid.as_deref().unwrap()))
+        .expect("token's key is published");
+    assert_eq!(jwk["kty"], "EC");
+    assert_eq!(jwk["crv"], "P-256");
+    assert!(
+        jwk.get("d").is_none(),
+        "private key must never be published"
+    );
+    let key =
+        DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
+            .unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_issuer(&[app.base_url.as_str()]);
+    validation.set_audience(&[app.admin.client_id.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    for claim in [
+        "iss",
+        "sub",
+        "aud",
+        "iat",
+        "exp",
+        "client_id",
+        "login_id",
+        "scope",
+        "profile",
+    ] {
+        assert!(
+            claims.get(claim).is_some(),
+            "missing claim {claim}: {claims}"
+        );
+    }
+    assert_eq!(claims["client_id"], app.admin.client_id);
+    assert_eq!(claims["profile"], profile);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
+
+    // The token's Login is a real resource that the super admin can read.
+    let login_id = claims["login_id"].as_str().unwrap();
+    let root = app.super_admin().await;
+    let (status, login) = status_json(root.get(&format!("Login/{login_id}")).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(login["authMethod"], "client");
+    assert_eq!(login["client"]["reference"], profile);
+}
+
+async fn token_error(
+    app: &TestApp,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> (u16, Value, Option<String>) {
+    let mut request = app.http.post(app.url("oauth2/token")).form(form);
+    if let Some((id, secret)) = basic {
+        request = request.header(
+            "Authorization",
+            format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
+        );
+    }
+    let response = request.send().await.unwrap();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    let (status, body) = status_json(response).await;
+    (status, body, challenge)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_endpoint_errors_follow_rfc_6749() {
+    let app = TestApp::spawn().await;
+    let id = app.admin.client_id.as_str();
+
+    let (status, body, challenge) = token_error(
+        &app,
+        &[("grant_type", "client_credentials")],
+        Some((id, "wrong-secret")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert!(challenge.unwrap().starts_with("Basic"));
+
+    // Unknown client and wrong secret read the same.
+    let (status, unknown, challenge) = token_error(
+        &app,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &uuid::Uuid::new_v4().to_string()),
+            ("client_secret", "x"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(unknown["error_description"], body["error_description"]);
+    assert!(
+        challenge.is_none(),
+        "no Basic challenge when Basic was not used"
+    );
+
+    let (status, body, _) = token_error(
+        &app,
+        &[("grant_type", "password")],
+        Some((id, &app.admin.client_secret)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unsupported_grant_type"))
+    );
+    let (status, body, _) = token_error(
+        &app,
+        &[("scope", "openid")],
+        Some((id, &app.admin.client_secret)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body, _) = token_error(
+        &app,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_secret", &app.admin.client_secret),
+        ],
+        Some((id, &app.admin.client_secret)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body, _) = token_error(
+        &app,
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "bad\"scope"),
+        ],
+        Some((id, &app.admin.client_secret)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fhir_routes_require_a_valid_bearer_token() {
+    let app = TestApp::spawn().await;
+    let metadata = app
+        .http
+        .get(app.url("fhir/R4/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 200, "metadata is public");
+
+    let response = app
+        .http
+        .get(app.url("fhir/R4/Patient/_history"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"fhirgate\""
+    );
+    assert_outcome(response, 401, "Authentication required").await;
+
+    let garbage = app
+        .http
+        .get(app.url("fhir/R4/Patient/_history"))
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(garbage, 401, "Invalid or expired").await;
+
+    // A token signed by someone else's key, with our key id.
+    let session = app.super_admin().await;
+    let header = jsonwebtoken::decode_header(&session.token).unwrap();
+    let foreign_key = p256_pem();
+    let mut forged_header = jsonwebtoken::Header::new(Algorithm::ES256);
+    forged_header.kid = header.kid;
+    let payload = session.token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let forged = jsonwebtoken::encode(
+        &forged_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(foreign_key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let response = app
+        .http
+        .get(app.url("fhir/R4/Patient/_history"))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 401, "Invalid or expired").await;
+
+    // An unknown resource type still asks for authentication first.
+    let response = app
+        .http
+        .get(app.url("fhir/R4/Foo/123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+/// A P-256 key that fhirgate never saw.
+fn p256_pem() -> String {
+    use p256::pkcs8::EncodePrivateKey;
+    p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng)
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_tokens_are_refused() {
+    let app = TestApp::spawn_with(|config| {
+        config.access_token_lifetime = std::time::Duration::from_secs(1)
+    })
+    .await;
+    let session = app.super_admin().await;
+    assert_eq!(session.get("Patient/_history").await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_outcome(session.get("Patient/_history").await, 401, "expired").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_logins_and_removed_memberships_stop_working_at_once() {
+    let app = TestApp::spawn().await;
+    let project = app.project("revocation").await;
+    assert_eq!(project.member.get("Patient/_history").await.status(), 200);
+
+    // Revoke the member's Login as the super admin.
+    let root = app.super_admin().await;
+    let claims = claims_of(&project.member.token);
+    let login_path = format!("Login/{}", claims["login_id"].as_str().unwrap());
+    let (_, mut login) = status_json(root.get(&login_path).await).await;
+    login["revoked"] = json!(true);
+    assert_eq!(root.put(&login_path, &login).await.status(), 200);
+    assert_outcome(project.member.get("Patient/_history").await, 401, "revoked").await;
+
+    // Deleting a membership ends the admin's access too.
+    assert_eq!(project.admin.get("Patient/_history").await.status(), 200);
+    let (_, memberships) =
+        status_json(root.get("ProjectMembership/_history?_count=100").await).await;
+    let admin_membership = memberships["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["resource"]["user"]["reference"]
+                == json!(format!(
+                    "ClientApplication/{}",
+                    project.admin.credentials.client_id
+                ))
+        })
+        .expect("admin membership in history");
+    let path = format!(
+        "ProjectMembership/{}",
+        admin_membership["resource"]["id"].as_str().unwrap()
+    );
+    assert_eq!(root.delete(&path).await.status(), 200);
+    assert_outcome(project.admin.get("Patient/_history").await, 401, "revoked").await;
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}

@@ -1,0 +1,543 @@
+//! Single-resource REST: create, read, vread, update, patch, delete, with
+//! versions, preconditions, Prefer, negotiation, validation and errors.
+
+use fhirgate_tests::{assert_outcome, status_json, TestApp};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn patient() -> Value {
+    json!({"resourceType": "Patient", "name": [{"given": ["Ada"], "family": "Lovelace"}], "birthDate": "1815-12-10"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_read_vread_update_delete_round_trip() {
+    let app = TestApp::spawn().await;
+    let project = app.project("crud").await;
+    let user = &project.member;
+
+    let mut input = patient();
+    input["id"] = json!("client-chosen");
+    input["meta"] = json!({"versionId": "42", "project": "elsewhere", "tag": [{"system": "urn:t", "code": "kept"}]});
+    let response = user.post("Patient", &input).await;
+    assert_eq!(response.status(), 201);
+    let headers = response.headers().clone();
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let vid = created["meta"]["versionId"].as_str().unwrap().to_string();
+    assert_ne!(id, "client-chosen", "the server assigns ids on create");
+    assert_ne!(vid, "42");
+    assert_eq!(
+        created["meta"]["project"],
+        json!(project.id),
+        "meta.project comes from the caller"
+    );
+    assert_eq!(created["meta"]["tag"][0]["code"], "kept");
+    assert_eq!(
+        created["meta"]["author"]["reference"],
+        json!(format!("ClientApplication/{}", user.credentials.client_id))
+    );
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        format!("{}fhir/R4/Patient/{id}/_history/{vid}", app.base_url)
+    );
+    assert_eq!(headers["etag"].to_str().unwrap(), format!("W/\"{vid}\""));
+    assert!(headers["last-modified"].to_str().unwrap().ends_with("GMT"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/fhir+json"));
+
+    let response = user.get(&format!("Patient/{id}")).await;
+    assert_eq!(
+        response.headers()["etag"].to_str().unwrap(),
+        format!("W/\"{vid}\"")
+    );
+    let (status, read) = status_json(response).await;
+    assert_eq!((status, &read), (200, &created));
+
+    // Update with the right If-Match.
+    let mut changed = read.clone();
+    changed["birthDate"] = json!("1815-12-11");
+    let response = user
+        .fhir(Method::PUT, &format!("Patient/{id}"))
+        .header("If-Match", format!("W/\"{vid}\""))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    let (status, updated) = status_json(response).await;
+    assert_eq!(status, 200, "{updated}");
+    let vid2 = updated["meta"]["versionId"].as_str().unwrap().to_string();
+    assert_ne!(vid2, vid);
+    assert_eq!(updated["birthDate"], "1815-12-11");
+
+    // A stale If-Match is refused and changes nothing.
+    let response = user
+        .fhir(Method::PUT, &format!("Patient/{id}"))
+        .header("If-Match", format!("W/\"{vid}\""))
+        .json(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 412, "does not match").await;
+
+    // vread of both versions.
+    let (status, v1) = status_json(user.get(&format!("Patient/{id}/_history/{vid}")).await).await;
+    assert_eq!(
+        (status, v1["birthDate"].as_str()),
+        (200, Some("1815-12-10"))
+    );
+    let (status, v2) = status_json(user.get(&format!("Patient/{id}/_history/{vid2}")).await).await;
+    assert_eq!(
+        (status, v2["birthDate"].as_str()),
+        (200, Some("1815-12-11"))
+    );
+    assert_outcome(
+        user.get(&format!("Patient/{id}/_history/{}", uuid::Uuid::new_v4()))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+
+    // Delete, read gives 410, delete again succeeds, history keeps the deletion.
+    let (status, outcome) = status_json(user.delete(&format!("Patient/{id}")).await).await;
+    assert_eq!(
+        (status, outcome["resourceType"].as_str()),
+        (200, Some("OperationOutcome"))
+    );
+    assert_outcome(user.get(&format!("Patient/{id}")).await, 410, "deleted").await;
+    assert_eq!(user.delete(&format!("Patient/{id}")).await.status(), 200);
+    let (_, history) = status_json(user.get(&format!("Patient/{id}/_history")).await).await;
+    let methods: Vec<&str> = history["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        ["DELETE", "PUT", "PUT"],
+        "one deletion, two versions, newest first"
+    );
+    // The old versions stay readable.
+    assert_eq!(
+        user.get(&format!("Patient/{id}/_history/{vid}"))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_ids_types_and_routes() {
+    let app = TestApp::spawn().await;
+    let user = app.project("unknowns").await.member;
+    assert_outcome(
+        user.get(&format!("Patient/{}", uuid::Uuid::new_v4())).await,
+        404,
+        "not found",
+    )
+    .await;
+    assert_outcome(user.get("Patient/not-a-uuid").await, 404, "not found").await;
+    assert_outcome(user.get("Foo/123").await, 404, "Unknown resource type: Foo").await;
+    assert_outcome(
+        user.post("Foo", &json!({"resourceType": "Foo"})).await,
+        404,
+        "Unknown resource type: Foo",
+    )
+    .await;
+    assert_outcome(
+        user.delete(&format!("Patient/{}", uuid::Uuid::new_v4()))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+    let response = app.http.get(app.url("no/such/route")).send().await.unwrap();
+    assert_outcome(response, 404, "Nothing here").await;
+    let response = user
+        .fhir(Method::POST, &format!("Patient/{}", uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 405, "not supported").await;
+    assert_outcome(user.get("Patient").await, 501, "Search is not available").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_rules() {
+    let app = TestApp::spawn().await;
+    let user = app.project("updates").await.member;
+    let created = user.create(patient()).await;
+    let id = created["id"].as_str().unwrap();
+    let path = format!("Patient/{id}");
+
+    // The body's id must equal the URL's.
+    let mut wrong = created.clone();
+    wrong["id"] = json!(uuid::Uuid::new_v4().to_string());
+    assert_outcome(user.put(&path, &wrong).await, 400, "does not match").await;
+    let mut missing = created.clone();
+    missing.as_object_mut().unwrap().remove("id");
+    assert_outcome(
+        user.put(&path, &missing).await,
+        400,
+        "must carry the resource id",
+    )
+    .await;
+
+    // A no-op update writes no new version.
+    let (status, same) = status_json(user.put(&path, &created).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(same["meta"]["versionId"], created["meta"]["versionId"]);
+    let (_, history) = status_json(user.get(&format!("{path}/_history")).await).await;
+    assert_eq!(history["entry"].as_array().unwrap().len(), 1);
+
+    // Update of an unknown id does not create it for ordinary callers.
+    let new_id = uuid::Uuid::new_v4().to_string();
+    let mut other = patient();
+    other["id"] = json!(new_id);
+    assert_outcome(
+        user.put(&format!("Patient/{new_id}"), &other).await,
+        405,
+        "updateCreate is false",
+    )
+    .await;
+    assert_eq!(user.get(&format!("Patient/{new_id}")).await.status(), 404);
+
+    // Super admins may create on update, at the id they choose.
+    let root = app.super_admin().await;
+    let (status, made) = status_json(root.put(&format!("Patient/{new_id}"), &other).await).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["id"], json!(new_id));
+    assert_outcome(
+        root.put(
+            "Patient/example",
+            &json!({"resourceType": "Patient", "id": "example"}),
+        )
+        .await,
+        400,
+        "UUID",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_patch() {
+    let app = TestApp::spawn().await;
+    let user = app.project("patch").await.member;
+    let created = user.create(patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+
+    let ops = json!([
+        {"op": "test", "path": "/birthDate", "value": "1815-12-10"},
+        {"op": "replace", "path": "/birthDate", "value": "1815-12-12"},
+        {"op": "add", "path": "/active", "value": true}
+    ]);
+    let (status, patched) = status_json(user.patch(&path, &ops).await).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        (patched["birthDate"].as_str(), patched["active"].as_bool()),
+        (Some("1815-12-12"), Some(true))
+    );
+    assert_ne!(patched["meta"]["versionId"], created["meta"]["versionId"]);
+
+    // A failed test changes nothing.
+    let failing = json!([{"op": "test", "path": "/birthDate", "value": "2000-01-01"}, {"op": "remove", "path": "/name"}]);
+    assert_outcome(user.patch(&path, &failing).await, 412, "test failed").await;
+    // A patch that makes the resource invalid is refused and stores nothing.
+    let invalid = json!([{"op": "replace", "path": "/birthDate", "value": "12/12/1815"}]);
+    let outcome = assert_outcome(user.patch(&path, &invalid).await, 400, "birthDate").await;
+    assert_eq!(outcome["issue"][0]["expression"][0], "Patient.birthDate");
+    let (_, now) = status_json(user.get(&path).await).await;
+    assert_eq!(now, patched, "failed patches left the resource as it was");
+    let (_, history) = status_json(user.get(&format!("{path}/_history")).await).await;
+    assert_eq!(history["entry"].as_array().unwrap().len(), 2);
+
+    // Paths that do not exist, server-managed elements, wrong media type, bad documents.
+    assert_outcome(
+        user.patch(&path, &json!([{"op": "remove", "path": "/gender"}]))
+            .await,
+        422,
+        "cannot be applied",
+    )
+    .await;
+    assert_outcome(
+        user.patch(
+            &path,
+            &json!([{"op": "replace", "path": "/id", "value": "x"}]),
+        )
+        .await,
+        400,
+        "managed by the server",
+    )
+    .await;
+    assert_outcome(
+        user.patch(&path, &json!([{"op": "remove", "path": "/meta/versionId"}]))
+            .await,
+        400,
+        "managed by the server",
+    )
+    .await;
+    assert_outcome(
+        user.patch(&path, &json!({"op": "remove"})).await,
+        400,
+        "not a JSON Patch",
+    )
+    .await;
+    let response = user
+        .fhir(Method::PATCH, &path)
+        .json(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 415, "application/json-patch+json").await;
+    assert_outcome(
+        user.patch(&format!("Patient/{}", uuid::Uuid::new_v4()), &ops)
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_return() {
+    let app = TestApp::spawn().await;
+    let user = app.project("prefer").await.member;
+    let minimal = user
+        .fhir(Method::POST, "Patient")
+        .header("Prefer", "return=minimal")
+        .json(&patient())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minimal.status(), 201);
+    let location = minimal.headers()["location"].to_str().unwrap().to_string();
+    assert!(minimal.text().await.unwrap().is_empty());
+
+    let outcome = user
+        .fhir(Method::POST, "Patient")
+        .header("Prefer", "return=OperationOutcome")
+        .json(&patient())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(outcome).await;
+    assert_eq!(
+        (status, body["resourceType"].as_str()),
+        (201, Some("OperationOutcome"))
+    );
+    assert_eq!(body["issue"][0]["severity"], "information");
+
+    // The minimal create really stored the resource.
+    let id = location.split('/').rev().nth(2).unwrap();
+    assert_eq!(user.get(&format!("Patient/{id}")).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_negotiation() {
+    let app = TestApp::spawn().await;
+    let user = app.project("negotiation").await.member;
+    let created = user.create(patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+
+    for accept in [
+        "application/json",
+        "application/fhir+json",
+        "*/*",
+        "application/fhir+json;q=0.9, text/html",
+    ] {
+        let response = user
+            .fhir(Method::GET, &path)
+            .header("Accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{accept}");
+    }
+    let response = user
+        .fhir(Method::GET, &path)
+        .header("Accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 406, "JSON only").await;
+    assert_eq!(
+        user.get(&format!("{path}?_format=json")).await.status(),
+        200
+    );
+    assert_outcome(
+        user.get(&format!("{path}?_format=xml")).await,
+        406,
+        "JSON only",
+    )
+    .await;
+    let response = user
+        .fhir(Method::POST, "Patient")
+        .header("Content-Type", "application/xml")
+        .body("<Patient/>")
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 415, "not supported").await;
+    let response = user
+        .fhir(Method::POST, "Patient")
+        .header("Content-Type", "application/json")
+        .body(patient().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "application/json is accepted too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_errors_point_at_the_element() {
+    let app = TestApp::spawn().await;
+    let user = app.project("validation").await.member;
+
+    let bad =
+        json!({"resourceType": "Patient", "birthDate": "1990-13-01", "gender": "robot", "foo": 1});
+    let (status, outcome) = status_json(user.post("Patient", &bad).await).await;
+    assert_eq!(status, 400);
+    let expressions: Vec<&str> = outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap())
+        .collect();
+    for expected in ["Patient.birthDate", "Patient.gender", "Patient.foo"] {
+        assert!(
+            expressions.contains(&expected),
+            "{expected} missing from {outcome}"
+        );
+    }
+    for issue in outcome["issue"].as_array().unwrap() {
+        assert!(!issue["diagnostics"].as_str().unwrap().is_empty());
+    }
+
+    let observation = json!({"resourceType": "Observation", "valueQuantity": {"value": "high"}});
+    let (status, outcome) = status_json(user.post("Observation", &observation).await).await;
+    assert_eq!(status, 400);
+    let text = outcome.to_string();
+    for expected in [
+        "Observation.status",
+        "Observation.code",
+        "Observation.valueQuantity.value",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from {outcome}");
+    }
+
+    let response = user
+        .fhir(Method::POST, "Patient")
+        .header("Content-Type", "application/fhir+json")
+        .body("{\n  \"resourceType\": \"Patient\",\n  \"name\": [{} {}]\n}")
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(
+        response,
+        400,
+        "Malformed JSON at line 3, column 15: expected `,` or `]`",
+    )
+    .await;
+    assert_outcome(
+        user.post("Patient", &json!({"resourceType": "Observation"}))
+            .await,
+        400,
+        "URL is for Patient",
+    )
+    .await;
+    assert_outcome(
+        user.post("Patient", &json!(["not", "an", "object"])).await,
+        400,
+        "JSON object",
+    )
+    .await;
+    assert_outcome(
+        user.post("Patient", &json!({"active": true})).await,
+        400,
+        "no resourceType",
+    )
+    .await;
+
+    // Nothing of the above was stored.
+    let (_, history) = status_json(user.get("_history").await).await;
+    assert_eq!(
+        history["entry"].as_array().map_or(0, Vec::len),
+        0,
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_over_the_limit_are_refused() {
+    let app = TestApp::spawn_with(|config| config.max_body_bytes = 2048).await;
+    let user = app.project("limits").await.member;
+    let mut big = patient();
+    big["name"][0]["text"] = json!("x".repeat(4096));
+    assert_outcome(
+        user.post("Patient", &big).await,
+        413,
+        "larger than the limit of 2048 bytes",
+    )
+    .await;
+    assert_eq!(user.post("Patient", &patient()).await.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capability_statement_lists_what_works() {
+    let app = TestApp::spawn().await;
+    let (status, statement) = status_json(
+        app.http
+            .get(app.url("fhir/R4/metadata"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(statement["resourceType"], "CapabilityStatement");
+    assert_eq!(statement["fhirVersion"], "4.0.1");
+    let patient = statement["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap();
+    assert_eq!(patient["updateCreate"], false);
+
+    // Every interaction the statement advertises for Patient really works.
+    let user = app.project("capabilities").await.member;
+    let created = user.create(self::patient()).await;
+    let id = created["id"].as_str().unwrap();
+    let vid = created["meta"]["versionId"].as_str().unwrap();
+    for interaction in patient["interaction"].as_array().unwrap() {
+        let code = interaction["code"].as_str().unwrap();
+        let status = match code {
+            "read" => user.get(&format!("Patient/{id}")).await.status(),
+            "vread" => user
+                .get(&format!("Patient/{id}/_history/{vid}"))
+                .await
+                .status(),
+            "update" => user.put(&format!("Patient/{id}"), &created).await.status(),
+            "patch" => user
+                .patch(
+                    &format!("Patient/{id}"),
+                    &json!([{"op": "add", "path": "/active", "value": true}]),
+                )
+                .await
+                .status(),
+            "history-instance" => user.get(&format!("Patient/{id}/_history")).await.status(),
+            "history-type" => user.get("Patient/_history").await.status(),
+            "create" => user.post("Patient", &self::patient()).await.status(),
+            "delete" => user.delete(&format!("Patient/{id}")).await.status(),
+            other => panic!("the statement advertises '{other}', which this test does not know"),
+        };
+        assert!(status.is_success(), "{code} gave {status}");
+    }
+    for interaction in statement["rest"][0]["interaction"].as_array().unwrap() {
+        assert_eq!(interaction["code"], "history-system");
+        assert_eq!(user.get("_history").await.status(), 200);
+    }
+}
