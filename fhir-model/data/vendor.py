@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Write a trimmed, minified copy of the FHIR R4 JSON schema to stdout.
+"""Write trimmed, minified copies of FHIR R4 definitions to stdout.
 
 Usage: python3 vendor.py fhir.schema.json [profiles-resources.json profiles-types.json] > out
+       python3 vendor.py search-parameters search-parameters.json > out
+       python3 vendor.py compartment compartmentdefinition-patient.json > out
 
 Drops every `description` annotation (most of the file) but keeps elements that are *named*
 `description` inside a `properties` map.
@@ -70,9 +72,58 @@ def require_primitives(definitions, bundle):
                 required.append(path[-1])
 
 
+def search_parameters(bundle):
+    """The SearchParameters, keeping what search needs: code, base, type, expression, target,
+    and composite components resolved to the component parameter's type and expression."""
+    resources = [entry["resource"] for entry in bundle["entry"]]
+    by_url = {sp["url"]: sp for sp in resources}
+    out = []
+    for sp in resources:
+        param = {"code": sp["code"], "base": sp["base"], "type": sp["type"]}
+        if sp.get("expression"):
+            param["expression"] = sp["expression"]
+        if sp.get("target"):
+            param["target"] = sp["target"]
+        if sp.get("component"):
+            param["component"] = [
+                {"type": by_url[c["definition"]]["type"], "expression": c["expression"]}
+                for c in sp["component"]
+            ]
+        out.append(param)
+    return out
+
+
+def compartment(definition):
+    """A CompartmentDefinition as {resource type: [parameter codes]}, types without any left out."""
+    return {r["code"]: r["param"] for r in definition["resource"] if r.get("param")}
+
+
+def dump(value, pretty_lines=False):
+    if pretty_lines:
+        # One entry a line: small diffs, still compact.
+        sys.stdout.write("[\n")
+        sys.stdout.write(
+            ",\n".join(json.dumps(v, separators=(",", ":"), ensure_ascii=False) for v in value)
+        )
+        sys.stdout.write("\n]\n")
+    else:
+        json.dump(value, sys.stdout, separators=(",", ":"), ensure_ascii=False)
+        sys.stdout.write("\n")
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
+    if sys.argv[1] in ("search-parameters", "compartment"):
+        if len(sys.argv) != 3:
+            sys.exit(__doc__)
+        with open(sys.argv[2], encoding="utf-8") as f:
+            source = json.load(f)
+        if sys.argv[1] == "search-parameters":
+            dump(search_parameters(source), pretty_lines=True)
+        else:
+            dump(compartment(source))
+        return
     with open(sys.argv[1], encoding="utf-8") as f:
         schema = strip(json.load(f))
     for profiles in sys.argv[2:]:

@@ -4,6 +4,7 @@
 mod error;
 mod outcome;
 pub mod resource_types;
+pub mod search;
 mod validation;
 
 pub use error::Error;

@@ -1,7 +1,7 @@
 //! The application: start-up (database, migrations, bootstrap, keys), shared
 //! state, and the HTTP server with its routes.
 
-use std::{net::TcpListener, time::Instant};
+use std::{future::Future, net::TcpListener, time::Instant};
 
 use actix_web::{
     body::MessageBody,
@@ -92,6 +92,9 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .workers(config.workers)
+        // main.rs listens for signals from its first line, so that none
+        // arriving during start-up is missed.
+        .disable_signals()
         .shutdown_timeout(config.shutdown_timeout.as_secs())
         .listen(listener)
         .map_err(|e| Error::Startup(format!("cannot start the HTTP server: {e}")))?
@@ -104,9 +107,18 @@ impl Application {
         &self.base_url
     }
 
-    /// Serves until SIGINT or SIGTERM, then finishes requests in flight
-    /// (up to the shutdown timeout) and returns.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until `shutdown` completes, then stops accepting connections,
+    /// finishes requests in flight (up to the shutdown timeout) and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down gracefully");
+            handle.stop(true).await;
+        });
         self.server.await
     }
 }

@@ -14,8 +14,29 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed when
+/// this is called, so call it first: a signal during start-up is kept.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            eprintln!("fhirgate: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -31,7 +52,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run_until_stopped().await {
+    match app.run_until(shutdown).await {
         Ok(()) => {
             tracing::info!("fhirgate stopped");
             ExitCode::SUCCESS

@@ -144,7 +144,7 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     // Second start on the same database: no new credentials.
-    let mut second = start(&url);
+    let second = start(&url);
     let log = second.startup_log.join("\n");
     assert!(
         !log.contains("shown once") && !log.contains("client secret"),
@@ -155,7 +155,13 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
         "migrations ran twice: {log}"
     );
     terminate(&second.child);
-    assert!(second.child.wait().unwrap().success());
+    let output = second.child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     drop_database(&database).await;
 }
 

@@ -60,6 +60,19 @@ fn http_client() -> reqwest::Client {
         .clone()
 }
 
+/// Server logs on stderr when FHIRGATE_TEST_LOG is set (e.g. `warn`, `debug`).
+fn init_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if let Ok(filter) = std::env::var("FHIRGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 pub fn random_secret() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
@@ -71,6 +84,7 @@ impl TestApp {
 
     /// Starts a server on a new database; `configure` may change its config.
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        init_logging();
         let database = format!("fhirgate_test_{}", Uuid::new_v4().simple());
         let mut config = Config::for_database(&format!("{}/{database}", postgres_server()));
         let admin = Credentials {
@@ -84,7 +98,7 @@ impl TestApp {
         configure(&mut config);
         let app = Application::build(config).await.expect("server starts");
         let base_url = app.base_url().to_string();
-        tokio::spawn(app.run_until_stopped());
+        tokio::spawn(app.run_until(std::future::pending()));
         TestApp {
             base_url,
             http: http_client(),

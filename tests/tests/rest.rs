@@ -162,7 +162,6 @@ async fn unknown_ids_types_and_routes() {
         .await
         .unwrap();
     assert_outcome(response, 405, "not supported").await;
-    assert_outcome(user.get("Patient").await, 501, "Search is not available").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -532,12 +531,24 @@ async fn capability_statement_lists_what_works() {
             "history-type" => user.get("Patient/_history").await.status(),
             "create" => user.post("Patient", &self::patient()).await.status(),
             "delete" => user.delete(&format!("Patient/{id}")).await.status(),
+            "search-type" => user.get("Patient?gender=female").await.status(),
             other => panic!("the statement advertises '{other}', which this test does not know"),
         };
         assert!(status.is_success(), "{code} gave {status}");
     }
     for interaction in statement["rest"][0]["interaction"].as_array().unwrap() {
-        assert_eq!(interaction["code"], "history-system");
-        assert_eq!(user.get("_history").await.status(), 200);
+        let status = match interaction["code"].as_str().unwrap() {
+            "history-system" => user.get("_history").await.status(),
+            "search-system" => user.get("?_type=Patient").await.status(),
+            other => panic!("the statement advertises '{other}', which this test does not know"),
+        };
+        assert!(status.is_success(), "{interaction} gave {status}");
     }
+    let gender = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "gender")
+        .unwrap();
+    assert_eq!(gender["type"], "token");
 }

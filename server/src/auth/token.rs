@@ -121,20 +121,25 @@ pub async fn client_credentials(
         return Err(invalid_client());
     }
     let client_ref = format!("ClientApplication/{}", client.id);
-    let membership = state
-        .store
-        .find_membership(client.project_id, &client_ref)
-        .await?
-        .filter(|m| {
-            let content = m.content.as_deref().unwrap_or("{}");
-            serde_json::from_str::<Value>(content).is_ok_and(|v| v["active"] != Value::Bool(false))
-        })
-        .ok_or_else(|| Error::OAuth {
-            status: StatusCode::UNAUTHORIZED,
-            error: "invalid_client",
-            description: "This client has no active membership in its project".into(),
-            basic_challenge: credentials.basic,
-        })?;
+    let membership = fhir::search::find_by_reference(
+        state,
+        Tenant::Project(client.project_id),
+        "ProjectMembership",
+        "user",
+        &client_ref,
+    )
+    .await?
+    .into_iter()
+    .find(|m| {
+        let content = m.content.as_deref().unwrap_or("{}");
+        serde_json::from_str::<Value>(content).is_ok_and(|v| v["active"] != Value::Bool(false))
+    })
+    .ok_or_else(|| Error::OAuth {
+        status: StatusCode::UNAUTHORIZED,
+        error: "invalid_client",
+        description: "This client has no active membership in its project".into(),
+        basic_challenge: credentials.basic,
+    })?;
     let scope = validate_scope(scope.unwrap_or("openid"))?;
 
     let login_id = Uuid::new_v4();

@@ -115,13 +115,22 @@ struct Response {
 }
 
 #[derive(Serialize)]
+struct Search {
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Entry<'a> {
     full_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     resource: Option<&'a RawValue>,
-    request: Request,
-    response: Response,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    search: Option<Search>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<Request>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Response>,
 }
 
 #[derive(Serialize)]
@@ -132,8 +141,49 @@ struct Bundle<'a> {
     meta: serde_json::Value,
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
     link: Vec<Link>,
     entry: Vec<Entry<'a>>,
+}
+
+impl<'a> Bundle<'a> {
+    fn new(
+        kind: &'static str,
+        total: Option<i64>,
+        link: Vec<Link>,
+        entry: Vec<Entry<'a>>,
+    ) -> Bundle<'a> {
+        Bundle {
+            resource_type: "Bundle",
+            id: Uuid::new_v4().to_string(),
+            meta: serde_json::json!({ "lastUpdated": instant(&super::resource::now_millis()) }),
+            kind,
+            total,
+            link,
+            entry,
+        }
+    }
+
+    fn render(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::Internal(format!("serialising bundle: {e}")))
+    }
+}
+
+/// Stored content as a raw JSON value, embedded without re-serialising.
+fn raw(version: &Version) -> Result<Option<&RawValue>> {
+    version
+        .content
+        .as_deref()
+        .map(|content| {
+            serde_json::from_str::<&RawValue>(content).map_err(|e| {
+                Error::Internal(format!(
+                    "stored {}/{} is not JSON: {e}",
+                    version.resource_type, version.id
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// A `history` Bundle of one page. `versions` holds up to `count + 1` rows;
@@ -162,36 +212,79 @@ pub fn history_bundle(
     let mut entry = Vec::with_capacity(page.len());
     for version in page {
         let path = format!("{}/{}", version.resource_type, version.id);
-        let resource = match &version.content {
-            Some(content) => Some(
-                serde_json::from_str::<&RawValue>(content)
-                    .map_err(|e| Error::Internal(format!("stored {path} is not JSON: {e}")))?,
-            ),
-            None => None,
-        };
+        let resource = raw(version)?;
         entry.push(Entry {
             full_url: format!("{fhir_base}{path}"),
-            request: Request {
+            search: None,
+            request: Some(Request {
                 method: if resource.is_some() { "PUT" } else { "DELETE" },
                 url: path,
-            },
-            response: Response {
+            }),
+            response: Some(Response {
                 status: if resource.is_some() { "200" } else { "204" },
                 etag: format!("W/\"{}\"", version.version_id),
                 last_modified: instant(&version.last_updated),
-            },
+            }),
             resource,
         });
     }
-    let bundle = Bundle {
-        resource_type: "Bundle",
-        id: Uuid::new_v4().to_string(),
-        meta: serde_json::json!({ "lastUpdated": instant(&super::resource::now_millis()) }),
-        kind: "history",
-        link,
-        entry,
+    Bundle::new("history", None, link, entry).render()
+}
+
+/// A page of search results.
+pub struct SearchResults<'a> {
+    pub fhir_base: &'a str,
+    /// `self` link; `next`/`previous` are it plus `_cursor`.
+    pub self_url: &'a str,
+    pub matches: &'a [Version],
+    pub included: &'a [Version],
+    pub total: Option<i64>,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+}
+
+/// A `searchset` Bundle: matches, then included resources.
+pub fn searchset_bundle(results: &SearchResults<'_>) -> Result<String> {
+    let with_cursor = |cursor: &str| {
+        let separator = if results.self_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{separator}_cursor={cursor}", results.self_url)
     };
-    serde_json::to_string(&bundle).map_err(|e| Error::Internal(format!("serialising bundle: {e}")))
+    let mut link = vec![Link {
+        relation: "self",
+        url: results.self_url.to_string(),
+    }];
+    if let Some(next) = &results.next {
+        link.push(Link {
+            relation: "next",
+            url: with_cursor(next),
+        });
+    }
+    if let Some(previous) = &results.previous {
+        link.push(Link {
+            relation: "previous",
+            url: with_cursor(previous),
+        });
+    }
+    let mut entry = Vec::with_capacity(results.matches.len() + results.included.len());
+    for (versions, mode) in [(results.matches, "match"), (results.included, "include")] {
+        for version in versions {
+            entry.push(Entry {
+                full_url: format!(
+                    "{}{}/{}",
+                    results.fhir_base, version.resource_type, version.id
+                ),
+                resource: raw(version)?,
+                search: Some(Search { mode }),
+                request: None,
+                response: None,
+            });
+        }
+    }
+    Bundle::new("searchset", results.total, link, entry).render()
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! `GET /fhir/R4/metadata`: generated from the interactions fhirgate routes,
 //! so it changes when a feature lands rather than when someone remembers.
 
-use fhir_model::resource_types::all_resource_types;
+use fhir_model::{
+    resource_types::all_resource_types,
+    search::{ParamType, Registry},
+};
 use serde_json::{json, Value};
 
 /// Interactions routed for every resource type (see `http::fhir`).
@@ -14,10 +17,11 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 ];
 
 /// Whole-system interactions routed at `/fhir/R4`.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system", "search-system"];
 
 pub fn capability_statement(base_url: &str) -> Value {
     let interactions = |codes: &[&str]| {
@@ -28,6 +32,16 @@ pub fn capability_statement(base_url: &str) -> Value {
     };
     let resources: Vec<Value> = all_resource_types()
         .map(|resource_type| {
+            let params = Registry::get().params_for(resource_type);
+            let search_params: Vec<Value> = params
+                .iter()
+                .map(|p| json!({ "name": p.code, "type": param_type(p.kind) }))
+                .collect();
+            let references: Vec<String> = params
+                .iter()
+                .filter(|p| p.kind == ParamType::Reference)
+                .map(|p| format!("{resource_type}:{}", p.code))
+                .collect();
             json!({
                 "type": resource_type,
                 "interaction": interactions(TYPE_INTERACTIONS),
@@ -36,7 +50,10 @@ pub fn capability_statement(base_url: &str) -> Value {
                 "updateCreate": false,
                 "conditionalCreate": false,
                 "conditionalUpdate": false,
-                "conditionalDelete": "not-supported"
+                "conditionalDelete": "not-supported",
+                "searchInclude": references,
+                "searchRevInclude": references,
+                "searchParam": search_params
             })
         })
         .collect();
@@ -70,6 +87,20 @@ pub fn capability_statement(base_url: &str) -> Value {
             "interaction": interactions(SYSTEM_INTERACTIONS)
         }]
     })
+}
+
+fn param_type(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::Number => "number",
+        ParamType::Date => "date",
+        ParamType::String => "string",
+        ParamType::Token => "token",
+        ParamType::Reference => "reference",
+        ParamType::Composite => "composite",
+        ParamType::Quantity => "quantity",
+        ParamType::Uri => "uri",
+        ParamType::Special => "special",
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod capability;
 pub mod resource;
+pub mod search;
 
 use access_policy::{is_allowed, Interaction, Role};
 use fhir_model::resource_types::{is_known_resource_type, ADMIN_RESOURCE_TYPES, R4_RESOURCE_TYPES};
@@ -209,6 +210,9 @@ async fn store_prepared(
         is_new,
     )
     .await?;
+    let index = fhir_model::search::extract(fhir_model::search::Registry::get(), &prepared.value);
+    tx.replace_index(stamp.project_id, &resource_type, stamp.id, &index)
+        .await?;
     for (kind, hash) in &prepared.secrets {
         tx.set_secret(stamp.project_id, &resource_type, stamp.id, kind, hash)
             .await?;
@@ -449,6 +453,8 @@ pub async fn delete(
         false,
     )
     .await?;
+    tx.replace_index(current.project_id, resource_type, uuid, &[])
+        .await?;
     tx.commit().await
 }
 
@@ -504,7 +510,7 @@ pub async fn history(
 }
 
 /// Types whose history a role may not read, left out of system history.
-fn hidden_types(role: Role) -> Vec<&'static str> {
+pub fn hidden_types(role: Role) -> Vec<&'static str> {
     R4_RESOURCE_TYPES
         .iter()
         .chain(ADMIN_RESOURCE_TYPES)

@@ -12,7 +12,7 @@ use crate::{
     app::AppState,
     auth::Caller,
     error::{Error, Result},
-    fhir::{self, bundle, HistoryRequest, WriteOutcome},
+    fhir::{self, bundle, search::SearchScope, HistoryRequest, WriteOutcome},
 };
 
 type Data = web::Data<AppState>;
@@ -33,8 +33,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(method_not_allowed()),
     )
     .service(
+        web::resource(["/fhir/R4", "/fhir/R4/"])
+            .get(search_system)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/_search")
+            .post(search_system_post)
+            .default_service(method_not_allowed()),
+    )
+    .service(
         web::resource("/fhir/R4/_history")
             .get(history_system)
+            .default_service(method_not_allowed()),
+    )
+    .service(
+        web::resource("/fhir/R4/{type}/_search")
+            .post(search_type_post)
             .default_service(method_not_allowed()),
     )
     .service(
@@ -53,6 +68,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(method_not_allowed()),
     )
     .service(
+        web::resource("/fhir/R4/{compartment}/{id}/{type}")
+            .get(search_compartment)
+            .default_service(method_not_allowed()),
+    )
+    .service(
         web::resource("/fhir/R4/{type}/{id}")
             .get(read)
             .put(update)
@@ -63,7 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/fhir/R4/{type}")
             .post(create)
-            .get(search)
+            .get(search_type)
             .default_service(method_not_allowed()),
     );
 }
@@ -242,11 +262,113 @@ async fn delete(
         .body(super::informational(&format!("Deleted {resource_type}/{id}")).to_string()))
 }
 
-async fn search(caller: Caller, path: web::Path<String>) -> Result<HttpResponse> {
+/// `Prefer: handling=lenient` ignores unknown search parameters.
+fn lenient(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("Prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"))
+}
+
+async fn run_search(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    scope: SearchScope<'_>,
+    query: Vec<(String, String)>,
+    self_path: &str,
+) -> Result<HttpResponse> {
+    check_accept(&req)?;
+    let body =
+        fhir::search::search(&state, &caller, &scope, &query, lenient(&req), self_path).await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
+}
+
+/// The query of `POST …/_search`: the URL's parameters plus the form body's.
+async fn post_query(
+    req: &HttpRequest,
+    state: &Data,
+    payload: web::Payload,
+) -> Result<Vec<(String, String)>> {
+    check_content_type(req, &["application/x-www-form-urlencoded"])?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let mut query = query_pairs(req)?;
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| Error::BadRequest(format!("The _search body is not a valid form: {e}")))?;
+    query.extend(form);
+    Ok(query)
+}
+
+async fn search_type(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let query = query_pairs(&req)?;
+    let scope = SearchScope {
+        resource_type: Some(&path),
+        compartment: None,
+    };
+    let self_path = req.path().to_string();
+    run_search(caller, state, req, scope, query, &self_path).await
+}
+
+async fn search_type_post(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
     fhir::authorize(&caller, &path, access_policy::Interaction::Search)?;
-    Err(Error::NotImplemented(
-        "Search is not available yet on this server (see the CapabilityStatement)".into(),
-    ))
+    let query = post_query(&req, &state, payload).await?;
+    let scope = SearchScope {
+        resource_type: Some(&path),
+        compartment: None,
+    };
+    let self_path = format!("fhir/R4/{path}");
+    run_search(caller, state, req, scope, query, &self_path).await
+}
+
+async fn search_system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
+    let query = query_pairs(&req)?;
+    let scope = SearchScope {
+        resource_type: None,
+        compartment: None,
+    };
+    run_search(caller, state, req, scope, query, "fhir/R4").await
+}
+
+async fn search_system_post(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let query = post_query(&req, &state, payload).await?;
+    let scope = SearchScope {
+        resource_type: None,
+        compartment: None,
+    };
+    run_search(caller, state, req, scope, query, "fhir/R4").await
+}
+
+async fn search_compartment(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse> {
+    let (compartment, id, resource_type) = path.into_inner();
+    let query = query_pairs(&req)?;
+    let scope = SearchScope {
+        resource_type: Some(&resource_type),
+        compartment: Some((&compartment, &id)),
+    };
+    let self_path = req.path().to_string();
+    run_search(caller, state, req, scope, query, &self_path).await
 }
 
 async fn history(

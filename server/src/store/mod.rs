@@ -3,6 +3,8 @@
 //! forget the project.
 
 pub mod connect;
+mod index;
+pub mod search;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
@@ -100,6 +102,13 @@ impl Query {
         self.params.push(Box::new(value));
         self.sql.push_str(&format!("${}", self.params.len()));
         self
+    }
+
+    /// Registers a value and returns its placeholder, for SQL that uses the
+    /// same value more than once.
+    fn placeholder<T: ToSql + Sync + Send + 'static>(&mut self, value: T) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
     }
 
     fn tenant(&mut self, tenant: Tenant) -> &mut Query {
@@ -221,17 +230,6 @@ impl Store {
             .iter()
             .map(Version::from_row)
             .collect())
-    }
-
-    /// The live membership whose `user` is `member` (e.g. `ClientApplication/…`) in a project.
-    pub async fn find_membership(&self, project_id: Uuid, member: &str) -> Result<Option<Version>> {
-        let mut q = Query::new(&format!(
-            "SELECT {VERSION_COLUMNS} FROM resource WHERE resource_type = 'ProjectMembership' AND NOT deleted AND content::jsonb #>> '{{user,reference}}' = "
-        ));
-        q.bind(member.to_string())
-            .tenant(Tenant::Project(project_id))
-            .push(" LIMIT 1");
-        Ok(self.query(&q).await?.first().map(Version::from_row))
     }
 
     /// Whether any Project exists: false only on an empty database.
@@ -415,6 +413,23 @@ impl Tx {
                 &[&project_id, &resource_type, &id, &kind, &hash],
             )
             .await?;
+        Ok(())
+    }
+
+    /// Replaces the search-index rows of a resource (none for a deletion).
+    pub async fn replace_index(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        values: &[fhir_model::search::IndexValue],
+    ) -> Result<()> {
+        let rows = index::IndexRows::new(values);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&project_id, &resource_type, &id];
+        params.extend(rows.params());
+        let client = self.client();
+        let statement = client.prepare_cached(index::REPLACE_SQL).await?;
+        client.query(&statement, &params).await?;
         Ok(())
     }
 

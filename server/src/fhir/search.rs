@@ -1,0 +1,188 @@
+//! Search interactions: type, system (`_type`) and compartment search. The
+//! query is parsed in fhir-model, compiled to one SQL statement in the store,
+//! and answered as a `searchset` Bundle.
+
+use access_policy::Interaction;
+use fhir_model::search::{self, parse_search, Registry, SearchError, SearchRequest, Summary};
+use serde_json::{json, Value};
+
+use super::{authorize, bundle, hidden_types, parse_id};
+use crate::{
+    app::AppState,
+    auth::Caller,
+    error::{Error, Result},
+    store::{
+        search::{Cursor, SearchQuery},
+        Tenant, Version,
+    },
+};
+
+/// Where a search was asked: `GET /Type`, `GET /` (system) or `GET /Patient/id/Type`.
+pub struct SearchScope<'a> {
+    pub resource_type: Option<&'a str>,
+    pub compartment: Option<(&'a str, &'a str)>,
+}
+
+impl From<SearchError> for Error {
+    fn from(error: SearchError) -> Error {
+        let SearchError::Param { param, message } = &error;
+        Error::Invalid(vec![fhir_model::Issue::error(
+            fhir_model::IssueCode::Invalid,
+            message.clone(),
+        )
+        .at(param.clone())])
+    }
+}
+
+pub async fn search(
+    state: &AppState,
+    caller: &Caller,
+    scope: &SearchScope<'_>,
+    query: &[(String, String)],
+    lenient: bool,
+    self_path: &str,
+) -> Result<String> {
+    if let Some(resource_type) = scope.resource_type {
+        authorize(caller, resource_type, Interaction::Search)?;
+    }
+    let registry = Registry::get();
+    let mut request = parse_search(registry, scope.resource_type, query, lenient)?;
+    match request.summary {
+        Summary::Count => {
+            request.count = 0;
+            if request.total == search::Total::None {
+                request.total = search::Total::Accurate;
+            }
+        }
+        Summary::True => {
+            return Err(Error::Invalid(vec![fhir_model::Issue::error(
+                fhir_model::IssueCode::NotSupported,
+                "_summary=true is not supported yet; use _elements to choose elements, or _summary=count|data|text",
+            )
+            .at("_summary")]))
+        }
+        _ => {}
+    }
+    for resource_type in request
+        .types
+        .iter()
+        .chain(request.include.iter().map(|i| &i.source_type))
+    {
+        authorize(caller, resource_type, Interaction::Search)?;
+    }
+    if let Some((compartment_type, id)) = scope.compartment {
+        let resource_type = scope.resource_type.unwrap_or_default();
+        authorize(caller, compartment_type, Interaction::Read)?;
+        let exists = match parse_id(id) {
+            Some(uuid) => state
+                .store
+                .read(caller.tenant(), compartment_type, uuid)
+                .await?
+                .is_some_and(|v| !v.is_deleted()),
+            None => false,
+        };
+        if !exists {
+            return Err(Error::NotFound(format!(
+                "{compartment_type}/{id} not found"
+            )));
+        }
+        request.filters.push(search::parse::compartment_filter(
+            registry,
+            compartment_type,
+            id,
+            resource_type,
+        )?);
+    }
+    let cursor = request.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let hidden = hidden_types(caller.role);
+    let page = state
+        .store
+        .search(&SearchQuery {
+            request: &request,
+            tenant: caller.tenant(),
+            hidden_types: &hidden,
+            cursor,
+        })
+        .await?;
+    let matches = shape(&request, page.matches)?;
+    let included = shape(&request, page.included)?;
+    let mut self_url = format!("{}{}", state.base_url, self_path.trim_start_matches('/'));
+    if !request.canonical_query.is_empty() {
+        self_url.push('?');
+        self_url
+            .push_str(&serde_urlencoded::to_string(&request.canonical_query).unwrap_or_default());
+    }
+    bundle::searchset_bundle(&bundle::SearchResults {
+        fhir_base: &format!("{}fhir/R4/", state.base_url),
+        self_url: &self_url,
+        matches: &matches,
+        included: &included,
+        total: page.total,
+        next: page.next.map(|c| c.encode()),
+        previous: page.previous.map(|c| c.encode()),
+    })
+}
+
+/// `_elements` and `_summary=text|data` (FHIR §3.1.1.5.9, .5.10): keep what
+/// was asked for plus the mandatory elements, and mark the result SUBSETTED.
+fn shape(request: &SearchRequest, versions: Vec<Version>) -> Result<Vec<Version>> {
+    let keep: Option<Vec<&str>> = match request.summary {
+        Summary::Text => Some(vec!["text"]),
+        _ if !request.elements.is_empty() => {
+            Some(request.elements.iter().map(String::as_str).collect())
+        }
+        _ => None,
+    };
+    let drop_text = request.summary == Summary::Data;
+    if keep.is_none() && !drop_text {
+        return Ok(versions);
+    }
+    versions
+        .into_iter()
+        .map(|mut version| {
+            let Some(content) = &version.content else {
+                return Ok(version);
+            };
+            let mut value: Value = serde_json::from_str(content)
+                .map_err(|e| Error::Internal(format!("stored resource is not JSON: {e}")))?;
+            if let Some(object) = value.as_object_mut() {
+                match &keep {
+                    Some(keep) => object.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str())),
+                    None => {
+                        object.remove("text");
+                    }
+                }
+                let meta = object.entry("meta").or_insert_with(|| json!({}));
+                let tags = meta.as_object_mut().map(|m| m.entry("tag").or_insert_with(|| json!([])));
+                if let Some(Value::Array(tags)) = tags {
+                    tags.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}));
+                }
+            }
+            version.content = Some(value.to_string());
+            Ok(version)
+        })
+        .collect()
+}
+
+/// The live resources of one type whose reference `param` points at `target`:
+/// used by sign-in to find a client's membership.
+pub async fn find_by_reference(
+    state: &AppState,
+    tenant: Tenant,
+    resource_type: &str,
+    param: &str,
+    target: &str,
+) -> Result<Vec<Version>> {
+    let query = vec![(param.to_string(), target.to_string())];
+    let request = parse_search(Registry::get(), Some(resource_type), &query, false)?;
+    Ok(state
+        .store
+        .search(&SearchQuery {
+            request: &request,
+            tenant,
+            hidden_types: &[],
+            cursor: None,
+        })
+        .await?
+        .matches)
+}

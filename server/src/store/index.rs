@@ -1,0 +1,259 @@
+//! Writing search-index rows: one statement replaces every row of a resource
+//! in every index table (data-modifying CTEs see the same snapshot, so the
+//! deletes remove only the old rows and the inserts add the new ones).
+
+use fhir_model::search::IndexValue;
+use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+type Texts = Vec<String>;
+type OptionalTexts = Vec<Option<String>>;
+
+/// Column arrays for `UNNEST`, one vector per column, named `<table>_<column>`.
+#[derive(Default)]
+pub(super) struct IndexRows {
+    token_param: Texts,
+    token_system: OptionalTexts,
+    token_code: OptionalTexts,
+    token_text: OptionalTexts,
+    string_param: Texts,
+    string_normalized: Texts,
+    string_exact: Texts,
+    date_param: Texts,
+    date_low: Vec<i64>,
+    date_high: Vec<i64>,
+    number_param: Texts,
+    number_value: Vec<f64>,
+    quantity_param: Texts,
+    quantity_value: Vec<f64>,
+    quantity_system: OptionalTexts,
+    quantity_code: OptionalTexts,
+    quantity_unit: OptionalTexts,
+    reference_param: Texts,
+    reference_target_type: OptionalTexts,
+    reference_target_id: Vec<Option<Uuid>>,
+    reference_url: Texts,
+    uri_param: Texts,
+    uri_value: Texts,
+    composite_param: Texts,
+    composite_parts: Vec<Value>,
+}
+
+/// Token rows for the `:of-type` and reference `:identifier` modifiers live
+/// in idx_token under a derived parameter name.
+pub fn of_type_param(param: &str) -> String {
+    format!("{param}:of-type")
+}
+
+pub fn identifier_param(param: &str) -> String {
+    format!("{param}:identifier")
+}
+
+/// `type-system|type-code`, the `system` column of an `:of-type` row.
+pub fn of_type_system(type_system: Option<&str>, type_code: Option<&str>) -> String {
+    format!(
+        "{}|{}",
+        type_system.unwrap_or_default(),
+        type_code.unwrap_or_default()
+    )
+}
+
+impl IndexRows {
+    pub(super) fn new(values: &[IndexValue]) -> IndexRows {
+        let mut rows = IndexRows::default();
+        for value in values {
+            rows.push(value);
+        }
+        rows
+    }
+
+    fn push(&mut self, value: &IndexValue) {
+        match value {
+            IndexValue::Token {
+                param,
+                system,
+                code,
+                text,
+            } => {
+                self.token_param.push(param.clone());
+                self.token_system.push(system.clone());
+                self.token_code.push(code.clone());
+                self.token_text.push(text.clone());
+            }
+            IndexValue::IdentifierOfType {
+                param,
+                type_system,
+                type_code,
+                value,
+            } => {
+                self.token_param.push(of_type_param(param));
+                self.token_system.push(Some(of_type_system(
+                    type_system.as_deref(),
+                    type_code.as_deref(),
+                )));
+                self.token_code.push(Some(value.clone()));
+                self.token_text.push(None);
+            }
+            IndexValue::ReferenceIdentifier {
+                param,
+                system,
+                value,
+            } => {
+                self.token_param.push(identifier_param(param));
+                self.token_system.push(system.clone());
+                self.token_code.push(Some(value.clone()));
+                self.token_text.push(None);
+            }
+            IndexValue::String {
+                param,
+                normalized,
+                exact,
+            } => {
+                self.string_param.push(param.clone());
+                self.string_normalized.push(normalized.clone());
+                self.string_exact.push(exact.clone());
+            }
+            IndexValue::Date { param, low, high } => {
+                self.date_param.push(param.clone());
+                self.date_low.push(*low);
+                self.date_high.push(*high);
+            }
+            IndexValue::Number { param, value } => {
+                self.number_param.push(param.clone());
+                self.number_value.push(*value);
+            }
+            IndexValue::Quantity {
+                param,
+                value,
+                system,
+                code,
+                unit,
+            } => {
+                self.quantity_param.push(param.clone());
+                self.quantity_value.push(*value);
+                self.quantity_system.push(system.clone());
+                self.quantity_code.push(code.clone());
+                self.quantity_unit.push(unit.clone());
+            }
+            IndexValue::Reference {
+                param,
+                url,
+                target_type,
+                target_id,
+            } => {
+                let id = target_id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
+                self.reference_param.push(param.clone());
+                self.reference_target_type
+                    .push(target_type.clone().filter(|_| id.is_some()));
+                self.reference_target_id.push(id);
+                self.reference_url.push(url.clone());
+            }
+            IndexValue::Uri { param, value } => {
+                self.uri_param.push(param.clone());
+                self.uri_value.push(value.clone());
+            }
+            IndexValue::Composite { param, parts } => {
+                self.composite_param.push(param.clone());
+                self.composite_parts
+                    .push(Value::Array(parts.iter().map(composite_part).collect()));
+            }
+        }
+    }
+
+    /// Parameters after the first three ($1 project, $2 type, $3 id), in the
+    /// order [`REPLACE_SQL`] numbers them.
+    pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.token_param,
+            &self.token_system,
+            &self.token_code,
+            &self.token_text,
+            &self.string_param,
+            &self.string_normalized,
+            &self.string_exact,
+            &self.date_param,
+            &self.date_low,
+            &self.date_high,
+            &self.number_param,
+            &self.number_value,
+            &self.quantity_param,
+            &self.quantity_value,
+            &self.quantity_system,
+            &self.quantity_code,
+            &self.quantity_unit,
+            &self.reference_param,
+            &self.reference_target_type,
+            &self.reference_target_id,
+            &self.reference_url,
+            &self.uri_param,
+            &self.uri_value,
+            &self.composite_param,
+            &self.composite_parts,
+        ]
+    }
+}
+
+/// A composite component as JSON, with the same field names as the index
+/// table columns so that search conditions read them alike.
+fn composite_part(value: &IndexValue) -> Value {
+    match value {
+        IndexValue::Token {
+            system, code, text, ..
+        } => json!({"system": system, "code": code, "text": text}),
+        IndexValue::String {
+            normalized, exact, ..
+        } => json!({"normalized": normalized, "exact": exact}),
+        IndexValue::Date { low, high, .. } => json!({"low": low, "high": high}),
+        IndexValue::Number { value, .. } => json!({"value": value}),
+        IndexValue::Quantity {
+            value,
+            system,
+            code,
+            unit,
+            ..
+        } => {
+            json!({"value": value, "system": system, "code": code, "unit": unit})
+        }
+        IndexValue::Reference {
+            url,
+            target_type,
+            target_id,
+            ..
+        } => {
+            json!({"url": url, "target_type": target_type, "target_id": target_id})
+        }
+        IndexValue::Uri { value, .. } => json!({"value": value}),
+        IndexValue::IdentifierOfType { .. }
+        | IndexValue::ReferenceIdentifier { .. }
+        | IndexValue::Composite { .. } => Value::Null,
+    }
+}
+
+/// Replaces all index rows of one resource ($1 project, $2 type, $3 id).
+pub(super) const REPLACE_SQL: &str = "
+WITH d1 AS (DELETE FROM idx_token WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d2 AS (DELETE FROM idx_string WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d3 AS (DELETE FROM idx_date WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d4 AS (DELETE FROM idx_number WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d5 AS (DELETE FROM idx_quantity WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d6 AS (DELETE FROM idx_reference WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d7 AS (DELETE FROM idx_uri WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d8 AS (DELETE FROM idx_composite WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     i1 AS (INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code, text)
+            SELECT $1, $2, $3, * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[])),
+     i2 AS (INSERT INTO idx_string (project_id, resource_type, resource_id, param, normalized, exact)
+            SELECT $1, $2, $3, * FROM UNNEST($8::text[], $9::text[], $10::text[])),
+     i3 AS (INSERT INTO idx_date (project_id, resource_type, resource_id, param, low, high)
+            SELECT $1, $2, $3, * FROM UNNEST($11::text[], $12::int8[], $13::int8[])),
+     i4 AS (INSERT INTO idx_number (project_id, resource_type, resource_id, param, value)
+            SELECT $1, $2, $3, * FROM UNNEST($14::text[], $15::float8[])),
+     i5 AS (INSERT INTO idx_quantity (project_id, resource_type, resource_id, param, value, system, code, unit)
+            SELECT $1, $2, $3, * FROM UNNEST($16::text[], $17::float8[], $18::text[], $19::text[], $20::text[])),
+     i6 AS (INSERT INTO idx_reference (project_id, resource_type, resource_id, param, target_type, target_id, url)
+            SELECT $1, $2, $3, * FROM UNNEST($21::text[], $22::text[], $23::uuid[], $24::text[])),
+     i7 AS (INSERT INTO idx_uri (project_id, resource_type, resource_id, param, value)
+            SELECT $1, $2, $3, * FROM UNNEST($25::text[], $26::text[])),
+     i8 AS (INSERT INTO idx_composite (project_id, resource_type, resource_id, param, parts)
+            SELECT $1, $2, $3, * FROM UNNEST($27::text[], $28::jsonb[]))
+SELECT 1";

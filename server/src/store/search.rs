@@ -1,0 +1,975 @@
+//! Search: a typed [`SearchRequest`] (and the caller's tenant) becomes ONE
+//! parameterised SQL statement over `resource` and the index tables, plus one
+//! count when `_total` asks and one statement per include level. Filters are
+//! nested `EXISTS` over the index tables; chains and `_has` nest further.
+//! Paging is keyset (cursor) paging on the sort keys plus the id, so a page
+//! never repeats or skips a resource that existed when paging began.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::{DateTime, Utc};
+use fhir_model::search::{
+    Filter, Include, Modifier, ParamType, Prefix, SearchRequest, SearchValue, Sort,
+};
+use uuid::Uuid;
+
+use super::{
+    index::{identifier_param, of_type_param, of_type_system},
+    Query, Store, Tenant, Version,
+};
+use crate::error::{Error, Result};
+
+/// Include levels followed for `:iterate`.
+const MAX_INCLUDE_DEPTH: usize = 3;
+/// Included resources per page, at most.
+const MAX_INCLUDED: i64 = 1000;
+
+/// Where a page starts: after (or, going backwards, before) the row whose
+/// sort keys and id these are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub backwards: bool,
+    pub keys: Vec<Option<String>>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let json = serde_json::json!([self.backwards, self.keys, self.id]);
+        URL_SAFE_NO_PAD.encode(json.to_string())
+    }
+
+    pub fn decode(text: &str) -> Result<Cursor> {
+        let invalid =
+            || Error::BadRequest("_cursor is not valid; follow the Bundle's links".into());
+        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+        let (backwards, keys, id): (bool, Vec<Option<String>>, Uuid) =
+            serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        Ok(Cursor {
+            backwards,
+            keys,
+            id,
+        })
+    }
+}
+
+pub struct SearchQuery<'a> {
+    pub request: &'a SearchRequest,
+    pub tenant: Tenant,
+    /// Types the caller may not read: never matched, counted or included.
+    pub hidden_types: &'a [&'a str],
+    pub cursor: Option<Cursor>,
+}
+
+pub struct SearchPage {
+    pub matches: Vec<Version>,
+    pub included: Vec<Version>,
+    pub total: Option<i64>,
+    /// Cursor for the next page, when there is one.
+    pub next: Option<Cursor>,
+    /// Cursor for the previous page, when there is one.
+    pub previous: Option<Cursor>,
+}
+
+/// SQL expressions for the fields a value condition reads: the columns of an
+/// index table, or the members of one composite component.
+struct Columns {
+    system: String,
+    code: String,
+    text: String,
+    normalized: String,
+    exact: String,
+    low: String,
+    high: String,
+    value: String,
+    unit: String,
+    target_type: String,
+    target_id: String,
+    url: String,
+}
+
+impl Columns {
+    fn table(alias: &str) -> Columns {
+        let c = |name: &str| format!("{alias}.{name}");
+        Columns {
+            system: c("system"),
+            code: c("code"),
+            text: c("text"),
+            normalized: c("normalized"),
+            exact: c("exact"),
+            low: c("low"),
+            high: c("high"),
+            value: c("value"),
+            unit: c("unit"),
+            target_type: c("target_type"),
+            target_id: c("target_id"),
+            url: c("url"),
+        }
+    }
+
+    fn component(alias: &str, index: usize) -> Columns {
+        let text = |name: &str| format!("({alias}.parts->{index}->>'{name}')");
+        let cast = |name: &str, sql_type: &str| {
+            format!("(({alias}.parts->{index}->>'{name}')::{sql_type})")
+        };
+        Columns {
+            system: text("system"),
+            code: text("code"),
+            text: text("text"),
+            normalized: text("normalized"),
+            exact: text("exact"),
+            low: cast("low", "bigint"),
+            high: cast("high", "bigint"),
+            value: cast("value", "float8"),
+            unit: text("unit"),
+            target_type: text("target_type"),
+            target_id: cast("target_id", "uuid"),
+            url: text("url"),
+        }
+    }
+}
+
+/// The index table that holds values of a parameter type.
+fn table_for(kind: ParamType, modifier: &Modifier) -> Option<&'static str> {
+    Some(match (kind, modifier) {
+        (ParamType::Reference, Modifier::Identifier) => "idx_token",
+        (ParamType::Token, _) => "idx_token",
+        (ParamType::String, _) => "idx_string",
+        (ParamType::Date, _) => "idx_date",
+        (ParamType::Number, _) => "idx_number",
+        (ParamType::Quantity, _) => "idx_quantity",
+        (ParamType::Reference, _) => "idx_reference",
+        (ParamType::Uri, _) => "idx_uri",
+        (ParamType::Composite, _) => "idx_composite",
+        (ParamType::Special, _) => return None,
+    })
+}
+
+/// `LIKE` pattern for a literal prefix.
+fn like_escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Lower-cased, accents folded: the same normalisation as the string index.
+fn normalize(value: &str) -> String {
+    fhir_model::search::extract::normalize(value)
+}
+
+fn micros_to_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or(if micros < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// Builds the WHERE conditions of a search. Aliases are numbered so nested
+/// chains and `_has` never collide.
+struct Compiler<'q> {
+    q: &'q mut Query,
+    next_alias: usize,
+}
+
+impl Compiler<'_> {
+    fn alias(&mut self, prefix: &str) -> String {
+        self.next_alias += 1;
+        format!("{prefix}{}", self.next_alias)
+    }
+
+    /// One filter on the resource row aliased `row`.
+    fn filter(&mut self, row: &str, filter: &Filter) -> Result<()> {
+        match filter {
+            Filter::Param {
+                code,
+                kind,
+                modifier,
+                values,
+                ..
+            } => self.param(row, code, *kind, modifier, values),
+            Filter::Chain {
+                code,
+                target_type,
+                inner,
+                ..
+            } => {
+                let i = self.alias("c");
+                let t = self.alias("t");
+                self.q.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {t} ON {t}.project_id = {i}.project_id AND {t}.resource_type = {i}.target_type AND {t}.id = {i}.target_id WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND {i}.param = "
+                ));
+                self.q
+                    .bind(code.clone())
+                    .push(&format!(" AND {i}.target_type = "));
+                self.q
+                    .bind(target_type.clone())
+                    .push(&format!(" AND NOT {t}.deleted AND "));
+                self.filter(&t, inner)?;
+                self.q.push(")");
+                Ok(())
+            }
+            Filter::Has {
+                source_type,
+                reference_param,
+                inner,
+            } => {
+                let i = self.alias("h");
+                let s = self.alias("s");
+                self.q.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {s} ON {s}.project_id = {i}.project_id AND {s}.resource_type = {i}.resource_type AND {s}.id = {i}.resource_id WHERE {i}.project_id = {row}.project_id AND {i}.target_id = {row}.id AND {i}.target_type = {row}.resource_type AND {i}.resource_type = "
+                ));
+                self.q
+                    .bind(source_type.clone())
+                    .push(&format!(" AND {i}.param = "));
+                self.q
+                    .bind(reference_param.clone())
+                    .push(&format!(" AND NOT {s}.deleted AND "));
+                self.filter(&s, inner)?;
+                self.q.push(")");
+                Ok(())
+            }
+            Filter::AnyOf(filters) => {
+                if filters.is_empty() {
+                    self.q.push("FALSE");
+                    return Ok(());
+                }
+                self.q.push("(");
+                for (n, f) in filters.iter().enumerate() {
+                    if n > 0 {
+                        self.q.push(" OR ");
+                    }
+                    self.filter(row, f)?;
+                }
+                self.q.push(")");
+                Ok(())
+            }
+        }
+    }
+
+    fn param(
+        &mut self,
+        row: &str,
+        code: &str,
+        kind: ParamType,
+        modifier: &Modifier,
+        values: &[SearchValue],
+    ) -> Result<()> {
+        match code {
+            "_id" => return self.id_filter(row, modifier, values),
+            "_lastUpdated" => return self.last_updated_filter(row, values),
+            _ => {}
+        }
+        let table = table_for(kind, modifier).ok_or_else(|| {
+            Error::BadRequest(format!("Search parameter '{code}' is not supported"))
+        })?;
+        let indexed_param = match modifier {
+            Modifier::Identifier => identifier_param(code),
+            Modifier::OfType => of_type_param(code),
+            _ => code.to_string(),
+        };
+        let i = self.alias("i");
+        let exists = |q: &mut Query, negate: bool| {
+            q.push(&format!(
+                "{}EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND {i}.param = ",
+                if negate { "NOT " } else { "" }
+            ));
+            q.bind(indexed_param.clone());
+        };
+        if let [SearchValue::Missing(missing)] = values {
+            exists(self.q, *missing);
+            self.q.push(")");
+            return Ok(());
+        }
+        exists(self.q, *modifier == Modifier::Not);
+        self.q.push(" AND (");
+        let columns = Columns::table(&i);
+        for (n, value) in values.iter().enumerate() {
+            if n > 0 {
+                self.q.push(" OR ");
+            }
+            self.q.push("(");
+            match value {
+                SearchValue::Composite(parts) => {
+                    for (k, part) in parts.iter().enumerate() {
+                        if k > 0 {
+                            self.q.push(" AND ");
+                        }
+                        self.value(
+                            &Columns::component(&i, k),
+                            ParamType::String,
+                            &Modifier::None,
+                            part,
+                        )?;
+                    }
+                }
+                other => self.value(&columns, kind, modifier, other)?,
+            }
+            self.q.push(")");
+        }
+        self.q.push("))");
+        Ok(())
+    }
+
+    fn id_filter(&mut self, row: &str, modifier: &Modifier, values: &[SearchValue]) -> Result<()> {
+        if let [SearchValue::Missing(missing)] = values {
+            self.q.push(if *missing { "FALSE" } else { "TRUE" });
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = values
+            .iter()
+            .filter_map(|v| match v {
+                SearchValue::Token {
+                    code: Some(code), ..
+                } => Uuid::parse_str(code).ok(),
+                SearchValue::Text(text) => Uuid::parse_str(text).ok(),
+                _ => None,
+            })
+            .collect();
+        let negate = if *modifier == Modifier::Not {
+            "NOT "
+        } else {
+            ""
+        };
+        self.q
+            .push(&format!("{negate}{row}.id = ANY("))
+            .bind(ids)
+            .push(")");
+        Ok(())
+    }
+
+    fn last_updated_filter(&mut self, row: &str, values: &[SearchValue]) -> Result<()> {
+        self.q.push("(");
+        for (n, value) in values.iter().enumerate() {
+            if n > 0 {
+                self.q.push(" OR ");
+            }
+            let SearchValue::Date { prefix, low, high } = value else {
+                return Err(Error::BadRequest("_lastUpdated takes dates".into()));
+            };
+            let column = format!("{row}.last_updated");
+            let (low, high) = (micros_to_time(*low), micros_to_time(*high));
+            self.range(&column, &column, *prefix, low, high, |q, v| {
+                q.bind(v);
+            });
+        }
+        self.q.push(")");
+        Ok(())
+    }
+
+    /// A condition on one value; `columns` say where the indexed fields are.
+    fn value(
+        &mut self,
+        c: &Columns,
+        kind: ParamType,
+        modifier: &Modifier,
+        value: &SearchValue,
+    ) -> Result<()> {
+        let q = &mut *self.q;
+        match value {
+            SearchValue::Token { system, code } => {
+                let mut parts = 0;
+                match system.as_deref() {
+                    Some("") => {
+                        q.push(&format!("{} IS NULL", c.system));
+                        parts += 1;
+                    }
+                    Some(system) => {
+                        q.push(&format!("{} = ", c.system)).bind(system.to_string());
+                        parts += 1;
+                    }
+                    None => {}
+                }
+                if let Some(code) = code {
+                    if parts > 0 {
+                        q.push(" AND ");
+                    }
+                    q.push(&format!("{} = ", c.code)).bind(code.clone());
+                    parts += 1;
+                }
+                if parts == 0 {
+                    q.push("TRUE");
+                }
+            }
+            SearchValue::OfType {
+                type_system,
+                type_code,
+                value,
+            } => {
+                q.push(&format!("{} = ", c.system))
+                    .bind(of_type_system(Some(type_system), Some(type_code)))
+                    .push(&format!(" AND {} = ", c.code))
+                    .bind(value.clone());
+            }
+            SearchValue::Identifier { system, value } => {
+                q.push(&format!("{} = ", c.code)).bind(value.clone());
+                if let Some(system) = system {
+                    q.push(&format!(" AND {} = ", c.system))
+                        .bind(system.clone());
+                }
+            }
+            SearchValue::Text(text) => match modifier {
+                Modifier::Text => {
+                    q.push(&format!("{} LIKE ", c.text))
+                        .bind(format!("{}%", like_escape(&normalize(text))));
+                }
+                Modifier::Exact => {
+                    q.push(&format!("{} = ", c.exact)).bind(text.clone());
+                }
+                Modifier::Contains => {
+                    q.push(&format!("{} LIKE ", c.normalized))
+                        .bind(format!("%{}%", like_escape(&normalize(text))));
+                }
+                Modifier::Below => {
+                    q.push(&format!("{} LIKE ", c.value))
+                        .bind(format!("{}%", like_escape(text)));
+                }
+                Modifier::Above => {
+                    q.bind(text.clone()).push(&format!(" LIKE replace(replace(replace({0}, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%'", c.value));
+                }
+                _ if kind == ParamType::Uri => {
+                    q.push(&format!("{} = ", c.value)).bind(text.clone());
+                }
+                _ => {
+                    q.push(&format!("{} LIKE ", c.normalized))
+                        .bind(format!("{}%", like_escape(&normalize(text))));
+                }
+            },
+            SearchValue::Date { prefix, low, high } => {
+                self.range(&c.low, &c.high, *prefix, *low, *high, |q, v| {
+                    q.bind(v);
+                });
+            }
+            SearchValue::Number {
+                prefix,
+                value,
+                low,
+                high,
+            } => {
+                self.number(&c.value, *prefix, *value, *low, *high);
+            }
+            SearchValue::Quantity {
+                prefix,
+                value,
+                low,
+                high,
+                system,
+                code,
+            } => {
+                self.number(&c.value, *prefix, *value, *low, *high);
+                let q = &mut *self.q;
+                match (system, code) {
+                    (Some(system), Some(code)) => {
+                        q.push(&format!(" AND {} = ", c.system))
+                            .bind(system.clone())
+                            .push(&format!(" AND {} = ", c.code))
+                            .bind(code.clone());
+                    }
+                    (Some(system), None) => {
+                        q.push(&format!(" AND {} = ", c.system))
+                            .bind(system.clone());
+                    }
+                    (None, Some(code)) => {
+                        q.push(&format!(" AND ({0} = ", c.code))
+                            .bind(code.clone())
+                            .push(&format!(" OR {0} = ", c.unit))
+                            .bind(code.clone())
+                            .push(")");
+                    }
+                    (None, None) => {}
+                }
+            }
+            SearchValue::Reference {
+                target_type,
+                id,
+                url,
+            } => {
+                match (id, url) {
+                    (Some(id), _) => match Uuid::parse_str(id) {
+                        Ok(uuid) => {
+                            q.push(&format!("{} = ", c.target_id)).bind(uuid);
+                        }
+                        Err(_) => {
+                            q.push(&format!("{} = ", c.url)).bind(
+                                target_type
+                                    .as_ref()
+                                    .map_or(id.clone(), |t| format!("{t}/{id}")),
+                            );
+                        }
+                    },
+                    (None, Some(url)) => {
+                        q.push(&format!("{} = ", c.url)).bind(url.clone());
+                    }
+                    (None, None) => {
+                        q.push("FALSE");
+                    }
+                }
+                let required_type = match modifier {
+                    Modifier::Type(t) => Some(t),
+                    _ => target_type.as_ref(),
+                };
+                if let Some(t) = required_type {
+                    self.q
+                        .push(&format!(" AND {} = ", c.target_type))
+                        .bind(t.clone());
+                }
+            }
+            SearchValue::Missing(_) | SearchValue::Composite(_) => {
+                return Err(Error::BadRequest(
+                    "A :missing or composite value cannot be nested".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Range semantics of the date prefixes (R4 search §3.1.1.4.5): the
+    /// indexed range [`low_col`, `high_col`] against the searched [low, high].
+    fn range<T: Clone + Send + Sync + tokio_postgres::types::ToSql + 'static>(
+        &mut self,
+        low_col: &str,
+        high_col: &str,
+        prefix: Prefix,
+        low: T,
+        high: T,
+        bind: impl Fn(&mut Query, T),
+    ) {
+        let q = &mut *self.q;
+        let cmp = |q: &mut Query, column: &str, op: &str, v: T| {
+            q.push(&format!("{column} {op} "));
+            bind(q, v);
+        };
+        match prefix {
+            Prefix::Ap => {
+                // Approximately: the ranges overlap.
+                q.push("(");
+                cmp(q, low_col, "<=", high.clone());
+                q.push(" AND ");
+                cmp(q, high_col, ">=", low.clone());
+                q.push(")");
+            }
+            Prefix::Eq => {
+                q.push("(");
+                cmp(q, low_col, ">=", low.clone());
+                q.push(" AND ");
+                cmp(q, high_col, "<=", high.clone());
+                q.push(")");
+            }
+            Prefix::Ne => {
+                q.push("NOT (");
+                cmp(q, low_col, ">=", low.clone());
+                q.push(" AND ");
+                cmp(q, high_col, "<=", high.clone());
+                q.push(")");
+            }
+            Prefix::Gt => cmp(q, high_col, ">", high),
+            Prefix::Lt => cmp(q, low_col, "<", low),
+            Prefix::Ge => cmp(q, high_col, ">=", low),
+            Prefix::Le => cmp(q, low_col, "<=", high),
+            Prefix::Sa => cmp(q, low_col, ">", high),
+            Prefix::Eb => cmp(q, high_col, "<", low),
+        }
+    }
+
+    /// Number and quantity prefixes on an exact indexed value: `eq` uses the
+    /// searched value's precision range [low, high).
+    fn number(&mut self, column: &str, prefix: Prefix, value: f64, low: f64, high: f64) {
+        let q = &mut *self.q;
+        match prefix {
+            Prefix::Eq => {
+                q.push(&format!("({column} >= "))
+                    .bind(low)
+                    .push(&format!(" AND {column} < "))
+                    .bind(high)
+                    .push(")");
+            }
+            Prefix::Ne => {
+                q.push(&format!("NOT ({column} >= "))
+                    .bind(low)
+                    .push(&format!(" AND {column} < "))
+                    .bind(high)
+                    .push(")");
+            }
+            Prefix::Gt | Prefix::Sa => {
+                q.push(&format!("{column} > ")).bind(value);
+            }
+            Prefix::Lt | Prefix::Eb => {
+                q.push(&format!("{column} < ")).bind(value);
+            }
+            Prefix::Ge => {
+                q.push(&format!("{column} >= ")).bind(value);
+            }
+            Prefix::Le => {
+                q.push(&format!("{column} <= ")).bind(value);
+            }
+            Prefix::Ap => {
+                // Approximately: within 10% of the value.
+                let margin = (value * 0.1).abs();
+                q.push(&format!("{column} BETWEEN "))
+                    .bind(value - margin)
+                    .push(" AND ")
+                    .bind(value + margin);
+            }
+        }
+    }
+}
+
+/// How a sort key orders rows, and its SQL type (to read cursor values back).
+struct SortKey {
+    expression: String,
+    sql_type: &'static str,
+    descending: bool,
+}
+
+/// The expression a `_sort` key orders by: a column, or the smallest (largest,
+/// descending) indexed value of the parameter for the row.
+fn sort_key(q: &mut Query, sort: &Sort) -> Result<SortKey> {
+    let (expression, sql_type) = match sort.code.as_str() {
+        "_id" => ("r.id".to_string(), "uuid"),
+        "_lastUpdated" => ("r.last_updated".to_string(), "timestamptz"),
+        code => {
+            let aggregate = if sort.descending { "max" } else { "min" };
+            let (table, column, sql_type) = match sort.kind {
+                ParamType::String => ("idx_string", "normalized", "text"),
+                ParamType::Token => ("idx_token", "code", "text"),
+                ParamType::Date => (
+                    "idx_date",
+                    if sort.descending { "high" } else { "low" },
+                    "bigint",
+                ),
+                ParamType::Number => ("idx_number", "value", "float8"),
+                ParamType::Quantity => ("idx_quantity", "value", "float8"),
+                ParamType::Reference => ("idx_reference", "url", "text"),
+                ParamType::Uri => ("idx_uri", "value", "text"),
+                ParamType::Composite | ParamType::Special => {
+                    return Err(Error::BadRequest(format!("Cannot sort by '{code}'")))
+                }
+            };
+            let param = q.placeholder(code.to_string());
+            (
+                format!(
+                    "(SELECT {aggregate}(x.{column}) FROM {table} x WHERE x.project_id = r.project_id AND x.resource_type = r.resource_type AND x.resource_id = r.id AND x.param = {param})"
+                ),
+                sql_type,
+            )
+        }
+    };
+    Ok(SortKey {
+        expression,
+        sql_type,
+        descending: sort.descending,
+    })
+}
+
+/// Rows strictly after the cursor row in the order `keys` then `r.id`
+/// (every key NULLS LAST in forward order; everything flips going backwards).
+fn keyset_condition(q: &mut Query, keys: &[SortKey], cursor: &Cursor) -> Result<()> {
+    if cursor.keys.len() != keys.len() {
+        return Err(Error::BadRequest(
+            "_cursor does not belong to this search; follow the Bundle's links".into(),
+        ));
+    }
+    fn after(
+        q: &mut Query,
+        keys: &[SortKey],
+        values: &[Option<String>],
+        id: Uuid,
+        backwards: bool,
+    ) {
+        let Some((key, rest)) = keys.split_first() else {
+            q.push(if backwards { "r.id < " } else { "r.id > " })
+                .bind(id);
+            return;
+        };
+        let (value, rest_values) = values.split_first().expect("lengths checked");
+        let e = &key.expression;
+        // Forward: NULLS LAST; backwards the order reverses, so NULLs come first.
+        let nulls_last = !backwards;
+        let greater = key.descending == backwards;
+        match value {
+            None if nulls_last => {
+                q.push(&format!("({e} IS NULL AND "));
+                after(q, rest, rest_values, id, backwards);
+                q.push(")");
+            }
+            None => {
+                q.push(&format!("({e} IS NOT NULL OR ({e} IS NULL AND "));
+                after(q, rest, rest_values, id, backwards);
+                q.push("))");
+            }
+            Some(v) => {
+                let v = q.placeholder(v.clone());
+                let op = if greater { ">" } else { "<" };
+                q.push(&format!("({e} {op} CAST({v}::text AS {}) ", key.sql_type));
+                if nulls_last {
+                    q.push(&format!("OR {e} IS NULL "));
+                }
+                q.push(&format!(
+                    "OR ({e} = CAST({v}::text AS {}) AND ",
+                    key.sql_type
+                ));
+                after(q, rest, rest_values, id, backwards);
+                q.push("))");
+            }
+        }
+    }
+    q.push(" AND ");
+    after(q, keys, &cursor.keys, cursor.id, cursor.backwards);
+    Ok(())
+}
+
+/// `FROM resource r WHERE …`: tenant, types, and every filter.
+fn where_clause(q: &mut Query, sq: &SearchQuery<'_>) -> Result<()> {
+    q.push(" FROM resource r WHERE NOT r.deleted");
+    if let Tenant::Project(project_id) = sq.tenant {
+        q.push(" AND r.project_id = ").bind(project_id);
+    }
+    match sq.request.types.as_slice() {
+        [] if sq.hidden_types.is_empty() => {}
+        [] => {
+            let hidden: Vec<String> = sq.hidden_types.iter().map(|t| t.to_string()).collect();
+            q.push(" AND r.resource_type <> ALL(")
+                .bind(hidden)
+                .push(")");
+        }
+        [only] => {
+            q.push(" AND r.resource_type = ").bind(only.clone());
+        }
+        types => {
+            q.push(" AND r.resource_type = ANY(")
+                .bind(types.to_vec())
+                .push(")");
+        }
+    }
+    let mut compiler = Compiler { q, next_alias: 0 };
+    for filter in &sq.request.filters {
+        compiler.q.push(" AND ");
+        compiler.filter("r", filter)?;
+    }
+    Ok(())
+}
+
+/// The statement that fetches one page: the matches in sort order, with
+/// each sort key's value as text (`k0`, `k1`, …) for the cursor.
+fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
+    let request = sq.request;
+    let mut q = Query::new(
+        "SELECT r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content",
+    );
+    let keys: Vec<SortKey> = request
+        .sort
+        .iter()
+        .map(|sort| sort_key(&mut q, sort))
+        .collect::<Result<_>>()?;
+    for (n, key) in keys.iter().enumerate() {
+        q.push(&format!(", ({})::text AS k{n}", key.expression));
+    }
+    where_clause(&mut q, sq)?;
+    let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+    if let Some(cursor) = &sq.cursor {
+        keyset_condition(&mut q, &keys, cursor)?;
+    }
+    q.push(" ORDER BY ");
+    for key in &keys {
+        let descending = key.descending != backwards;
+        q.push(&format!(
+            "{} {} NULLS {}, ",
+            key.expression,
+            if descending { "DESC" } else { "ASC" },
+            if backwards { "FIRST" } else { "LAST" }
+        ));
+    }
+    q.push(if backwards { "r.id DESC" } else { "r.id ASC" });
+    let limit = request.count as i64 + 1;
+    q.push(" LIMIT ").bind(limit);
+    if request.offset > 0 && sq.cursor.is_none() {
+        q.push(" OFFSET ").bind(request.offset as i64);
+    }
+    Ok((q, keys.len()))
+}
+
+impl Store {
+    /// `EXPLAIN` of the statement a search runs, to check its plan.
+    pub async fn explain(&self, sq: &SearchQuery<'_>) -> Result<String> {
+        let (mut q, _) = page_query(sq)?;
+        q.sql.insert_str(0, "EXPLAIN ");
+        let rows = self.query(&q).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    pub async fn search(&self, sq: &SearchQuery<'_>) -> Result<SearchPage> {
+        let request = sq.request;
+        let total = match request.total {
+            fhir_model::search::Total::None => None,
+            fhir_model::search::Total::Accurate => {
+                let mut q = Query::new("SELECT count(*)");
+                where_clause(&mut q, sq)?;
+                Some(self.query(&q).await?[0].get::<_, i64>(0))
+            }
+            fhir_model::search::Total::Estimate => {
+                let mut q = Query::new("EXPLAIN (FORMAT JSON) SELECT 1");
+                where_clause(&mut q, sq)?;
+                let plan: serde_json::Value = self.query(&q).await?[0].get(0);
+                plan[0]["Plan"]["Plan Rows"]
+                    .as_f64()
+                    .map(|rows| rows.round() as i64)
+            }
+        };
+        if request.count == 0 {
+            return Ok(SearchPage {
+                matches: Vec::new(),
+                included: Vec::new(),
+                total,
+                next: None,
+                previous: None,
+            });
+        }
+
+        let (q, key_count) = page_query(sq)?;
+        let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+        let rows = self.query(&q).await?;
+        let has_more = rows.len() > request.count;
+        let mut page: Vec<(Version, Vec<Option<String>>)> = rows
+            .iter()
+            .take(request.count)
+            .map(|row| {
+                let keys = (0..key_count)
+                    .map(|n| row.get(format!("k{n}").as_str()))
+                    .collect();
+                (Version::from_row(row), keys)
+            })
+            .collect();
+        if backwards {
+            page.reverse();
+        }
+        let cursor_of = |entry: &(Version, Vec<Option<String>>), backwards: bool| Cursor {
+            backwards,
+            keys: entry.1.clone(),
+            id: entry.0.id,
+        };
+        let (has_next, has_previous) = if backwards {
+            (true, has_more)
+        } else {
+            (has_more, sq.cursor.is_some() || request.offset > 0)
+        };
+        let next = page
+            .last()
+            .filter(|_| has_next)
+            .map(|e| cursor_of(e, false));
+        let previous = page
+            .first()
+            .filter(|_| has_previous)
+            .map(|e| cursor_of(e, true));
+        let matches: Vec<Version> = page.into_iter().map(|(v, _)| v).collect();
+        let included = self.includes(sq, &matches).await?;
+        Ok(SearchPage {
+            matches,
+            included,
+            total,
+            next,
+            previous,
+        })
+    }
+
+    /// `_include` and `_revinclude`, one statement per level; `:iterate`
+    /// ones follow what the previous level found, up to a fixed depth.
+    async fn includes(&self, sq: &SearchQuery<'_>, matches: &[Version]) -> Result<Vec<Version>> {
+        let request = sq.request;
+        if request.include.is_empty() && request.revinclude.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seen: std::collections::HashSet<(String, Uuid)> = matches
+            .iter()
+            .map(|v| (v.resource_type.clone(), v.id))
+            .collect();
+        let mut included = Vec::new();
+        let mut frontier: Vec<Version> = matches.to_vec();
+        for depth in 0..MAX_INCLUDE_DEPTH {
+            let applies = |inc: &&Include| depth == 0 || inc.iterate;
+            let forward: Vec<&Include> = request.include.iter().filter(applies).collect();
+            let reverse: Vec<&Include> = request.revinclude.iter().filter(applies).collect();
+            if frontier.is_empty() || (forward.is_empty() && reverse.is_empty()) {
+                break;
+            }
+            let mut q = Query::new("");
+            let mut parts = 0;
+            let ids_of = |resource_type: Option<&str>| -> Vec<Uuid> {
+                frontier
+                    .iter()
+                    .filter(|v| resource_type.is_none_or(|t| v.resource_type == t))
+                    .map(|v| v.id)
+                    .collect()
+            };
+            for inc in &forward {
+                let ids = ids_of(Some(&inc.source_type));
+                if ids.is_empty() {
+                    continue;
+                }
+                include_select(&mut q, sq, &mut parts);
+                q.push(" AND (t.resource_type, t.id) IN (SELECT i.target_type, i.target_id FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = ")
+                    .bind(inc.source_type.clone())
+                    .push(" AND i.param = ")
+                    .bind(inc.param.clone())
+                    .push(" AND i.resource_id = ANY(")
+                    .bind(ids)
+                    .push(")");
+                if let Some(target) = &inc.target_type {
+                    q.push(" AND i.target_type = ").bind(target.clone());
+                }
+                q.push("))");
+            }
+            for inc in &reverse {
+                let targets = match &inc.target_type {
+                    Some(target) => ids_of(Some(target)),
+                    None => ids_of(None),
+                };
+                if targets.is_empty() {
+                    continue;
+                }
+                include_select(&mut q, sq, &mut parts);
+                q.push(" AND t.resource_type = ")
+                    .bind(inc.source_type.clone())
+                    .push(" AND EXISTS (SELECT 1 FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = t.resource_type AND i.resource_id = t.id AND i.param = ")
+                    .bind(inc.param.clone())
+                    .push(" AND i.target_id = ANY(")
+                    .bind(targets)
+                    .push(")))");
+            }
+            if parts == 0 {
+                break;
+            }
+            q.push(" LIMIT ").bind(MAX_INCLUDED);
+            frontier = self
+                .query(&q)
+                .await?
+                .iter()
+                .map(Version::from_row)
+                .filter(|v| seen.insert((v.resource_type.clone(), v.id)))
+                .collect();
+            included.extend(frontier.iter().cloned());
+        }
+        Ok(included)
+    }
+}
+
+/// Starts one `UNION ALL` branch selecting readable, live resources `t`.
+fn include_select(q: &mut Query, sq: &SearchQuery<'_>, parts: &mut usize) {
+    if *parts > 0 {
+        q.push(" UNION ALL ");
+    }
+    *parts += 1;
+    q.push("(SELECT t.project_id, t.resource_type, t.id, t.version_id, t.last_updated, t.content FROM resource t WHERE NOT t.deleted");
+    if let Tenant::Project(project_id) = sq.tenant {
+        q.push(" AND t.project_id = ").bind(project_id);
+    }
+    if !sq.hidden_types.is_empty() {
+        let hidden: Vec<String> = sq.hidden_types.iter().map(|t| t.to_string()).collect();
+        q.push(" AND t.resource_type <> ALL(")
+            .bind(hidden)
+            .push(")");
+    }
+}

@@ -1,0 +1,124 @@
+//! The plans of common searches on a database of 100,000 resources: every
+//! one must reach its rows through indexes, never a sequential scan.
+//! Run with `--nocapture` to print the plans.
+
+use fhir_model::search::{parse_search, Registry};
+use fhirgate_server::store::{connect::connect, search::SearchQuery, Store, Tenant};
+use fhirgate_tests::{postgres_server, TestApp};
+use uuid::Uuid;
+
+const PATIENTS: i64 = 50_000;
+const OBSERVATIONS: i64 = 50_000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn common_searches_use_index_scans_on_100k_resources() {
+    let app = TestApp::spawn().await;
+    let db = app.db().await;
+    let project = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    // Synthetic rows straight into the tables: resources and their index
+    // values, shaped as the server writes them, in two projects.
+    let load = format!(
+        r#"
+        CREATE TEMP TABLE p AS SELECT g, md5('patient' || g)::uuid AS id,
+            CASE WHEN g % 10 = 0 THEN '{other}'::uuid ELSE '{project}'::uuid END AS project_id
+            FROM generate_series(1, {PATIENTS}) g;
+        CREATE TEMP TABLE o AS SELECT g, md5('observation' || g)::uuid AS id,
+            md5('patient' || (1 + g % {PATIENTS}))::uuid AS patient,
+            CASE WHEN (1 + g % {PATIENTS}) % 10 = 0 THEN '{other}'::uuid ELSE '{project}'::uuid END AS project_id
+            FROM generate_series(1, {OBSERVATIONS}) g;
+        INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, content)
+            SELECT project_id, 'Patient', id, gen_random_uuid(), now(), '{{"resourceType":"Patient"}}' FROM p;
+        INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, content)
+            SELECT project_id, 'Observation', id, gen_random_uuid(), now(), '{{"resourceType":"Observation"}}' FROM o;
+        INSERT INTO idx_string (project_id, resource_type, resource_id, param, normalized, exact)
+            SELECT project_id, 'Patient', id, 'family', 'family' || g, 'Family' || g FROM p;
+        INSERT INTO idx_string (project_id, resource_type, resource_id, param, normalized, exact)
+            SELECT project_id, 'Patient', id, 'name', 'family' || g, 'Family' || g FROM p;
+        INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code)
+            SELECT project_id, 'Patient', id, 'identifier', 'urn:mrn', 'MRN' || g FROM p;
+        INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code)
+            SELECT project_id, 'Observation', id, 'code', 'http://loinc.org', (1000 + g % 500)::text FROM o;
+        INSERT INTO idx_reference (project_id, resource_type, resource_id, param, target_type, target_id, url)
+            SELECT project_id, 'Observation', id, p, 'Patient', patient, 'Patient/' || patient
+            FROM o, unnest(ARRAY['subject', 'patient']) p;
+        INSERT INTO idx_date (project_id, resource_type, resource_id, param, low, high)
+            SELECT project_id, 'Observation', id, 'date',
+                   1577836800000000 + g::bigint * 600000000, 1577836800000000 + g::bigint * 600000000 + 59999999 FROM o;
+        ANALYZE;
+        "#
+    );
+    db.batch_execute(&load).await.expect("bulk load");
+    let resources: i64 = db
+        .query_one("SELECT count(*) FROM resource", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(resources >= PATIENTS + OBSERVATIONS);
+
+    let store = Store::new(
+        connect(&format!("{}/{}", postgres_server(), app.database), 2)
+            .await
+            .unwrap(),
+    );
+    let patient = Uuid::parse_str(
+        &db.query_one("SELECT md5('patient' || 4321)::uuid::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+    )
+    .unwrap();
+    let searches = [
+        ("Patient", "identifier=urn:mrn|MRN4321".to_string(), "token"),
+        ("Patient", "family=family432".to_string(), "string prefix"),
+        (
+            "Observation",
+            format!("subject=Patient/{patient}"),
+            "reference",
+        ),
+        (
+            "Observation",
+            "date=ge2020-01-05T00:00:00Z&date=lt2020-01-05T02:00:00Z".to_string(),
+            "date range",
+        ),
+        (
+            "Observation",
+            "subject:Patient.identifier=urn:mrn|MRN4321".to_string(),
+            "chain of one link",
+        ),
+        (
+            "Patient",
+            "_has:Observation:subject:code=1234&identifier=urn:mrn|MRN4321".to_string(),
+            "_has",
+        ),
+    ];
+    for (resource_type, query, what) in searches {
+        let pairs = query_pairs(&query);
+        let request = parse_search(Registry::get(), Some(resource_type), &pairs, false).unwrap();
+        let plan = store
+            .explain(&SearchQuery {
+                request: &request,
+                tenant: Tenant::Project(project),
+                hidden_types: &[],
+                cursor: None,
+            })
+            .await
+            .unwrap();
+        println!("--- {what}: {resource_type}?{query}\n{plan}\n");
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{what} scans a whole table:\n{plan}"
+        );
+        assert!(plan.contains("Index"), "{what} uses no index:\n{plan}");
+    }
+}
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}

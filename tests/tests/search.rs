@@ -1,0 +1,553 @@
+//! Search conformance: a fixed data set, and for every parameter type,
+//! modifier and prefix the exact set of ids a search returns.
+
+use std::collections::BTreeSet;
+
+use fhirgate_tests::{assert_outcome, status_json, Session, TestApp};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+struct Data {
+    p: Vec<String>,
+    obs: Vec<String>,
+    org: Vec<String>,
+    risk: String,
+}
+
+const LOINC: &str = "http://loinc.org";
+const UCUM: &str = "http://unitsofmeasure.org";
+
+async fn id_of(session: &Session, resource: Value) -> String {
+    session.create(resource).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn load(s: &Session) -> Data {
+    let parent = id_of(
+        s,
+        json!({"resourceType": "Organization", "name": "Parent Corp"}),
+    )
+    .await;
+    let engines = id_of(
+        s,
+        json!({"resourceType": "Organization", "name": "Analytical Engines Ltd", "partOf": {"reference": format!("Organization/{parent}")}}),
+    )
+    .await;
+    let p1 = id_of(s, json!({
+        "resourceType": "Patient", "active": true, "gender": "female", "birthDate": "1815-12-10",
+        "name": [{"given": ["Ada"], "family": "Lovelace"}],
+        "identifier": [{"system": "urn:sys", "value": "111",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+        "telecom": [{"system": "email", "value": "ada@example.com"}],
+        "address": [{"city": "London", "line": ["12 St James's Square"]}],
+        "managingOrganization": {"reference": format!("Organization/{engines}")}
+    })).await;
+    let p2 = id_of(
+        s,
+        json!({
+            "resourceType": "Patient", "active": false, "gender": "male", "birthDate": "1990-03",
+            "meta": {"profile": ["http://example.org/StructureDefinition/special"]},
+            "name": [{"given": ["Émile"], "family": "Öst"}],
+            "identifier": [{"system": "urn:sys", "value": "222"}]
+        }),
+    )
+    .await;
+    let p3 = id_of(
+        s,
+        json!({
+            "resourceType": "Patient", "gender": "male", "birthDate": "1791-12-26",
+            "name": [{"given": ["Charles"], "family": "Babbage,Jr"}],
+            "identifier": [{"system": "urn:other", "value": "111"}]
+        }),
+    )
+    .await;
+    let p4 = id_of(
+        s,
+        json!({
+            "resourceType": "Patient", "meta": {"tag": [{"system": "urn:tags", "code": "vip"}]}
+        }),
+    )
+    .await;
+    let systolic = |patient: &str, value: f64, effective: Value| {
+        let mut obs = json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "8480-6", "display": "Systolic blood pressure"},
+                                 {"system": "urn:local", "code": "SYS"}]},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "valueQuantity": {"value": value, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"}
+        });
+        for (k, v) in effective.as_object().unwrap() {
+            obs[k] = v.clone();
+        }
+        obs
+    };
+    let obs1 = id_of(
+        s,
+        systolic(
+            &p1,
+            120.0,
+            json!({"effectiveDateTime": "2020-03-05T10:15:00+02:00"}),
+        ),
+    )
+    .await;
+    let obs2 = id_of(s, json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "8462-4", "display": "Diastolic blood pressure"}]},
+        "subject": {"reference": format!("Patient/{p1}")},
+        "effectivePeriod": {"start": "2021-01-01"},
+        "valueQuantity": {"value": 80.5, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"}
+    })).await;
+    let mut obs3 = systolic(
+        &p2,
+        100.0,
+        json!({"effectiveDateTime": "2020-03-05T23:30:00-05:00"}),
+    );
+    obs3["status"] = json!("preliminary");
+    let obs3 = id_of(s, obs3).await;
+    let risk = id_of(
+        s,
+        json!({
+            "resourceType": "RiskAssessment", "status": "final",
+            "subject": {"reference": format!("Patient/{p1}")},
+            "prediction": [{"probabilityDecimal": 0.25}]
+        }),
+    )
+    .await;
+    Data {
+        p: vec![p1, p2, p3, p4],
+        obs: vec![obs1, obs2, obs3],
+        org: vec![engines, parent],
+        risk,
+    }
+}
+
+/// The ids of the `match` entries of a search.
+async fn ids(s: &Session, query: &str) -> BTreeSet<String> {
+    let (status, bundle) = status_json(s.get(query).await).await;
+    assert_eq!(status, 200, "{query}: {bundle}");
+    assert_eq!(bundle["type"], "searchset");
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn set(ids: &[&String]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+async fn check(s: &Session, query: &str, expected: &[&String]) {
+    assert_eq!(ids(s, query).await, set(expected), "{query}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn string_token_date_quantity_number_uri_and_special_parameters() {
+    let app = TestApp::spawn().await;
+    let s = app.project("search").await.member;
+    let d = load(&s).await;
+    let (p1, p2, p3, p4) = (&d.p[0], &d.p[1], &d.p[2], &d.p[3]);
+    let (o1, o2, o3) = (&d.obs[0], &d.obs[1], &d.obs[2]);
+
+    // string: case- and accent-insensitive prefix, :exact, :contains, every part, escapes.
+    check(&s, "Patient?name=ada", &[p1]).await;
+    check(&s, "Patient?name=ADA", &[p1]).await;
+    check(&s, "Patient?family=lovelace", &[p1]).await;
+    check(&s, "Patient?name=emile", &[p2]).await;
+    check(&s, "Patient?name=%C3%89MILE", &[p2]).await;
+    check(&s, "Patient?family=ost", &[p2]).await;
+    check(&s, "Patient?name:exact=Ada", &[p1]).await;
+    check(&s, "Patient?name:exact=ada", &[]).await;
+    check(&s, "Patient?name:contains=bba", &[p3]).await;
+    check(&s, "Patient?address-city=lond", &[p1]).await;
+    check(&s, "Patient?family=Babbage%5C,Jr", &[p3]).await;
+    check(&s, "Patient?family=Babbage%5C,X", &[]).await;
+    check(&s, "Patient?family=babbage,lovelace", &[p1, p3]).await;
+    check(&s, "Patient?family=babbage&given=charles", &[p3]).await;
+    check(&s, "Patient?family=babbage&given=ada", &[]).await;
+
+    // token
+    check(&s, "Patient?gender=male", &[p2, p3]).await;
+    check(&s, "Patient?gender=male,female", &[p1, p2, p3]).await;
+    check(&s, "Patient?gender:not=male", &[p1, p4]).await;
+    check(&s, "Patient?identifier=urn:sys%7C111", &[p1]).await;
+    check(&s, "Patient?identifier=111", &[p1, p3]).await;
+    check(&s, "Patient?identifier=%7C111", &[]).await;
+    check(&s, "Patient?identifier=urn:sys%7C", &[p1, p2]).await;
+    check(
+        &s,
+        "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203%7CMR%7C111",
+        &[p1],
+    )
+    .await;
+    check(&s, "Patient?active=true", &[p1]).await;
+    check(&s, "Patient?active=false", &[p2]).await;
+    check(&s, "Patient?email=ada@example.com", &[p1]).await;
+    check(&s, "Patient?birthdate:missing=true", &[p4]).await;
+    check(&s, "Patient?birthdate:missing=false", &[p1, p2, p3]).await;
+    check(&s, "Observation?code=http://loinc.org%7C8480-6", &[o1, o3]).await;
+    check(&s, "Observation?code=8462-4", &[o2]).await;
+    check(&s, "Observation?code=urn:local%7CSYS", &[o1, o3]).await;
+    check(&s, "Observation?code:text=diastolic", &[o2]).await;
+    check(&s, "Observation?status=preliminary", &[o3]).await;
+
+    // date, with precision ranges and time zones
+    check(&s, "Patient?birthdate=1815", &[p1]).await;
+    check(&s, "Patient?birthdate=1815-12", &[p1]).await;
+    check(&s, "Patient?birthdate=1815-12-10", &[p1]).await;
+    check(&s, "Patient?birthdate=1990", &[p2]).await;
+    check(&s, "Patient?birthdate=eq1990-03-15", &[]).await;
+    check(&s, "Patient?birthdate=ge1990-03-15", &[p2]).await;
+    check(&s, "Patient?birthdate=gt1800", &[p1, p2]).await;
+    check(&s, "Patient?birthdate=lt1800", &[p3]).await;
+    check(&s, "Patient?birthdate=ne1815", &[p2, p3]).await;
+    check(&s, "Patient?birthdate=sa1815-12-09", &[p1, p2]).await;
+    check(&s, "Patient?birthdate=eb1815-12-11", &[p1, p3]).await;
+    check(&s, "Patient?birthdate=ge1800&birthdate=le1900", &[p1]).await;
+    check(&s, "Observation?date=2020-03-05", &[o1]).await;
+    check(&s, "Observation?date=2020-03-06", &[o3]).await;
+    check(&s, "Observation?date=2020-03-05T10:15:00%2B02:00", &[o1]).await;
+    check(&s, "Observation?date=lt2020-03-05T09:00:00Z", &[o1]).await;
+    check(&s, "Observation?date=ge2021-06-01", &[o2]).await;
+    check(&s, "Observation?date=2020", &[o1, o3]).await;
+
+    // quantity and number
+    check(&s, "Observation?value-quantity=120", &[o1]).await;
+    check(&s, "Observation?value-quantity=100", &[o3]).await;
+    check(&s, "Observation?value-quantity=80.5", &[o2]).await;
+    check(&s, "Observation?value-quantity=gt100", &[o1]).await;
+    check(&s, "Observation?value-quantity=le100", &[o2, o3]).await;
+    check(
+        &s,
+        "Observation?value-quantity=120%7Chttp://unitsofmeasure.org%7Cmm[Hg]",
+        &[o1],
+    )
+    .await;
+    check(&s, "Observation?value-quantity=120%7C%7Cmm[Hg]", &[o1]).await;
+    check(
+        &s,
+        "Observation?value-quantity=120%7Chttp://unitsofmeasure.org%7Ckg",
+        &[],
+    )
+    .await;
+    check(&s, "RiskAssessment?probability=0.25", &[&d.risk]).await;
+    check(&s, "RiskAssessment?probability=gt0.3", &[]).await;
+
+    // uri and special parameters
+    check(
+        &s,
+        "Patient?_profile=http://example.org/StructureDefinition/special",
+        &[p2],
+    )
+    .await;
+    check(&s, "Patient?_tag=urn:tags%7Cvip", &[p4]).await;
+    check(&s, &format!("Patient?_id={p1},{p2}"), &[p1, p2]).await;
+    check(&s, "Patient?_lastUpdated=gt2000-01-01", &[p1, p2, p3, p4]).await;
+    check(&s, "Patient?_lastUpdated=lt2000-01-01", &[]).await;
+
+    // Deleted resources are left out.
+    assert_eq!(s.delete(&format!("Patient/{p3}")).await.status(), 200);
+    check(&s, "Patient?gender=male", &[p2]).await;
+
+    // Another project sees none of it.
+    let other = app.project("other").await.member;
+    check(&other, "Patient?gender=male,female", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn references_chains_has_and_compartments() {
+    let app = TestApp::spawn().await;
+    let s = app.project("references").await.member;
+    let d = load(&s).await;
+    let (p1, p2) = (&d.p[0], &d.p[1]);
+    let (o1, o2, o3) = (&d.obs[0], &d.obs[1], &d.obs[2]);
+    let (engines, parent) = (&d.org[0], &d.org[1]);
+
+    check(&s, &format!("Observation?subject=Patient/{p1}"), &[o1, o2]).await;
+    check(&s, &format!("Observation?subject={p1}"), &[o1, o2]).await;
+    check(&s, &format!("Observation?subject:Patient={p1}"), &[o1, o2]).await;
+    check(&s, &format!("Observation?subject:Group={p1}"), &[]).await;
+    check(&s, &format!("Observation?patient=Patient/{p2}"), &[o3]).await;
+    check(
+        &s,
+        &format!("Observation?subject={}fhir/R4/Patient/{p1}", app.base_url),
+        &[o1, o2],
+    )
+    .await;
+    check(
+        &s,
+        &format!("Observation?subject=Patient/{p1},Patient/{p2}"),
+        &[o1, o2, o3],
+    )
+    .await;
+    check(&s, "Observation?subject:missing=true", &[]).await;
+
+    // Chains, three links deep.
+    check(&s, "Observation?subject:Patient.name=ada", &[o1, o2]).await;
+    check(
+        &s,
+        "Observation?subject:Patient.organization.name=analytical",
+        &[o1, o2],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?subject:Patient.organization.partof.name=parent",
+        &[o1, o2],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?subject:Patient.organization.partof.name=nobody",
+        &[],
+    )
+    .await;
+
+    // Reverse chains, nested.
+    check(&s, "Patient?_has:Observation:subject:code=8462-4", &[p1]).await;
+    check(
+        &s,
+        "Patient?_has:Observation:subject:code=8480-6",
+        &[p1, p2],
+    )
+    .await;
+    check(
+        &s,
+        "Organization?_has:Patient:organization:_has:Observation:subject:code=8462-4",
+        &[engines],
+    )
+    .await;
+    check(
+        &s,
+        &format!("Organization?_has:Organization:partof:_id={engines}"),
+        &[parent],
+    )
+    .await;
+
+    // Compartments.
+    check(&s, &format!("Patient/{p1}/Observation"), &[o1, o2]).await;
+    check(&s, &format!("Patient/{p1}/Observation?code=8480-6"), &[o1]).await;
+    check(
+        &s,
+        &format!("Observation?_compartment=Patient/{p1}"),
+        &[o1, o2],
+    )
+    .await;
+    check(
+        &s,
+        &format!("RiskAssessment?_compartment=Patient/{p1}"),
+        &[&d.risk],
+    )
+    .await;
+    assert_outcome(
+        s.get(&format!("Patient/{}/Observation", uuid::Uuid::new_v4()))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+
+    // System search over several types.
+    check(
+        &s,
+        &format!("?_type=Patient,Organization&_id={p1},{engines}"),
+        &[p1, engines],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn includes_sorting_paging_and_shaping() {
+    let app = TestApp::spawn().await;
+    let s = app.project("shaping").await.member;
+    let d = load(&s).await;
+    let (p1, p2, p3, p4) = (&d.p[0], &d.p[1], &d.p[2], &d.p[3]);
+    let (o1, o2) = (&d.obs[0], &d.obs[1]);
+    let engines = &d.org[0];
+
+    // _include / _revinclude / :iterate
+    let (_, bundle) = status_json(s.get(&format!("Observation?_id={o2}&_include=Observation:subject&_include:iterate=Patient:organization")).await).await;
+    let modes: BTreeSet<(String, String)> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap().to_string(),
+                e["search"]["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> =
+        [(o2, "match"), (p1, "include"), (engines, "include")]
+            .iter()
+            .map(|(id, mode)| (id.to_string(), mode.to_string()))
+            .collect();
+    assert_eq!(modes, expected);
+    let (_, bundle) = status_json(
+        s.get(&format!("Patient?_id={p1}&_revinclude=Observation:subject"))
+            .await,
+    )
+    .await;
+    let included: BTreeSet<String> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(included, set(&[o1, o2]));
+
+    // _sort, several keys, descending, missing values last.
+    let order = |query: &'static str| {
+        let s = s.clone();
+        async move {
+            let (_, bundle) = status_json(s.get(query).await).await;
+            bundle["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        order("Patient?_sort=birthdate").await,
+        [p3.as_str(), p1, p2, p4]
+    );
+    assert_eq!(
+        order("Patient?_sort=-birthdate").await,
+        [p2.as_str(), p1, p3, p4]
+    );
+    assert_eq!(
+        order("Patient?_sort=gender,-birthdate").await,
+        [p1.as_str(), p2, p3, p4]
+    );
+
+    // Keyset paging forwards and back, with _total.
+    let mut url = s.url("fhir/R4/Patient?_sort=birthdate&_count=3&_total=accurate");
+    let mut seen = Vec::new();
+    let mut last;
+    loop {
+        let (status, bundle) =
+            status_json(s.http.get(&url).bearer_auth(&s.token).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{bundle}");
+        assert_eq!(bundle["total"], 4);
+        for e in bundle["entry"].as_array().into_iter().flatten() {
+            seen.push(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+        let next = bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .cloned();
+        last = bundle;
+        match next {
+            Some(next) => url = next["url"].as_str().unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [p3.as_str(), p1, p2, p4]);
+    let previous = last["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "previous")
+        .unwrap();
+    let (_, first_page) = status_json(
+        s.http
+            .get(previous["url"].as_str().unwrap())
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let first_ids: Vec<&str> = first_page["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first_ids, [p3.as_str(), p1, p2]);
+
+    // _summary=count, _elements
+    let (_, counted) = status_json(s.get("Patient?_summary=count").await).await;
+    assert_eq!(counted["total"], 4);
+    assert!(counted["entry"].as_array().is_none_or(Vec::is_empty));
+    let (_, shaped) = status_json(
+        s.get(&format!("Patient?_id={p1}&_elements=birthDate"))
+            .await,
+    )
+    .await;
+    let resource = &shaped["entry"][0]["resource"];
+    assert_eq!(resource["birthDate"], "1815-12-10");
+    assert!(resource.get("name").is_none());
+    assert_eq!(
+        resource["meta"]["tag"].as_array().unwrap().last().unwrap()["code"],
+        "SUBSETTED"
+    );
+
+    // POST _search gives exactly what GET gives.
+    let get = ids(&s, "Patient?gender=male&_sort=birthdate").await;
+    let response = s
+        .fhir(Method::POST, "Patient/_search")
+        .form(&[("gender", "male"), ("_sort", "birthdate")])
+        .send()
+        .await
+        .unwrap();
+    let (status, posted) = status_json(response).await;
+    assert_eq!(status, 200);
+    let posted: BTreeSet<String> = posted["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(posted, get);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_errors_name_the_parameter() {
+    let app = TestApp::spawn().await;
+    let s = app.project("errors").await.member;
+    let outcome = assert_outcome(s.get("Patient?nonsense=1").await, 400, "nonsense").await;
+    assert_eq!(outcome["issue"][0]["expression"][0], "nonsense");
+    assert_outcome(
+        s.get("Patient?birthdate=1990-13-45").await,
+        400,
+        "birthdate",
+    )
+    .await;
+    assert_outcome(s.get("Patient?birthdate=xx1990").await, 400, "birthdate").await;
+    assert_outcome(
+        s.get("Observation?value-quantity=abc").await,
+        400,
+        "value-quantity",
+    )
+    .await;
+    assert_outcome(s.get("Observation?code:above=123").await, 400, "code").await;
+    assert_outcome(s.get("Patient?name:below=x").await, 400, "name").await;
+    assert_outcome(s.get("Patient?_count=abc").await, 400, "_count").await;
+    assert_outcome(s.get("Patient?_sort=nonsense").await, 400, "nonsense").await;
+
+    // Lenient handling ignores unknown parameters and leaves them out of the self link.
+    let response = s
+        .fhir(Method::GET, "Patient?nonsense=1&gender=male")
+        .header("Prefer", "handling=lenient")
+        .send()
+        .await
+        .unwrap();
+    let (status, bundle) = status_json(response).await;
+    assert_eq!(status, 200, "{bundle}");
+    let self_link = bundle["link"][0]["url"].as_str().unwrap();
+    assert!(
+        self_link.ends_with("fhir/R4/Patient?gender=male"),
+        "{self_link}"
+    );
+}
