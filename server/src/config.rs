@@ -27,6 +27,10 @@ pub struct Config {
     pub workers: usize,
     pub shutdown_timeout: Duration,
     pub access_token_lifetime: Duration,
+    /// Most resources one conditional delete may remove.
+    pub max_conditional_delete: usize,
+    /// Most entries in one batch or transaction Bundle.
+    pub max_bundle_entries: usize,
     pub admin: AdminBootstrap,
 }
 
@@ -76,6 +80,8 @@ impl Config {
             access_token_lifetime: Duration::from_secs(
                 number("FHIRGATE_ACCESS_TOKEN_LIFETIME", 3600)?.max(1) as u64,
             ),
+            max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
+            max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -99,6 +105,8 @@ impl Config {
             workers: 1,
             shutdown_timeout: Duration::from_secs(5),
             access_token_lifetime: Duration::from_secs(3600),
+            max_conditional_delete: 100,
+            max_bundle_entries: 10_000,
             admin: AdminBootstrap::default(),
         }
     }

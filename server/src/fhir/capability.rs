@@ -48,9 +48,9 @@ pub fn capability_statement(base_url: &str) -> Value {
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": false,
-                "conditionalCreate": false,
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalCreate": true,
+                "conditionalUpdate": true,
+                "conditionalDelete": "multiple",
                 "searchInclude": references,
                 "searchRevInclude": references,
                 "searchParam": search_params

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod capability;
+pub mod conditional;
 pub mod resource;
 pub mod search;
 
@@ -241,8 +242,21 @@ fn check_body_type(resource_type: &str, body: &Value) -> Result<()> {
     }
 }
 
+/// Runs `work` in one database transaction, committed only if it succeeds:
+/// a failed write leaves nothing behind.
+pub async fn atomically<T>(
+    state: &AppState,
+    work: impl AsyncFnOnce(&Tx) -> Result<T>,
+) -> Result<T> {
+    let tx = state.store.begin().await?;
+    let result = work(&tx).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
 pub async fn create(
     state: &AppState,
+    tx: &Tx,
     caller: &Caller,
     resource_type: &str,
     body: Value,
@@ -252,9 +266,7 @@ pub async fn create(
     let id = Uuid::new_v4();
     let project_id = target_project(state, caller, &body, id).await?;
     let stamp = Stamp::new(id, project_id, &author_for(caller, &body));
-    let tx = state.store.begin().await?;
-    let (version, _) = insert(&state.validator, &tx, body, &stamp).await?;
-    tx.commit().await?;
+    let (version, _) = insert(&state.validator, tx, body, &stamp).await?;
     Ok(version)
 }
 
@@ -262,6 +274,7 @@ pub async fn create(
 /// CapabilityStatement says `updateCreate: false` for everyone else).
 pub async fn update(
     state: &AppState,
+    tx: &Tx,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -297,7 +310,6 @@ pub async fn update(
         }
         None => return Err(cannot_create()),
     };
-    let tx = state.store.begin().await?;
     let current = tx
         .lock_current(caller.tenant(), resource_type, uuid)
         .await?;
@@ -317,8 +329,7 @@ pub async fn update(
         }
         let project_id = target_project(state, caller, &body, uuid).await?;
         let stamp = Stamp::new(uuid, project_id, &author_for(caller, &body));
-        let (version, _) = insert(&state.validator, &tx, body, &stamp).await?;
-        tx.commit().await?;
+        let (version, _) = insert(&state.validator, tx, body, &stamp).await?;
         return Ok((version, WriteOutcome::Created));
     };
     check_if_match(&current, if_match)?;
@@ -329,7 +340,7 @@ pub async fn update(
 /// Writes `resource` as the next version of `current`, unless nothing changed.
 async fn replace(
     state: &AppState,
-    tx: Tx,
+    tx: &Tx,
     current: &Version,
     resource: Value,
     stamp: &Stamp,
@@ -341,8 +352,7 @@ async fn replace(
     {
         return Ok((current.clone(), WriteOutcome::Unchanged));
     }
-    let (version, _) = store_prepared(&tx, prepared, stamp, false).await?;
-    tx.commit().await?;
+    let (version, _) = store_prepared(tx, prepared, stamp, false).await?;
     Ok((version, WriteOutcome::Updated))
 }
 
@@ -370,6 +380,7 @@ fn check_if_match(current: &Version, if_match: Option<&str>) -> Result<()> {
 /// resource is validated like any update, and nothing is stored on failure.
 pub async fn patch(
     state: &AppState,
+    tx: &Tx,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -396,7 +407,6 @@ pub async fn patch(
         }
     }
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
-    let tx = state.store.begin().await?;
     let current = tx
         .lock_current(caller.tenant(), resource_type, uuid)
         .await?
@@ -424,15 +434,9 @@ pub async fn patch(
 
 /// Deletes the current version. Deleting a deleted resource succeeds and
 /// writes nothing.
-pub async fn delete(
-    state: &AppState,
-    caller: &Caller,
-    resource_type: &str,
-    id: &str,
-) -> Result<()> {
+pub async fn delete(tx: &Tx, caller: &Caller, resource_type: &str, id: &str) -> Result<()> {
     authorize(caller, resource_type, Interaction::Delete)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
-    let tx = state.store.begin().await?;
     let current = tx
         .lock_current(caller.tenant(), resource_type, uuid)
         .await?
@@ -454,8 +458,7 @@ pub async fn delete(
     )
     .await?;
     tx.replace_index(current.project_id, resource_type, uuid, &[])
-        .await?;
-    tx.commit().await
+        .await
 }
 
 /// Which history: all of the caller's, one type's, or one resource's.

@@ -84,6 +84,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/fhir/R4/{type}")
             .post(create)
             .get(search_type)
+            .put(conditional_update)
+            .patch(conditional_patch)
+            .delete(conditional_delete)
             .default_service(method_not_allowed()),
     );
 }
@@ -107,7 +110,28 @@ async fn create(
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
     let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
-    let version = fhir::create(&state, &caller, &resource_type, body).await?;
+    let if_none_exist = header(&req, "If-None-Exist");
+    let (version, outcome) = fhir::atomically(&state, async |tx| {
+        fhir::conditional::create(
+            &state,
+            tx,
+            &caller,
+            &resource_type,
+            body,
+            if_none_exist.as_deref(),
+        )
+        .await
+    })
+    .await?;
+    if outcome == WriteOutcome::Unchanged {
+        // If-None-Exist matched one resource: return it, 200.
+        return Ok(version_response(
+            StatusCode::OK,
+            &version,
+            prefer_return(&req),
+            "Found an existing match; nothing created",
+        ));
+    }
     let location = format!(
         "{}fhir/R4/{}/{}/_history/{}",
         state.base_url, version.resource_type, version.id, version.version_id
@@ -161,11 +185,15 @@ async fn vread(
     ))
 }
 
-fn if_match(req: &HttpRequest) -> Option<String> {
+fn header(req: &HttpRequest, name: &str) -> Option<String> {
     req.headers()
-        .get(actix_web::http::header::IF_MATCH)
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+fn if_match(req: &HttpRequest) -> Option<String> {
+    header(req, "If-Match")
 }
 
 /// The response to an update or patch: 201 when it created, 200 otherwise.
@@ -186,6 +214,69 @@ fn write_response(
     version_response(status, version, prefer_return(req), &message)
 }
 
+/// What an update, patch or delete addresses: one resource by id, or the
+/// resources a search selects (`PUT /Patient?identifier=…`).
+enum Target {
+    Id(String),
+    Condition(String),
+}
+
+impl Target {
+    fn instance(path: web::Path<(String, String)>) -> (String, Target) {
+        let (resource_type, id) = path.into_inner();
+        (resource_type, Target::Id(id))
+    }
+
+    fn conditional(path: web::Path<String>, req: &HttpRequest) -> (String, Target) {
+        (
+            path.into_inner(),
+            Target::Condition(req.query_string().to_string()),
+        )
+    }
+}
+
+async fn update_target(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    (resource_type, target): (String, Target),
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Update)?;
+    check_accept(&req)?;
+    check_content_type(&req, JSON_TYPES)?;
+    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let if_match = if_match(&req);
+    let (version, outcome) = fhir::atomically(&state, async |tx| match &target {
+        Target::Id(id) => {
+            fhir::update(
+                &state,
+                tx,
+                &caller,
+                &resource_type,
+                id,
+                body,
+                if_match.as_deref(),
+            )
+            .await
+        }
+        Target::Condition(query) => {
+            fhir::conditional::update(
+                &state,
+                tx,
+                &caller,
+                &resource_type,
+                query,
+                body,
+                if_match.as_deref(),
+            )
+            .await
+        }
+    })
+    .await?;
+    Ok(write_response(&req, &version, outcome))
+}
+
 async fn update(
     caller: Caller,
     state: Data,
@@ -193,19 +284,81 @@ async fn update(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let (resource_type, id) = path.into_inner();
-    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Update)?;
-    check_accept(&req)?;
-    check_content_type(&req, JSON_TYPES)?;
-    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
-    let (version, outcome) = fhir::update(
-        &state,
-        &caller,
-        &resource_type,
-        &id,
-        body,
-        if_match(&req).as_deref(),
-    )
+    update_target(caller, state, req, Target::instance(path), payload).await
+}
+
+async fn conditional_update(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let target = Target::conditional(path, &req);
+    update_target(caller, state, req, target, payload).await
+}
+
+/// Reads a JSON Patch body.
+async fn patch_body(
+    req: &HttpRequest,
+    state: &Data,
+    payload: web::Payload,
+) -> Result<json_patch::Patch> {
+    check_accept(req)?;
+    if req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_none()
+    {
+        return Err(Error::UnsupportedMediaType(
+            "A patch needs Content-Type: application/json-patch+json".into(),
+        ));
+    }
+    check_content_type(req, &["application/json-patch+json"])?;
+    let body = super::parse_json(&read_body(req, payload, state.config.max_body_bytes).await?)?;
+    serde_json::from_value(body).map_err(|e| {
+        Error::BadRequest(format!(
+            "The body is not a JSON Patch document (an array of operations with op and path): {e}"
+        ))
+    })
+}
+
+async fn patch_target(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    (resource_type, target): (String, Target),
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Patch)?;
+    let operations = patch_body(&req, &state, payload).await?;
+    let if_match = if_match(&req);
+    let (version, outcome) = fhir::atomically(&state, async |tx| match &target {
+        Target::Id(id) => {
+            fhir::patch(
+                &state,
+                tx,
+                &caller,
+                &resource_type,
+                id,
+                operations,
+                if_match.as_deref(),
+            )
+            .await
+        }
+        Target::Condition(query) => {
+            fhir::conditional::patch(
+                &state,
+                tx,
+                &caller,
+                &resource_type,
+                query,
+                operations,
+                if_match.as_deref(),
+            )
+            .await
+        }
+    })
     .await?;
     Ok(write_response(&req, &version, outcome))
 }
@@ -217,35 +370,50 @@ async fn patch(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let (resource_type, id) = path.into_inner();
-    fhir::authorize(&caller, &resource_type, access_policy::Interaction::Patch)?;
+    patch_target(caller, state, req, Target::instance(path), payload).await
+}
+
+async fn conditional_patch(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let target = Target::conditional(path, &req);
+    patch_target(caller, state, req, target, payload).await
+}
+
+async fn delete_target(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    (resource_type, target): (String, Target),
+) -> Result<HttpResponse> {
     check_accept(&req)?;
-    if req
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .is_none()
-    {
-        return Err(Error::UnsupportedMediaType(
-            "A patch needs Content-Type: application/json-patch+json".into(),
-        ));
-    }
-    check_content_type(&req, &["application/json-patch+json"])?;
-    let body = super::parse_json(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
-    let operations: json_patch::Patch = serde_json::from_value(body).map_err(|e| {
-        Error::BadRequest(format!(
-            "The body is not a JSON Patch document (an array of operations with op and path): {e}"
-        ))
-    })?;
-    let (version, outcome) = fhir::patch(
-        &state,
-        &caller,
-        &resource_type,
-        &id,
-        operations,
-        if_match(&req).as_deref(),
-    )
+    let message = fhir::atomically(&state, async |tx| match &target {
+        Target::Id(id) => {
+            fhir::delete(tx, &caller, &resource_type, id).await?;
+            Ok(format!("Deleted {resource_type}/{id}"))
+        }
+        Target::Condition(query) => {
+            let count = fhir::conditional::delete(
+                tx,
+                &caller,
+                &resource_type,
+                query,
+                state.config.max_conditional_delete,
+            )
+            .await?;
+            Ok(format!(
+                "Deleted {count} {resource_type} resource(s) matching '{query}'"
+            ))
+        }
+    })
     .await?;
-    Ok(write_response(&req, &version, outcome))
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(super::informational(&message).to_string()))
 }
 
 async fn delete(
@@ -254,12 +422,17 @@ async fn delete(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
-    let (resource_type, id) = path.into_inner();
-    check_accept(&req)?;
-    fhir::delete(&state, &caller, &resource_type, &id).await?;
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .body(super::informational(&format!("Deleted {resource_type}/{id}")).to_string()))
+    delete_target(caller, state, req, Target::instance(path)).await
+}
+
+async fn conditional_delete(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let target = Target::conditional(path, &req);
+    delete_target(caller, state, req, target).await
 }
 
 /// `Prefer: handling=lenient` ignores unknown search parameters.

@@ -126,6 +126,12 @@ impl Query {
     }
 }
 
+/// Runs a statement: the pool (reads outside a write) or an open write
+/// transaction (reads that must see the transaction's own writes).
+trait Executor {
+    async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>>;
+}
+
 const VERSION_COLUMNS: &str =
     "project_id, resource_type, id, version_id, last_updated, CASE WHEN deleted THEN NULL ELSE content END AS content";
 const HISTORY_COLUMNS: &str = "project_id, resource_type, id, version_id, last_updated, content";
@@ -135,15 +141,25 @@ pub struct Store {
     pool: Pool,
 }
 
-impl Store {
-    pub fn new(pool: Pool) -> Store {
-        Store { pool }
-    }
-
+impl Executor for Store {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(&query.sql).await?;
         Ok(client.query(&statement, &query.values()).await?)
+    }
+}
+
+impl Executor for Tx {
+    async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client();
+        let statement = client.prepare_cached(&query.sql).await?;
+        Ok(client.query(&statement, &query.values()).await?)
+    }
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Store {
+        Store { pool }
     }
 
     /// `SELECT 1`: whether the database answers.
@@ -321,10 +337,18 @@ impl Tx {
             .expect("transaction is open until commit")
     }
 
-    async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
-        let client = self.client();
-        let statement = client.prepare_cached(&query.sql).await?;
-        Ok(client.query(&statement, &query.values()).await?)
+    /// Searches inside the transaction, seeing its own writes.
+    pub async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
+        search::run(self, sq).await
+    }
+
+    /// Serialises writers that decide on the same condition (conditional
+    /// create, update, delete): held until the transaction ends.
+    pub async fn lock_condition(&self, key: &str) -> Result<()> {
+        let mut q = Query::new("SELECT pg_advisory_xact_lock(hashtextextended(");
+        q.bind(key.to_string()).push(", 0))");
+        self.query(&q).await?;
+        Ok(())
     }
 
     /// The current version, locked until commit so concurrent writers queue.

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     index::{identifier_param, of_type_param, of_type_system},
-    Query, Store, Tenant, Version,
+    Executor, Query, Store, Tenant, Version,
 };
 use crate::error::{Error, Result};
 
@@ -802,158 +802,167 @@ impl Store {
     }
 
     pub async fn search(&self, sq: &SearchQuery<'_>) -> Result<SearchPage> {
-        let request = sq.request;
-        let total = match request.total {
-            fhir_model::search::Total::None => None,
-            fhir_model::search::Total::Accurate => {
-                let mut q = Query::new("SELECT count(*)");
-                where_clause(&mut q, sq)?;
-                Some(self.query(&q).await?[0].get::<_, i64>(0))
-            }
-            fhir_model::search::Total::Estimate => {
-                let mut q = Query::new("EXPLAIN (FORMAT JSON) SELECT 1");
-                where_clause(&mut q, sq)?;
-                let plan: serde_json::Value = self.query(&q).await?[0].get(0);
-                plan[0]["Plan"]["Plan Rows"]
-                    .as_f64()
-                    .map(|rows| rows.round() as i64)
-            }
-        };
-        if request.count == 0 {
-            return Ok(SearchPage {
-                matches: Vec::new(),
-                included: Vec::new(),
-                total,
-                next: None,
-                previous: None,
-            });
-        }
+        run(self, sq).await
+    }
+}
 
-        let (q, key_count) = page_query(sq)?;
-        let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
-        let rows = self.query(&q).await?;
-        let has_more = rows.len() > request.count;
-        let mut page: Vec<(Version, Vec<Option<String>>)> = rows
-            .iter()
-            .take(request.count)
-            .map(|row| {
-                let keys = (0..key_count)
-                    .map(|n| row.get(format!("k{n}").as_str()))
-                    .collect();
-                (Version::from_row(row), keys)
-            })
-            .collect();
-        if backwards {
-            page.reverse();
+/// Runs a search: the count (if asked), the page, the includes.
+pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<SearchPage> {
+    let request = sq.request;
+    let total = match request.total {
+        fhir_model::search::Total::None => None,
+        fhir_model::search::Total::Accurate => {
+            let mut q = Query::new("SELECT count(*)");
+            where_clause(&mut q, sq)?;
+            Some(db.query(&q).await?[0].get::<_, i64>(0))
         }
-        let cursor_of = |entry: &(Version, Vec<Option<String>>), backwards: bool| Cursor {
-            backwards,
-            keys: entry.1.clone(),
-            id: entry.0.id,
-        };
-        let (has_next, has_previous) = if backwards {
-            (true, has_more)
-        } else {
-            (has_more, sq.cursor.is_some() || request.offset > 0)
-        };
-        let next = page
-            .last()
-            .filter(|_| has_next)
-            .map(|e| cursor_of(e, false));
-        let previous = page
-            .first()
-            .filter(|_| has_previous)
-            .map(|e| cursor_of(e, true));
-        let matches: Vec<Version> = page.into_iter().map(|(v, _)| v).collect();
-        let included = self.includes(sq, &matches).await?;
-        Ok(SearchPage {
-            matches,
-            included,
+        fhir_model::search::Total::Estimate => {
+            let mut q = Query::new("EXPLAIN (FORMAT JSON) SELECT 1");
+            where_clause(&mut q, sq)?;
+            let plan: serde_json::Value = db.query(&q).await?[0].get(0);
+            plan[0]["Plan"]["Plan Rows"]
+                .as_f64()
+                .map(|rows| rows.round() as i64)
+        }
+    };
+    if request.count == 0 {
+        return Ok(SearchPage {
+            matches: Vec::new(),
+            included: Vec::new(),
             total,
-            next,
-            previous,
-        })
+            next: None,
+            previous: None,
+        });
     }
 
-    /// `_include` and `_revinclude`, one statement per level; `:iterate`
-    /// ones follow what the previous level found, up to a fixed depth.
-    async fn includes(&self, sq: &SearchQuery<'_>, matches: &[Version]) -> Result<Vec<Version>> {
-        let request = sq.request;
-        if request.include.is_empty() && request.revinclude.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut seen: std::collections::HashSet<(String, Uuid)> = matches
-            .iter()
-            .map(|v| (v.resource_type.clone(), v.id))
-            .collect();
-        let mut included = Vec::new();
-        let mut frontier: Vec<Version> = matches.to_vec();
-        for depth in 0..MAX_INCLUDE_DEPTH {
-            let applies = |inc: &&Include| depth == 0 || inc.iterate;
-            let forward: Vec<&Include> = request.include.iter().filter(applies).collect();
-            let reverse: Vec<&Include> = request.revinclude.iter().filter(applies).collect();
-            if frontier.is_empty() || (forward.is_empty() && reverse.is_empty()) {
-                break;
-            }
-            let mut q = Query::new("");
-            let mut parts = 0;
-            let ids_of = |resource_type: Option<&str>| -> Vec<Uuid> {
-                frontier
-                    .iter()
-                    .filter(|v| resource_type.is_none_or(|t| v.resource_type == t))
-                    .map(|v| v.id)
-                    .collect()
-            };
-            for inc in &forward {
-                let ids = ids_of(Some(&inc.source_type));
-                if ids.is_empty() {
-                    continue;
-                }
-                include_select(&mut q, sq, &mut parts);
-                q.push(" AND (t.resource_type, t.id) IN (SELECT i.target_type, i.target_id FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = ")
-                    .bind(inc.source_type.clone())
-                    .push(" AND i.param = ")
-                    .bind(inc.param.clone())
-                    .push(" AND i.resource_id = ANY(")
-                    .bind(ids)
-                    .push(")");
-                if let Some(target) = &inc.target_type {
-                    q.push(" AND i.target_type = ").bind(target.clone());
-                }
-                q.push("))");
-            }
-            for inc in &reverse {
-                let targets = match &inc.target_type {
-                    Some(target) => ids_of(Some(target)),
-                    None => ids_of(None),
-                };
-                if targets.is_empty() {
-                    continue;
-                }
-                include_select(&mut q, sq, &mut parts);
-                q.push(" AND t.resource_type = ")
-                    .bind(inc.source_type.clone())
-                    .push(" AND EXISTS (SELECT 1 FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = t.resource_type AND i.resource_id = t.id AND i.param = ")
-                    .bind(inc.param.clone())
-                    .push(" AND i.target_id = ANY(")
-                    .bind(targets)
-                    .push(")))");
-            }
-            if parts == 0 {
-                break;
-            }
-            q.push(" LIMIT ").bind(MAX_INCLUDED);
-            frontier = self
-                .query(&q)
-                .await?
-                .iter()
-                .map(Version::from_row)
-                .filter(|v| seen.insert((v.resource_type.clone(), v.id)))
+    let (q, key_count) = page_query(sq)?;
+    let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+    let rows = db.query(&q).await?;
+    let has_more = rows.len() > request.count;
+    let mut page: Vec<(Version, Vec<Option<String>>)> = rows
+        .iter()
+        .take(request.count)
+        .map(|row| {
+            let keys = (0..key_count)
+                .map(|n| row.get(format!("k{n}").as_str()))
                 .collect();
-            included.extend(frontier.iter().cloned());
-        }
-        Ok(included)
+            (Version::from_row(row), keys)
+        })
+        .collect();
+    if backwards {
+        page.reverse();
     }
+    let cursor_of = |entry: &(Version, Vec<Option<String>>), backwards: bool| Cursor {
+        backwards,
+        keys: entry.1.clone(),
+        id: entry.0.id,
+    };
+    let (has_next, has_previous) = if backwards {
+        (true, has_more)
+    } else {
+        (has_more, sq.cursor.is_some() || request.offset > 0)
+    };
+    let next = page
+        .last()
+        .filter(|_| has_next)
+        .map(|e| cursor_of(e, false));
+    let previous = page
+        .first()
+        .filter(|_| has_previous)
+        .map(|e| cursor_of(e, true));
+    let matches: Vec<Version> = page.into_iter().map(|(v, _)| v).collect();
+    let included = includes(db, sq, &matches).await?;
+    Ok(SearchPage {
+        matches,
+        included,
+        total,
+        next,
+        previous,
+    })
+}
+
+/// `_include` and `_revinclude`, one statement per level; `:iterate`
+/// ones follow what the previous level found, up to a fixed depth.
+async fn includes(
+    db: &impl Executor,
+    sq: &SearchQuery<'_>,
+    matches: &[Version],
+) -> Result<Vec<Version>> {
+    let request = sq.request;
+    if request.include.is_empty() && request.revinclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: std::collections::HashSet<(String, Uuid)> = matches
+        .iter()
+        .map(|v| (v.resource_type.clone(), v.id))
+        .collect();
+    let mut included = Vec::new();
+    let mut frontier: Vec<Version> = matches.to_vec();
+    for depth in 0..MAX_INCLUDE_DEPTH {
+        let applies = |inc: &&Include| depth == 0 || inc.iterate;
+        let forward: Vec<&Include> = request.include.iter().filter(applies).collect();
+        let reverse: Vec<&Include> = request.revinclude.iter().filter(applies).collect();
+        if frontier.is_empty() || (forward.is_empty() && reverse.is_empty()) {
+            break;
+        }
+        let mut q = Query::new("");
+        let mut parts = 0;
+        let ids_of = |resource_type: Option<&str>| -> Vec<Uuid> {
+            frontier
+                .iter()
+                .filter(|v| resource_type.is_none_or(|t| v.resource_type == t))
+                .map(|v| v.id)
+                .collect()
+        };
+        for inc in &forward {
+            let ids = ids_of(Some(&inc.source_type));
+            if ids.is_empty() {
+                continue;
+            }
+            include_select(&mut q, sq, &mut parts);
+            q.push(" AND (t.resource_type, t.id) IN (SELECT i.target_type, i.target_id FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = ")
+                .bind(inc.source_type.clone())
+                .push(" AND i.param = ")
+                .bind(inc.param.clone())
+                .push(" AND i.resource_id = ANY(")
+                .bind(ids)
+                .push(")");
+            if let Some(target) = &inc.target_type {
+                q.push(" AND i.target_type = ").bind(target.clone());
+            }
+            q.push("))");
+        }
+        for inc in &reverse {
+            let targets = match &inc.target_type {
+                Some(target) => ids_of(Some(target)),
+                None => ids_of(None),
+            };
+            if targets.is_empty() {
+                continue;
+            }
+            include_select(&mut q, sq, &mut parts);
+            q.push(" AND t.resource_type = ")
+                .bind(inc.source_type.clone())
+                .push(" AND EXISTS (SELECT 1 FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = t.resource_type AND i.resource_id = t.id AND i.param = ")
+                .bind(inc.param.clone())
+                .push(" AND i.target_id = ANY(")
+                .bind(targets)
+                .push(")))");
+        }
+        if parts == 0 {
+            break;
+        }
+        q.push(" LIMIT ").bind(MAX_INCLUDED);
+        frontier = db
+            .query(&q)
+            .await?
+            .iter()
+            .map(Version::from_row)
+            .filter(|v| seen.insert((v.resource_type.clone(), v.id)))
+            .collect();
+        included.extend(frontier.iter().cloned());
+    }
+    Ok(included)
 }
 
 /// Starts one `UNION ALL` branch selecting readable, live resources `t`.
