@@ -4,6 +4,7 @@
 Usage: python3 vendor.py fhir.schema.json [profiles-resources.json profiles-types.json] > out
        python3 vendor.py search-parameters search-parameters.json > out
        python3 vendor.py compartment compartmentdefinition-patient.json > out
+       python3 vendor.py summary profiles-resources.json > out
 
 Drops every `description` annotation (most of the file) but keeps elements that are *named*
 `description` inside a `properties` map.
@@ -98,6 +99,36 @@ def compartment(definition):
     return {r["code"]: r["param"] for r in definition["resource"] if r.get("param")}
 
 
+def summary_elements(bundle):
+    """{resource type: sorted top-level element names with isSummary} for the concrete R4
+    (4.0.1) resources; choice elements are expanded to their JSON names (`value[x]` with types
+    Quantity and string gives `valueQuantity`, `valueString`)."""
+    out = {}
+    for entry in bundle["entry"]:
+        sd = entry["resource"]
+        if (
+            sd.get("resourceType") != "StructureDefinition"
+            or sd.get("kind") != "resource"
+            or sd.get("derivation") != "specialization"
+            or sd.get("abstract")
+            or sd.get("fhirVersion") != "4.0.1"  # Medplum also ships R4B's SubscriptionStatus
+        ):
+            continue
+        names = set()
+        for element in sd["snapshot"]["element"]:
+            path = element["path"].split(".")
+            if len(path) != 2 or not element.get("isSummary"):
+                continue
+            name = path[1]
+            if name.endswith("[x]"):
+                base = name[: -len("[x]")]
+                names.update(base + t["code"][:1].upper() + t["code"][1:] for t in element["type"])
+            else:
+                names.add(name)
+        out[sd["type"]] = sorted(names)
+    return dict(sorted(out.items()))
+
+
 def dump(value, pretty_lines=False):
     if pretty_lines:
         # One entry a line: small diffs, still compact.
@@ -111,16 +142,32 @@ def dump(value, pretty_lines=False):
         sys.stdout.write("\n")
 
 
+def dump_object_lines(value):
+    """A JSON object with one member a line."""
+    sys.stdout.write("{\n")
+    sys.stdout.write(
+        ",\n".join(
+            json.dumps(k, ensure_ascii=False)
+            + ":"
+            + json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+            for k, v in value.items()
+        )
+    )
+    sys.stdout.write("\n}\n")
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    if sys.argv[1] in ("search-parameters", "compartment"):
+    if sys.argv[1] in ("search-parameters", "compartment", "summary"):
         if len(sys.argv) != 3:
             sys.exit(__doc__)
         with open(sys.argv[2], encoding="utf-8") as f:
             source = json.load(f)
         if sys.argv[1] == "search-parameters":
             dump(search_parameters(source), pretty_lines=True)
+        elif sys.argv[1] == "summary":
+            dump_object_lines(summary_elements(source))
         else:
             dump(compartment(source))
         return

@@ -5,6 +5,7 @@ mod error;
 mod outcome;
 pub mod resource_types;
 pub mod search;
+pub mod summary;
 mod validation;
 
 pub use error::Error;

@@ -122,6 +122,17 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The OperationOutcome a client receives for this error.
+    pub fn outcome(&self) -> serde_json::Value {
+        let issues = match self {
+            Error::Invalid(issues) => issues.clone(),
+            other => vec![Issue::error(other.issue_code(), other.public_message())],
+        };
+        operation_outcome(&issues)
+    }
+}
+
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -166,15 +177,11 @@ impl ResponseError for Error {
             return response
                 .json(serde_json::json!({ "error": error, "error_description": description }));
         }
-        let issues = match self {
-            Error::Invalid(issues) => issues.clone(),
-            other => vec![Issue::error(other.issue_code(), other.public_message())],
-        };
         let mut response = HttpResponse::build(status);
         response.content_type(FHIR_JSON);
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"fhirgate\""));
         }
-        response.body(operation_outcome(&issues).to_string())
+        response.body(self.outcome().to_string())
     }
 }

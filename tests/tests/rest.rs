@@ -540,6 +540,17 @@ async fn capability_statement_lists_what_works() {
         let status = match interaction["code"].as_str().unwrap() {
             "history-system" => user.get("_history").await.status(),
             "search-system" => user.get("?_type=Patient").await.status(),
+            code @ ("transaction" | "batch") => {
+                let bundle = json!({"resourceType": "Bundle", "type": code, "entry": [
+                    {"request": {"method": "POST", "url": "Patient"}, "resource": self::patient()}
+                ]});
+                let (status, body) = status_json(user.post("", &bundle).await).await;
+                assert_eq!(
+                    body["entry"][0]["response"]["status"], "201 Created",
+                    "{body}"
+                );
+                reqwest::StatusCode::from_u16(status).unwrap()
+            }
             other => panic!("the statement advertises '{other}', which this test does not know"),
         };
         assert!(status.is_success(), "{interaction} gave {status}");

@@ -42,6 +42,8 @@ async fn load(s: &Session) -> Data {
             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
         "telecom": [{"system": "email", "value": "ada@example.com"}],
         "address": [{"city": "London", "line": ["12 St James's Square"]}],
+        "communication": [{"language": {"text": "English"}}],
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Ada</div>"},
         "managingOrganization": {"reference": format!("Organization/{engines}")}
     })).await;
     let p2 = id_of(
@@ -492,6 +494,23 @@ async fn includes_sorting_paging_and_shaping() {
         resource["meta"]["tag"].as_array().unwrap().last().unwrap()["code"],
         "SUBSETTED"
     );
+
+    let (_, summary) = status_json(s.get(&format!("Patient?_id={p1}&_summary=true")).await).await;
+    let resource = &summary["entry"][0]["resource"];
+    assert_eq!(resource["name"][0]["family"], "Lovelace");
+    assert!(
+        resource.get("communication").is_none(),
+        "communication is not a summary element"
+    );
+    assert!(resource.get("text").is_none());
+    let (_, data) = status_json(s.get(&format!("Patient?_id={p1}&_summary=data")).await).await;
+    let resource = &data["entry"][0]["resource"];
+    assert!(resource.get("text").is_none() && resource.get("communication").is_some());
+    let (_, text) = status_json(s.get(&format!("Patient?_id={p1}&_summary=text")).await).await;
+    let resource = &text["entry"][0]["resource"];
+    assert!(resource.get("text").is_some() && resource.get("name").is_none());
+    let (_, estimate) = status_json(s.get("Patient?_total=estimate").await).await;
+    assert!(estimate["total"].as_i64().is_some(), "{estimate}");
 
     // POST _search gives exactly what GET gives.
     let get = ids(&s, "Patient?gender=male&_sort=birthdate").await;

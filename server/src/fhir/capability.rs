@@ -21,7 +21,8 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
 ];
 
 /// Whole-system interactions routed at `/fhir/R4`.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system", "search-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] =
+    &["transaction", "batch", "history-system", "search-system"];
 
 pub fn capability_statement(base_url: &str) -> Value {
     let interactions = |codes: &[&str]| {

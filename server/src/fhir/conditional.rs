@@ -6,6 +6,7 @@
 use access_policy::Interaction;
 use fhir_model::search::{parse_search, Registry};
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::{authorize, hidden_types, WriteOutcome};
 use crate::{
@@ -62,6 +63,22 @@ fn too_many(resource_type: &str, query: &str) -> Error {
     ))
 }
 
+/// The one resource an `If-None-Exist` condition names, if any (more than
+/// one is 412).
+pub async fn existing(
+    tx: &Tx,
+    caller: &Caller,
+    resource_type: &str,
+    condition: &str,
+) -> Result<Option<Version>> {
+    authorize(caller, resource_type, Interaction::Create)?;
+    let mut found = matches(tx, caller, resource_type, condition, 2).await?;
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(too_many(resource_type, condition)),
+    }
+}
+
 /// `POST` with `If-None-Exist`: 0 matches creates, 1 returns it (200), more is 412.
 pub async fn create(
     state: &AppState,
@@ -72,20 +89,17 @@ pub async fn create(
     if_none_exist: Option<&str>,
 ) -> Result<(Version, WriteOutcome)> {
     if let Some(condition) = if_none_exist {
-        authorize(caller, resource_type, Interaction::Create)?;
-        let found = matches(tx, caller, resource_type, condition, 2).await?;
-        match found.as_slice() {
-            [] => {}
-            [existing] => return Ok((existing.clone(), WriteOutcome::Unchanged)),
-            _ => return Err(too_many(resource_type, condition)),
+        if let Some(found) = existing(tx, caller, resource_type, condition).await? {
+            return Ok((found, WriteOutcome::Unchanged));
         }
     }
     let version = super::create(state, tx, caller, resource_type, body).await?;
     Ok((version, WriteOutcome::Created))
 }
 
-/// `PUT Type?query`: 0 matches creates, 1 updates it (400 if the body names
-/// another id), more is 412.
+/// `PUT Type?query`: 0 matches creates (at `new_id`), 1 updates it (400 if
+/// the body names another id), more is 412.
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     state: &AppState,
     tx: &Tx,
@@ -94,12 +108,14 @@ pub async fn update(
     query: &str,
     mut body: Value,
     if_match: Option<&str>,
+    new_id: Uuid,
 ) -> Result<(Version, WriteOutcome)> {
     authorize(caller, resource_type, Interaction::Update)?;
     let found = matches(tx, caller, resource_type, query, 2).await?;
     match found.as_slice() {
         [] => {
-            let version = super::create(state, tx, caller, resource_type, body).await?;
+            let version =
+                super::create_with_id(state, tx, caller, resource_type, body, new_id).await?;
             Ok((version, WriteOutcome::Created))
         }
         [existing] => {

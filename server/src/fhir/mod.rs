@@ -7,6 +7,7 @@ pub mod capability;
 pub mod conditional;
 pub mod resource;
 pub mod search;
+pub mod transaction;
 
 use access_policy::{is_allowed, Interaction, Role};
 use fhir_model::resource_types::{is_known_resource_type, ADMIN_RESOURCE_TYPES, R4_RESOURCE_TYPES};
@@ -261,9 +262,21 @@ pub async fn create(
     resource_type: &str,
     body: Value,
 ) -> Result<Version> {
+    create_with_id(state, tx, caller, resource_type, body, Uuid::new_v4()).await
+}
+
+/// Creates at an id the server chose beforehand (a transaction Bundle assigns
+/// ids first, so that entries can reference each other).
+pub async fn create_with_id(
+    state: &AppState,
+    tx: &Tx,
+    caller: &Caller,
+    resource_type: &str,
+    body: Value,
+    id: Uuid,
+) -> Result<Version> {
     authorize(caller, resource_type, Interaction::Create)?;
     check_body_type(resource_type, &body)?;
-    let id = Uuid::new_v4();
     let project_id = target_project(state, caller, &body, id).await?;
     let stamp = Stamp::new(id, project_id, &author_for(caller, &body));
     let (version, _) = insert(&state.validator, tx, body, &stamp).await?;

@@ -47,21 +47,11 @@ pub async fn search(
     }
     let registry = Registry::get();
     let mut request = parse_search(registry, scope.resource_type, query, lenient)?;
-    match request.summary {
-        Summary::Count => {
-            request.count = 0;
-            if request.total == search::Total::None {
-                request.total = search::Total::Accurate;
-            }
+    if request.summary == Summary::Count {
+        request.count = 0;
+        if request.total == search::Total::None {
+            request.total = search::Total::Accurate;
         }
-        Summary::True => {
-            return Err(Error::Invalid(vec![fhir_model::Issue::error(
-                fhir_model::IssueCode::NotSupported,
-                "_summary=true is not supported yet; use _elements to choose elements, or _summary=count|data|text",
-            )
-            .at("_summary")]))
-        }
-        _ => {}
     }
     for resource_type in request
         .types
@@ -123,31 +113,35 @@ pub async fn search(
     })
 }
 
-/// `_elements` and `_summary=text|data` (FHIR §3.1.1.5.9, .5.10): keep what
-/// was asked for plus the mandatory elements, and mark the result SUBSETTED.
-fn shape(request: &SearchRequest, versions: Vec<Version>) -> Result<Vec<Version>> {
-    let keep: Option<Vec<&str>> = match request.summary {
-        Summary::Text => Some(vec!["text"]),
-        _ if !request.elements.is_empty() => {
-            Some(request.elements.iter().map(String::as_str).collect())
+/// The top-level elements a response keeps, by `_summary` and `_elements`
+/// (FHIR §3.1.1.5.9–10); `None` keeps everything.
+fn kept_elements(request: &SearchRequest, resource_type: &str) -> Option<Vec<String>> {
+    match request.summary {
+        Summary::Text => Some(vec!["text".into()]),
+        Summary::True => {
+            fhir_model::summary::summary_elements(resource_type).map(<[String]>::to_vec)
         }
+        _ if !request.elements.is_empty() => Some(request.elements.clone()),
         _ => None,
-    };
-    let drop_text = request.summary == Summary::Data;
-    if keep.is_none() && !drop_text {
-        return Ok(versions);
     }
+}
+
+/// Applies `_summary` and `_elements`: keeps what was asked for plus the
+/// mandatory elements, and marks the result SUBSETTED.
+fn shape(request: &SearchRequest, versions: Vec<Version>) -> Result<Vec<Version>> {
+    let drop_text = request.summary == Summary::Data;
     versions
         .into_iter()
         .map(|mut version| {
-            let Some(content) = &version.content else {
+            let keep = kept_elements(request, &version.resource_type);
+            let Some(content) = version.content.as_deref().filter(|_| keep.is_some() || drop_text) else {
                 return Ok(version);
             };
             let mut value: Value = serde_json::from_str(content)
                 .map_err(|e| Error::Internal(format!("stored resource is not JSON: {e}")))?;
             if let Some(object) = value.as_object_mut() {
                 match &keep {
-                    Some(keep) => object.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str())),
+                    Some(keep) => object.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.iter().any(|e| e == k)),
                     None => {
                         object.remove("text");
                     }

@@ -35,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource(["/fhir/R4", "/fhir/R4/"])
             .get(search_system)
+            .post(bundle)
             .default_service(method_not_allowed()),
     )
     .service(
@@ -269,6 +270,7 @@ async fn update_target(
                 query,
                 body,
                 if_match.as_deref(),
+                uuid::Uuid::new_v4(),
             )
             .await
         }
@@ -433,6 +435,20 @@ async fn conditional_delete(
 ) -> Result<HttpResponse> {
     let target = Target::conditional(path, &req);
     delete_target(caller, state, req, target).await
+}
+
+/// `POST /fhir/R4` with a batch or transaction Bundle.
+async fn bundle(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    check_accept(&req)?;
+    check_content_type(&req, JSON_TYPES)?;
+    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let response = fhir::transaction::process(&state, &caller, body).await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
 }
 
 /// `Prefer: handling=lenient` ignores unknown search parameters.

@@ -1,0 +1,313 @@
+//! Batch and transaction Bundles.
+
+use fhirgate_tests::{assert_outcome, status_json, Session, TestApp};
+use serde_json::{json, Value};
+
+fn post(full_url: &str, resource: Value) -> Value {
+    let resource_type = resource["resourceType"].as_str().unwrap().to_string();
+    json!({"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": resource_type}})
+}
+
+fn bundle(kind: &str, entries: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "type": kind, "entry": entries})
+}
+
+async fn send(s: &Session, bundle: &Value) -> (u16, Value) {
+    status_json(s.post("", bundle).await).await
+}
+
+async fn count(s: &Session, query: &str) -> usize {
+    let (_, found) = status_json(s.get(query).await).await;
+    found["entry"].as_array().map_or(0, Vec::len)
+}
+
+fn id_from_location(entry: &Value) -> String {
+    entry["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .rev()
+        .nth(2)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_resolves_references_and_answers_per_entry() {
+    let app = TestApp::spawn().await;
+    let s = app.project("transaction").await.member;
+    let request = bundle(
+        "transaction",
+        vec![
+            // Listed first, processed last: it sees the patient created below.
+            json!({"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|tx-1"}}),
+            post(
+                "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+                json!({
+                    "resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+                    "subject": {"reference": "urn:uuid:88f151c0-a954-468a-88ce-6b2b5c7c1a30"},
+                    "hasMember": [{"reference": "urn:uuid:88f151c0-a954-468a-88ce-6b2b5c7c1a30"}],
+                    "note": [{"text": "about urn:uuid:88f151c0-a954-468a-88ce-6b2b5c7c1a30"}]
+                }),
+            ),
+            post(
+                "urn:uuid:88f151c0-a954-468a-88ce-6b2b5c7c1a30",
+                json!({
+                    "resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-1"}]
+                }),
+            ),
+        ],
+    );
+    let (status, response) = send(&s, &request).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["type"], "transaction-response");
+    let entries = response["entry"].as_array().unwrap();
+    assert_eq!(entries[1]["response"]["status"], "201 Created");
+    assert_eq!(entries[2]["response"]["status"], "201 Created");
+    assert!(entries[2]["response"]["etag"]
+        .as_str()
+        .unwrap()
+        .starts_with("W/\""));
+    assert!(entries[2]["response"]["lastModified"].is_string());
+    let patient_id = id_from_location(&entries[2]);
+    let observation_id = id_from_location(&entries[1]);
+    assert_eq!(entries[0]["response"]["status"], "200 OK");
+    assert_eq!(
+        entries[0]["resource"]["entry"][0]["resource"]["id"],
+        json!(patient_id)
+    );
+
+    let (_, observation) = status_json(s.get(&format!("Observation/{observation_id}")).await).await;
+    let expected = json!(format!("Patient/{patient_id}"));
+    assert_eq!(observation["subject"]["reference"], expected);
+    assert_eq!(observation["hasMember"][0]["reference"], expected);
+    assert_eq!(
+        count(&s, &format!("Observation?subject=Patient/{patient_id}")).await,
+        1
+    );
+
+    // Conditional references and If-None-Exist inside a transaction.
+    let request = bundle(
+        "transaction",
+        vec![
+            json!({"fullUrl": "urn:uuid:0b7c5e0c-4a57-4a37-9c87-1a1e5bb7b0d1",
+               "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-1"}]},
+               "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|tx-1"}}),
+            post(
+                "urn:uuid:5c9a1f6e-2f0e-4a3c-8d1b-9e7f6a5b4c3d",
+                json!({
+                    "resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                    "subject": {"reference": "Patient?identifier=urn:mrn|tx-1"}
+                }),
+            ),
+            post(
+                "urn:uuid:7d2e4f6a-8b9c-4d1e-a2f3-b4c5d6e7f8a9",
+                json!({
+                    "resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                    "subject": {"reference": "urn:uuid:0b7c5e0c-4a57-4a37-9c87-1a1e5bb7b0d1"}
+                }),
+            ),
+        ],
+    );
+    let (status, response) = send(&s, &request).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        response["entry"][0]["response"]["status"], "200 OK",
+        "existing patient reused"
+    );
+    assert_eq!(id_from_location(&response["entry"][0]), patient_id);
+    assert_eq!(
+        count(&s, &format!("Encounter?subject=Patient/{patient_id}")).await,
+        2
+    );
+    assert_eq!(count(&s, "Patient?identifier=urn:mrn|tx-1").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_transaction_leaves_no_trace() {
+    let app = TestApp::spawn().await;
+    let s = app.project("rollback").await.member;
+    let request = bundle(
+        "transaction",
+        vec![
+            post(
+                "urn:uuid:a1",
+                json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "rb"}]}),
+            ),
+            post(
+                "urn:uuid:a2",
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                    "subject": {"reference": "urn:uuid:a1"}}),
+            ),
+            post(
+                "urn:uuid:a3",
+                json!({"resourceType": "Patient", "birthDate": "not a date"}),
+            ),
+        ],
+    );
+    let (status, outcome) = send(&s, &request).await;
+    assert_eq!(status, 400, "{outcome}");
+    let text = outcome.to_string();
+    assert!(text.contains("Bundle.entry[2] (urn:uuid:a3)"), "{text}");
+    assert!(
+        text.contains("Bundle.entry[2].resource.Patient.birthDate"),
+        "{text}"
+    );
+    assert_eq!(count(&s, "Patient?identifier=urn:mrn|rb").await, 0);
+    assert_eq!(count(&s, "Observation").await, 0);
+    let (_, history) = status_json(s.get("_history").await).await;
+    assert!(
+        history["entry"].as_array().is_none_or(Vec::is_empty),
+        "history shows nothing: {history}"
+    );
+
+    // Conditional references must match exactly one resource.
+    let request = bundle(
+        "transaction",
+        vec![post(
+            "urn:uuid:b1",
+            json!({
+                "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "subject": {"reference": "Patient?identifier=urn:mrn|nobody"}
+            }),
+        )],
+    );
+    assert_outcome(s.post("", &request).await, 400, "matches no resource").await;
+
+    // Duplicate fullUrls, two writes to one resource, wrong Bundle types.
+    let patient = json!({"resourceType": "Patient"});
+    let request = bundle(
+        "transaction",
+        vec![
+            post("urn:uuid:c1", patient.clone()),
+            post("urn:uuid:c1", patient.clone()),
+        ],
+    );
+    assert_outcome(s.post("", &request).await, 400, "appears twice").await;
+    let created = s.create(patient.clone()).await;
+    let id = created["id"].as_str().unwrap();
+    let put = json!({"resource": created.clone(), "request": {"method": "PUT", "url": format!("Patient/{id}")}});
+    let delete = json!({"request": {"method": "DELETE", "url": format!("Patient/{id}")}});
+    assert_outcome(
+        s.post("", &bundle("transaction", vec![put, delete])).await,
+        400,
+        "more than one entry",
+    )
+    .await;
+    assert_outcome(
+        s.post("", &bundle("collection", vec![])).await,
+        400,
+        "batch' or 'transaction'",
+    )
+    .await;
+    assert_eq!(
+        s.get(&format!("Patient/{id}")).await.status(),
+        200,
+        "the refused transaction deleted nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_entries_succeed_or_fail_on_their_own() {
+    let app = TestApp::spawn().await;
+    let s = app.project("batch").await.member;
+    let existing = s
+        .create(json!({"resourceType": "Patient", "active": true}))
+        .await;
+    let id = existing["id"].as_str().unwrap();
+    let vid = existing["meta"]["versionId"].as_str().unwrap();
+    let patch = base64_json(&json!([{"op": "replace", "path": "/active", "value": false}]));
+    let request = bundle(
+        "batch",
+        vec![
+            post(
+                "urn:uuid:d1",
+                json!({"resourceType": "Patient", "gender": "female"}),
+            ),
+            post(
+                "urn:uuid:d2",
+                json!({"resourceType": "Patient", "gender": "robot"}),
+            ),
+            json!({"request": {"method": "GET", "url": format!("Patient/{}", uuid::Uuid::new_v4())}}),
+            json!({"request": {"method": "GET", "url": format!("Patient/{id}"), "ifNoneMatch": format!("W/\"{vid}\"")}}),
+            json!({"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch},
+               "request": {"method": "PATCH", "url": format!("Patient/{id}")}}),
+            json!({"resource": {"resourceType": "Patient", "gender": "male"},
+               "request": {"method": "PUT", "url": "Patient?gender=male"}}),
+        ],
+    );
+    let (status, response) = send(&s, &request).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["type"], "batch-response");
+    let statuses: Vec<&str> = response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "400 Bad Request",
+            "404 Not Found",
+            "304 Not Modified",
+            "200 OK",
+            "201 Created"
+        ]
+    );
+    assert_eq!(
+        response["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert!(response["entry"][1]["response"]["outcome"]
+        .to_string()
+        .contains("gender"));
+    let (_, patched) = status_json(s.get(&format!("Patient/{id}")).await).await;
+    assert_eq!(patched["active"], false);
+    assert_eq!(count(&s, "Patient?gender=female").await, 1);
+}
+
+fn base64_json(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(value.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundle_limits_and_a_large_transaction() {
+    let app = TestApp::spawn_with(|config| config.max_bundle_entries = 3000).await;
+    let s = app.project("large").await.member;
+    let too_many: Vec<Value> = (0..3001)
+        .map(|i| post(&format!("urn:uuid:{i}"), json!({"resourceType": "Patient"})))
+        .collect();
+    assert_outcome(
+        s.post("", &bundle("batch", too_many)).await,
+        400,
+        "at most 3000",
+    )
+    .await;
+
+    // A Synthea-sized patient: one Patient and 2,999 resources pointing at it.
+    let mut entries = vec![post(
+        "urn:uuid:synthea-patient",
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "big"}]}),
+    )];
+    for i in 0..2999 {
+        entries.push(post(&format!("urn:uuid:obs-{i}"), json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "urn:uuid:synthea-patient"},
+            "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
+        })));
+    }
+    let (status, response) = send(&s, &bundle("transaction", entries)).await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        response.to_string().chars().take(500).collect::<String>()
+    );
+    assert_eq!(response["entry"].as_array().unwrap().len(), 3000);
+    let (_, counted) = status_json(s.get("Observation?code=8867-4&_summary=count").await).await;
+    assert_eq!(counted["total"], 2999);
+}
