@@ -570,3 +570,184 @@ async fn search_errors_name_the_parameter() {
         "{self_link}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boundaries_identifiers_uris_meta_composites_and_offsets() {
+    let app = TestApp::spawn().await;
+    let s = app.project("edges").await.member;
+    let d = load(&s).await;
+    let (p1, p2, p3, p4) = (&d.p[0], &d.p[1], &d.p[2], &d.p[3]);
+    let (o1, o3) = (&d.obs[0], &d.obs[2]);
+
+    // A period that straddles a year boundary.
+    let straddle = id_of(
+        &s,
+        json!({
+            "resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "period": {"start": "2020-12-31T22:00:00Z", "end": "2021-01-01T02:00:00Z"}
+        }),
+    )
+    .await;
+    check(&s, "Encounter?date=2021", &[]).await;
+    check(&s, "Encounter?date=2020-12-31", &[]).await;
+    check(&s, "Encounter?date=ge2021-01-01", &[&straddle]).await;
+    check(&s, "Encounter?date=le2020-12-31", &[&straddle]).await;
+    check(&s, "Encounter?date=ap2021-01-01", &[&straddle]).await;
+    check(&s, "Encounter?date=sa2020-12-30", &[&straddle]).await;
+    check(&s, "Encounter?date=eb2021-01-02", &[&straddle]).await;
+
+    // Reference :identifier.
+    let by_identifier = id_of(
+        &s,
+        json!({
+            "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"identifier": {"system": "urn:mrn", "value": "ext-9"}}
+        }),
+    )
+    .await;
+    check(
+        &s,
+        "Observation?subject:identifier=urn:mrn%7Cext-9",
+        &[&by_identifier],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?subject:identifier=ext-9",
+        &[&by_identifier],
+    )
+    .await;
+
+    // uri: exact, :below, :above.
+    let a = id_of(
+        &s,
+        json!({"resourceType": "ValueSet", "status": "active", "url": "http://example.org/vs/a"}),
+    )
+    .await;
+    let b = id_of(
+        &s,
+        json!({"resourceType": "ValueSet", "status": "active", "url": "http://example.org/vs/b"}),
+    )
+    .await;
+    check(&s, "ValueSet?url=http://example.org/vs/a", &[&a]).await;
+    check(&s, "ValueSet?url=http://example.org/vs", &[]).await;
+    check(&s, "ValueSet?url:below=http://example.org/vs", &[&a, &b]).await;
+    check(
+        &s,
+        "ValueSet?url:above=http://example.org/vs/a/version/2",
+        &[&a],
+    )
+    .await;
+
+    // _security and _source.
+    let labelled = id_of(&s, json!({
+        "resourceType": "Patient",
+        "meta": {"security": [{"system": "urn:sec", "code": "R"}], "source": "http://source.example/feed"}
+    }))
+    .await;
+    check(&s, "Patient?_security=urn:sec%7CR", &[&labelled]).await;
+    check(
+        &s,
+        "Patient?_source=http://source.example/feed",
+        &[&labelled],
+    )
+    .await;
+
+    // Composite: code and value from the same Observation.
+    check(
+        &s,
+        "Observation?code-value-quantity=http://loinc.org%7C8480-6$gt110",
+        &[o1],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?code-value-quantity=http://loinc.org%7C8480-6$lt110",
+        &[o3],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?code-value-quantity=http://loinc.org%7C8462-4$gt110",
+        &[],
+    )
+    .await;
+
+    // _offset, after the sort.
+    let (_, page) = status_json(
+        s.get("Patient?_sort=birthdate&_offset=1&_count=2&_id=")
+            .await,
+    )
+    .await;
+    assert_eq!(
+        page["resourceType"], "OperationOutcome",
+        "an empty _id is refused: {page}"
+    );
+    let (_, page) = status_json(
+        s.get(&format!(
+            "Patient?_id={p1},{p2},{p3},{p4}&_sort=birthdate&_offset=1&_count=2"
+        ))
+        .await,
+    )
+    .await;
+    let ids: Vec<&str> = page["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [p1.as_str(), p2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_query_makes_search_fail_with_a_server_error() {
+    let app = TestApp::spawn().await;
+    let s = app.project("garbage").await.member;
+    load(&s).await;
+    let queries = [
+        "Patient?birthdate=ge",
+        "Patient?_sort=",
+        "Patient?name:exact",
+        "Patient?_has:Observation",
+        "Patient?_has:Observation:subject",
+        "Observation?subject:Patient.name.x.y.z.w.v=1",
+        "Patient?identifier=%00",
+        "Patient?_count=-1",
+        "Patient?_id=not-a-uuid",
+        "Observation?value-quantity=1e999",
+        "Observation?date=9999-99-99",
+        "Patient?_include=*",
+        "Patient?_include=Patient:nope",
+        "Patient?_revinclude=Observation:subject:Patient:extra",
+        "Observation?code-value-quantity=a$b$c",
+        "Patient?name=",
+        "Patient?name=%E2%80%AE%F0%9F%98%80",
+        "Patient?birthdate=lt-0001",
+        "Patient?_offset=99999999999999999999",
+        "Patient?_cursor=AAAA",
+        "Patient?_sort=-",
+        "Patient?gender:missing=maybe",
+        "Observation?value-quantity=ap0",
+        "Observation?subject=Patient/",
+        "Observation?subject=%2F%2F",
+        "Patient?_lastUpdated=ap2020",
+        "Patient?name:contains=%25%5F",
+        "Observation?_type=Patient",
+        "?_type=Nope",
+        "?_type=Patient,Observation&name=x",
+        "Patient?_elements=a,,b",
+        "Patient?_summary=maybe",
+        "Patient?_total=all",
+        "Observation?combo-code-value-quantity=1$2",
+    ];
+    for query in queries {
+        let response = s.get(query).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert!(
+            status == 200 || status == 400,
+            "{query} gave {status}: {body}"
+        );
+        assert!(body.contains("\"resourceType\""), "{query}: {body}");
+    }
+}

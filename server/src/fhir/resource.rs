@@ -108,6 +108,12 @@ pub fn prepare(validator: &Validator, resource: Value, stamp: &Stamp) -> Result<
     );
     let value = Value::Object(ordered);
     let content = value.to_string();
+    // serde_json writes NUL as \u0000; PostgreSQL text (and FHIR strings) cannot hold it.
+    if content.contains("\\u0000") {
+        return Err(Error::BadRequest(format!(
+            "The {resource_type} contains a NUL character (\\u0000), which FHIR strings may not contain"
+        )));
+    }
     Ok(Prepared {
         value,
         content,

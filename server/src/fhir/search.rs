@@ -158,6 +158,19 @@ fn shape(request: &SearchRequest, versions: Vec<Version>) -> Result<Vec<Version>
         .collect()
 }
 
+/// PostgreSQL text cannot hold NUL, and no FHIR value contains one.
+pub fn without_nul(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
+    match pairs
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        Some((name, _)) => Err(Error::BadRequest(format!(
+            "Parameter '{name}' contains a NUL character (%00), which no FHIR value may contain"
+        ))),
+        None => Ok(pairs),
+    }
+}
+
 /// The live resources of one type whose reference `param` points at `target`:
 /// used by sign-in to find a client's membership.
 pub async fn find_by_reference(

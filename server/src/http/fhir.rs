@@ -486,7 +486,7 @@ async fn post_query(
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| Error::BadRequest(format!("The _search body is not a valid form: {e}")))?;
     query.extend(form);
-    Ok(query)
+    fhir::search::without_nul(query)
 }
 
 async fn search_type(

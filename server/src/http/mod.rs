@@ -148,8 +148,9 @@ pub fn parse_resource(body: &[u8]) -> Result<Value> {
 
 /// The query string as ordered pairs.
 pub fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>> {
-    serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| Error::BadRequest(format!("The query string is not valid: {e}")))
+    let pairs = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| Error::BadRequest(format!("The query string is not valid: {e}")))?;
+    crate::fhir::search::without_nul(pairs)
 }
 
 /// `Prefer: return=…` (RFC 7240 / FHIR 3.1.0.8.1).
