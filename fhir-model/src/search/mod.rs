@@ -29,6 +29,23 @@ pub enum ParamType {
     Special,
 }
 
+impl ParamType {
+    /// The type's code, as SearchParameter.type spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::Number => "number",
+            ParamType::Date => "date",
+            ParamType::String => "string",
+            ParamType::Token => "token",
+            ParamType::Reference => "reference",
+            ParamType::Composite => "composite",
+            ParamType::Quantity => "quantity",
+            ParamType::Uri => "uri",
+            ParamType::Special => "special",
+        }
+    }
+}
+
 /// One value a resource can be found by, for one search parameter. A
 /// resource yields zero or more per parameter; the server stores each as a
 /// row of the matching index table, in the write's transaction.

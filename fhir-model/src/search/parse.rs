@@ -18,7 +18,7 @@ use super::{
     Summary, Total, DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET,
 };
 use crate::resource_types::{is_known_resource_type, is_valid_id};
-use value::{modifier_for, parse_values, split_unescaped, type_name};
+use value::{modifier_for, parse_values, split_unescaped};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SearchError {
@@ -528,7 +528,7 @@ impl Parser<'_> {
                 param,
                 format!(
                     "'{code}' is a {} parameter; only reference parameters can be chained (in '{param}')",
-                    type_name(info.kind)
+                    info.kind.as_str()
                 ),
             )
             .into());
@@ -618,7 +618,7 @@ impl Parser<'_> {
                 param,
                 format!(
                     "'{reference}' of {source} is a {} parameter, not a reference (in '{param}')",
-                    type_name(info.kind)
+                    info.kind.as_str()
                 ),
             )
             .into());
@@ -683,7 +683,7 @@ impl Parser<'_> {
                     param,
                     format!(
                         "_sort: '{code}' is a {} parameter, which cannot be sorted by",
-                        type_name(kind)
+                        kind.as_str()
                     ),
                 )
                 .into());
@@ -744,7 +744,7 @@ impl Parser<'_> {
                 param,
                 format!(
                     "{param}: '{code}' of {source} is a {} parameter, not a reference",
-                    type_name(info.kind)
+                    info.kind.as_str()
                 ),
             )
             .into());

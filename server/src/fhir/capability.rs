@@ -36,7 +36,7 @@ pub fn capability_statement(base_url: &str) -> Value {
             let params = Registry::get().params_for(resource_type);
             let search_params: Vec<Value> = params
                 .iter()
-                .map(|p| json!({ "name": p.code, "type": param_type(p.kind) }))
+                .map(|p| json!({ "name": p.code, "type": p.kind.as_str() }))
                 .collect();
             let references: Vec<String> = params
                 .iter()
@@ -88,20 +88,6 @@ pub fn capability_statement(base_url: &str) -> Value {
             "interaction": interactions(SYSTEM_INTERACTIONS)
         }]
     })
-}
-
-fn param_type(kind: ParamType) -> &'static str {
-    match kind {
-        ParamType::Number => "number",
-        ParamType::Date => "date",
-        ParamType::String => "string",
-        ParamType::Token => "token",
-        ParamType::Reference => "reference",
-        ParamType::Composite => "composite",
-        ParamType::Quantity => "quantity",
-        ParamType::Uri => "uri",
-        ParamType::Special => "special",
-    }
 }
 
 #[cfg(test)]

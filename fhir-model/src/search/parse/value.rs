@@ -40,20 +40,6 @@ pub(super) fn unescape(s: &str) -> String {
     out
 }
 
-pub(super) fn type_name(kind: ParamType) -> &'static str {
-    match kind {
-        ParamType::Number => "number",
-        ParamType::Date => "date",
-        ParamType::String => "string",
-        ParamType::Token => "token",
-        ParamType::Reference => "reference",
-        ParamType::Composite => "composite",
-        ParamType::Quantity => "quantity",
-        ParamType::Uri => "uri",
-        ParamType::Special => "special",
-    }
-}
-
 /// The modifier `name` (the text after `:`) checked against the parameter's type.
 pub(super) fn modifier_for(
     kind: ParamType,
@@ -98,7 +84,7 @@ pub(super) fn modifier_for(
             };
             return Err(format!(
                 "':{name}' is not a valid modifier for a {} parameter (valid: {valid})",
-                type_name(kind)
+                kind.as_str()
             ));
         }
     };
