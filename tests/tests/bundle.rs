@@ -234,6 +234,10 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
                "request": {"method": "PATCH", "url": format!("Patient/{id}")}}),
             json!({"resource": {"resourceType": "Patient", "gender": "male"},
                "request": {"method": "PUT", "url": "Patient?gender=male"}}),
+            json!({"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+                       {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+                       {"name": "name", "valueString": "birthDate"}, {"name": "value", "valueDate": "1990-01-01"}]}]},
+                   "request": {"method": "PATCH", "url": format!("Patient/{id}")}}),
         ],
     );
     let (status, response) = send(&s, &request).await;
@@ -253,7 +257,8 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
             "404 Not Found",
             "304 Not Modified",
             "200 OK",
-            "201 Created"
+            "201 Created",
+            "200 OK"
         ]
     );
     assert_eq!(
@@ -265,6 +270,10 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
         .contains("gender"));
     let (_, patched) = status_json(s.get(&format!("Patient/{id}")).await).await;
     assert_eq!(patched["active"], false);
+    assert_eq!(
+        patched["birthDate"], "1990-01-01",
+        "FHIRPath Patch entry applied"
+    );
     assert_eq!(count(&s, "Patient?gender=female").await, 1);
 }
 

@@ -286,11 +286,52 @@ async fn json_patch() {
     .await;
     let response = user
         .fhir(Method::PATCH, &path)
-        .json(&ops)
+        .header("Content-Type", "text/plain")
+        .body(ops.to_string())
         .send()
         .await
         .unwrap();
     assert_outcome(response, 415, "application/json-patch+json").await;
+
+    // FHIRPath Patch: a Parameters resource.
+    let fhirpath_patch = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Patient.name.where(family = 'Lovelace').given[0]"},
+            {"name": "value", "valueString": "Augusta"}]},
+        {"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Patient"},
+            {"name": "name", "valueString": "gender"},
+            {"name": "value", "valueCode": "female"}]}
+    ]});
+    let response = user
+        .fhir(Method::PATCH, &path)
+        .header("Content-Type", "application/fhir+json")
+        .json(&fhirpath_patch)
+        .send()
+        .await
+        .unwrap();
+    let (status, patched) = status_json(response).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        (
+            patched["name"][0]["given"][0].as_str(),
+            patched["gender"].as_str()
+        ),
+        (Some("Augusta"), Some("female"))
+    );
+    let change_id = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.id"},
+        {"name": "value", "valueId": "x"}]}]});
+    let response = user
+        .fhir(Method::PATCH, &path)
+        .header("Content-Type", "application/fhir+json")
+        .json(&change_id)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 400, "managed by the server").await;
     assert_outcome(
         user.patch(&format!("Patient/{}", uuid::Uuid::new_v4()), &ops)
             .await,

@@ -67,7 +67,7 @@ pub fn capability_statement(base_url: &str) -> Value {
         "implementation": { "description": "fhirgate FHIR R4 server", "url": format!("{base_url}fhir/R4") },
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "security": {

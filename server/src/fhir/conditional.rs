@@ -141,7 +141,7 @@ pub async fn patch(
     caller: &Caller,
     resource_type: &str,
     query: &str,
-    operations: json_patch::Patch,
+    operations: super::patch::PatchDocument,
     if_match: Option<&str>,
 ) -> Result<(Version, WriteOutcome)> {
     authorize(caller, resource_type, Interaction::Patch)?;

@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod capability;
 pub mod conditional;
+pub mod patch;
 pub mod resource;
 pub mod search;
 pub mod transaction;
@@ -389,7 +390,7 @@ fn check_if_match(current: &Version, if_match: Option<&str>) -> Result<()> {
     }
 }
 
-/// JSON Patch (RFC 6902). `test` operations are honoured; the patched
+/// JSON Patch (RFC 6902; `test` operations honoured) or FHIRPath Patch. The patched
 /// resource is validated like any update, and nothing is stored on failure.
 pub async fn patch(
     state: &AppState,
@@ -397,28 +398,10 @@ pub async fn patch(
     caller: &Caller,
     resource_type: &str,
     id: &str,
-    operations: json_patch::Patch,
+    operations: patch::PatchDocument,
     if_match: Option<&str>,
 ) -> Result<(Version, WriteOutcome)> {
     authorize(caller, resource_type, Interaction::Patch)?;
-    for op in &operations.0 {
-        let (path, is_test) = match op {
-            json_patch::PatchOperation::Test(t) => (t.path.as_str(), true),
-            json_patch::PatchOperation::Add(o) => (o.path.as_str(), false),
-            json_patch::PatchOperation::Remove(o) => (o.path.as_str(), false),
-            json_patch::PatchOperation::Replace(o) => (o.path.as_str(), false),
-            json_patch::PatchOperation::Move(o) => (o.path.as_str(), false),
-            json_patch::PatchOperation::Copy(o) => (o.path.as_str(), false),
-        };
-        let protected = ["/id", "/meta", "/resourceType"]
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")));
-        if protected && !is_test {
-            return Err(Error::BadRequest(format!(
-                "A patch may not change {path}: id, resourceType and meta are managed by the server"
-            )));
-        }
-    }
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
     let current = tx
         .lock_current(caller.tenant(), resource_type, uuid)
@@ -429,18 +412,7 @@ pub async fn patch(
     }
     check_if_match(&current, if_match)?;
     let mut resource = parse_stored(&current)?;
-    json_patch::patch(&mut resource, &operations).map_err(|e| match e.kind {
-        json_patch::PatchErrorKind::TestFailed => Error::PreconditionFailed(format!(
-            "Patch test failed at {} (operation {}): the resource does not hold the tested value",
-            e.path, e.operation
-        )),
-        _ => Error::Unprocessable(format!(
-            "Patch operation {} cannot be applied at {}: {}",
-            e.operation,
-            fhir_model::pointer_to_expression(resource_type, e.path.as_str()),
-            e.kind
-        )),
-    })?;
+    operations.apply(resource_type, &mut resource)?;
     let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
     replace(state, tx, &current, resource, &stamp).await
 }

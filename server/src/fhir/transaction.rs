@@ -11,7 +11,10 @@ use base64::{engine::general_purpose::STANDARD, Engine};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{conditional, parse_id, resource::instant, search::SearchScope, WriteOutcome};
+use super::{
+    conditional, parse_id, patch::PatchDocument, resource::instant, search::SearchScope,
+    WriteOutcome,
+};
 use crate::{
     app::AppState,
     auth::Caller,
@@ -522,23 +525,26 @@ fn resource_of(entry: &Entry) -> Result<Value> {
         .ok_or_else(|| Error::BadRequest(format!("A {:?} entry needs a resource", entry.method)))
 }
 
-/// A PATCH entry's body: JSON Patch carried in a Binary.
-fn patch_of(entry: &Entry) -> Result<json_patch::Patch> {
+/// A PATCH entry's body: JSON Patch carried in a Binary, or FHIRPath Patch
+/// as a Parameters resource.
+fn patch_of(entry: &Entry) -> Result<PatchDocument> {
     let resource = resource_of(entry)?;
-    if resource["resourceType"] != "Binary" {
-        return Err(Error::BadRequest(
-            "A PATCH entry carries JSON Patch as a Binary (contentType application/json-patch+json); FHIRPath Patch is not supported yet".into(),
-        ));
+    match resource["resourceType"].as_str() {
+        Some("Parameters") => Ok(PatchDocument::FhirPath(resource)),
+        Some("Binary") => {
+            let data = resource["data"].as_str().unwrap_or_default();
+            let bytes = STANDARD.decode(data).map_err(|_| {
+                Error::BadRequest("Binary.data of a PATCH entry is not base64".into())
+            })?;
+            let document = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::BadRequest(format!("Binary.data of a PATCH entry is not JSON: {e}"))
+            })?;
+            PatchDocument::parse(document)
+        }
+        _ => Err(Error::BadRequest(
+            "A PATCH entry carries JSON Patch in a Binary or FHIRPath Patch as Parameters".into(),
+        )),
     }
-    let data = resource["data"].as_str().unwrap_or_default();
-    let bytes = STANDARD
-        .decode(data)
-        .map_err(|_| Error::BadRequest("Binary.data of a PATCH entry is not base64".into()))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::BadRequest(format!(
-            "Binary.data of a PATCH entry is not a JSON Patch document: {e}"
-        ))
-    })
 }
 
 async fn write_entry(

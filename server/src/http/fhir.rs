@@ -300,12 +300,12 @@ async fn conditional_update(
     update_target(caller, state, req, target, payload).await
 }
 
-/// Reads a JSON Patch body.
+/// Reads a patch body: JSON Patch, or FHIRPath Patch (a Parameters resource).
 async fn patch_body(
     req: &HttpRequest,
     state: &Data,
     payload: web::Payload,
-) -> Result<json_patch::Patch> {
+) -> Result<fhir::patch::PatchDocument> {
     check_accept(req)?;
     if req
         .headers()
@@ -313,16 +313,19 @@ async fn patch_body(
         .is_none()
     {
         return Err(Error::UnsupportedMediaType(
-            "A patch needs Content-Type: application/json-patch+json".into(),
+            "A patch needs Content-Type: application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath Patch)".into(),
         ));
     }
-    check_content_type(req, &["application/json-patch+json"])?;
+    check_content_type(
+        req,
+        &[
+            "application/json-patch+json",
+            "application/fhir+json",
+            "application/json",
+        ],
+    )?;
     let body = super::parse_json(&read_body(req, payload, state.config.max_body_bytes).await?)?;
-    serde_json::from_value(body).map_err(|e| {
-        Error::BadRequest(format!(
-            "The body is not a JSON Patch document (an array of operations with op and path): {e}"
-        ))
-    })
+    fhir::patch::PatchDocument::parse(body)
 }
 
 async fn patch_target(
