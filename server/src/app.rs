@@ -39,7 +39,14 @@ pub struct AppState {
 /// a signing key exists and bootstraps the super admin on an empty database.
 /// Instances that start together do this one at a time.
 pub async fn prepare_database(config: &Config, validator: &Validator) -> Result<Store> {
-    let store = Store::new(connect::connect(&config.database_url, config.pool_size).await?);
+    let store = Store::new(
+        connect::connect(
+            &config.database_url,
+            config.pool_size,
+            config.statement_timeout,
+        )
+        .await?,
+    );
     store
         .with_startup_lock(async |client| {
             connect::migrate(client).await?;

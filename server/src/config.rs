@@ -26,6 +26,8 @@ pub struct Config {
     /// HTTP worker threads.
     pub workers: usize,
     pub shutdown_timeout: Duration,
+    /// Longest a single SQL statement may run.
+    pub statement_timeout: Duration,
     pub access_token_lifetime: Duration,
     /// Most resources one conditional delete may remove.
     pub max_conditional_delete: usize,
@@ -77,6 +79,9 @@ impl Config {
             log_format,
             workers: number("FHIRGATE_WORKERS", cores)?.max(1),
             shutdown_timeout: Duration::from_secs(number("FHIRGATE_SHUTDOWN_TIMEOUT", 30)? as u64),
+            statement_timeout: Duration::from_secs(
+                number("FHIRGATE_STATEMENT_TIMEOUT", 30)?.max(1) as u64,
+            ),
             access_token_lifetime: Duration::from_secs(
                 number("FHIRGATE_ACCESS_TOKEN_LIFETIME", 3600)?.max(1) as u64,
             ),
@@ -104,6 +109,7 @@ impl Config {
             log_format: LogFormat::Human,
             workers: 1,
             shutdown_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
             access_token_lifetime: Duration::from_secs(3600),
             max_conditional_delete: 100,
             max_bundle_entries: 10_000,

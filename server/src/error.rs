@@ -70,6 +70,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn is_statement_timeout(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+}
+
 /// tokio-postgres says only "db error"; the server's message is in the source.
 fn describe_db_error(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
@@ -105,6 +109,7 @@ impl Error {
             | Error::UnsupportedMediaType(_)
             | Error::NotImplemented(_) => IssueCode::NotSupported,
             Error::Pool(_) => IssueCode::Transient,
+            Error::Database(e) if is_statement_timeout(e) => IssueCode::TooCostly,
             _ => IssueCode::Exception,
         }
     }
@@ -113,8 +118,14 @@ impl Error {
     /// sentence so that no SQL or internal detail leaks.
     fn public_message(&self) -> String {
         match self {
+            Error::Database(e) if is_statement_timeout(e) => {
+                "The request took longer than the server allows (FHIRGATE_STATEMENT_TIMEOUT); narrow the search or try again".into()
+            }
             Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
                 "Internal server error; the cause has been logged".into()
+            }
+            Error::Pool(deadpool_postgres::PoolError::Timeout(_)) => {
+                "The server is busy: no database connection became free in time; try again shortly".into()
             }
             Error::Pool(_) => "The database is not available right now; try again shortly".into(),
             other => other.to_string(),
@@ -151,6 +162,7 @@ impl ResponseError for Error {
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::OAuth { status, .. } => *status,
             Error::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(e) if is_statement_timeout(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -57,9 +57,13 @@ async fn common_searches_use_index_scans_on_100k_resources() {
     assert!(resources >= PATIENTS + OBSERVATIONS);
 
     let store = Store::new(
-        connect(&format!("{}/{}", postgres_server(), app.database), 2)
-            .await
-            .unwrap(),
+        connect(
+            &format!("{}/{}", postgres_server(), app.database),
+            2,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap(),
     );
     let patient = Uuid::parse_str(
         &db.query_one("SELECT md5('patient' || 4321)::uuid::text", &[])

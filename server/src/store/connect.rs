@@ -22,12 +22,22 @@ pub const STARTUP_LOCK: i64 = 0x6668_6972_6761_7465;
 
 /// Opens the pool, creating the database first if PostgreSQL says it does
 /// not exist. Fails with a message that says what was tried and how to fix it.
-pub async fn connect(database_url: &str, pool_size: usize) -> Result<Pool> {
-    let config: PgConfig = database_url.parse().map_err(|e| {
+pub async fn connect(
+    database_url: &str,
+    pool_size: usize,
+    statement_timeout: Duration,
+) -> Result<Pool> {
+    let mut config: PgConfig = database_url.parse().map_err(|e| {
         Error::Config(format!(
             "DATABASE_URL is not a valid PostgreSQL URL ({e}); expected postgres://user[:password]@host:port/database"
         ))
     })?;
+    // A query whose client has gone keeps running in PostgreSQL; the timeout
+    // bounds how long it can hold a pooled connection.
+    config.options(format!(
+        "-c statement_timeout={}",
+        statement_timeout.as_millis()
+    ));
     let pool = build_pool(config.clone(), pool_size)?;
     match pool.get().await {
         Ok(_) => Ok(pool),

@@ -919,8 +919,14 @@ async fn includes(
             if ids.is_empty() {
                 continue;
             }
-            include_select(&mut q, sq, &mut parts);
-            q.push(" AND (t.resource_type, t.id) IN (SELECT i.target_type, i.target_id FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = ")
+            // Driven from the referencing rows, so the plan starts at idx_reference_resource.
+            include_select(
+                &mut q,
+                sq,
+                &mut parts,
+                "t.resource_type = i.target_type AND t.id = i.target_id",
+            );
+            q.push(" AND i.resource_type = ")
                 .bind(inc.source_type.clone())
                 .push(" AND i.param = ")
                 .bind(inc.param.clone())
@@ -930,7 +936,7 @@ async fn includes(
             if let Some(target) = &inc.target_type {
                 q.push(" AND i.target_type = ").bind(target.clone());
             }
-            q.push("))");
+            q.push(")");
         }
         for inc in &reverse {
             let targets = match &inc.target_type {
@@ -940,14 +946,20 @@ async fn includes(
             if targets.is_empty() {
                 continue;
             }
-            include_select(&mut q, sq, &mut parts);
-            q.push(" AND t.resource_type = ")
+            // Driven from the referenced ids, through idx_reference_target.
+            include_select(
+                &mut q,
+                sq,
+                &mut parts,
+                "t.resource_type = i.resource_type AND t.id = i.resource_id",
+            );
+            q.push(" AND i.resource_type = ")
                 .bind(inc.source_type.clone())
-                .push(" AND EXISTS (SELECT 1 FROM idx_reference i WHERE i.project_id = t.project_id AND i.resource_type = t.resource_type AND i.resource_id = t.id AND i.param = ")
+                .push(" AND i.param = ")
                 .bind(inc.param.clone())
                 .push(" AND i.target_id = ANY(")
                 .bind(targets)
-                .push(")))");
+                .push("))");
         }
         if parts == 0 {
             break;
@@ -965,15 +977,18 @@ async fn includes(
     Ok(included)
 }
 
-/// Starts one `UNION ALL` branch selecting readable, live resources `t`.
-fn include_select(q: &mut Query, sq: &SearchQuery<'_>, parts: &mut usize) {
+/// Starts one `UNION ALL` branch: live, readable resources `t` joined to
+/// reference rows `i` on `join`, inside the tenant.
+fn include_select(q: &mut Query, sq: &SearchQuery<'_>, parts: &mut usize, join: &str) {
     if *parts > 0 {
         q.push(" UNION ALL ");
     }
     *parts += 1;
-    q.push("(SELECT t.project_id, t.resource_type, t.id, t.version_id, t.last_updated, t.content FROM resource t WHERE NOT t.deleted");
+    q.push(&format!(
+        "(SELECT t.project_id, t.resource_type, t.id, t.version_id, t.last_updated, t.content FROM idx_reference i JOIN resource t ON t.project_id = i.project_id AND {join} WHERE NOT t.deleted"
+    ));
     if let Tenant::Project(project_id) = sq.tenant {
-        q.push(" AND t.project_id = ").bind(project_id);
+        q.push(" AND i.project_id = ").bind(project_id);
     }
     if !sq.hidden_types.is_empty() {
         let hidden: Vec<String> = sq.hidden_types.iter().map(|t| t.to_string()).collect();

@@ -1,0 +1,196 @@
+//! The floor: fhirgate's own primary SQL for read-by-id and a token search,
+//! run straight against its PostgreSQL with one connection per worker and a
+//! statement prepared once per connection (fhirgate caches its statements
+//! too). What fhirgate adds on top (HTTP, auth, JSON, pool) is the gap.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::{
+    data::MRN_SYSTEM,
+    stats::{Recorder, ScenarioResult},
+};
+
+const READ_SQL: &str =
+    "SELECT content FROM resource WHERE project_id = $1 AND resource_type = 'Patient' AND id = $2";
+
+const TOKEN_SQL: &str = "SELECT r.content FROM resource r WHERE NOT r.deleted AND r.project_id = $1 \
+    AND r.resource_type = 'Patient' AND EXISTS (SELECT 1 FROM idx_token i WHERE i.project_id = r.project_id \
+    AND i.resource_type = r.resource_type AND i.resource_id = r.id AND i.param = 'identifier' \
+    AND i.system = $2 AND i.code = $3) ORDER BY r.id LIMIT 21";
+
+async fn connect(url: &str) -> Result<Client, String> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL for the baseline: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("baseline: PostgreSQL connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Refreshes the planner's statistics on fhirgate's tables.
+pub async fn analyze(url: &str) -> Result<(), String> {
+    let client = connect(url).await?;
+    client
+        .batch_execute(
+            "ANALYZE resource, resource_history, idx_token, idx_string, idx_date, idx_number, \
+             idx_quantity, idx_reference, idx_uri, idx_composite",
+        )
+        .await
+        .map_err(|e| format!("ANALYZE: {e}"))
+}
+
+enum Kind {
+    Read { project: Uuid, ids: Vec<Uuid> },
+    Token { project: Uuid, codes: Vec<String> },
+}
+
+/// Runs `baseline-read` and `baseline-search-token`.
+pub async fn run(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+    seed: u64,
+) -> Result<Vec<ScenarioResult>, String> {
+    let client = connect(url).await?;
+    // Patients, from the project holding most of them.
+    let rows = client
+        .query(
+            "SELECT project_id, id FROM resource WHERE resource_type='Patient' AND NOT deleted LIMIT 1000",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("baseline: listing Patients: {e}"))?;
+    let mut by_project: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for row in rows {
+        by_project.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    let (project, ids) = by_project
+        .into_iter()
+        .max_by_key(|(_, ids)| ids.len())
+        .ok_or("baseline: no Patient in the database")?;
+    let rows = client
+        .query(
+            "SELECT code FROM idx_token WHERE project_id = $1 AND resource_type = 'Patient' \
+             AND param = 'identifier' AND system = $2 LIMIT 1000",
+            &[&project, &MRN_SYSTEM],
+        )
+        .await
+        .map_err(|e| format!("baseline: listing identifiers: {e}"))?;
+    let codes: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect();
+    drop(client);
+
+    let read = measure(
+        url,
+        concurrency,
+        duration,
+        seed,
+        "baseline-read",
+        Arc::new(Kind::Read { project, ids }),
+    )
+    .await?;
+    let token = if codes.is_empty() {
+        ScenarioResult::skipped(
+            "baseline-search-token",
+            format!("no {MRN_SYSTEM} identifier in idx_token for project {project}"),
+        )
+    } else {
+        measure(
+            url,
+            concurrency,
+            duration,
+            seed,
+            "baseline-search-token",
+            Arc::new(Kind::Token { project, codes }),
+        )
+        .await?
+    };
+    Ok(vec![read, token])
+}
+
+async fn measure(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+    seed: u64,
+    name: &str,
+    kind: Arc<Kind>,
+) -> Result<ScenarioResult, String> {
+    // Connect everyone before the clock starts.
+    let mut clients = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let client = connect(url).await?;
+        let sql = match *kind {
+            Kind::Read { .. } => READ_SQL,
+            Kind::Token { .. } => TOKEN_SQL,
+        };
+        let statement = client
+            .prepare(sql)
+            .await
+            .map_err(|e| format!("{name}: prepare: {e}"))?;
+        clients.push((client, statement));
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for (worker, (client, statement)) in clients.into_iter().enumerate() {
+        let kind = kind.clone();
+        workers.spawn(async move {
+            let mut rng =
+                StdRng::seed_from_u64(seed ^ 0xba5e_0000_0000 ^ ((worker as u64 + 1) << 32));
+            let mut rec = Recorder::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let result = match &*kind {
+                    Kind::Read { project, ids } => {
+                        let id = &ids[rng.gen_range(0..ids.len())];
+                        client.query(&statement, &[project, id]).await
+                    }
+                    Kind::Token { project, codes } => {
+                        let code = &codes[rng.gen_range(0..codes.len())];
+                        client
+                            .query(&statement, &[project, &MRN_SYSTEM, code])
+                            .await
+                    }
+                };
+                match result {
+                    // Read the content out, as fhirgate does.
+                    Ok(rows) if !rows.is_empty() => {
+                        let bytes: usize = rows.iter().map(|r| r.get::<_, &str>(0).len()).sum();
+                        std::hint::black_box(bytes);
+                        rec.ok(t.elapsed());
+                    }
+                    Ok(_) => rec.error("no row".into()),
+                    Err(e) => rec.error(e.to_string()),
+                }
+            }
+            rec
+        });
+    }
+    let mut total = Recorder::default();
+    while let Some(rec) = workers.join_next().await {
+        match rec {
+            Ok(rec) => total.merge(rec),
+            Err(e) => total.error(format!("worker panicked: {e}")),
+        }
+    }
+    Ok(ScenarioResult::from_recorder(
+        name,
+        total,
+        start.elapsed().as_secs_f64(),
+        false,
+    ))
+}

@@ -1,0 +1,233 @@
+//! The HTTP side: client-credentials tokens and FHIR requests, timed.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use reqwest::{header, Method, StatusCode};
+use serde_json::Value;
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    fhir_root: String,
+    client_id: String,
+    client_secret: String,
+    token: RwLock<Arc<str>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+/// What one request came back with.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+    pub location: Option<String>,
+    /// From just before sending until the whole body was read.
+    pub latency: Duration,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        self.status.is_success()
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// `STATUS: first 300 characters of the body`, for error reports.
+    pub fn describe(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text: String = text.chars().take(300).collect();
+        format!("HTTP {}: {}", self.status.as_u16(), text.replace('\n', " "))
+    }
+
+    /// The id a create answered with: the body's `id`, else the `Location`.
+    pub fn created_id(&self) -> Option<String> {
+        if let Some(id) = self
+            .json()
+            .and_then(|v| v.get("id")?.as_str().map(String::from))
+        {
+            return Some(id);
+        }
+        // …/Type/id/_history/vid or …/Type/id
+        let location = self.location.as_deref()?;
+        let parts: Vec<&str> = location.trim_end_matches('/').split('/').collect();
+        match parts.iter().position(|p| *p == "_history") {
+            Some(i) if i >= 1 => Some(parts[i - 1].to_string()),
+            _ => parts.last().map(|s| s.to_string()),
+        }
+    }
+}
+
+impl Api {
+    pub async fn connect(
+        base_url: &str,
+        client_id: &str,
+        client_secret: &str,
+        pool: usize,
+    ) -> Result<Api, String> {
+        let mut base = base_url.to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(pool.max(1))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let api = Api {
+            http,
+            fhir_root: format!("{base}fhir/R4"),
+            base,
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            token: RwLock::new(Arc::from("")),
+            refresh: tokio::sync::Mutex::new(()),
+        };
+        let token = api.fetch_token().await?;
+        *api.token.write().unwrap() = token;
+        Ok(api)
+    }
+
+    async fn fetch_token(&self) -> Result<Arc<str>, String> {
+        let url = format!("{}oauth2/token", self.base);
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
+        ];
+        let response = self
+            .http
+            .post(&url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("POST {url} answered {status}: {text}"));
+        }
+        let body: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("POST {url}: not JSON ({e}): {text}"))?;
+        body.get("access_token")
+            .and_then(Value::as_str)
+            .map(Arc::from)
+            .ok_or_else(|| format!("POST {url}: no access_token in {text}"))
+    }
+
+    /// Gets a new token unless another task already did since `seen` was read.
+    async fn refresh_token(&self, seen: &Arc<str>) -> Result<(), String> {
+        let _guard = self.refresh.lock().await;
+        if !Arc::ptr_eq(&self.token.read().unwrap(), seen) {
+            return Ok(());
+        }
+        let token = self.fetch_token().await?;
+        *self.token.write().unwrap() = token;
+        Ok(())
+    }
+
+    /// `path` is relative to `{base}fhir/R4/` (query included); empty for the
+    /// system endpoint `{base}fhir/R4` itself. A 401 refreshes the token and
+    /// retries once; the latency then covers both tries.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Reply, String> {
+        let url = if path.is_empty() {
+            self.fhir_root.clone()
+        } else {
+            format!("{}/{}", self.fhir_root, path)
+        };
+        let start = Instant::now();
+        let mut retried = false;
+        loop {
+            let token = self.token.read().unwrap().clone();
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&*token)
+                .header(header::ACCEPT, FHIR_JSON);
+            if let Some(body) = body {
+                request = request
+                    .header(header::CONTENT_TYPE, FHIR_JSON)
+                    .body(body.to_vec());
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| format!("{method} {url}: {e}"))?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !retried {
+                retried = true;
+                // Drain the body so the connection can be reused.
+                let _ = response.bytes().await;
+                self.refresh_token(&token).await?;
+                continue;
+            }
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| format!("{method} {url}: {e}"))?;
+            return Ok(Reply {
+                status,
+                body: body.to_vec(),
+                location,
+                latency: start.elapsed(),
+            });
+        }
+    }
+}
+
+/// Percent-encodes a search parameter value (RFC 3986 unreserved kept).
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_token_values() {
+        assert_eq!(
+            encode("urn:fhirgate-bench:mrn|1-0000001"),
+            "urn%3Afhirgate-bench%3Amrn%7C1-0000001"
+        );
+    }
+
+    #[test]
+    fn id_from_location() {
+        let reply = Reply {
+            status: StatusCode::CREATED,
+            body: Vec::new(),
+            location: Some("http://x/fhir/R4/Patient/abc/_history/1".into()),
+            latency: Duration::ZERO,
+        };
+        assert_eq!(reply.created_id().as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,360 @@
+//! Loads the data set: transaction Bundles when the server takes them, else
+//! one POST per resource with references rewritten to the created ids.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::{
+    client::Api,
+    data::{self, Group, Res},
+};
+
+/// A Patient of the loaded data set.
+#[derive(Debug, Clone)]
+pub struct LoadedPatient {
+    pub id: String,
+    pub mrn: String,
+    pub family: String,
+    /// As posted (references rewritten), without `id`.
+    pub body: Value,
+}
+
+pub struct Loaded {
+    pub patients: Vec<LoadedPatient>,
+    pub resources: usize,
+    pub errors: usize,
+    /// `Ok` when the server took a transaction Bundle, else why not.
+    pub transactions: Result<(), String>,
+}
+
+/// Target entries per load Bundle (groups are never split).
+const BUNDLE_TARGET: usize = 100;
+
+pub async fn load(api: Arc<Api>, groups: Vec<Group>, concurrency: usize) -> Result<Loaded, String> {
+    let total: usize = groups.iter().map(|g| g.resources.len()).sum();
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let progress = tokio::spawn(progress(done.clone(), stop.clone(), total, started));
+
+    // Bundles of whole groups, about BUNDLE_TARGET entries each.
+    let mut bundles: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut size = 0;
+    for (i, g) in groups.iter().enumerate() {
+        if size > 0 && size + g.resources.len() > BUNDLE_TARGET {
+            bundles.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += g.resources.len();
+        current.push(i);
+    }
+    if !current.is_empty() {
+        bundles.push(current);
+    }
+    let groups = Arc::new(groups);
+
+    // Probe: the first Bundle decides.
+    let first = post_bundle(&api, &groups, &bundles[0]).await;
+    let result = match first {
+        Ok(map) => {
+            done.fetch_add(map.len(), Ordering::Relaxed);
+            let maps = Arc::new(Mutex::new(map));
+            let errors = Arc::new(AtomicUsize::new(0));
+            let rest: Arc<Vec<Vec<usize>>> = Arc::new(bundles[1..].to_vec());
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..concurrency.min(rest.len()).max(1) {
+                let (api, groups, rest, next, maps, errors, done) = (
+                    api.clone(),
+                    groups.clone(),
+                    rest.clone(),
+                    next.clone(),
+                    maps.clone(),
+                    errors.clone(),
+                    done.clone(),
+                );
+                workers.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(bundle) = rest.get(i) else { break };
+                        match post_bundle(&api, &groups, bundle).await {
+                            Ok(map) => {
+                                done.fetch_add(map.len(), Ordering::Relaxed);
+                                maps.lock().unwrap().extend(map);
+                            }
+                            Err(e) => {
+                                let n: usize =
+                                    bundle.iter().map(|&g| groups[g].resources.len()).sum();
+                                if errors.fetch_add(n, Ordering::Relaxed) == 0 {
+                                    eprintln!("load: a transaction Bundle failed: {}", e.message);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            while workers.join_next().await.is_some() {}
+            let map = Arc::try_unwrap(maps)
+                .map(|m| m.into_inner().unwrap())
+                .unwrap_or_default();
+            Ok(finish(
+                &groups,
+                &map,
+                errors.load(Ordering::Relaxed),
+                Ok(()),
+            ))
+        }
+        Err(e) if e.unsupported => {
+            eprintln!(
+                "load: transaction Bundles not taken ({}); posting one resource at a time",
+                e.message
+            );
+            let (map, errors) = post_each(&api, &groups, concurrency, &done).await;
+            Ok(finish(&groups, &map, errors, Err(e.message)))
+        }
+        Err(e) => Err(format!("loading the data set: {}", e.message)),
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = progress.await;
+    if let Ok(loaded) = &result {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "load: {} resources in {:.1} s ({:.0}/s), {} failed, {} patients usable",
+            loaded.resources,
+            secs,
+            loaded.resources as f64 / secs.max(1e-9),
+            loaded.errors,
+            loaded.patients.len()
+        );
+    }
+    result
+}
+
+async fn progress(done: Arc<AtomicUsize>, stop: Arc<AtomicBool>, total: usize, started: Instant) {
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if last.elapsed() >= Duration::from_secs(3) && !stop.load(Ordering::Relaxed) {
+            last = Instant::now();
+            let n = done.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "load: {n}/{total} resources, {:.0}/s",
+                n as f64 / secs.max(1e-9)
+            );
+        }
+    }
+}
+
+fn finish(
+    groups: &[Group],
+    map: &HashMap<String, String>,
+    errors: usize,
+    transactions: Result<(), String>,
+) -> Loaded {
+    let patients = groups
+        .iter()
+        .filter_map(|g| {
+            let patient = &g.resources[0];
+            let reference = map.get(&patient.full_url)?;
+            let id = reference.strip_prefix("Patient/")?.to_string();
+            let mut body = patient.body.clone();
+            data::rewrite_references(&mut body, &mut |r| map.get(r).cloned());
+            Some(LoadedPatient {
+                id,
+                mrn: g.mrn.clone(),
+                family: g.family.clone(),
+                body,
+            })
+        })
+        .collect();
+    Loaded {
+        patients,
+        resources: map.len(),
+        errors,
+        transactions,
+    }
+}
+
+pub struct BundleError {
+    /// The server does not take transaction Bundles at all (4xx on the probe).
+    pub unsupported: bool,
+    pub message: String,
+}
+
+/// Posts the groups as one transaction; answers `fullUrl → Type/id`.
+async fn post_bundle(
+    api: &Api,
+    groups: &[Group],
+    which: &[usize],
+) -> Result<HashMap<String, String>, BundleError> {
+    let resources: Vec<&Res> = which
+        .iter()
+        .flat_map(|&g| groups[g].resources.iter())
+        .collect();
+    let bundle = data::transaction_bundle(resources.iter().copied());
+    let body = serde_json::to_vec(&bundle).expect("JSON");
+    let reply = api
+        .send(Method::POST, "", Some(&body))
+        .await
+        .map_err(|message| BundleError {
+            unsupported: false,
+            message,
+        })?;
+    if !reply.ok() {
+        return Err(BundleError {
+            unsupported: reply.status.is_client_error(),
+            message: format!("POST fhir/R4 (transaction) answered {}", reply.describe()),
+        });
+    }
+    transaction_ids(&reply.json().unwrap_or(Value::Null), &resources).map_err(|message| {
+        BundleError {
+            unsupported: false,
+            message,
+        }
+    })
+}
+
+/// Maps each request entry's fullUrl to `Type/id` from a transaction-response.
+pub fn transaction_ids(
+    response: &Value,
+    resources: &[&Res],
+) -> Result<HashMap<String, String>, String> {
+    let entries = response
+        .get("entry")
+        .and_then(Value::as_array)
+        .ok_or("the transaction response has no entries")?;
+    if entries.len() != resources.len() {
+        return Err(format!(
+            "the transaction response has {} entries for {} requests",
+            entries.len(),
+            resources.len()
+        ));
+    }
+    let mut map = HashMap::new();
+    for (entry, res) in entries.iter().zip(resources) {
+        let id = entry
+            .pointer("/resource/id")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or_else(|| {
+                // Type/id/_history/vid, possibly absolute.
+                let location = entry.pointer("/response/location")?.as_str()?;
+                let parts: Vec<&str> = location.split('/').collect();
+                let at = parts.iter().position(|p| *p == res.resource_type)?;
+                parts.get(at + 1).map(|s| s.to_string())
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no id for the {} entry in the transaction response",
+                    res.resource_type
+                )
+            })?;
+        map.insert(res.full_url.clone(), format!("{}/{id}", res.resource_type));
+    }
+    Ok(map)
+}
+
+/// One POST per resource, in three waves so references can be rewritten:
+/// Patients, then Encounters and Conditions, then Observations.
+async fn post_each(
+    api: &Arc<Api>,
+    groups: &Arc<Vec<Group>>,
+    concurrency: usize,
+    done: &Arc<AtomicUsize>,
+) -> (HashMap<String, String>, usize) {
+    let map = Arc::new(std::sync::RwLock::new(HashMap::<String, String>::new()));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let waves: [&[&str]; 3] = [&["Patient"], &["Encounter", "Condition"], &["Observation"]];
+    for types in waves {
+        let items: Arc<Vec<(usize, usize)>> = Arc::new(
+            groups
+                .iter()
+                .enumerate()
+                .flat_map(|(g, group)| {
+                    group
+                        .resources
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| types.contains(&r.resource_type))
+                        .map(move |(r, _)| (g, r))
+                })
+                .collect(),
+        );
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency.min(items.len()).max(1) {
+            let (api, groups, items, next, map, errors, done) = (
+                api.clone(),
+                groups.clone(),
+                items.clone(),
+                next.clone(),
+                map.clone(),
+                errors.clone(),
+                done.clone(),
+            );
+            workers.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(g, r)) = items.get(i) else { break };
+                    let res = &groups[g].resources[r];
+                    let mut body = res.body.clone();
+                    let mut missing = false;
+                    {
+                        let map = map.read().unwrap();
+                        data::rewrite_references(&mut body, &mut |reference| {
+                            let found = map.get(reference).cloned();
+                            if found.is_none() && reference.starts_with("urn:uuid:") {
+                                missing = true;
+                            }
+                            found
+                        });
+                    }
+                    let outcome = if missing {
+                        Err("a resource it refers to failed to load".to_string())
+                    } else {
+                        let body = serde_json::to_vec(&body).expect("JSON");
+                        match api.send(Method::POST, res.resource_type, Some(&body)).await {
+                            Ok(reply) if reply.ok() => reply.created_id().ok_or_else(|| {
+                                format!("POST {} answered no id", res.resource_type)
+                            }),
+                            Ok(reply) => Err(format!(
+                                "POST {} answered {}",
+                                res.resource_type,
+                                reply.describe()
+                            )),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    match outcome {
+                        Ok(id) => {
+                            map.write().unwrap().insert(
+                                res.full_url.clone(),
+                                format!("{}/{id}", res.resource_type),
+                            );
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("load: {e}");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    }
+    let map = map.read().unwrap().clone();
+    (map, errors.load(Ordering::Relaxed))
+}
