@@ -33,6 +33,26 @@ enum Method {
 }
 
 impl Method {
+    const ALL: [Method; 6] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
     /// Processing order within a transaction.
     fn rank(self) -> u8 {
         match self {
@@ -170,19 +190,15 @@ fn parse_entries(bundle: &Value, max: usize) -> Result<(bool, Vec<Entry>)> {
     for (index, value) in raw.into_iter().enumerate() {
         let request = &value["request"];
         let text = |name: &str| request[name].as_str().map(str::to_owned);
-        let method = match request["method"].as_str() {
-            Some("GET") => Method::Get,
-            Some("HEAD") => Method::Head,
-            Some("POST") => Method::Post,
-            Some("PUT") => Method::Put,
-            Some("PATCH") => Method::Patch,
-            Some("DELETE") => Method::Delete,
-            other => {
-                return Err(Error::BadRequest(format!(
-                    "Bundle.entry[{index}].request.method must be GET, HEAD, POST, PUT, PATCH or DELETE, not {other:?}"
-                )))
-            }
-        };
+        let method = Method::ALL
+            .into_iter()
+            .find(|m| request["method"].as_str() == Some(m.as_str()))
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "Bundle.entry[{index}].request.method must be GET, HEAD, POST, PUT, PATCH or DELETE, not {}",
+                    request["method"]
+                ))
+            })?;
         let url = text("url").ok_or_else(|| {
             Error::BadRequest(format!("Bundle.entry[{index}].request.url is required"))
         })?;
@@ -519,10 +535,12 @@ fn check_single_write(
 }
 
 fn resource_of(entry: &Entry) -> Result<Value> {
-    entry
-        .resource
-        .clone()
-        .ok_or_else(|| Error::BadRequest(format!("A {:?} entry needs a resource", entry.method)))
+    entry.resource.clone().ok_or_else(|| {
+        Error::BadRequest(format!(
+            "A {} entry needs a resource",
+            entry.method.as_str()
+        ))
+    })
 }
 
 /// A PATCH entry's body: JSON Patch carried in a Binary, or FHIRPath Patch
@@ -672,7 +690,8 @@ async fn write_entry(
             })
         }
         (method, _) => Err(Error::BadRequest(format!(
-            "{method:?} is not allowed on '{}'",
+            "{} is not allowed on '{}'",
+            method.as_str(),
             entry.url
         ))),
     }
