@@ -59,6 +59,9 @@ struct Args {
     /// Seed of the data set and of the request streams.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Entries per Bundle in the `transaction` scenario (whole synthetic patients of 10 resources).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    transaction_entries: u64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -174,6 +177,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         api,
         patients: Arc::new(loaded.patients),
         seed: args.seed,
+        transaction_groups: (args.transaction_entries / 10) as usize,
         transactions: loaded.transactions,
     });
     let mut results = Vec::new();

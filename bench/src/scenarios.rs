@@ -41,8 +41,7 @@ impl Scenario {
     }
 }
 
-/// Entries per Bundle in the `transaction` scenario: 10 groups of 10.
-const TRANSACTION_GROUPS: usize = 10;
+/// A `transaction` Bundle holds `Ctx::transaction_groups` synthetic patients of this shape (10 resources each).
 const TRANSACTION_SHAPE: Shape = Shape {
     encounters: 1,
     observations_per_encounter: 6,
@@ -53,6 +52,8 @@ pub struct Ctx {
     pub api: Arc<Api>,
     pub patients: Arc<Vec<LoadedPatient>>,
     pub seed: u64,
+    /// Synthetic patients (10 resources each) per `transaction` Bundle.
+    pub transaction_groups: usize,
     /// `Ok` when the server takes transaction Bundles, else why not.
     pub transactions: Result<(), String>,
 }
@@ -214,7 +215,7 @@ async fn step(
             .await;
         }
         Scenario::Transaction => {
-            let groups: Vec<data::Group> = (0..TRANSACTION_GROUPS)
+            let groups: Vec<data::Group> = (0..ctx.transaction_groups)
                 .map(|g| {
                     data::group(
                         rng,
