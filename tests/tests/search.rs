@@ -673,6 +673,32 @@ async fn boundaries_identifiers_uris_meta_composites_and_offsets() {
     )
     .await;
 
+    // Full text: _text (narrative) and _content (every string), and near.
+    check(&s, "Patient?_text=ada", &[p1]).await;
+    check(&s, "Patient?_content=james", &[p1]).await;
+    check(&s, "Patient?_content=nowhere", &[]).await;
+    let london = id_of(&s, json!({"resourceType": "Location", "position": {"latitude": 51.5074, "longitude": -0.1278}})).await;
+    let paris = id_of(
+        &s,
+        json!({"resourceType": "Location", "position": {"latitude": 48.8566, "longitude": 2.3522}}),
+    )
+    .await;
+    check(&s, "Location?near=51.5%7C-0.12%7C10%7Ckm", &[&london]).await;
+    check(
+        &s,
+        "Location?near=51.5%7C-0.12%7C400%7Ckm",
+        &[&london, &paris],
+    )
+    .await;
+    check(&s, "Location?near=48.85%7C2.35%7C5000%7Cm", &[&paris]).await;
+    check(&s, "Location?near:missing=false", &[&london, &paris]).await;
+
+    // A very long string is indexed (capped) without failing the write.
+    let long = "x".repeat(5000);
+    s.create(json!({"resourceType": "Patient", "name": [{"family": long}]}))
+        .await;
+    assert_eq!(ids(&s, "Patient?family=xxxxxxxxxx").await.len(), 1);
+
     // _offset, after the sort.
     let (_, page) = status_json(
         s.get("Patient?_sort=birthdate&_offset=1&_count=2&_id=")

@@ -27,10 +27,16 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
         if param.code == "_id" || param.code == "_lastUpdated" {
             continue;
         }
+        let start = out.len();
         let Some(expression) = param.compiled() else {
+            let text = match param.code.as_str() {
+                "_text" => narrative(resource),
+                "_content" => content(resource),
+                _ => continue,
+            };
+            push_full_text(&param.code, &text, &mut out);
             continue;
         };
-        let start = out.len();
         let nodes = expression.evaluate(resource);
         if param.kind == ParamType::Composite {
             for node in nodes {
@@ -46,6 +52,10 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
                         text: None,
                     });
                 }
+            }
+        } else if param.kind == ParamType::Special && param.code == "near" {
+            for node in &nodes {
+                out.extend(position(&param.code, &node.value));
             }
         } else {
             for node in &nodes {
@@ -457,6 +467,228 @@ fn reference_target_type(value: &Value) -> Option<&str> {
         Some(url) => split_reference(url).map(|(t, _)| t),
         None => string_member(value, "type"),
     }
+}
+
+/// `near`: a Location.position as [latitude, longitude], both required.
+fn position(param: &str, value: &Value) -> Option<IndexValue> {
+    let coordinate = |key: &str| {
+        value.get(key)?.as_f64().map(|value| IndexValue::Number {
+            param: param.to_string(),
+            value,
+        })
+    };
+    Some(IndexValue::Composite {
+        param: param.to_string(),
+        parts: vec![coordinate("latitude")?, coordinate("longitude")?],
+    })
+}
+
+// ---------------------------------------------------------------- full text
+
+/// Most characters of text one `_text` or `_content` row holds.
+const MAX_FULL_TEXT: usize = 4_000;
+
+/// `_text` and `_content`: one string row (normalised text cut at
+/// [`MAX_FULL_TEXT`] characters too, as folding may lengthen it).
+fn push_full_text(param: &str, text: &str, out: &mut Vec<IndexValue>) {
+    if !text.is_empty() {
+        out.push(IndexValue::String {
+            param: param.to_string(),
+            normalized: normalize(text).chars().take(MAX_FULL_TEXT).collect(),
+            exact: text.to_string(),
+        });
+    }
+}
+
+/// Text with whitespace collapsed to single spaces, trimmed, and cut at
+/// [`MAX_FULL_TEXT`] characters.
+#[derive(Default)]
+struct Words {
+    text: String,
+    /// Characters in `text`, or [`MAX_FULL_TEXT`] once no more fit.
+    chars: usize,
+    /// A space is due before the next character.
+    space: bool,
+}
+
+impl Words {
+    fn full(&self) -> bool {
+        self.chars >= MAX_FULL_TEXT
+    }
+
+    fn push(&mut self, c: char) {
+        if c.is_whitespace() {
+            self.space = true;
+            return;
+        }
+        if self.full() {
+            return;
+        }
+        if self.space && !self.text.is_empty() {
+            if self.chars + 1 == MAX_FULL_TEXT {
+                // No room for a word after the space.
+                self.chars = MAX_FULL_TEXT;
+                return;
+            }
+            self.text.push(' ');
+            self.chars += 1;
+        }
+        self.space = false;
+        self.text.push(c);
+        self.chars += 1;
+    }
+
+    fn push_str(&mut self, s: &str) {
+        for c in s.chars() {
+            if self.full() {
+                return;
+            }
+            self.push(c);
+        }
+    }
+}
+
+/// Inline XHTML elements, which do not separate words.
+const INLINE_ELEMENTS: &[&str] = &[
+    "a", "abbr", "b", "big", "cite", "code", "em", "i", "small", "span", "strong", "sub", "sup",
+    "tt", "u",
+];
+
+/// The words of the narrative (`text.div`): tags stripped, the XML entities
+/// and character references resolved, whitespace collapsed.
+fn narrative(resource: &Value) -> String {
+    let Some(div) = resource
+        .get("text")
+        .and_then(|text| text.get("div"))
+        .and_then(Value::as_str)
+    else {
+        return String::new();
+    };
+    let mut words = Words::default();
+    let mut rest = div;
+    while let Some(c) = rest.chars().next() {
+        if words.full() {
+            break;
+        }
+        match c {
+            '<' => {
+                let (tag, after) = skip_markup(rest);
+                let name = tag
+                    .trim_start_matches(['<', '/'])
+                    .split(|c: char| c.is_whitespace() || c == '/' || c == '>')
+                    .next()
+                    .unwrap_or("");
+                let name = name.rsplit(':').next().unwrap_or(name);
+                if !INLINE_ELEMENTS.iter().any(|e| e.eq_ignore_ascii_case(name)) {
+                    words.push(' ');
+                }
+                rest = after;
+            }
+            '&' => {
+                let (decoded, after) = entity(rest);
+                words.push(decoded);
+                rest = after;
+            }
+            c => {
+                words.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    words.text
+}
+
+/// At a `<`: the markup (a tag, comment, CDATA section or declaration) and
+/// what follows it. Quoted attribute values may hold `>`.
+fn skip_markup(s: &str) -> (&str, &str) {
+    for (open, close) in [("<!--", "-->"), ("<![CDATA[", "]]>")] {
+        if let Some(inside) = s.strip_prefix(open) {
+            let end = inside
+                .find(close)
+                .map_or(s.len(), |i| open.len() + i + close.len());
+            return s.split_at(end);
+        }
+    }
+    let mut quote = None;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '>') => return s.split_at(i + 1),
+            _ => {}
+        }
+    }
+    (s, "")
+}
+
+/// At a `&`: the character an entity or character reference stands for
+/// (the `&` itself when it is not one) and what follows it.
+fn entity(s: &str) -> (char, &str) {
+    let after_amp = &s[1..];
+    let decoded = after_amp
+        .char_indices()
+        .take(12)
+        .find(|&(_, c)| c == ';')
+        .and_then(|(end, _)| {
+            let c = match &after_amp[..end] {
+                "amp" => '&',
+                "lt" => '<',
+                "gt" => '>',
+                "quot" => '"',
+                "apos" => '\'',
+                "nbsp" => ' ',
+                name => {
+                    let number = name.strip_prefix('#')?;
+                    let code = match number.strip_prefix(['x', 'X']) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                        None => number.parse().ok()?,
+                    };
+                    char::from_u32(code)?
+                }
+            };
+            Some((c, &after_amp[end + 1..]))
+        });
+    decoded.unwrap_or(('&', after_amp))
+}
+
+/// Keys `_content` leaves out wherever they occur: ids, metadata, the type
+/// name, and base64 payloads (`data` of Binary, Attachment and Signature).
+const CONTENT_SKIPPED: &[&str] = &["id", "meta", "resourceType", "data"];
+
+/// Every string value of the resource in document order, space-separated
+/// (whitespace collapsed, cut at [`MAX_FULL_TEXT`] characters); the
+/// narrative (`text.div`) and [`CONTENT_SKIPPED`] keys left out.
+fn content(resource: &Value) -> String {
+    fn walk(value: &Value, parent: Option<&str>, words: &mut Words) {
+        if words.full() {
+            return;
+        }
+        match value {
+            Value::String(s) => {
+                words.push(' ');
+                words.push_str(s);
+            }
+            Value::Array(items) => {
+                for item in items {
+                    walk(item, parent, words);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let skipped = CONTENT_SKIPPED.contains(&key.as_str())
+                        || (key == "div" && parent == Some("text"));
+                    if !skipped {
+                        walk(item, Some(key), words);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut words = Words::default();
+    walk(resource, None, &mut words);
+    words.text
 }
 
 // ---------------------------------------------------------------- dates
@@ -1101,6 +1333,128 @@ mod tests {
         // Not a resource: nothing.
         assert!(extract(registry, &json!({"a": 1})).is_empty());
         assert!(extract(registry, &json!({"resourceType": "Nope"})).is_empty());
+    }
+
+    #[test]
+    fn narrative_text() {
+        let narrated = json!({
+            "resourceType": "Patient",
+            "text": {
+                "status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">\n  <p>Jos&#233; <b>M</b>üller&amp;Co</p><!-- a <p> comment --><table><tr><td title=\"a>b\">Heart&nbsp;attack</td><td>&#x41;&lt;&unknown;</td></tr></table>\n</div>"
+            }
+        });
+        assert_eq!(
+            strings(&extract(Registry::get(), &narrated), "_text"),
+            vec![(
+                "jose muller&co heart attack a<&unknown;".to_string(),
+                "José Müller&Co Heart attack A<&unknown;".to_string()
+            )]
+        );
+        // No narrative, or an empty one: no row.
+        assert!(of(&extract(Registry::get(), &patient()), "_text").is_empty());
+        let empty = json!({"resourceType": "Patient", "text": {"div": "<div> </div>"}});
+        assert!(of(&extract(Registry::get(), &empty), "_text").is_empty());
+        // Bundle is not a DomainResource: no _text parameter.
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "text": {"div": "<div>x</div>"}});
+        assert!(of(&extract(Registry::get(), &bundle), "_text").is_empty());
+    }
+
+    #[test]
+    fn whole_resource_content() {
+        let observation = json!({
+            "resourceType": "Observation",
+            "id": "o1",
+            "meta": {"versionId": "3", "source": "http://src"},
+            "text": {"status": "generated", "div": "<div>narrative</div>"},
+            "status": "final",
+            "code": {"coding": [{"id": "c1", "system": "http://loinc.org", "code": "8480-6"}], "text": "Systolic  \n BP"},
+            "valueQuantity": {"value": 120, "unit": "mmHg"},
+            "_status": {"extension": [{"url": "http://x", "valueString": "ÉTAT"}]},
+            "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "Lee"}]}],
+            "note": [{"text": ""}, {"text": "ok"}],
+            "presentedForm": [{"contentType": "text/plain", "data": "aGVsbG8="}]
+        });
+        let values = extract(Registry::get(), &observation);
+        let exact = "generated final http://loinc.org 8480-6 Systolic BP mmHg http://x ÉTAT Lee ok text/plain";
+        assert_eq!(
+            strings(&values, "_content"),
+            vec![(normalize(exact), exact.to_string())]
+        );
+        // Every type has _content, Bundle included.
+        let bundle = json!({"resourceType": "Bundle", "type": "collection"});
+        assert_eq!(
+            strings(&extract(Registry::get(), &bundle), "_content"),
+            vec![("collection".to_string(), "collection".to_string())]
+        );
+        let bare = json!({"resourceType": "Basic", "id": "b"});
+        assert!(of(&extract(Registry::get(), &bare), "_content").is_empty());
+    }
+
+    #[test]
+    fn full_text_is_capped() {
+        let words: Vec<String> = (0..2000).map(|i| format!("Wörd{i}")).collect();
+        let basic = json!({
+            "resourceType": "Basic",
+            "code": {"text": words.join("\n")},
+            "text": {"div": format!("<div><p>{}</p></div>", words.join("</p><p>"))}
+        });
+        let values = extract(Registry::get(), &basic);
+        for param in ["_text", "_content"] {
+            let rows = strings(&values, param);
+            let [(normalized, exact)] = rows.as_slice() else {
+                panic!("{param}: {rows:?}");
+            };
+            assert_eq!(exact.chars().count(), MAX_FULL_TEXT, "{param}");
+            assert!(exact.starts_with("Wörd0 Wörd1 "), "{param}");
+            assert!(!exact.ends_with(' '), "{param}");
+            assert_eq!(normalized.chars().count(), MAX_FULL_TEXT, "{param}");
+            assert!(normalized.starts_with("word0 word1 "), "{param}");
+        }
+        // A space is not left dangling at the cut.
+        let mut words = Words::default();
+        words.push_str(&"a".repeat(MAX_FULL_TEXT - 1));
+        words.push_str(" b");
+        assert_eq!(words.text, "a".repeat(MAX_FULL_TEXT - 1));
+        assert!(words.full());
+        words.push_str("c");
+        assert_eq!(words.text.len(), MAX_FULL_TEXT - 1);
+    }
+
+    #[test]
+    fn location_position_for_near() {
+        let location = json!({
+            "resourceType": "Location",
+            "name": "Clinic",
+            "position": {"longitude": -72.519854, "latitude": 42.373222, "altitude": 0}
+        });
+        let values = extract(Registry::get(), &location);
+        assert_eq!(
+            of(&values, "near"),
+            vec![&IndexValue::Composite {
+                param: "near".into(),
+                parts: vec![
+                    IndexValue::Number {
+                        param: "near".into(),
+                        value: 42.373222
+                    },
+                    IndexValue::Number {
+                        param: "near".into(),
+                        value: -72.519854
+                    },
+                ],
+            }]
+        );
+        for position in [
+            json!({"latitude": 42.3}),
+            json!({"longitude": 1}),
+            json!({"latitude": "42", "longitude": 1}),
+            json!({}),
+        ] {
+            let location = json!({"resourceType": "Location", "position": position});
+            let values = extract(Registry::get(), &location);
+            assert!(of(&values, "near").is_empty(), "{position}");
+        }
     }
 
     #[test]

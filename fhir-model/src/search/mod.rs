@@ -117,7 +117,8 @@ pub enum IndexValue {
         value: String,
     },
     /// One combination of component values from the same element, in the
-    /// parameter's component order.
+    /// parameter's component order. `near` (Location.position) is stored
+    /// this way too: two [`IndexValue::Number`] parts, latitude then longitude.
     Composite {
         param: String,
         parts: Vec<IndexValue>,
@@ -222,6 +223,13 @@ pub enum SearchValue {
     Missing(bool),
     /// Composite: one value per component, `$`-separated in the query.
     Composite(Vec<SearchValue>),
+    /// `near` (Location.position): `latitude|longitude[|distance[|units]]`,
+    /// the distance converted to kilometres (10 km when not given).
+    Near {
+        latitude: f64,
+        longitude: f64,
+        distance_km: f64,
+    },
 }
 
 /// One condition; the conditions of a request are ANDed.

@@ -31,15 +31,12 @@ pub enum SearchError {
 pub const MAX_NESTING: usize = 5;
 
 /// Result parameters that R4 defines and fhirgate does not implement.
-const UNSUPPORTED: &[&str] = &[
-    "_contained",
-    "_containedType",
-    "_content",
-    "_filter",
-    "_list",
-    "_query",
-    "_text",
-];
+const UNSUPPORTED: &[&str] = &["_contained", "_containedType", "_filter", "_list", "_query"];
+
+/// String parameters searched by the words they contain (`_text`: the
+/// narrative, `_content`: the whole resource); they take no modifier but
+/// `:missing`.
+const FULL_TEXT: &[&str] = &["_text", "_content"];
 
 fn error(param: &str, message: impl Into<String>) -> SearchError {
     SearchError::Param {
@@ -470,16 +467,31 @@ impl Parser<'_> {
             None => (name, None),
         };
         let (resource_type, info) = self.resolve(scope, param, code)?;
-        if info.kind == ParamType::Special {
+        // `near` is the only special parameter R4 defines.
+        if info.kind == ParamType::Special && code != "near" {
             return Err(unknown(
                 param,
                 format!("The special search parameter '{code}' is not supported"),
             ));
         }
-        let modifier = modifier_for(info.kind, modifier, &info.targets)
-            .map_err(|m| error(param, format!("Search parameter '{param}': {m}")))?;
+        let full_text = FULL_TEXT.contains(&code);
+        let modifier = match modifier {
+            Some(m) if full_text && m != "missing" => {
+                let message = format!(
+                    "Search parameter '{param}': {code} takes no modifier but :missing, not :{m}"
+                );
+                return Err(error(param, message).into());
+            }
+            _ => modifier_for(info.kind, modifier, &info.targets)
+                .map_err(|m| error(param, format!("Search parameter '{param}': {m}")))?,
+        };
         let values = parse_values(info.kind, &modifier, &info.targets, &info.components, value)
             .map_err(|m| error(param, format!("Search parameter '{param}': {m}")))?;
+        // Full-text values match anywhere in the indexed text.
+        let modifier = match modifier {
+            Modifier::None if full_text => Modifier::Contains,
+            other => other,
+        };
         Ok(Filter::Param {
             resource_type,
             code: code.to_string(),

@@ -423,7 +423,20 @@ mod tests {
             ParamType::Token
         );
         assert!(registry.param("Bundle", "_text").is_none());
-        assert!(registry.param("Patient", "_text").is_some());
+        assert!(registry.param("Bundle", "_content").is_some());
+        for code in ["_text", "_content"] {
+            let param = registry.param("Patient", code).unwrap();
+            assert_eq!(param.kind, ParamType::String, "{code}");
+            assert!(param.compiled().is_none(), "{code}");
+        }
+    }
+
+    #[test]
+    fn near_is_special_on_location_position() {
+        let near = Registry::get().param("Location", "near").unwrap();
+        assert_eq!(near.kind, ParamType::Special);
+        assert_eq!(near.expression, "Location.position");
+        assert!(near.compiled().is_some());
     }
 
     #[test]

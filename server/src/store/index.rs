@@ -38,6 +38,33 @@ pub(super) struct IndexRows {
     uri_value: Texts,
     composite_param: Texts,
     composite_parts: Vec<Value>,
+    text_param: Texts,
+    text_normalized: Texts,
+    text_exact: Texts,
+}
+
+/// Full-text parameters, kept in `idx_text` (no btree on their values).
+pub fn is_full_text(param: &str) -> bool {
+    matches!(param, "_text" | "_content")
+}
+
+/// Longest value, in bytes, kept in a btree-indexed column: PostgreSQL
+/// refuses index rows over about 2.7 kB, and no search value is that long.
+const MAX_INDEXED_BYTES: usize = 1024;
+
+fn capped(value: &str) -> String {
+    if value.len() <= MAX_INDEXED_BYTES {
+        return value.to_string();
+    }
+    let mut end = MAX_INDEXED_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
+}
+
+fn capped_option(value: &Option<String>) -> Option<String> {
+    value.as_deref().map(capped)
 }
 
 /// Token rows for the `:of-type` and reference `:identifier` modifiers live
@@ -77,8 +104,8 @@ impl IndexRows {
                 text,
             } => {
                 self.token_param.push(param.clone());
-                self.token_system.push(system.clone());
-                self.token_code.push(code.clone());
+                self.token_system.push(capped_option(system));
+                self.token_code.push(capped_option(code));
                 self.token_text.push(text.clone());
             }
             IndexValue::IdentifierOfType {
@@ -109,9 +136,18 @@ impl IndexRows {
                 param,
                 normalized,
                 exact,
+            } if is_full_text(param) => {
+                self.text_param.push(param.clone());
+                self.text_normalized.push(normalized.clone());
+                self.text_exact.push(exact.clone());
+            }
+            IndexValue::String {
+                param,
+                normalized,
+                exact,
             } => {
                 self.string_param.push(param.clone());
-                self.string_normalized.push(normalized.clone());
+                self.string_normalized.push(capped(normalized));
                 self.string_exact.push(exact.clone());
             }
             IndexValue::Date { param, low, high } => {
@@ -151,7 +187,7 @@ impl IndexRows {
             }
             IndexValue::Uri { param, value } => {
                 self.uri_param.push(param.clone());
-                self.uri_value.push(value.clone());
+                self.uri_value.push(capped(value));
             }
             IndexValue::Composite { param, parts } => {
                 self.composite_param.push(param.clone());
@@ -190,6 +226,9 @@ impl IndexRows {
             &self.uri_value,
             &self.composite_param,
             &self.composite_parts,
+            &self.text_param,
+            &self.text_normalized,
+            &self.text_exact,
         ]
     }
 }
@@ -240,6 +279,7 @@ WITH d1 AS (DELETE FROM idx_token WHERE project_id = $1 AND resource_type = $2 A
      d6 AS (DELETE FROM idx_reference WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
      d7 AS (DELETE FROM idx_uri WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
      d8 AS (DELETE FROM idx_composite WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d9 AS (DELETE FROM idx_text WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
      i1 AS (INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code, text)
             SELECT $1, $2, $3, * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[])),
      i2 AS (INSERT INTO idx_string (project_id, resource_type, resource_id, param, normalized, exact)
@@ -255,5 +295,7 @@ WITH d1 AS (DELETE FROM idx_token WHERE project_id = $1 AND resource_type = $2 A
      i7 AS (INSERT INTO idx_uri (project_id, resource_type, resource_id, param, value)
             SELECT $1, $2, $3, * FROM UNNEST($25::text[], $26::text[])),
      i8 AS (INSERT INTO idx_composite (project_id, resource_type, resource_id, param, parts)
-            SELECT $1, $2, $3, * FROM UNNEST($27::text[], $28::jsonb[]))
+            SELECT $1, $2, $3, * FROM UNNEST($27::text[], $28::jsonb[])),
+     i9 AS (INSERT INTO idx_text (project_id, resource_type, resource_id, param, normalized, exact)
+            SELECT $1, $2, $3, * FROM UNNEST($29::text[], $30::text[], $31::text[]))
 SELECT 1";

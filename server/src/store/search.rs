@@ -13,7 +13,7 @@ use fhir_model::search::{
 use uuid::Uuid;
 
 use super::{
-    index::{identifier_param, of_type_param, of_type_system},
+    index::{identifier_param, is_full_text, of_type_param, of_type_system},
     Executor, Query, Store, Tenant, Version,
 };
 use crate::error::{Error, Result};
@@ -128,9 +128,13 @@ impl Columns {
     }
 }
 
-/// The index table that holds values of a parameter type.
-fn table_for(kind: ParamType, modifier: &Modifier) -> Option<&'static str> {
+/// The index table that holds values of a parameter.
+fn table_for(code: &str, kind: ParamType, modifier: &Modifier) -> Option<&'static str> {
+    if is_full_text(code) {
+        return Some("idx_text");
+    }
     Some(match (kind, modifier) {
+        (ParamType::Special, _) if code == "near" => "idx_composite",
         (ParamType::Reference, Modifier::Identifier) => "idx_token",
         (ParamType::Token, _) => "idx_token",
         (ParamType::String, _) => "idx_string",
@@ -260,7 +264,7 @@ impl Compiler<'_> {
             "_lastUpdated" => return self.last_updated_filter(row, values),
             _ => {}
         }
-        let table = table_for(kind, modifier).ok_or_else(|| {
+        let table = table_for(code, kind, modifier).ok_or_else(|| {
             Error::BadRequest(format!("Search parameter '{code}' is not supported"))
         })?;
         let indexed_param = match modifier {
@@ -290,6 +294,11 @@ impl Compiler<'_> {
             }
             self.q.push("(");
             match value {
+                SearchValue::Near {
+                    latitude,
+                    longitude,
+                    distance_km,
+                } => self.near(&i, *latitude, *longitude, *distance_km),
                 SearchValue::Composite(parts) => {
                     for (k, part) in parts.iter().enumerate() {
                         if k > 0 {
@@ -514,7 +523,7 @@ impl Compiler<'_> {
                         .bind(t.clone());
                 }
             }
-            SearchValue::Missing(_) | SearchValue::Composite(_) => {
+            SearchValue::Missing(_) | SearchValue::Composite(_) | SearchValue::Near { .. } => {
                 return Err(Error::BadRequest(
                     "A :missing or composite value cannot be nested".into(),
                 ));
@@ -569,6 +578,22 @@ impl Compiler<'_> {
             Prefix::Sa => cmp(q, low_col, ">", high),
             Prefix::Eb => cmp(q, high_col, "<", low),
         }
+    }
+
+    /// `near`: great-circle (haversine) distance from the stored position
+    /// (`[latitude, longitude]` composite parts) within `distance_km`.
+    fn near(&mut self, alias: &str, latitude: f64, longitude: f64, distance_km: f64) {
+        let lat = Columns::component(alias, 0).value;
+        let lon = Columns::component(alias, 1).value;
+        let q = &mut *self.q;
+        let (p_lat, p_lon, p_dist) = (
+            q.placeholder(latitude),
+            q.placeholder(longitude),
+            q.placeholder(distance_km),
+        );
+        q.push(&format!(
+            "12742.0176 * asin(sqrt(power(sin(radians({lat} - {p_lat}::float8) / 2), 2) + cos(radians({p_lat}::float8)) * cos(radians({lat})) * power(sin(radians({lon} - {p_lon}::float8) / 2), 2))) <= {p_dist}::float8"
+        ));
     }
 
     /// Number and quantity prefixes on an exact indexed value: `eq` uses the

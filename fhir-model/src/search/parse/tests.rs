@@ -20,6 +20,8 @@ impl ParamLookup for Lookup {
             "_lastUpdated" => Some(info(Date, &[])),
             "_tag" | "_security" => Some(info(Token, &[])),
             "_profile" | "_source" => Some(info(Uri, &[])),
+            "_content" => Some(info(String, &[])),
+            "_text" if resource_type != "Bundle" => Some(info(String, &[])),
             _ => None,
         };
         if common.is_some() {
@@ -60,6 +62,8 @@ impl ParamLookup for Lookup {
             ("AuditEvent", "type") => info(Token, &[]),
             ("ValueSet", "url") => info(Uri, &[]),
             ("Location", "near") => info(Special, &[]),
+            // Not R4: a special parameter other than near.
+            ("Location", "nearby") => info(Special, &[]),
             ("Encounter", "patient") => info(Reference, &["Patient"]),
             // Not R4: a code whose type differs between two types.
             ("Group", "family") => info(Token, &[]),
@@ -264,7 +268,7 @@ fn unknown_parameters_fail_strictly_and_are_dropped_leniently() {
         ),
         ("_has:Observation:foo:code=1", "_has:Observation:foo:code"),
         ("_filter=name eq x", "_filter"),
-        ("_text=x", "_text"),
+        ("_list=x", "_list"),
     ] {
         let message = fail("Patient", query, param);
         assert!(
@@ -280,7 +284,7 @@ fn unknown_parameters_fail_strictly_and_are_dropped_leniently() {
         fail("Patient", "foo=1", "foo"),
         "Unknown search parameter 'foo' for Patient"
     );
-    let message = fail("Location", "near=1|2|3|km", "near");
+    let message = fail("Location", "nearby=1|2|3|km", "nearby");
     assert!(message.contains("not supported"), "{message}");
 }
 
@@ -331,6 +335,82 @@ fn string_modifiers() {
             "{message}"
         );
     }
+}
+
+#[test]
+fn full_text_parameters_match_contained_words() {
+    for (query, code, expected) in [
+        ("_text=heart attack", "_text", vec![text("heart attack")]),
+        (
+            "_content=Zoë,a\\,b",
+            "_content",
+            vec![text("Zoë"), text("a,b")],
+        ),
+    ] {
+        let r = ok("Patient", query);
+        assert_eq!(
+            r.filters,
+            vec![Filter::Param {
+                resource_type: "Patient".into(),
+                code: code.into(),
+                kind: ParamType::String,
+                modifier: Modifier::Contains,
+                values: expected,
+            }],
+            "{query}"
+        );
+        assert_eq!(r.canonical_query, q(query));
+    }
+    assert_eq!(
+        values(
+            "Patient",
+            "_content:missing=true",
+            "_content",
+            Modifier::Missing
+        ),
+        vec![SearchValue::Missing(true)]
+    );
+    assert_eq!(
+        values("Patient", "_text:missing=false", "_text", Modifier::Missing),
+        vec![SearchValue::Missing(false)]
+    );
+    // Through a chain and in a system search.
+    let r = ok("Observation", "subject:Patient._text=x");
+    let [Filter::Chain { inner, .. }] = r.filters.as_slice() else {
+        panic!("{:?}", r.filters);
+    };
+    assert!(
+        matches!(&**inner, Filter::Param { code, modifier: Modifier::Contains, .. } if code == "_text"),
+        "{inner:?}"
+    );
+    let r = ok_on(None, "_type=Patient,Observation&_content=x");
+    assert!(
+        matches!(
+            &r.filters[..],
+            [Filter::Param {
+                kind: ParamType::String,
+                modifier: Modifier::Contains,
+                ..
+            }]
+        ),
+        "{:?}",
+        r.filters
+    );
+    for bad in [
+        "_text:exact",
+        "_text:contains",
+        "_content:text",
+        "_content:not",
+    ] {
+        let message = fail("Patient", &format!("{bad}=x"), bad);
+        assert!(
+            message.contains(bad) && message.contains(":missing"),
+            "{message}"
+        );
+    }
+    assert!(fail("Patient", "_text=", "_text").contains("empty"));
+    // Bundle has no narrative parameter.
+    assert!(fail("Bundle", "_text=x", "_text").contains("Unknown"));
 }
 
 #[test]
@@ -698,6 +778,87 @@ fn malformed_dates_name_the_parameter() {
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
+}
+
+fn near(query: &str) -> (f64, f64, f64) {
+    match one("Location", query) {
+        SearchValue::Near {
+            latitude,
+            longitude,
+            distance_km,
+        } => (latitude, longitude, distance_km),
+        other => panic!("{query}: {other:?}"),
+    }
+}
+
+#[test]
+fn near_positions() {
+    for (query, expected) in [
+        (
+            "near=42.373222|-72.519854|5|km",
+            (42.373222, -72.519854, 5.0),
+        ),
+        ("near=42.373222|-72.519854", (42.373222, -72.519854, 10.0)),
+        ("near=-90|180|2.5", (-90.0, 180.0, 2.5)),
+        ("near=1|2|1500|m", (1.0, 2.0, 1.5)),
+        ("near=1|2|1|[mi_i]", (1.0, 2.0, 1.609344)),
+        ("near=1|2|10|mi", (1.0, 2.0, 16.09344)),
+        ("near=1|2||m", (1.0, 2.0, 10.0)),
+        ("near=1|2|0|km", (1.0, 2.0, 0.0)),
+    ] {
+        let got = near(query);
+        assert!(
+            close(got.0, expected.0) && close(got.1, expected.1) && close(got.2, expected.2),
+            "{query}: {got:?}"
+        );
+    }
+    let r = ok("Location", "near=1|2,3|4|1|km");
+    assert_eq!(
+        r.filters,
+        vec![Filter::Param {
+            resource_type: "Location".into(),
+            code: "near".into(),
+            kind: ParamType::Special,
+            modifier: Modifier::None,
+            values: vec![
+                SearchValue::Near {
+                    latitude: 1.0,
+                    longitude: 2.0,
+                    distance_km: 10.0
+                },
+                SearchValue::Near {
+                    latitude: 3.0,
+                    longitude: 4.0,
+                    distance_km: 1.0
+                },
+            ],
+        }]
+    );
+    assert_eq!(
+        one("Location", "near:missing=true"),
+        SearchValue::Missing(true)
+    );
+    for (query, words) in [
+        ("near=42", "not a position"),
+        ("near=1|2|3|km|x", "not a position"),
+        ("near=1|2|3|ft", "'ft'"),
+        ("near=1|2|3|KM", "'KM'"),
+        ("near=91|0", "latitude"),
+        ("near=0|-180.5", "longitude"),
+        ("near=x|0", "'x'"),
+        ("near=1||3", "longitude"),
+        ("near=1|2|-1|km", "distance"),
+        ("near=1|2|far", "distance"),
+        ("near=", "empty"),
+    ] {
+        let message = fail("Location", query, "near");
+        assert!(
+            message.contains("near") && message.contains(words),
+            "{query}: {message}"
+        );
+    }
+    let message = fail("Location", "near:exact=1|2", "near:exact");
+    assert!(message.contains(":missing"), "{message}");
 }
 
 #[test]

@@ -161,8 +161,58 @@ fn parse_value(
         }
         ParamType::Quantity => parse_quantity(raw),
         ParamType::Composite => parse_composite(components, raw),
-        ParamType::Special => Err("special parameters are not supported".to_string()),
+        ParamType::Special => parse_near(raw),
     }
+}
+
+/// Kilometres per unit of the `near` distance units fhirgate accepts.
+const NEAR_UNITS: &[(&str, f64)] = &[
+    ("km", 1.0),
+    ("m", 0.001),
+    ("[mi_i]", 1.609_344),
+    ("mi", 1.609_344),
+];
+/// The `near` distance when the query gives none (R4 leaves it to the server).
+const NEAR_DEFAULT_KM: f64 = 10.0;
+
+/// `latitude|longitude[|distance[|units]]`, the only special parameter (`near`).
+fn parse_near(raw: &str) -> Result<SearchValue, String> {
+    let usage = "use latitude|longitude|distance|units, e.g. 42.37|-72.52|5|km (distance and units optional, 10 km by default; units km, m, [mi_i] or mi)";
+    let parts = split_unescaped(raw, '|');
+    let (latitude, longitude, distance, units) = match parts.as_slice() {
+        [lat, lon] => (*lat, *lon, "", ""),
+        [lat, lon, distance] => (*lat, *lon, *distance, ""),
+        [lat, lon, distance, units] => (*lat, *lon, *distance, *units),
+        _ => return Err(format!("'{raw}' is not a position; {usage}")),
+    };
+    let number = |s: &str, what: &str, low: f64, high: f64| {
+        parse_number(s)
+            .map(|(value, _, _)| value)
+            .filter(|v| (low..=high).contains(v))
+            .ok_or_else(|| format!("'{s}' is not a valid {what}; {usage}"))
+    };
+    let latitude = number(latitude, "latitude (-90 to 90)", -90.0, 90.0)?;
+    let longitude = number(longitude, "longitude (-180 to 180)", -180.0, 180.0)?;
+    let per_km = if units.is_empty() {
+        1.0
+    } else {
+        let units = unescape(units);
+        NEAR_UNITS
+            .iter()
+            .find(|(name, _)| *name == units)
+            .map(|(_, km)| *km)
+            .ok_or_else(|| format!("'{units}' is not a distance unit fhirgate knows; {usage}"))?
+    };
+    let distance_km = if distance.is_empty() {
+        NEAR_DEFAULT_KM
+    } else {
+        number(distance, "distance (a number, 0 or more)", 0.0, f64::MAX)? * per_km
+    };
+    Ok(SearchValue::Near {
+        latitude,
+        longitude,
+        distance_km,
+    })
 }
 
 fn parse_token(raw: &str) -> Result<SearchValue, String> {
