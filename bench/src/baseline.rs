@@ -180,13 +180,7 @@ async fn measure(
             rec
         });
     }
-    let mut total = Recorder::default();
-    while let Some(rec) = workers.join_next().await {
-        match rec {
-            Ok(rec) => total.merge(rec),
-            Err(e) => total.error(format!("worker panicked: {e}")),
-        }
-    }
+    let total = Recorder::join(workers).await;
     Ok(ScenarioResult::from_recorder(
         name,
         total,

@@ -88,13 +88,7 @@ pub async fn run(
             rec
         });
     }
-    let mut total = Recorder::default();
-    while let Some(rec) = workers.join_next().await {
-        match rec {
-            Ok(rec) => total.merge(rec),
-            Err(e) => total.error(format!("worker panicked: {e}")),
-        }
-    }
+    let total = Recorder::join(workers).await;
     let seconds = start.elapsed().as_secs_f64();
     ScenarioResult::from_recorder(&name, total, seconds, scenario == Scenario::Transaction)
 }

@@ -40,6 +40,19 @@ impl Recorder {
         }
     }
 
+    /// Waits for every worker and merges what they recorded; a worker that
+    /// panicked counts as an error.
+    pub async fn join(mut workers: tokio::task::JoinSet<Recorder>) -> Recorder {
+        let mut total = Recorder::default();
+        while let Some(rec) = workers.join_next().await {
+            match rec {
+                Ok(rec) => total.merge(rec),
+                Err(e) => total.error(format!("worker panicked: {e}")),
+            }
+        }
+        total
+    }
+
     pub fn merge(&mut self, other: Recorder) {
         self.requests += other.requests;
         self.errors += other.errors;

@@ -38,6 +38,26 @@ const UNSUPPORTED: &[&str] = &["_contained", "_containedType", "_filter", "_list
 /// `:missing`.
 const FULL_TEXT: &[&str] = &["_text", "_content"];
 
+/// A reference parameter may only point at one of its target types (any,
+/// when it lists none).
+fn check_target(
+    param: &str,
+    what: &str,
+    targets: &[String],
+    target: &str,
+) -> Result<(), SearchError> {
+    if targets.is_empty() || targets.iter().any(|x| x == target) {
+        return Ok(());
+    }
+    Err(error(
+        param,
+        format!(
+            "{what} cannot refer to {target}; it refers to {}",
+            targets.join(", ")
+        ),
+    ))
+}
+
 fn error(param: &str, message: impl Into<String>) -> SearchError {
     SearchError::Param {
         param: param.to_string(),
@@ -636,16 +656,7 @@ impl Parser<'_> {
             .into());
         }
         if let Some(t) = scope.single() {
-            if !info.targets.is_empty() && !info.targets.iter().any(|x| x == t) {
-                return Err(error(
-                    param,
-                    format!(
-                        "{source}.{reference} cannot refer to {t}; it refers to {}",
-                        info.targets.join(", ")
-                    ),
-                )
-                .into());
-            }
+            check_target(param, &format!("{source}.{reference}"), &info.targets, t)?;
         }
         if rest.is_empty() {
             return Err(error(
@@ -765,16 +776,12 @@ impl Parser<'_> {
             if !is_known_resource_type(t) {
                 return Err(error(param, format!("{usage}: '{t}' is not a resource type")).into());
             }
-            if !info.targets.is_empty() && !info.targets.iter().any(|x| x == t) {
-                return Err(error(
-                    param,
-                    format!(
-                        "{param}: {source}.{code} cannot refer to {t}; it refers to {}",
-                        info.targets.join(", ")
-                    ),
-                )
-                .into());
-            }
+            check_target(
+                param,
+                &format!("{param}: {source}.{code}"),
+                &info.targets,
+                t,
+            )?;
         }
         if reverse && !iterate {
             if let Some(t) = self.scope.single() {
