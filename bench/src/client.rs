@@ -18,6 +18,8 @@ pub struct Api {
     client_secret: String,
     token: RwLock<Arc<str>>,
     refresh: tokio::sync::Mutex<()>,
+    /// The id of the project the token response named (`project.reference`).
+    pub project: Option<String>,
 }
 
 /// What one request came back with.
@@ -88,13 +90,15 @@ impl Api {
             client_secret: client_secret.to_string(),
             token: RwLock::new(Arc::from("")),
             refresh: tokio::sync::Mutex::new(()),
+            project: None,
         };
-        let token = api.fetch_token().await?;
+        let (token, project) = api.fetch_token().await?;
         *api.token.write().unwrap() = token;
-        Ok(api)
+        Ok(Api { project, ..api })
     }
 
-    async fn fetch_token(&self) -> Result<Arc<str>, String> {
+    /// The access token and the project id the response names.
+    async fn fetch_token(&self) -> Result<(Arc<str>, Option<String>), String> {
         let url = format!("{}oauth2/token", self.base);
         let form = [
             ("grant_type", "client_credentials"),
@@ -118,10 +122,17 @@ impl Api {
         }
         let body: Value = serde_json::from_str(&text)
             .map_err(|e| format!("POST {url}: not JSON ({e}): {text}"))?;
-        body.get("access_token")
+        let token = body
+            .get("access_token")
             .and_then(Value::as_str)
             .map(Arc::from)
-            .ok_or_else(|| format!("POST {url}: no access_token in {text}"))
+            .ok_or_else(|| format!("POST {url}: no access_token in {text}"))?;
+        let project = body
+            .pointer("/project/reference")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("Project/"))
+            .map(String::from);
+        Ok((token, project))
     }
 
     /// Gets a new token unless another task already did since `seen` was read.
@@ -130,7 +141,7 @@ impl Api {
         if !Arc::ptr_eq(&self.token.read().unwrap(), seen) {
             return Ok(());
         }
-        let token = self.fetch_token().await?;
+        let (token, _) = self.fetch_token().await?;
         *self.token.write().unwrap() = token;
         Ok(())
     }
@@ -190,6 +201,33 @@ impl Api {
                 location,
                 latency: start.elapsed(),
             });
+        }
+    }
+}
+
+impl Api {
+    /// Creates `resource` (POST to its type); answers the new id.
+    pub async fn create(&self, resource: &Value) -> Result<String, String> {
+        let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+        let body = serde_json::to_vec(resource).expect("JSON");
+        let reply = self.send(Method::POST, resource_type, Some(&body)).await?;
+        if !reply.ok() {
+            return Err(format!(
+                "POST {resource_type} answered {}",
+                reply.describe()
+            ));
+        }
+        reply
+            .created_id()
+            .ok_or_else(|| format!("POST {resource_type} answered no id"))
+    }
+
+    /// GET of one resource (or anything else answering JSON) that must succeed.
+    pub async fn get_json(&self, path: &str) -> Result<Value, String> {
+        let reply = self.send(Method::GET, path, None).await?;
+        match reply.json() {
+            Some(value) if reply.ok() => Ok(value),
+            _ => Err(format!("GET {path} answered {}", reply.describe())),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! the same data can be posted as a transaction Bundle or, after rewriting the
 //! references, one resource at a time.
 
-use rand::{rngs::StdRng, Rng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
 pub const MRN_SYSTEM: &str = "urn:fhirgate-bench:mrn";
@@ -252,11 +252,21 @@ pub struct Shape {
     pub conditions: usize,
 }
 
+/// Other resources per Patient by default: 1-3 Encounters with 1-3
+/// Observations each, 0-2 Conditions (means 2 × (1 + 2) + 1).
+pub const DEFAULT_RESOURCES_PER_PATIENT: usize = 7;
+/// `--resources-per-patient` range: the mean is `4 + most Observations per
+/// Encounter`, which is at least 1; the top keeps a group inside a Bundle.
+pub const RESOURCES_PER_PATIENT: std::ops::RangeInclusive<usize> = 5..=200;
+
 impl Shape {
-    pub fn random(rng: &mut StdRng) -> Shape {
+    /// A random shape whose mean number of resources besides the Patient is
+    /// `others`: only the Observations per Encounter scale (uniform
+    /// `1..=others - 4`), so the default draws the same numbers as always.
+    pub fn random(rng: &mut StdRng, others: usize) -> Shape {
         Shape {
             encounters: rng.gen_range(1..=3),
-            observations_per_encounter: rng.gen_range(1..=3),
+            observations_per_encounter: rng.gen_range(1..=others.saturating_sub(4).max(1)),
             conditions: rng.gen_range(0..=2),
         }
     }
@@ -333,14 +343,47 @@ pub fn group(rng: &mut StdRng, mrn: String, shape: Shape) -> Group {
     }
 }
 
-/// The data set to load: `patients` groups from `seed`.
-pub fn dataset(rng: &mut StdRng, seed: u64, patients: usize) -> Vec<Group> {
-    (0..patients)
-        .map(|i| {
-            let shape = Shape::random(rng);
-            group(rng, format!("{seed}-{i:07}"), shape)
-        })
-        .collect()
+/// The data set, generated in order: the first `n` groups from a seed are
+/// the same however they are taken, so a larger data set only adds to a
+/// smaller one.
+pub struct Generator {
+    rng: StdRng,
+    seed: u64,
+    others: usize,
+    next: usize,
+}
+
+impl Generator {
+    pub fn new(seed: u64, resources_per_patient: usize) -> Generator {
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            others: resources_per_patient,
+            next: 0,
+        }
+    }
+
+    /// The next `patients` groups.
+    pub fn take(&mut self, patients: usize) -> Vec<Group> {
+        (0..patients)
+            .map(|_| {
+                let shape = Shape::random(&mut self.rng, self.others);
+                let mrn = format!("{}-{:07}", self.seed, self.next);
+                self.next += 1;
+                group(&mut self.rng, mrn, shape)
+            })
+            .collect()
+    }
+
+    /// The mean number of other resources per Patient.
+    pub fn resources_per_patient(&self) -> usize {
+        self.others
+    }
+
+    /// Groups generated so far.
+    pub fn generated(&self) -> usize {
+        self.next
+    }
 }
 
 /// A transaction Bundle of the given resources, each a POST with its fullUrl.
@@ -382,28 +425,50 @@ pub fn rewrite_references(value: &mut Value, map: &mut dyn FnMut(&str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+
+    fn bodies(groups: &[Group]) -> Vec<Value> {
+        groups
+            .iter()
+            .flat_map(|g| g.resources.iter().map(|r| r.body.clone()))
+            .collect()
+    }
 
     #[test]
     fn same_seed_same_data() {
-        let a = dataset(&mut StdRng::seed_from_u64(7), 7, 5);
-        let b = dataset(&mut StdRng::seed_from_u64(7), 7, 5);
-        let a: Vec<_> = a
-            .iter()
-            .flat_map(|g| g.resources.iter().map(|r| r.body.clone()))
-            .collect();
-        let b: Vec<_> = b
-            .iter()
-            .flat_map(|g| g.resources.iter().map(|r| r.body.clone()))
-            .collect();
-        assert_eq!(a, b);
+        let a = Generator::new(7, DEFAULT_RESOURCES_PER_PATIENT).take(5);
+        let b = Generator::new(7, DEFAULT_RESOURCES_PER_PATIENT).take(5);
+        assert_eq!(bodies(&a), bodies(&b));
+    }
+
+    #[test]
+    fn a_larger_data_set_extends_a_smaller_one() {
+        let whole = Generator::new(3, 20).take(9);
+        let mut parts = Generator::new(3, 20);
+        let mut pieces = parts.take(4);
+        pieces.extend(parts.take(5));
+        assert_eq!(parts.generated(), 9);
+        assert_eq!(bodies(&whole), bodies(&pieces));
+        assert_eq!(pieces[8].mrn, "3-0000008");
+    }
+
+    #[test]
+    fn resources_per_patient_is_the_mean() {
+        for others in [DEFAULT_RESOURCES_PER_PATIENT, 20] {
+            let groups = Generator::new(1, others).take(1000);
+            let total: usize = groups.iter().map(|g| g.resources.len() - 1).sum();
+            let mean = total as f64 / groups.len() as f64;
+            assert!(
+                (mean - others as f64).abs() < 0.05 * others as f64,
+                "{others}: {mean}"
+            );
+        }
     }
 
     #[test]
     fn shape_counts_resources() {
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..20 {
-            let shape = Shape::random(&mut rng);
+            let shape = Shape::random(&mut rng, 12);
             assert_eq!(
                 group(&mut rng, "x".into(), shape).resources.len(),
                 shape.len()

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     client::Api,
-    data::{self, Group, Res},
+    data::{self, Generator, Group, Res},
 };
 
 /// A Patient of the loaded data set.
@@ -28,25 +28,114 @@ pub struct LoadedPatient {
     pub body: Value,
 }
 
-pub struct Loaded {
+/// What has been loaded so far, across calls of [`Loader::load`].
+pub struct Loader {
+    api: Arc<Api>,
+    concurrency: usize,
     pub patients: Vec<LoadedPatient>,
     pub resources: usize,
     pub errors: usize,
-    /// `Ok` when the server took a transaction Bundle, else why not.
-    pub transactions: Result<(), String>,
+    /// `Ok` when the server took a transaction Bundle, else why not; `None`
+    /// until the first Bundle was tried.
+    pub transactions: Option<Result<(), String>>,
 }
 
 /// Target entries per load Bundle (groups are never split).
 const BUNDLE_TARGET: usize = 100;
+/// Patients generated and held in memory at a time, so large data sets do
+/// not have to fit at once.
+const CHUNK_PATIENTS: usize = 2000;
 
-pub async fn load(api: Arc<Api>, groups: Vec<Group>, concurrency: usize) -> Result<Loaded, String> {
-    let total: usize = groups.iter().map(|g| g.resources.len()).sum();
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let progress = tokio::spawn(progress(done.clone(), stop.clone(), total, started));
+impl Loader {
+    pub fn new(api: Arc<Api>, concurrency: usize) -> Loader {
+        Loader {
+            api,
+            concurrency,
+            patients: Vec::new(),
+            resources: 0,
+            errors: 0,
+            transactions: None,
+        }
+    }
 
-    // Bundles of whole groups, about BUNDLE_TARGET entries each.
+    /// Generates and loads the next `patients` groups.
+    pub async fn load(&mut self, generator: &mut Generator, patients: usize) -> Result<(), String> {
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let expected = patients * (1 + generator.resources_per_patient());
+        let progress = tokio::spawn(progress(done.clone(), stop.clone(), expected, started));
+        let (resources, errors) = (self.resources, self.errors);
+        let mut result = Ok(());
+        let mut left = patients;
+        while left > 0 && result.is_ok() {
+            let groups = generator.take(left.min(CHUNK_PATIENTS));
+            left -= groups.len();
+            result = self.load_groups(groups, &done).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let _ = progress.await;
+        if result.is_ok() {
+            let secs = started.elapsed().as_secs_f64();
+            let loaded = self.resources - resources;
+            eprintln!(
+                "load: {loaded} resources in {secs:.1} s ({:.0}/s), {} failed, {} patients usable",
+                loaded as f64 / secs.max(1e-9),
+                self.errors - errors,
+                self.patients.len()
+            );
+        }
+        result
+    }
+
+    async fn load_groups(
+        &mut self,
+        groups: Vec<Group>,
+        done: &Arc<AtomicUsize>,
+    ) -> Result<(), String> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let groups = Arc::new(groups);
+        let (map, errors) = match self.transactions {
+            Some(Err(_)) => post_each(&self.api, &groups, self.concurrency, done).await,
+            Some(Ok(())) => post_bundles(&self.api, &groups, self.concurrency, done, false)
+                .await
+                .map_err(|e| format!("loading the data set: {}", e.message))?,
+            None => match post_bundles(&self.api, &groups, self.concurrency, done, true).await {
+                Ok(loaded) => {
+                    self.transactions = Some(Ok(()));
+                    loaded
+                }
+                Err(e) if e.unsupported => {
+                    eprintln!(
+                        "load: transaction Bundles not taken ({}); posting one resource at a time",
+                        e.message
+                    );
+                    self.transactions = Some(Err(e.message));
+                    post_each(&self.api, &groups, self.concurrency, done).await
+                }
+                Err(e) => return Err(format!("loading the data set: {}", e.message)),
+            },
+        };
+        self.patients.extend(loaded_patients(&groups, &map));
+        self.resources += map.len();
+        self.errors += errors;
+        Ok(())
+    }
+}
+
+/// Posts the groups as transaction Bundles of whole groups, about
+/// BUNDLE_TARGET entries each, `concurrency` in flight; a failed Bundle
+/// counts its resources as errors. With `probe` the first Bundle goes alone
+/// and its error is the answer: whether the server takes Bundles at all.
+async fn post_bundles(
+    api: &Arc<Api>,
+    groups: &Arc<Vec<Group>>,
+    concurrency: usize,
+    done: &Arc<AtomicUsize>,
+    probe: bool,
+) -> Result<(HashMap<String, String>, usize), BundleError> {
     let mut bundles: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut size = 0;
@@ -61,86 +150,61 @@ pub async fn load(api: Arc<Api>, groups: Vec<Group>, concurrency: usize) -> Resu
     if !current.is_empty() {
         bundles.push(current);
     }
-    let groups = Arc::new(groups);
 
-    // Probe: the first Bundle decides.
-    let first = post_bundle(&api, &groups, &bundles[0]).await;
-    let result = match first {
-        Ok(map) => {
-            done.fetch_add(map.len(), Ordering::Relaxed);
-            let maps = Arc::new(Mutex::new(map));
-            let errors = Arc::new(AtomicUsize::new(0));
-            let rest: Arc<Vec<Vec<usize>>> = Arc::new(bundles[1..].to_vec());
-            let next = Arc::new(AtomicUsize::new(0));
-            let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..concurrency.min(rest.len()).max(1) {
-                let (api, groups, rest, next, maps, errors, done) = (
-                    api.clone(),
-                    groups.clone(),
-                    rest.clone(),
-                    next.clone(),
-                    maps.clone(),
-                    errors.clone(),
-                    done.clone(),
-                );
-                workers.spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(bundle) = rest.get(i) else { break };
-                        match post_bundle(&api, &groups, bundle).await {
-                            Ok(map) => {
-                                done.fetch_add(map.len(), Ordering::Relaxed);
-                                maps.lock().unwrap().extend(map);
-                            }
-                            Err(e) => {
-                                let n: usize =
-                                    bundle.iter().map(|&g| groups[g].resources.len()).sum();
-                                if errors.fetch_add(n, Ordering::Relaxed) == 0 {
-                                    eprintln!("load: a transaction Bundle failed: {}", e.message);
-                                }
-                            }
+    let map = if probe {
+        let map = post_bundle(api, groups, &bundles.remove(0)).await?;
+        done.fetch_add(map.len(), Ordering::Relaxed);
+        map
+    } else {
+        HashMap::new()
+    };
+    let maps = Arc::new(Mutex::new(map));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let rest: Arc<Vec<Vec<usize>>> = Arc::new(bundles);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(rest.len()).max(1) {
+        let (api, groups, rest, next, maps, errors, done) = (
+            api.clone(),
+            groups.clone(),
+            rest.clone(),
+            next.clone(),
+            maps.clone(),
+            errors.clone(),
+            done.clone(),
+        );
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(bundle) = rest.get(i) else { break };
+                match post_bundle(&api, &groups, bundle).await {
+                    Ok(map) => {
+                        done.fetch_add(map.len(), Ordering::Relaxed);
+                        maps.lock().unwrap().extend(map);
+                    }
+                    Err(e) => {
+                        let n: usize = bundle.iter().map(|&g| groups[g].resources.len()).sum();
+                        if errors.fetch_add(n, Ordering::Relaxed) == 0 {
+                            eprintln!("load: a transaction Bundle failed: {}", e.message);
                         }
                     }
-                });
+                }
             }
-            while workers.join_next().await.is_some() {}
-            let map = Arc::try_unwrap(maps)
-                .map(|m| m.into_inner().unwrap())
-                .unwrap_or_default();
-            Ok(finish(
-                &groups,
-                &map,
-                errors.load(Ordering::Relaxed),
-                Ok(()),
-            ))
-        }
-        Err(e) if e.unsupported => {
-            eprintln!(
-                "load: transaction Bundles not taken ({}); posting one resource at a time",
-                e.message
-            );
-            let (map, errors) = post_each(&api, &groups, concurrency, &done).await;
-            Ok(finish(&groups, &map, errors, Err(e.message)))
-        }
-        Err(e) => Err(format!("loading the data set: {}", e.message)),
-    };
-    stop.store(true, Ordering::Relaxed);
-    let _ = progress.await;
-    if let Ok(loaded) = &result {
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "load: {} resources in {:.1} s ({:.0}/s), {} failed, {} patients usable",
-            loaded.resources,
-            secs,
-            loaded.resources as f64 / secs.max(1e-9),
-            loaded.errors,
-            loaded.patients.len()
-        );
+        });
     }
-    result
+    while workers.join_next().await.is_some() {}
+    let map = Arc::try_unwrap(maps)
+        .map(|m| m.into_inner().unwrap())
+        .unwrap_or_default();
+    Ok((map, errors.load(Ordering::Relaxed)))
 }
 
-async fn progress(done: Arc<AtomicUsize>, stop: Arc<AtomicBool>, total: usize, started: Instant) {
+async fn progress(
+    done: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    expected: usize,
+    started: Instant,
+) {
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -149,20 +213,16 @@ async fn progress(done: Arc<AtomicUsize>, stop: Arc<AtomicBool>, total: usize, s
             let n = done.load(Ordering::Relaxed);
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
-                "load: {n}/{total} resources, {:.0}/s",
+                "load: {n}/~{expected} resources, {:.0}/s",
                 n as f64 / secs.max(1e-9)
             );
         }
     }
 }
 
-fn finish(
-    groups: &[Group],
-    map: &HashMap<String, String>,
-    errors: usize,
-    transactions: Result<(), String>,
-) -> Loaded {
-    let patients = groups
+/// The loaded Patients of `groups`, in order, with their bodies as stored.
+fn loaded_patients(groups: &[Group], map: &HashMap<String, String>) -> Vec<LoadedPatient> {
+    groups
         .iter()
         .filter_map(|g| {
             let patient = &g.resources[0];
@@ -177,13 +237,7 @@ fn finish(
                 body,
             })
         })
-        .collect();
-    Loaded {
-        patients,
-        resources: map.len(),
-        errors,
-        transactions,
-    }
+        .collect()
 }
 
 pub struct BundleError {

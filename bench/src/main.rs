@@ -6,26 +6,24 @@ mod baseline;
 mod client;
 mod data;
 mod load;
+mod policy;
+mod report;
 mod scenarios;
 mod stats;
 
-use std::{
-    process::ExitCode,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use rand::{rngs::StdRng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::{
     client::Api,
+    data::Generator,
+    load::Loader,
+    policy::Policy,
+    report::SizeRun,
     scenarios::{Ctx, Scenario},
-    stats::{ScenarioResult, Status},
+    stats::{ScenarioResult, ServerWatch, Status},
 };
 
 #[derive(Parser, Debug)]
@@ -44,8 +42,9 @@ struct Args {
     /// OAuth client secret.
     #[arg(long)]
     client_secret: String,
-    /// Scenario to run; repeat for several. Default: all, in the order listed.
-    #[arg(long = "scenario", value_enum)]
+    /// Scenario to run; repeat for several or give a list. Default: all, in the order listed
+    /// (with --sizes: read, search-name, search-token, create).
+    #[arg(long = "scenario", value_enum, value_delimiter = ',')]
     scenarios: Vec<Scenario>,
     /// Workers (requests in flight), for loading and for every scenario.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -53,9 +52,24 @@ struct Args {
     /// Seconds each scenario runs.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Patients in the generated data set (each with 1-3 Encounters, 1-9 Observations, 0-2 Conditions).
+    /// Patients in the generated data set (each with 1-3 Encounters, Observations, 0-2 Conditions).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     patients: u64,
+    /// Growth run: the scenarios at each of these data-set sizes (patients), smallest first,
+    /// loading only the Patients each size adds.
+    #[arg(long, value_delimiter = ',', conflicts_with = "patients",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sizes: Vec<u64>,
+    /// Mean number of other resources (Encounters, Observations, Conditions) per Patient; only
+    /// the Observations per Encounter scale.
+    #[arg(long, default_value_t = data::DEFAULT_RESOURCES_PER_PATIENT as u64,
+          value_parser = clap::value_parser!(u64).range(
+              *data::RESOURCES_PER_PATIENT.start() as u64..=*data::RESOURCES_PER_PATIENT.end() as u64))]
+    resources_per_patient: u64,
+    /// Caller access policies to measure the reads and searches as; repeat or give a list:
+    /// none (the admin client), compartment, criteria.
+    #[arg(long = "policy", value_enum, value_delimiter = ',')]
+    policies: Vec<Policy>,
     /// Seed of the data set and of the request streams.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -89,166 +103,193 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The given values in order, each once; `default` when none were given.
+fn distinct<T: Copy + PartialEq>(given: &[T], default: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for &v in if given.is_empty() { default } else { given } {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
 async fn run(args: Args) -> Result<ExitCode, String> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         return Err("--duration must be a positive number of seconds".into());
     }
     let concurrency = args.concurrency as usize;
     let duration = Duration::from_secs_f64(args.duration);
-    let selected: Vec<Scenario> = if args.scenarios.is_empty() {
-        Scenario::value_variants().to_vec()
+    let growth = !args.sizes.is_empty();
+    let mut sizes: Vec<usize> = args.sizes.iter().map(|&n| n as usize).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if !growth {
+        sizes.push(args.patients as usize);
+    }
+    let default_scenarios: &[Scenario] = if growth {
+        &scenarios::GROWTH
     } else {
-        let mut s: Vec<Scenario> = Vec::new();
-        for &scenario in &args.scenarios {
-            if !s.contains(&scenario) {
-                s.push(scenario);
-            }
-        }
-        s
+        Scenario::value_variants()
     };
-    let clk_tck = stats::clock_ticks();
-    let before_load = match args.server_pid {
-        Some(pid) => Some(stats::proc_sample(pid)?),
-        None => None,
-    };
+    let selected = distinct(&args.scenarios, default_scenarios);
+    let policies = distinct(&args.policies, &[Policy::Unrestricted]);
+    let restricted: Vec<Policy> = policies
+        .iter()
+        .copied()
+        .filter(|&p| p != Policy::Unrestricted)
+        .collect();
 
-    let api = Arc::new(
-        Api::connect(
-            &args.base_url,
-            &args.client_id,
-            &args.client_secret,
-            concurrency,
-        )
-        .await?,
-    );
+    let mut watch = ServerWatch::start(args.server_pid)?;
+    let mut api = Api::connect(
+        &args.base_url,
+        &args.client_id,
+        &args.client_secret,
+        concurrency,
+    )
+    .await?;
     eprintln!("auth: token from {}oauth2/token", api_base(&args.base_url));
-
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let groups = data::dataset(&mut rng, args.seed, args.patients as usize);
-    let total: usize = groups.iter().map(|g| g.resources.len()).sum();
-    eprintln!(
-        "load: {} patients, {total} resources (seed {})",
-        args.patients, args.seed
-    );
-    let loaded = load::load(api.clone(), groups, concurrency).await?;
-    if loaded.patients.is_empty() {
-        return Err("no Patient could be loaded; nothing to measure".into());
+    let mut own_project = false;
+    if !restricted.is_empty() {
+        (api, own_project) =
+            policy::own_project(api, &args.base_url, args.seed, concurrency).await?;
     }
+    let api = Arc::new(api);
 
-    if args.analyze {
-        let url = args
-            .baseline_postgres
-            .as_deref()
-            .ok_or("--analyze needs --baseline-postgres")?;
-        eprintln!("analyze: ANALYZE on fhirgate's tables");
-        baseline::analyze(url).await?;
-    }
-    // The baseline runs on the data set as loaded, like the read scenarios
-    // after it, and while the server is idle (outside its CPU accounting).
-    let mut baseline_results = Vec::new();
-    if let Some(url) = &args.baseline_postgres {
+    let mut generator = Generator::new(args.seed, args.resources_per_patient as usize);
+    let mut loader = Loader::new(api.clone(), concurrency);
+    // The restricted callers, set up once the first size is loaded.
+    let mut callers: Vec<(Policy, Arc<Api>)> = vec![(Policy::Unrestricted, api.clone())];
+    let mut runs: Vec<SizeRun> = Vec::new();
+    for &size in &sizes {
+        let delta = size - generator.generated();
         eprintln!(
-            "run: baseline SQL for {:.1} s each at concurrency {concurrency}",
-            args.duration
+            "load: {delta} patients to {size}, ~{} other resources each (seed {})",
+            args.resources_per_patient, args.seed
         );
-        baseline_results = baseline::run(url, concurrency, duration, args.seed).await?;
-    }
-
-    let before = match args.server_pid {
-        Some(pid) => Some(stats::proc_sample(pid)?),
-        None => None,
-    };
-    // Sample RSS while the scenarios run.
-    let sampled_peak = Arc::new(AtomicU64::new(before.map_or(0, |s| s.rss_bytes)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = args.server_pid.map(|pid| {
-        let (peak, stop) = (sampled_peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(s) = stats::proc_sample(pid) {
-                    peak.fetch_max(s.rss_bytes, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+        loader.load(&mut generator, delta).await?;
+        if loader.patients.is_empty() {
+            return Err("no Patient could be loaded; nothing to measure".into());
+        }
+        if args.analyze {
+            let url = args
+                .baseline_postgres
+                .as_deref()
+                .ok_or("--analyze needs --baseline-postgres")?;
+            eprintln!("analyze: ANALYZE on fhirgate's tables");
+            baseline::analyze(url).await?;
+        }
+        // The baseline runs on the data set as loaded, like the read
+        // scenarios after it, and while the server is idle (outside its CPU
+        // accounting).
+        let mut baseline_results = Vec::new();
+        if let Some(url) = &args.baseline_postgres {
+            eprintln!(
+                "run: baseline SQL for {:.1} s each at concurrency {concurrency}",
+                args.duration
+            );
+            baseline_results = baseline::run(url, concurrency, duration, args.seed).await?;
+        }
+        if callers.len() == 1 {
+            for &p in &restricted {
+                let client = policy::restricted_client(
+                    &api,
+                    &args.base_url,
+                    p,
+                    &loader.patients[0],
+                    concurrency,
+                )
+                .await?;
+                eprintln!(
+                    "policy: signed in as a client with the {} policy",
+                    p.as_str()
+                );
+                callers.push((p, Arc::new(client)));
             }
-        })
-    });
-
-    let ctx = Arc::new(Ctx {
-        api,
-        patients: Arc::new(loaded.patients),
-        seed: args.seed,
-        transaction_groups: (args.transaction_entries / 10) as usize,
-        transactions: loaded.transactions,
-    });
-    let mut results = Vec::new();
-    for scenario in selected {
-        eprintln!(
-            "run: {} for {:.1} s at concurrency {concurrency}",
-            scenario.name(),
-            args.duration
-        );
-        let result = scenarios::run(&ctx, scenario, concurrency, duration).await;
-        if let Some(reason) = result
-            .reason
-            .as_ref()
-            .filter(|_| result.status != Status::Ok)
-        {
-            eprintln!("run: {} {}: {reason}", result.name, result.status.as_str());
         }
-        results.push(result);
-    }
 
-    stop.store(true, Ordering::Relaxed);
-    if let Some(sampler) = sampler {
-        let _ = sampler.await;
-    }
-    let after = match args.server_pid {
-        Some(pid) => Some(stats::proc_sample(pid)?),
-        None => None,
-    };
-
-    results.extend(baseline_results);
-
-    let server = match (args.server_pid, before_load, before, after) {
-        (Some(pid), Some(l), Some(b), Some(a)) => {
-            let secs = |ticks: u64| ticks as f64 / clk_tck as f64;
-            json!({
-                "pid": pid,
-                "peak_rss_bytes": a.hwm_bytes,
-                "cpu_seconds": secs(a.cpu_ticks.saturating_sub(b.cpu_ticks)),
-                "sampled_peak_rss_bytes": sampled_peak.load(Ordering::Relaxed).max(a.rss_bytes),
-                "rss_before_bytes": b.rss_bytes,
-                "rss_after_bytes": a.rss_bytes,
-                "load_cpu_seconds": secs(b.cpu_ticks.saturating_sub(l.cpu_ticks)),
-                "clock_ticks_per_second": clk_tck,
+        watch.begin()?;
+        let transactions = loader.transactions.clone().unwrap_or(Ok(()));
+        let ctxs: Vec<(Policy, Arc<Ctx>)> = callers
+            .iter()
+            .map(|(p, caller)| {
+                let ctx = Ctx {
+                    api: caller.clone(),
+                    patients: Arc::new(p.visible(&loader.patients)),
+                    seed: args.seed,
+                    transaction_groups: (args.transaction_entries / 10) as usize,
+                    transactions: transactions.clone(),
+                };
+                (*p, Arc::new(ctx))
             })
+            .collect();
+        let mut results = Vec::new();
+        for &scenario in &selected {
+            for (p, ctx) in &ctxs {
+                // Writes run as the admin client only; the unrestricted reads
+                // only when asked for.
+                let wanted = if scenario.is_read() {
+                    policies.contains(p)
+                } else {
+                    *p == Policy::Unrestricted
+                };
+                if !wanted {
+                    continue;
+                }
+                results.push(run_scenario(ctx, scenario, *p, concurrency, duration).await);
+            }
         }
-        _ => json!({ "peak_rss_bytes": null, "cpu_seconds": null }),
-    };
+        watch.end()?;
+        results.extend(baseline_results);
+        if growth {
+            println!("{size} patients, {} resources loaded", loader.resources);
+        }
+        report::print_table(&results);
+        runs.push(SizeRun {
+            patients: size,
+            resources: loader.resources,
+            results,
+        });
+    }
+    let server = watch.finish().await?;
+    report::print_server(&server);
+    if growth {
+        report::print_growth(&runs);
+    }
 
-    print_table(&results, &server);
+    let last = runs.last().ok_or("no size to measure")?;
     if let Some(path) = &args.json {
-        let report = json!({
+        let mut report = json!({
             "base_url": args.base_url,
             "concurrency": concurrency,
             "duration_seconds": args.duration,
-            "patients": args.patients,
+            "patients": last.patients,
+            "resources_per_patient": args.resources_per_patient,
             "seed": args.seed,
             "load": {
-                "resources": loaded.resources,
-                "errors": loaded.errors,
-                "transactions": ctx.transactions.is_ok(),
+                "resources": loader.resources,
+                "errors": loader.errors,
+                "transactions": matches!(loader.transactions, Some(Ok(()))),
                 "analyzed": args.analyze,
             },
-            "scenarios": scenarios_json(&results),
+            "scenarios": report::scenarios_json(&last.results),
             "server": server,
         });
+        if !restricted.is_empty() {
+            report["policies"] = json!(policies.iter().map(|p| p.as_str()).collect::<Vec<_>>());
+            report["project"] = json!({"id": api.project, "created": own_project});
+        }
+        if growth {
+            report["sizes"] = json!(report::sizes_json(&runs));
+            report["growth"] = json!(report::growth_json(&runs));
+        }
         let text = serde_json::to_string_pretty(&report).expect("JSON");
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let failed = results
+    let failed = runs
         .iter()
+        .flat_map(|r| &r.results)
         .filter(|r| r.status == Status::Failed)
         .count();
     if failed > 0 {
@@ -258,31 +299,41 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The scenarios, with `fraction_of_baseline` on `read` and `search-token`
-/// when their baseline ran.
-fn scenarios_json(results: &[ScenarioResult]) -> Vec<Value> {
-    let rate = |name: &str| {
-        results
-            .iter()
-            .find(|r| r.name == name && r.status == Status::Ok)
-            .map(ScenarioResult::requests_per_second)
+/// One scenario as one caller; a restricted caller's row is named
+/// `scenario[policy]`.
+async fn run_scenario(
+    ctx: &Arc<Ctx>,
+    scenario: Scenario,
+    policy: Policy,
+    concurrency: usize,
+    duration: Duration,
+) -> ScenarioResult {
+    let mut name = scenario.name();
+    if policy != Policy::Unrestricted {
+        name = format!("{name}[{}]", policy.as_str());
+    }
+    let mut result = if ctx.patients.is_empty() {
+        ScenarioResult::skipped(
+            &name,
+            "no loaded Patient is visible under the policy".into(),
+        )
+    } else {
+        eprintln!(
+            "run: {name} for {:.1} s at concurrency {concurrency}",
+            duration.as_secs_f64()
+        );
+        scenarios::run(ctx, scenario, concurrency, duration).await
     };
-    results
-        .iter()
-        .map(|r| {
-            let mut v = r.to_json();
-            let baseline = match r.name.as_str() {
-                "read" => rate("baseline-read"),
-                "search-token" => rate("baseline-search-token"),
-                _ => None,
-            };
-            if let (Some(b), Status::Ok) = (baseline, r.status) {
-                v["fraction_of_baseline"] =
-                    json!((r.requests_per_second() / b.max(1e-9) * 10000.0).round() / 10000.0);
-            }
-            v
-        })
-        .collect()
+    result.name = name;
+    result.policy = Some(policy.as_str());
+    if let Some(reason) = result
+        .reason
+        .as_ref()
+        .filter(|_| result.status != Status::Ok)
+    {
+        eprintln!("run: {} {}: {reason}", result.name, result.status.as_str());
+    }
+    result
 }
 
 fn api_base(base: &str) -> String {
@@ -290,72 +341,5 @@ fn api_base(base: &str) -> String {
         base.to_string()
     } else {
         format!("{base}/")
-    }
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
-}
-
-fn print_table(results: &[ScenarioResult], server: &Value) {
-    println!(
-        "{:<24} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}  note",
-        "scenario", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
-    );
-    for r in results {
-        let mut note = match r.status {
-            Status::Ok => String::new(),
-            s => format!(
-                "{}: {}",
-                s.as_str().to_uppercase(),
-                r.reason.clone().unwrap_or_default()
-            ),
-        };
-        if let Some(rps) = r.resources_per_second {
-            note = format!("{rps:.0} resources/s {note}");
-        }
-        let note: String = note.chars().take(160).collect();
-        println!(
-            "{:<24} {:>9} {:>10.1} {:>9} {:>9} {:>9} {:>7}  {}",
-            r.name,
-            r.requests,
-            r.requests_per_second(),
-            ms(r.p50_ms),
-            ms(r.p95_ms),
-            ms(r.p99_ms),
-            r.errors,
-            note.trim_end()
-        );
-    }
-    let find = |name: &str| {
-        results
-            .iter()
-            .find(|r| r.name == name && r.status == Status::Ok)
-    };
-    for (http, sql) in [
-        ("read", "baseline-read"),
-        ("search-token", "baseline-search-token"),
-    ] {
-        if let (Some(h), Some(b)) = (find(http), find(sql)) {
-            let fraction = h.requests_per_second() / b.requests_per_second().max(1e-9);
-            println!(
-                "{http} over HTTP: {:.0} req/s = {:.1}% of {sql} ({:.0} queries/s)",
-                h.requests_per_second(),
-                fraction * 100.0,
-                b.requests_per_second()
-            );
-        }
-    }
-    if !server["cpu_seconds"].is_null() {
-        let mib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
-        println!(
-            "server pid {}: peak RSS {:.1} MiB (VmHWM, process lifetime; {:.1} MiB sampled during the scenarios), \
-             CPU {:.2} s during the scenarios, {:.2} s during the load",
-            server["pid"],
-            mib(&server["peak_rss_bytes"]),
-            mib(&server["sampled_peak_rss_bytes"]),
-            server["cpu_seconds"].as_f64().unwrap_or(0.0),
-            server["load_cpu_seconds"].as_f64().unwrap_or(0.0),
-        );
     }
 }

@@ -32,7 +32,28 @@ pub enum Scenario {
     Mixed,
 }
 
+/// What a `--sizes` run measures unless told otherwise.
+pub const GROWTH: [Scenario; 4] = [
+    Scenario::Read,
+    Scenario::SearchName,
+    Scenario::SearchToken,
+    Scenario::Create,
+];
+
 impl Scenario {
+    /// Reads and searches: only these run as the policy-restricted callers.
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            Scenario::Read
+                | Scenario::SearchName
+                | Scenario::SearchToken
+                | Scenario::SearchReferenceDate
+                | Scenario::SearchInclude
+                | Scenario::SearchChain
+        )
+    }
+
     pub fn name(self) -> String {
         self.to_possible_value()
             .expect("named")

@@ -1,6 +1,12 @@
 //! Latency summaries and the server process's memory and CPU from /proc.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde_json::{json, Value};
 
@@ -92,6 +98,8 @@ pub struct ScenarioResult {
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub resources_per_second: Option<f64>,
+    /// The access policy of the caller (`none`, …); baseline rows have none.
+    pub policy: Option<&'static str>,
 }
 
 impl ScenarioResult {
@@ -107,6 +115,7 @@ impl ScenarioResult {
             p95_ms: None,
             p99_ms: None,
             resources_per_second: None,
+            policy: None,
         }
     }
 
@@ -151,6 +160,7 @@ impl ScenarioResult {
             p95_ms: p(95.0),
             p99_ms: p(99.0),
             resources_per_second: count_resources.then(|| rec.resources as f64 / seconds.max(1e-9)),
+            policy: None,
         }
     }
 
@@ -178,6 +188,9 @@ impl ScenarioResult {
         });
         if let Some(r) = self.resources_per_second {
             v["resources_per_second"] = json!(round(r));
+        }
+        if let Some(policy) = self.policy {
+            v["policy"] = json!(policy);
         }
         v
     }
@@ -230,6 +243,110 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The server process over a run, from /proc: its CPU split into the time
+/// the scenarios ran and the rest (load, ANALYZE, baseline, policy set-up),
+/// and its RSS sampled every 250 ms while scenarios run. Without a pid
+/// every method does nothing.
+pub struct ServerWatch(Option<Watched>);
+
+struct Watched {
+    pid: u32,
+    clk_tck: u64,
+    start: ProcSample,
+    /// At the first `begin`.
+    first: Option<ProcSample>,
+    /// At the latest `begin`.
+    phase: Option<ProcSample>,
+    scenario_ticks: u64,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl ServerWatch {
+    pub fn start(pid: Option<u32>) -> Result<ServerWatch, String> {
+        let Some(pid) = pid else {
+            return Ok(ServerWatch(None));
+        };
+        let start = proc_sample(pid)?;
+        let measuring = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let (measuring, stop, peak) = (measuring.clone(), stop.clone(), peak.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if measuring.load(Ordering::Relaxed) {
+                        if let Ok(s) = proc_sample(pid) {
+                            peak.fetch_max(s.rss_bytes, Ordering::Relaxed);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        };
+        Ok(ServerWatch(Some(Watched {
+            pid,
+            clk_tck: clock_ticks(),
+            start,
+            first: None,
+            phase: None,
+            scenario_ticks: 0,
+            measuring,
+            stop,
+            peak,
+            sampler,
+        })))
+    }
+
+    /// Scenarios start.
+    pub fn begin(&mut self) -> Result<(), String> {
+        if let Some(w) = &mut self.0 {
+            let s = proc_sample(w.pid)?;
+            w.first.get_or_insert(s);
+            w.phase = Some(s);
+            w.peak.fetch_max(s.rss_bytes, Ordering::Relaxed);
+            w.measuring.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Scenarios are over (until the next `begin`).
+    pub fn end(&mut self) -> Result<(), String> {
+        if let Some(w) = &mut self.0 {
+            w.measuring.store(false, Ordering::Relaxed);
+            let s = proc_sample(w.pid)?;
+            w.peak.fetch_max(s.rss_bytes, Ordering::Relaxed);
+            let phase = w.phase.take().unwrap_or(s);
+            w.scenario_ticks += s.cpu_ticks.saturating_sub(phase.cpu_ticks);
+        }
+        Ok(())
+    }
+
+    /// The report's `server` object.
+    pub async fn finish(self) -> Result<Value, String> {
+        let Some(w) = self.0 else {
+            return Ok(json!({ "peak_rss_bytes": null, "cpu_seconds": null }));
+        };
+        w.stop.store(true, Ordering::Relaxed);
+        let _ = w.sampler.await;
+        let end = proc_sample(w.pid)?;
+        let secs = |ticks: u64| ticks as f64 / w.clk_tck as f64;
+        let total = end.cpu_ticks.saturating_sub(w.start.cpu_ticks);
+        Ok(json!({
+            "pid": w.pid,
+            "peak_rss_bytes": end.hwm_bytes,
+            "cpu_seconds": secs(w.scenario_ticks),
+            "sampled_peak_rss_bytes": w.peak.load(Ordering::Relaxed),
+            "rss_before_bytes": w.first.unwrap_or(end).rss_bytes,
+            "rss_after_bytes": end.rss_bytes,
+            "load_cpu_seconds": secs(total.saturating_sub(w.scenario_ticks)),
+            "clock_ticks_per_second": w.clk_tck,
+        }))
+    }
 }
 
 /// Clock ticks per second from `getconf CLK_TCK`, 100 when that fails.

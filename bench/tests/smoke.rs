@@ -1,85 +1,175 @@
-//! The benchmark's smoke run, part of the test suite so it keeps working:
-//! every scenario and the SQL baseline, briefly, on a tiny data set, against
-//! a real fhirgate on its own database. Real measurements are run by hand
-//! (see bench/README.md).
+//! The benchmark's smoke runs, part of the test suite so they keep working:
+//! every scenario and the SQL baseline, a growth run over two sizes and the
+//! policy-restricted callers, briefly, on tiny data sets, each against a real
+//! fhirgate on its own database. Real measurements are run by hand (see
+//! bench/README.md).
 
 use std::process::Command;
 
 use fhirgate_tests::{postgres_server, TestApp};
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_scenario_runs_against_fhirgate() {
+/// Runs fhirgate-bench against a new server as its super-admin client with
+/// `args` (plus `--baseline-postgres` for the app's database when
+/// `baseline`), asserts it succeeded and answers its JSON report.
+async fn run_bench(args: &[&str], baseline: bool) -> Value {
     let app = TestApp::spawn_with(|config| config.workers = 2).await;
     let report = std::env::temp_dir().join(format!("fhirgate-bench-smoke-{}.json", app.database));
-    let base_url = app.base_url.clone();
-    let database_url = format!("{}/{}", postgres_server(), app.database);
-    let (client_id, client_secret) = (app.admin.client_id.clone(), app.admin.client_secret.clone());
-    let json_path = report.clone();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fhirgate-bench"));
+    command
+        .args(["--base-url", &app.base_url])
+        .args(["--client-id", &app.admin.client_id])
+        .args(["--client-secret", &app.admin.client_secret])
+        .args(["--duration", "0.2", "--concurrency", "2", "--seed", "7"])
+        .args(args)
+        .arg("--json")
+        .arg(&report);
+    if baseline {
+        let database_url = format!("{}/{}", postgres_server(), app.database);
+        command.args(["--baseline-postgres", &database_url, "--analyze"]);
+    }
     // The tool is a blocking child process; the server keeps serving on this runtime.
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_fhirgate-bench"))
-            .args([
-                "--base-url",
-                &base_url,
-                "--client-id",
-                &client_id,
-                "--client-secret",
-                &client_secret,
-            ])
-            .args([
-                "--patients",
-                "5",
-                "--duration",
-                "0.3",
-                "--concurrency",
-                "2",
-                "--seed",
-                "7",
-            ])
-            .args(["--baseline-postgres", &database_url, "--analyze"])
-            .arg("--json")
-            .arg(&json_path)
-            .output()
-            .expect("run fhirgate-bench")
-    })
-    .await
-    .unwrap();
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run fhirgate-bench"))
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "fhirgate-bench failed:\n{stdout}\n{stderr}"
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let scenarios = report["scenarios"].as_array().unwrap();
+    let text = std::fs::read_to_string(&report).unwrap();
+    let _ = std::fs::remove_file(&report);
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Asserts each named scenario ran, without errors; answers its row.
+fn ran<'a>(scenarios: &'a Value, expected: &[&str]) -> Vec<&'a Value> {
+    let scenarios = scenarios.as_array().unwrap();
     let names: Vec<&str> = scenarios
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    for expected in [
-        "read",
-        "search-name",
-        "search-token",
-        "search-reference-date",
-        "search-include",
-        "search-chain",
-        "create",
-        "update",
-        "transaction",
-        "mixed",
-        "baseline-read",
-        "baseline-search-token",
-    ] {
-        let scenario = scenarios
-            .iter()
-            .find(|s| s["name"] == expected)
-            .unwrap_or_else(|| panic!("{expected} missing from {names:?}"));
-        assert!(
-            scenario["requests"].as_u64().unwrap() > 0,
-            "{expected}: {scenario}"
+    expected
+        .iter()
+        .map(|expected| {
+            let scenario = scenarios
+                .iter()
+                .find(|s| s["name"] == *expected)
+                .unwrap_or_else(|| panic!("{expected} missing from {names:?}"));
+            assert!(
+                scenario["requests"].as_u64().unwrap() > 0,
+                "{expected}: {scenario}"
+            );
+            assert_eq!(scenario["errors"], 0, "{expected}: {scenario}");
+            assert!(scenario["requests_per_second"].as_f64().unwrap() > 0.0);
+            scenario
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_scenario_runs_against_fhirgate() {
+    let report = run_bench(&["--patients", "5"], true).await;
+    ran(
+        &report["scenarios"],
+        &[
+            "read",
+            "search-name",
+            "search-token",
+            "search-reference-date",
+            "search-include",
+            "search-chain",
+            "create",
+            "update",
+            "transaction",
+            "mixed",
+            "baseline-read",
+            "baseline-search-token",
+        ],
+    );
+    assert!(report.get("sizes").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn growth_run_measures_each_size() {
+    let report = run_bench(&["--sizes", "6,3", "--resources-per-patient", "12"], true).await;
+    let sizes = report["sizes"].as_array().unwrap();
+    let patients: Vec<u64> = sizes
+        .iter()
+        .map(|s| s["patients"].as_u64().unwrap())
+        .collect();
+    assert_eq!(patients, [3, 6]);
+    let resources: Vec<u64> = sizes
+        .iter()
+        .map(|s| s["resources"].as_u64().unwrap())
+        .collect();
+    // Every Patient comes with at least an Encounter and an Observation.
+    assert!(
+        resources[0] >= 3 * 3 && resources[1] > resources[0],
+        "{resources:?}"
+    );
+    assert_eq!(report["load"]["resources"], resources[1]);
+    assert_eq!(report["load"]["errors"], 0);
+    let growth_scenarios = ["read", "search-name", "search-token", "create"];
+    for size in sizes {
+        ran(&size["scenarios"], &growth_scenarios);
+        ran(
+            &size["scenarios"],
+            &["baseline-read", "baseline-search-token"],
         );
-        assert_eq!(scenario["errors"], 0, "{expected}: {scenario}");
-        assert!(scenario["requests_per_second"].as_f64().unwrap() > 0.0);
     }
+    let growth = report["growth"].as_array().unwrap();
+    for name in growth_scenarios {
+        let row = growth.iter().find(|g| g["name"] == name).unwrap();
+        assert_eq!(row["sizes"].as_array().unwrap().len(), 2, "{row}");
+        assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_scenarios_run_as_restricted_clients() {
+    let report = run_bench(
+        &[
+            "--patients",
+            "20",
+            "--policy",
+            "none,compartment",
+            "--policy",
+            "criteria",
+            "--scenario",
+            "read,search-token,search-reference-date,create",
+        ],
+        false,
+    )
+    .await;
+    // The super-admin client got a project of its own for the run.
+    assert_eq!(report["project"]["created"], true);
+    assert_eq!(
+        report["policies"],
+        serde_json::json!(["none", "compartment", "criteria"])
+    );
+    let rows = ran(
+        &report["scenarios"],
+        &[
+            "read",
+            "read[compartment]",
+            "read[criteria]",
+            "search-token",
+            "search-token[compartment]",
+            "search-token[criteria]",
+            "search-reference-date[compartment]",
+            "create",
+        ],
+    );
+    assert_eq!(rows[1]["policy"], "compartment");
+    assert!(rows[1]["fraction_of_unrestricted"].as_f64().unwrap() > 0.0);
+    let names: Vec<&str> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    // Writes run as the admin client only.
+    assert!(!names.contains(&"create[compartment]"), "{names:?}");
 }
