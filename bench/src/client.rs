@@ -203,9 +203,7 @@ impl Api {
             });
         }
     }
-}
 
-impl Api {
     /// Creates `resource` (POST to its type); answers the new id.
     pub async fn create(&self, resource: &Value) -> Result<String, String> {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -96,50 +96,102 @@ impl Loader {
         if groups.is_empty() {
             return Ok(());
         }
-        let groups = Arc::new(groups);
-        let (map, errors) = match self.transactions {
-            Some(Err(_)) => post_each(&self.api, &groups, self.concurrency, done).await,
-            Some(Ok(())) => post_bundles(&self.api, &groups, self.concurrency, done, false)
+        let chunk = Arc::new(Chunk {
+            api: self.api.clone(),
+            groups,
+            done: done.clone(),
+            errors: AtomicUsize::new(0),
+            map: RwLock::new(HashMap::new()),
+        });
+        match self.transactions {
+            Some(Err(_)) => post_each(&chunk, self.concurrency).await,
+            Some(Ok(())) => post_bundles(&chunk, self.concurrency, false)
                 .await
                 .map_err(|e| format!("loading the data set: {}", e.message))?,
-            None => match post_bundles(&self.api, &groups, self.concurrency, done, true).await {
-                Ok(loaded) => {
-                    self.transactions = Some(Ok(()));
-                    loaded
-                }
+            None => match post_bundles(&chunk, self.concurrency, true).await {
+                Ok(()) => self.transactions = Some(Ok(())),
                 Err(e) if e.unsupported => {
                     eprintln!(
                         "load: transaction Bundles not taken ({}); posting one resource at a time",
                         e.message
                     );
                     self.transactions = Some(Err(e.message));
-                    post_each(&self.api, &groups, self.concurrency, done).await
+                    post_each(&chunk, self.concurrency).await
                 }
                 Err(e) => return Err(format!("loading the data set: {}", e.message)),
             },
-        };
-        self.patients.extend(loaded_patients(&groups, &map));
+        }
+        let map = chunk.map.read().unwrap();
+        self.patients.extend(loaded_patients(&chunk.groups, &map));
         self.resources += map.len();
-        self.errors += errors;
+        self.errors += chunk.errors.load(Ordering::Relaxed);
         Ok(())
     }
 }
 
+/// What the workers loading one chunk share.
+struct Chunk {
+    api: Arc<Api>,
+    groups: Vec<Group>,
+    /// Resources loaded, for the progress line.
+    done: Arc<AtomicUsize>,
+    /// Resources that failed to load.
+    errors: AtomicUsize,
+    /// `urn:uuid:` fullUrl → `Type/id` of what was created.
+    map: RwLock<HashMap<String, String>>,
+}
+
+impl Chunk {
+    fn created(&self, map: HashMap<String, String>) {
+        self.done.fetch_add(map.len(), Ordering::Relaxed);
+        self.map.write().unwrap().extend(map);
+    }
+
+    /// Counts `n` failed resources; the first failure is shown.
+    fn failed(&self, n: usize, message: &str) {
+        if self.errors.fetch_add(n, Ordering::Relaxed) == 0 {
+            eprintln!("load: {message}");
+        }
+    }
+}
+
+/// Calls `work(chunk, items, i)` for every item, `concurrency` calls in flight.
+async fn in_parallel<T, F, Fut>(chunk: &Arc<Chunk>, items: Vec<T>, concurrency: usize, work: F)
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<Chunk>, Arc<Vec<T>>, usize) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let items = Arc::new(items);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(items.len()).max(1) {
+        let (chunk, items, next) = (chunk.clone(), items.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items.len() {
+                    break;
+                }
+                work(chunk.clone(), items.clone(), i).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
 /// Posts the groups as transaction Bundles of whole groups, about
 /// BUNDLE_TARGET entries each, `concurrency` in flight; a failed Bundle
 /// counts its resources as errors. With `probe` the first Bundle goes alone
 /// and its error is the answer: whether the server takes Bundles at all.
 async fn post_bundles(
-    api: &Arc<Api>,
-    groups: &Arc<Vec<Group>>,
+    chunk: &Arc<Chunk>,
     concurrency: usize,
-    done: &Arc<AtomicUsize>,
     probe: bool,
-) -> Result<(HashMap<String, String>, usize), BundleError> {
+) -> Result<(), BundleError> {
     let mut bundles: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut size = 0;
-    for (i, g) in groups.iter().enumerate() {
+    for (i, g) in chunk.groups.iter().enumerate() {
         if size > 0 && size + g.resources.len() > BUNDLE_TARGET {
             bundles.push(std::mem::take(&mut current));
             size = 0;
@@ -150,53 +202,29 @@ async fn post_bundles(
     if !current.is_empty() {
         bundles.push(current);
     }
-
-    let map = if probe {
-        let map = post_bundle(api, groups, &bundles.remove(0)).await?;
-        done.fetch_add(map.len(), Ordering::Relaxed);
-        map
-    } else {
-        HashMap::new()
-    };
-    let maps = Arc::new(Mutex::new(map));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let rest: Arc<Vec<Vec<usize>>> = Arc::new(bundles);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.min(rest.len()).max(1) {
-        let (api, groups, rest, next, maps, errors, done) = (
-            api.clone(),
-            groups.clone(),
-            rest.clone(),
-            next.clone(),
-            maps.clone(),
-            errors.clone(),
-            done.clone(),
-        );
-        workers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(bundle) = rest.get(i) else { break };
-                match post_bundle(&api, &groups, bundle).await {
-                    Ok(map) => {
-                        done.fetch_add(map.len(), Ordering::Relaxed);
-                        maps.lock().unwrap().extend(map);
-                    }
-                    Err(e) => {
-                        let n: usize = bundle.iter().map(|&g| groups[g].resources.len()).sum();
-                        if errors.fetch_add(n, Ordering::Relaxed) == 0 {
-                            eprintln!("load: a transaction Bundle failed: {}", e.message);
-                        }
-                    }
+    if probe {
+        chunk.created(post_bundle(&chunk.api, &chunk.groups, &bundles.remove(0)).await?);
+    }
+    in_parallel(
+        chunk,
+        bundles,
+        concurrency,
+        |chunk, bundles, i| async move {
+            let bundle = &bundles[i];
+            match post_bundle(&chunk.api, &chunk.groups, bundle).await {
+                Ok(map) => chunk.created(map),
+                Err(e) => {
+                    let n = bundle
+                        .iter()
+                        .map(|&g| chunk.groups[g].resources.len())
+                        .sum();
+                    chunk.failed(n, &format!("a transaction Bundle failed: {}", e.message));
                 }
             }
-        });
-    }
-    while workers.join_next().await.is_some() {}
-    let map = Arc::try_unwrap(maps)
-        .map(|m| m.into_inner().unwrap())
-        .unwrap_or_default();
-    Ok((map, errors.load(Ordering::Relaxed)))
+        },
+    )
+    .await;
+    Ok(())
 }
 
 async fn progress(
@@ -321,94 +349,53 @@ pub fn transaction_ids(
 
 /// One POST per resource, in three waves so references can be rewritten:
 /// Patients, then Encounters and Conditions, then Observations.
-async fn post_each(
-    api: &Arc<Api>,
-    groups: &Arc<Vec<Group>>,
-    concurrency: usize,
-    done: &Arc<AtomicUsize>,
-) -> (HashMap<String, String>, usize) {
-    let map = Arc::new(std::sync::RwLock::new(HashMap::<String, String>::new()));
-    let errors = Arc::new(AtomicUsize::new(0));
+async fn post_each(chunk: &Arc<Chunk>, concurrency: usize) {
     let waves: [&[&str]; 3] = [&["Patient"], &["Encounter", "Condition"], &["Observation"]];
     for types in waves {
-        let items: Arc<Vec<(usize, usize)>> = Arc::new(
-            groups
-                .iter()
-                .enumerate()
-                .flat_map(|(g, group)| {
-                    group
-                        .resources
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| types.contains(&r.resource_type))
-                        .map(move |(r, _)| (g, r))
-                })
-                .collect(),
-        );
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..concurrency.min(items.len()).max(1) {
-            let (api, groups, items, next, map, errors, done) = (
-                api.clone(),
-                groups.clone(),
-                items.clone(),
-                next.clone(),
-                map.clone(),
-                errors.clone(),
-                done.clone(),
-            );
-            workers.spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(g, r)) = items.get(i) else { break };
-                    let res = &groups[g].resources[r];
-                    let mut body = res.body.clone();
-                    let mut missing = false;
-                    {
-                        let map = map.read().unwrap();
-                        data::rewrite_references(&mut body, &mut |reference| {
-                            let found = map.get(reference).cloned();
-                            if found.is_none() && reference.starts_with("urn:uuid:") {
-                                missing = true;
-                            }
-                            found
-                        });
-                    }
-                    let outcome = if missing {
-                        Err("a resource it refers to failed to load".to_string())
-                    } else {
-                        let body = serde_json::to_vec(&body).expect("JSON");
-                        match api.send(Method::POST, res.resource_type, Some(&body)).await {
-                            Ok(reply) if reply.ok() => reply.created_id().ok_or_else(|| {
-                                format!("POST {} answered no id", res.resource_type)
-                            }),
-                            Ok(reply) => Err(format!(
-                                "POST {} answered {}",
-                                res.resource_type,
-                                reply.describe()
-                            )),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    match outcome {
-                        Ok(id) => {
-                            map.write().unwrap().insert(
-                                res.full_url.clone(),
-                                format!("{}/{id}", res.resource_type),
-                            );
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                                eprintln!("load: {e}");
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        while workers.join_next().await.is_some() {}
+        let items: Vec<(usize, usize)> = chunk
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| {
+                group
+                    .resources
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| types.contains(&r.resource_type))
+                    .map(move |(r, _)| (g, r))
+            })
+            .collect();
+        in_parallel(chunk, items, concurrency, |chunk, items, i| async move {
+            let (g, r) = items[i];
+            let res = &chunk.groups[g].resources[r];
+            match post_one(&chunk, res).await {
+                Ok(id) => chunk.created(HashMap::from([(
+                    res.full_url.clone(),
+                    format!("{}/{id}", res.resource_type),
+                )])),
+                Err(e) => chunk.failed(1, &e),
+            }
+        })
+        .await;
     }
-    let map = map.read().unwrap().clone();
-    (map, errors.load(Ordering::Relaxed))
+}
+
+/// Posts one resource with its references rewritten; answers its id.
+async fn post_one(chunk: &Chunk, res: &Res) -> Result<String, String> {
+    let mut body = res.body.clone();
+    let mut missing = false;
+    {
+        let map = chunk.map.read().unwrap();
+        data::rewrite_references(&mut body, &mut |reference| {
+            let found = map.get(reference).cloned();
+            if found.is_none() && reference.starts_with("urn:uuid:") {
+                missing = true;
+            }
+            found
+        });
+    }
+    if missing {
+        return Err("a resource it refers to failed to load".to_string());
+    }
+    chunk.api.create(&body).await
 }

@@ -242,7 +242,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         watch.end()?;
         results.extend(baseline_results);
         if growth {
-            println!("{size} patients, {} resources loaded", loader.resources);
+            println!("\n{size} patients, {} resources loaded", loader.resources);
         }
         report::print_table(&results);
         runs.push(SizeRun {

@@ -147,7 +147,7 @@ pub fn print_table(results: &[ScenarioResult]) {
 
 /// req/s and p99 of every scenario at every size, then largest / smallest.
 pub fn print_growth(sizes: &[SizeRun]) {
-    println!("growth: req/s (p99 ms) by patients");
+    println!("\ngrowth: req/s (p99 ms) by patients");
     let mut header = format!("{:<28}", "scenario");
     for s in sizes {
         header.push_str(&format!(" {:>22}", s.patients));
