@@ -158,7 +158,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
 
     let mut generator = Generator::new(args.seed, args.resources_per_patient as usize);
     let mut loader = Loader::new(api.clone(), concurrency);
-    // The restricted callers, set up once the first size is loaded.
+    // The client given, and the restricted callers once the first size is loaded.
     let mut callers: Vec<(Policy, Arc<Api>)> = vec![(Policy::Unrestricted, api.clone())];
     let mut runs: Vec<SizeRun> = Vec::new();
     for &size in &sizes {
@@ -190,7 +190,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             );
             baseline_results = baseline::run(url, concurrency, duration, args.seed).await?;
         }
-        if callers.len() == 1 {
+        if runs.is_empty() {
             for &p in &restricted {
                 let client = policy::restricted_client(
                     &api,
@@ -226,17 +226,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         let mut results = Vec::new();
         for &scenario in &selected {
             for (p, ctx) in &ctxs {
-                // Writes run as the admin client only; the unrestricted reads
-                // only when asked for.
-                let wanted = if scenario.is_read() {
-                    policies.contains(p)
-                } else {
-                    *p == Policy::Unrestricted
-                };
-                if !wanted {
-                    continue;
+                if wanted(scenario, *p, &policies) {
+                    results.push(run_scenario(ctx, scenario, *p, concurrency, duration).await);
                 }
-                results.push(run_scenario(ctx, scenario, *p, concurrency, duration).await);
             }
         }
         watch.end()?;
@@ -297,6 +289,16 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `scenario` runs as the caller with `policy`: reads and searches
+/// as every policy asked for, writes as the client given only.
+fn wanted(scenario: Scenario, policy: Policy, policies: &[Policy]) -> bool {
+    if scenario.is_read() {
+        policies.contains(&policy)
+    } else {
+        policy == Policy::Unrestricted
+    }
 }
 
 /// One scenario as one caller; a restricted caller's row is named
