@@ -24,8 +24,9 @@ pub struct LoadedPatient {
     pub id: String,
     pub mrn: String,
     pub family: String,
-    /// As posted (references rewritten), without `id`.
-    pub body: Value,
+    /// As posted (references rewritten), without `id`; shared, as the
+    /// callers of a run each hold the Patients they pick from.
+    pub body: Arc<Value>,
 }
 
 /// What has been loaded so far, across calls of [`Loader::load`].
@@ -262,7 +263,7 @@ fn loaded_patients(groups: &[Group], map: &HashMap<String, String>) -> Vec<Loade
                 id,
                 mrn: g.mrn.clone(),
                 family: g.family.clone(),
-                body,
+                body: Arc::new(body),
             })
         })
         .collect()

@@ -132,6 +132,12 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     } else {
         Scenario::value_variants()
     };
+    if growth && !args.analyze {
+        eprintln!(
+            "growth: without --analyze the larger sizes may run on stale planner statistics \
+             (see bench/README.md, Planner statistics)"
+        );
+    }
     let selected = distinct(&args.scenarios, default_scenarios);
     let policies = distinct(&args.policies, &[Policy::Unrestricted]);
     let restricted: Vec<Policy> = policies

@@ -217,7 +217,7 @@ async fn step(
         }
         Scenario::Update => {
             // The loaded body with the id and a changed phone number.
-            let mut body = patient.body.clone();
+            let mut body = (*patient.body).clone();
             body["id"] = json!(patient.id);
             body["telecom"] = json!([{ "system": "phone", "value": format!("555-{:04}-{worker:03}-{n}", rng.gen_range(0..10000)) }]);
             send_json(
