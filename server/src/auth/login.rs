@@ -258,7 +258,9 @@ fn lockout_key(project_id: Option<Uuid>, email: &str) -> String {
 }
 
 fn locked(until: chrono::DateTime<Utc>) -> Error {
-    let seconds = (until - Utc::now()).num_seconds().max(1) as u64;
+    // Rounded up: a client that waits this long is no longer locked.
+    let millis = (until - Utc::now()).num_milliseconds().max(1) as u64;
+    let seconds = millis.div_ceil(1000);
     Error::TooManyRequests {
         message: format!(
             "Too many failed sign-in attempts for this email; try again after {} ({seconds} seconds)",
@@ -532,4 +534,43 @@ pub async fn revoke_login(state: &AppState, tx: &Tx, login_id: Uuid) -> Result<(
 /// Whether the scope string holds `scope`.
 pub fn has_scope(scope: &str, wanted: &Scope) -> bool {
     ScopeSet::parse(scope).is_ok_and(|s| s.contains(wanted))
+}
+
+/// The live sessions of a user (Medplum's `security.sessions`): granted,
+/// unrevoked Logins, newest first.
+pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>> {
+    let logins = fhir::search::find(
+        state,
+        Tenant::AllProjects,
+        "Login",
+        &[
+            ("user", user_ref),
+            ("_sort", "-_lastUpdated"),
+            ("_count", "100"),
+        ],
+    )
+    .await?;
+    let horizon = Utc::now()
+        - TimeDelta::from_std(state.config.refresh_token_lifetime)
+            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+    Ok(logins
+        .iter()
+        .filter(|v| v.last_updated > horizon)
+        .filter_map(|v| {
+            let login = parse(v)?;
+            let live =
+                login["granted"] == Value::Bool(true) && login["revoked"] != Value::Bool(true);
+            live.then(|| {
+                json!({
+                    "id": v.id,
+                    "lastUpdated": fhir::resource::instant(&v.last_updated),
+                    "authTime": login["authTime"],
+                    "authMethod": login["authMethod"],
+                    "remoteAddress": login["remoteAddress"],
+                    "userAgent": login["userAgent"],
+                    "client": login["client"],
+                })
+            })
+        })
+        .collect())
 }

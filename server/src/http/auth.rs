@@ -8,14 +8,23 @@ use serde_json::Value;
 use super::{parse_json, read_body};
 use crate::{
     app::AppState,
-    auth::login::{choose_membership, password_login, LoginOutcome, LoginRequest},
+    auth::{
+        login::{
+            choose_membership, password_login, revoke_login, sessions_of, LoginOutcome,
+            LoginRequest,
+        },
+        read_live, reference_id, Caller,
+    },
     error::{Error, Result},
+    fhir::parse_id,
     store::Tenant,
 };
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/login", web::post().to(login))
-        .route("/auth/profile", web::post().to(profile));
+        .route("/auth/profile", web::post().to(profile))
+        .route("/auth/me", web::get().to(me))
+        .route("/auth/revoke", web::post().to(revoke_session));
 }
 
 /// Sign-in bodies are small.
@@ -130,4 +139,117 @@ async fn outcome_response(state: &AppState, outcome: &LoginOutcome) -> Result<Ht
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(outcome.to_json(&names)))
+}
+
+/// Medplum's `GET /auth/me`: who the caller is, in which project, and (for
+/// users) their active sessions.
+async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+    let read = |resource_type: &'static str, reference: &Value| {
+        let state = state.clone();
+        let id = reference_id(reference, resource_type);
+        async move {
+            match id {
+                Some(id) => read_live(&state, Tenant::AllProjects, resource_type, id).await,
+                None => Ok(None),
+            }
+        }
+    };
+    let membership = read(
+        "ProjectMembership",
+        &serde_json::json!({"reference": format!("ProjectMembership/{}", caller.membership_id)}),
+    )
+    .await?
+    .unwrap_or(Value::Null);
+    let project = read("Project", &membership["project"])
+        .await?
+        .unwrap_or(Value::Null);
+    let profile = match membership["profile"]["reference"]
+        .as_str()
+        .and_then(|r| r.split_once('/'))
+    {
+        Some((kind, id)) => match parse_id(id) {
+            Some(id) => {
+                state
+                    .store
+                    .read(Tenant::Project(caller.project_id), kind, id)
+                    .await?
+            }
+            None => None,
+        }
+        .and_then(|v| v.content)
+        .and_then(|c| serde_json::from_str::<Value>(&c).ok()),
+        None => None,
+    };
+    let access_policy = read("AccessPolicy", &membership["accessPolicy"]).await?;
+    let user = read("User", &membership["user"]).await?;
+    let mut body = serde_json::json!({
+        "project": {
+            "resourceType": "Project", "id": project["id"], "name": project["name"],
+            "description": project["description"], "strictMode": project["strictMode"],
+            "superAdmin": project["superAdmin"],
+        },
+        "membership": {
+            "resourceType": "ProjectMembership", "id": membership["id"],
+            "identifier": membership["identifier"], "user": membership["user"],
+            "profile": membership["profile"], "admin": membership["admin"],
+        },
+        "profile": profile,
+        "config": {"resourceType": "UserConfiguration"},
+        "accessPolicy": access_policy,
+    });
+    if let Some(user) = user {
+        let sessions = sessions_of(&state, &caller.user).await?;
+        body["user"] = serde_json::json!({
+            "resourceType": "User", "id": user["id"], "email": user["email"],
+            "identifier": user["identifier"],
+        });
+        body["security"] = serde_json::json!({
+            "mfaEnrolled": user["mfaEnrolled"] == Value::Bool(true),
+            "sessions": sessions,
+        });
+    }
+    strip_nulls(&mut body);
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(body))
+}
+
+/// Absent values are left out, as Medplum's JSON leaves `undefined` out.
+fn strip_nulls(value: &mut Value) {
+    if let Value::Object(map) = value {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeBody {
+    login_id: Option<String>,
+}
+
+/// Medplum's `POST /auth/revoke {loginId}`: a user ends one of their own sessions.
+async fn revoke_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body: RevokeBody = json_body(&req, payload).await?;
+    let not_found = || Error::NotFound("No such session of yours".into());
+    let login_id = body
+        .login_id
+        .as_deref()
+        .and_then(parse_id)
+        .ok_or_else(|| Error::BadRequest("loginId is required".into()))?;
+    let login = read_live(&state, Tenant::AllProjects, "Login", login_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if login["user"]["reference"].as_str() != Some(caller.user.as_str()) {
+        return Err(not_found());
+    }
+    let tx = state.store.begin().await?;
+    revoke_login(&state, &tx, login_id).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
 }
