@@ -8,7 +8,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    auth::secrets::{hash_password, random_token, MIN_CLIENT_SECRET_LEN, MIN_PASSWORD_LEN},
+    auth::{
+        password::MIN_PASSWORD_LEN,
+        secrets::{hash_password, random_token, MIN_CLIENT_SECRET_LEN},
+    },
     config::AdminBootstrap,
     error::{Error, Result},
     fhir::{insert, parse_id, resource::Stamp},

@@ -171,16 +171,18 @@ pub fn without_nul(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>
     }
 }
 
-/// The live resources of one type whose reference `param` points at `target`:
-/// used by sign-in to find a client's membership.
-pub async fn find_by_reference(
+/// The live resources of one type matching `query` (search syntax), for the
+/// server's own look-ups (users by email, memberships of a user).
+pub async fn find(
     state: &AppState,
     tenant: Tenant,
     resource_type: &str,
-    param: &str,
-    target: &str,
+    query: &[(&str, &str)],
 ) -> Result<Vec<Version>> {
-    let query = vec![(param.to_string(), target.to_string())];
+    let query: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let request = parse_search(Registry::get(), Some(resource_type), &query, false)?;
     Ok(state
         .store

@@ -1,8 +1,11 @@
 //! HTTP glue: content negotiation, bodies, and the shape of FHIR responses.
 //! Handlers live in the submodules and call into `fhir` and `auth`.
 
+pub mod auth;
+pub mod authorize;
 pub mod fhir;
 pub mod oauth;
+pub mod ratelimit;
 
 use actix_web::{
     http::{header, StatusCode},
