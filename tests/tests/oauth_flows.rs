@@ -649,6 +649,18 @@ fn assertion(
     jti: &str,
     exp_in: i64,
 ) -> String {
+    signed(pem, kid, client_id, client_id, audience, jti, exp_in)
+}
+
+fn signed(
+    pem: &str,
+    kid: &str,
+    issuer: &str,
+    subject: &str,
+    audience: &str,
+    jti: &str,
+    exp_in: i64,
+) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -657,32 +669,39 @@ fn assertion(
     header.kid = Some(kid.into());
     jsonwebtoken::encode(
         &header,
-        &json!({"iss": client_id, "sub": client_id, "aud": audience, "jti": jti, "iat": now, "exp": now + exp_in}),
+        &json!({"iss": issuer, "sub": subject, "aud": audience, "jti": jti, "iat": now, "exp": now + exp_in}),
         &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
     )
     .unwrap()
+}
+
+/// A ClientApplication with an ES256 key in its `jwks` and a membership in
+/// the project: (client id, private key PEM).
+async fn keyed_client(app: &TestApp, project_id: &str, extra: Value) -> (String, String) {
+    let root = app.super_admin().await;
+    let (pem, jwk) = client_key("key-1");
+    let mut client = json!({"resourceType": "ClientApplication", "name": "backend",
+        "meta": {"project": project_id}, "jwks": {"keys": [jwk]}});
+    if let (Some(fields), Some(extra)) = (client.as_object_mut(), extra.as_object()) {
+        fields.extend(extra.clone());
+    }
+    let client = root.create(client).await;
+    let client_id = client["id"].as_str().unwrap().to_string();
+    let client_ref = format!("ClientApplication/{client_id}");
+    root.create(
+        json!({"resourceType": "ProjectMembership", "meta": {"project": project_id},
+        "project": {"reference": format!("Project/{project_id}")},
+        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
+    )
+    .await;
+    (client_id, pem)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn private_key_jwt_client_authentication_refuses_replays() {
     let app = TestApp::spawn().await;
     let project = app.project("clinic").await;
-    let root = app.super_admin().await;
-    let (pem, jwk) = client_key("key-1");
-    let client = root
-        .create(
-            json!({"resourceType": "ClientApplication", "name": "backend",
-            "meta": {"project": project.id}, "jwks": {"keys": [jwk]}}),
-        )
-        .await;
-    let client_id = client["id"].as_str().unwrap().to_string();
-    let client_ref = format!("ClientApplication/{client_id}");
-    root.create(
-        json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
-        "project": {"reference": format!("Project/{}", project.id)},
-        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
-    )
-    .await;
+    let (client_id, pem) = keyed_client(&app, &project.id, json!({})).await;
     let grant = |assertion: String| {
         let app = &app;
         async move {
@@ -741,4 +760,106 @@ async fn private_key_jwt_client_authentication_refuses_replays() {
         ])
         .await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_bearer_grant_acts_for_a_user_of_the_clients_project() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let user = app
+        .user(&project.id, "doctor@example.com", "Practitioner", false)
+        .await;
+    let (client_id, pem) = keyed_client(&app, &project.id, json!({})).await;
+    let audience = app.url("oauth2/token");
+    let grant = |assertion: String| {
+        let app = &app;
+        async move {
+            app.token(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", &assertion),
+                ("scope", "openid user/*.rs"),
+            ])
+            .await
+        }
+    };
+    let good = signed(&pem, "key-1", &client_id, &user.email, &audience, "b-1", 60);
+    let (status, token) = grant(good.clone()).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["profile"]["reference"], user.profile);
+    assert_eq!(token["scope"], "openid user/*.rs");
+    let me = app
+        .http
+        .get(app.url("auth/me"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_json(me).await.1["user"]["id"], user.id);
+    let (status, replay) = grant(good).await;
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, unknown) = grant(signed(
+        &pem,
+        "key-1",
+        &client_id,
+        "nobody@example.com",
+        &audience,
+        "b-2",
+        60,
+    ))
+    .await;
+    assert_eq!(
+        (status, unknown["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scopes_are_granted_only_as_far_as_the_client_allows_and_old_grants_are_refused() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let (client_id, pem) = keyed_client(
+        &app,
+        &project.id,
+        json!({"scope": "openid system/Observation.rs system/Patient.r"}),
+    )
+    .await;
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            (
+                "client_assertion",
+                &assertion(
+                    &pem,
+                    "key-1",
+                    &client_id,
+                    &app.url("oauth2/token"),
+                    "s-1",
+                    60,
+                ),
+            ),
+            (
+                "scope",
+                "system/Observation.read system/Patient.cruds system/Condition.rs",
+            ),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "system/Observation.read system/Patient.r");
+    for grant in ["password", "implicit", "token"] {
+        let (status, body) = app
+            .token(&[("grant_type", grant), ("username", "a"), ("password", "b")])
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("unsupported_grant_type")),
+            "{grant}"
+        );
+    }
 }
