@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use access_policy::scopes::Scope;
 use actix_web::http::StatusCode;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{Duration as TimeDelta, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -17,7 +17,7 @@ use super::{
     client::{verify_client_jwt, Client, ClientAuth},
     login::{
         find_user, grant_scope, has_scope, lock_login, memberships_of, revoke_login, save_login,
-        LoginRecord,
+        time_delta, LoginRecord,
     },
     reference_id,
     secrets::{hash_client_secret, random_token},
@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     fhir::{self, resource::Stamp},
     store::{
-        identity::{NewSecret, SecretKind},
+        identity::{LoginSecret, NewSecret, SecretKind},
         Tenant, Tx,
     },
 };
@@ -104,27 +104,7 @@ async fn authorization_code(
     let code = required(form, "code")?;
     let client = auth.authenticate(state).await?;
     let digest = hash_client_secret(code);
-    let tx = state.store.begin().await?;
-    let secret = tx
-        .lock_login_secret(&digest, SecretKind::Code)
-        .await?
-        .ok_or_else(|| invalid_grant("Invalid authorization code"))?;
-    if secret.used {
-        revoke_login(state, &tx, secret.login_id).await?;
-        tx.commit().await?;
-        return Err(invalid_grant(
-            "This authorization code was already used; the tokens issued for it are revoked",
-        ));
-    }
-    if secret.expires_at < Utc::now() {
-        return Err(invalid_grant(
-            "The authorization code has expired; sign in again",
-        ));
-    }
-    let mut login = lock_login(&tx, secret.login_id)
-        .await?
-        .filter(|l| l.content["revoked"] != Value::Bool(true))
-        .ok_or_else(|| invalid_grant("The sign-in of this code was revoked"))?;
+    let (tx, secret, mut login) = redeem(state, &digest, SecretKind::Code).await?;
     check_same_client(&login, client.as_ref())?;
     if let Some(expected) = &secret.redirect_uri {
         if form.get("redirect_uri") != Some(expected) {
@@ -147,6 +127,42 @@ async fn authorization_code(
     let response = issue(state, &tx, login_id, project_id, &content, refresh).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+/// Locks an authorization code or refresh token and its Login for
+/// redemption. A spent one is a replay: the Login is revoked (committed at
+/// once) and the request fails (RFC 9700 §2.1.1, §4.14.2).
+async fn redeem(
+    state: &AppState,
+    digest: &str,
+    kind: SecretKind,
+) -> Result<(Tx, LoginSecret, LoginRecord)> {
+    let what = match kind {
+        SecretKind::Code => "authorization code",
+        SecretKind::Refresh => "refresh token",
+    };
+    let tx = state.store.begin().await?;
+    let secret = tx
+        .lock_login_secret(digest, kind)
+        .await?
+        .ok_or_else(|| invalid_grant(format!("Invalid {what}")))?;
+    if secret.used {
+        revoke_login(state, &tx, secret.login_id).await?;
+        tx.commit().await?;
+        return Err(invalid_grant(format!(
+            "This {what} was already used; its sign-in and every token of it are revoked, sign in again"
+        )));
+    }
+    if secret.expires_at < Utc::now() {
+        return Err(invalid_grant(format!(
+            "The {what} has expired; sign in again"
+        )));
+    }
+    let login = lock_login(&tx, secret.login_id)
+        .await?
+        .filter(|l| l.content["revoked"] != Value::Bool(true))
+        .ok_or_else(|| invalid_grant(format!("The sign-in of this {what} was revoked")))?;
+    Ok((tx, secret, login))
 }
 
 /// The client redeeming a code or refresh token must be the one it was issued to.
@@ -205,27 +221,7 @@ async fn refresh_token(
     let token = required(form, "refresh_token")?;
     let client = auth.authenticate(state).await?;
     let digest = hash_client_secret(token);
-    let tx = state.store.begin().await?;
-    let secret = tx
-        .lock_login_secret(&digest, SecretKind::Refresh)
-        .await?
-        .ok_or_else(|| invalid_grant("Invalid refresh token"))?;
-    if secret.used {
-        revoke_login(state, &tx, secret.login_id).await?;
-        tx.commit().await?;
-        return Err(invalid_grant(
-            "This refresh token was already used; the sign-in is revoked, sign in again",
-        ));
-    }
-    if secret.expires_at < Utc::now() {
-        return Err(invalid_grant(
-            "The refresh token has expired; sign in again",
-        ));
-    }
-    let login = lock_login(&tx, secret.login_id)
-        .await?
-        .filter(|l| l.content["revoked"] != Value::Bool(true))
-        .ok_or_else(|| invalid_grant("The sign-in of this refresh token was revoked"))?;
+    let (tx, secret, login) = redeem(state, &digest, SecretKind::Refresh).await?;
     check_same_client(&login, client.as_ref())?;
     if let Some(scope) = form.get("scope") {
         if Some(scope.as_str()) != login.content["scope"].as_str() {
@@ -326,8 +322,7 @@ async fn issue(
     }
     if refresh {
         let token = random_token(32);
-        let lifetime = TimeDelta::from_std(state.config.refresh_token_lifetime)
-            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+        let lifetime = time_delta(state.config.refresh_token_lifetime)?;
         tx.insert_login_secret(&NewSecret {
             digest: &hash_client_secret(&token),
             kind: SecretKind::Refresh,
