@@ -451,3 +451,81 @@ pub fn pkce_pair() -> (String, String) {
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
     (verifier, challenge)
 }
+
+/// The redirect URI of the clients made by [`TestApp::clinic`].
+pub const REDIRECT_URI: &str = "https://app.example.com/callback";
+
+/// A project "clinic" with a server-scoped Practitioner user
+/// `doctor@example.com` and a public client redirecting to [`REDIRECT_URI`].
+pub struct Clinic {
+    pub project: TestProject,
+    pub user: TestUser,
+    pub client_id: String,
+}
+
+/// An HTTP client for the `oauth2` crate, redirects off.
+pub fn oauth_http() -> oauth2::reqwest::Client {
+    oauth2::reqwest::Client::builder()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTP client")
+}
+
+impl TestApp {
+    pub async fn clinic(&self) -> Clinic {
+        let project = self.project("clinic").await;
+        let user = self
+            .user(&project.id, "doctor@example.com", "Practitioner", false)
+            .await;
+        let client_id = self
+            .public_client(&project.id, REDIRECT_URI, json!({}))
+            .await;
+        Clinic {
+            project,
+            user,
+            client_id,
+        }
+    }
+
+    /// The authorization_code grant for a public client (or none).
+    pub async fn redeem(
+        &self,
+        code: &str,
+        verifier: &str,
+        client_id: Option<&str>,
+    ) -> (u16, Value) {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", verifier),
+        ];
+        if let Some(client_id) = client_id {
+            form.push(("client_id", client_id));
+        }
+        self.token(&form).await
+    }
+
+    /// `GET path` with a bearer token.
+    pub async fn bearer_get(&self, token: &str, path: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// `POST /auth/login` with the S256 challenge of a fresh verifier.
+    pub async fn login_attempt(&self, email: &str, password: &str) -> Response {
+        let (_, challenge) = pkce_pair();
+        self.http
+            .post(self.url("auth/login"))
+            .json(
+                &json!({"email": email, "password": password, "scope": "openid",
+                "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+            )
+            .send()
+            .await
+            .expect("login request")
+    }
+}

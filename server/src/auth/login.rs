@@ -28,14 +28,9 @@ const MAX_LOCKOUT_SECONDS: f64 = 24.0 * 3600.0;
 const PENDING_LOGIN_MINUTES: i64 = 10;
 const INVALID_CREDENTIALS: &str = "Email or password is invalid";
 
-/// What a client sends to start a sign-in (`POST /auth/login`, the sign-in page).
+/// What a sign-in records on its Login, as the client sent it.
 #[derive(Debug, Default, Clone)]
-pub struct LoginRequest {
-    pub email: String,
-    pub password: String,
-    pub project_id: Option<String>,
-    pub client_id: Option<String>,
-    pub scope: String,
+pub struct LoginContext {
     pub nonce: Option<String>,
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
@@ -46,20 +41,26 @@ pub struct LoginRequest {
     pub user_agent: Option<String>,
 }
 
+/// What a client sends to start a sign-in (`POST /auth/login`, the sign-in page).
+#[derive(Debug, Default, Clone)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    pub project_id: Option<String>,
+    pub client_id: Option<String>,
+    pub scope: String,
+    pub context: LoginContext,
+}
+
 /// The checked parts of a sign-in that every way of signing in shares.
 #[derive(Debug, Clone)]
 pub struct LoginParams {
     pub client: Option<Client>,
+    /// The granted scope.
     pub scope: String,
-    pub nonce: Option<String>,
-    pub code_challenge: Option<String>,
-    pub code_challenge_method: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub remember: bool,
-    pub remote_address: Option<String>,
-    pub user_agent: Option<String>,
     /// `password`, `external`, … (Login.authMethod).
     pub auth_method: &'static str,
+    pub context: LoginContext,
 }
 
 /// A membership a user can choose.
@@ -121,12 +122,13 @@ impl LoginRequest {
             ),
             _ => None,
         };
+        let context = &self.context;
         check_pkce(
             client.as_ref(),
-            self.code_challenge.as_deref(),
-            self.code_challenge_method.as_deref(),
+            context.code_challenge.as_deref(),
+            context.code_challenge_method.as_deref(),
         )?;
-        if let (Some(uri), Some(client)) = (&self.redirect_uri, &client) {
+        if let (Some(uri), Some(client)) = (&context.redirect_uri, &client) {
             if !client.allows_redirect(uri) {
                 return Err(bad("redirect_uri is not registered for this client"));
             }
@@ -135,14 +137,8 @@ impl LoginRequest {
         Ok(LoginParams {
             client,
             scope,
-            nonce: self.nonce.clone(),
-            code_challenge: self.code_challenge.clone(),
-            code_challenge_method: self.code_challenge_method.clone(),
-            redirect_uri: self.redirect_uri.clone(),
-            remember: self.remember,
-            remote_address: self.remote_address.clone(),
-            user_agent: self.user_agent.clone(),
             auth_method,
+            context: context.clone(),
         })
     }
 }
@@ -359,14 +355,15 @@ pub async fn start_login(
         "authTime": fhir::resource::instant(&stamp.last_updated),
         "scope": params.scope,
         "granted": false,
-        "remember": params.remember,
+        "remember": params.context.remember,
     });
+    let context = &params.context;
     let optional = [
-        ("nonce", &params.nonce),
-        ("codeChallenge", &params.code_challenge),
-        ("codeChallengeMethod", &params.code_challenge_method),
-        ("remoteAddress", &params.remote_address),
-        ("userAgent", &params.user_agent),
+        ("nonce", &context.nonce),
+        ("codeChallenge", &context.code_challenge),
+        ("codeChallengeMethod", &context.code_challenge_method),
+        ("remoteAddress", &context.remote_address),
+        ("userAgent", &context.user_agent),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -386,7 +383,7 @@ pub async fn start_login(
             &tx,
             user.project_id,
             login_id,
-            params.redirect_uri.as_deref(),
+            context.redirect_uri.as_deref(),
         )
         .await?;
         LoginOutcome::Code { login_id, code }
@@ -421,8 +418,7 @@ async fn issue_code(
     redirect_uri: Option<&str>,
 ) -> Result<String> {
     let code = random_token(32);
-    let lifetime = TimeDelta::from_std(state.config.code_lifetime)
-        .map_err(|e| Error::Internal(format!("code lifetime: {e}")))?;
+    let lifetime = time_delta(state.config.code_lifetime)?;
     tx.insert_login_secret(&NewSecret {
         digest: &hash_client_secret(&code),
         kind: SecretKind::Code,
@@ -550,9 +546,7 @@ pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>>
         ],
     )
     .await?;
-    let horizon = Utc::now()
-        - TimeDelta::from_std(state.config.refresh_token_lifetime)
-            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+    let horizon = Utc::now() - time_delta(state.config.refresh_token_lifetime)?;
     Ok(logins
         .iter()
         .filter(|v| v.last_updated > horizon)
@@ -573,4 +567,10 @@ pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>>
             })
         })
         .collect())
+}
+
+/// A configured duration as a chrono duration (they fit: both are bounded by config parsing).
+pub fn time_delta(duration: std::time::Duration) -> Result<TimeDelta> {
+    TimeDelta::from_std(duration)
+        .map_err(|e| Error::Internal(format!("duration {duration:?}: {e}")))
 }

@@ -106,7 +106,7 @@ impl Caller {
             .to_string();
         // A deleted user's sessions end with it.
         if let Some(user_id) = reference_id(&login.1["user"], "User") {
-            read_live_with_project(state, Tenant::Project(login.0), "User", user_id)
+            read_live_with_project(state, Tenant::AllProjects, "User", user_id)
                 .await?
                 .ok_or_else(revoked)?;
         }

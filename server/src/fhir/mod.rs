@@ -186,8 +186,7 @@ pub async fn insert(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, Value)> {
-    let prepared = prepare(validator, resource, stamp)?;
-    store_prepared(tx, prepared, stamp, true).await
+    store_prepared(tx, prepare(validator, resource, stamp)?, stamp, true).await
 }
 
 /// Stores a new version of an existing resource on the server's own behalf
@@ -198,8 +197,7 @@ pub async fn overwrite(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, Value)> {
-    let prepared = prepare(validator, resource, stamp)?;
-    store_prepared(tx, prepared, stamp, false).await
+    store_prepared(tx, prepare(validator, resource, stamp)?, stamp, false).await
 }
 
 async fn store_prepared(
