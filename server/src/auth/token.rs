@@ -95,7 +95,12 @@ pub async fn client_credentials(
         Some(id) => {
             state
                 .store
-                .read(Tenant::AllProjects, "ClientApplication", id)
+                .read(
+                    Tenant::AllProjects,
+                    "ClientApplication",
+                    id,
+                    &access_policy::RowFilter::All,
+                )
                 .await?
         }
         None => None,
