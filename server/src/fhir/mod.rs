@@ -342,6 +342,20 @@ async fn check_written(
     Ok(())
 }
 
+/// The current version for a write, locked; `None` when there is none the
+/// caller may read (so a write outside the policy is a 404, like a miss).
+async fn lock_readable(
+    tx: &Tx,
+    caller: &Caller,
+    resource_type: &str,
+    id: Uuid,
+) -> Result<Option<Version>> {
+    let types = [resource_type.to_string()];
+    let readable = caller.policy.row_filter(&types, Interaction::Read);
+    tx.lock_current(caller.tenant(), resource_type, id, &readable)
+        .await
+}
+
 /// Before a write: the caller sees the stored resource (else 404, as if it
 /// did not exist) and may change it (else 403).
 async fn check_before(
@@ -408,14 +422,7 @@ pub async fn update(
         None => return Err(cannot_create()),
     };
     let types = [resource_type.to_string()];
-    let current = tx
-        .lock_current(
-            caller.tenant(),
-            resource_type,
-            uuid,
-            &caller.policy.row_filter(&types, Interaction::Read),
-        )
-        .await?;
+    let current = lock_readable(tx, caller, resource_type, uuid).await?;
     let Some(current) = current else {
         if !caller.is_super_admin() {
             return Err(cannot_create());
@@ -521,13 +528,7 @@ pub async fn patch(
     authorize(caller, resource_type, Interaction::Patch)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
     let types = [resource_type.to_string()];
-    let current = tx
-        .lock_current(
-            caller.tenant(),
-            resource_type,
-            uuid,
-            &caller.policy.row_filter(&types, Interaction::Read),
-        )
+    let current = lock_readable(tx, caller, resource_type, uuid)
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
     if current.is_deleted() {
@@ -564,14 +565,7 @@ pub async fn patch(
 pub async fn delete(tx: &Tx, caller: &Caller, resource_type: &str, id: &str) -> Result<()> {
     authorize(caller, resource_type, Interaction::Delete)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
-    let types = [resource_type.to_string()];
-    let current = tx
-        .lock_current(
-            caller.tenant(),
-            resource_type,
-            uuid,
-            &caller.policy.row_filter(&types, Interaction::Read),
-        )
+    let current = lock_readable(tx, caller, resource_type, uuid)
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
     if current.is_deleted() {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::search::Prefix;
+use crate::search::{Prefix, SearchValue};
 
 /// A few R4 parameters, enough to exercise every type and modifier.
 struct Lookup;
