@@ -44,6 +44,13 @@ struct Args {
     /// OAuth client secret.
     #[arg(long)]
     client_secret: String,
+    /// Run the scenarios as this client instead (data is still loaded by --client-id): the same
+    /// requests by a caller under an access policy, to measure what the policy costs.
+    #[arg(long, requires = "measure_client_secret")]
+    measure_client_id: Option<String>,
+    /// Secret of --measure-client-id.
+    #[arg(long, requires = "measure_client_id")]
+    measure_client_secret: Option<String>,
     /// Scenario to run; repeat for several. Default: all, in the order listed.
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
@@ -173,6 +180,13 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         })
     });
 
+    let api = match (&args.measure_client_id, &args.measure_client_secret) {
+        (Some(id), Some(secret)) => {
+            eprintln!("auth: scenarios run as client {id}");
+            Arc::new(Api::connect(&args.base_url, id, secret, concurrency).await?)
+        }
+        _ => api,
+    };
     let ctx = Arc::new(Ctx {
         api,
         patients: Arc::new(loaded.patients),
