@@ -479,6 +479,7 @@ fn intersection(lists: Vec<Vec<&str>>) -> Vec<&str> {
 }
 
 /// One entry, parameters substituted; `Ok(None)` when it can never grant.
+/// Its own `compartment`, else the policy's, restricts it further.
 fn compile_rule(
     rule: &ResourceRule,
     compartment: Option<&str>,
@@ -503,7 +504,7 @@ fn compile_rule(
         Some(criteria) => criteria_filters(criteria, &rule.resource_type, resource_type)?,
         None => Vec::new(),
     };
-    if let Some(compartment) = compartment {
+    if let Some(compartment) = rule.compartment.as_deref().or(compartment) {
         let (compartment_type, id) = compartment
             .split_once('/')
             .ok_or_else(|| format!("compartment '{compartment}' is not Type/id"))?;

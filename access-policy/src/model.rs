@@ -26,6 +26,8 @@ pub struct ResourceRule {
     pub readonly_fields: Vec<String>,
     /// FHIRPath expressions over `%before` and `%after`.
     pub write_constraints: Vec<String>,
+    /// `compartment`: a reference this entry is restricted to (Medplum's older form).
+    pub compartment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -122,6 +124,9 @@ impl AccessPolicy {
                     &format!("{path}.readonlyFields"),
                 )?,
                 write_constraints,
+                compartment: entry["compartment"]["reference"]
+                    .as_str()
+                    .map(str::to_string),
             });
         }
         let ip_rules = match &policy["ipAccessRule"] {
@@ -329,14 +334,28 @@ pub fn validate(policy: &Value) -> Result<(), PolicyError> {
             })?;
         }
     }
-    if let Some(compartment) = &parsed.compartment {
+    let compartments = parsed
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(n, r)| {
+            (
+                format!("AccessPolicy.resource[{n}].compartment"),
+                &r.compartment,
+            )
+        })
+        .chain([("AccessPolicy.compartment".to_string(), &parsed.compartment)]);
+    for (path, compartment) in compartments {
+        let Some(compartment) = compartment else {
+            continue;
+        };
         let trial = with_trial(compartment, 0);
         let ok = trial
             .split_once('/')
             .is_some_and(|(t, id)| is_known_resource_type(t) && !id.is_empty());
         if !ok {
             return Err(PolicyError::new(
-                "AccessPolicy.compartment",
+                path,
                 format!("'{compartment}' is not a reference such as Patient/123 or %patient"),
             ));
         }

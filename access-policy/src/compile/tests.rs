@@ -202,6 +202,28 @@ fn patient_compartment_policy_covers_every_ordinary_type() {
 }
 
 #[test]
+fn legacy_compartments_restrict_entries() {
+    let p = CompiledPolicy::compile(&input(
+        Role::Member,
+        "Patient/p1",
+        vec![json!({"resource": [
+            {"resourceType": "Observation", "compartment": {"reference": "%patient"}},
+            {"resourceType": "Patient"}]})],
+    ));
+    assert_eq!(
+        groups(p.row_filter(&one("Observation"), Interaction::Read)),
+        vec![vec![Filter::Compartment {
+            compartment_type: "Patient".into(),
+            id: "p1".into()
+        }]]
+    );
+    assert_eq!(
+        p.row_filter(&one("Patient"), Interaction::Read),
+        RowFilter::All
+    );
+}
+
+#[test]
 fn access_entry_parameters_are_substituted() {
     let mut i = input(Role::Member, "Practitioner/d1", vec![]);
     i.policies.push(MembershipPolicy {
