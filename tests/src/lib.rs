@@ -118,14 +118,20 @@ impl TestApp {
 
     /// Client credentials with `client_secret_post`; panics unless it works.
     pub async fn session(&self, credentials: &Credentials) -> Session {
+        self.sign_in(credentials, &[]).await
+    }
+
+    async fn sign_in(&self, credentials: &Credentials, extra: &[(&str, &str)]) -> Session {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.as_str()),
+        ];
+        form.extend_from_slice(extra);
         let response = self
             .http
             .post(self.url("oauth2/token"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", &credentials.client_id),
-                ("client_secret", &credentials.client_secret),
-            ])
+            .form(&form)
             .send()
             .await
             .expect("token request");
@@ -161,6 +167,21 @@ impl TestApp {
 
     /// A ClientApplication with a membership in `project_id`, signed in.
     pub async fn client_in(&self, root: &Session, project_id: &str, admin: bool) -> Session {
+        self.client_with(root, project_id, json!({"admin": admin}), None)
+            .await
+    }
+
+    /// A ClientApplication signed in (asking for `scope`, if given) through a
+    /// membership in `project_id` with `fields` (`admin`, `profile`,
+    /// `accessPolicy`, `access`, …) over the defaults; its profile is the
+    /// client itself unless `fields` names one.
+    pub async fn client_with(
+        &self,
+        root: &Session,
+        project_id: &str,
+        fields: Value,
+        scope: Option<&str>,
+    ) -> Session {
         let secret = random_secret();
         let client = root
             .create(json!({
@@ -169,18 +190,28 @@ impl TestApp {
             }))
             .await;
         let client_ref = format!("ClientApplication/{}", client["id"].as_str().unwrap());
-        root.create(json!({
+        let mut membership = json!({
             "resourceType": "ProjectMembership", "meta": {"project": project_id},
             "project": {"reference": format!("Project/{project_id}")},
-            "user": {"reference": client_ref}, "profile": {"reference": client_ref},
-            "admin": admin
-        }))
-        .await;
-        self.session(&Credentials {
+            "user": {"reference": client_ref}, "profile": {"reference": client_ref}
+        });
+        for (key, value) in fields.as_object().expect("membership fields") {
+            membership[key] = value.clone();
+        }
+        root.create(membership).await;
+        let credentials = Credentials {
             client_id: client["id"].as_str().unwrap().to_string(),
             client_secret: secret,
-        })
-        .await
+        };
+        match scope {
+            None => self.session(&credentials).await,
+            Some(scope) => self.session_with_scope(&credentials, scope).await,
+        }
+    }
+
+    /// Client credentials asking for `scope`; panics unless it works.
+    pub async fn session_with_scope(&self, credentials: &Credentials, scope: &str) -> Session {
+        self.sign_in(credentials, &[("scope", scope)]).await
     }
 }
 

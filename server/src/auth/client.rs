@@ -3,6 +3,7 @@
 //! endpoint: `client_secret_basic`, `client_secret_post`, `private_key_jwt`
 //! (RFC 7523), or none for a public client.
 
+use access_policy::RowFilter;
 use std::collections::HashMap;
 
 use access_policy::scopes::ScopeSet;
@@ -87,7 +88,12 @@ pub async fn find_client(state: &AppState, id: &str) -> Result<Option<Client>> {
     };
     let Some(version) = state
         .store
-        .read(Tenant::AllProjects, "ClientApplication", id)
+        .read(
+            Tenant::AllProjects,
+            "ClientApplication",
+            id,
+            &RowFilter::All,
+        )
         .await?
     else {
         return Ok(None);

@@ -3,6 +3,7 @@
 //! client redeems at the token endpoint.
 
 use access_policy::scopes::{Scope, ScopeSet};
+use access_policy::RowFilter;
 use chrono::{Duration as TimeDelta, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -440,7 +441,7 @@ pub struct LoginRecord {
 /// Reads a Login by id (locked when in a transaction).
 pub async fn lock_login(tx: &Tx, login_id: Uuid) -> Result<Option<LoginRecord>> {
     let Some(version) = tx
-        .lock_current(Tenant::AllProjects, "Login", login_id)
+        .lock_current(Tenant::AllProjects, "Login", login_id, &RowFilter::All)
         .await?
     else {
         return Ok(None);

@@ -1,6 +1,7 @@
 //! `POST /oauth2/token`: the `authorization_code` (with PKCE), `refresh_token`
 //! and `client_credentials` grants, and the tokens they issue.
 
+use access_policy::RowFilter;
 use std::collections::HashMap;
 
 use access_policy::scopes::Scope;
@@ -259,7 +260,12 @@ async fn issue(
         .ok_or_else(|| invalid_grant("The sign-in has no membership chosen yet"))?;
     let membership = state
         .store
-        .read(Tenant::AllProjects, "ProjectMembership", membership_id)
+        .read(
+            Tenant::AllProjects,
+            "ProjectMembership",
+            membership_id,
+            &RowFilter::All,
+        )
         .await?
         .and_then(|v| {
             v.content
@@ -492,7 +498,7 @@ pub async fn inspect(state: &AppState, token: &str) -> Result<Option<TokenInfo>>
         else {
             return Ok(None);
         };
-        let caller = match super::Caller::from_bearer(state, token).await {
+        let caller = match super::Caller::from_bearer(state, token, None).await {
             Ok(caller) => caller,
             Err(Error::Unauthorized(_)) => return Ok(None),
             Err(e) => return Err(e),

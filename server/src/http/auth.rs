@@ -1,6 +1,7 @@
 //! Medplum's `/auth/*` routes: password sign-in, choosing a profile.
 //! Bodies and answers are JSON in Medplum's shapes; errors are OperationOutcomes.
 
+use access_policy::RowFilter;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -124,7 +125,12 @@ pub async fn project_names(
         for m in memberships {
             let name = state
                 .store
-                .read(Tenant::Project(m.project_id), "Project", m.project_id)
+                .read(
+                    Tenant::Project(m.project_id),
+                    "Project",
+                    m.project_id,
+                    &RowFilter::All,
+                )
                 .await?
                 .and_then(|v| v.content)
                 .and_then(|c| serde_json::from_str::<Value>(&c).ok())
@@ -173,7 +179,12 @@ async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> 
             Some(id) => {
                 state
                     .store
-                    .read(Tenant::Project(caller.project_id), kind, id)
+                    .read(
+                        Tenant::Project(caller.project_id),
+                        kind,
+                        id,
+                        &RowFilter::All,
+                    )
                     .await?
             }
             None => None,
