@@ -16,6 +16,7 @@ use crate::{
     auth::keys::Keys,
     bootstrap::bootstrap,
     config::Config,
+    email::Mailer,
     error::{Error, Result},
     fhir::capability::capability_statement,
     http,
@@ -29,6 +30,7 @@ pub struct AppState {
     pub store: Store,
     pub validator: Validator,
     pub keys: Keys,
+    pub mailer: Mailer,
     /// Public base URL ending in `/`.
     pub base_url: String,
     /// The CapabilityStatement, rendered once.
@@ -68,6 +70,7 @@ impl Application {
             Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
         let store = prepare_database(&config, &validator).await?;
         let keys = Keys::load(&store).await?;
+        let mailer = Mailer::new(&config.lifecycle)?;
         let listener = TcpListener::bind(config.bind).map_err(|e| {
             Error::Startup(format!(
                 "cannot listen on {}: {e}; set FHIRGATE_BIND",
@@ -87,6 +90,7 @@ impl Application {
             store,
             validator,
             keys,
+            mailer,
             config: config.clone(),
         });
         let server = HttpServer::new(move || {
@@ -95,6 +99,9 @@ impl Application {
                 .wrap(from_fn(log_request))
                 .route("/healthcheck", web::get().to(healthcheck))
                 .configure(http::oauth::routes)
+                .configure(http::auth_lifecycle::routes)
+                // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
+                .configure(http::admin::routes)
                 .configure(http::fhir::routes)
                 .default_service(web::to(not_found))
         })

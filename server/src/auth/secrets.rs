@@ -34,6 +34,22 @@ pub fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| Error::Internal(format!("argon2: {e}")))
 }
 
+/// [`hash_password`] on the blocking pool, so the async workers keep serving.
+pub async fn hash_password_blocking(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
+}
+
+/// What is wrong with a new password, if anything. Only the length for now:
+/// the full password policy replaces this function.
+pub fn password_problem(password: &str) -> Option<String> {
+    let length = password.chars().count();
+    (!(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&length)).then(|| {
+        format!("A password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters long")
+    })
+}
+
 /// Verifies a password against a PHC hash (constant time inside argon2).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
@@ -78,6 +94,13 @@ mod tests {
         assert!(verify_password("correct horse battery", &hash));
         assert!(!verify_password("wrong horse battery", &hash));
         assert!(!verify_password("x", "not a phc string"));
+    }
+
+    #[test]
+    fn password_length() {
+        assert!(password_problem("1234567").is_some());
+        assert!(password_problem("12345678").is_none());
+        assert!(password_problem(&"x".repeat(257)).is_some());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     store::{
         search::{Cursor, SearchQuery},
-        Tenant, Version,
+        Tenant, Tx, Version,
     },
 };
 
@@ -180,16 +180,45 @@ pub async fn find_by_reference(
     param: &str,
     target: &str,
 ) -> Result<Vec<Version>> {
-    let query = vec![(param.to_string(), target.to_string())];
-    let request = parse_search(Registry::get(), Some(resource_type), &query, false)?;
+    let request = lookup(resource_type, &[(param, target)])?;
     Ok(state
         .store
-        .search(&SearchQuery {
-            request: &request,
-            tenant,
-            hidden_types: &[],
-            cursor: None,
-        })
+        .search(&lookup_query(&request, tenant))
         .await?
         .matches)
+}
+
+/// The server's own lookups inside a write transaction (seeing its writes):
+/// every live match of `query`, up to the largest page.
+pub async fn find_in(
+    tx: &Tx,
+    tenant: Tenant,
+    resource_type: &str,
+    query: &[(&str, &str)],
+) -> Result<Vec<Version>> {
+    let request = lookup(resource_type, query)?;
+    Ok(tx.search(&lookup_query(&request, tenant)).await?.matches)
+}
+
+fn lookup(resource_type: &str, query: &[(&str, &str)]) -> Result<SearchRequest> {
+    let pairs: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("_count".to_string(), "1000".to_string())])
+        .collect();
+    Ok(parse_search(
+        Registry::get(),
+        Some(resource_type),
+        &pairs,
+        false,
+    )?)
+}
+
+fn lookup_query(request: &SearchRequest, tenant: Tenant) -> SearchQuery<'_> {
+    SearchQuery {
+        request,
+        tenant,
+        hidden_types: &[],
+        cursor: None,
+    }
 }

@@ -1,6 +1,8 @@
 //! HTTP glue: content negotiation, bodies, and the shape of FHIR responses.
 //! Handlers live in the submodules and call into `fhir` and `auth`.
 
+pub mod admin;
+pub mod auth_lifecycle;
 pub mod fhir;
 pub mod oauth;
 

@@ -4,6 +4,7 @@
 
 pub mod connect;
 mod index;
+pub mod lifecycle;
 pub mod search;
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,124 @@
+//! `/auth/*` routes of the user lifecycle that need no sign-in: password
+//! reset, setting a password from a link, email verification and resending it.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::{informational, parse_resource, read_body, FHIR_JSON};
+use crate::{
+    admin::{
+        field_issue,
+        links::{self, MailRequest},
+    },
+    app::AppState,
+    error::{Error, Result},
+    fhir::parse_id,
+    store::lifecycle::RequestKind,
+};
+
+type Data = web::Data<AppState>;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/resetpassword", web::post().to(reset_password))
+        .route("/auth/setpassword", web::post().to(set_password))
+        .route("/auth/verifyemail", web::post().to(verify_email))
+        .route(
+            "/auth/verifyemail/resend",
+            web::post().to(resend_verification),
+        );
+}
+
+/// These bodies hold a few short strings.
+const BODY_LIMIT: usize = 16 * 1024;
+
+async fn body(req: &HttpRequest, payload: web::Payload) -> Result<Value> {
+    parse_resource(&read_body(req, payload, BODY_LIMIT).await?)
+}
+
+/// The named string fields, each required (one issue per missing field).
+fn required<'a, const N: usize>(body: &'a Value, names: [&str; N]) -> Result<[&'a str; N]> {
+    let mut issues = Vec::new();
+    let values = names.map(|name| match body[name].as_str() {
+        Some(value) if !value.is_empty() => value,
+        _ => {
+            issues.push(field_issue(name, format!("{name} is required")));
+            ""
+        }
+    });
+    if issues.is_empty() {
+        Ok(values)
+    } else {
+        Err(Error::Invalid(issues))
+    }
+}
+
+fn ok(message: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(informational(message).to_string())
+}
+
+/// `{email, projectId?}` of an anonymous request for mail.
+fn mail_request(body: &Value) -> Result<MailRequest> {
+    let [email] = required(body, ["email"])?;
+    let project_id = match body["projectId"].as_str() {
+        None => None,
+        Some(id) => Some(parse_id(id).ok_or_else(|| {
+            Error::Invalid(vec![field_issue(
+                "projectId",
+                "projectId must be a project id",
+            )])
+        })?),
+    };
+    Ok(MailRequest {
+        email: email.to_string(),
+        project_id,
+    })
+}
+
+/// Always 200: whether the email has an account is not revealed.
+async fn reset_password(
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let request = mail_request(&body(&req, payload).await?)?;
+    links::spawn_mail_request(state.clone(), request, RequestKind::Reset);
+    Ok(ok(
+        "If the address belongs to an account, a reset link is on its way",
+    ))
+}
+
+async fn resend_verification(
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let request = mail_request(&body(&req, payload).await?)?;
+    links::spawn_mail_request(state.clone(), request, RequestKind::VerifyEmail);
+    Ok(ok(
+        "If the address belongs to an account that is not verified yet, a verification link is on its way",
+    ))
+}
+
+async fn set_password(
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body = body(&req, payload).await?;
+    let [id, secret, password] = required(&body, ["id", "secret", "password"])?;
+    links::set_password(&state, id, secret, password).await?;
+    Ok(ok("Password set; sign in with it"))
+}
+
+async fn verify_email(
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body = body(&req, payload).await?;
+    let [id, secret] = required(&body, ["id", "secret"])?;
+    links::verify_email(&state, id, secret).await?;
+    Ok(ok("Email address verified"))
+}
