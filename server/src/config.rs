@@ -53,6 +53,8 @@ pub struct Lifecycle {
     pub verify_link_lifetime: Duration,
     /// Whether `POST /auth/newuser` accepts sign-ups.
     pub registration_enabled: bool,
+    /// Longest lifetime a personal access token may be given.
+    pub max_personal_token_lifetime: Duration,
 }
 
 impl Default for Lifecycle {
@@ -65,6 +67,7 @@ impl Default for Lifecycle {
             reset_link_lifetime: Duration::from_secs(3600),
             verify_link_lifetime: Duration::from_secs(24 * 3600),
             registration_enabled: true,
+            max_personal_token_lifetime: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -123,6 +126,10 @@ impl Config {
             verify_link_lifetime: seconds(
                 "FHIRGATE_VERIFY_LINK_LIFETIME",
                 defaults.verify_link_lifetime,
+            )?,
+            max_personal_token_lifetime: seconds(
+                "FHIRGATE_MAX_PERSONAL_TOKEN_LIFETIME",
+                defaults.max_personal_token_lifetime,
             )?,
             registration_enabled: match var("FHIRGATE_REGISTRATION").as_deref() {
                 None | Some("open") => true,

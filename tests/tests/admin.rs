@@ -1014,3 +1014,89 @@ async fn admins_search_users_and_memberships_and_deleting_a_user_takes_its_membe
     .await;
     assert_eq!(events[0]["entity"][0]["what"]["reference"], json!(user_ref));
 }
+
+#[tokio::test]
+async fn personal_access_tokens_are_bounded_listed_and_revocable() {
+    let app = TestApp::spawn_with(|config| {
+        config.lifecycle.max_personal_token_lifetime = Duration::from_secs(3600)
+    })
+    .await;
+    let project = app.project("P").await;
+    let client_ref = format!("ClientApplication/{}", project.member.credentials.client_id);
+    let membership = search(
+        &project.admin,
+        &format!("ProjectMembership?user={client_ref}"),
+    )
+    .await
+    .remove(0);
+    let url = format!(
+        "admin/projects/{}/members/{}/tokens",
+        project.id,
+        membership["id"].as_str().unwrap()
+    );
+
+    let too_long = project
+        .admin
+        .post_json(&url, &json!({"lifetime": 3601}))
+        .await;
+    let outcome = assert_outcome(too_long, 400, "from 1 to 3600").await;
+    assert_eq!(outcome["issue"][0]["expression"][0], "lifetime");
+    assert_outcome(
+        project.member.post_json(&url, &json!({})).await,
+        403,
+        "Only project admins",
+    )
+    .await;
+
+    let (status, token) = status_json(
+        project
+            .admin
+            .post_json(&url, &json!({"lifetime": 600}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, &token["expires_in"]),
+        (201, &json!(600)),
+        "{token}"
+    );
+    let script = Session {
+        token: token["access_token"].as_str().unwrap().to_string(),
+        ..project.member.clone()
+    };
+    assert_eq!(script.get("Patient").await.status(), 200);
+
+    let (_, listed) = status_json(
+        project
+            .admin
+            .request(reqwest::Method::GET, &url)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["tokens"][0]["login"], token["login"]);
+    assert!(!listed
+        .to_string()
+        .contains(token["access_token"].as_str().unwrap()));
+
+    let login = token["login"]["reference"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Login/")
+        .unwrap();
+    let response = project
+        .admin
+        .request(reqwest::Method::DELETE, &format!("{url}/{login}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_outcome(script.get("Patient").await, 401, "revoked").await;
+    assert_eq!(
+        project.member.get("Patient").await.status(),
+        200,
+        "the client's own token is unaffected"
+    );
+}

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod invite;
 pub mod links;
 pub mod members;
+pub mod tokens;
 pub mod users;
 
 use access_policy::Role;

@@ -85,22 +85,28 @@ pub async fn revoke_logins(
         if value["revoked"] == Value::Bool(true) || other_membership {
             continue;
         }
-        fhir::modify(
-            state,
-            tx,
-            Tenant::Project(login.project_id),
-            "Login",
-            login.id,
-            user,
-            |login| {
-                login["revoked"] = json!(true);
-                Ok(())
-            },
-        )
-        .await?;
+        revoke_login(state, tx, &login, user).await?;
         revoked += 1;
     }
     Ok(revoked)
+}
+
+/// Marks one Login revoked (`author` is who did it).
+pub async fn revoke_login(state: &AppState, tx: &Tx, login: &Version, author: &str) -> Result<()> {
+    fhir::modify(
+        state,
+        tx,
+        Tenant::Project(login.project_id),
+        "Login",
+        login.id,
+        author,
+        |login| {
+            login["revoked"] = json!(true);
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// After a User is deleted: its memberships go, its logins are revoked, and

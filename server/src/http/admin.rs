@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{informational, parse_resource, read_body, FHIR_JSON};
 use crate::{
-    admin::{admin_project, clients, invite, members},
+    admin::{admin_project, clients, invite, members, tokens},
     app::AppState,
     auth::Caller,
     error::Result,
@@ -25,6 +25,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .get(read_member)
                 .post(update_member)
                 .delete(delete_member),
+        )
+        .service(
+            web::resource("/admin/projects/{project}/members/{membership}/tokens")
+                .get(list_tokens)
+                .post(mint_token),
+        )
+        .route(
+            "/admin/projects/{project}/members/{membership}/tokens/{login}",
+            web::delete().to(revoke_token),
         )
         .route(
             "/fhir/R4/ClientApplication/{id}/$rotate-secret",
@@ -182,4 +191,42 @@ async fn set_password(
     let project = admin_project(&state, &caller, &caller.project_id.to_string()).await?;
     clients::set_user_password(&state, &caller, &project, &body(&req, payload).await?).await?;
     Ok(ok_outcome("Password set"))
+}
+
+async fn mint_token(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let (project, membership) = path.into_inner();
+    let project = admin_project(&state, &caller, &project).await?;
+    let body = body(&req, payload).await?;
+    let token = tokens::mint(&state, &caller, &project, &membership, &body).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(token))
+}
+
+async fn list_tokens(
+    caller: Caller,
+    state: Data,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (project, membership) = path.into_inner();
+    let project = admin_project(&state, &caller, &project).await?;
+    let list = tokens::list(&state, &project, &membership).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn revoke_token(
+    caller: Caller,
+    state: Data,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse> {
+    let (project, membership, login) = path.into_inner();
+    let project = admin_project(&state, &caller, &project).await?;
+    tokens::revoke(&state, &project, &membership, &login).await?;
+    Ok(ok_outcome(&format!("Revoked Login/{login}")))
 }
