@@ -1100,3 +1100,32 @@ async fn personal_access_tokens_are_bounded_listed_and_revocable() {
         "the client's own token is unaffected"
     );
 }
+
+#[tokio::test]
+async fn sign_up_forms_can_ask_whether_an_email_is_taken() {
+    let app = TestApp::spawn().await;
+    let project = app.project("P").await;
+    let mut body = invitation("Practitioner", "taken@example.com");
+    body["sendEmail"] = json!(false);
+    invite_ok(&project.admin, &project.id, &body).await;
+    for (email, available) in [
+        ("taken@example.com", false),
+        ("TAKEN@example.com", false),
+        ("free@example.com", true),
+    ] {
+        let (status, answer) = status_json(
+            app.post_json("auth/emailavailable", &json!({"email": email}))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["available"]),
+            (200, &json!(available)),
+            "{email}"
+        );
+    }
+    // Project-scoped accounts are a separate namespace.
+    let scoped = json!({"email": "taken@example.com", "projectId": project.id});
+    let (_, answer) = status_json(app.post_json("auth/emailavailable", &scoped).await).await;
+    assert_eq!(answer["available"], true);
+}

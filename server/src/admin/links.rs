@@ -218,6 +218,14 @@ impl MailRequest {
     }
 }
 
+/// Whether no account in the request's scope uses the address.
+pub async fn email_available(state: &AppState, request: &MailRequest) -> Result<bool> {
+    let tx = state.store.begin().await?;
+    let taken = users::find_by_email(&tx, request.scope(), &request.email).await?;
+    tx.commit().await?;
+    Ok(taken.is_none())
+}
+
 /// `POST /auth/resetpassword` and resending verification: the work happens
 /// after the response, so neither its content nor its timing tells whether
 /// the email belongs to an account.

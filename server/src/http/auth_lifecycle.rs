@@ -25,7 +25,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/auth/verifyemail/resend",
             web::post().to(resend_verification),
-        );
+        )
+        .route("/auth/emailavailable", web::post().to(email_available));
 }
 
 /// These bodies hold a few short strings.
@@ -121,4 +122,16 @@ async fn verify_email(
     let [id, secret] = required(&body, ["id", "secret"])?;
     links::verify_email(&state, id, secret).await?;
     Ok(ok("Email address verified"))
+}
+
+/// For sign-up forms. It tells whether an address is taken, so it sits under
+/// `/auth/`, whose per-address rate limit bounds how fast anyone can probe.
+async fn email_available(
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let request = mail_request(&body(&req, payload).await?)?;
+    let available = links::email_available(&state, &request).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "available": available })))
 }
