@@ -51,8 +51,6 @@ pub struct Lifecycle {
     pub invite_link_lifetime: Duration,
     pub reset_link_lifetime: Duration,
     pub verify_link_lifetime: Duration,
-    /// Whether `POST /auth/newuser` accepts sign-ups.
-    pub registration_enabled: bool,
     /// Longest lifetime a personal access token may be given.
     pub max_personal_token_lifetime: Duration,
 }
@@ -66,7 +64,6 @@ impl Default for Lifecycle {
             invite_link_lifetime: Duration::from_secs(7 * 24 * 3600),
             reset_link_lifetime: Duration::from_secs(3600),
             verify_link_lifetime: Duration::from_secs(24 * 3600),
-            registration_enabled: true,
             max_personal_token_lifetime: Duration::from_secs(90 * 24 * 3600),
         }
     }
@@ -131,15 +128,6 @@ impl Config {
                 "FHIRGATE_MAX_PERSONAL_TOKEN_LIFETIME",
                 defaults.max_personal_token_lifetime,
             )?,
-            registration_enabled: match var("FHIRGATE_REGISTRATION").as_deref() {
-                None | Some("open") => true,
-                Some("closed") => false,
-                Some(other) => {
-                    return Err(Error::Config(format!(
-                        "FHIRGATE_REGISTRATION must be 'open' or 'closed', not '{other}'"
-                    )))
-                }
-            },
         };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Config {
