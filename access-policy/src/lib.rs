@@ -5,6 +5,8 @@
 //! AccessPolicy resources will compile into the same gate (and into search
 //! filters) so that every route keeps asking one function.
 
+pub mod scopes;
+
 use std::fmt;
 
 /// The FHIR interactions an access rule can allow, as AccessPolicy spells them.

@@ -1,7 +1,12 @@
 //! The application: start-up (database, migrations, bootstrap, keys), shared
 //! state, and the HTTP server with its routes.
 
-use std::{future::Future, net::TcpListener, time::Instant};
+use std::{
+    future::Future,
+    net::TcpListener,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web::{
     body::MessageBody,
@@ -19,7 +24,7 @@ use crate::{
     email::Mailer,
     error::{Error, Result},
     fhir::capability::capability_statement,
-    http,
+    http::{self, ratelimit::AuthLimiter},
     store::{connect, Store},
 };
 
@@ -35,6 +40,14 @@ pub struct AppState {
     pub base_url: String,
     /// The CapabilityStatement, rendered once.
     pub capability: String,
+    pub auth_limiter: AuthLimiter,
+}
+
+impl AppState {
+    /// The token endpoint's URL: the audience of client assertions.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}oauth2/token", self.base_url)
+    }
 }
 
 /// Connects (creating the database if needed), applies migrations, makes sure
@@ -69,7 +82,7 @@ impl Application {
         let validator =
             Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
         let store = prepare_database(&config, &validator).await?;
-        let keys = Keys::load(&store).await?;
+        let keys = Keys::load(&store, config.access_token_lifetime).await?;
         let mailer = Mailer::new(&config.lifecycle)?;
         let listener = TcpListener::bind(config.bind).map_err(|e| {
             Error::Startup(format!(
@@ -85,6 +98,7 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("http://{address}/"));
         let state = web::Data::new(AppState {
+            auth_limiter: AuthLimiter::new(config.auth_rate_limit),
             capability: capability_statement(&base_url).to_string(),
             base_url: base_url.clone(),
             store,
@@ -93,11 +107,15 @@ impl Application {
             mailer,
             config: config.clone(),
         });
+        spawn_maintenance(Arc::downgrade(&state.clone().into_inner()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(from_fn(http::ratelimit::limit_auth))
                 .wrap(from_fn(log_request))
                 .route("/healthcheck", web::get().to(healthcheck))
+                .configure(http::auth::routes)
+                .configure(http::authorize::routes)
                 .configure(http::oauth::routes)
                 .configure(http::auth_lifecycle::routes)
                 // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
@@ -135,6 +153,24 @@ impl Application {
         });
         self.server.await
     }
+}
+
+/// Once a minute, until the server is dropped: forget idle rate-limit
+/// entries, and reload signing keys (another instance may have rotated, and
+/// superseded keys leave the JWKS once their tokens have expired).
+fn spawn_maintenance(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else { break };
+            state.auth_limiter.prune();
+            if let Err(e) = state.keys.reload().await {
+                tracing::warn!(error = %e, "reloading signing keys failed");
+            }
+        }
+    });
 }
 
 /// `GET /healthcheck`: 200 when PostgreSQL answers, 503 when it does not.

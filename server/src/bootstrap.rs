@@ -8,8 +8,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    auth::secrets::{
-        hash_password_blocking, random_token, MIN_CLIENT_SECRET_LEN, MIN_PASSWORD_LEN,
+    auth::{
+        password::MIN_PASSWORD_LEN,
+        secrets::{hash_password, random_token, MIN_CLIENT_SECRET_LEN},
     },
     config::AdminBootstrap,
     error::{Error, Result},
@@ -55,7 +56,12 @@ pub async fn bootstrap(store: &Store, validator: &Validator, admin: &AdminBootst
             "FHIRGATE_ADMIN_CLIENT_SECRET must be at least {MIN_CLIENT_SECRET_LEN} characters"
         )));
     }
-    let password_hash = hash_password_blocking(password.clone()).await?;
+    let password_hash = {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| Error::Internal(format!("hashing task: {e}")))??
+    };
 
     let project_id = Uuid::new_v4();
     let user_id = Uuid::new_v4();

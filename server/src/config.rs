@@ -29,6 +29,16 @@ pub struct Config {
     /// Longest a single SQL statement may run.
     pub statement_timeout: Duration,
     pub access_token_lifetime: Duration,
+    /// How long an authorization code may wait to be redeemed.
+    pub code_lifetime: Duration,
+    /// How long a refresh token stays valid (each use issues a new one).
+    pub refresh_token_lifetime: Duration,
+    /// Consecutive failed sign-ins that lock an email (in one scope).
+    pub lockout_threshold: u32,
+    /// First lockout period; each further failure doubles it, up to a day.
+    pub lockout_period: Duration,
+    /// Requests per minute one client address may make to `/auth/*` and `/oauth2/*`.
+    pub auth_rate_limit: u32,
     /// Most resources one conditional delete may remove.
     pub max_conditional_delete: usize,
     /// Most entries in one batch or transaction Bundle.
@@ -146,6 +156,15 @@ impl Config {
             access_token_lifetime: Duration::from_secs(
                 number("FHIRGATE_ACCESS_TOKEN_LIFETIME", 3600)?.max(1) as u64,
             ),
+            code_lifetime: Duration::from_secs(number("FHIRGATE_CODE_LIFETIME", 120)?.max(1) as u64),
+            refresh_token_lifetime: Duration::from_secs(
+                number("FHIRGATE_REFRESH_TOKEN_LIFETIME", 14 * 24 * 3600)?.max(1) as u64,
+            ),
+            lockout_threshold: number("FHIRGATE_LOCKOUT_THRESHOLD", 5)?.clamp(1, 1000) as u32,
+            lockout_period: Duration::from_secs(
+                number("FHIRGATE_LOCKOUT_SECONDS", 60)?.max(1) as u64
+            ),
+            auth_rate_limit: number("FHIRGATE_AUTH_RATE_LIMIT", 600)?.clamp(1, 1_000_000) as u32,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
             admin: AdminBootstrap {
@@ -173,6 +192,11 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             access_token_lifetime: Duration::from_secs(3600),
+            code_lifetime: Duration::from_secs(120),
+            refresh_token_lifetime: Duration::from_secs(14 * 24 * 3600),
+            lockout_threshold: 5,
+            lockout_period: Duration::from_secs(60),
+            auth_rate_limit: 600,
             max_conditional_delete: 100,
             max_bundle_entries: 10_000,
             admin: AdminBootstrap::default(),

@@ -47,6 +47,12 @@ pub enum Error {
     Unprocessable(String),
     #[error("{0}")]
     NotImplemented(String),
+    /// Rate limit or sign-in lockout: 429 with `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
 
     /// An RFC 6749 section 5.2 error from the token endpoint.
     #[error("{error}: {description}")]
@@ -104,6 +110,7 @@ impl Error {
             Error::Gone(_) => IssueCode::Deleted,
             Error::Conflict(_) | Error::PreconditionFailed(_) => IssueCode::Conflict,
             Error::PayloadTooLarge(_) => IssueCode::TooCostly,
+            Error::TooManyRequests { .. } => IssueCode::Throttled,
             Error::MethodNotAllowed(_)
             | Error::NotAcceptable(_)
             | Error::UnsupportedMediaType(_)
@@ -160,6 +167,7 @@ impl ResponseError for Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::OAuth { status, .. } => *status,
             Error::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(e) if is_statement_timeout(e) => StatusCode::SERVICE_UNAVAILABLE,
@@ -193,6 +201,12 @@ impl ResponseError for Error {
         response.content_type(FHIR_JSON);
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"fhirgate\""));
+        }
+        if let Error::TooManyRequests {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header(("Retry-After", retry_after_secs.to_string()));
         }
         response.body(self.outcome().to_string())
     }

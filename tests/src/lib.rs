@@ -340,3 +340,142 @@ pub async fn assert_outcome(response: Response, status: u16, needle: &str) -> Va
     assert!(text.contains(needle), "expected '{needle}' in '{text}'");
     body
 }
+
+/// A person who signs in with a password.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    /// `Practitioner/…` or `Patient/…`.
+    pub profile: String,
+    pub membership_id: String,
+}
+
+pub const TEST_PASSWORD: &str = "violet staircase under the moon";
+
+impl TestApp {
+    /// A User with `TEST_PASSWORD`, a `profile_type` profile and a membership
+    /// in `project_id`. `project_scoped` sets `User.project` (the user exists
+    /// only in that project); otherwise the user is server-scoped.
+    pub async fn user(
+        &self,
+        project_id: &str,
+        email: &str,
+        profile_type: &str,
+        project_scoped: bool,
+    ) -> TestUser {
+        let root = self.super_admin().await;
+        let mut user = json!({"resourceType": "User", "email": email, "firstName": "Test", "lastName": "User"});
+        if project_scoped {
+            user["project"] = json!({"reference": format!("Project/{project_id}")});
+            user["meta"] = json!({"project": project_id});
+        }
+        let user = root.create(user).await;
+        let id = user["id"].as_str().unwrap().to_string();
+        let profile = root
+            .create(
+                json!({"resourceType": profile_type, "meta": {"project": project_id},
+                "name": [{"family": "User", "given": ["Test"]}]}),
+            )
+            .await;
+        let profile = format!("{profile_type}/{}", profile["id"].as_str().unwrap());
+        let membership_id = self.add_membership(&root, project_id, &id, &profile).await;
+        self.set_password(&id, TEST_PASSWORD).await;
+        TestUser {
+            id,
+            email: email.to_string(),
+            password: TEST_PASSWORD.to_string(),
+            profile,
+            membership_id,
+        }
+    }
+
+    /// A membership of `User/user_id` in `project_id` with `profile`.
+    pub async fn add_membership(
+        &self,
+        root: &Session,
+        project_id: &str,
+        user_id: &str,
+        profile: &str,
+    ) -> String {
+        let membership = root
+            .create(json!({
+                "resourceType": "ProjectMembership", "meta": {"project": project_id},
+                "project": {"reference": format!("Project/{project_id}")},
+                "user": {"reference": format!("User/{user_id}")},
+                "profile": {"reference": profile}
+            }))
+            .await;
+        membership["id"].as_str().unwrap().to_string()
+    }
+
+    /// Stores a password hash for a user, as the set-password routes do.
+    pub async fn set_password(&self, user_id: &str, password: &str) {
+        let hash = fhirgate_server::auth::secrets::hash_password(password).unwrap();
+        let db = self.db().await;
+        let user_id: Uuid = user_id.parse().unwrap();
+        db.execute(
+            "INSERT INTO resource_secret (project_id, resource_type, resource_id, kind, hash)
+             SELECT project_id, 'User', id, 'password', $2 FROM resource WHERE resource_type = 'User' AND id = $1
+             ON CONFLICT (project_id, resource_type, resource_id, kind) DO UPDATE SET hash = EXCLUDED.hash",
+            &[&user_id, &hash],
+        )
+        .await
+        .unwrap();
+    }
+
+    /// A public ClientApplication in `project_id` with one redirect URI.
+    pub async fn public_client(
+        &self,
+        project_id: &str,
+        redirect_uri: &str,
+        extra: Value,
+    ) -> String {
+        let root = self.super_admin().await;
+        let mut client = json!({"resourceType": "ClientApplication", "name": "web app",
+            "meta": {"project": project_id}, "redirectUris": [redirect_uri]});
+        if let (Some(fields), Some(extra)) = (client.as_object_mut(), extra.as_object()) {
+            fields.extend(extra.clone());
+        }
+        root.create(client).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `POST /auth/login` with a JSON body.
+    pub async fn login(&self, body: &Value) -> (u16, Value) {
+        status_json(
+            self.http
+                .post(self.url("auth/login"))
+                .json(body)
+                .send()
+                .await
+                .expect("login request"),
+        )
+        .await
+    }
+
+    /// `POST /oauth2/token` with a form.
+    pub async fn token(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        status_json(
+            self.http
+                .post(self.url("oauth2/token"))
+                .form(form)
+                .send()
+                .await
+                .expect("token request"),
+        )
+        .await
+    }
+}
+
+/// A PKCE verifier and its S256 challenge.
+pub fn pkce_pair() -> (String, String) {
+    use base64::Engine;
+    let verifier = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    (verifier, challenge)
+}

@@ -121,7 +121,7 @@ async fn a_new_practitioner_is_invited_by_mail_and_sets_a_password_once() {
     let (status, body) = set_password(
         &app,
         &(link.0.clone(), "wrong-secret".into()),
-        "a good password",
+        "violet staircase under the moon",
     )
     .await;
     assert_eq!(
@@ -131,9 +131,9 @@ async fn a_new_practitioner_is_invited_by_mail_and_sets_a_password_once() {
     let (status, body) = set_password(&app, &link, "short").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["issue"][0]["expression"][0], "password");
-    let (status, body) = set_password(&app, &link, "a good password").await;
+    let (status, body) = set_password(&app, &link, "violet staircase under the moon").await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = set_password(&app, &link, "another password").await;
+    let (status, body) = set_password(&app, &link, "amber lighthouse beyond the hills").await;
     assert_eq!(status, 400);
     assert!(body["issue"][0]["diagnostics"]
         .as_str()
@@ -332,7 +332,12 @@ async fn existing_users_are_reused_and_welcomed_not_reset() {
     )
     .await;
     let link = smtp.next().await.link("setpassword");
-    assert_eq!(set_password(&app, &link, "first password").await.0, 200);
+    assert_eq!(
+        set_password(&app, &link, "violet staircase under the moon")
+            .await
+            .0,
+        200
+    );
     let user_id = a["user"]["reference"]
         .as_str()
         .unwrap()
@@ -351,7 +356,7 @@ async fn existing_users_are_reused_and_welcomed_not_reset() {
         .get(0);
 
     let mut with_password = invitation("Practitioner", "grace@example.com");
-    with_password["password"] = json!("an attempt to reset");
+    with_password["password"] = json!("crimson harbor after midnight rain");
     let b = invite_ok(&second.admin, &second.id, &with_password).await;
     assert_eq!(a["user"], b["user"], "the same server-scoped user");
     let welcome = smtp.next().await;
@@ -455,7 +460,7 @@ async fn patients_and_external_ids_are_project_scoped() {
         .admin
         .post_json(
             "admin/projects/setpassword",
-            &json!({"email": "pat@example.com", "password": "patient password"}),
+            &json!({"email": "pat@example.com", "password": "quiet meadow of silver foxes"}),
         )
         .await;
     assert_eq!(status_json(response).await.0, 200);
@@ -463,7 +468,7 @@ async fn patients_and_external_ids_are_project_scoped() {
         .admin
         .post_json(
             "admin/projects/setpassword",
-            &json!({"email": "nobody@example.com", "password": "patient password"}),
+            &json!({"email": "nobody@example.com", "password": "quiet meadow of silver foxes"}),
         )
         .await;
     assert_outcome(response, 404, "No project-scoped user").await;
@@ -471,7 +476,7 @@ async fn patients_and_external_ids_are_project_scoped() {
         .member
         .post_json(
             "admin/projects/setpassword",
-            &json!({"email": "pat@example.com", "password": "patient password"}),
+            &json!({"email": "pat@example.com", "password": "quiet meadow of silver foxes"}),
         )
         .await;
     assert_outcome(response, 403, "Only project admins").await;
@@ -618,7 +623,7 @@ async fn password_reset_is_silent_about_unknown_emails_and_links_expire() {
     smtp.assert_none(Duration::from_millis(300)).await;
     let link = mail.link("setpassword");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (status, outcome) = set_password(&app, &link, "a new password").await;
+    let (status, outcome) = set_password(&app, &link, "amber lighthouse beyond the hills").await;
     assert_eq!(
         (status, outcome["issue"][0]["diagnostics"].as_str()),
         (400, Some("This link has expired; ask for a new one"))
@@ -677,7 +682,9 @@ async fn email_verification_is_resent_on_request_and_works_once() {
     .await;
     smtp.assert_none(Duration::from_millis(300)).await;
     assert_eq!(
-        set_password(&app, &(id, secret), "a password!").await.0,
+        set_password(&app, &(id, secret), "amber lighthouse beyond the hills")
+            .await
+            .0,
         400
     );
 }

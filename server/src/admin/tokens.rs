@@ -11,7 +11,7 @@ use crate::{
     app::AppState,
     auth::{membership_usable, AccessClaims, Caller},
     error::{Error, Result},
-    fhir::{self, parse_id, resource::Stamp, search::find_by_reference},
+    fhir::{self, parse_id, resource::Stamp, search::find},
     store::Tenant,
 };
 
@@ -56,8 +56,17 @@ pub async fn mint(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    // A Login lives with its user (a User's tenant; a client's project).
+    let login_tenant = match crate::auth::reference_id(&membership_value["user"], "User") {
+        Some(user_id) => state
+            .store
+            .read(Tenant::AllProjects, "User", user_id)
+            .await?
+            .map_or(project.id, |user| user.project_id),
+        None => project.id,
+    };
     let login_id = Uuid::new_v4();
-    let stamp = Stamp::new(login_id, project.id, &caller.profile);
+    let stamp = Stamp::new(login_id, login_tenant, &caller.profile);
     let issued = stamp.last_updated.timestamp();
     let expires = stamp.last_updated + chrono::Duration::seconds(lifetime as i64);
     let login = json!({
@@ -106,8 +115,7 @@ pub async fn list(state: &AppState, project: &AdminProject, membership_id: &str)
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let logins =
-        find_by_reference(state, Tenant::Project(project.id), "Login", "user", &user).await?;
+    let logins = find(state, Tenant::AllProjects, "Login", &[("user", &user)]).await?;
     let mut tokens = Vec::new();
     for login in logins {
         let value = fhir::parse_stored(&login)?;
@@ -143,7 +151,7 @@ pub async fn revoke(
     let membership_ref = format!("ProjectMembership/{}", membership.id);
     fhir::atomically(state, async |tx| {
         let login = tx
-            .lock_current(Tenant::Project(project.id), "Login", login_uuid)
+            .lock_current(Tenant::AllProjects, "Login", login_uuid)
             .await?
             .filter(|v| !v.is_deleted())
             .ok_or_else(missing)?;

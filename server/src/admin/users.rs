@@ -10,10 +10,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    auth::{
-        secrets::{hash_password_blocking, password_problem},
-        Caller,
-    },
+    auth::{password, Caller},
     error::{Error, Result},
     fhir::{self, search::find_in},
     store::{Tenant, Tx, Version},
@@ -54,17 +51,17 @@ async fn find_user(tx: &Tx, scope: UserScope, param: &str, value: &str) -> Resul
 /// Sets a user's password (checked against the password rules first).
 pub async fn set_password(tx: &Tx, user: &Version, password: &str, field: &str) -> Result<()> {
     check_new_password(password, field)?;
-    let hash = hash_password_blocking(password.to_string()).await?;
+    let hash = password::hash(password).await?;
     tx.set_secret(user.project_id, "User", user.id, "password", &hash)
         .await
 }
 
-/// 400 naming `field` unless the password may be used.
+/// 400 naming `field` unless the password policy accepts the password.
 pub fn check_new_password(password: &str, field: &str) -> Result<()> {
-    match password_problem(password) {
-        Some(problem) => Err(Error::Invalid(vec![super::field_issue(field, problem)])),
-        None => Ok(()),
-    }
+    password::check_new_password(password, &[]).map_err(|e| match e {
+        Error::BadRequest(problem) => Error::Invalid(vec![super::field_issue(field, problem)]),
+        other => other,
+    })
 }
 
 /// Revokes the logins of `user` (a `User/…`, `ClientApplication/…` or

@@ -1,9 +1,16 @@
 //! ES256 signing keys: generated on first start, kept in PostgreSQL so that
 //! every instance signs and verifies with the same keys, and published (public
 //! part only) at `/.well-known/jwks.json`.
+//!
+//! Rotation: a new key is added (`POST /admin/super/keys/rotate`) and signs
+//! from then on; an older key stays published and trusted until every token
+//! it signed has expired (one token lifetime after it was superseded). An
+//! instance that meets a token signed with a key it does not know yet (made
+//! by another instance) reloads the keys from the database.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::RwLock, time::Duration};
 
+use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use p256::{
     elliptic_curve::rand_core::OsRng,
@@ -19,86 +26,81 @@ use crate::{
 };
 
 pub struct Keys {
+    store: Store,
+    /// How long a superseded key stays trusted: the longest token lifetime.
+    retain: Duration,
+    current: RwLock<KeySet>,
+}
+
+struct KeySet {
     signing_kid: String,
     signing: EncodingKey,
     verifying: HashMap<String, DecodingKey>,
-    /// The JWKS document, rendered once.
+    /// The JWKS document, rendered once per load.
     jwks: String,
 }
 
 impl Keys {
     /// Creates a key when the database has none. Runs under the start-up lock.
     pub async fn ensure(store: &Store) -> Result<()> {
-        if !store.signing_keys().await?.is_empty() {
-            return Ok(());
+        if store.signing_keys().await?.is_empty() {
+            generate(store).await?;
         }
-        let secret = SecretKey::random(&mut OsRng);
-        let kid = uuid::Uuid::new_v4().to_string();
-        let private_pem = secret
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| Error::Internal(format!("encoding signing key: {e}")))?
-            .to_string();
-        let mut public_jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string())
-            .map_err(|e| Error::Internal(format!("encoding public key: {e}")))?;
-        public_jwk["kid"] = json!(kid);
-        public_jwk["alg"] = json!("ES256");
-        public_jwk["use"] = json!("sig");
-        store
-            .insert_signing_key(&SigningKeyRow {
-                kid,
-                private_pem,
-                public_jwk,
-            })
-            .await?;
-        tracing::info!("generated a new ES256 signing key");
         Ok(())
     }
 
-    pub async fn load(store: &Store) -> Result<Keys> {
-        let rows = store.signing_keys().await?;
-        let newest = rows
-            .first()
-            .ok_or_else(|| Error::Internal("no signing key in the database".into()))?;
-        let signing = EncodingKey::from_ec_pem(newest.private_pem.as_bytes())
-            .map_err(|e| Error::Internal(format!("signing key {}: {e}", newest.kid)))?;
-        let mut verifying = HashMap::new();
-        for row in &rows {
-            let x = row.public_jwk["x"].as_str().unwrap_or_default();
-            let y = row.public_jwk["y"].as_str().unwrap_or_default();
-            let key = DecodingKey::from_ec_components(x, y)
-                .map_err(|e| Error::Internal(format!("public key {}: {e}", row.kid)))?;
-            verifying.insert(row.kid.clone(), key);
-        }
-        let jwks = json!({ "keys": rows.iter().map(|r| &r.public_jwk).collect::<Vec<_>>() });
+    pub async fn load(store: &Store, retain: Duration) -> Result<Keys> {
         Ok(Keys {
-            signing_kid: newest.kid.clone(),
-            signing,
-            verifying,
-            jwks: jwks.to_string(),
+            current: RwLock::new(key_set(store, retain).await?),
+            store: store.clone(),
+            retain,
         })
     }
 
-    pub fn jwks(&self) -> &str {
-        &self.jwks
+    /// Adds a new key, which signs from now on; returns its kid.
+    pub async fn rotate(&self) -> Result<String> {
+        let kid = generate(&self.store).await?;
+        self.reload().await?;
+        Ok(kid)
+    }
+
+    /// Reads the keys again: picks up keys of other instances, drops expired ones.
+    pub async fn reload(&self) -> Result<()> {
+        let set = key_set(&self.store, self.retain).await?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = set;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn jwks(&self) -> String {
+        self.read().jwks.clone()
     }
 
     pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String> {
+        let set = self.read();
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.signing_kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.signing)
+        header.kid = Some(set.signing_kid.clone());
+        jsonwebtoken::encode(&header, claims, &set.signing)
             .map_err(|e| Error::Internal(format!("signing token: {e}")))
     }
 
     /// Checks signature, algorithm, issuer and expiry. Any failure is one
     /// 401 whose message does not help an attacker tell the cases apart.
-    pub fn verify<C: DeserializeOwned>(&self, token: &str, issuer: &str) -> Result<C> {
+    pub async fn verify<C: DeserializeOwned>(&self, token: &str, issuer: &str) -> Result<C> {
         let invalid = || Error::Unauthorized("Invalid or expired access token".into());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-            .ok_or_else(invalid)?;
+        let kid = header.kid.ok_or_else(invalid)?;
+        let known = self.read().verifying.contains_key(&kid);
+        // Only a kid that exists in the database causes a reload, so random
+        // kids cannot make every request read the key table twice.
+        if !known && self.store.signing_key_exists(&kid).await? {
+            self.reload().await?;
+        }
+        let set = self.read();
+        let key = set.verifying.get(&kid).ok_or_else(invalid)?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[issuer]);
         validation.validate_aud = false;
@@ -108,4 +110,64 @@ impl Keys {
             .map(|data| data.claims)
             .map_err(|_| invalid())
     }
+}
+
+async fn generate(store: &Store) -> Result<String> {
+    let secret = SecretKey::random(&mut OsRng);
+    let kid = uuid::Uuid::new_v4().to_string();
+    let private_pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| Error::Internal(format!("encoding signing key: {e}")))?
+        .to_string();
+    let mut public_jwk: Value = serde_json::from_str(&secret.public_key().to_jwk_string())
+        .map_err(|e| Error::Internal(format!("encoding public key: {e}")))?;
+    public_jwk["kid"] = json!(kid);
+    public_jwk["alg"] = json!("ES256");
+    public_jwk["use"] = json!("sig");
+    store
+        .insert_signing_key(&SigningKeyRow {
+            kid: kid.clone(),
+            private_pem,
+            public_jwk,
+            created_at: Utc::now(),
+        })
+        .await?;
+    tracing::info!(%kid, "generated a new ES256 signing key");
+    Ok(kid)
+}
+
+/// The newest key signs; an older key is kept while tokens it signed may
+/// still be valid, i.e. until `retain` after the next key replaced it.
+async fn key_set(store: &Store, retain: Duration) -> Result<KeySet> {
+    let rows = store.signing_keys().await?;
+    let newest = rows
+        .first()
+        .ok_or_else(|| Error::Internal("no signing key in the database".into()))?;
+    let signing = EncodingKey::from_ec_pem(newest.private_pem.as_bytes())
+        .map_err(|e| Error::Internal(format!("signing key {}: {e}", newest.kid)))?;
+    let horizon = Utc::now()
+        - chrono::Duration::from_std(retain)
+            .map_err(|e| Error::Internal(format!("key retention: {e}")))?;
+    let mut kept = vec![newest];
+    for pair in rows.windows(2) {
+        let (newer, older) = (&pair[0], &pair[1]);
+        if newer.created_at > horizon {
+            kept.push(older);
+        }
+    }
+    let mut verifying = HashMap::new();
+    for row in &kept {
+        let x = row.public_jwk["x"].as_str().unwrap_or_default();
+        let y = row.public_jwk["y"].as_str().unwrap_or_default();
+        let key = DecodingKey::from_ec_components(x, y)
+            .map_err(|e| Error::Internal(format!("public key {}: {e}", row.kid)))?;
+        verifying.insert(row.kid.clone(), key);
+    }
+    let jwks = json!({ "keys": kept.iter().map(|r| &r.public_jwk).collect::<Vec<_>>() });
+    Ok(KeySet {
+        signing_kid: newest.kid.clone(),
+        signing,
+        verifying,
+        jwks: jwks.to_string(),
+    })
 }

@@ -1,7 +1,10 @@
 //! Who is calling: bearer tokens, the Login behind them, the membership and
 //! project it speaks for, and the client-credentials grant that issues them.
 
+pub mod client;
 pub mod keys;
+pub mod login;
+pub mod password;
 pub mod secrets;
 pub mod token;
 
@@ -28,6 +31,7 @@ pub struct AccessClaims {
     pub aud: String,
     pub iat: i64,
     pub exp: i64,
+    /// Empty when the user signed in without a client.
     pub client_id: String,
     pub login_id: String,
     pub scope: String,
@@ -45,6 +49,15 @@ pub struct Caller {
     /// Reference to the caller's profile (`Practitioner/…`, `ClientApplication/…`),
     /// recorded as `meta.author` on what it writes.
     pub profile: String,
+    /// The Login this request's token belongs to (a session).
+    pub login_id: Uuid,
+    /// `User/…` or `ClientApplication/…`: who signed in.
+    pub user: String,
+    pub membership_id: Uuid,
+    /// The client the token was issued to, if any.
+    pub client_id: Option<String>,
+    /// The granted scope (SMART scopes are parsed with `access_policy::scopes`).
+    pub scope: String,
 }
 
 impl Caller {
@@ -60,11 +73,12 @@ impl Caller {
         self.role == Role::SuperAdmin
     }
 
-    async fn from_bearer(state: &AppState, token: &str) -> Result<Caller> {
-        let claims: AccessClaims = state.keys.verify(token, &state.base_url)?;
+    /// The caller a bearer token stands for, checked against the database.
+    pub async fn from_bearer(state: &AppState, token: &str) -> Result<Caller> {
+        let claims: AccessClaims = state.keys.verify(token, &state.base_url).await?;
         let revoked = || Error::Unauthorized("Access token has been revoked; sign in again".into());
         let login_id = Uuid::parse_str(&claims.login_id).map_err(|_| revoked())?;
-        let login = load_live(state, Tenant::AllProjects, "Login", login_id)
+        let login = read_live_with_project(state, Tenant::AllProjects, "Login", login_id)
             .await?
             .ok_or_else(revoked)?;
         if login.1["revoked"] == Value::Bool(true) || login.1["granted"] != Value::Bool(true) {
@@ -72,20 +86,34 @@ impl Caller {
         }
         let membership_id =
             reference_id(&login.1["membership"], "ProjectMembership").ok_or_else(revoked)?;
-        let (project_id, membership) = load_live(
+        // A Login lives with its user; the membership may be in another project.
+        let (project_id, membership) = read_live_with_project(
             state,
-            Tenant::Project(login.0),
+            Tenant::AllProjects,
             "ProjectMembership",
             membership_id,
         )
         .await?
         .ok_or_else(revoked)?;
-        if !membership_usable(&membership, chrono::Utc::now()) {
+        if !membership_usable(&membership, chrono::Utc::now())
+            || membership["user"]["reference"] != login.1["user"]["reference"]
+        {
             return Err(revoked());
         }
-        let (_, project) = load_live(state, Tenant::Project(project_id), "Project", project_id)
-            .await?
-            .ok_or_else(revoked)?;
+        let user = login.1["user"]["reference"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // A deleted user's sessions end with it.
+        if let Some(user_id) = reference_id(&login.1["user"], "User") {
+            read_live_with_project(state, Tenant::Project(login.0), "User", user_id)
+                .await?
+                .ok_or_else(revoked)?;
+        }
+        let (_, project) =
+            read_live_with_project(state, Tenant::Project(project_id), "Project", project_id)
+                .await?
+                .ok_or_else(revoked)?;
         let role = if project["superAdmin"] == Value::Bool(true) {
             Role::SuperAdmin
         } else if membership["admin"] == Value::Bool(true) {
@@ -101,12 +129,29 @@ impl Caller {
             project_id,
             role,
             profile,
+            login_id,
+            user,
+            membership_id,
+            client_id: (!claims.client_id.is_empty()).then_some(claims.client_id),
+            scope: claims.scope,
         })
     }
 }
 
+/// A live (not deleted) resource's parsed content.
+pub async fn read_live(
+    state: &AppState,
+    tenant: Tenant,
+    resource_type: &str,
+    id: Uuid,
+) -> Result<Option<Value>> {
+    Ok(read_live_with_project(state, tenant, resource_type, id)
+        .await?
+        .map(|(_, value)| value))
+}
+
 /// A live (not deleted) resource's project and parsed content.
-async fn load_live(
+async fn read_live_with_project(
     state: &AppState,
     tenant: Tenant,
     resource_type: &str,

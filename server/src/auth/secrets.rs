@@ -4,7 +4,7 @@
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
-    Argon2,
+    Algorithm, Argon2, Params, Version,
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
@@ -15,8 +15,17 @@ use crate::error::{Error, Result};
 
 /// Shortest client secret accepted: enough entropy that a fast hash is safe.
 pub const MIN_CLIENT_SECRET_LEN: usize = 32;
-pub const MIN_PASSWORD_LEN: usize = 8;
-pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// OWASP's first Argon2id configuration: 19 MiB, 2 passes, 1 lane.
+const ARGON2_MEMORY_KIB: u32 = 19_456;
+const ARGON2_PASSES: u32 = 2;
+const ARGON2_LANES: u32 = 1;
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, None)
+        .expect("constant Argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
 
 /// A random URL-safe string carrying `bytes` bytes of entropy.
 pub fn random_token(bytes: usize) -> String {
@@ -28,37 +37,31 @@ pub fn random_token(bytes: usize) -> String {
 /// Argon2id hash in PHC format. Slow on purpose: call it off the async workers.
 pub fn hash_password(password: &str) -> Result<String> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
+    argon2()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|e| Error::Internal(format!("argon2: {e}")))
 }
 
-/// [`hash_password`] on the blocking pool, so the async workers keep serving.
-pub async fn hash_password_blocking(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
-}
-
-/// What is wrong with a new password, if anything. Only the length for now:
-/// the full password policy replaces this function.
-pub fn password_problem(password: &str) -> Option<String> {
-    let length = password.chars().count();
-    (!(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&length)).then(|| {
-        format!("A password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters long")
-    })
-}
-
-/// Verifies a password against a PHC hash (constant time inside argon2).
+/// Verifies a password against a PHC hash (constant time inside argon2),
+/// with the parameters the hash names.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|hash| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-        })
+        .map(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
         .unwrap_or(false)
+}
+
+/// Whether a PHC hash is Argon2id at today's parameters (else: re-hash).
+pub fn password_params_are_current(phc: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let param = |name: &str| hash.params.get_decimal(name);
+    hash.algorithm.as_str() == "argon2id"
+        && hash.version == Some(0x13)
+        && param("m") == Some(ARGON2_MEMORY_KIB)
+        && param("t") == Some(ARGON2_PASSES)
+        && param("p") == Some(ARGON2_LANES)
 }
 
 pub fn hash_client_secret(secret: &str) -> String {
@@ -94,13 +97,17 @@ mod tests {
         assert!(verify_password("correct horse battery", &hash));
         assert!(!verify_password("wrong horse battery", &hash));
         assert!(!verify_password("x", "not a phc string"));
-    }
-
-    #[test]
-    fn password_length() {
-        assert!(password_problem("1234567").is_some());
-        assert!(password_problem("12345678").is_none());
-        assert!(password_problem(&"x".repeat(257)).is_some());
+        assert!(password_params_are_current(&hash));
+        let weaker = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
+        assert!(verify_password("pw", &weaker));
+        assert!(!password_params_are_current(&weaker));
     }
 
     #[test]

@@ -1,132 +1,370 @@
-//! `POST /oauth2/token` with `grant_type=client_credentials` (RFC 6749 §4.4),
-//! client authentication by `client_secret_basic` or `client_secret_post`.
+//! `POST /oauth2/token`: the `authorization_code` (with PKCE), `refresh_token`
+//! and `client_credentials` grants, and the tokens they issue.
 
 use std::collections::HashMap;
 
+use access_policy::scopes::Scope;
 use actix_web::http::StatusCode;
-use base64::{engine::general_purpose::STANDARD, Engine};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::{Duration as TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::{secrets::client_secret_matches, AccessClaims};
+use super::{
+    client::{Client, ClientAuth},
+    login::{has_scope, lock_login, revoke_login, save_login, LoginRecord},
+    reference_id,
+    secrets::{hash_client_secret, random_token},
+    AccessClaims,
+};
 use crate::{
     app::AppState,
     error::{Error, Result},
-    fhir::{self, parse_id, resource::Stamp},
-    store::Tenant,
+    fhir::{self, resource::Stamp},
+    store::{
+        identity::{NewSecret, SecretKind},
+        Tenant, Tx,
+    },
 };
 
-/// The credentials a client presented, and how.
-#[derive(Debug)]
-pub struct ClientCredentials {
-    pub client_id: String,
-    pub secret: String,
-    pub basic: bool,
+/// The claims of an OpenID Connect ID token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub auth_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(rename = "fhirUser")]
+    pub fhir_user: String,
+    pub login_id: String,
 }
 
-impl ClientCredentials {
-    /// From `Authorization: Basic` or the form body; using both is an error
-    /// (RFC 6749 §2.3: a client must use only one method).
-    pub fn from_request(
-        authorization: Option<&str>,
-        form: &HashMap<String, String>,
-    ) -> Result<ClientCredentials> {
-        let in_form = form.contains_key("client_secret");
-        match authorization.and_then(|h| h.strip_prefix("Basic ")) {
-            Some(_) if in_form => Err(Error::oauth(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Use one client authentication method: HTTP Basic or client_secret in the body, not both",
-            )),
-            Some(encoded) => {
-                let malformed = || Error::OAuth {
-                    status: StatusCode::UNAUTHORIZED,
-                    error: "invalid_client",
-                    description: "The Basic credentials are not valid base64 of 'client_id:client_secret'".into(),
-                    basic_challenge: true,
-                };
-                let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
-                let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
-                let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
-                // RFC 6749 §2.3.1: both parts are form-urlencoded before encoding.
-                let unescape = |s: &str| {
-                    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}"))
-                        .ok()
-                        .and_then(|mut v| v.pop())
-                        .map(|(_, v)| v)
-                };
-                Ok(ClientCredentials {
-                    client_id: unescape(id).ok_or_else(malformed)?,
-                    secret: unescape(secret).ok_or_else(malformed)?,
-                    basic: true,
-                })
-            }
-            None => match (form.get("client_id"), form.get("client_secret")) {
-                (Some(id), Some(secret)) => Ok(ClientCredentials {
-                    client_id: id.clone(),
-                    secret: secret.clone(),
-                    basic: false,
-                }),
-                _ => Err(Error::oauth(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "Client authentication required: HTTP Basic, or client_id and client_secret in the body",
-                )),
-            },
-        }
-    }
+fn invalid_grant(description: impl Into<String>) -> Error {
+    Error::oauth(StatusCode::BAD_REQUEST, "invalid_grant", description)
 }
 
-/// Authenticates the client, records a Login and issues an access token.
-pub async fn client_credentials(
+fn invalid_request(description: impl Into<String>) -> Error {
+    Error::oauth(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
+/// Dispatches a token request on its `grant_type`.
+pub async fn token(
     state: &AppState,
-    credentials: ClientCredentials,
-    scope: Option<&str>,
+    form: &HashMap<String, String>,
+    authorization: Option<&str>,
     remote_address: Option<String>,
 ) -> Result<Value> {
-    let invalid_client = || Error::OAuth {
+    let grant_type = form
+        .get("grant_type")
+        .ok_or_else(|| invalid_request("grant_type is required"))?;
+    let auth = ClientAuth::from_request(authorization, form)?;
+    match grant_type.as_str() {
+        "authorization_code" => authorization_code(state, form, &auth).await,
+        "refresh_token" => refresh_token(state, form, &auth).await,
+        "client_credentials" => client_credentials(state, form, &auth, remote_address).await,
+        other => Err(Error::oauth(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!(
+                "grant_type '{other}' is not supported; use authorization_code, refresh_token or client_credentials"
+            ),
+        )),
+    }
+}
+
+fn required<'a>(form: &'a HashMap<String, String>, name: &str) -> Result<&'a str> {
+    form.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| invalid_request(format!("{name} is required")))
+}
+
+/// RFC 6749 §4.1.3 with RFC 7636: a code is redeemed once, by the client it
+/// was issued to, with the redirect URI it was issued for and the PKCE
+/// verifier of its challenge. A second redemption revokes the Login.
+async fn authorization_code(
+    state: &AppState,
+    form: &HashMap<String, String>,
+    auth: &ClientAuth,
+) -> Result<Value> {
+    let code = required(form, "code")?;
+    let client = auth.authenticate(state).await?;
+    let digest = hash_client_secret(code);
+    let tx = state.store.begin().await?;
+    let secret = tx
+        .lock_login_secret(&digest, SecretKind::Code)
+        .await?
+        .ok_or_else(|| invalid_grant("Invalid authorization code"))?;
+    if secret.used {
+        revoke_login(state, &tx, secret.login_id).await?;
+        tx.commit().await?;
+        return Err(invalid_grant(
+            "This authorization code was already used; the tokens issued for it are revoked",
+        ));
+    }
+    if secret.expires_at < Utc::now() {
+        return Err(invalid_grant(
+            "The authorization code has expired; sign in again",
+        ));
+    }
+    let mut login = lock_login(&tx, secret.login_id)
+        .await?
+        .filter(|l| l.content["revoked"] != Value::Bool(true))
+        .ok_or_else(|| invalid_grant("The sign-in of this code was revoked"))?;
+    check_same_client(&login, client.as_ref())?;
+    if let Some(expected) = &secret.redirect_uri {
+        if form.get("redirect_uri") != Some(expected) {
+            return Err(invalid_grant(
+                "redirect_uri must be the one the authorization request used",
+            ));
+        }
+    }
+    check_verifier(
+        &login.content,
+        form.get("code_verifier").map(String::as_str),
+    )?;
+    tx.mark_login_secret_used(&digest).await?;
+    login.content["granted"] = Value::Bool(true);
+    let login_id = secret.login_id;
+    let refresh = wants_refresh(&login.content);
+    let content = login.content.clone();
+    let project_id = login.project_id;
+    save_login(state, &tx, login_id, login).await?;
+    let response = issue(state, &tx, login_id, project_id, &content, refresh).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// The client redeeming a code or refresh token must be the one it was issued to.
+fn check_same_client(login: &LoginRecord, client: Option<&Client>) -> Result<()> {
+    let issued_to = login.content["client"]["reference"].as_str();
+    let presented = client.map(Client::reference);
+    if issued_to != presented.as_deref() {
+        return Err(invalid_grant(match issued_to {
+            Some(_) => "This grant was issued to another client (send its client_id)",
+            None => "This grant was issued without a client; do not send client_id",
+        }));
+    }
+    Ok(())
+}
+
+/// RFC 7636 §4.6. A verifier without a challenge is refused too, so PKCE
+/// cannot be stripped from a flow (RFC 9700 §2.1.1).
+fn check_verifier(login: &Value, verifier: Option<&str>) -> Result<()> {
+    let challenge = login["codeChallenge"].as_str();
+    let wrong = || invalid_grant("code_verifier does not match the code challenge");
+    match (challenge, verifier) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(invalid_grant(
+            "code_verifier was sent but the authorization request had no code challenge",
+        )),
+        (Some(_), None) => Err(invalid_request("code_verifier is required (PKCE)")),
+        (Some(challenge), Some(verifier)) => {
+            let computed = match login["codeChallengeMethod"].as_str() {
+                Some("plain") => verifier.to_string(),
+                _ => URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())),
+            };
+            if bool::from(computed.as_bytes().ct_eq(challenge.as_bytes())) {
+                Ok(())
+            } else {
+                Err(wrong())
+            }
+        }
+    }
+}
+
+/// A refresh token comes with `offline_access` or `remember`.
+fn wants_refresh(login: &Value) -> bool {
+    login["remember"] == Value::Bool(true)
+        || login["scope"]
+            .as_str()
+            .is_some_and(|s| has_scope(s, &Scope::OfflineAccess))
+}
+
+/// RFC 6749 §6 with rotation: each refresh token works once and is replaced;
+/// presenting a spent one revokes the whole Login (RFC 9700 §4.14.2).
+async fn refresh_token(
+    state: &AppState,
+    form: &HashMap<String, String>,
+    auth: &ClientAuth,
+) -> Result<Value> {
+    let token = required(form, "refresh_token")?;
+    let client = auth.authenticate(state).await?;
+    let digest = hash_client_secret(token);
+    let tx = state.store.begin().await?;
+    let secret = tx
+        .lock_login_secret(&digest, SecretKind::Refresh)
+        .await?
+        .ok_or_else(|| invalid_grant("Invalid refresh token"))?;
+    if secret.used {
+        revoke_login(state, &tx, secret.login_id).await?;
+        tx.commit().await?;
+        return Err(invalid_grant(
+            "This refresh token was already used; the sign-in is revoked, sign in again",
+        ));
+    }
+    if secret.expires_at < Utc::now() {
+        return Err(invalid_grant(
+            "The refresh token has expired; sign in again",
+        ));
+    }
+    let login = lock_login(&tx, secret.login_id)
+        .await?
+        .filter(|l| l.content["revoked"] != Value::Bool(true))
+        .ok_or_else(|| invalid_grant("The sign-in of this refresh token was revoked"))?;
+    check_same_client(&login, client.as_ref())?;
+    if let Some(scope) = form.get("scope") {
+        if Some(scope.as_str()) != login.content["scope"].as_str() {
+            return Err(Error::oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "A refresh keeps the scope of the sign-in; omit scope",
+            ));
+        }
+    }
+    tx.mark_login_secret_used(&digest).await?;
+    let response = issue(
+        state,
+        &tx,
+        secret.login_id,
+        login.project_id,
+        &login.content,
+        true,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// The access token (and ID token, refresh token) of a granted Login.
+async fn issue(
+    state: &AppState,
+    tx: &Tx,
+    login_id: Uuid,
+    login_project: Uuid,
+    login: &Value,
+    refresh: bool,
+) -> Result<Value> {
+    let membership_id = reference_id(&login["membership"], "ProjectMembership")
+        .ok_or_else(|| invalid_grant("The sign-in has no membership chosen yet"))?;
+    let membership = state
+        .store
+        .read(Tenant::AllProjects, "ProjectMembership", membership_id)
+        .await?
+        .and_then(|v| {
+            v.content
+                .and_then(|c| serde_json::from_str::<Value>(&c).ok())
+        })
+        .filter(|m| m["active"] != Value::Bool(false))
+        .ok_or_else(|| invalid_grant("The membership of this sign-in is no longer active"))?;
+    let profile = membership["profile"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let user_ref = login["user"]["reference"].as_str().unwrap_or_default();
+    let subject = user_ref.split_once('/').map_or(user_ref, |(_, id)| id);
+    let client_id = login["client"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("ClientApplication/"))
+        .map(str::to_string);
+    let scope = login["scope"].as_str().unwrap_or_default().to_string();
+    let now = Utc::now().timestamp();
+    let lifetime = state.config.access_token_lifetime.as_secs() as i64;
+    let audience = client_id.clone().unwrap_or_else(|| state.base_url.clone());
+    let claims = AccessClaims {
+        iss: state.base_url.clone(),
+        sub: subject.to_string(),
+        aud: audience.clone(),
+        iat: now,
+        exp: now + lifetime,
+        client_id: client_id.clone().unwrap_or_default(),
+        login_id: login_id.to_string(),
+        scope: scope.clone(),
+        profile: profile.clone(),
+    };
+    let mut response = json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "scope": scope,
+        "access_token": state.keys.sign(&claims)?,
+        "project": membership["project"],
+        "profile": {"reference": profile},
+    });
+    if has_scope(&scope, &Scope::OpenId) {
+        let auth_time = login["authTime"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or(now, |t| t.timestamp());
+        response["id_token"] = json!(state.keys.sign(&IdClaims {
+            iss: state.base_url.clone(),
+            sub: subject.to_string(),
+            aud: audience,
+            iat: now,
+            exp: now + lifetime,
+            auth_time,
+            nonce: login["nonce"].as_str().map(str::to_string),
+            fhir_user: profile.clone(),
+            login_id: login_id.to_string(),
+        })?);
+    }
+    if let Some(patient) = profile.strip_prefix("Patient/") {
+        response["patient"] = json!(patient);
+    }
+    if refresh {
+        let token = random_token(32);
+        let lifetime = TimeDelta::from_std(state.config.refresh_token_lifetime)
+            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+        tx.insert_login_secret(&NewSecret {
+            digest: &hash_client_secret(&token),
+            kind: SecretKind::Refresh,
+            project_id: login_project,
+            login_id,
+            redirect_uri: None,
+            expires_at: Utc::now() + lifetime,
+        })
+        .await?;
+        response["refresh_token"] = json!(token);
+    }
+    Ok(response)
+}
+
+/// RFC 6749 §4.4: a confidential client signs in as itself, through its
+/// membership in its project.
+async fn client_credentials(
+    state: &AppState,
+    form: &HashMap<String, String>,
+    auth: &ClientAuth,
+    remote_address: Option<String>,
+) -> Result<Value> {
+    let basic = matches!(auth, ClientAuth::Secret { basic: true, .. });
+    let invalid_client = |description: &str| Error::OAuth {
         status: StatusCode::UNAUTHORIZED,
         error: "invalid_client",
-        description: "Invalid client id or secret".into(),
-        basic_challenge: credentials.basic,
+        description: description.into(),
+        basic_challenge: basic,
     };
-    let client_id = parse_id(&credentials.client_id);
-    let client = match client_id {
-        Some(id) => {
-            state
-                .store
-                .read(Tenant::AllProjects, "ClientApplication", id)
-                .await?
-        }
-        None => None,
+    if matches!(auth, ClientAuth::Absent | ClientAuth::Public { .. }) {
+        return Err(invalid_client(
+            "Client authentication required: HTTP Basic, client_id and client_secret in the body, or a client assertion",
+        ));
     }
-    .filter(|client| !client.is_deleted());
-    let stored_hash = match &client {
-        Some(client) => {
-            state
-                .store
-                .secret_hash("ClientApplication", client.id, "client_secret")
-                .await?
-        }
-        None => None,
-    };
-    // Always compare, so unknown clients take as long as wrong secrets.
-    if !client_secret_matches(&credentials.secret, stored_hash.as_deref()) {
-        return Err(invalid_client());
-    }
-    let client = client.ok_or_else(invalid_client)?;
-    let content: Value = serde_json::from_str(client.content.as_deref().unwrap_or("{}"))
-        .map_err(|e| Error::Internal(format!("stored client is not JSON: {e}")))?;
-    if content["status"] == "off" {
-        return Err(invalid_client());
-    }
-    let client_ref = format!("ClientApplication/{}", client.id);
-    let membership = fhir::search::find_by_reference(
+    let client = auth
+        .authenticate(state)
+        .await?
+        .ok_or_else(|| invalid_client("Invalid client id or secret"))?;
+    let client_ref = client.reference();
+    let membership = fhir::search::find(
         state,
         Tenant::Project(client.project_id),
         "ProjectMembership",
-        "user",
-        &client_ref,
+        &[("user", &client_ref)],
     )
     .await?
     .into_iter()
@@ -134,13 +372,10 @@ pub async fn client_credentials(
         let content = m.content.as_deref().unwrap_or("{}");
         serde_json::from_str::<Value>(content).is_ok_and(|v| v["active"] != Value::Bool(false))
     })
-    .ok_or_else(|| Error::OAuth {
-        status: StatusCode::UNAUTHORIZED,
-        error: "invalid_client",
-        description: "This client has no active membership in its project".into(),
-        basic_challenge: credentials.basic,
-    })?;
-    let scope = validate_scope(scope.unwrap_or("openid"))?;
+    .ok_or_else(|| invalid_client("This client has no active membership in its project"))?;
+    let requested = form.get("scope").map_or("openid", String::as_str);
+    let scope = super::login::grant_scope(requested, Some(&client))
+        .map_err(|e| Error::oauth(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string()))?;
 
     let login_id = Uuid::new_v4();
     let stamp = Stamp::new(login_id, client.project_id, &client_ref);
@@ -159,96 +394,111 @@ pub async fn client_credentials(
         login["remoteAddress"] = json!(address);
     }
     let tx = state.store.begin().await?;
-    fhir::insert(&state.validator, &tx, login, &stamp).await?;
+    fhir::insert(&state.validator, &tx, login.clone(), &stamp).await?;
+    let mut response = issue(state, &tx, login_id, client.project_id, &login, false).await?;
     tx.commit().await?;
-
-    let now = stamp.last_updated.timestamp();
-    let lifetime = state.config.access_token_lifetime.as_secs() as i64;
-    let claims = AccessClaims {
-        iss: state.base_url.clone(),
-        sub: client.id.to_string(),
-        aud: client.id.to_string(),
-        iat: now,
-        exp: now + lifetime,
-        client_id: client.id.to_string(),
-        login_id: login_id.to_string(),
-        scope: scope.clone(),
-        profile: client_ref.clone(),
-    };
-    Ok(json!({
-        "access_token": state.keys.sign(&claims)?,
-        "token_type": "Bearer",
-        "expires_in": lifetime,
-        "scope": scope,
-        "project": { "reference": format!("Project/{}", client.project_id) },
-        "profile": { "reference": client_ref }
-    }))
+    // A client signs in as itself: no ID token.
+    if let Some(map) = response.as_object_mut() {
+        map.remove("id_token");
+    }
+    Ok(response)
 }
 
-/// RFC 6749 §3.3: scope tokens are printable ASCII without `"` or `\`.
-fn validate_scope(scope: &str) -> Result<String> {
-    let tokens: Vec<&str> = scope.split(' ').filter(|t| !t.is_empty()).collect();
-    let valid = !tokens.is_empty()
-        && tokens.iter().all(|t| {
-            t.chars()
-                .all(|c| c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c))
-        });
-    if valid {
-        Ok(tokens.join(" "))
-    } else {
-        Err(Error::oauth(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            "scope must be space-separated tokens of printable ASCII",
-        ))
+/// What introspection tells about a live token.
+pub struct TokenInfo {
+    pub login_id: Uuid,
+    /// The project the token acts in.
+    pub project_id: Uuid,
+    pub client_id: Option<String>,
+    pub subject: String,
+    pub profile: String,
+    pub scope: String,
+    pub token_type: &'static str,
+    pub iat: Option<i64>,
+    pub exp: Option<i64>,
+    pub issuer: String,
+}
+
+/// A live access token (checked as a request would check it) or an unused,
+/// unexpired refresh token of a live Login; `None` for anything else.
+pub async fn inspect(state: &AppState, token: &str) -> Result<Option<TokenInfo>> {
+    if token.split('.').count() == 3 {
+        let Ok(claims) = state
+            .keys
+            .verify::<AccessClaims>(token, &state.base_url)
+            .await
+        else {
+            return Ok(None);
+        };
+        let caller = match super::Caller::from_bearer(state, token).await {
+            Ok(caller) => caller,
+            Err(Error::Unauthorized(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        return Ok(Some(TokenInfo {
+            login_id: caller.login_id,
+            project_id: caller.project_id,
+            client_id: caller.client_id,
+            subject: claims.sub,
+            profile: caller.profile,
+            scope: caller.scope,
+            token_type: "Bearer",
+            iat: Some(claims.iat),
+            exp: Some(claims.exp),
+            issuer: claims.iss,
+        }));
     }
+    let tx = state.store.begin().await?;
+    let Some(secret) = tx
+        .lock_login_secret(&hash_client_secret(token), SecretKind::Refresh)
+        .await?
+        .filter(|s| !s.used && s.expires_at > Utc::now())
+    else {
+        return Ok(None);
+    };
+    let Some(login) = lock_login(&tx, secret.login_id)
+        .await?
+        .filter(|l| l.content["revoked"] != Value::Bool(true))
+    else {
+        return Ok(None);
+    };
+    drop(tx);
+    let content = &login.content;
+    let Some(project_id) = reference_id(&content["project"], "Project") else {
+        return Ok(None);
+    };
+    let user = content["user"]["reference"].as_str().unwrap_or_default();
+    Ok(Some(TokenInfo {
+        login_id: secret.login_id,
+        project_id,
+        client_id: content["client"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("ClientApplication/"))
+            .map(str::to_string),
+        subject: user.split_once('/').map_or(user, |(_, id)| id).to_string(),
+        profile: String::new(),
+        scope: content["scope"].as_str().unwrap_or_default().to_string(),
+        token_type: "refresh_token",
+        iat: None,
+        exp: Some(secret.expires_at.timestamp()),
+        issuer: state.base_url.clone(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
-    fn basic_credentials_are_url_decoded() {
-        let header = format!("Basic {}", STANDARD.encode("my%3Aclient:p%40ss+word"));
-        let c = ClientCredentials::from_request(Some(&header), &form(&[])).unwrap();
-        assert_eq!(
-            (c.client_id.as_str(), c.secret.as_str(), c.basic),
-            ("my:client", "p@ss word", true)
-        );
-    }
-
-    #[test]
-    fn two_methods_or_none_are_refused() {
-        let header = format!("Basic {}", STANDARD.encode("a:b"));
+    fn verifier_must_match_its_challenge() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWM5EjXk";
+        let login = json!({"codeChallenge": "uz7zgJl48oN-TEfo7BsdRi8d2JcKJgR3iaId61caY4k", "codeChallengeMethod": "S256"});
+        assert!(check_verifier(&login, Some(verifier)).is_ok());
         assert!(
-            ClientCredentials::from_request(Some(&header), &form(&[("client_secret", "x")]))
-                .is_err()
+            check_verifier(&login, Some("wrong-verifier-wrong-verifier-wrong-verifier")).is_err()
         );
-        assert!(ClientCredentials::from_request(None, &form(&[("client_id", "a")])).is_err());
-        assert!(ClientCredentials::from_request(Some("Basic !!!"), &form(&[])).is_err());
-        let post = ClientCredentials::from_request(
-            None,
-            &form(&[("client_id", "a"), ("client_secret", "b")]),
-        )
-        .unwrap();
-        assert!(!post.basic);
-    }
-
-    #[test]
-    fn scopes_are_checked() {
-        assert_eq!(
-            validate_scope("  openid   system/*.read ").unwrap(),
-            "openid system/*.read"
-        );
-        assert!(validate_scope("bad\"scope").is_err());
-        assert!(validate_scope("   ").is_err());
+        assert!(check_verifier(&login, None).is_err());
+        assert!(check_verifier(&json!({}), Some(verifier)).is_err());
+        assert!(check_verifier(&json!({}), None).is_ok());
     }
 }

@@ -190,6 +190,18 @@ pub async fn insert(
     store_prepared(tx, prepared, stamp, true).await
 }
 
+/// Stores a new version of an existing resource on the server's own behalf
+/// (no caller to authorize): sign-in state of a Login.
+pub async fn overwrite(
+    validator: &Validator,
+    tx: &Tx,
+    resource: Value,
+    stamp: &Stamp,
+) -> Result<(Version, Value)> {
+    let prepared = prepare(validator, resource, stamp)?;
+    store_prepared(tx, prepared, stamp, false).await
+}
+
 async fn store_prepared(
     tx: &Tx,
     prepared: Prepared,

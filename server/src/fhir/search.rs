@@ -171,16 +171,15 @@ pub fn without_nul(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>
     }
 }
 
-/// The live resources of one type whose reference `param` points at `target`:
-/// used by sign-in to find a client's membership.
-pub async fn find_by_reference(
+/// The live resources of one type matching `query` (search syntax), for the
+/// server's own look-ups (users by email, memberships of a user).
+pub async fn find(
     state: &AppState,
     tenant: Tenant,
     resource_type: &str,
-    param: &str,
-    target: &str,
+    query: &[(&str, &str)],
 ) -> Result<Vec<Version>> {
-    let request = lookup(resource_type, &[(param, target)])?;
+    let request = lookup(resource_type, query)?;
     Ok(state
         .store
         .search(&lookup_query(&request, tenant))

@@ -2,9 +2,12 @@
 //! Handlers live in the submodules and call into `fhir` and `auth`.
 
 pub mod admin;
+pub mod auth;
 pub mod auth_lifecycle;
+pub mod authorize;
 pub mod fhir;
 pub mod oauth;
+pub mod ratelimit;
 
 use actix_web::{
     http::{header, StatusCode},

@@ -3,6 +3,7 @@
 //! forget the project.
 
 pub mod connect;
+pub mod identity;
 mod index;
 pub mod lifecycle;
 pub mod search;
@@ -77,6 +78,7 @@ pub struct SigningKeyRow {
     pub kid: String,
     pub private_pem: String,
     pub public_jwk: serde_json::Value,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Builds one parameterised statement: text plus its bound values, numbered as
@@ -272,7 +274,7 @@ impl Store {
 
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>> {
         let q = Query::new(
-            "SELECT kid, private_pem, public_jwk FROM signing_key WHERE active ORDER BY created_at DESC",
+            "SELECT kid, private_pem, public_jwk, created_at FROM signing_key WHERE active ORDER BY created_at DESC, kid",
         );
         Ok(self
             .query(&q)
@@ -282,16 +284,23 @@ impl Store {
                 kid: row.get(0),
                 private_pem: row.get(1),
                 public_jwk: row.get(2),
+                created_at: row.get(3),
             })
             .collect())
+    }
+
+    pub async fn signing_key_exists(&self, kid: &str) -> Result<bool> {
+        let mut q = Query::new("SELECT 1 FROM signing_key WHERE active AND kid = ");
+        q.bind(kid.to_string());
+        Ok(!self.query(&q).await?.is_empty())
     }
 
     pub async fn insert_signing_key(&self, key: &SigningKeyRow) -> Result<()> {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO signing_key (kid, private_pem, public_jwk) VALUES ($1, $2, $3)",
-                &[&key.kid, &key.private_pem, &key.public_jwk],
+                "INSERT INTO signing_key (kid, private_pem, public_jwk, created_at) VALUES ($1, $2, $3, $4)",
+                &[&key.kid, &key.private_pem, &key.public_jwk, &key.created_at],
             )
             .await?;
         Ok(())

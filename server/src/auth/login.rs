@@ -1,0 +1,576 @@
+//! Signing in: password checks with lockout, the Login resource that records
+//! a sign-in, choosing a membership, and the authorization code that the
+//! client redeems at the token endpoint.
+
+use access_policy::scopes::{Scope, ScopeSet};
+use chrono::{Duration as TimeDelta, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{
+    client::{find_client, Client},
+    password,
+    secrets::{hash_client_secret, random_token},
+};
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    fhir::{self, resource::Stamp},
+    store::{
+        identity::{LockoutPolicy, NewSecret, SecretKind},
+        Tenant, Tx, Version,
+    },
+};
+
+/// Longest lockout, however many failures.
+const MAX_LOCKOUT_SECONDS: f64 = 24.0 * 3600.0;
+/// How long a Login may wait for its membership to be chosen.
+const PENDING_LOGIN_MINUTES: i64 = 10;
+const INVALID_CREDENTIALS: &str = "Email or password is invalid";
+
+/// What a client sends to start a sign-in (`POST /auth/login`, the sign-in page).
+#[derive(Debug, Default, Clone)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    pub project_id: Option<String>,
+    pub client_id: Option<String>,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    /// The authorize request's redirect_uri, which the token request must repeat.
+    pub redirect_uri: Option<String>,
+    pub remember: bool,
+    pub remote_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The checked parts of a sign-in that every way of signing in shares.
+#[derive(Debug, Clone)]
+pub struct LoginParams {
+    pub client: Option<Client>,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub remember: bool,
+    pub remote_address: Option<String>,
+    pub user_agent: Option<String>,
+    /// `password`, `external`, … (Login.authMethod).
+    pub auth_method: &'static str,
+}
+
+/// A membership a user can choose.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub content: Value,
+}
+
+/// The result of a sign-in: a code, or a choice of memberships first.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    Code {
+        login_id: Uuid,
+        code: String,
+    },
+    Choose {
+        login_id: Uuid,
+        memberships: Vec<Membership>,
+    },
+}
+
+impl LoginOutcome {
+    /// Medplum's `/auth/login` response shape.
+    pub fn to_json(&self, projects: &[(Uuid, String)]) -> Value {
+        match self {
+            LoginOutcome::Code { login_id, code } => json!({"login": login_id, "code": code}),
+            LoginOutcome::Choose {
+                login_id,
+                memberships,
+            } => json!({
+                "login": login_id,
+                "memberships": memberships.iter().map(|m| {
+                    let name = projects.iter().find(|(id, _)| *id == m.project_id).map(|(_, n)| n.clone());
+                    json!({
+                        "id": m.id,
+                        "project": {"reference": format!("Project/{}", m.project_id), "display": name},
+                        "profile": m.content["profile"],
+                    })
+                }).collect::<Vec<_>>()
+            }),
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::BadRequest(message.into())
+}
+
+impl LoginRequest {
+    /// Checks the client, PKCE and scope of the request.
+    pub async fn params(&self, state: &AppState, auth_method: &'static str) -> Result<LoginParams> {
+        let client = match &self.client_id {
+            Some(id) if !id.is_empty() => Some(
+                find_client(state, id)
+                    .await?
+                    .ok_or_else(|| bad("Client not found or not active"))?,
+            ),
+            _ => None,
+        };
+        check_pkce(
+            client.as_ref(),
+            self.code_challenge.as_deref(),
+            self.code_challenge_method.as_deref(),
+        )?;
+        if let (Some(uri), Some(client)) = (&self.redirect_uri, &client) {
+            if !client.allows_redirect(uri) {
+                return Err(bad("redirect_uri is not registered for this client"));
+            }
+        }
+        let scope = grant_scope(&self.scope, client.as_ref())?;
+        Ok(LoginParams {
+            client,
+            scope,
+            nonce: self.nonce.clone(),
+            code_challenge: self.code_challenge.clone(),
+            code_challenge_method: self.code_challenge_method.clone(),
+            redirect_uri: self.redirect_uri.clone(),
+            remember: self.remember,
+            remote_address: self.remote_address.clone(),
+            user_agent: self.user_agent.clone(),
+            auth_method,
+        })
+    }
+}
+
+/// PKCE (RFC 7636) is required, with S256, unless the client sets
+/// `pkceOptional` (which also permits `plain`).
+pub fn check_pkce(
+    client: Option<&Client>,
+    challenge: Option<&str>,
+    method: Option<&str>,
+) -> Result<()> {
+    let optional = client.is_some_and(Client::pkce_optional);
+    match (challenge.filter(|c| !c.is_empty()), method) {
+        (None, None) if optional => Ok(()),
+        (None, _) => Err(bad(
+            "codeChallenge (PKCE, RFC 7636) is required: send an S256 challenge of a random verifier",
+        )),
+        (Some(c), _) if !(43..=128).contains(&c.len()) => Err(bad(
+            "codeChallenge must be 43 to 128 characters (base64url of the verifier's SHA-256)",
+        )),
+        (Some(_), Some("S256")) => Ok(()),
+        (Some(_), Some("plain")) if optional => Ok(()),
+        (Some(_), Some("plain")) => Err(bad(
+            "codeChallengeMethod 'plain' is refused; use S256",
+        )),
+        (Some(_), _) => Err(bad("codeChallengeMethod must be S256")),
+    }
+}
+
+/// Parses the requested scope and keeps what the client may have.
+pub fn grant_scope(requested: &str, client: Option<&Client>) -> Result<String> {
+    let requested = ScopeSet::parse(requested).map_err(|e| bad(e.to_string()))?;
+    if requested.is_empty() {
+        return Err(bad("scope is required, e.g. 'openid'"));
+    }
+    let granted = match client.and_then(Client::allowed_scope) {
+        Some(allowed) => requested.intersect(&allowed),
+        None => requested,
+    };
+    if granted.is_empty() {
+        return Err(bad(
+            "None of the requested scopes is allowed for this client",
+        ));
+    }
+    Ok(granted.to_string())
+}
+
+/// `POST /auth/login` and the sign-in page: checks the password (with
+/// lockout) and starts a Login.
+pub async fn password_login(state: &AppState, request: &LoginRequest) -> Result<LoginOutcome> {
+    let email = request.email.trim();
+    if email.is_empty() || !email.contains('@') {
+        return Err(bad("Invalid email"));
+    }
+    if request.password.is_empty() {
+        return Err(bad("Invalid password"));
+    }
+    let params = request.params(state, "password").await?;
+    let project_id = match (&request.project_id, &params.client) {
+        (Some(p), _) if !p.is_empty() => {
+            Some(fhir::parse_id(p).ok_or_else(|| bad("projectId is not a valid id"))?)
+        }
+        (_, Some(client)) => Some(client.project_id),
+        _ => None,
+    };
+    if let (Some(p), Some(client)) = (project_id, &params.client) {
+        if client.project_id != p {
+            return Err(bad("The client does not belong to this project"));
+        }
+    }
+    let key = lockout_key(project_id, email);
+    if let Some(until) = state.store.locked_until(&key).await? {
+        return Err(locked(until));
+    }
+    let user = find_user(state, email, project_id).await?;
+    let stored = match &user {
+        Some(user) => state.store.secret_hash("User", user.id, "password").await?,
+        None => None,
+    };
+    let verified = password::verify(&request.password, stored).await?;
+    let user = match user {
+        Some(user) if verified.ok => user,
+        _ => {
+            let policy = LockoutPolicy {
+                threshold: state.config.lockout_threshold as i32,
+                base_seconds: state.config.lockout_period.as_secs_f64(),
+                max_seconds: MAX_LOCKOUT_SECONDS,
+            };
+            return Err(
+                match state.store.record_login_failure(&key, policy).await? {
+                    Some(until) => locked(until),
+                    None => bad(INVALID_CREDENTIALS),
+                },
+            );
+        }
+    };
+    state.store.clear_login_failures(&key).await?;
+    if let Some(rehash) = verified.rehash {
+        let tx = state.store.begin().await?;
+        tx.set_secret(user.project_id, "User", user.id, "password", &rehash)
+            .await?;
+        tx.commit().await?;
+    }
+    let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
+    start_login(state, &user, memberships, &params).await
+}
+
+/// Lockout is keyed by where the email is looked up and the email itself,
+/// whether or not such a user exists.
+fn lockout_key(project_id: Option<Uuid>, email: &str) -> String {
+    let scope = project_id.map_or_else(|| "server".to_string(), |p| p.to_string());
+    format!("{scope}:{}", email.to_lowercase())
+}
+
+fn locked(until: chrono::DateTime<Utc>) -> Error {
+    // Rounded up: a client that waits this long is no longer locked.
+    let millis = (until - Utc::now()).num_milliseconds().max(1) as u64;
+    let seconds = millis.div_ceil(1000);
+    Error::TooManyRequests {
+        message: format!(
+            "Too many failed sign-in attempts for this email; try again after {} ({seconds} seconds)",
+            fhir::resource::instant(&until)
+        ),
+        retry_after_secs: seconds,
+    }
+}
+
+/// A project-scoped user of `project_id` with this email, else a
+/// server-scoped user (no `User.project`).
+pub async fn find_user(
+    state: &AppState,
+    email: &str,
+    project_id: Option<Uuid>,
+) -> Result<Option<Version>> {
+    let escaped = |e: &str| {
+        e.replace('\\', "\\\\")
+            .replace(',', "\\,")
+            .replace('|', "\\|")
+            .replace('$', "\\$")
+    };
+    let lower = email.to_lowercase();
+    let emails = if lower == email {
+        escaped(email)
+    } else {
+        format!("{},{}", escaped(email), escaped(&lower))
+    };
+    if let Some(project_id) = project_id {
+        let project_ref = format!("Project/{project_id}");
+        let found = fhir::search::find(
+            state,
+            Tenant::Project(project_id),
+            "User",
+            &[("email", &emails), ("project", &project_ref)],
+        )
+        .await?;
+        if let Some(user) = found.into_iter().next() {
+            return Ok(Some(user));
+        }
+    }
+    let found =
+        fhir::search::find(state, Tenant::AllProjects, "User", &[("email", &emails)]).await?;
+    Ok(found
+        .into_iter()
+        .find(|u| parse(u).is_some_and(|v| v.get("project").is_none())))
+}
+
+fn parse(version: &Version) -> Option<Value> {
+    serde_json::from_str(version.content.as_deref()?).ok()
+}
+
+/// The active memberships whose `user` is `user_ref`, in one project if given.
+pub async fn memberships_of(
+    state: &AppState,
+    user_ref: &str,
+    project_id: Option<Uuid>,
+) -> Result<Vec<Membership>> {
+    let tenant = project_id.map_or(Tenant::AllProjects, Tenant::Project);
+    let found =
+        fhir::search::find(state, tenant, "ProjectMembership", &[("user", user_ref)]).await?;
+    Ok(found
+        .iter()
+        .filter_map(|v| {
+            let content = parse(v)?;
+            (content["active"] != Value::Bool(false)).then_some(Membership {
+                id: v.id,
+                project_id: v.project_id,
+                content,
+            })
+        })
+        .collect())
+}
+
+/// Records a Login for `user` and, with one membership, sets it and issues a
+/// code; with several, the caller lets the user choose (`/auth/profile`).
+/// Every way of signing in (password, a new user, a new project) ends here.
+pub async fn start_login(
+    state: &AppState,
+    user: &Version,
+    memberships: Vec<Membership>,
+    params: &LoginParams,
+) -> Result<LoginOutcome> {
+    if memberships.is_empty() {
+        return Err(bad(
+            "This user has no active project membership; ask a project admin to invite them",
+        ));
+    }
+    let login_id = Uuid::new_v4();
+    let user_ref = format!("User/{}", user.id);
+    let stamp = Stamp::new(login_id, user.project_id, &user_ref);
+    let mut login = json!({
+        "resourceType": "Login",
+        "user": {"reference": user_ref},
+        "authMethod": params.auth_method,
+        "authTime": fhir::resource::instant(&stamp.last_updated),
+        "scope": params.scope,
+        "granted": false,
+        "remember": params.remember,
+    });
+    let optional = [
+        ("nonce", &params.nonce),
+        ("codeChallenge", &params.code_challenge),
+        ("codeChallengeMethod", &params.code_challenge_method),
+        ("remoteAddress", &params.remote_address),
+        ("userAgent", &params.user_agent),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            login[name] = json!(value);
+        }
+    }
+    if let Some(client) = &params.client {
+        login["client"] = json!({"reference": client.reference()});
+        login["project"] = json!({"reference": format!("Project/{}", client.project_id)});
+    }
+    let tx = state.store.begin().await?;
+    let outcome = if let [membership] = memberships.as_slice() {
+        set_membership(&mut login, membership);
+        fhir::insert(&state.validator, &tx, login, &stamp).await?;
+        let code = issue_code(
+            state,
+            &tx,
+            user.project_id,
+            login_id,
+            params.redirect_uri.as_deref(),
+        )
+        .await?;
+        LoginOutcome::Code { login_id, code }
+    } else {
+        fhir::insert(&state.validator, &tx, login, &stamp).await?;
+        LoginOutcome::Choose {
+            login_id,
+            memberships,
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+fn set_membership(login: &mut Value, membership: &Membership) {
+    login["membership"] = json!({"reference": format!("ProjectMembership/{}", membership.id)});
+    login["project"] = json!({"reference": format!("Project/{}", membership.project_id)});
+    if let Some(profile) = membership.content["profile"]["reference"].as_str() {
+        if let Some((kind, _)) = profile.split_once('/') {
+            login["profileType"] = json!(kind);
+        }
+    }
+}
+
+/// A fresh authorization code for a Login: a random secret whose digest is
+/// kept, valid for `FHIRGATE_CODE_LIFETIME`, redeemable once.
+async fn issue_code(
+    state: &AppState,
+    tx: &Tx,
+    project_id: Uuid,
+    login_id: Uuid,
+    redirect_uri: Option<&str>,
+) -> Result<String> {
+    let code = random_token(32);
+    let lifetime = TimeDelta::from_std(state.config.code_lifetime)
+        .map_err(|e| Error::Internal(format!("code lifetime: {e}")))?;
+    tx.insert_login_secret(&NewSecret {
+        digest: &hash_client_secret(&code),
+        kind: SecretKind::Code,
+        project_id,
+        login_id,
+        redirect_uri,
+        expires_at: Utc::now() + lifetime,
+    })
+    .await?;
+    Ok(code)
+}
+
+/// A Login as stored.
+pub struct LoginRecord {
+    pub project_id: Uuid,
+    pub content: Value,
+}
+
+/// Reads a Login by id (locked when in a transaction).
+pub async fn lock_login(tx: &Tx, login_id: Uuid) -> Result<Option<LoginRecord>> {
+    let Some(version) = tx
+        .lock_current(Tenant::AllProjects, "Login", login_id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(parse(&version).map(|content| LoginRecord {
+        project_id: version.project_id,
+        content,
+    }))
+}
+
+/// Writes a changed Login as a new version.
+pub async fn save_login(
+    state: &AppState,
+    tx: &Tx,
+    login_id: Uuid,
+    record: LoginRecord,
+) -> Result<()> {
+    let author = record.content["user"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let stamp = Stamp::new(login_id, record.project_id, &author);
+    fhir::overwrite(&state.validator, tx, record.content, &stamp).await?;
+    Ok(())
+}
+
+/// `POST /auth/profile`: the user picks one of the memberships offered.
+pub async fn choose_membership(
+    state: &AppState,
+    login_id: &str,
+    membership_id: &str,
+    redirect_uri: Option<&str>,
+) -> Result<LoginOutcome> {
+    let invalid_login = || bad("Login not found, already used or expired; sign in again");
+    let login_id = fhir::parse_id(login_id).ok_or_else(invalid_login)?;
+    let membership_id = fhir::parse_id(membership_id).ok_or_else(|| bad("Profile not found"))?;
+    let tx = state.store.begin().await?;
+    let mut login = lock_login(&tx, login_id).await?.ok_or_else(invalid_login)?;
+    let auth_time = login.content["authTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let fresh =
+        auth_time.is_some_and(|t| Utc::now() - t < TimeDelta::minutes(PENDING_LOGIN_MINUTES));
+    if !fresh
+        || login.content["revoked"] == Value::Bool(true)
+        || login.content["granted"] == Value::Bool(true)
+        || login.content.get("membership").is_some()
+    {
+        return Err(invalid_login());
+    }
+    let user_ref = login.content["user"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let restrict = login.content["project"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Project/"))
+        .and_then(fhir::parse_id);
+    let membership = memberships_of(state, &user_ref, restrict)
+        .await?
+        .into_iter()
+        .find(|m| m.id == membership_id)
+        .ok_or_else(|| bad("Profile not found"))?;
+    set_membership(&mut login.content, &membership);
+    let project_id = login.project_id;
+    save_login(state, &tx, login_id, login).await?;
+    let code = issue_code(state, &tx, project_id, login_id, redirect_uri).await?;
+    tx.commit().await?;
+    Ok(LoginOutcome::Code { login_id, code })
+}
+
+/// Revokes a Login: its tokens fail on their next use, its secrets are spent.
+pub async fn revoke_login(state: &AppState, tx: &Tx, login_id: Uuid) -> Result<()> {
+    let Some(mut login) = lock_login(tx, login_id).await? else {
+        return Ok(());
+    };
+    let project_id = login.project_id;
+    tx.spend_login_secrets(project_id, login_id).await?;
+    if login.content["revoked"] != Value::Bool(true) {
+        login.content["revoked"] = Value::Bool(true);
+        save_login(state, tx, login_id, login).await?;
+    }
+    Ok(())
+}
+
+/// Whether the scope string holds `scope`.
+pub fn has_scope(scope: &str, wanted: &Scope) -> bool {
+    ScopeSet::parse(scope).is_ok_and(|s| s.contains(wanted))
+}
+
+/// The live sessions of a user (Medplum's `security.sessions`): granted,
+/// unrevoked Logins, newest first.
+pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>> {
+    let logins = fhir::search::find(
+        state,
+        Tenant::AllProjects,
+        "Login",
+        &[
+            ("user", user_ref),
+            ("_sort", "-_lastUpdated"),
+            ("_count", "100"),
+        ],
+    )
+    .await?;
+    let horizon = Utc::now()
+        - TimeDelta::from_std(state.config.refresh_token_lifetime)
+            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+    Ok(logins
+        .iter()
+        .filter(|v| v.last_updated > horizon)
+        .filter_map(|v| {
+            let login = parse(v)?;
+            let live =
+                login["granted"] == Value::Bool(true) && login["revoked"] != Value::Bool(true);
+            live.then(|| {
+                json!({
+                    "id": v.id,
+                    "lastUpdated": fhir::resource::instant(&v.last_updated),
+                    "authTime": login["authTime"],
+                    "authMethod": login["authMethod"],
+                    "remoteAddress": login["remoteAddress"],
+                    "userAgent": login["userAgent"],
+                    "client": login["client"],
+                })
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,255 @@
+//! Medplum's `/auth/*` routes: password sign-in, choosing a profile.
+//! Bodies and answers are JSON in Medplum's shapes; errors are OperationOutcomes.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{parse_json, read_body};
+use crate::{
+    app::AppState,
+    auth::{
+        login::{
+            choose_membership, password_login, revoke_login, sessions_of, LoginOutcome,
+            LoginRequest,
+        },
+        read_live, reference_id, Caller,
+    },
+    error::{Error, Result},
+    fhir::parse_id,
+    store::Tenant,
+};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/login", web::post().to(login))
+        .route("/auth/profile", web::post().to(profile))
+        .route("/auth/me", web::get().to(me))
+        .route("/auth/revoke", web::post().to(revoke_session));
+}
+
+/// Sign-in bodies are small.
+const AUTH_BODY_LIMIT: usize = 16 * 1024;
+
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T> {
+    let body = read_body(req, payload, AUTH_BODY_LIMIT).await?;
+    let value = parse_json(&body)?;
+    serde_json::from_value(value)
+        .map_err(|e| Error::BadRequest(format!("Invalid request body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginBody {
+    email: Option<String>,
+    password: Option<String>,
+    project_id: Option<String>,
+    client_id: Option<String>,
+    scope: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    #[serde(default)]
+    remember: bool,
+}
+
+pub fn remote_address(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+pub fn user_agent(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(512).collect())
+}
+
+async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body: LoginBody = json_body(&req, payload).await?;
+    let request = LoginRequest {
+        email: body.email.unwrap_or_default(),
+        password: body.password.unwrap_or_default(),
+        project_id: body.project_id,
+        client_id: body.client_id,
+        scope: body.scope.unwrap_or_default(),
+        nonce: body.nonce,
+        code_challenge: body.code_challenge,
+        code_challenge_method: body.code_challenge_method,
+        redirect_uri: None,
+        remember: body.remember,
+        remote_address: remote_address(&req),
+        user_agent: user_agent(&req),
+    };
+    let outcome = password_login(&state, &request).await?;
+    outcome_response(&state, &outcome).await
+}
+
+#[derive(Deserialize)]
+struct ProfileBody {
+    login: Option<String>,
+    profile: Option<String>,
+}
+
+async fn profile(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body: ProfileBody = json_body(&req, payload).await?;
+    let login = body
+        .login
+        .ok_or_else(|| Error::BadRequest("login is required".into()))?;
+    let profile = body
+        .profile
+        .ok_or_else(|| Error::BadRequest("profile (a membership id) is required".into()))?;
+    let outcome = choose_membership(&state, &login, &profile, None).await?;
+    outcome_response(&state, &outcome).await
+}
+
+/// The project names a membership choice shows.
+pub async fn project_names(
+    state: &AppState,
+    outcome: &LoginOutcome,
+) -> Result<Vec<(uuid::Uuid, String)>> {
+    let mut names = Vec::new();
+    if let LoginOutcome::Choose { memberships, .. } = outcome {
+        for m in memberships {
+            let name = state
+                .store
+                .read(Tenant::Project(m.project_id), "Project", m.project_id)
+                .await?
+                .and_then(|v| v.content)
+                .and_then(|c| serde_json::from_str::<Value>(&c).ok())
+                .and_then(|p| p["name"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            names.push((m.project_id, name));
+        }
+    }
+    Ok(names)
+}
+
+async fn outcome_response(state: &AppState, outcome: &LoginOutcome) -> Result<HttpResponse> {
+    let names = project_names(state, outcome).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(outcome.to_json(&names)))
+}
+
+/// Medplum's `GET /auth/me`: who the caller is, in which project, and (for
+/// users) their active sessions.
+async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+    let read = |resource_type: &'static str, reference: &Value| {
+        let state = state.clone();
+        let id = reference_id(reference, resource_type);
+        async move {
+            match id {
+                Some(id) => read_live(&state, Tenant::AllProjects, resource_type, id).await,
+                None => Ok(None),
+            }
+        }
+    };
+    let membership = read(
+        "ProjectMembership",
+        &serde_json::json!({"reference": format!("ProjectMembership/{}", caller.membership_id)}),
+    )
+    .await?
+    .unwrap_or(Value::Null);
+    let project = read("Project", &membership["project"])
+        .await?
+        .unwrap_or(Value::Null);
+    let profile = match membership["profile"]["reference"]
+        .as_str()
+        .and_then(|r| r.split_once('/'))
+    {
+        Some((kind, id)) => match parse_id(id) {
+            Some(id) => {
+                state
+                    .store
+                    .read(Tenant::Project(caller.project_id), kind, id)
+                    .await?
+            }
+            None => None,
+        }
+        .and_then(|v| v.content)
+        .and_then(|c| serde_json::from_str::<Value>(&c).ok()),
+        None => None,
+    };
+    let access_policy = read("AccessPolicy", &membership["accessPolicy"]).await?;
+    let user = read("User", &membership["user"]).await?;
+    let mut body = serde_json::json!({
+        "project": {
+            "resourceType": "Project", "id": project["id"], "name": project["name"],
+            "description": project["description"], "strictMode": project["strictMode"],
+            "superAdmin": project["superAdmin"],
+        },
+        "membership": {
+            "resourceType": "ProjectMembership", "id": membership["id"],
+            "identifier": membership["identifier"], "user": membership["user"],
+            "profile": membership["profile"], "admin": membership["admin"],
+        },
+        "profile": profile,
+        "config": {"resourceType": "UserConfiguration"},
+        "accessPolicy": access_policy,
+    });
+    if let Some(user) = user {
+        let sessions = sessions_of(&state, &caller.user).await?;
+        body["user"] = serde_json::json!({
+            "resourceType": "User", "id": user["id"], "email": user["email"],
+            "identifier": user["identifier"],
+        });
+        body["security"] = serde_json::json!({
+            "mfaEnrolled": user["mfaEnrolled"] == Value::Bool(true),
+            "sessions": sessions,
+        });
+    }
+    strip_nulls(&mut body);
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(body))
+}
+
+/// Absent values are left out, as Medplum's JSON leaves `undefined` out.
+fn strip_nulls(value: &mut Value) {
+    if let Value::Object(map) = value {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeBody {
+    login_id: Option<String>,
+}
+
+/// Medplum's `POST /auth/revoke {loginId}`: a user ends one of their own sessions.
+async fn revoke_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body: RevokeBody = json_body(&req, payload).await?;
+    let not_found = || Error::NotFound("No such session of yours".into());
+    let login_id = body
+        .login_id
+        .as_deref()
+        .and_then(parse_id)
+        .ok_or_else(|| Error::BadRequest("loginId is required".into()))?;
+    let login = read_live(&state, Tenant::AllProjects, "Login", login_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if login["user"]["reference"].as_str() != Some(caller.user.as_str()) {
+        return Err(not_found());
+    }
+    let tx = state.store.begin().await?;
+    revoke_login(&state, &tx, login_id).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
+}

@@ -1,0 +1,409 @@
+//! `/oauth2/authorize` (RFC 6749 §4.1, GET and POST) with fhirgate's own
+//! sign-in page and membership chooser: server-rendered HTML, every value
+//! escaped, no JavaScript, not frameable, not cached.
+//!
+//! A bad client or redirect URI is a plain 400 (nothing is redirected to an
+//! unchecked address); every other error goes back to the client's
+//! redirect URI as `error=…&state=…`.
+
+use std::collections::HashMap;
+
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+
+use super::{
+    auth::{project_names, remote_address, user_agent},
+    read_body,
+};
+use crate::{
+    app::AppState,
+    auth::{
+        client::{find_client, Client},
+        login::{
+            check_pkce, choose_membership, grant_scope, password_login, LoginOutcome, LoginRequest,
+        },
+    },
+    error::{Error, Result},
+};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/oauth2/authorize", web::get().to(authorize_get))
+        .route("/oauth2/authorize", web::post().to(authorize_post));
+}
+
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// The authorization request's parameters, carried through the pages.
+const OAUTH_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+type Params = HashMap<String, String>;
+
+fn params_from(pairs: Vec<(String, String)>) -> Result<Params> {
+    let mut params = HashMap::new();
+    for (name, value) in pairs {
+        // RFC 6749 §3.1: parameters must not be repeated.
+        if params.insert(name.clone(), value).is_some() {
+            return Err(Error::BadRequest(format!("Parameter '{name}' is repeated")));
+        }
+    }
+    Ok(params)
+}
+
+/// A checked authorization request.
+struct Checked {
+    client: Client,
+    redirect_uri: String,
+    /// Whether the request named the redirect URI (then the token request must too).
+    named_redirect: bool,
+}
+
+/// Client and redirect URI first: these errors are never redirected.
+async fn check_client(state: &AppState, params: &Params) -> Result<Checked> {
+    let client_id = params
+        .get("client_id")
+        .ok_or_else(|| Error::BadRequest("client_id is required".into()))?;
+    let client = find_client(state, client_id)
+        .await?
+        .ok_or_else(|| Error::BadRequest("Unknown or inactive client_id".into()))?;
+    let (redirect_uri, named_redirect) = match params.get("redirect_uri") {
+        Some(uri) if client.allows_redirect(uri) => (uri.clone(), true),
+        Some(_) => {
+            return Err(Error::BadRequest(
+                "redirect_uri does not exactly match a redirect URI registered for this client".into(),
+            ))
+        }
+        None => (
+            client.only_redirect().ok_or_else(|| {
+                Error::BadRequest(
+                    "redirect_uri is required: this client has more than one (or no) registered redirect URI".into(),
+                )
+            })?,
+            false,
+        ),
+    };
+    Ok(Checked {
+        client,
+        redirect_uri,
+        named_redirect,
+    })
+}
+
+/// The rest of the request; an error here is an RFC 6749 §4.1.2.1 code.
+fn check_request(
+    checked: &Checked,
+    params: &Params,
+) -> std::result::Result<(), (&'static str, String)> {
+    let get = |name: &str| params.get(name).map(String::as_str);
+    match get("response_type") {
+        Some("code") => {}
+        Some(_) => {
+            return Err((
+                "unsupported_response_type",
+                "response_type must be code".into(),
+            ))
+        }
+        None => return Err(("invalid_request", "response_type is required".into())),
+    }
+    grant_scope(get("scope").unwrap_or_default(), Some(&checked.client))
+        .map_err(|e| ("invalid_scope", e.to_string()))?;
+    check_pkce(
+        Some(&checked.client),
+        get("code_challenge"),
+        get("code_challenge_method"),
+    )
+    .map_err(|e| ("invalid_request", e.to_string()))?;
+    Ok(())
+}
+
+async fn authorize_get(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
+    let pairs = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| Error::BadRequest(format!("The query string is not valid: {e}")))?;
+    let params = params_from(pairs)?;
+    let checked = check_client(&state, &params).await?;
+    if let Err((error, description)) = check_request(&checked, &params) {
+        return Ok(redirect_error(&checked, &params, error, &description));
+    }
+    Ok(sign_in_page(&params, &checked, None, StatusCode::OK))
+}
+
+async fn authorize_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body = read_body(&req, payload, FORM_LIMIT).await?;
+    let pairs = serde_urlencoded::from_bytes(&body)
+        .map_err(|_| Error::BadRequest("The form body is not valid".into()))?;
+    let params = params_from(pairs)?;
+    let checked = check_client(&state, &params).await?;
+    if let Err((error, description)) = check_request(&checked, &params) {
+        return Ok(redirect_error(&checked, &params, error, &description));
+    }
+    let redirect = checked
+        .named_redirect
+        .then_some(checked.redirect_uri.as_str());
+    let outcome = match (params.get("login"), params.get("membership")) {
+        (Some(login), Some(membership)) => {
+            choose_membership(&state, login, membership, redirect).await
+        }
+        _ if params.contains_key("email") => {
+            let get = |name: &str| params.get(name).cloned();
+            let request = LoginRequest {
+                email: get("email").unwrap_or_default(),
+                password: get("password").unwrap_or_default(),
+                project_id: None,
+                client_id: Some(checked.client.id.to_string()),
+                scope: get("scope").unwrap_or_default(),
+                nonce: get("nonce"),
+                code_challenge: get("code_challenge"),
+                code_challenge_method: get("code_challenge_method"),
+                redirect_uri: redirect.map(str::to_string),
+                remember: params
+                    .get("remember")
+                    .is_some_and(|v| v == "on" || v == "true"),
+                remote_address: remote_address(&req),
+                user_agent: user_agent(&req),
+            };
+            password_login(&state, &request).await
+        }
+        // No credentials yet (the request was POSTed): show the page.
+        _ => return Ok(sign_in_page(&params, &checked, None, StatusCode::OK)),
+    };
+    match outcome {
+        Ok(LoginOutcome::Code { code, .. }) => {
+            let mut pairs = vec![("code", code.as_str())];
+            if let Some(s) = params.get("state") {
+                pairs.push(("state", s));
+            }
+            Ok(redirect_to(&checked.redirect_uri, &pairs))
+        }
+        Ok(choose @ LoginOutcome::Choose { .. }) => {
+            let names = project_names(&state, &choose).await?;
+            let LoginOutcome::Choose {
+                login_id,
+                memberships,
+            } = choose
+            else {
+                unreachable!("matched above")
+            };
+            let choices: Vec<(String, String)> = memberships
+                .iter()
+                .map(|m| {
+                    let project = names
+                        .iter()
+                        .find(|(id, _)| *id == m.project_id)
+                        .map_or_else(|| m.project_id.to_string(), |(_, n)| n.clone());
+                    let profile = m.content["profile"]["display"]
+                        .as_str()
+                        .or(m.content["profile"]["reference"].as_str())
+                        .unwrap_or_default();
+                    (m.id.to_string(), format!("{project}: {profile}"))
+                })
+                .collect();
+            Ok(chooser_page(
+                &params,
+                &checked,
+                &login_id.to_string(),
+                &choices,
+            ))
+        }
+        // Wrong credentials or a lockout: the page again, with the reason.
+        Err(e @ (Error::BadRequest(_) | Error::TooManyRequests { .. })) => {
+            let status = actix_web::ResponseError::status_code(&e);
+            Ok(sign_in_page(
+                &params,
+                &checked,
+                Some(&e.to_string()),
+                status,
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `uri` with `pairs` added to its query (RFC 6749 §4.1.2 keeps the existing query).
+fn redirect_target(uri: &str, pairs: &[(&str, &str)]) -> String {
+    let query = serde_urlencoded::to_string(pairs).unwrap_or_default();
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{separator}{query}")
+}
+
+fn redirect_to(uri: &str, pairs: &[(&str, &str)]) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("Location", redirect_target(uri, pairs)))
+        .insert_header(("Cache-Control", "no-store"))
+        .finish()
+}
+
+fn redirect_error(
+    checked: &Checked,
+    params: &Params,
+    error: &str,
+    description: &str,
+) -> HttpResponse {
+    let mut pairs = vec![("error", error), ("error_description", description)];
+    if let Some(s) = params.get("state") {
+        pairs.push(("state", s));
+    }
+    redirect_to(&checked.redirect_uri, &pairs)
+}
+
+/// `scheme://host[:port]` of a URL, for the page's `form-action`.
+fn origin(uri: &str) -> Option<&str> {
+    let scheme_end = uri.find("://")? + 3;
+    let end = uri[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(uri.len(), |i| scheme_end + i);
+    Some(&uri[..end])
+}
+
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn hidden_fields(params: &Params) -> String {
+    OAUTH_PARAMS
+        .iter()
+        .filter_map(|name| {
+            params.get(*name).map(|value| {
+                format!(
+                    "<input type=\"hidden\" name=\"{name}\" value=\"{}\">\n",
+                    escape(value)
+                )
+            })
+        })
+        .collect()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem;line-height:1.5}\
+label{display:block;margin-top:1rem;font-weight:600}input[type=email],input[type=password]{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}\
+button{margin-top:1.5rem;padding:.6rem 1.2rem;font-size:1rem}.error{color:#a00;border:1px solid #a00;padding:.5rem}fieldset{border:none;padding:0}";
+
+fn page(checked: &Checked, title: &str, body: &str, status: StatusCode) -> HttpResponse {
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' {}; frame-ancestors 'none'; base-uri 'none'",
+        origin(&checked.redirect_uri).unwrap_or("")
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title} – fhirgate</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}</main>\n</body>\n</html>\n",
+        title = escape(title)
+    );
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", csp))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("Cache-Control", "no-store"))
+        .body(html)
+}
+
+fn client_name(checked: &Checked) -> String {
+    checked.client.content["name"]
+        .as_str()
+        .unwrap_or("an application")
+        .to_string()
+}
+
+fn sign_in_page(
+    params: &Params,
+    checked: &Checked,
+    error: Option<&str>,
+    status: StatusCode,
+) -> HttpResponse {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>\n", escape(e)))
+        .unwrap_or_default();
+    let email = params.get("email").map(|e| escape(e)).unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in</h1>\n<p>to continue to {client}</p>\n{error}\
+         <form method=\"post\" action=\"authorize\">\n{hidden}\
+         <label for=\"email\">Email</label>\n\
+         <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required value=\"{email}\">\n\
+         <label for=\"password\">Password</label>\n\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\n\
+         <label><input name=\"remember\" type=\"checkbox\"> Keep me signed in</label>\n\
+         <button type=\"submit\">Sign in</button>\n</form>\n",
+        client = escape(&client_name(checked)),
+        hidden = hidden_fields(params),
+    );
+    page(checked, "Sign in", &body, status)
+}
+
+fn chooser_page(
+    params: &Params,
+    checked: &Checked,
+    login_id: &str,
+    choices: &[(String, String)],
+) -> HttpResponse {
+    let options: String = choices
+        .iter()
+        .enumerate()
+        .map(|(i, (id, label))| {
+            format!(
+                "<div><input type=\"radio\" id=\"m{i}\" name=\"membership\" value=\"{}\" required{}>\
+                 <label for=\"m{i}\" style=\"display:inline\">{}</label></div>\n",
+                escape(id),
+                if i == 0 { " checked" } else { "" },
+                escape(label)
+            )
+        })
+        .collect();
+    let body = format!(
+        "<h1>Choose a project</h1>\n<p>Which profile should {client} use?</p>\n\
+         <form method=\"post\" action=\"authorize\">\n{hidden}\
+         <input type=\"hidden\" name=\"login\" value=\"{login}\">\n\
+         <fieldset>\n<legend>Project and profile</legend>\n{options}</fieldset>\n\
+         <button type=\"submit\">Continue</button>\n</form>\n",
+        client = escape(&client_name(checked)),
+        hidden = hidden_fields(params),
+        login = escape(login_id),
+    );
+    page(checked, "Choose a project", &body, StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_builds_redirects() {
+        assert_eq!(
+            escape("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
+        assert_eq!(
+            redirect_target(
+                "https://a.example/cb?x=1",
+                &[("code", "a b"), ("state", "s&t")]
+            ),
+            "https://a.example/cb?x=1&code=a+b&state=s%26t"
+        );
+        assert_eq!(
+            origin("https://a.example:8443/cb?x"),
+            Some("https://a.example:8443")
+        );
+        assert_eq!(origin("http://localhost"), Some("http://localhost"));
+    }
+}

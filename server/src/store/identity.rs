@@ -1,0 +1,184 @@
+//! SQL of sign-in state that is not a resource (`migrations/0004_identity.sql`):
+//! one-time login secrets, lockout counters, client-assertion `jti`s.
+//! A login secret is found by the digest of a random secret the client holds,
+//! which is what names its tenant; the Login it leads to is then read with it.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Executor, Query, Store, Tx};
+use crate::error::Result;
+
+/// What a login secret is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    Code,
+    Refresh,
+}
+
+impl SecretKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::Code => "code",
+            SecretKind::Refresh => "refresh",
+        }
+    }
+}
+
+/// A login secret, locked for the transaction that read it.
+#[derive(Debug)]
+pub struct LoginSecret {
+    pub project_id: Uuid,
+    pub login_id: Uuid,
+    pub redirect_uri: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
+}
+
+/// A new login secret.
+pub struct NewSecret<'a> {
+    pub digest: &'a str,
+    pub kind: SecretKind,
+    pub project_id: Uuid,
+    pub login_id: Uuid,
+    pub redirect_uri: Option<&'a str>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Tx {
+    pub async fn insert_login_secret(&self, secret: &NewSecret<'_>) -> Result<()> {
+        let mut q = Query::new(
+            "INSERT INTO login_secret (digest, kind, project_id, login_id, redirect_uri, expires_at) VALUES (",
+        );
+        q.bind(secret.digest.to_string())
+            .push(", ")
+            .bind(secret.kind.as_str())
+            .push(", ")
+            .bind(secret.project_id)
+            .push(", ")
+            .bind(secret.login_id)
+            .push(", ")
+            .bind(secret.redirect_uri.map(str::to_string))
+            .push(", ")
+            .bind(secret.expires_at)
+            .push(")");
+        self.query(&q).await?;
+        Ok(())
+    }
+
+    /// The secret with this digest, locked (`FOR UPDATE`) so two concurrent
+    /// redemptions queue and only the first sees it unused.
+    pub async fn lock_login_secret(
+        &self,
+        digest: &str,
+        kind: SecretKind,
+    ) -> Result<Option<LoginSecret>> {
+        let mut q = Query::new(
+            "SELECT project_id, login_id, redirect_uri, expires_at, used_at IS NOT NULL FROM login_secret WHERE digest = ",
+        );
+        q.bind(digest.to_string())
+            .push(" AND kind = ")
+            .bind(kind.as_str())
+            .push(" FOR UPDATE");
+        Ok(self.query(&q).await?.first().map(|row| LoginSecret {
+            project_id: row.get(0),
+            login_id: row.get(1),
+            redirect_uri: row.get(2),
+            expires_at: row.get(3),
+            used: row.get(4),
+        }))
+    }
+
+    pub async fn mark_login_secret_used(&self, digest: &str) -> Result<()> {
+        let mut q = Query::new("UPDATE login_secret SET used_at = now() WHERE digest = ");
+        q.bind(digest.to_string());
+        self.query(&q).await?;
+        Ok(())
+    }
+
+    /// Spends every secret of a login (it was revoked).
+    pub async fn spend_login_secrets(&self, project_id: Uuid, login_id: Uuid) -> Result<()> {
+        let mut q = Query::new(
+            "UPDATE login_secret SET used_at = COALESCE(used_at, now()) WHERE project_id = ",
+        );
+        q.bind(project_id).push(" AND login_id = ").bind(login_id);
+        self.query(&q).await?;
+        Ok(())
+    }
+}
+
+/// How failed sign-ins lock an account key.
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    pub threshold: i32,
+    pub base_seconds: f64,
+    pub max_seconds: f64,
+}
+
+impl Store {
+    /// Until when `key` is locked, if it is now.
+    pub async fn locked_until(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
+        let mut q = Query::new("SELECT locked_until FROM login_lockout WHERE key = ");
+        q.bind(key.to_string()).push(" AND locked_until > now()");
+        Ok(self.query(&q).await?.first().map(|row| row.get(0)))
+    }
+
+    /// Counts a failure in one statement (concurrent failures all count):
+    /// from the threshold on, the key is locked for the base period, doubled
+    /// for each failure past it, up to the cap. Returns the lock's end.
+    pub async fn record_login_failure(
+        &self,
+        key: &str,
+        policy: LockoutPolicy,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let mut q = Query::new(
+            "INSERT INTO login_lockout (key, failures, last_failure, locked_until) VALUES (",
+        );
+        q.bind(key.to_string());
+        let threshold = q.placeholder(policy.threshold);
+        let base = q.placeholder(policy.base_seconds);
+        let max = q.placeholder(policy.max_seconds);
+        let lock = |n: &str| {
+            format!(
+                "CASE WHEN {n} >= {threshold}::int4 THEN now() + make_interval(secs => \
+                 LEAST({max}::float8, {base}::float8 * power(2, {n} - {threshold}::int4))) END"
+            )
+        };
+        q.push(&format!(
+            ", 1, now(), {}) ON CONFLICT (key) DO UPDATE SET failures = login_lockout.failures + 1, \
+             last_failure = now(), locked_until = {} RETURNING locked_until",
+            lock("1"),
+            lock("(login_lockout.failures + 1)")
+        ));
+        Ok(self.query(&q).await?.first().and_then(|row| row.get(0)))
+    }
+
+    pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
+        let mut q = Query::new("DELETE FROM login_lockout WHERE key = ");
+        q.bind(key.to_string());
+        self.query(&q).await?;
+        Ok(())
+    }
+
+    /// Records a client assertion's `jti`; false when it was seen before.
+    /// Expired ones are dropped on the way.
+    pub async fn remember_assertion_jti(
+        &self,
+        client_id: Uuid,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut purge = Query::new("DELETE FROM client_assertion_jti WHERE client_id = ");
+        purge.bind(client_id).push(" AND expires_at < now()");
+        self.query(&purge).await?;
+        let mut q =
+            Query::new("INSERT INTO client_assertion_jti (client_id, jti, expires_at) VALUES (");
+        q.bind(client_id)
+            .push(", ")
+            .bind(jti.to_string())
+            .push(", ")
+            .bind(expires_at)
+            .push(") ON CONFLICT DO NOTHING RETURNING 1");
+        Ok(!self.query(&q).await?.is_empty())
+    }
+}

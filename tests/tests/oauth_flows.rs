@@ -1,0 +1,744 @@
+//! The browser flow at `/oauth2/authorize` (fhirgate's own sign-in page),
+//! driven by the `oauth2` crate; userinfo, introspection, revocation,
+//! logout, discovery, key rotation and `private_key_jwt`.
+
+use std::collections::HashMap;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use fhirgate_tests::{assert_outcome, status_json, TestApp, TEST_PASSWORD};
+use oauth2::{
+    basic::BasicClient, AuthType, AuthUrl, AuthorizationCode, ClientId, CsrfToken,
+    PkceCodeChallenge, RedirectUrl, Scope, TokenResponse, TokenUrl,
+};
+use p256::{elliptic_curve::sec1::ToEncodedPoint, pkcs8::EncodePrivateKey};
+use reqwest::Response;
+use serde_json::{json, Value};
+
+const REDIRECT: &str = "https://app.example.com/callback";
+
+fn http() -> oauth2::reqwest::Client {
+    oauth2::reqwest::Client::builder()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn query_of(location: &str) -> HashMap<String, String> {
+    let query = location.split_once('?').map_or("", |(_, q)| q);
+    serde_urlencoded::from_str(query).unwrap()
+}
+
+fn location(response: &Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Opens the authorize URL, checks the page, posts the credentials; returns
+/// the response to the sign-in.
+async fn sign_in(app: &TestApp, authorize_url: &str, email: &str, password: &str) -> Response {
+    let page = app.http.get(authorize_url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let mut form = query_of(authorize_url);
+    form.insert("email".into(), email.into());
+    form.insert("password".into(), password.into());
+    app.http
+        .post(app.url("oauth2/authorize"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_flow_with_the_sign_in_page_and_pkce() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let user = app
+        .user(&project.id, "doctor@example.com", "Practitioner", false)
+        .await;
+    let client_id = app
+        .public_client(&project.id, REDIRECT, json!({"name": "<b>Chart</b> & co"}))
+        .await;
+    let client = BasicClient::new(ClientId::new(client_id.clone()))
+        .set_auth_type(AuthType::RequestBody)
+        .set_auth_uri(AuthUrl::new(app.url("oauth2/authorize")).unwrap())
+        .set_token_uri(TokenUrl::new(app.url("oauth2/token")).unwrap())
+        .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scope(Scope::new("openid".into()))
+        .add_scope(Scope::new("offline_access".into()))
+        .add_extra_param("nonce", "abc123")
+        .set_pkce_challenge(challenge)
+        .url();
+
+    // The page: accessible, escaped, without script, not frameable or cached.
+    let page = app.http.get(url.as_str()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<html lang=\"en\">"));
+    assert!(html.contains("<label for=\"email\">") && html.contains("<label for=\"password\">"));
+    assert!(
+        html.contains("&lt;b&gt;Chart&lt;/b&gt; &amp; co"),
+        "client name escaped"
+    );
+    assert!(!html.contains("<script"));
+
+    let response = sign_in(&app, url.as_str(), &user.email, TEST_PASSWORD).await;
+    assert_eq!(response.status(), 303);
+    let target = location(&response);
+    assert!(target.starts_with(REDIRECT), "{target}");
+    let query = query_of(&target);
+    assert_eq!(&query["state"], csrf.secret());
+    let token = client
+        .exchange_code(AuthorizationCode::new(query["code"].clone()))
+        .set_pkce_verifier(verifier)
+        .request_async(&http())
+        .await
+        .expect("code exchange");
+    assert!(token.refresh_token().is_some());
+
+    // Wrong password: the page again, with the reason, and no redirect.
+    let response = sign_in(&app, url.as_str(), &user.email, "wrong password here").await;
+    assert_eq!(response.status(), 400);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("Email or password is invalid"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chooser_picks_one_of_several_memberships() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let user = app
+        .user(&project.id, "doctor@example.com", "Practitioner", false)
+        .await;
+    let root = app.super_admin().await;
+    let patient = root
+        .create(json!({"resourceType": "Patient", "meta": {"project": project.id}}))
+        .await;
+    let patient = format!("Patient/{}", patient["id"].as_str().unwrap());
+    let second = app
+        .add_membership(&root, &project.id, &user.id, &patient)
+        .await;
+    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let url = format!(
+        "{}?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid%20launch%2Fpatient&state=xyz&code_challenge={}&code_challenge_method=S256",
+        app.url("oauth2/authorize"),
+        urlencode(REDIRECT),
+        challenge.as_str()
+    );
+    let response = sign_in(&app, &url, &user.email, TEST_PASSWORD).await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("Choose a project"));
+    assert!(html.contains(&second));
+    let login = html
+        .split("name=\"login\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let mut form = query_of(&url);
+    form.insert("login".into(), login);
+    form.insert("membership".into(), second);
+    let response = app
+        .http
+        .post(app.url("oauth2/authorize"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let query = query_of(&location(&response));
+    assert_eq!(query["state"], "xyz");
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &query["code"]),
+            ("code_verifier", verifier.secret()),
+            ("client_id", &client_id),
+            ("redirect_uri", REDIRECT),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["profile"]["reference"], patient);
+    assert_eq!(token["patient"], patient.strip_prefix("Patient/").unwrap());
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorize_errors_are_plain_for_bad_clients_and_redirected_otherwise() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let authorize = |query: String| {
+        let url = format!("{}?{query}", app.url("oauth2/authorize"));
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    let redirect = urlencode(REDIRECT);
+    // Unknown client, unregistered redirect URI: 400, never a redirect.
+    let response = authorize(format!(
+        "response_type=code&client_id=00000000-0000-4000-8000-000000000000&redirect_uri={redirect}"
+    ))
+    .await;
+    assert_outcome(response, 400, "Unknown or inactive client_id").await;
+    let response = authorize(format!(
+        "response_type=code&client_id={client_id}&redirect_uri={}&scope=openid",
+        urlencode("https://evil.example.com/callback")
+    ))
+    .await;
+    assert_outcome(response, 400, "redirect_uri does not exactly match").await;
+    let response = authorize(format!(
+        "response_type=code&client_id={client_id}&redirect_uri={}&scope=openid",
+        urlencode("https://app.example.com/callback/extra")
+    ))
+    .await;
+    assert_eq!(response.status(), 400, "prefix matches are not matches");
+
+    // Everything else goes back to the client with state.
+    let cases = [
+        ("response_type=token", "unsupported_response_type"),
+        ("response_type=code&scope=openid", "invalid_request"), // no PKCE
+        (
+            "response_type=code&scope=openid&code_challenge=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa&code_challenge_method=plain",
+            "invalid_request",
+        ),
+        (
+            "response_type=code&scope=bad%22scope&code_challenge=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa&code_challenge_method=S256",
+            "invalid_scope",
+        ),
+    ];
+    for (query, error) in cases {
+        let response = authorize(format!(
+            "{query}&client_id={client_id}&redirect_uri={redirect}&state=s1"
+        ))
+        .await;
+        assert_eq!(response.status(), 303, "{query}");
+        let target = location(&response);
+        assert!(target.starts_with(REDIRECT));
+        let params = query_of(&target);
+        assert_eq!(params["error"], error, "{query}");
+        assert_eq!(params["state"], "s1");
+    }
+}
+
+/// A user signed in through a public client: the token response.
+async fn user_token(app: &TestApp, project_id: &str, scope: &str) -> (Value, String) {
+    app.user(project_id, "doctor@example.com", "Practitioner", false)
+        .await;
+    let client_id = app.public_client(project_id, REDIRECT, json!({})).await;
+    let (verifier, challenge) = fhirgate_tests::pkce_pair();
+    let (_, login) = app
+        .login(
+            &json!({"email": "doctor@example.com", "password": TEST_PASSWORD,
+            "clientId": client_id, "scope": scope,
+            "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+        )
+        .await;
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", login["code"].as_str().unwrap()),
+            ("code_verifier", &verifier),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    (token, client_id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userinfo_introspection_revocation_and_logout() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let (token, client_id) =
+        user_token(&app, &project.id, "openid profile email offline_access").await;
+    let access = token["access_token"].as_str().unwrap();
+    let (status, info) = status_json(
+        app.http
+            .get(app.url("oauth2/userinfo"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["email"], "doctor@example.com");
+    assert_eq!(info["given_name"], "Test");
+    assert_eq!(info["fhirUser"], token["profile"]["reference"]);
+
+    // Introspection by the project's confidential client.
+    let introspect = |token: String| {
+        let app = &app;
+        let credentials = project.admin.credentials.clone();
+        async move {
+            status_json(
+                app.http
+                    .post(app.url("oauth2/introspect"))
+                    .basic_auth(&credentials.client_id, Some(&credentials.client_secret))
+                    .form(&[("token", token)])
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, active) = introspect(access.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(active["active"], true, "{active}");
+    assert_eq!(active["client_id"], client_id);
+    assert_eq!(active["scope"], "openid profile email offline_access");
+    let refresh = token["refresh_token"].as_str().unwrap().to_string();
+    let (_, refresh_info) = introspect(refresh.clone()).await;
+    assert_eq!(refresh_info["active"], true);
+    assert_eq!(
+        introspect("garbage".into()).await.1,
+        json!({"active": false})
+    );
+    // A client of another project learns nothing.
+    let other = app.project("other").await;
+    let (_, foreign) = status_json(
+        app.http
+            .post(app.url("oauth2/introspect"))
+            .basic_auth(
+                &other.admin.credentials.client_id,
+                Some(&other.admin.credentials.client_secret),
+            )
+            .form(&[("token", access)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(foreign, json!({"active": false}));
+    // Without client authentication: 401.
+    let (status, body) = status_json(
+        app.http
+            .post(app.url("oauth2/introspect"))
+            .form(&[("token", access)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+
+    // Revocation (RFC 7009) of the refresh token ends the whole sign-in.
+    let response = app
+        .http
+        .post(app.url("oauth2/revoke"))
+        .form(&[("token", refresh.as_str()), ("client_id", &client_id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(introspect(access.to_string()).await.1["active"], false);
+    let response = app
+        .http
+        .get(app.url("oauth2/userinfo"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 401, "revoked").await;
+
+    // Logout revokes the caller's own login.
+    let (second, _) = user_token_again(&app, &client_id).await;
+    let bearer = second["access_token"].as_str().unwrap();
+    let response = app
+        .http
+        .post(app.url("oauth2/logout"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app
+        .http
+        .get(app.url("auth/me"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 401, "revoked").await;
+}
+
+async fn user_token_again(app: &TestApp, client_id: &str) -> (Value, String) {
+    let (verifier, challenge) = fhirgate_tests::pkce_pair();
+    let (_, login) = app
+        .login(
+            &json!({"email": "doctor@example.com", "password": TEST_PASSWORD,
+            "clientId": client_id, "scope": "openid",
+            "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+        )
+        .await;
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", login["code"].as_str().unwrap()),
+            ("code_verifier", &verifier),
+            ("client_id", client_id),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    (token, login["login"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_me_lists_sessions_and_a_user_revokes_one() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let (first, client_id) = user_token(&app, &project.id, "openid").await;
+    let (second, second_login) = user_token_again(&app, &client_id).await;
+    let bearer = first["access_token"].as_str().unwrap();
+    let (status, me) = status_json(
+        app.http
+            .get(app.url("auth/me"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"]["email"], "doctor@example.com");
+    assert_eq!(me["project"]["id"], project.id);
+    assert_eq!(me["project"]["name"], "clinic");
+    assert_eq!(me["membership"]["profile"], first["profile"]);
+    assert_eq!(me["profile"]["resourceType"], "Practitioner");
+    assert_eq!(me["config"]["resourceType"], "UserConfiguration");
+    let sessions = me["security"]["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert!(sessions.iter().all(|s| s["remoteAddress"] == "127.0.0.1"));
+    assert!(sessions.iter().any(|s| s["id"] == second_login
+        && s["client"]["reference"] == format!("ClientApplication/{client_id}")));
+    assert!(!me.to_string().contains("argon2"), "no hash in /auth/me");
+
+    let response = app
+        .http
+        .post(app.url("auth/revoke"))
+        .bearer_auth(bearer)
+        .json(&json!({"loginId": second_login}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app
+        .http
+        .get(app.url("auth/me"))
+        .bearer_auth(second["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 401, "revoked").await;
+    // Someone else's session cannot be revoked.
+    let response = app
+        .http
+        .post(app.url("auth/revoke"))
+        .bearer_auth(&project.admin.token)
+        .json(&json!({"loginId": me["security"]["sessions"][0]["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 404, "No such session").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_user_ends_its_tokens() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let (token, _) = user_token(&app, &project.id, "openid").await;
+    let bearer = token["access_token"].as_str().unwrap();
+    let me = app
+        .http
+        .get(app.url("auth/me"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    let (_, me) = status_json(me).await;
+    let root = app.super_admin().await;
+    let response = root
+        .delete(&format!("User/{}", me["user"]["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(response.status(), 200);
+    let response = app
+        .http
+        .get(app.url("auth/me"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 401, "revoked").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_documents() {
+    let app = TestApp::spawn().await;
+    for path in [
+        ".well-known/openid-configuration",
+        ".well-known/oauth-authorization-server",
+        ".well-known/smart-configuration",
+    ] {
+        let (status, doc) = status_json(app.http.get(app.url(path)).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(doc["issuer"], app.base_url);
+        assert_eq!(doc["token_endpoint"], app.url("oauth2/token"));
+        assert_eq!(doc["authorization_endpoint"], app.url("oauth2/authorize"));
+        assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+        assert!(doc["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("authorization_code")));
+    }
+    let (_, smart) = status_json(
+        app.http
+            .get(app.url(".well-known/smart-configuration"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // SMART App Launch 2.0 required fields.
+    for field in [
+        "jwks_uri",
+        "scopes_supported",
+        "response_types_supported",
+        "capabilities",
+    ] {
+        assert!(smart.get(field).is_some(), "{field}");
+    }
+    let capabilities = smart["capabilities"].as_array().unwrap();
+    for capability in [
+        "launch-standalone",
+        "client-public",
+        "client-confidential-asymmetric",
+        "permission-v2",
+        "sso-openid-connect",
+    ] {
+        assert!(capabilities.contains(&json!(capability)), "{capability}");
+    }
+    let (_, oidc) = status_json(
+        app.http
+            .get(app.url(".well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(oidc["userinfo_endpoint"], app.url("oauth2/userinfo"));
+    assert_eq!(
+        oidc["id_token_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_keys_sign_new_tokens_and_old_tokens_keep_working() {
+    let app = TestApp::spawn().await;
+    let root = app.super_admin().await;
+    let old_kid = jsonwebtoken::decode_header(&root.token)
+        .unwrap()
+        .kid
+        .unwrap();
+    let project = app.project("clinic").await;
+    // Another instance on the same database and public URL, started before the rotation.
+    let database = app.database.clone();
+    let base_url = app.base_url.clone();
+    let second = TestApp::spawn_with(move |config| {
+        config.database_url = format!("{}/{database}", fhirgate_tests::postgres_server());
+        config.base_url = Some(base_url);
+    })
+    .await;
+    let response = app
+        .http
+        .post(app.url("admin/super/keys/rotate"))
+        .bearer_auth(&project.admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 403, "Only super admins").await;
+    let (status, rotated) = status_json(
+        app.http
+            .post(app.url("admin/super/keys/rotate"))
+            .bearer_auth(&root.token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_kid = rotated["kid"].as_str().unwrap();
+    assert_ne!(new_kid, old_kid);
+    let fresh = app.super_admin().await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh.token)
+            .unwrap()
+            .kid
+            .unwrap(),
+        new_kid
+    );
+    assert_eq!(
+        root.get("Project/_history").await.status(),
+        200,
+        "old token still valid"
+    );
+    let (_, jwks) = status_json(
+        app.http
+            .get(app.url(".well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid),
+        "{kids:?}"
+    );
+
+    // The other instance meets the new key on first sight and loads it.
+    let response = second
+        .http
+        .get(second.url("fhir/R4/Project/_history"))
+        .bearer_auth(&fresh.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// An ES256 key pair: (private PEM, public JWK with `kid`).
+fn client_key(kid: &str) -> (String, Value) {
+    let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let pem = secret
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
+    let point = secret.public_key().to_encoded_point(false);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())});
+    (pem, jwk)
+}
+
+fn assertion(
+    pem: &str,
+    kid: &str,
+    client_id: &str,
+    audience: &str,
+    jti: &str,
+    exp_in: i64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        &json!({"iss": client_id, "sub": client_id, "aud": audience, "jti": jti, "iat": now, "exp": now + exp_in}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_key_jwt_client_authentication_refuses_replays() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let root = app.super_admin().await;
+    let (pem, jwk) = client_key("key-1");
+    let client = root
+        .create(
+            json!({"resourceType": "ClientApplication", "name": "backend",
+            "meta": {"project": project.id}, "jwks": {"keys": [jwk]}}),
+        )
+        .await;
+    let client_id = client["id"].as_str().unwrap().to_string();
+    let client_ref = format!("ClientApplication/{client_id}");
+    root.create(
+        json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
+        "project": {"reference": format!("Project/{}", project.id)},
+        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
+    )
+    .await;
+    let grant = |assertion: String| {
+        let app = &app;
+        async move {
+            app.token(&[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion),
+                ("scope", "system/*.rs"),
+            ])
+            .await
+        }
+    };
+    let audience = app.url("oauth2/token");
+    let good = assertion(&pem, "key-1", &client_id, &audience, "jti-1", 60);
+    let (status, token) = grant(good.clone()).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "system/*.rs");
+
+    let (status, replay) = grant(good).await;
+    assert_eq!(status, 401);
+    assert_eq!(replay["error"], "invalid_client");
+    assert!(replay["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("replayed"));
+
+    let (status, _) = grant(assertion(
+        &pem,
+        "key-1",
+        &client_id,
+        "https://elsewhere.example/token",
+        "jti-2",
+        60,
+    ))
+    .await;
+    assert_eq!(status, 401, "wrong audience");
+    let (status, _) = grant(assertion(
+        &pem, "key-1", &client_id, &audience, "jti-3", -120,
+    ))
+    .await;
+    assert_eq!(status, 401, "expired assertion");
+    let (other_pem, _) = client_key("key-1");
+    let (status, _) = grant(assertion(
+        &other_pem, "key-1", &client_id, &audience, "jti-4", 60,
+    ))
+    .await;
+    assert_eq!(status, 401, "signed by a key that is not the client's");
+    // A client with keys cannot skip authentication.
+    let (status, _) = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &client_id),
+        ])
+        .await;
+    assert_eq!(status, 401);
+}
