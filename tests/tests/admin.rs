@@ -1136,3 +1136,60 @@ async fn sign_up_forms_can_ask_whether_an_email_is_taken() {
     let (_, answer) = status_json(app.post_json("auth/emailavailable", &scoped).await).await;
     assert_eq!(answer["available"], true);
 }
+
+/// Signs in with a password through a public client and returns an access token.
+async fn sign_in(app: &TestApp, client_id: &str, email: &str, password: &str) -> String {
+    let (verifier, challenge) = fhirgate_tests::pkce_pair();
+    let (status, body) = app
+        .login(&json!({"email": email, "password": password, "clientId": client_id,
+            "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let code = body["code"].as_str().expect("one membership: a code");
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", &verifier),
+            ("client_id", client_id),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    token["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invite_mail_set_password_sign_in_and_read_for_each_kind_of_user() {
+    let (app, smtp) = spawn_with_mail().await;
+    let project = app.project("Riverside").await;
+    let client_id = app
+        .public_client(&project.id, "https://app.example.com/callback", json!({}))
+        .await;
+    let observation = project.admin.create(json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "heart rate"}})).await;
+    let cases = [
+        ("Practitioner", "server", "doc@example.com", false),
+        ("Practitioner", "project", "doc.local@example.com", true),
+        ("Patient", "project", "patient@example.com", true),
+    ];
+    for (resource_type, scope, email, project_scoped) in cases {
+        let mut body = invitation(resource_type, email);
+        body["scope"] = json!(scope);
+        let membership = invite_ok(&project.admin, &project.id, &body).await;
+        let mail = smtp.next().await;
+        assert_eq!(mail.to, vec![email]);
+        let password = "violet staircase under the moon";
+        assert_eq!(set_password(&app, &mail.link("setpassword"), password).await.0, 200);
+
+        let token = sign_in(&app, &client_id, email, password).await;
+        let session = Session { token, ..project.admin.clone() };
+        let profile = membership["profile"]["reference"].as_str().unwrap();
+        let (status, read) = status_json(session.get(profile).await).await;
+        assert_eq!((status, read["resourceType"].as_str()), (200, Some(resource_type)), "{read}");
+        let (status, _) = status_json(session.get(&format!("Observation/{}", observation["id"].as_str().unwrap())).await).await;
+        assert_eq!(status, 200, "{resource_type}/{scope} reads clinical data");
+        let root = app.super_admin().await;
+        let (_, user) = status_json(root.get(membership["user"]["reference"].as_str().unwrap()).await).await;
+        assert_eq!(user.get("project").is_some(), project_scoped, "{user}");
+    }
+}
