@@ -61,6 +61,8 @@ pub struct Lifecycle {
     pub invite_link_lifetime: Duration,
     pub reset_link_lifetime: Duration,
     pub verify_link_lifetime: Duration,
+    /// Whether `POST /auth/newuser` accepts sign-ups (FHIRGATE_REGISTRATION).
+    pub registration_enabled: bool,
     /// Longest lifetime a personal access token may be given.
     pub max_personal_token_lifetime: Duration,
 }
@@ -74,6 +76,7 @@ impl Default for Lifecycle {
             invite_link_lifetime: Duration::from_secs(7 * 24 * 3600),
             reset_link_lifetime: Duration::from_secs(3600),
             verify_link_lifetime: Duration::from_secs(24 * 3600),
+            registration_enabled: true,
             max_personal_token_lifetime: Duration::from_secs(90 * 24 * 3600),
         }
     }
@@ -134,6 +137,15 @@ impl Config {
                 "FHIRGATE_VERIFY_LINK_LIFETIME",
                 defaults.verify_link_lifetime,
             )?,
+            registration_enabled: match var("FHIRGATE_REGISTRATION").as_deref() {
+                None | Some("open") => true,
+                Some("closed") => false,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "FHIRGATE_REGISTRATION must be 'open' or 'closed', not '{other}'"
+                    )))
+                }
+            },
             max_personal_token_lifetime: seconds(
                 "FHIRGATE_MAX_PERSONAL_TOKEN_LIFETIME",
                 defaults.max_personal_token_lifetime,

@@ -1137,25 +1137,32 @@ async fn sign_up_forms_can_ask_whether_an_email_is_taken() {
     assert_eq!(answer["available"], true);
 }
 
+/// Redeems a code (with its PKCE verifier) for an access token.
+async fn exchange(app: &TestApp, code: &Value, verifier: &str, client_id: Option<&str>) -> String {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str().expect("a code")),
+        ("code_verifier", verifier),
+    ];
+    if let Some(client_id) = client_id {
+        form.push(("client_id", client_id));
+    }
+    let (status, token) = app.token(&form).await;
+    assert_eq!(status, 200, "{token}");
+    token["access_token"].as_str().unwrap().to_string()
+}
+
 /// Signs in with a password through a public client and returns an access token.
 async fn sign_in(app: &TestApp, client_id: &str, email: &str, password: &str) -> String {
     let (verifier, challenge) = fhirgate_tests::pkce_pair();
     let (status, body) = app
-        .login(&json!({"email": email, "password": password, "clientId": client_id,
-            "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}))
+        .login(
+            &json!({"email": email, "password": password, "clientId": client_id,
+            "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
-    let code = body["code"].as_str().expect("one membership: a code");
-    let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("code_verifier", &verifier),
-            ("client_id", client_id),
-        ])
-        .await;
-    assert_eq!(status, 200, "{token}");
-    token["access_token"].as_str().unwrap().to_string()
+    exchange(app, &body["code"], &verifier, Some(client_id)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1165,8 +1172,11 @@ async fn invite_mail_set_password_sign_in_and_read_for_each_kind_of_user() {
     let client_id = app
         .public_client(&project.id, "https://app.example.com/callback", json!({}))
         .await;
-    let observation = project.admin.create(json!({"resourceType": "Observation", "status": "final",
-        "code": {"text": "heart rate"}})).await;
+    let observation = project
+        .admin
+        .create(json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "heart rate"}}))
+        .await;
     let cases = [
         ("Practitioner", "server", "doc@example.com", false),
         ("Practitioner", "project", "doc.local@example.com", true),
@@ -1179,17 +1189,404 @@ async fn invite_mail_set_password_sign_in_and_read_for_each_kind_of_user() {
         let mail = smtp.next().await;
         assert_eq!(mail.to, vec![email]);
         let password = "violet staircase under the moon";
-        assert_eq!(set_password(&app, &mail.link("setpassword"), password).await.0, 200);
+        assert_eq!(
+            set_password(&app, &mail.link("setpassword"), password)
+                .await
+                .0,
+            200
+        );
 
         let token = sign_in(&app, &client_id, email, password).await;
-        let session = Session { token, ..project.admin.clone() };
+        let session = Session {
+            token,
+            ..project.admin.clone()
+        };
         let profile = membership["profile"]["reference"].as_str().unwrap();
         let (status, read) = status_json(session.get(profile).await).await;
-        assert_eq!((status, read["resourceType"].as_str()), (200, Some(resource_type)), "{read}");
-        let (status, _) = status_json(session.get(&format!("Observation/{}", observation["id"].as_str().unwrap())).await).await;
+        assert_eq!(
+            (status, read["resourceType"].as_str()),
+            (200, Some(resource_type)),
+            "{read}"
+        );
+        let (status, _) = status_json(
+            session
+                .get(&format!(
+                    "Observation/{}",
+                    observation["id"].as_str().unwrap()
+                ))
+                .await,
+        )
+        .await;
         assert_eq!(status, 200, "{resource_type}/{scope} reads clinical data");
         let root = app.super_admin().await;
-        let (_, user) = status_json(root.get(membership["user"]["reference"].as_str().unwrap()).await).await;
+        let (_, user) = status_json(
+            root.get(membership["user"]["reference"].as_str().unwrap())
+                .await,
+        )
+        .await;
         assert_eq!(user.get("project").is_some(), project_scoped, "{user}");
     }
+}
+
+const PASSWORD: &str = "violet staircase under the moon";
+
+/// `POST /auth/newuser` with PKCE; returns the login id and the verifier.
+async fn new_user(app: &TestApp, email: &str, project_id: Option<&str>) -> (u16, Value, String) {
+    let (verifier, challenge) = fhirgate_tests::pkce_pair();
+    let mut body = json!({"firstName": "Nia", "lastName": "Okafor", "email": email, "password": PASSWORD,
+        "codeChallenge": challenge, "codeChallengeMethod": "S256"});
+    if let Some(project_id) = project_id {
+        body["projectId"] = json!(project_id);
+    }
+    let (status, answer) = status_json(app.post_json("auth/newuser", &body).await).await;
+    (status, answer, verifier)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_up_then_new_project_makes_an_owner_admin_with_a_default_client() {
+    let (app, smtp) = spawn_with_mail().await;
+    let (status, answer, verifier) = new_user(&app, "Founder@Example.com", None).await;
+    assert_eq!(status, 200, "{answer}");
+    let verification = smtp.next().await;
+    assert_eq!(verification.to, vec!["founder@example.com"]);
+    verification.link("verifyemail");
+
+    let (status, outcome) = status_json(
+        app.post_json(
+            "auth/newproject",
+            &json!({"login": answer["login"], "projectName": "Startup Clinic"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{outcome}");
+    let token = exchange(&app, &outcome["code"], &verifier, None).await;
+    let root = app.super_admin().await;
+    let session = Session {
+        token,
+        ..root.clone()
+    };
+    let (status, me) = status_json(
+        session
+            .request(reqwest::Method::GET, "auth/me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["membership"]["admin"], true, "{me}");
+    assert_eq!(me["profile"]["resourceType"], "Practitioner", "{me}");
+    let project_id = me["project"]["id"].as_str().unwrap().to_string();
+    let (_, project) = status_json(root.get(&format!("Project/{project_id}")).await).await;
+    assert_eq!(project["name"], "Startup Clinic");
+    assert_eq!(
+        project["owner"]["reference"],
+        format!("User/{}", me["user"]["id"].as_str().unwrap())
+    );
+    let clients = search(&root, "ClientApplication?_count=10&name=Startup").await;
+    assert_eq!(clients.len(), 1, "the default client");
+    assert!(clients[0].get("secret").is_none());
+    // The new admin administers the project.
+    assert_eq!(
+        session.create(json!({"resourceType": "Patient"})).await["resourceType"],
+        "Patient"
+    );
+
+    // The same email again, and a used login.
+    let (status, answer, _) = new_user(&app, "founder@example.com", None).await;
+    assert_eq!(
+        (status, answer["issue"][0]["diagnostics"].as_str()),
+        (400, Some("Email already registered"))
+    );
+    let (status, _) = status_json(
+        app.post_json(
+            "auth/newproject",
+            &json!({"login": outcome["login"], "projectName": "Again"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let weak = json!({"firstName": "A", "lastName": "B", "email": "weak@example.com", "password": "password"});
+    let (status, answer) = status_json(app.post_json("auth/newuser", &weak).await).await;
+    assert_eq!(
+        (status, answer["issue"][0]["expression"][0].as_str()),
+        (400, Some("password")),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_up_can_be_closed() {
+    let app = TestApp::spawn_with(|config| config.lifecycle.registration_enabled = false).await;
+    let (status, answer, _) = new_user(&app, "x@example.com", None).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("FHIRGATE_REGISTRATION"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patients_register_only_where_a_default_patient_policy_allows_it() {
+    let app = TestApp::spawn().await;
+    let root = app.super_admin().await;
+    let closed = app.project("Closed").await;
+    let open = app.project("Open").await;
+    let policy = root
+        .create(
+            json!({"resourceType": "AccessPolicy", "name": "patients", "meta": {"project": open.id},
+        "resource": [{"resourceType": "Patient"}]}),
+        )
+        .await;
+    let (_, mut project) = status_json(root.get(&format!("Project/{}", open.id)).await).await;
+    project["defaultPatientAccessPolicy"] =
+        json!({"reference": format!("AccessPolicy/{}", policy["id"].as_str().unwrap())});
+    assert_eq!(
+        root.put(&format!("Project/{}", open.id), &project)
+            .await
+            .status(),
+        200
+    );
+
+    let (status, answer, _) = new_user(&app, "p@example.com", Some(&closed.id)).await;
+    assert_eq!(status, 400);
+    assert!(answer["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("does not allow open registration"));
+
+    let (status, answer, verifier) = new_user(&app, "p@example.com", Some(&open.id)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, outcome) = status_json(
+        app.post_json(
+            "auth/newpatient",
+            &json!({"login": answer["login"], "projectId": open.id}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{outcome}");
+    let token = exchange(&app, &outcome["code"], &verifier, None).await;
+    let session = Session {
+        token,
+        ..root.clone()
+    };
+    let (_, me) = status_json(
+        session
+            .request(reqwest::Method::GET, "auth/me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(me["accessPolicy"]["id"], policy["id"], "{me}");
+    let memberships = search(&open.admin, "ProjectMembership?profile-type=Patient").await;
+    assert_eq!(memberships.len(), 1);
+    let users = search(&open.admin, "User?email=p@example.com").await;
+    assert_eq!(
+        users[0]["project"]["reference"],
+        format!("Project/{}", open.id),
+        "a project-scoped user"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_the_password_ends_the_other_sessions() {
+    let app = TestApp::spawn().await;
+    let project = app.project("P").await;
+    let client_id = app
+        .public_client(&project.id, "https://app.example.com/callback", json!({}))
+        .await;
+    let user = app
+        .user(&project.id, "c@example.com", "Practitioner", false)
+        .await;
+    let first = Session {
+        token: sign_in(&app, &client_id, &user.email, &user.password).await,
+        ..project.admin.clone()
+    };
+    let second = Session {
+        token: sign_in(&app, &client_id, &user.email, &user.password).await,
+        ..project.admin.clone()
+    };
+
+    let wrong = first.post_json("auth/changepassword", &json!({"oldPassword": "not it at all", "newPassword": "amber lighthouse beyond the hills"})).await;
+    let outcome = assert_outcome(wrong, 400, "Incorrect password").await;
+    assert_eq!(outcome["issue"][0]["expression"][0], "oldPassword");
+    let weak = first
+        .post_json(
+            "auth/changepassword",
+            &json!({"oldPassword": user.password, "newPassword": "password1"}),
+        )
+        .await;
+    assert_eq!(
+        assert_outcome(weak, 400, "").await["issue"][0]["expression"][0],
+        "newPassword"
+    );
+    assert_outcome(
+        project
+            .admin
+            .post_json("auth/changepassword", &json!({}))
+            .await,
+        403,
+        "signed-in user",
+    )
+    .await;
+
+    let changed = first.post_json("auth/changepassword", &json!({"oldPassword": user.password, "newPassword": "amber lighthouse beyond the hills"})).await;
+    assert_eq!(status_json(changed).await.0, 200);
+    assert_eq!(
+        first.get("Patient").await.status(),
+        200,
+        "this session stays"
+    );
+    assert_outcome(second.get("Patient").await, 401, "revoked").await;
+    let (_, challenge) = fhirgate_tests::pkce_pair();
+    let (status, answer) = app
+        .login(
+            &json!({"email": user.email, "password": user.password, "clientId": client_id,
+        "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["issue"][0]["diagnostics"].as_str()),
+        (400, Some("Email or password is invalid")),
+        "the old password no longer works"
+    );
+    sign_in(
+        &app,
+        &client_id,
+        &user.email,
+        "amber lighthouse beyond the hills",
+    )
+    .await;
+
+    let events = search(
+        &project.admin,
+        "AuditEvent?subtype=https://fhirgate.dev/fhir/CodeSystem/lifecycle|",
+    )
+    .await;
+    let codes: Vec<&str> = events
+        .iter()
+        .map(|e| e["subtype"][0]["code"].as_str().unwrap())
+        .collect();
+    for code in ["login-succeeded", "login-failed", "password-changed"] {
+        assert!(codes.contains(&code), "{code} in {codes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_email_change_takes_effect_when_the_new_address_is_verified() {
+    let (app, smtp) = spawn_with_mail().await;
+    let project = app.project("P").await;
+    let client_id = app
+        .public_client(&project.id, "https://app.example.com/callback", json!({}))
+        .await;
+    let user = app
+        .user(&project.id, "old@example.com", "Practitioner", false)
+        .await;
+    app.user(&project.id, "taken@example.com", "Practitioner", false)
+        .await;
+    let session = Session {
+        token: sign_in(&app, &client_id, &user.email, &user.password).await,
+        ..project.admin.clone()
+    };
+
+    assert_outcome(
+        session
+            .post_json("auth/changeemail", &json!({"email": "taken@example.com"}))
+            .await,
+        409,
+        "Email already registered",
+    )
+    .await;
+    assert_eq!(
+        status_json(
+            session
+                .post_json("auth/changeemail", &json!({"email": "New@Example.com"}))
+                .await
+        )
+        .await
+        .0,
+        200
+    );
+    let mail = smtp.next().await;
+    assert_eq!(mail.to, vec!["new@example.com"]);
+    let root = app.super_admin().await;
+    let (_, stored) = status_json(root.get(&format!("User/{}", user.id)).await).await;
+    assert_eq!(
+        stored["email"], "old@example.com",
+        "nothing changes before verification"
+    );
+    let (id, secret) = mail.link("verifyemail");
+    assert_eq!(
+        status_json(
+            app.post_json("auth/verifyemail", &json!({"id": id, "secret": secret}))
+                .await
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, stored) = status_json(root.get(&format!("User/{}", user.id)).await).await;
+    assert_eq!(
+        (stored["email"].as_str(), stored["emailVerified"].as_bool()),
+        (Some("new@example.com"), Some(true))
+    );
+    sign_in(&app, &client_id, "new@example.com", &user.password).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_mint_their_own_personal_tokens_listed_with_their_sessions() {
+    let app = TestApp::spawn().await;
+    let project = app.project("P").await;
+    let client_id = app
+        .public_client(&project.id, "https://app.example.com/callback", json!({}))
+        .await;
+    let user = app
+        .user(&project.id, "script@example.com", "Practitioner", false)
+        .await;
+    let session = Session {
+        token: sign_in(&app, &client_id, &user.email, &user.password).await,
+        ..project.admin.clone()
+    };
+    let (status, token) = status_json(
+        session
+            .post_json("auth/tokens", &json!({"lifetime": 3600}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{token}");
+    let script = Session {
+        token: token["access_token"].as_str().unwrap().to_string(),
+        ..session.clone()
+    };
+    assert_eq!(script.get("Patient").await.status(), 200);
+    let (status, me) = status_json(
+        session
+            .request(reqwest::Method::GET, "auth/me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    let sessions = me["security"]["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{me}"));
+    let login_id = token["login"]["reference"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Login/")
+        .unwrap();
+    assert!(
+        sessions.iter().any(|s| s.to_string().contains(login_id)),
+        "{me}"
+    );
+    let revoke = session
+        .post_json("auth/revoke", &json!({"loginId": login_id}))
+        .await;
+    assert_eq!(revoke.status(), 200);
+    assert_outcome(script.get("Patient").await, 401, "revoked").await;
 }

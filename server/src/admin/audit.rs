@@ -101,3 +101,26 @@ pub async fn record(
     insert(&state.validator, tx, audit, &stamp).await?;
     Ok(())
 }
+
+/// A password sign-in of `user`, successful or not, recorded in each project
+/// it could sign in to.
+pub async fn record_login(
+    state: &AppState,
+    user: &crate::store::Version,
+    projects: &[Uuid],
+    succeeded: bool,
+) -> Result<()> {
+    let event = if succeeded {
+        Event::LoginSucceeded
+    } else {
+        Event::LoginFailed
+    };
+    let user_ref = format!("User/{}", user.id);
+    crate::fhir::atomically(state, async |tx| {
+        for project_id in projects {
+            record(state, tx, *project_id, event, &user_ref, &user_ref).await?;
+        }
+        Ok(())
+    })
+    .await
+}

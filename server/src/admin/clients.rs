@@ -87,7 +87,15 @@ async fn create_with_membership(
         let stamp = Stamp::new(id, project.id, &caller.profile);
         let (version, value) = fhir::insert(&state.validator, tx, resource, &stamp).await?;
         let member = format!("{}/{id}", version.resource_type);
-        members::add_for(state, tx, caller, project, &member, access_policy).await?;
+        members::add_for(
+            state,
+            tx,
+            &caller.profile,
+            project.id,
+            &member,
+            access_policy,
+        )
+        .await?;
         Ok(value)
     })
     .await

@@ -142,7 +142,7 @@ pub async fn set_password(state: &AppState, id: &str, secret: &str, password: &s
             tx.retire_security_requests(request.user_project_id, request.user_id, kind)
                 .await?;
         }
-        users::revoke_logins(state, tx, &user_ref, None).await?;
+        users::revoke_logins(state, tx, &user_ref, users::Sessions::All).await?;
         audit::record(
             state,
             tx,

@@ -117,7 +117,13 @@ pub async fn delete(
             ));
         }
         fhir::remove(tx, &current.version).await?;
-        users::revoke_logins(state, tx, &user, Some(&current.reference())).await?;
+        users::revoke_logins(
+            state,
+            tx,
+            &user,
+            users::Sessions::OfMembership(&current.reference()),
+        )
+        .await?;
         audit::record(
             state,
             tx,
@@ -132,35 +138,35 @@ pub async fn delete(
 }
 
 /// Adds a membership for a client or bot (`member` is its reference; it is
-/// its own profile).
+/// its own profile), written by `author`.
 pub async fn add_for(
     state: &AppState,
     tx: &Tx,
-    caller: &Caller,
-    project: &AdminProject,
+    author: &str,
+    project_id: Uuid,
     member: &str,
     access_policy: &Value,
 ) -> Result<()> {
     let mut membership = serde_json::json!({
         "resourceType": "ProjectMembership",
-        "project": {"reference": project.reference()},
+        "project": super::reference("Project", project_id),
         "user": {"reference": member},
         "profile": {"reference": member},
-        "invitedBy": {"reference": caller.profile}
+        "invitedBy": {"reference": author}
     });
     if !access_policy.is_null() {
         membership["accessPolicy"] = access_policy.clone();
     }
-    check_policies(tx, project.id, &membership, "").await?;
+    check_policies(tx, project_id, &membership, "").await?;
     let id = Uuid::new_v4();
-    let stamp = fhir::resource::Stamp::new(id, project.id, &caller.profile);
+    let stamp = fhir::resource::Stamp::new(id, project_id, author);
     fhir::insert(&state.validator, tx, membership, &stamp).await?;
     audit::record(
         state,
         tx,
-        project.id,
+        project_id,
         Event::MembershipAdded,
-        &caller.profile,
+        author,
         &format!("ProjectMembership/{id}"),
     )
     .await

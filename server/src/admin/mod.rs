@@ -2,6 +2,7 @@
 //! clients and bots, single-use links, lifecycle AuditEvents. The HTTP routes
 //! (`http/admin.rs`, `http/auth_lifecycle.rs`) only parse and answer.
 
+pub mod account;
 pub mod audit;
 pub mod clients;
 pub mod invite;

@@ -6,25 +6,24 @@
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{field_issue, members, users, AdminProject};
+use super::{field_issue, members, AdminProject};
 use crate::{
     app::AppState,
     auth::{membership_usable, AccessClaims, Caller},
     error::{Error, Result},
     fhir::{self, parse_id, resource::Stamp, search::find},
-    store::Tenant,
+    store::{Tenant, Version},
 };
 
 /// A lifetime when the request names none: 30 days, or the maximum if lower.
 const DEFAULT_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
-/// Mints a token for the membership `membership_id`; the token itself is in
-/// this response only.
+/// Mints a token for `membership` (`{lifetime?, scope?}` in `body`); the
+/// token itself is in this response only.
 pub async fn mint(
     state: &AppState,
     caller: &Caller,
-    project: &AdminProject,
-    membership_id: &str,
+    membership: &Version,
     body: &Value,
 ) -> Result<Value> {
     let max = state.config.lifecycle.max_personal_token_lifetime.as_secs();
@@ -41,8 +40,8 @@ pub async fn mint(
         },
     };
     let scope = body["scope"].as_str().unwrap_or("openid").to_string();
-    let membership = members::read(state, project, membership_id).await?;
-    let membership_value = fhir::parse_stored(&membership)?;
+    let project_id = membership.project_id;
+    let membership_value = fhir::parse_stored(membership)?;
     if !membership_usable(&membership_value, chrono::Utc::now()) {
         return Err(Error::BadRequest(
             "This membership is inactive or has ended; a token for it would not work".into(),
@@ -62,8 +61,8 @@ pub async fn mint(
             .store
             .read(Tenant::AllProjects, "User", user_id)
             .await?
-            .map_or(project.id, |user| user.project_id),
-        None => project.id,
+            .map_or(project_id, |user| user.project_id),
+        None => project_id,
     };
     let login_id = Uuid::new_v4();
     let stamp = Stamp::new(login_id, login_tenant, &caller.profile);
@@ -73,7 +72,7 @@ pub async fn mint(
         "resourceType": "Login",
         "user": {"reference": user},
         "membership": {"reference": format!("ProjectMembership/{}", membership.id)},
-        "project": {"reference": project.reference()},
+        "project": {"reference": format!("Project/{project_id}")},
         "authMethod": "personal-token",
         "authTime": fhir::resource::instant(&stamp.last_updated),
         "expires": fhir::resource::instant(&expires),
@@ -161,8 +160,7 @@ pub async fn revoke(
         {
             return Err(missing());
         }
-        let user = value["user"]["reference"].as_str().unwrap_or_default();
-        users::revoke_login(state, tx, &login, user).await
+        crate::auth::login::revoke_login(state, tx, login.id).await
     })
     .await
 }

@@ -1,7 +1,7 @@
 //! Users as data: finding them by email, their passwords, what deleting one
 //! takes with it, and which of their fields admins may not change.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    auth::{password, Caller},
+    auth::{login, password, Caller},
     error::{Error, Result},
     fhir::{self, search::find_in},
     store::{Tenant, Tx, Version},
@@ -38,7 +38,12 @@ pub async fn find_by_external_id(
 }
 
 async fn find_user(tx: &Tx, scope: UserScope, param: &str, value: &str) -> Result<Option<Found>> {
-    let tenant = Tenant::Project(scope.tenant_id());
+    // Server-scoped users made by fhirgate live in the server tenant; the
+    // bootstrap's and those super admins create through FHIR in a project.
+    let tenant = match scope {
+        UserScope::Server => Tenant::AllProjects,
+        UserScope::Project(id) => Tenant::Project(id),
+    };
     for version in find_in(tx, tenant, "User", &[(param, value)]).await? {
         let found = Found::new(version)?;
         if UserScope::of(&found.value) == scope {
@@ -64,46 +69,41 @@ pub fn check_new_password(password: &str, field: &str) -> Result<()> {
     })
 }
 
+/// Which of a user's logins to revoke.
+#[derive(Clone, Copy)]
+pub enum Sessions<'a> {
+    All,
+    /// Those made through one membership (`ProjectMembership/…`).
+    OfMembership(&'a str),
+    /// All but the caller's own session.
+    AllBut(Uuid),
+}
+
 /// Revokes the logins of `user` (a `User/…`, `ClientApplication/…` or
-/// `Bot/…` reference); only those of one membership when it is given.
-/// Their tokens fail on the next request.
+/// `Bot/…` reference). Their tokens fail on the next request, their refresh
+/// tokens are spent.
 pub async fn revoke_logins(
     state: &AppState,
     tx: &Tx,
     user: &str,
-    membership: Option<&str>,
+    which: Sessions<'_>,
 ) -> Result<usize> {
     let logins = find_in(tx, Tenant::AllProjects, "Login", &[("user", user)]).await?;
     let mut revoked = 0;
     for login in logins {
         let value = fhir::parse_stored(&login)?;
-        let other_membership =
-            membership.is_some_and(|m| value["membership"]["reference"].as_str() != Some(m));
-        if value["revoked"] == Value::Bool(true) || other_membership {
+        let spared = match which {
+            Sessions::All => false,
+            Sessions::OfMembership(m) => value["membership"]["reference"].as_str() != Some(m),
+            Sessions::AllBut(id) => login.id == id,
+        };
+        if value["revoked"] == Value::Bool(true) || spared {
             continue;
         }
-        revoke_login(state, tx, &login, user).await?;
+        login::revoke_login(state, tx, login.id).await?;
         revoked += 1;
     }
     Ok(revoked)
-}
-
-/// Marks one Login revoked (`author` is who did it).
-pub async fn revoke_login(state: &AppState, tx: &Tx, login: &Version, author: &str) -> Result<()> {
-    fhir::modify(
-        state,
-        tx,
-        Tenant::Project(login.project_id),
-        "Login",
-        login.id,
-        author,
-        |login| {
-            login["revoked"] = json!(true);
-            Ok(())
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// After a User is deleted: its memberships go, its logins are revoked, and
@@ -122,7 +122,7 @@ pub async fn after_user_deleted(
         &[("user", &user_ref)],
     )
     .await?;
-    revoke_logins(state, tx, &user_ref, None).await?;
+    revoke_logins(state, tx, &user_ref, Sessions::All).await?;
     let mut projects = vec![caller.project_id];
     for membership in memberships {
         fhir::remove(tx, &membership).await?;

@@ -199,12 +199,15 @@ pub async fn find_in(
     Ok(tx.search(&lookup_query(&request, tenant)).await?.matches)
 }
 
+/// `query` as a search request; without a `_count`, the largest page.
 fn lookup(resource_type: &str, query: &[(&str, &str)]) -> Result<SearchRequest> {
-    let pairs: Vec<(String, String)> = query
+    let mut pairs: Vec<(String, String)> = query
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .chain([("_count".to_string(), "1000".to_string())])
         .collect();
+    if !pairs.iter().any(|(k, _)| k == "_count") {
+        pairs.push(("_count".into(), "1000".into()));
+    }
     Ok(parse_search(
         Registry::get(),
         Some(resource_type),

@@ -203,10 +203,16 @@ async fn mint_token(
     let (project, membership) = path.into_inner();
     let project = admin_project(&state, &caller, &project).await?;
     let body = body(&req, payload).await?;
-    let token = tokens::mint(&state, &caller, &project, &membership, &body).await?;
-    Ok(HttpResponse::Created()
+    let membership = members::read(&state, &project, &membership).await?;
+    let token = tokens::mint(&state, &caller, &membership, &body).await?;
+    Ok(token_response(token))
+}
+
+/// A new token: shown once, never cached.
+pub fn token_response(token: Value) -> HttpResponse {
+    HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
-        .json(token))
+        .json(token)
 }
 
 async fn list_tokens(

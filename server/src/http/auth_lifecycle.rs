@@ -1,5 +1,5 @@
-//! `/auth/*` routes of the user lifecycle that need no sign-in: password
-//! reset, setting a password from a link, email verification and resending it.
+//! `/auth/*` routes of the user lifecycle: sign-up, password reset, links,
+//! email verification and change, password change, personal tokens.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -7,10 +7,12 @@ use serde_json::Value;
 use super::{informational, parse_resource, read_body, FHIR_JSON};
 use crate::{
     admin::{
-        field_issue,
+        account, field_issue,
         links::{self, MailRequest},
+        tokens,
     },
     app::AppState,
+    auth::{login::LoginRequest, Caller},
     error::{Error, Result},
     fhir::parse_id,
     store::lifecycle::RequestKind,
@@ -26,7 +28,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/auth/verifyemail/resend",
             web::post().to(resend_verification),
         )
-        .route("/auth/emailavailable", web::post().to(email_available));
+        .route("/auth/emailavailable", web::post().to(email_available))
+        .route("/auth/newuser", web::post().to(new_user))
+        .route("/auth/newproject", web::post().to(new_project))
+        .route("/auth/newpatient", web::post().to(new_patient))
+        .route("/auth/changepassword", web::post().to(change_password))
+        .route("/auth/changeemail", web::post().to(change_email))
+        .route("/auth/tokens", web::post().to(own_token));
 }
 
 /// These bodies hold a few short strings.
@@ -134,4 +142,77 @@ async fn email_available(
     let request = mail_request(&body(&req, payload).await?)?;
     let available = links::email_available(&state, &request).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "available": available })))
+}
+
+/// `POST /auth/newuser`: Medplum's sign-up; answers `{login}` for
+/// `/auth/newproject` or `/auth/newpatient`.
+async fn new_user(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    account::check_registration_open(&state)?;
+    let body = body(&req, payload).await?;
+    let text = |name: &str| body[name].as_str().map(str::to_string);
+    let request = LoginRequest {
+        email: text("email").unwrap_or_default(),
+        project_id: text("projectId"),
+        client_id: text("clientId"),
+        scope: text("scope").unwrap_or_else(|| "openid".into()),
+        nonce: text("nonce"),
+        code_challenge: text("codeChallenge"),
+        code_challenge_method: text("codeChallengeMethod"),
+        remember: body["remember"] == Value::Bool(true),
+        remote_address: super::auth::remote_address(&req),
+        user_agent: super::auth::user_agent(&req),
+        ..LoginRequest::default()
+    };
+    let login = account::register(&state, &body, &request).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "login": login })))
+}
+
+async fn new_project(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    let body = body(&req, payload).await?;
+    let [login] = required(&body, ["login"])?;
+    let name = body["projectName"].as_str().unwrap_or_default();
+    let outcome = account::new_project(&state, login, name).await?;
+    Ok(HttpResponse::Ok().json(outcome.to_json(&[])))
+}
+
+async fn new_patient(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    let body = body(&req, payload).await?;
+    let [login, project] = required(&body, ["login", "projectId"])?;
+    let outcome = account::new_patient(&state, login, project).await?;
+    Ok(HttpResponse::Ok().json(outcome.to_json(&[])))
+}
+
+async fn change_password(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    account::change_password(&state, &caller, &body(&req, payload).await?).await?;
+    Ok(ok("Password changed; your other sessions are signed out"))
+}
+
+async fn change_email(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    account::change_email(&state, &caller, &body(&req, payload).await?).await?;
+    Ok(ok(
+        "A verification link was sent to the new address; the change takes effect when it is followed",
+    ))
+}
+
+/// A personal access token for the caller's own membership.
+async fn own_token(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body = body(&req, payload).await?;
+    let membership = account::own_membership(&state, &caller).await?;
+    let token = tokens::mint(&state, &caller, &membership, &body).await?;
+    Ok(super::admin::token_response(token))
 }
