@@ -21,6 +21,7 @@ use crate::{
     auth::keys::Keys,
     bootstrap::bootstrap,
     config::Config,
+    email::Mailer,
     error::{Error, Result},
     fhir::capability::capability_statement,
     http::{self, ratelimit::AuthLimiter},
@@ -34,6 +35,7 @@ pub struct AppState {
     pub store: Store,
     pub validator: Validator,
     pub keys: Keys,
+    pub mailer: Mailer,
     /// Public base URL ending in `/`.
     pub base_url: String,
     /// The CapabilityStatement, rendered once.
@@ -81,6 +83,7 @@ impl Application {
             Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
         let store = prepare_database(&config, &validator).await?;
         let keys = Keys::load(&store, config.access_token_lifetime).await?;
+        let mailer = Mailer::new(&config.lifecycle)?;
         let listener = TcpListener::bind(config.bind).map_err(|e| {
             Error::Startup(format!(
                 "cannot listen on {}: {e}; set FHIRGATE_BIND",
@@ -101,6 +104,7 @@ impl Application {
             store,
             validator,
             keys,
+            mailer,
             config: config.clone(),
         });
         spawn_maintenance(Arc::downgrade(&state.clone().into_inner()));
@@ -113,6 +117,9 @@ impl Application {
                 .configure(http::auth::routes)
                 .configure(http::authorize::routes)
                 .configure(http::oauth::routes)
+                .configure(http::auth_lifecycle::routes)
+                // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
+                .configure(http::admin::routes)
                 .configure(http::fhir::routes)
                 .default_service(web::to(not_found))
         })

@@ -44,6 +44,42 @@ pub struct Config {
     /// Most entries in one batch or transaction Bundle.
     pub max_bundle_entries: usize,
     pub admin: AdminBootstrap,
+    pub lifecycle: Lifecycle,
+}
+
+/// Mail and the user lifecycle (invitations, registration, links).
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// `smtp://host:port`, `smtps://user:pass@host:465`, … `None`: messages go
+    /// to the outbox table and the log only.
+    pub smtp_url: Option<String>,
+    /// The `From` of every message.
+    pub email_from: String,
+    /// Where the links in messages point (the app that shows the forms);
+    /// `None`: the server's base URL.
+    pub app_base_url: Option<String>,
+    pub invite_link_lifetime: Duration,
+    pub reset_link_lifetime: Duration,
+    pub verify_link_lifetime: Duration,
+    /// Whether `POST /auth/newuser` accepts sign-ups (FHIRGATE_REGISTRATION).
+    pub registration_enabled: bool,
+    /// Longest lifetime a personal access token may be given.
+    pub max_personal_token_lifetime: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Lifecycle {
+        Lifecycle {
+            smtp_url: None,
+            email_from: DEFAULT_EMAIL_FROM.into(),
+            app_base_url: None,
+            invite_link_lifetime: Duration::from_secs(7 * 24 * 3600),
+            reset_link_lifetime: Duration::from_secs(3600),
+            verify_link_lifetime: Duration::from_secs(24 * 3600),
+            registration_enabled: true,
+            max_personal_token_lifetime: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
 }
 
 /// Credentials for the super admin created on an empty database. Whatever is
@@ -58,6 +94,7 @@ pub struct AdminBootstrap {
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fhirgate";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8103";
+pub const DEFAULT_EMAIL_FROM: &str = "fhirgate <noreply@fhirgate.invalid>";
 
 impl Config {
     pub fn from_env() -> Result<Config, Error> {
@@ -77,6 +114,42 @@ impl Config {
         };
         let number = |name: &str, default: usize| -> Result<usize, Error> {
             var(name).map_or(Ok(default), |v| parse(name, &v))
+        };
+        let seconds = |name: &str, default: Duration| -> Result<Duration, Error> {
+            var(name).map_or(Ok(default), |v| {
+                parse::<u64>(name, &v).map(|s| Duration::from_secs(s.max(1)))
+            })
+        };
+        let defaults = Lifecycle::default();
+        let lifecycle = Lifecycle {
+            smtp_url: var("FHIRGATE_SMTP_URL"),
+            email_from: var("FHIRGATE_EMAIL_FROM").unwrap_or(defaults.email_from),
+            app_base_url: var("FHIRGATE_APP_BASE_URL").map(with_trailing_slash),
+            invite_link_lifetime: seconds(
+                "FHIRGATE_INVITE_LINK_LIFETIME",
+                defaults.invite_link_lifetime,
+            )?,
+            reset_link_lifetime: seconds(
+                "FHIRGATE_RESET_LINK_LIFETIME",
+                defaults.reset_link_lifetime,
+            )?,
+            verify_link_lifetime: seconds(
+                "FHIRGATE_VERIFY_LINK_LIFETIME",
+                defaults.verify_link_lifetime,
+            )?,
+            registration_enabled: match var("FHIRGATE_REGISTRATION").as_deref() {
+                None | Some("open") => true,
+                Some("closed") => false,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "FHIRGATE_REGISTRATION must be 'open' or 'closed', not '{other}'"
+                    )))
+                }
+            },
+            max_personal_token_lifetime: seconds(
+                "FHIRGATE_MAX_PERSONAL_TOKEN_LIFETIME",
+                defaults.max_personal_token_lifetime,
+            )?,
         };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Config {
@@ -112,6 +185,7 @@ impl Config {
                 client_id: var("FHIRGATE_ADMIN_CLIENT_ID"),
                 client_secret: var("FHIRGATE_ADMIN_CLIENT_SECRET"),
             },
+            lifecycle,
         })
     }
 
@@ -138,6 +212,7 @@ impl Config {
             max_conditional_delete: 100,
             max_bundle_entries: 10_000,
             admin: AdminBootstrap::default(),
+            lifecycle: Lifecycle::default(),
         }
     }
 }

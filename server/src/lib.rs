@@ -1,10 +1,12 @@
 //! fhirgate's server: HTTP glue over `fhir-model` and `access-policy`, with
 //! PostgreSQL storage. See README.md's architecture section for the map.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod email;
 pub mod error;
 pub mod fhir;
 pub mod http;

@@ -3,6 +3,8 @@
 //! (created by the server itself, as on a first start), and dropped after.
 //! Tests talk to it over HTTP only, as clients do.
 
+pub mod smtp;
+
 use std::sync::OnceLock;
 
 use fhirgate_server::{Application, Config};
@@ -109,6 +111,16 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path.trim_start_matches('/'))
+    }
+
+    /// `POST` of a JSON body without a token (`auth/…` routes).
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
     }
 
     /// A direct connection to this app's database, for assertions on what is stored.
@@ -248,6 +260,22 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 impl Session {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path.trim_start_matches('/'))
+    }
+
+    /// A request to any route (`admin/…`, `auth/…`) with this session's bearer token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    /// `POST` of a JSON body to any route, with this session's token.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
     }
 
     /// A request to `fhir/R4/<path>` with this session's bearer token.

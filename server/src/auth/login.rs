@@ -14,6 +14,7 @@ use super::{
     secrets::{hash_client_secret, random_token},
 };
 use crate::{
+    admin::audit,
     app::AppState,
     error::{Error, Result},
     fhir::{self, resource::Stamp},
@@ -222,7 +223,13 @@ pub async fn password_login(state: &AppState, request: &LoginRequest) -> Result<
     let verified = password::verify(&request.password, stored).await?;
     let user = match user {
         Some(user) if verified.ok => user,
-        _ => {
+        known => {
+            if let Some(user) = &known {
+                let memberships =
+                    memberships_of(state, &format!("User/{}", user.id), project_id).await?;
+                let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
+                audit::record_login(state, user, &projects, false).await?;
+            }
             let policy = LockoutPolicy {
                 threshold: state.config.lockout_threshold as i32,
                 base_seconds: state.config.lockout_period.as_secs_f64(),
@@ -244,7 +251,10 @@ pub async fn password_login(state: &AppState, request: &LoginRequest) -> Result<
         tx.commit().await?;
     }
     let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
-    start_login(state, &user, memberships, &params).await
+    let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
+    let outcome = start_login(state, &user, memberships, &params).await?;
+    audit::record_login(state, &user, &projects, true).await?;
+    Ok(outcome)
 }
 
 /// Lockout is keyed by where the email is looked up and the email itself,
@@ -346,6 +356,33 @@ pub async fn start_login(
             "This user has no active project membership; ask a project admin to invite them",
         ));
     }
+    let (login_id, stamp, mut login) = new_login(user, params);
+    let tx = state.store.begin().await?;
+    let outcome = if let [membership] = memberships.as_slice() {
+        set_membership(&mut login, membership);
+        fhir::insert(&state.validator, &tx, login, &stamp).await?;
+        let code = issue_code(
+            state,
+            &tx,
+            user.project_id,
+            login_id,
+            params.context.redirect_uri.as_deref(),
+        )
+        .await?;
+        LoginOutcome::Code { login_id, code }
+    } else {
+        fhir::insert(&state.validator, &tx, login, &stamp).await?;
+        LoginOutcome::Choose {
+            login_id,
+            memberships,
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// A Login for `user` before a membership is chosen (`granted: false`).
+fn new_login(user: &Version, params: &LoginParams) -> (Uuid, Stamp, Value) {
     let login_id = Uuid::new_v4();
     let user_ref = format!("User/{}", user.id);
     let stamp = Stamp::new(login_id, user.project_id, &user_ref);
@@ -375,28 +412,22 @@ pub async fn start_login(
         login["client"] = json!({"reference": client.reference()});
         login["project"] = json!({"reference": format!("Project/{}", client.project_id)});
     }
-    let tx = state.store.begin().await?;
-    let outcome = if let [membership] = memberships.as_slice() {
-        set_membership(&mut login, membership);
-        fhir::insert(&state.validator, &tx, login, &stamp).await?;
-        let code = issue_code(
-            state,
-            &tx,
-            user.project_id,
-            login_id,
-            context.redirect_uri.as_deref(),
-        )
-        .await?;
-        LoginOutcome::Code { login_id, code }
-    } else {
-        fhir::insert(&state.validator, &tx, login, &stamp).await?;
-        LoginOutcome::Choose {
-            login_id,
-            memberships,
-        }
-    };
-    tx.commit().await?;
-    Ok(outcome)
+    (login_id, stamp, login)
+}
+
+/// Records a Login for a user who has no membership yet (a new account):
+/// `/auth/newproject` or `/auth/newpatient` then makes one and picks it.
+pub async fn start_registration(
+    state: &AppState,
+    user: &Version,
+    params: &LoginParams,
+) -> Result<Uuid> {
+    let (login_id, stamp, login) = new_login(user, params);
+    fhir::atomically(state, async |tx| {
+        fhir::insert(&state.validator, tx, login, &stamp).await
+    })
+    .await?;
+    Ok(login_id)
 }
 
 fn set_membership(login: &mut Value, membership: &Membership) {
@@ -480,17 +511,7 @@ pub async fn choose_membership(
     let membership_id = fhir::parse_id(membership_id).ok_or_else(|| bad("Profile not found"))?;
     let tx = state.store.begin().await?;
     let mut login = lock_login(&tx, login_id).await?.ok_or_else(invalid_login)?;
-    let auth_time = login.content["authTime"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let fresh =
-        auth_time.is_some_and(|t| Utc::now() - t < TimeDelta::minutes(PENDING_LOGIN_MINUTES));
-    if !fresh
-        || login.content["revoked"] == Value::Bool(true)
-        || login.content["granted"] == Value::Bool(true)
-        || login.content.get("membership").is_some()
-    {
+    if !is_pending(&login.content) {
         return Err(invalid_login());
     }
     let user_ref = login.content["user"]["reference"]
@@ -512,6 +533,21 @@ pub async fn choose_membership(
     let code = issue_code(state, &tx, project_id, login_id, redirect_uri).await?;
     tx.commit().await?;
     Ok(LoginOutcome::Code { login_id, code })
+}
+
+/// Whether a Login still waits for its membership: recent, not revoked, not
+/// granted, none chosen.
+pub fn is_pending(login: &Value) -> bool {
+    let auth_time = login["authTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let fresh =
+        auth_time.is_some_and(|t| Utc::now() - t < TimeDelta::minutes(PENDING_LOGIN_MINUTES));
+    fresh
+        && login["revoked"] != Value::Bool(true)
+        && login["granted"] != Value::Bool(true)
+        && login.get("membership").is_none()
 }
 
 /// Revokes a Login: its tokens fail on their next use, its secrets are spent.

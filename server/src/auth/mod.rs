@@ -105,7 +105,7 @@ impl Caller {
         )
         .await?
         .ok_or_else(revoked)?;
-        if membership["active"] == Value::Bool(false)
+        if !membership_usable(&membership, chrono::Utc::now())
             || membership["user"]["reference"] != login.1["user"]["reference"]
         {
             return Err(revoked());
@@ -250,6 +250,30 @@ async fn read_live_with_project(
     Ok(Some((version.project_id, value)))
 }
 
+/// Whether a membership works at `now`: not deactivated (`active: false`) and
+/// not past its `endDate` (fhirgate's extension: a date means through that
+/// day, UTC).
+pub fn membership_usable(membership: &Value, now: chrono::DateTime<chrono::Utc>) -> bool {
+    if membership["active"] == Value::Bool(false) {
+        return false;
+    }
+    let Some(end) = membership["endDate"].as_str() else {
+        return true;
+    };
+    let end = chrono::DateTime::parse_from_rfc3339(end)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(end, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.succ_opt())
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        });
+    // An end this server cannot read (a year or year-month) ends nothing early.
+    end.is_none_or(|end| now < end)
+}
+
 /// The id of a `{"reference": "Type/<uuid>"}` of the expected type.
 pub fn reference_id(reference: &Value, resource_type: &str) -> Option<Uuid> {
     let (kind, id) = reference["reference"].as_str()?.split_once('/')?;
@@ -290,5 +314,30 @@ impl FromRequest for Caller {
                 })?;
             Caller::from_bearer(&state, token, address).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn memberships_end() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert!(membership_usable(&json!({}), now));
+        assert!(!membership_usable(&json!({"active": false}), now));
+        assert!(membership_usable(&json!({"endDate": "2026-06-15"}), now));
+        assert!(!membership_usable(&json!({"endDate": "2026-06-14"}), now));
+        assert!(!membership_usable(
+            &json!({"endDate": "2026-06-15T11:59:59Z"}),
+            now
+        ));
+        assert!(membership_usable(
+            &json!({"endDate": "2026-06-15T12:00:01+00:00"}),
+            now
+        ));
     }
 }

@@ -160,6 +160,7 @@ pub async fn patch(
 /// `DELETE Type?query`: deletes every match, up to `max`; more is 412.
 /// Returns how many were deleted.
 pub async fn delete(
+    state: &AppState,
     tx: &Tx,
     caller: &Caller,
     resource_type: &str,
@@ -174,7 +175,7 @@ pub async fn delete(
         )));
     }
     for version in &found {
-        super::delete(tx, caller, resource_type, &version.id.to_string()).await?;
+        super::delete(state, tx, caller, resource_type, &version.id.to_string()).await?;
     }
     Ok(found.len())
 }

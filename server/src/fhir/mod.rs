@@ -74,7 +74,7 @@ pub fn redact(caller: &Caller, mut version: Version) -> Result<Version> {
 }
 
 /// Parses stored content (always valid JSON: the server wrote it).
-fn parse_stored(version: &Version) -> Result<Value> {
+pub fn parse_stored(version: &Version) -> Result<Value> {
     let content = version.content.as_deref().unwrap_or("null");
     serde_json::from_str(content).map_err(|e| {
         Error::Internal(format!(
@@ -461,6 +461,7 @@ pub async fn update(
     )
     .await?;
     check_if_match(&current, if_match)?;
+    crate::admin::users::check_user_change(caller, &current, &body)?;
     let stamp = Stamp::new(uuid, current.project_id, &author_for(caller, &body));
     replace(
         state,
@@ -493,15 +494,30 @@ async fn replace(
             .policy
             .keep_protected(interaction, &mut resource, stored);
     }
-    let prepared = prepare(&state.validator, resource, stamp)?;
-    if let Some(stored) = &stored {
-        if prepared.secrets.is_empty() && same_content(stored, &prepared.value) {
-            return Ok((redact(caller, current.clone())?, WriteOutcome::Unchanged));
-        }
-    }
-    let (version, value) = store_prepared(tx, prepared, stamp, false).await?;
+    let Some((version, value)) = write_next(state, tx, stored.as_ref(), resource, stamp).await?
+    else {
+        return Ok((redact(caller, current.clone())?, WriteOutcome::Unchanged));
+    };
     check_written(tx, caller, interaction, stored.as_ref(), &value, &version).await?;
     Ok((redact(caller, version)?, WriteOutcome::Updated))
+}
+
+/// Writes `resource` as the next version after `stored` (the current
+/// content, `None` when deleted); `None` when nothing changed.
+async fn write_next(
+    state: &AppState,
+    tx: &Tx,
+    stored: Option<&Value>,
+    resource: Value,
+    stamp: &Stamp,
+) -> Result<Option<(Version, Value)>> {
+    let prepared = prepare(&state.validator, resource, stamp)?;
+    if let Some(stored) = stored {
+        if prepared.secrets.is_empty() && same_content(stored, &prepared.value) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(store_prepared(tx, prepared, stamp, false).await?))
 }
 
 /// `If-Match` against the current version: `W/"<vid>"`, `"<vid>"` or `<vid>`.
@@ -557,6 +573,7 @@ pub async fn patch(
     let mut resource = parse_stored(&current)?;
     caller.policy.redact(&mut resource);
     operations.apply(resource_type, &mut resource)?;
+    crate::admin::users::check_user_change(caller, &current, &resource)?;
     let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
     replace(
         state,
@@ -571,8 +588,15 @@ pub async fn patch(
 }
 
 /// Deletes the current version. Deleting a deleted resource succeeds and
-/// writes nothing.
-pub async fn delete(tx: &Tx, caller: &Caller, resource_type: &str, id: &str) -> Result<()> {
+/// writes nothing. Deleting a User also removes its memberships and revokes
+/// its logins.
+pub async fn delete(
+    state: &AppState,
+    tx: &Tx,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> Result<()> {
     authorize(caller, resource_type, Interaction::Delete)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
     let current = lock_readable(tx, caller, resource_type, uuid)
@@ -587,21 +611,61 @@ pub async fn delete(tx: &Tx, caller: &Caller, resource_type: &str, id: &str) -> 
         .write_filter(resource_type, Interaction::Delete, Some(&stored), None)
         .map_err(Error::Forbidden)?;
     check_before(tx, Interaction::Delete, &current, &filter).await?;
-    let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
+    remove(tx, &current).await?;
+    if resource_type == "User" {
+        crate::admin::users::after_user_deleted(state, tx, caller, &current).await?;
+    }
+    Ok(())
+}
+
+/// Writes the deletion of a live version: a history row without content, and
+/// no index rows.
+pub async fn remove(tx: &Tx, current: &Version) -> Result<()> {
     tx.write(
         &Write {
             project_id: current.project_id,
-            resource_type,
-            id: uuid,
-            version_id: stamp.version_id,
-            last_updated: stamp.last_updated,
+            resource_type: &current.resource_type,
+            id: current.id,
+            version_id: Uuid::new_v4(),
+            last_updated: resource::now_millis(),
             content: None,
         },
         false,
     )
     .await?;
-    tx.replace_index(current.project_id, resource_type, uuid, &[])
+    tx.replace_index(current.project_id, &current.resource_type, current.id, &[])
         .await
+}
+
+/// Changes a stored resource on the server's own behalf (no caller's gate:
+/// the route that calls this has decided). `None` when it does not exist or
+/// is deleted.
+pub async fn modify(
+    state: &AppState,
+    tx: &Tx,
+    tenant: Tenant,
+    resource_type: &str,
+    id: Uuid,
+    author: &str,
+    change: impl FnOnce(&mut Value) -> Result<()>,
+) -> Result<Option<(Version, Value)>> {
+    let Some(current) = tx
+        .lock_current(tenant, resource_type, id, &RowFilter::All)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if current.is_deleted() {
+        return Ok(None);
+    }
+    let stored = parse_stored(&current)?;
+    let mut resource = stored.clone();
+    change(&mut resource)?;
+    let stamp = Stamp::new(id, current.project_id, author);
+    match write_next(state, tx, Some(&stored), resource, &stamp).await? {
+        Some(written) => Ok(Some(written)),
+        None => Ok(Some((current, stored))),
+    }
 }
 
 /// Which history: all of the caller's, one type's, or one resource's.

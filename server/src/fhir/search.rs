@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     store::{
         search::{Cursor, SearchQuery},
-        Tenant, Version,
+        Tenant, Tx, Version,
     },
 };
 
@@ -182,19 +182,51 @@ pub async fn find(
     resource_type: &str,
     query: &[(&str, &str)],
 ) -> Result<Vec<Version>> {
-    let query: Vec<(String, String)> = query
+    let request = lookup(resource_type, query)?;
+    Ok(state
+        .store
+        .search(&lookup_query(&request, tenant))
+        .await?
+        .matches)
+}
+
+/// The server's own lookups inside a write transaction (seeing its writes):
+/// every live match of `query`, up to the largest page.
+pub async fn find_in(
+    tx: &Tx,
+    tenant: Tenant,
+    resource_type: &str,
+    query: &[(&str, &str)],
+) -> Result<Vec<Version>> {
+    let request = lookup(resource_type, query)?;
+    Ok(tx.search(&lookup_query(&request, tenant)).await?.matches)
+}
+
+/// `query` as a search request; without a `_count`, the largest page.
+fn lookup(resource_type: &str, query: &[(&str, &str)]) -> Result<SearchRequest> {
+    let mut pairs: Vec<(String, String)> = query
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let request = parse_search(Registry::get(), Some(resource_type), &query, false)?;
-    Ok(state
-        .store
-        .search(&SearchQuery {
-            request: &request,
-            tenant,
-            policy: &CompiledPolicy::unrestricted(),
-            cursor: None,
-        })
-        .await?
-        .matches)
+    if !pairs.iter().any(|(k, _)| k == "_count") {
+        pairs.push(("_count".into(), "1000".into()));
+    }
+    Ok(parse_search(
+        Registry::get(),
+        Some(resource_type),
+        &pairs,
+        false,
+    )?)
+}
+
+/// The server's own lookups see everything in their tenant.
+fn lookup_query(request: &SearchRequest, tenant: Tenant) -> SearchQuery<'_> {
+    static UNRESTRICTED: std::sync::LazyLock<CompiledPolicy> =
+        std::sync::LazyLock::new(CompiledPolicy::unrestricted);
+    SearchQuery {
+        request,
+        tenant,
+        policy: &UNRESTRICTED,
+        cursor: None,
+    }
 }

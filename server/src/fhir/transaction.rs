@@ -661,7 +661,7 @@ async fn write_entry(
             Ok(Done::written(version, outcome))
         }
         (Method::Delete, Target::Instance { resource_type, id }) => {
-            super::delete(tx, caller, &resource_type, &id).await?;
+            super::delete(state, tx, caller, &resource_type, &id).await?;
             Ok(Done {
                 status: StatusCode::NO_CONTENT,
                 version: None,
@@ -676,6 +676,7 @@ async fn write_entry(
             },
         ) => {
             conditional::delete(
+                state,
                 tx,
                 caller,
                 &resource_type,

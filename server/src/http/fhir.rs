@@ -398,11 +398,12 @@ async fn delete_target(
     check_accept(&req)?;
     let message = fhir::atomically(&state, async |tx| match &target {
         Target::Id(id) => {
-            fhir::delete(tx, &caller, &resource_type, id).await?;
+            fhir::delete(&state, tx, &caller, &resource_type, id).await?;
             Ok(format!("Deleted {resource_type}/{id}"))
         }
         Target::Condition(query) => {
             let count = fhir::conditional::delete(
+                &state,
                 tx,
                 &caller,
                 &resource_type,

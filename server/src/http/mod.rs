@@ -1,7 +1,9 @@
 //! HTTP glue: content negotiation, bodies, and the shape of FHIR responses.
 //! Handlers live in the submodules and call into `fhir` and `auth`.
 
+pub mod admin;
 pub mod auth;
+pub mod auth_lifecycle;
 pub mod authorize;
 pub mod fhir;
 pub mod oauth;

@@ -5,6 +5,7 @@
 pub mod connect;
 pub mod identity;
 mod index;
+pub mod lifecycle;
 pub mod search;
 
 use access_policy::RowFilter;

@@ -1,0 +1,173 @@
+//! Users as data: finding them by email, their passwords, what deleting one
+//! takes with it, and which of their fields admins may not change.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    audit::{self, Event},
+    normalize_email, Found, UserScope,
+};
+use crate::{
+    app::AppState,
+    auth::{login, password, Caller},
+    error::{Error, Result},
+    fhir::{self, search::find_in},
+    store::{Tenant, Tx, Version},
+};
+
+/// The User with this email in this scope. A server-scoped user has no
+/// `User.project`; a project-scoped one names the project.
+pub async fn find_by_email(tx: &Tx, scope: UserScope, email: &str) -> Result<Option<Found>> {
+    find_user(tx, scope, "email", &normalize_email(email)).await
+}
+
+/// The project-scoped User with this external id.
+pub async fn find_by_external_id(
+    tx: &Tx,
+    project_id: Uuid,
+    external_id: &str,
+) -> Result<Option<Found>> {
+    find_user(
+        tx,
+        UserScope::Project(project_id),
+        "external-id",
+        external_id,
+    )
+    .await
+}
+
+async fn find_user(tx: &Tx, scope: UserScope, param: &str, value: &str) -> Result<Option<Found>> {
+    // Server-scoped users made by fhirgate live in the server tenant; the
+    // bootstrap's and those super admins create through FHIR in a project.
+    let tenant = match scope {
+        UserScope::Server => Tenant::AllProjects,
+        UserScope::Project(id) => Tenant::Project(id),
+    };
+    for version in find_in(tx, tenant, "User", &[(param, value)]).await? {
+        let found = Found::new(version)?;
+        if UserScope::of(&found.value) == scope {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Sets a user's password (checked against the password rules first).
+pub async fn set_password(tx: &Tx, user: &Version, password: &str, field: &str) -> Result<()> {
+    check_new_password(password, field)?;
+    let hash = password::hash(password).await?;
+    tx.set_secret(user.project_id, "User", user.id, "password", &hash)
+        .await
+}
+
+/// 400 naming `field` unless the password policy accepts the password.
+pub fn check_new_password(password: &str, field: &str) -> Result<()> {
+    password::check_new_password(password, &[]).map_err(|e| match e {
+        Error::BadRequest(problem) => Error::Invalid(vec![super::field_issue(field, problem)]),
+        other => other,
+    })
+}
+
+/// Which of a user's logins to revoke.
+#[derive(Clone, Copy)]
+pub enum Sessions<'a> {
+    All,
+    /// Those made through one membership (`ProjectMembership/…`).
+    OfMembership(&'a str),
+    /// All but the caller's own session.
+    AllBut(Uuid),
+}
+
+/// Revokes the logins of `user` (a `User/…`, `ClientApplication/…` or
+/// `Bot/…` reference). Their tokens fail on the next request, their refresh
+/// tokens are spent.
+pub async fn revoke_logins(
+    state: &AppState,
+    tx: &Tx,
+    user: &str,
+    which: Sessions<'_>,
+) -> Result<usize> {
+    let logins = find_in(tx, Tenant::AllProjects, "Login", &[("user", user)]).await?;
+    let mut revoked = 0;
+    for login in logins {
+        let value = fhir::parse_stored(&login)?;
+        let spared = match which {
+            Sessions::All => false,
+            Sessions::OfMembership(m) => value["membership"]["reference"].as_str() != Some(m),
+            Sessions::AllBut(id) => login.id == id,
+        };
+        if value["revoked"] == Value::Bool(true) || spared {
+            continue;
+        }
+        login::revoke_login(state, tx, login.id).await?;
+        revoked += 1;
+    }
+    Ok(revoked)
+}
+
+/// After a User is deleted: its memberships go, its logins are revoked, and
+/// each project it was in records the deletion.
+pub async fn after_user_deleted(
+    state: &AppState,
+    tx: &Tx,
+    caller: &Caller,
+    user: &Version,
+) -> Result<()> {
+    let user_ref = format!("User/{}", user.id);
+    let memberships = find_in(
+        tx,
+        Tenant::AllProjects,
+        "ProjectMembership",
+        &[("user", &user_ref)],
+    )
+    .await?;
+    revoke_logins(state, tx, &user_ref, Sessions::All).await?;
+    let mut projects = vec![caller.project_id];
+    for membership in memberships {
+        fhir::remove(tx, &membership).await?;
+        let membership_ref = format!("ProjectMembership/{}", membership.id);
+        audit::record(
+            state,
+            tx,
+            membership.project_id,
+            Event::MembershipRemoved,
+            &caller.profile,
+            &membership_ref,
+        )
+        .await?;
+        if !projects.contains(&membership.project_id) {
+            projects.push(membership.project_id);
+        }
+    }
+    for project_id in projects {
+        audit::record(
+            state,
+            tx,
+            project_id,
+            Event::UserDeleted,
+            &caller.profile,
+            &user_ref,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A user's email and project say who they are and where they sign in: only
+/// super admins change them through FHIR (users change their own email by
+/// verifying the new address).
+pub fn check_user_change(caller: &Caller, current: &Version, new: &Value) -> Result<()> {
+    if current.resource_type != "User" || caller.is_super_admin() || current.is_deleted() {
+        return Ok(());
+    }
+    let stored = fhir::parse_stored(current)?;
+    for field in ["email", "project"] {
+        if stored[field] != new[field] {
+            return Err(Error::Forbidden(format!(
+                "User.{field} cannot be changed by a project admin"
+            )));
+        }
+    }
+    Ok(())
+}
