@@ -142,6 +142,18 @@ async fn the_chooser_picks_one_of_several_memberships() {
     let mut form = query_of(&url);
     form.insert("login".into(), login);
     form.insert("membership".into(), second);
+    // The login cannot be finished through another client.
+    let other = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let mut through_other = form.clone();
+    through_other.insert("client_id".into(), other);
+    let response = app
+        .http
+        .post(app.url("oauth2/authorize"))
+        .form(&through_other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
     let response = app
         .http
         .post(app.url("oauth2/authorize"))

@@ -30,7 +30,7 @@ pub struct Client {
     pub id: Uuid,
     pub project_id: Uuid,
     pub content: Value,
-    has_secret: bool,
+    pub(crate) has_secret: bool,
 }
 
 impl Client {
