@@ -164,15 +164,36 @@ async fn the_chooser_picks_one_of_several_memberships() {
     assert_eq!(response.status(), 303);
     let query = query_of(&location(&response));
     assert_eq!(query["state"], "xyz");
-    let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &query["code"]),
-            ("code_verifier", verifier.secret()),
-            ("client_id", &client_id),
-            ("redirect_uri", REDIRECT),
-        ])
-        .await;
+    let redeem = |redirect_uri: Option<&'static str>| {
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", query["code"].clone()),
+            ("code_verifier", verifier.secret().clone()),
+            ("client_id", client_id.clone()),
+        ];
+        if let Some(uri) = redirect_uri {
+            form.push(("redirect_uri", uri.to_string()));
+        }
+        let app = &app;
+        async move {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.token(&form).await
+        }
+    };
+    // The code was issued for REDIRECT: another redirect_uri, or none, is refused.
+    for wrong in [Some("https://app.example.com/other"), None] {
+        let (status, body) = redeem(wrong).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{body}"
+        );
+        assert!(body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("redirect_uri"));
+    }
+    let (status, token) = redeem(Some(REDIRECT)).await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["profile"]["reference"], patient);
     assert_eq!(token["patient"], patient.strip_prefix("Patient/").unwrap());
