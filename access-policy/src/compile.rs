@@ -461,10 +461,57 @@ impl CompiledPolicy {
         }
     }
 
+    /// A search condition that reads a field the caller may not see (matching
+    /// on it would tell the value): `(parameter, field)`. Full-text `_content`
+    /// reads every field.
+    pub fn hidden_condition(&self, filters: &[Filter]) -> Option<(String, String)> {
+        let registry = fhir_model::search::Registry::get();
+        for filter in filters {
+            let found = match filter {
+                Filter::Param {
+                    resource_type,
+                    code,
+                    ..
+                } => {
+                    let hidden = self.hidden_fields(resource_type);
+                    let expression = registry
+                        .param(resource_type, code)
+                        .map(|p| p.expression.as_str())
+                        .unwrap_or_default();
+                    hidden
+                        .into_iter()
+                        .find(|field| code == "_content" || reads(expression, resource_type, field))
+                        .map(|field| (code.clone(), field.to_string()))
+                }
+                Filter::Chain { inner, .. } | Filter::Has { inner, .. } => {
+                    self.hidden_condition(std::slice::from_ref(inner))
+                }
+                Filter::AnyOf(inner) => self.hidden_condition(inner),
+                Filter::Compartment { .. } => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
     /// Whether responses need rewriting for `resource_type` (cheap check).
     pub fn hides_fields(&self, resource_type: &str) -> bool {
         !self.hidden_fields(resource_type).is_empty()
     }
+}
+
+/// Whether a parameter's FHIRPath reads `field` (its first element) of `resource_type`.
+fn reads(expression: &str, resource_type: &str, field: &str) -> bool {
+    let element = field.split('.').next().unwrap_or_default();
+    let needle = format!("{resource_type}.{element}");
+    expression.match_indices(&needle).any(|(at, _)| {
+        !expression[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// The strings every list holds (none when there is no list).

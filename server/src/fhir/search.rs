@@ -85,6 +85,7 @@ pub async fn search(
             Some(resource_type),
         )?);
     }
+    check_hidden_conditions(caller, &request)?;
     let cursor = request.cursor.as_deref().map(Cursor::decode).transpose()?;
     let page = state
         .store
@@ -112,6 +113,17 @@ pub async fn search(
         next: page.next.map(|c| c.encode()),
         previous: page.previous.map(|c| c.encode()),
     })
+}
+
+/// A search may not match on a field the caller's policy hides: whether it
+/// matched would tell the value.
+pub fn check_hidden_conditions(caller: &Caller, request: &SearchRequest) -> Result<()> {
+    match caller.policy.hidden_condition(&request.filters) {
+        Some((param, field)) => Err(Error::Forbidden(format!(
+            "Search parameter '{param}' reads {field}, which your access policy hides"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The top-level elements a response keeps, by `_summary` and `_elements`
