@@ -465,35 +465,31 @@ impl CompiledPolicy {
     /// on it would tell the value): `(parameter, field)`. Full-text `_content`
     /// reads every field.
     pub fn hidden_condition(&self, filters: &[Filter]) -> Option<(String, String)> {
-        let registry = fhir_model::search::Registry::get();
-        for filter in filters {
-            let found = match filter {
-                Filter::Param {
-                    resource_type,
-                    code,
-                    ..
-                } => {
-                    let hidden = self.hidden_fields(resource_type);
-                    let expression = registry
-                        .param(resource_type, code)
-                        .map(|p| p.expression.as_str())
-                        .unwrap_or_default();
-                    hidden
-                        .into_iter()
-                        .find(|field| code == "_content" || reads(expression, resource_type, field))
-                        .map(|field| (code.clone(), field.to_string()))
-                }
-                Filter::Chain { inner, .. } | Filter::Has { inner, .. } => {
-                    self.hidden_condition(std::slice::from_ref(inner))
-                }
-                Filter::AnyOf(inner) => self.hidden_condition(inner),
-                Filter::Compartment { .. } => None,
-            };
-            if found.is_some() {
-                return found;
+        filters.iter().find_map(|filter| match filter {
+            Filter::Param {
+                resource_type,
+                code,
+                ..
+            } => self.hidden_parameter(resource_type, code),
+            Filter::Chain { inner, .. } | Filter::Has { inner, .. } => {
+                self.hidden_condition(std::slice::from_ref(inner))
             }
-        }
-        None
+            Filter::AnyOf(inner) => self.hidden_condition(inner),
+            Filter::Compartment { .. } => None,
+        })
+    }
+
+    /// Whether parameter `code` of `resource_type` reads a hidden field (a
+    /// condition or a `_sort` on it would tell the value): `(code, field)`.
+    pub fn hidden_parameter(&self, resource_type: &str, code: &str) -> Option<(String, String)> {
+        let expression = fhir_model::search::Registry::get()
+            .param(resource_type, code)
+            .map(|p| p.expression.as_str())
+            .unwrap_or_default();
+        self.hidden_fields(resource_type)
+            .into_iter()
+            .find(|field| code == "_content" || reads(expression, resource_type, field))
+            .map(|field| (code.to_string(), field.to_string()))
     }
 
     /// Whether responses need rewriting for `resource_type` (cheap check).

@@ -115,10 +115,20 @@ pub async fn search(
     })
 }
 
-/// A search may not match on a field the caller's policy hides: whether it
-/// matched would tell the value.
+/// A search may not match on, or sort by, a field the caller's policy hides:
+/// whether it matched, or where it sorted, would tell the value.
 pub fn check_hidden_conditions(caller: &Caller, request: &SearchRequest) -> Result<()> {
-    match caller.policy.hidden_condition(&request.filters) {
+    let sorted = |resource_type: &String| {
+        request
+            .sort
+            .iter()
+            .find_map(|sort| caller.policy.hidden_parameter(resource_type, &sort.code))
+    };
+    let hidden = caller
+        .policy
+        .hidden_condition(&request.filters)
+        .or_else(|| request.types.iter().find_map(sorted));
+    match hidden {
         Some((param, field)) => Err(Error::Forbidden(format!(
             "Search parameter '{param}' reads {field}, which your access policy hides"
         ))),
