@@ -461,10 +461,53 @@ impl CompiledPolicy {
         }
     }
 
+    /// A search condition that reads a field the caller may not see (matching
+    /// on it would tell the value): `(parameter, field)`. Full-text `_content`
+    /// reads every field.
+    pub fn hidden_condition(&self, filters: &[Filter]) -> Option<(String, String)> {
+        filters.iter().find_map(|filter| match filter {
+            Filter::Param {
+                resource_type,
+                code,
+                ..
+            } => self.hidden_parameter(resource_type, code),
+            Filter::Chain { inner, .. } | Filter::Has { inner, .. } => {
+                self.hidden_condition(std::slice::from_ref(inner))
+            }
+            Filter::AnyOf(inner) => self.hidden_condition(inner),
+            Filter::Compartment { .. } => None,
+        })
+    }
+
+    /// Whether parameter `code` of `resource_type` reads a hidden field (a
+    /// condition or a `_sort` on it would tell the value): `(code, field)`.
+    pub fn hidden_parameter(&self, resource_type: &str, code: &str) -> Option<(String, String)> {
+        let expression = fhir_model::search::Registry::get()
+            .param(resource_type, code)
+            .map(|p| p.expression.as_str())
+            .unwrap_or_default();
+        self.hidden_fields(resource_type)
+            .into_iter()
+            .find(|field| code == "_content" || reads(expression, resource_type, field))
+            .map(|field| (code.to_string(), field.to_string()))
+    }
+
     /// Whether responses need rewriting for `resource_type` (cheap check).
     pub fn hides_fields(&self, resource_type: &str) -> bool {
         !self.hidden_fields(resource_type).is_empty()
     }
+}
+
+/// Whether a parameter's FHIRPath reads `field` (its first element) of `resource_type`.
+fn reads(expression: &str, resource_type: &str, field: &str) -> bool {
+    let element = field.split('.').next().unwrap_or_default();
+    let needle = format!("{resource_type}.{element}");
+    expression.match_indices(&needle).any(|(at, _)| {
+        !expression[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// The strings every list holds (none when there is no list).

@@ -86,24 +86,22 @@ mod tests {
             Parameter::new("patient", "Patient/p1"),
             Parameter::new("org", "Organization/o1"),
         ];
-        assert_eq!(
-            substitute("Observation?subject=%patient", &params),
-            "Observation?subject=Patient/p1"
-        );
-        assert_eq!(
-            substitute("Patient?_id=%patient.id&organization=%org", &params),
-            "Patient?_id=p1&organization=Organization/o1"
-        );
-        // Longer names are not prefixes of shorter ones; unknown ones stay.
-        assert_eq!(
-            substitute("x=%patients&y=%other.id", &params),
-            "x=%patients&y=%other.id"
-        );
-        assert_eq!(
-            substitute("%patient.identifier", &params),
-            "Patient/p1.identifier"
-        );
-        // Percent-encoded bytes are left alone.
-        assert_eq!(substitute("a=%2F%patient", &params), "a=%2FPatient/p1");
+        for (text, expected) in [
+            (
+                "Observation?subject=%patient",
+                "Observation?subject=Patient/p1",
+            ),
+            (
+                "Patient?_id=%patient.id&organization=%org",
+                "Patient?_id=p1&organization=Organization/o1",
+            ),
+            // Longer names are not prefixes of shorter ones; unknown ones stay.
+            ("x=%patients&y=%other.id", "x=%patients&y=%other.id"),
+            ("%patient.identifier", "Patient/p1.identifier"),
+            // Percent-encoded bytes are left alone.
+            ("a=%2F%patient", "a=%2FPatient/p1"),
+        ] {
+            assert_eq!(substitute(text, &params), expected, "{text}");
+        }
     }
 }

@@ -307,6 +307,19 @@ impl World {
         }
     }
 
+    /// A searchset holds exactly the expected matches, counts them, and
+    /// carries nothing else the caller may not see.
+    fn check_searchset(&mut self, user: &User, what: &str, body: &Value, expected: &[String]) {
+        assert_eq!(matches_of(body), expected, "{}: {what}", user.label);
+        assert_eq!(
+            body["total"],
+            expected.len(),
+            "{}: {what} total",
+            user.label
+        );
+        self.check_body(user, what, body, &[]);
+    }
+
     fn expected(&self, user: &User, keep: impl Fn(&Resource) -> bool) -> Vec<String> {
         let mut ids: Vec<String> = self
             .resources
@@ -332,7 +345,7 @@ impl World {
         };
         let r = rng.pick(&self.resources).clone();
         let t = r.resource_type().to_string();
-        let op = rng.below(12);
+        let op = rng.below(15);
         let expect_one = |interaction: &str| {
             if !user.may(&t, interaction) {
                 403
@@ -407,23 +420,14 @@ impl World {
                             })
                     });
                 }
-                assert_eq!(matches_of(&body), expected, "{}: {path}", user.label);
-                assert_eq!(
-                    body["total"],
-                    expected.len(),
-                    "{}: {path} total",
-                    user.label
-                );
-                self.check_body(&user, &path, &body, &[]);
+                self.check_searchset(&user, &path, &body, &expected);
             }
             5 => {
                 let path = "?_count=1000&_total=accurate&_type=Patient,Observation";
                 let (status, body) = status_json(user.session.get(path).await).await;
                 assert_eq!(status, 200, "{}: {path}", user.label);
                 let expected = self.expected(&user, |x| x.resource_type() != "Encounter");
-                assert_eq!(matches_of(&body), expected, "{}: system search", user.label);
-                assert_eq!(body["total"], expected.len());
-                self.check_body(&user, "system search", &body, &[]);
+                self.check_searchset(&user, "system search", &body, &expected);
             }
             6 => {
                 let paths = [
@@ -510,8 +514,140 @@ impl World {
                 let asked: Vec<&str> = picks.iter().map(Resource::id).collect();
                 self.check_body(&user, "batch", &body, &asked);
             }
+            9 => {
+                // A chain reaches only Patients the caller sees.
+                let patients: Vec<Resource> = self
+                    .resources
+                    .iter()
+                    .filter(|x| x.resource_type() == "Patient")
+                    .cloned()
+                    .collect();
+                let p = rng.pick(&patients).clone();
+                let family = p.json["name"][0]["family"].as_str().unwrap().to_string();
+                let path = format!(
+                    "Observation?subject:Patient.family:exact={family}&_count=1000&_total=accurate"
+                );
+                let (status, body) = status_json(user.session.get(&path).await).await;
+                assert_eq!(status, 200, "{}: {path}: {body}", user.label);
+                let expected = self.expected(&user, |o| {
+                    o.resource_type() == "Observation"
+                        && o.subject() == Some(p.id())
+                        && user.sees(&p)
+                });
+                self.check_searchset(&user, &path, &body, &expected);
+            }
+            10 => {
+                let search_type = *rng.pick(&TYPES);
+                let response = user
+                    .session
+                    .fhir(Method::POST, &format!("{search_type}/_search"))
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body("_count=1000&_total=accurate")
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, body) = status_json(response).await;
+                if user.may(search_type, "search") {
+                    let expected = self.expected(&user, |x| x.resource_type() == search_type);
+                    self.check_searchset(&user, "POST _search", &body, &expected);
+                } else {
+                    assert_eq!(status, 403, "{}: POST _search", user.label);
+                    self.check_body(&user, "POST _search", &body, &[]);
+                }
+            }
+            11 => self.create(rng, &user).await,
             _ => self.write(rng, &user, r).await,
         }
+    }
+
+    /// How many resources of a type the super admin sees (every project).
+    async fn count(&self, resource_type: &str) -> u64 {
+        let (_, body) = status_json(
+            self.root
+                .get(&format!("{resource_type}?_total=accurate&_count=0"))
+                .await,
+        )
+        .await;
+        body["total"].as_u64().unwrap()
+    }
+
+    /// A create, directly or as a transaction: allowed when the caller may
+    /// create the type and would see the result; refused ones create nothing.
+    async fn create(&mut self, rng: &mut Rng, user: &User) {
+        let t = *rng.pick(&TYPES);
+        let patients: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|x| x.project == user.project && x.resource_type() == "Patient")
+            .map(|x| x.id().to_string())
+            .collect();
+        let Some(subject) = (!patients.is_empty()).then(|| rng.pick(&patients).clone()) else {
+            return;
+        };
+        let body = match t {
+            "Patient" => json!({"resourceType": "Patient",
+                "name": [{"family": format!("Created{}", rng.next() % 1_000_000)}]}),
+            "Observation" => json!({"resourceType": "Observation",
+                "status": *rng.pick(&["final", "preliminary"]), "code": {"text": "new"},
+                "subject": {"reference": format!("Patient/{subject}")}}),
+            _ => json!({"resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"},
+                "subject": {"reference": format!("Patient/{subject}")}}),
+        };
+        let mut would_be = body.clone();
+        would_be["id"] = json!("not-yet");
+        let allowed = user.may(t, "create")
+            && user.sees(&Resource {
+                project: user.project,
+                json: would_be,
+            });
+        let before = self.count(t).await;
+        let in_transaction = rng.below(2) == 0;
+        let (status, response) = if in_transaction {
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "POST", "url": t}, "resource": body}]});
+            status_json(user.session.post("", &bundle).await).await
+        } else {
+            status_json(user.session.post(t, &body).await).await
+        };
+        let what = format!("create {t} (transaction: {in_transaction})");
+        self.check_body(user, &what, &response, &[]);
+        let after = self.count(t).await;
+        if !allowed {
+            assert!(
+                matches!(status, 403),
+                "{}: {what} should be refused: {status} {response}",
+                user.label
+            );
+            assert_eq!(
+                after, before,
+                "{}: refused {what} created something",
+                user.label
+            );
+            return;
+        }
+        assert_eq!(
+            status,
+            if in_transaction { 200 } else { 201 },
+            "{}: {what}: {response}",
+            user.label
+        );
+        assert_eq!(after, before + 1);
+        let reference = if in_transaction {
+            // `{base}fhir/R4/{type}/{id}/_history/{vid}`
+            let location = response["entry"][0]["response"]["location"]
+                .as_str()
+                .unwrap();
+            let path = location.split("fhir/R4/").nth(1).unwrap();
+            path.split('/').take(2).collect::<Vec<_>>().join("/")
+        } else {
+            format!("{t}/{}", response["id"].as_str().unwrap())
+        };
+        let (_, stored) = status_json(self.root.get(&reference).await).await;
+        assert_eq!(stored["resourceType"], t, "{reference}: {stored}");
+        self.resources.push(Resource {
+            project: user.project,
+            json: stored,
+        });
     }
 
     /// A random write to `r`; refused writes change nothing, allowed ones
@@ -546,7 +682,7 @@ impl World {
                 })
             }
         }
-        let how = rng.below(4);
+        let how = rng.below(5);
         let (interaction, response) = match how {
             0 => ("update", user.session.put(&r.reference(), &changed).await),
             1 => {
@@ -556,6 +692,20 @@ impl World {
                 ("patch", user.session.patch(&r.reference(), &ops).await)
             }
             2 => ("delete", user.session.delete(&r.reference()).await),
+            3 => {
+                let field = if t == "Patient" { "gender" } else { "status" };
+                let ops =
+                    json!([{"op": "add", "path": format!("/{field}"), "value": changed[field]}]);
+                let response = user
+                    .session
+                    .fhir(Method::PATCH, &format!("{t}?_id={}", r.id()))
+                    .header("Content-Type", "application/json-patch+json")
+                    .body(ops.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                ("patch", response)
+            }
             _ => (
                 "delete",
                 user.session
@@ -574,7 +724,7 @@ impl World {
         let allowed = user.may(&t, interaction)
             && user.sees(&r)
             && (interaction == "delete" || stays_visible);
-        if how == 3 {
+        if how == 4 {
             // A conditional delete matches only what the caller can see.
             assert_eq!(
                 status,

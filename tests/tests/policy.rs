@@ -154,6 +154,21 @@ async fn criteria_fields_and_constraints() {
             "{path} shows a hidden field: {text}"
         );
     }
+    // Matching on a hidden field would tell its value.
+    assert_outcome(
+        doctor.get("Patient?birthdate=1970-01-02").await,
+        403,
+        "birthDate",
+    )
+    .await;
+    assert_outcome(
+        doctor
+            .get("Observation?subject:Patient.birthdate=1970")
+            .await,
+        403,
+        "birthDate",
+    )
+    .await;
     // Writing back what was read keeps hidden and readonly fields.
     let (_, mut read) = status_json(doctor.get(&reference(&patient)).await).await;
     read["gender"] = json!("male");

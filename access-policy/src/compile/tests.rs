@@ -299,6 +299,48 @@ fn hidden_and_readonly_fields_combine_by_or() {
 }
 
 #[test]
+fn searching_a_hidden_field_is_found() {
+    let p = compile(
+        Role::Member,
+        vec![
+            json!({"resource": [{"resourceType": "Patient", "hiddenFields": ["birthDate", "address.line"]},
+            {"resourceType": "Observation"}]}),
+        ],
+    );
+    let parse = |t: &str, q: &str| {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
+        fhir_model::search::parse_search(
+            fhir_model::search::Registry::get(),
+            Some(t),
+            &pairs,
+            false,
+        )
+        .unwrap()
+        .filters
+    };
+    assert_eq!(
+        p.hidden_condition(&parse("Patient", "birthdate=1970")),
+        Some(("birthdate".into(), "birthDate".into()))
+    );
+    assert_eq!(
+        p.hidden_condition(&parse("Patient", "address=x")),
+        Some(("address".into(), "address.line".into()))
+    );
+    assert_eq!(
+        p.hidden_condition(&parse("Observation", "subject:Patient.birthdate=1970")),
+        Some(("birthdate".into(), "birthDate".into()))
+    );
+    assert_eq!(
+        p.hidden_condition(&parse("Patient", "name=x&gender=male")),
+        None
+    );
+    assert!(p
+        .hidden_condition(&parse("Patient", "_content=x"))
+        .is_some());
+    assert_eq!(p.hidden_condition(&parse("Observation", "code=x")), None);
+}
+
+#[test]
 fn write_constraints_see_before_and_after() {
     let p = compile(
         Role::Member,

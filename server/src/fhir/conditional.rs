@@ -36,6 +36,7 @@ pub async fn matches(
         )));
     }
     let mut request = parse_search(Registry::get(), Some(resource_type), &pairs, false)?;
+    super::search::check_hidden_conditions(caller, &request)?;
     request.count = limit;
     let mut key_parts = request.canonical_query.clone();
     key_parts.sort();

@@ -85,6 +85,7 @@ pub async fn search(
             Some(resource_type),
         )?);
     }
+    check_hidden_conditions(caller, &request)?;
     let cursor = request.cursor.as_deref().map(Cursor::decode).transpose()?;
     let page = state
         .store
@@ -112,6 +113,27 @@ pub async fn search(
         next: page.next.map(|c| c.encode()),
         previous: page.previous.map(|c| c.encode()),
     })
+}
+
+/// A search may not match on, or sort by, a field the caller's policy hides:
+/// whether it matched, or where it sorted, would tell the value.
+pub fn check_hidden_conditions(caller: &Caller, request: &SearchRequest) -> Result<()> {
+    let sorted = |resource_type: &String| {
+        request
+            .sort
+            .iter()
+            .find_map(|sort| caller.policy.hidden_parameter(resource_type, &sort.code))
+    };
+    let hidden = caller
+        .policy
+        .hidden_condition(&request.filters)
+        .or_else(|| request.types.iter().find_map(sorted));
+    match hidden {
+        Some((param, field)) => Err(Error::Forbidden(format!(
+            "Search parameter '{param}' reads {field}, which your access policy hides"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The top-level elements a response keeps, by `_summary` and `_elements`
