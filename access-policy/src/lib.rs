@@ -1,13 +1,30 @@
-//! Who may do what to which resource type.
+//! Who may do what to which resources.
 //!
-//! Pure logic, no I/O. Today this holds fhirgate's built-in rules for its
-//! administrative resource types, decided by the caller's role in the project.
-//! AccessPolicy resources will compile into the same gate (and into search
-//! filters) so that every route keeps asking one function.
+//! Pure logic, no I/O. An [`AccessPolicy`] resource (Medplum's shape) is
+//! validated when it is saved ([`validate`]); when a caller is loaded, its
+//! membership's policies, their parameters, the project's settings and the
+//! login's SMART scopes compile into one [`CompiledPolicy`]: the gate (type ×
+//! interaction), the row filter every statement carries (criteria as search
+//! filters), hidden and readonly fields, write constraints and IP rules.
+
+mod compile;
+mod error;
+pub mod fields;
+mod ip;
+mod model;
+mod params;
+mod smart;
 
 pub mod scopes;
 
 use std::fmt;
+
+pub use compile::{Branch, CompiledPolicy, MembershipPolicy, PolicyInput, RowFilter, Types};
+pub use error::PolicyError;
+pub use ip::IpRule;
+pub use model::{validate, AccessPolicy, ResourceRule};
+pub use params::{substitute, Parameter};
+pub use smart::{parse_scope, ScopeGrant};
 
 /// The FHIR interactions an access rule can allow, as AccessPolicy spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +51,14 @@ impl Interaction {
         Interaction::Search,
     ];
 
+    /// The interactions that only look.
+    pub const READS: [Interaction; 4] = [
+        Interaction::Read,
+        Interaction::Vread,
+        Interaction::History,
+        Interaction::Search,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Interaction::Create => "create",
@@ -47,12 +72,20 @@ impl Interaction {
         }
     }
 
+    pub fn parse(text: &str) -> Option<Interaction> {
+        Interaction::ALL.into_iter().find(|i| i.as_str() == text)
+    }
+
     /// Whether the interaction changes stored data.
     pub fn is_write(self) -> bool {
         matches!(
             self,
             Interaction::Create | Interaction::Update | Interaction::Patch | Interaction::Delete
         )
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
     }
 }
 
@@ -71,91 +104,4 @@ pub enum Role {
     ProjectAdmin,
     /// Any other member.
     Member,
-}
-
-/// Resource types only super admins may touch: they hold other people's
-/// sessions (Login) or the server's keys (JsonWebKey).
-const SUPER_ADMIN_ONLY: &[&str] = &["JsonWebKey", "Login"];
-
-/// Resource types that define who is in a project and how they sign in.
-/// Only admins see or change them, as in Medplum.
-const PROJECT_ADMIN_ONLY: &[&str] = &[
-    "AccessPolicy",
-    "Bot",
-    "ClientApplication",
-    "ProjectMembership",
-    "User",
-];
-
-/// Whether `role` may perform `interaction` on resources of `resource_type`.
-///
-/// A Project can only be created or changed by a super admin (changing a
-/// Project could grant `superAdmin`); project admins may read their own.
-pub fn is_allowed(role: Role, resource_type: &str, interaction: Interaction) -> bool {
-    if role == Role::SuperAdmin {
-        return true;
-    }
-    if SUPER_ADMIN_ONLY.contains(&resource_type) {
-        return false;
-    }
-    if resource_type == "Project" {
-        return role == Role::ProjectAdmin && !interaction.is_write();
-    }
-    if PROJECT_ADMIN_ONLY.contains(&resource_type) {
-        return role == Role::ProjectAdmin;
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn super_admin_may_do_everything() {
-        for t in ["Login", "JsonWebKey", "Project", "User", "Patient"] {
-            for i in Interaction::ALL {
-                assert!(is_allowed(Role::SuperAdmin, t, i), "{t} {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn sessions_and_keys_are_super_admin_only() {
-        for t in SUPER_ADMIN_ONLY {
-            for i in Interaction::ALL {
-                assert!(!is_allowed(Role::ProjectAdmin, t, i));
-                assert!(!is_allowed(Role::Member, t, i));
-            }
-        }
-    }
-
-    #[test]
-    fn project_admins_read_but_never_write_projects() {
-        for i in Interaction::ALL {
-            assert_eq!(
-                is_allowed(Role::ProjectAdmin, "Project", i),
-                !i.is_write(),
-                "{i}"
-            );
-            assert!(!is_allowed(Role::Member, "Project", i));
-        }
-    }
-
-    #[test]
-    fn membership_types_are_for_admins() {
-        for t in PROJECT_ADMIN_ONLY {
-            for i in Interaction::ALL {
-                assert!(is_allowed(Role::ProjectAdmin, t, i));
-                assert!(!is_allowed(Role::Member, t, i));
-            }
-        }
-    }
-
-    #[test]
-    fn clinical_types_are_open_to_members() {
-        for i in Interaction::ALL {
-            assert!(is_allowed(Role::Member, "Observation", i));
-        }
-    }
 }

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::{
     auth::{
-        password::MIN_PASSWORD_LEN,
-        secrets::{hash_password, random_token, MIN_CLIENT_SECRET_LEN},
+        password::{self, MIN_PASSWORD_LEN},
+        secrets::{random_token, MIN_CLIENT_SECRET_LEN},
     },
     config::AdminBootstrap,
     error::{Error, Result},
@@ -56,12 +56,7 @@ pub async fn bootstrap(store: &Store, validator: &Validator, admin: &AdminBootst
             "FHIRGATE_ADMIN_CLIENT_SECRET must be at least {MIN_CLIENT_SECRET_LEN} characters"
         )));
     }
-    let password_hash = {
-        let password = password.clone();
-        tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| Error::Internal(format!("hashing task: {e}")))??
-    };
+    let password_hash = password::hash(&password).await?;
 
     let project_id = Uuid::new_v4();
     let user_id = Uuid::new_v4();

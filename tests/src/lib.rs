@@ -130,14 +130,20 @@ impl TestApp {
 
     /// Client credentials with `client_secret_post`; panics unless it works.
     pub async fn session(&self, credentials: &Credentials) -> Session {
+        self.sign_in(credentials, &[]).await
+    }
+
+    async fn sign_in(&self, credentials: &Credentials, extra: &[(&str, &str)]) -> Session {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.as_str()),
+        ];
+        form.extend_from_slice(extra);
         let response = self
             .http
             .post(self.url("oauth2/token"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", &credentials.client_id),
-                ("client_secret", &credentials.client_secret),
-            ])
+            .form(&form)
             .send()
             .await
             .expect("token request");
@@ -173,6 +179,21 @@ impl TestApp {
 
     /// A ClientApplication with a membership in `project_id`, signed in.
     pub async fn client_in(&self, root: &Session, project_id: &str, admin: bool) -> Session {
+        self.client_with(root, project_id, json!({"admin": admin}), None)
+            .await
+    }
+
+    /// A ClientApplication signed in (asking for `scope`, if given) through a
+    /// membership in `project_id` with `fields` (`admin`, `profile`,
+    /// `accessPolicy`, `access`, …) over the defaults; its profile is the
+    /// client itself unless `fields` names one.
+    pub async fn client_with(
+        &self,
+        root: &Session,
+        project_id: &str,
+        fields: Value,
+        scope: Option<&str>,
+    ) -> Session {
         let secret = random_secret();
         let client = root
             .create(json!({
@@ -181,18 +202,28 @@ impl TestApp {
             }))
             .await;
         let client_ref = format!("ClientApplication/{}", client["id"].as_str().unwrap());
-        root.create(json!({
+        let mut membership = json!({
             "resourceType": "ProjectMembership", "meta": {"project": project_id},
             "project": {"reference": format!("Project/{project_id}")},
-            "user": {"reference": client_ref}, "profile": {"reference": client_ref},
-            "admin": admin
-        }))
-        .await;
-        self.session(&Credentials {
+            "user": {"reference": client_ref}, "profile": {"reference": client_ref}
+        });
+        for (key, value) in fields.as_object().expect("membership fields") {
+            membership[key] = value.clone();
+        }
+        root.create(membership).await;
+        let credentials = Credentials {
             client_id: client["id"].as_str().unwrap().to_string(),
             client_secret: secret,
-        })
-        .await
+        };
+        match scope {
+            None => self.session(&credentials).await,
+            Some(scope) => self.session_with_scope(&credentials, scope).await,
+        }
+    }
+
+    /// Client credentials asking for `scope`; panics unless it works.
+    pub async fn session_with_scope(&self, credentials: &Credentials, scope: &str) -> Session {
+        self.sign_in(credentials, &[("scope", scope)]).await
     }
 }
 
@@ -478,4 +509,82 @@ pub fn pkce_pair() -> (String, String) {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes());
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
     (verifier, challenge)
+}
+
+/// The redirect URI of the clients made by [`TestApp::clinic`].
+pub const REDIRECT_URI: &str = "https://app.example.com/callback";
+
+/// A project "clinic" with a server-scoped Practitioner user
+/// `doctor@example.com` and a public client redirecting to [`REDIRECT_URI`].
+pub struct Clinic {
+    pub project: TestProject,
+    pub user: TestUser,
+    pub client_id: String,
+}
+
+/// An HTTP client for the `oauth2` crate, redirects off.
+pub fn oauth_http() -> oauth2::reqwest::Client {
+    oauth2::reqwest::Client::builder()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTP client")
+}
+
+impl TestApp {
+    pub async fn clinic(&self) -> Clinic {
+        let project = self.project("clinic").await;
+        let user = self
+            .user(&project.id, "doctor@example.com", "Practitioner", false)
+            .await;
+        let client_id = self
+            .public_client(&project.id, REDIRECT_URI, json!({}))
+            .await;
+        Clinic {
+            project,
+            user,
+            client_id,
+        }
+    }
+
+    /// The authorization_code grant for a public client (or none).
+    pub async fn redeem(
+        &self,
+        code: &str,
+        verifier: &str,
+        client_id: Option<&str>,
+    ) -> (u16, Value) {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", verifier),
+        ];
+        if let Some(client_id) = client_id {
+            form.push(("client_id", client_id));
+        }
+        self.token(&form).await
+    }
+
+    /// `GET path` with a bearer token.
+    pub async fn bearer_get(&self, token: &str, path: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// `POST /auth/login` with the S256 challenge of a fresh verifier.
+    pub async fn login_attempt(&self, email: &str, password: &str) -> Response {
+        let (_, challenge) = pkce_pair();
+        self.http
+            .post(self.url("auth/login"))
+            .json(
+                &json!({"email": email, "password": password, "scope": "openid",
+                "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+            )
+            .send()
+            .await
+            .expect("login request")
+    }
 }

@@ -2,9 +2,11 @@
 //! one must reach its rows through indexes, never a sequential scan.
 //! Run with `--nocapture` to print the plans.
 
+use access_policy::{CompiledPolicy, MembershipPolicy, PolicyInput, Role};
 use fhir_model::search::{parse_search, Registry};
 use fhirgate_server::store::{connect::connect, search::SearchQuery, Store, Tenant};
 use fhirgate_tests::{postgres_server, TestApp};
+use serde_json::json;
 use uuid::Uuid;
 
 const PATIENTS: i64 = 50_000;
@@ -42,6 +44,9 @@ async fn common_searches_use_index_scans_on_100k_resources() {
         INSERT INTO idx_reference (project_id, resource_type, resource_id, param, target_type, target_id, url)
             SELECT project_id, 'Observation', id, p, 'Patient', patient, 'Patient/' || patient
             FROM o, unnest(ARRAY['subject', 'patient']) p;
+        INSERT INTO resource_compartment (project_id, resource_type, resource_id, compartment_type, compartment_id)
+            SELECT project_id, 'Observation', id, 'Patient', patient FROM o
+            UNION ALL SELECT project_id, 'Patient', id, 'Patient', id FROM p;
         INSERT INTO idx_date (project_id, resource_type, resource_id, param, low, high)
             SELECT project_id, 'Observation', id, 'date',
                    1577836800000000 + g::bigint * 600000000, 1577836800000000 + g::bigint * 600000000 + 59999999 FROM o;
@@ -96,18 +101,52 @@ async fn common_searches_use_index_scans_on_100k_resources() {
             "_has",
         ),
     ];
-    for (resource_type, query, what) in searches {
-        let pairs = query_pairs(&query);
+    // The same searches by callers whose policy is a patient's compartment
+    // or a criteria: the row filter must be index-driven too.
+    let profile = format!("Patient/{patient}");
+    let policy_of = |policy: serde_json::Value| {
+        CompiledPolicy::compile(&PolicyInput {
+            role: Role::Member,
+            profile: &profile,
+            policies: vec![MembershipPolicy {
+                policy,
+                parameters: Vec::new(),
+            }],
+            policy_required: false,
+            scopes: &[],
+        })
+    };
+    let policies = [
+        ("no policy", CompiledPolicy::unrestricted()),
+        (
+            "compartment policy",
+            policy_of(
+                json!({"resource": [{"resourceType": "*", "criteria": "*?_compartment=%patient"}]}),
+            ),
+        ),
+        (
+            "criteria policy",
+            policy_of(json!({"resource": [
+                {"resourceType": "Observation", "criteria": "Observation?code=http://loinc.org|1234"},
+                {"resourceType": "Patient", "criteria": "Patient?identifier=urn:mrn|MRN4321"}]})),
+        ),
+    ];
+    for ((resource_type, query, what), (policy_name, policy)) in searches
+        .iter()
+        .flat_map(|search| policies.iter().map(move |p| (search, p)))
+    {
+        let pairs = query_pairs(query);
         let request = parse_search(Registry::get(), Some(resource_type), &pairs, false).unwrap();
         let plan = store
             .explain(&SearchQuery {
                 request: &request,
                 tenant: Tenant::Project(project),
-                hidden_types: &[],
+                policy,
                 cursor: None,
             })
             .await
             .unwrap();
+        let what = format!("{what} ({policy_name})");
         println!("--- {what}: {resource_type}?{query}\n{plan}\n");
         assert!(
             !plan.contains("Seq Scan"),

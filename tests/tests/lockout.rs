@@ -2,21 +2,11 @@
 //! on success, the same for unknown emails, shared by instances) and the
 //! per-address rate limit on `/auth/*` and `/oauth2/*`.
 
-use fhirgate_tests::{assert_outcome, pkce_pair, TestApp, TEST_PASSWORD};
+use fhirgate_tests::{assert_outcome, TestApp, TEST_PASSWORD};
 use reqwest::Response;
-use serde_json::json;
 
 async fn attempt(app: &TestApp, email: &str, password: &str) -> Response {
-    let (_, challenge) = pkce_pair();
-    app.http
-        .post(app.url("auth/login"))
-        .json(
-            &json!({"email": email, "password": password, "scope": "openid",
-            "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
-        )
-        .send()
-        .await
-        .unwrap()
+    app.login_attempt(email, password).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

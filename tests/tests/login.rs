@@ -1,21 +1,16 @@
 //! Password sign-in at `/auth/login` and `/auth/profile`, and redeeming its
 //! code at the token endpoint with PKCE, driven by the `oauth2` crate.
 
-use fhirgate_tests::{assert_outcome, pkce_pair, status_json, TestApp};
+use fhirgate_tests::{assert_outcome, pkce_pair, status_json, Clinic, TestApp};
 use oauth2::{
     basic::BasicClient, AuthType, AuthUrl, AuthorizationCode, ClientId, PkceCodeVerifier,
     RedirectUrl, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
 };
 use serde_json::{json, Value};
 
-const REDIRECT: &str = "https://app.example.com/callback";
+const REDIRECT: &str = fhirgate_tests::REDIRECT_URI;
 
-fn http() -> oauth2::reqwest::Client {
-    oauth2::reqwest::Client::builder()
-        .redirect(oauth2::reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
+use fhirgate_tests::oauth_http as http;
 
 fn oauth_client(
     app: &TestApp,
@@ -51,11 +46,9 @@ async fn code_for(app: &TestApp, email: &str, client_id: &str, scope: &str) -> (
 #[tokio::test(flavor = "multi_thread")]
 async fn password_login_then_code_exchange_with_pkce() {
     let app = TestApp::spawn().await;
-    let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "doctor@example.com", "Practitioner", false)
-        .await;
-    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let Clinic {
+        user, client_id, ..
+    } = app.clinic().await;
 
     let (code, verifier) = code_for(
         &app,
@@ -85,12 +78,11 @@ async fn password_login_then_code_exchange_with_pkce() {
 
     // The access token works as the user's profile, in the project.
     let response = app
-        .http
-        .get(app.url(&format!("fhir/R4/{}", user.profile)))
-        .bearer_auth(token.access_token().secret())
-        .send()
-        .await
-        .unwrap();
+        .bearer_get(
+            token.access_token().secret(),
+            &format!("fhir/R4/{}", user.profile),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 
     // Refresh rotates: the new refresh token differs and works.
@@ -125,12 +117,7 @@ async fn token_response_has_medplum_fields_and_an_id_token() {
     assert_eq!(status, 200, "{body}");
     assert!(body["login"].as_str().is_some());
     let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", body["code"].as_str().unwrap()),
-            ("code_verifier", &verifier),
-            ("client_id", &client_id),
-        ])
+        .redeem(body["code"].as_str().unwrap(), &verifier, Some(&client_id))
         .await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["token_type"], "Bearer");
@@ -169,22 +156,11 @@ async fn unknown_user_and_wrong_password_get_the_same_answer() {
     let project = app.project("clinic").await;
     app.user(&project.id, "doctor@example.com", "Practitioner", false)
         .await;
-    let (_, challenge) = pkce_pair();
     let attempt = |email: &'static str, password: &'static str| {
-        let challenge = challenge.clone();
         let app = &app;
         async move {
             let started = std::time::Instant::now();
-            let response = app
-                .http
-                .post(app.url("auth/login"))
-                .json(
-                    &json!({"email": email, "password": password, "scope": "openid",
-                    "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
-                )
-                .send()
-                .await
-                .unwrap();
+            let response = app.login_attempt(email, password).await;
             let body = assert_outcome(response, 400, "Email or password is invalid").await;
             (body, started.elapsed())
         }
@@ -263,11 +239,7 @@ async fn several_memberships_are_chosen_with_auth_profile() {
     assert_eq!(status, 200, "{picked}");
     assert_eq!(picked["login"], body["login"]);
     let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", picked["code"].as_str().unwrap()),
-            ("code_verifier", &verifier),
-        ])
+        .redeem(picked["code"].as_str().unwrap(), &verifier, None)
         .await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["profile"]["reference"], other_profile);
@@ -389,11 +361,9 @@ async fn pkce_is_required_and_plain_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reused_code_fails_and_revokes_the_first_tokens() {
     let app = TestApp::spawn().await;
-    let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "doctor@example.com", "Practitioner", false)
-        .await;
-    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let Clinic {
+        user, client_id, ..
+    } = app.clinic().await;
     let (code, verifier) = code_for(&app, &user.email, &client_id, "openid offline_access").await;
     let form = [
         ("grant_type", "authorization_code"),
@@ -422,12 +392,11 @@ async fn reused_code_fails_and_revokes_the_first_tokens() {
     }
     // The tokens of the first redemption are revoked.
     let response = app
-        .http
-        .get(app.url(&format!("fhir/R4/{}", user.profile)))
-        .bearer_auth(first["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .bearer_get(
+            first["access_token"].as_str().unwrap(),
+            &format!("fhir/R4/{}", user.profile),
+        )
+        .await;
     assert_outcome(response, 401, "revoked").await;
     let (status, body) = app
         .token(&[
@@ -445,11 +414,9 @@ async fn reused_code_fails_and_revokes_the_first_tokens() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_redemptions_of_one_code_yield_one_token() {
     let app = TestApp::spawn().await;
-    let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "doctor@example.com", "Practitioner", false)
-        .await;
-    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let Clinic {
+        user, client_id, ..
+    } = app.clinic().await;
     let (code, verifier) = code_for(&app, &user.email, &client_id, "openid").await;
     let form = [
         ("grant_type", "authorization_code"),
@@ -465,21 +432,14 @@ async fn concurrent_redemptions_of_one_code_yield_one_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_verifier_and_wrong_redirect_are_refused() {
     let app = TestApp::spawn().await;
-    let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "doctor@example.com", "Practitioner", false)
-        .await;
-    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let Clinic {
+        project,
+        user,
+        client_id,
+    } = app.clinic().await;
     let (code, _) = code_for(&app, &user.email, &client_id, "openid").await;
     let (wrong_verifier, _) = pkce_pair();
-    let (status, body) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &wrong_verifier),
-            ("client_id", &client_id),
-        ])
-        .await;
+    let (status, body) = app.redeem(&code, &wrong_verifier, Some(&client_id)).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_grant");
     assert!(body["error_description"]
@@ -488,14 +448,7 @@ async fn wrong_verifier_and_wrong_redirect_are_refused() {
         .contains("code_verifier does not match"));
     // Another client cannot redeem it either.
     let other = app.public_client(&project.id, REDIRECT, json!({})).await;
-    let (status, body) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &wrong_verifier),
-            ("client_id", &other),
-        ])
-        .await;
+    let (status, body) = app.redeem(&code, &wrong_verifier, Some(&other)).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
@@ -505,20 +458,11 @@ async fn wrong_verifier_and_wrong_redirect_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reused_refresh_token_revokes_the_login() {
     let app = TestApp::spawn().await;
-    let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "doctor@example.com", "Practitioner", false)
-        .await;
-    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let Clinic {
+        user, client_id, ..
+    } = app.clinic().await;
     let (code, verifier) = code_for(&app, &user.email, &client_id, "openid offline_access").await;
-    let (_, first) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &verifier),
-            ("client_id", &client_id),
-        ])
-        .await;
+    let (_, first) = app.redeem(&code, &verifier, Some(&client_id)).await;
     let old = first["refresh_token"].as_str().unwrap();
     let refresh = |token: String| {
         let client_id = client_id.clone();
@@ -544,12 +488,11 @@ async fn reused_refresh_token_revokes_the_login() {
     let (status, _) = refresh(second["refresh_token"].as_str().unwrap().to_string()).await;
     assert_eq!(status, 400, "the rotated token died with the login");
     let response = app
-        .http
-        .get(app.url(&format!("fhir/R4/{}", user.profile)))
-        .bearer_auth(second["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .bearer_get(
+            second["access_token"].as_str().unwrap(),
+            &format!("fhir/R4/{}", user.profile),
+        )
+        .await;
     assert_outcome(response, 401, "revoked").await;
 }
 
@@ -560,30 +503,16 @@ async fn expired_code_and_expired_access_token_are_refused() {
         config.access_token_lifetime = std::time::Duration::from_secs(1);
     })
     .await;
-    let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "doctor@example.com", "Practitioner", false)
-        .await;
-    let client_id = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let Clinic {
+        user, client_id, ..
+    } = app.clinic().await;
     let (late_code, late_verifier) = code_for(&app, &user.email, &client_id, "openid").await;
     let (code, verifier) = code_for(&app, &user.email, &client_id, "openid").await;
-    let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &verifier),
-            ("client_id", &client_id),
-        ])
-        .await;
+    let (status, token) = app.redeem(&code, &verifier, Some(&client_id)).await;
     assert_eq!(status, 200, "{token}");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let (status, body) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &late_code),
-            ("code_verifier", &late_verifier),
-            ("client_id", &client_id),
-        ])
+        .redeem(&late_code, &late_verifier, Some(&client_id))
         .await;
     assert_eq!(status, 400);
     assert!(body["error_description"]
@@ -591,11 +520,10 @@ async fn expired_code_and_expired_access_token_are_refused() {
         .unwrap()
         .contains("expired"));
     let response = app
-        .http
-        .get(app.url(&format!("fhir/R4/{}", user.profile)))
-        .bearer_auth(token["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .bearer_get(
+            token["access_token"].as_str().unwrap(),
+            &format!("fhir/R4/{}", user.profile),
+        )
+        .await;
     assert_outcome(response, 401, "Invalid or expired access token").await;
 }

@@ -14,14 +14,9 @@ use p256::{elliptic_curve::sec1::ToEncodedPoint, pkcs8::EncodePrivateKey};
 use reqwest::Response;
 use serde_json::{json, Value};
 
-const REDIRECT: &str = "https://app.example.com/callback";
+const REDIRECT: &str = fhirgate_tests::REDIRECT_URI;
 
-fn http() -> oauth2::reqwest::Client {
-    oauth2::reqwest::Client::builder()
-        .redirect(oauth2::reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
+use fhirgate_tests::oauth_http as http;
 
 fn query_of(location: &str) -> HashMap<String, String> {
     let query = location.split_once('?').map_or("", |(_, q)| q);
@@ -237,23 +232,7 @@ async fn user_token(app: &TestApp, project_id: &str, scope: &str) -> (Value, Str
     app.user(project_id, "doctor@example.com", "Practitioner", false)
         .await;
     let client_id = app.public_client(project_id, REDIRECT, json!({})).await;
-    let (verifier, challenge) = fhirgate_tests::pkce_pair();
-    let (_, login) = app
-        .login(
-            &json!({"email": "doctor@example.com", "password": TEST_PASSWORD,
-            "clientId": client_id, "scope": scope,
-            "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
-        )
-        .await;
-    let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", login["code"].as_str().unwrap()),
-            ("code_verifier", &verifier),
-            ("client_id", &client_id),
-        ])
-        .await;
-    assert_eq!(status, 200, "{token}");
+    let (token, _) = user_token_again(app, &client_id, scope).await;
     (token, client_id)
 }
 
@@ -264,15 +243,7 @@ async fn userinfo_introspection_revocation_and_logout() {
     let (token, client_id) =
         user_token(&app, &project.id, "openid profile email offline_access").await;
     let access = token["access_token"].as_str().unwrap();
-    let (status, info) = status_json(
-        app.http
-            .get(app.url("oauth2/userinfo"))
-            .bearer_auth(access)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, info) = status_json(app.bearer_get(access, "oauth2/userinfo").await).await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["email"], "doctor@example.com");
     assert_eq!(info["given_name"], "Test");
@@ -348,17 +319,11 @@ async fn userinfo_introspection_revocation_and_logout() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(introspect(access.to_string()).await.1["active"], false);
-    let response = app
-        .http
-        .get(app.url("oauth2/userinfo"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let response = app.bearer_get(access, "oauth2/userinfo").await;
     assert_outcome(response, 401, "revoked").await;
 
     // Logout revokes the caller's own login.
-    let (second, _) = user_token_again(&app, &client_id).await;
+    let (second, _) = user_token_again(&app, &client_id, "openid").await;
     let bearer = second["access_token"].as_str().unwrap();
     let response = app
         .http
@@ -368,32 +333,22 @@ async fn userinfo_introspection_revocation_and_logout() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let response = app
-        .http
-        .get(app.url("auth/me"))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
+    let response = app.bearer_get(bearer, "auth/me").await;
     assert_outcome(response, 401, "revoked").await;
 }
 
-async fn user_token_again(app: &TestApp, client_id: &str) -> (Value, String) {
+/// Signs the user in again through `client_id`: (token response, login id).
+async fn user_token_again(app: &TestApp, client_id: &str, scope: &str) -> (Value, String) {
     let (verifier, challenge) = fhirgate_tests::pkce_pair();
     let (_, login) = app
         .login(
             &json!({"email": "doctor@example.com", "password": TEST_PASSWORD,
-            "clientId": client_id, "scope": "openid",
+            "clientId": client_id, "scope": scope,
             "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
         )
         .await;
     let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", login["code"].as_str().unwrap()),
-            ("code_verifier", &verifier),
-            ("client_id", client_id),
-        ])
+        .redeem(login["code"].as_str().unwrap(), &verifier, Some(client_id))
         .await;
     assert_eq!(status, 200, "{token}");
     (token, login["login"].as_str().unwrap().to_string())
@@ -404,17 +359,9 @@ async fn auth_me_lists_sessions_and_a_user_revokes_one() {
     let app = TestApp::spawn().await;
     let project = app.project("clinic").await;
     let (first, client_id) = user_token(&app, &project.id, "openid").await;
-    let (second, second_login) = user_token_again(&app, &client_id).await;
+    let (second, second_login) = user_token_again(&app, &client_id, "openid").await;
     let bearer = first["access_token"].as_str().unwrap();
-    let (status, me) = status_json(
-        app.http
-            .get(app.url("auth/me"))
-            .bearer_auth(bearer)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, me) = status_json(app.bearer_get(bearer, "auth/me").await).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["user"]["email"], "doctor@example.com");
     assert_eq!(me["project"]["id"], project.id);
@@ -439,12 +386,8 @@ async fn auth_me_lists_sessions_and_a_user_revokes_one() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let response = app
-        .http
-        .get(app.url("auth/me"))
-        .bearer_auth(second["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+        .bearer_get(second["access_token"].as_str().unwrap(), "auth/me")
+        .await;
     assert_outcome(response, 401, "revoked").await;
     // Someone else's session cannot be revoked.
     let response = app
@@ -464,26 +407,14 @@ async fn deleting_the_user_ends_its_tokens() {
     let project = app.project("clinic").await;
     let (token, _) = user_token(&app, &project.id, "openid").await;
     let bearer = token["access_token"].as_str().unwrap();
-    let me = app
-        .http
-        .get(app.url("auth/me"))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
+    let me = app.bearer_get(bearer, "auth/me").await;
     let (_, me) = status_json(me).await;
     let root = app.super_admin().await;
     let response = root
         .delete(&format!("User/{}", me["user"]["id"].as_str().unwrap()))
         .await;
     assert_eq!(response.status(), 200);
-    let response = app
-        .http
-        .get(app.url("auth/me"))
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
+    let response = app.bearer_get(bearer, "auth/me").await;
     assert_outcome(response, 401, "revoked").await;
 }
 
@@ -649,6 +580,18 @@ fn assertion(
     jti: &str,
     exp_in: i64,
 ) -> String {
+    signed(pem, kid, client_id, client_id, audience, jti, exp_in)
+}
+
+fn signed(
+    pem: &str,
+    kid: &str,
+    issuer: &str,
+    subject: &str,
+    audience: &str,
+    jti: &str,
+    exp_in: i64,
+) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -657,32 +600,39 @@ fn assertion(
     header.kid = Some(kid.into());
     jsonwebtoken::encode(
         &header,
-        &json!({"iss": client_id, "sub": client_id, "aud": audience, "jti": jti, "iat": now, "exp": now + exp_in}),
+        &json!({"iss": issuer, "sub": subject, "aud": audience, "jti": jti, "iat": now, "exp": now + exp_in}),
         &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
     )
     .unwrap()
+}
+
+/// A ClientApplication with an ES256 key in its `jwks` and a membership in
+/// the project: (client id, private key PEM).
+async fn keyed_client(app: &TestApp, project_id: &str, extra: Value) -> (String, String) {
+    let root = app.super_admin().await;
+    let (pem, jwk) = client_key("key-1");
+    let mut client = json!({"resourceType": "ClientApplication", "name": "backend",
+        "meta": {"project": project_id}, "jwks": {"keys": [jwk]}});
+    if let (Some(fields), Some(extra)) = (client.as_object_mut(), extra.as_object()) {
+        fields.extend(extra.clone());
+    }
+    let client = root.create(client).await;
+    let client_id = client["id"].as_str().unwrap().to_string();
+    let client_ref = format!("ClientApplication/{client_id}");
+    root.create(
+        json!({"resourceType": "ProjectMembership", "meta": {"project": project_id},
+        "project": {"reference": format!("Project/{project_id}")},
+        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
+    )
+    .await;
+    (client_id, pem)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn private_key_jwt_client_authentication_refuses_replays() {
     let app = TestApp::spawn().await;
     let project = app.project("clinic").await;
-    let root = app.super_admin().await;
-    let (pem, jwk) = client_key("key-1");
-    let client = root
-        .create(
-            json!({"resourceType": "ClientApplication", "name": "backend",
-            "meta": {"project": project.id}, "jwks": {"keys": [jwk]}}),
-        )
-        .await;
-    let client_id = client["id"].as_str().unwrap().to_string();
-    let client_ref = format!("ClientApplication/{client_id}");
-    root.create(
-        json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
-        "project": {"reference": format!("Project/{}", project.id)},
-        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
-    )
-    .await;
+    let (client_id, pem) = keyed_client(&app, &project.id, json!({})).await;
     let grant = |assertion: String| {
         let app = &app;
         async move {
@@ -741,4 +691,102 @@ async fn private_key_jwt_client_authentication_refuses_replays() {
         ])
         .await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_bearer_grant_acts_for_a_user_of_the_clients_project() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let user = app
+        .user(&project.id, "doctor@example.com", "Practitioner", false)
+        .await;
+    let (client_id, pem) = keyed_client(&app, &project.id, json!({})).await;
+    let audience = app.url("oauth2/token");
+    let grant = |assertion: String| {
+        let app = &app;
+        async move {
+            app.token(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", &assertion),
+                ("scope", "openid user/*.rs"),
+            ])
+            .await
+        }
+    };
+    let good = signed(&pem, "key-1", &client_id, &user.email, &audience, "b-1", 60);
+    let (status, token) = grant(good.clone()).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["profile"]["reference"], user.profile);
+    assert_eq!(token["scope"], "openid user/*.rs");
+    let me = app
+        .bearer_get(token["access_token"].as_str().unwrap(), "auth/me")
+        .await;
+    assert_eq!(status_json(me).await.1["user"]["id"], user.id);
+    let (status, replay) = grant(good).await;
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, unknown) = grant(signed(
+        &pem,
+        "key-1",
+        &client_id,
+        "nobody@example.com",
+        &audience,
+        "b-2",
+        60,
+    ))
+    .await;
+    assert_eq!(
+        (status, unknown["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scopes_are_granted_only_as_far_as_the_client_allows_and_old_grants_are_refused() {
+    let app = TestApp::spawn().await;
+    let project = app.project("clinic").await;
+    let (client_id, pem) = keyed_client(
+        &app,
+        &project.id,
+        json!({"scope": "openid system/Observation.rs system/Patient.r"}),
+    )
+    .await;
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            (
+                "client_assertion",
+                &assertion(
+                    &pem,
+                    "key-1",
+                    &client_id,
+                    &app.url("oauth2/token"),
+                    "s-1",
+                    60,
+                ),
+            ),
+            (
+                "scope",
+                "system/Observation.read system/Patient.cruds system/Condition.rs",
+            ),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "system/Observation.read system/Patient.r");
+    for grant in ["password", "implicit", "token"] {
+        let (status, body) = app
+            .token(&[("grant_type", grant), ("username", "a"), ("password", "b")])
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("unsupported_grant_type")),
+            "{grant}"
+        );
+    }
 }

@@ -7,7 +7,8 @@
 //! resource), array flattening, choice elements (`value` finds
 //! `valueQuantity` and remembers the type), `[n]` indexers, `|` unions,
 //! `=`/`!=`, `and`/`or`/`xor`, `is`/`as` operators and functions, string,
-//! number and boolean literals, `%resource`/`%context`/`$this`, and the
+//! `implies`, number and boolean literals, `%resource`/`%context`/`$this`,
+//! caller-supplied variables (`%before`, `%after`: [`Expression::evaluate_with`]), and the
 //! functions `where`, `exists`, `empty`, `not`, `first`, `last`, `resolve`,
 //! `ofType`, `as`, `is`, `extension`, `startsWith`, `contains`, `hasValue`,
 //! `count`. Anything else is a parse error, never a panic.
@@ -70,6 +71,8 @@ enum Expr {
     Resource,
     /// `%context`, `$this`: the input collection.
     This,
+    /// Any other `%name`: supplied by the caller; empty when not supplied.
+    Variable(String),
     /// An identifier: a child element (choice-aware) or, when capitalised, a
     /// resource type filter. `base: None` applies to the input collection.
     Member {
@@ -95,6 +98,7 @@ enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Xor(Box<Expr>, Box<Expr>),
+    Implies(Box<Expr>, Box<Expr>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,8 +142,42 @@ impl Expression {
     /// Evaluates relative to `context` (e.g. a composite's element), with
     /// `resource` as `%resource`.
     pub fn evaluate_on<'a>(&self, context: Node<'a>, resource: &'a Value) -> Vec<Node<'a>> {
-        eval(&self.root, &[context], resource)
+        let env = Env {
+            resource,
+            variables: &[],
+        };
+        eval(&self.root, &[context], &env)
     }
+
+    /// Evaluates on `resource` with named variables (`("before", &value)`
+    /// answers `%before`); a variable not given is the empty collection.
+    pub fn evaluate_with<'a>(
+        &self,
+        resource: &'a Value,
+        variables: &'a [(&'a str, &'a Value)],
+    ) -> Vec<Node<'a>> {
+        let env = Env {
+            resource,
+            variables,
+        };
+        eval(&self.root, &[Node::borrowed(resource, None)], &env)
+    }
+
+    /// Evaluates to a boolean as FHIRPath does for a condition: `None` when
+    /// the result is empty.
+    pub fn test<'a>(
+        &self,
+        resource: &'a Value,
+        variables: &'a [(&'a str, &'a Value)],
+    ) -> Option<bool> {
+        truth(&self.evaluate_with(resource, variables))
+    }
+}
+
+/// What an evaluation can refer to besides its input: `%resource` and variables.
+struct Env<'a> {
+    resource: &'a Value,
+    variables: &'a [(&'a str, &'a Value)],
 }
 
 // ---------------------------------------------------------------- lexing
@@ -316,8 +354,17 @@ impl Parser {
         }
     }
 
-    // Precedence, loosest first: or/xor, and, =/!=, |, is/as, path.
+    // Precedence, loosest first: implies, or/xor, and, =/!=, |, is/as, path.
     fn expression(&mut self) -> Result<Expr, FhirPathError> {
+        let mut left = self.or()?;
+        while self.peek_keyword("implies") {
+            self.pos += 1;
+            left = Expr::Implies(Box::new(left), Box::new(self.or()?));
+        }
+        Ok(left)
+    }
+
+    fn or(&mut self) -> Result<Expr, FhirPathError> {
         let mut left = self.and()?;
         loop {
             if self.peek_keyword("or") {
@@ -458,7 +505,10 @@ impl Parser {
                 match name.as_str() {
                     "%resource" | "%rootResource" => Ok(Expr::Resource),
                     "%context" | "$this" => Ok(Expr::This),
-                    _ => Err(FhirPathError(format!("unsupported variable `{name}`"))),
+                    _ => match name.strip_prefix('%') {
+                        Some(var) if !var.is_empty() => Ok(Expr::Variable(var.to_string())),
+                        _ => Err(FhirPathError(format!("unsupported variable `{name}`"))),
+                    },
                 }
             }
             Some(Token::Ident(name)) if name == "true" || name == "false" => {
@@ -568,19 +618,25 @@ fn function(name: &str, mut args: Vec<Expr>) -> Result<Func, FhirPathError> {
 
 // ---------------------------------------------------------------- evaluation
 
-fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a>> {
+fn eval<'a>(expr: &Expr, input: &[Node<'a>], env: &Env<'a>) -> Vec<Node<'a>> {
     match expr {
         Expr::Literal(value) => vec![Node {
             value: Cow::Owned(value.clone()),
             fhir_type: None,
         }],
-        Expr::Resource => vec![Node::borrowed(resource, None)],
+        Expr::Resource => vec![Node::borrowed(env.resource, None)],
+        Expr::Variable(name) => env
+            .variables
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, value)| Node::borrowed(value, None))
+            .collect(),
         Expr::This => input.to_vec(),
         Expr::Member { base, name } => {
             let base_items;
             let items = match base {
                 Some(base) => {
-                    base_items = eval(base, input, resource);
+                    base_items = eval(base, input, env);
                     &base_items[..]
                 }
                 None => input,
@@ -595,14 +651,14 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
             let base_items;
             let items = match base {
                 Some(base) => {
-                    base_items = eval(base, input, resource);
+                    base_items = eval(base, input, env);
                     &base_items[..]
                 }
                 None => input,
             };
-            call(func, items, resource)
+            call(func, items, env)
         }
-        Expr::Index { base, index } => eval(base, input, resource)
+        Expr::Index { base, index } => eval(base, input, env)
             .into_iter()
             .nth(*index)
             .into_iter()
@@ -610,7 +666,7 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
         Expr::Union(members) => {
             let mut out: Vec<Node<'a>> = Vec::new();
             for member in members {
-                for node in eval(member, input, resource) {
+                for node in eval(member, input, env) {
                     if !out.iter().any(|seen| same_node(seen, &node)) {
                         out.push(node);
                     }
@@ -619,13 +675,13 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
             out
         }
         Expr::Is(base, type_name) => {
-            let items = eval(base, input, resource);
+            let items = eval(base, input, env);
             match items.as_slice() {
                 [single] => vec![Node::boolean(is_type(single, type_name))],
                 _ => Vec::new(),
             }
         }
-        Expr::As(base, type_name) => eval(base, input, resource)
+        Expr::As(base, type_name) => eval(base, input, env)
             .into_iter()
             .filter(|node| is_type(node, type_name))
             .collect(),
@@ -634,8 +690,8 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
             right,
             negate,
         } => {
-            let left = eval(left, input, resource);
-            let right = eval(right, input, resource);
+            let left = eval(left, input, env);
+            let right = eval(right, input, env);
             if left.is_empty() || right.is_empty() {
                 return Vec::new();
             }
@@ -648,8 +704,8 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
         }
         Expr::And(left, right) => {
             let (l, r) = (
-                truth(&eval(left, input, resource)),
-                truth(&eval(right, input, resource)),
+                truth(&eval(left, input, env)),
+                truth(&eval(right, input, env)),
             );
             match (l, r) {
                 (Some(false), _) | (_, Some(false)) => vec![Node::boolean(false)],
@@ -659,8 +715,8 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
         }
         Expr::Or(left, right) => {
             let (l, r) = (
-                truth(&eval(left, input, resource)),
-                truth(&eval(right, input, resource)),
+                truth(&eval(left, input, env)),
+                truth(&eval(right, input, env)),
             );
             match (l, r) {
                 (Some(true), _) | (_, Some(true)) => vec![Node::boolean(true)],
@@ -668,10 +724,20 @@ fn eval<'a>(expr: &Expr, input: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
                 _ => Vec::new(),
             }
         }
+        Expr::Implies(left, right) => {
+            match (
+                truth(&eval(left, input, env)),
+                truth(&eval(right, input, env)),
+            ) {
+                (Some(false), _) | (_, Some(true)) => vec![Node::boolean(true)],
+                (Some(true), Some(false)) => vec![Node::boolean(false)],
+                _ => Vec::new(),
+            }
+        }
         Expr::Xor(left, right) => {
             match (
-                truth(&eval(left, input, resource)),
-                truth(&eval(right, input, resource)),
+                truth(&eval(left, input, env)),
+                truth(&eval(right, input, env)),
             ) {
                 (Some(l), Some(r)) => vec![Node::boolean(l != r)],
                 _ => Vec::new(),
@@ -745,20 +811,22 @@ fn member<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
     }
 }
 
-fn call<'a>(func: &Func, items: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a>> {
+fn call<'a>(func: &Func, items: &[Node<'a>], env: &Env<'a>) -> Vec<Node<'a>> {
     match func {
         Func::Where(criteria) => items
             .iter()
             .filter(|item| {
-                let result = eval(criteria, std::slice::from_ref(*item), resource);
+                let result = eval(criteria, std::slice::from_ref(*item), env);
                 truth(&result) == Some(true)
             })
             .cloned()
             .collect(),
         Func::Exists(None) => vec![Node::boolean(!items.is_empty())],
-        Func::Exists(Some(criteria)) => vec![Node::boolean(items.iter().any(|item| {
-            truth(&eval(criteria, std::slice::from_ref(item), resource)) == Some(true)
-        }))],
+        Func::Exists(Some(criteria)) => {
+            vec![Node::boolean(items.iter().any(|item| {
+                truth(&eval(criteria, std::slice::from_ref(item), env)) == Some(true)
+            }))]
+        }
         Func::Empty => vec![Node::boolean(items.is_empty())],
         Func::Not => match truth(items) {
             Some(b) => vec![Node::boolean(!b)],
@@ -797,7 +865,7 @@ fn call<'a>(func: &Func, items: &[Node<'a>], resource: &'a Value) -> Vec<Node<'a
             let [item] = items else {
                 return Vec::new();
             };
-            let needle = eval(arg, items, resource);
+            let needle = eval(arg, items, env);
             let (Some(text), [needle]) = (item.value.as_str(), needle.as_slice()) else {
                 return Vec::new();
             };
@@ -1299,11 +1367,27 @@ mod tests {
             "'open",
             "Patient.name.ofType('x')",
             "Patient.name ^ 2",
-            "%nope",
             "Patient.extension(url)",
             "first(1)",
         ] {
             assert!(Expression::parse(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn variables_and_implies() {
+        let before = json!({"resourceType": "Observation", "status": "final"});
+        let after = json!({"resourceType": "Observation", "status": "amended"});
+        let vars = [("before", &before), ("after", &after)];
+        let test = |expr: &str| Expression::parse(expr).unwrap().test(&after, &vars);
+        assert_eq!(test("%before.status = 'final'"), Some(true));
+        assert_eq!(test("%after.status = status"), Some(true));
+        assert_eq!(
+            test("%before.status = 'final' implies %after.status = 'final'"),
+            Some(false)
+        );
+        assert_eq!(test("%before.exists().not() implies false"), Some(true));
+        assert_eq!(test("%nothing.exists()"), Some(false));
+        assert!(Expression::parse("%").is_err());
     }
 }

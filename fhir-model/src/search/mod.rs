@@ -6,11 +6,13 @@
 //! This file is the contract between the three parts: the types below are
 //! shared, each submodule owns one job.
 
+pub mod compartment;
 pub mod extract;
 pub mod fhirpath;
 pub mod parse;
 pub mod registry;
 
+pub use compartment::compartments;
 pub use extract::extract;
 pub use parse::{parse_search, SearchError};
 pub use registry::{Registry, SearchParam};
@@ -258,9 +260,14 @@ pub enum Filter {
         reference_param: String,
         inner: Box<Filter>,
     },
-    /// Any of these holds: `_compartment=Patient/x` and compartment search
-    /// become one reference filter per compartment parameter, ORed.
+    /// Any of these holds.
     AnyOf(Vec<Filter>),
+    /// `_compartment=Patient/x` and compartment search: the resource is in
+    /// that compartment (computed on write, see [`compartments`]).
+    Compartment {
+        compartment_type: String,
+        id: String,
+    },
 }
 
 /// What the parser needs to know about parameters; [`Registry`] implements

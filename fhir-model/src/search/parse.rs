@@ -14,8 +14,8 @@ mod value;
 use std::collections::HashSet;
 
 use super::{
-    Filter, Include, Modifier, ParamInfo, ParamLookup, ParamType, SearchRequest, SearchValue, Sort,
-    Summary, Total, DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET,
+    Filter, Include, Modifier, ParamInfo, ParamLookup, ParamType, SearchRequest, Sort, Summary,
+    Total, DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET,
 };
 use crate::resource_types::{is_known_resource_type, is_valid_id};
 use value::{modifier_for, parse_values, split_unescaped};
@@ -229,14 +229,14 @@ pub fn parse_search(
 }
 
 /// The filter for a compartment search, `[compartment_type]/[id]/[resource_type]`
-/// or `_compartment=[compartment_type]/[id]`: any of `resource_type`'s
-/// compartment parameters refers to the compartment's resource (and, for
-/// the compartment's own type, the resource itself).
+/// or `_compartment=[compartment_type]/[id]`: the resource is in the
+/// compartment of that resource. With a `resource_type`, it must be one that
+/// can be in such a compartment; without (system search, `*` policies), any.
 pub fn compartment_filter(
     lookup: &dyn ParamLookup,
     compartment_type: &str,
     id: &str,
-    resource_type: &str,
+    resource_type: Option<&str>,
 ) -> Result<Filter, SearchError> {
     let param = "_compartment";
     if !is_known_resource_type(compartment_type) {
@@ -251,38 +251,22 @@ pub fn compartment_filter(
             format!("'{id}' is not a valid {compartment_type} id"),
         ));
     }
-    let mut filters: Vec<Filter> = Vec::new();
-    if resource_type == compartment_type {
-        filters.push(Filter::Param {
-            resource_type: resource_type.to_string(),
-            code: "_id".to_string(),
-            kind: ParamType::Token,
-            modifier: Modifier::None,
-            values: vec![SearchValue::Token {
-                system: None,
-                code: Some(id.to_string()),
-            }],
-        });
+    if let Some(resource_type) = resource_type {
+        if resource_type != compartment_type
+            && lookup
+                .compartment_params(compartment_type, resource_type)
+                .is_empty()
+        {
+            return Err(error(
+                param,
+                format!("{resource_type} resources are not in the {compartment_type} compartment"),
+            ));
+        }
     }
-    let params = lookup.compartment_params(compartment_type, resource_type);
-    if params.is_empty() && filters.is_empty() {
-        return Err(error(
-            param,
-            format!("{resource_type} resources are not in the {compartment_type} compartment"),
-        ));
-    }
-    filters.extend(params.into_iter().map(|code| Filter::Param {
-        resource_type: resource_type.to_string(),
-        code,
-        kind: ParamType::Reference,
-        modifier: Modifier::None,
-        values: vec![SearchValue::Reference {
-            target_type: Some(compartment_type.to_string()),
-            id: Some(id.to_string()),
-            url: None,
-        }],
-    }));
-    Ok(Filter::AnyOf(filters))
+    Ok(Filter::Compartment {
+        compartment_type: compartment_type.to_string(),
+        id: id.to_string(),
+    })
 }
 
 fn parse_types(value: &str) -> Result<Vec<String>, SearchError> {
@@ -814,18 +798,11 @@ impl Parser<'_> {
             )
             .into());
         };
-        let Some(resource_type) = self.scope.single() else {
-            return Err(error(
-                param,
-                "_compartment needs a search on one resource type (or _type with one type)",
-            )
-            .into());
-        };
         Ok(compartment_filter(
             self.lookup,
             compartment_type,
             id,
-            resource_type,
+            self.scope.single(),
         )?)
     }
 }

@@ -2,6 +2,7 @@
 //! or become a patient with the new account, change their password or email,
 //! and mint personal access tokens.
 
+use access_policy::RowFilter;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -117,7 +118,7 @@ async fn open_project(state: &AppState, id: &str) -> Result<(Uuid, Value)> {
     let uuid = parse_id(id).ok_or_else(refuse)?;
     let project = state
         .store
-        .read(Tenant::Project(uuid), "Project", uuid)
+        .read(Tenant::Project(uuid), "Project", uuid, &RowFilter::All)
         .await?
         .filter(|v| !v.is_deleted())
         .ok_or_else(refuse)?;
@@ -142,7 +143,7 @@ async fn pending_user(tx: &Tx, login_id: &str) -> Result<Found> {
     }
     let user_id = crate::auth::reference_id(&login.content["user"], "User").ok_or_else(invalid)?;
     let user = tx
-        .lock_current(Tenant::AllProjects, "User", user_id)
+        .lock_current(Tenant::AllProjects, "User", user_id, &RowFilter::All)
         .await?
         .filter(|v| !v.is_deleted())
         .ok_or_else(invalid)?;
@@ -290,7 +291,7 @@ async fn caller_user(state: &AppState, caller: &Caller) -> Result<Version> {
         .ok_or_else(not_user)?;
     state
         .store
-        .read(Tenant::AllProjects, "User", id)
+        .read(Tenant::AllProjects, "User", id, &RowFilter::All)
         .await?
         .filter(|v| !v.is_deleted())
         .ok_or_else(not_user)
@@ -381,6 +382,7 @@ pub async fn own_membership(state: &AppState, caller: &Caller) -> Result<Version
             Tenant::Project(caller.project_id),
             "ProjectMembership",
             caller.membership_id,
+            &RowFilter::All,
         )
         .await?
         .filter(|v| !v.is_deleted())

@@ -2,6 +2,7 @@
 //! made or rotated) and Bots, each with its own membership; and setting the
 //! password of a project-scoped user.
 
+use access_policy::RowFilter;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -113,7 +114,7 @@ pub async fn rotate_secret(state: &AppState, caller: &Caller, id: &str) -> Resul
     let uuid = parse_id(id).ok_or_else(missing)?;
     fhir::atomically(state, async |tx| {
         let current = tx
-            .lock_current(caller.tenant(), "ClientApplication", uuid)
+            .lock_current(caller.tenant(), "ClientApplication", uuid, &RowFilter::All)
             .await?
             .filter(|v| !v.is_deleted())
             .ok_or_else(missing)?;

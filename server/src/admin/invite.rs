@@ -1,6 +1,7 @@
 //! `POST /admin/projects/:projectId/invite`: add a person to a project,
 //! creating their User and profile when needed, and tell them by email.
 
+use access_policy::RowFilter;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -409,7 +410,7 @@ async fn profile_for(
         }
         let exists = match fhir::parse_id(id) {
             Some(id) => tx
-                .lock_current(tenant, kind, id)
+                .lock_current(tenant, kind, id, &RowFilter::All)
                 .await?
                 .is_some_and(|v| !v.is_deleted()),
             None => false,

@@ -2,6 +2,7 @@
 //! and email verification. The secret is random, stored as a digest, compared
 //! in constant time, and a link works once, until it expires.
 
+use access_policy::RowFilter;
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
@@ -295,7 +296,12 @@ pub fn verification_email(project_id: Uuid, project: &str, email: &str, link: &s
 pub async fn project_name(state: &AppState, project_id: Uuid) -> Result<String> {
     let stored = state
         .store
-        .read(Tenant::Project(project_id), "Project", project_id)
+        .read(
+            Tenant::Project(project_id),
+            "Project",
+            project_id,
+            &RowFilter::All,
+        )
         .await?;
     Ok(match stored.and_then(|v| fhir::parse_stored(&v).ok()) {
         Some(project) => project["name"].as_str().unwrap_or("fhirgate").to_string(),

@@ -1,6 +1,7 @@
 //! `/admin/projects/:id/members/:membershipId`: read, update and remove one
 //! membership of the admin's project.
 
+use access_policy::RowFilter;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,7 +25,12 @@ fn missing(id: &str) -> Error {
 async fn locked(tx: &Tx, project: &AdminProject, id: &str) -> Result<Found> {
     let uuid = parse_id(id).ok_or_else(|| missing(id))?;
     let version = tx
-        .lock_current(Tenant::Project(project.id), "ProjectMembership", uuid)
+        .lock_current(
+            Tenant::Project(project.id),
+            "ProjectMembership",
+            uuid,
+            &RowFilter::All,
+        )
         .await?
         .filter(|v| !v.is_deleted())
         .ok_or_else(|| missing(id))?;
@@ -35,7 +41,12 @@ pub async fn read(state: &AppState, project: &AdminProject, id: &str) -> Result<
     let uuid = parse_id(id).ok_or_else(|| missing(id))?;
     state
         .store
-        .read(Tenant::Project(project.id), "ProjectMembership", uuid)
+        .read(
+            Tenant::Project(project.id),
+            "ProjectMembership",
+            uuid,
+            &RowFilter::All,
+        )
         .await?
         .filter(|v| !v.is_deleted())
         .ok_or_else(|| missing(id))

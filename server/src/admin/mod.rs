@@ -12,6 +12,7 @@ pub mod tokens;
 pub mod users;
 
 use access_policy::Role;
+use access_policy::RowFilter;
 use fhir_model::{Issue, IssueCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -68,7 +69,7 @@ pub async fn admin_project(
     let id = parse_id(project_id).ok_or_else(missing)?;
     let version = state
         .store
-        .read(Tenant::Project(id), "Project", id)
+        .read(Tenant::Project(id), "Project", id, &RowFilter::All)
         .await?
         .filter(|v| !v.is_deleted())
         .ok_or_else(missing)?;
@@ -170,7 +171,12 @@ pub async fn check_policies(
         let text = reference["reference"].as_str().unwrap_or_default();
         let exists = match crate::auth::reference_id(reference, "AccessPolicy") {
             Some(id) => tx
-                .lock_current(Tenant::Project(project_id), "AccessPolicy", id)
+                .lock_current(
+                    Tenant::Project(project_id),
+                    "AccessPolicy",
+                    id,
+                    &RowFilter::All,
+                )
                 .await?
                 .is_some_and(|v| !v.is_deleted()),
             None => false,

@@ -3,6 +3,7 @@
 //! is a Login (`authMethod: personal-token`), so it is listed with the
 //! sessions and revoked like one.
 
+use access_policy::RowFilter;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -59,7 +60,7 @@ pub async fn mint(
     let login_tenant = match crate::auth::reference_id(&membership_value["user"], "User") {
         Some(user_id) => state
             .store
-            .read(Tenant::AllProjects, "User", user_id)
+            .read(Tenant::AllProjects, "User", user_id, &RowFilter::All)
             .await?
             .map_or(project_id, |user| user.project_id),
         None => project_id,
@@ -150,7 +151,7 @@ pub async fn revoke(
     let membership_ref = format!("ProjectMembership/{}", membership.id);
     fhir::atomically(state, async |tx| {
         let login = tx
-            .lock_current(Tenant::AllProjects, "Login", login_uuid)
+            .lock_current(Tenant::AllProjects, "Login", login_uuid, &RowFilter::All)
             .await?
             .filter(|v| !v.is_deleted())
             .ok_or_else(missing)?;

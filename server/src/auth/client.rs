@@ -3,6 +3,7 @@
 //! endpoint: `client_secret_basic`, `client_secret_post`, `private_key_jwt`
 //! (RFC 7523), or none for a public client.
 
+use access_policy::RowFilter;
 use std::collections::HashMap;
 
 use access_policy::scopes::ScopeSet;
@@ -87,7 +88,12 @@ pub async fn find_client(state: &AppState, id: &str) -> Result<Option<Client>> {
     };
     let Some(version) = state
         .store
-        .read(Tenant::AllProjects, "ClientApplication", id)
+        .read(
+            Tenant::AllProjects,
+            "ClientApplication",
+            id,
+            &RowFilter::All,
+        )
         .await?
     else {
         return Ok(None);
@@ -295,9 +301,8 @@ const ASSERTION_ALGORITHMS: &[Algorithm] = &[
 /// (RFC 7523 §3): `iss` = `sub` = the client, `aud` the token endpoint,
 /// `exp` in the future, a `jti` never seen before. Returns the client.
 pub async fn verify_assertion(state: &AppState, assertion: &str) -> Result<Client> {
-    let verified = verify_client_jwt(state, assertion).await?;
-    let (client, claims) = verified;
-    if claims.iss != claims.sub {
+    let (client, subject) = verify_client_jwt(state, assertion).await?;
+    if subject != client.id.to_string() {
         return Err(invalid_client(
             "A client assertion's iss and sub must both be the client id",
             false,
@@ -308,8 +313,8 @@ pub async fn verify_assertion(state: &AppState, assertion: &str) -> Result<Clien
 
 /// Signature, audience, expiry and replay checks of a JWT that a client
 /// signed (client assertions and jwt-bearer grants). Returns the client and
-/// the claims.
-async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, AssertionClaims)> {
+/// the JWT's `sub`.
+pub async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, String)> {
     let bad = |why: &str| invalid_client(format!("Invalid client assertion: {why}"), false);
     let header = jsonwebtoken::decode_header(jwt).map_err(|_| bad("not a JWT"))?;
     if !ASSERTION_ALGORITHMS.contains(&header.alg) {
@@ -356,5 +361,5 @@ async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, Asser
     {
         return Err(bad("this jti was used before (replayed assertion)"));
     }
-    Ok((client, claims))
+    Ok((client, claims.sub))
 }

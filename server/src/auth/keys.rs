@@ -7,8 +7,17 @@
 //! it signed has expired (one token lifetime after it was superseded). An
 //! instance that meets a token signed with a key it does not know yet (made
 //! by another instance) reloads the keys from the database.
+//!
+//! Verifying an ES256 signature is most of the CPU a small request costs, so
+//! a token whose signature was checked once is remembered (by its SHA-256)
+//! until it expires. That is safe because a token's claims never change;
+//! revocation is decided from the Login on every request, not here.
 
-use std::{collections::HashMap, sync::RwLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::Duration,
+};
 
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -19,6 +28,7 @@ use p256::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::{
     error::{Error, Result},
@@ -30,6 +40,18 @@ pub struct Keys {
     /// How long a superseded key stays trusted: the longest token lifetime.
     retain: Duration,
     current: RwLock<KeySet>,
+    verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+}
+
+/// Tokens remembered at most; when full, the cache starts over (tokens are
+/// short-lived, so a simple reset costs one verification per live token).
+const VERIFIED_CAPACITY: usize = 50_000;
+
+/// The claims of a token whose signature, issuer and algorithm were checked.
+struct VerifiedToken {
+    kid: String,
+    exp: i64,
+    claims: Value,
 }
 
 struct KeySet {
@@ -54,6 +76,7 @@ impl Keys {
             current: RwLock::new(key_set(store, retain).await?),
             store: store.clone(),
             retain,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -91,6 +114,26 @@ impl Keys {
     /// 401 whose message does not help an attacker tell the cases apart.
     pub async fn verify<C: DeserializeOwned>(&self, token: &str, issuer: &str) -> Result<C> {
         let invalid = || Error::Unauthorized("Invalid or expired access token".into());
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let claims = match self.remembered(&digest) {
+            Some(claims) => claims,
+            None => self.verify_signature(token, issuer, digest).await?,
+        };
+        serde_json::from_value(claims).map_err(|_| invalid())
+    }
+
+    /// The claims of a token verified before, if it has not expired and its
+    /// key is still trusted.
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Value> {
+        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.get(digest)?;
+        let live =
+            entry.exp > Utc::now().timestamp() && self.read().verifying.contains_key(&entry.kid);
+        live.then(|| entry.claims.clone())
+    }
+
+    async fn verify_signature(&self, token: &str, issuer: &str, digest: [u8; 32]) -> Result<Value> {
+        let invalid = || Error::Unauthorized("Invalid or expired access token".into());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let kid = header.kid.ok_or_else(invalid)?;
         let known = self.read().verifying.contains_key(&kid);
@@ -99,16 +142,32 @@ impl Keys {
         if !known && self.store.signing_key_exists(&kid).await? {
             self.reload().await?;
         }
-        let set = self.read();
-        let key = set.verifying.get(&kid).ok_or_else(invalid)?;
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_issuer(&[issuer]);
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        jsonwebtoken::decode::<C>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|_| invalid())
+        let claims = {
+            let set = self.read();
+            let key = set.verifying.get(&kid).ok_or_else(invalid)?;
+            let mut validation = Validation::new(Algorithm::ES256);
+            validation.set_issuer(&[issuer]);
+            validation.validate_aud = false;
+            validation.leeway = 0;
+            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+            jsonwebtoken::decode::<Value>(token, key, &validation)
+                .map_err(|_| invalid())?
+                .claims
+        };
+        let exp = claims["exp"].as_i64().ok_or_else(invalid)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(
+            digest,
+            VerifiedToken {
+                kid,
+                exp,
+                claims: claims.clone(),
+            },
+        );
+        Ok(claims)
     }
 }
 

@@ -3,6 +3,7 @@
 //! client redeems at the token endpoint.
 
 use access_policy::scopes::{Scope, ScopeSet};
+use access_policy::RowFilter;
 use chrono::{Duration as TimeDelta, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -29,14 +30,9 @@ const MAX_LOCKOUT_SECONDS: f64 = 24.0 * 3600.0;
 const PENDING_LOGIN_MINUTES: i64 = 10;
 const INVALID_CREDENTIALS: &str = "Email or password is invalid";
 
-/// What a client sends to start a sign-in (`POST /auth/login`, the sign-in page).
+/// What a sign-in records on its Login, as the client sent it.
 #[derive(Debug, Default, Clone)]
-pub struct LoginRequest {
-    pub email: String,
-    pub password: String,
-    pub project_id: Option<String>,
-    pub client_id: Option<String>,
-    pub scope: String,
+pub struct LoginContext {
     pub nonce: Option<String>,
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
@@ -47,20 +43,26 @@ pub struct LoginRequest {
     pub user_agent: Option<String>,
 }
 
+/// What a client sends to start a sign-in (`POST /auth/login`, the sign-in page).
+#[derive(Debug, Default, Clone)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    pub project_id: Option<String>,
+    pub client_id: Option<String>,
+    pub scope: String,
+    pub context: LoginContext,
+}
+
 /// The checked parts of a sign-in that every way of signing in shares.
 #[derive(Debug, Clone)]
 pub struct LoginParams {
     pub client: Option<Client>,
+    /// The granted scope.
     pub scope: String,
-    pub nonce: Option<String>,
-    pub code_challenge: Option<String>,
-    pub code_challenge_method: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub remember: bool,
-    pub remote_address: Option<String>,
-    pub user_agent: Option<String>,
     /// `password`, `external`, … (Login.authMethod).
     pub auth_method: &'static str,
+    pub context: LoginContext,
 }
 
 /// A membership a user can choose.
@@ -122,12 +124,13 @@ impl LoginRequest {
             ),
             _ => None,
         };
+        let context = &self.context;
         check_pkce(
             client.as_ref(),
-            self.code_challenge.as_deref(),
-            self.code_challenge_method.as_deref(),
+            context.code_challenge.as_deref(),
+            context.code_challenge_method.as_deref(),
         )?;
-        if let (Some(uri), Some(client)) = (&self.redirect_uri, &client) {
+        if let (Some(uri), Some(client)) = (&context.redirect_uri, &client) {
             if !client.allows_redirect(uri) {
                 return Err(bad("redirect_uri is not registered for this client"));
             }
@@ -136,14 +139,8 @@ impl LoginRequest {
         Ok(LoginParams {
             client,
             scope,
-            nonce: self.nonce.clone(),
-            code_challenge: self.code_challenge.clone(),
-            code_challenge_method: self.code_challenge_method.clone(),
-            redirect_uri: self.redirect_uri.clone(),
-            remember: self.remember,
-            remote_address: self.remote_address.clone(),
-            user_agent: self.user_agent.clone(),
             auth_method,
+            context: context.clone(),
         })
     }
 }
@@ -360,6 +357,7 @@ pub async fn start_login(
         ));
     }
     let (login_id, stamp, mut login) = new_login(user, params);
+    let context = &params.context;
     let tx = state.store.begin().await?;
     let outcome = if let [membership] = memberships.as_slice() {
         set_membership(&mut login, membership);
@@ -369,7 +367,7 @@ pub async fn start_login(
             &tx,
             user.project_id,
             login_id,
-            params.redirect_uri.as_deref(),
+            context.redirect_uri.as_deref(),
         )
         .await?;
         LoginOutcome::Code { login_id, code }
@@ -396,14 +394,15 @@ fn new_login(user: &Version, params: &LoginParams) -> (Uuid, Stamp, Value) {
         "authTime": fhir::resource::instant(&stamp.last_updated),
         "scope": params.scope,
         "granted": false,
-        "remember": params.remember,
+        "remember": params.context.remember,
     });
+    let context = &params.context;
     let optional = [
-        ("nonce", &params.nonce),
-        ("codeChallenge", &params.code_challenge),
-        ("codeChallengeMethod", &params.code_challenge_method),
-        ("remoteAddress", &params.remote_address),
-        ("userAgent", &params.user_agent),
+        ("nonce", &context.nonce),
+        ("codeChallenge", &context.code_challenge),
+        ("codeChallengeMethod", &context.code_challenge_method),
+        ("remoteAddress", &context.remote_address),
+        ("userAgent", &context.user_agent),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -452,8 +451,7 @@ async fn issue_code(
     redirect_uri: Option<&str>,
 ) -> Result<String> {
     let code = random_token(32);
-    let lifetime = TimeDelta::from_std(state.config.code_lifetime)
-        .map_err(|e| Error::Internal(format!("code lifetime: {e}")))?;
+    let lifetime = time_delta(state.config.code_lifetime)?;
     tx.insert_login_secret(&NewSecret {
         digest: &hash_client_secret(&code),
         kind: SecretKind::Code,
@@ -475,7 +473,7 @@ pub struct LoginRecord {
 /// Reads a Login by id (locked when in a transaction).
 pub async fn lock_login(tx: &Tx, login_id: Uuid) -> Result<Option<LoginRecord>> {
     let Some(version) = tx
-        .lock_current(Tenant::AllProjects, "Login", login_id)
+        .lock_current(Tenant::AllProjects, "Login", login_id, &RowFilter::All)
         .await?
     else {
         return Ok(None);
@@ -586,9 +584,7 @@ pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>>
         ],
     )
     .await?;
-    let horizon = Utc::now()
-        - TimeDelta::from_std(state.config.refresh_token_lifetime)
-            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+    let horizon = Utc::now() - time_delta(state.config.refresh_token_lifetime)?;
     Ok(logins
         .iter()
         .filter(|v| v.last_updated > horizon)
@@ -609,4 +605,10 @@ pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>>
             })
         })
         .collect())
+}
+
+/// A configured duration as a chrono duration (they fit: both are bounded by config parsing).
+pub fn time_delta(duration: std::time::Duration) -> Result<TimeDelta> {
+    TimeDelta::from_std(duration)
+        .map_err(|e| Error::Internal(format!("duration {duration:?}: {e}")))
 }

@@ -9,9 +9,11 @@ pub mod secrets;
 pub mod token;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use access_policy::Role;
+use access_policy::{CompiledPolicy, MembershipPolicy, Parameter, PolicyInput, Role};
 use actix_web::{web, FromRequest, HttpRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,6 +60,9 @@ pub struct Caller {
     pub client_id: Option<String>,
     /// The granted scope (SMART scopes are parsed with `access_policy::scopes`).
     pub scope: String,
+    /// The membership's access policies, project settings and login scopes,
+    /// compiled once for this request.
+    pub policy: Arc<CompiledPolicy>,
 }
 
 impl Caller {
@@ -74,7 +79,12 @@ impl Caller {
     }
 
     /// The caller a bearer token stands for, checked against the database.
-    pub async fn from_bearer(state: &AppState, token: &str) -> Result<Caller> {
+    /// `address` is the connection's, checked against the policy's IP rules.
+    pub async fn from_bearer(
+        state: &AppState,
+        token: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Caller> {
         let claims: AccessClaims = state.keys.verify(token, &state.base_url).await?;
         let revoked = || Error::Unauthorized("Access token has been revoked; sign in again".into());
         let login_id = Uuid::parse_str(&claims.login_id).map_err(|_| revoked())?;
@@ -106,7 +116,7 @@ impl Caller {
             .to_string();
         // A deleted user's sessions end with it.
         if let Some(user_id) = reference_id(&login.1["user"], "User") {
-            read_live_with_project(state, Tenant::Project(login.0), "User", user_id)
+            read_live_with_project(state, Tenant::AllProjects, "User", user_id)
                 .await?
                 .ok_or_else(revoked)?;
         }
@@ -125,6 +135,24 @@ impl Caller {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let scopes = access_policy::parse_scope(&claims.scope);
+        let policy = CompiledPolicy::compile(&PolicyInput {
+            role,
+            profile: &profile,
+            policies: membership_policies(state, project_id, &membership).await?,
+            policy_required: setting_is_true(&project, "policyRequired"),
+            scopes: &scopes,
+        });
+        for problem in policy.problems() {
+            tracing::warn!(membership = %membership_id, "access policy entry grants nothing: {problem}");
+        }
+        if let Some(address) = address {
+            if !policy.allows_address(address) {
+                return Err(Error::Forbidden(format!(
+                    "Your access policy does not allow requests from {address}"
+                )));
+            }
+        }
         Ok(Caller {
             project_id,
             role,
@@ -134,8 +162,58 @@ impl Caller {
             membership_id,
             client_id: (!claims.client_id.is_empty()).then_some(claims.client_id),
             scope: claims.scope,
+            policy: Arc::new(policy),
         })
     }
+}
+
+/// `Project.setting[]` `{name, valueBoolean: true}`.
+fn setting_is_true(project: &Value, name: &str) -> bool {
+    project["setting"].as_array().is_some_and(|settings| {
+        settings
+            .iter()
+            .any(|s| s["name"] == name && s["valueBoolean"] == Value::Bool(true))
+    })
+}
+
+/// The policies of a membership: `accessPolicy`, then each `access[]` entry
+/// with its parameters. A policy that cannot be loaded still counts, and
+/// grants nothing.
+async fn membership_policies(
+    state: &AppState,
+    project_id: Uuid,
+    membership: &Value,
+) -> Result<Vec<MembershipPolicy>> {
+    let mut wanted: Vec<(&Value, Vec<Parameter>)> = Vec::new();
+    if !membership["accessPolicy"].is_null() {
+        wanted.push((&membership["accessPolicy"], Vec::new()));
+    }
+    for access in membership["access"].as_array().into_iter().flatten() {
+        let parameters = access["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let value = p["valueReference"]["reference"]
+                    .as_str()
+                    .or(p["valueString"].as_str())?;
+                Some(Parameter::new(p["name"].as_str()?, value))
+            })
+            .collect();
+        wanted.push((&access["policy"], parameters));
+    }
+    let mut policies = Vec::with_capacity(wanted.len());
+    for (reference, parameters) in wanted {
+        let policy = match reference_id(reference, "AccessPolicy") {
+            Some(id) => read_live(state, Tenant::Project(project_id), "AccessPolicy", id).await?,
+            None => None,
+        };
+        policies.push(MembershipPolicy {
+            policy: policy.unwrap_or_else(|| serde_json::json!({})),
+            parameters,
+        });
+    }
+    Ok(policies)
 }
 
 /// A live (not deleted) resource's parsed content.
@@ -157,7 +235,11 @@ async fn read_live_with_project(
     resource_type: &str,
     id: Uuid,
 ) -> Result<Option<(Uuid, Value)>> {
-    let Some(version) = state.store.read(tenant, resource_type, id).await? else {
+    let Some(version) = state
+        .store
+        .read(tenant, resource_type, id, &access_policy::RowFilter::All)
+        .await?
+    else {
         return Ok(None);
     };
     let Some(content) = version.content else {
@@ -206,6 +288,8 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        // The connection's address: headers a client sets are not trusted.
+        let address = req.peer_addr().map(|a| a.ip());
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -228,7 +312,7 @@ impl FromRequest for Caller {
                         "The Authorization header must be 'Bearer <access token>'".into(),
                     )
                 })?;
-            Caller::from_bearer(&state, token).await
+            Caller::from_bearer(&state, token, address).await
         })
     }
 }

@@ -1,12 +1,13 @@
 //! `POST /oauth2/token`: the `authorization_code` (with PKCE), `refresh_token`
 //! and `client_credentials` grants, and the tokens they issue.
 
+use access_policy::RowFilter;
 use std::collections::HashMap;
 
 use access_policy::scopes::Scope;
 use actix_web::http::StatusCode;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{Duration as TimeDelta, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -14,8 +15,11 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{
-    client::{Client, ClientAuth},
-    login::{has_scope, lock_login, revoke_login, save_login, LoginRecord},
+    client::{verify_client_jwt, Client, ClientAuth},
+    login::{
+        find_user, grant_scope, has_scope, lock_login, memberships_of, revoke_login, save_login,
+        time_delta, LoginRecord,
+    },
     reference_id,
     secrets::{hash_client_secret, random_token},
     AccessClaims,
@@ -25,7 +29,7 @@ use crate::{
     error::{Error, Result},
     fhir::{self, resource::Stamp},
     store::{
-        identity::{NewSecret, SecretKind},
+        identity::{LoginSecret, NewSecret, SecretKind},
         Tenant, Tx,
     },
 };
@@ -45,6 +49,9 @@ pub struct IdClaims {
     pub fhir_user: String,
     pub login_id: String,
 }
+
+/// RFC 7523 §2.1: a JWT assertion as an authorization grant.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 fn invalid_grant(description: impl Into<String>) -> Error {
     Error::oauth(StatusCode::BAD_REQUEST, "invalid_grant", description)
@@ -69,11 +76,12 @@ pub async fn token(
         "authorization_code" => authorization_code(state, form, &auth).await,
         "refresh_token" => refresh_token(state, form, &auth).await,
         "client_credentials" => client_credentials(state, form, &auth, remote_address).await,
+        JWT_BEARER => jwt_bearer(state, form, remote_address).await,
         other => Err(Error::oauth(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             format!(
-                "grant_type '{other}' is not supported; use authorization_code, refresh_token or client_credentials"
+                "grant_type '{other}' is not supported; use authorization_code, refresh_token, client_credentials or {JWT_BEARER}"
             ),
         )),
     }
@@ -97,27 +105,7 @@ async fn authorization_code(
     let code = required(form, "code")?;
     let client = auth.authenticate(state).await?;
     let digest = hash_client_secret(code);
-    let tx = state.store.begin().await?;
-    let secret = tx
-        .lock_login_secret(&digest, SecretKind::Code)
-        .await?
-        .ok_or_else(|| invalid_grant("Invalid authorization code"))?;
-    if secret.used {
-        revoke_login(state, &tx, secret.login_id).await?;
-        tx.commit().await?;
-        return Err(invalid_grant(
-            "This authorization code was already used; the tokens issued for it are revoked",
-        ));
-    }
-    if secret.expires_at < Utc::now() {
-        return Err(invalid_grant(
-            "The authorization code has expired; sign in again",
-        ));
-    }
-    let mut login = lock_login(&tx, secret.login_id)
-        .await?
-        .filter(|l| l.content["revoked"] != Value::Bool(true))
-        .ok_or_else(|| invalid_grant("The sign-in of this code was revoked"))?;
+    let (tx, secret, mut login) = redeem(state, &digest, SecretKind::Code).await?;
     check_same_client(&login, client.as_ref())?;
     if let Some(expected) = &secret.redirect_uri {
         if form.get("redirect_uri") != Some(expected) {
@@ -140,6 +128,42 @@ async fn authorization_code(
     let response = issue(state, &tx, login_id, project_id, &content, refresh).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+/// Locks an authorization code or refresh token and its Login for
+/// redemption. A spent one is a replay: the Login is revoked (committed at
+/// once) and the request fails (RFC 9700 §2.1.1, §4.14.2).
+async fn redeem(
+    state: &AppState,
+    digest: &str,
+    kind: SecretKind,
+) -> Result<(Tx, LoginSecret, LoginRecord)> {
+    let what = match kind {
+        SecretKind::Code => "authorization code",
+        SecretKind::Refresh => "refresh token",
+    };
+    let tx = state.store.begin().await?;
+    let secret = tx
+        .lock_login_secret(digest, kind)
+        .await?
+        .ok_or_else(|| invalid_grant(format!("Invalid {what}")))?;
+    if secret.used {
+        revoke_login(state, &tx, secret.login_id).await?;
+        tx.commit().await?;
+        return Err(invalid_grant(format!(
+            "This {what} was already used; its sign-in and every token of it are revoked, sign in again"
+        )));
+    }
+    if secret.expires_at < Utc::now() {
+        return Err(invalid_grant(format!(
+            "The {what} has expired; sign in again"
+        )));
+    }
+    let login = lock_login(&tx, secret.login_id)
+        .await?
+        .filter(|l| l.content["revoked"] != Value::Bool(true))
+        .ok_or_else(|| invalid_grant(format!("The sign-in of this {what} was revoked")))?;
+    Ok((tx, secret, login))
 }
 
 /// The client redeeming a code or refresh token must be the one it was issued to.
@@ -198,27 +222,7 @@ async fn refresh_token(
     let token = required(form, "refresh_token")?;
     let client = auth.authenticate(state).await?;
     let digest = hash_client_secret(token);
-    let tx = state.store.begin().await?;
-    let secret = tx
-        .lock_login_secret(&digest, SecretKind::Refresh)
-        .await?
-        .ok_or_else(|| invalid_grant("Invalid refresh token"))?;
-    if secret.used {
-        revoke_login(state, &tx, secret.login_id).await?;
-        tx.commit().await?;
-        return Err(invalid_grant(
-            "This refresh token was already used; the sign-in is revoked, sign in again",
-        ));
-    }
-    if secret.expires_at < Utc::now() {
-        return Err(invalid_grant(
-            "The refresh token has expired; sign in again",
-        ));
-    }
-    let login = lock_login(&tx, secret.login_id)
-        .await?
-        .filter(|l| l.content["revoked"] != Value::Bool(true))
-        .ok_or_else(|| invalid_grant("The sign-in of this refresh token was revoked"))?;
+    let (tx, secret, login) = redeem(state, &digest, SecretKind::Refresh).await?;
     check_same_client(&login, client.as_ref())?;
     if let Some(scope) = form.get("scope") {
         if Some(scope.as_str()) != login.content["scope"].as_str() {
@@ -256,7 +260,12 @@ async fn issue(
         .ok_or_else(|| invalid_grant("The sign-in has no membership chosen yet"))?;
     let membership = state
         .store
-        .read(Tenant::AllProjects, "ProjectMembership", membership_id)
+        .read(
+            Tenant::AllProjects,
+            "ProjectMembership",
+            membership_id,
+            &RowFilter::All,
+        )
         .await?
         .and_then(|v| {
             v.content
@@ -319,8 +328,7 @@ async fn issue(
     }
     if refresh {
         let token = random_token(32);
-        let lifetime = TimeDelta::from_std(state.config.refresh_token_lifetime)
-            .map_err(|e| Error::Internal(format!("refresh lifetime: {e}")))?;
+        let lifetime = time_delta(state.config.refresh_token_lifetime)?;
         tx.insert_login_secret(&NewSecret {
             digest: &hash_client_secret(&token),
             kind: SecretKind::Refresh,
@@ -373,19 +381,83 @@ async fn client_credentials(
         serde_json::from_str::<Value>(content).is_ok_and(|v| v["active"] != Value::Bool(false))
     })
     .ok_or_else(|| invalid_client("This client has no active membership in its project"))?;
-    let requested = form.get("scope").map_or("openid", String::as_str);
-    let scope = super::login::grant_scope(requested, Some(&client))
-        .map_err(|e| Error::oauth(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string()))?;
+    let mut response = granted_login(
+        state,
+        &client,
+        &client_ref,
+        membership.id,
+        form.get("scope").map(String::as_str),
+        "client",
+        remote_address,
+    )
+    .await?;
+    // A client signs in as itself: no ID token.
+    if let Some(map) = response.as_object_mut() {
+        map.remove("id_token");
+    }
+    Ok(response)
+}
 
+/// RFC 7523 §2.1: a trusted client (a backend) signs a JWT whose `sub` is
+/// the email of a user of its project, and gets tokens for that user's
+/// membership there. `iss` is the client, `aud` the token endpoint, `jti`
+/// single-use, as for client assertions.
+async fn jwt_bearer(
+    state: &AppState,
+    form: &HashMap<String, String>,
+    remote_address: Option<String>,
+) -> Result<Value> {
+    let assertion = required(form, "assertion")?;
+    let (client, subject) = verify_client_jwt(state, assertion)
+        .await
+        .map_err(|e| match e {
+            Error::OAuth { description, .. } => invalid_grant(description),
+            other => other,
+        })?;
+    let unknown = || invalid_grant("The assertion's sub is not a user of the client's project");
+    let user = find_user(state, &subject, Some(client.project_id))
+        .await?
+        .ok_or_else(unknown)?;
+    let user_ref = format!("User/{}", user.id);
+    let membership = memberships_of(state, &user_ref, Some(client.project_id))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(unknown)?;
+    granted_login(
+        state,
+        &client,
+        &user_ref,
+        membership.id,
+        form.get("scope").map(String::as_str),
+        "external",
+        remote_address,
+    )
+    .await
+}
+
+/// Records a Login that is granted at once (no code: the client's own
+/// credentials or assertion are the grant) and issues its tokens.
+async fn granted_login(
+    state: &AppState,
+    client: &Client,
+    user_ref: &str,
+    membership_id: Uuid,
+    requested_scope: Option<&str>,
+    auth_method: &str,
+    remote_address: Option<String>,
+) -> Result<Value> {
+    let scope = grant_scope(requested_scope.unwrap_or("openid"), Some(client))
+        .map_err(|e| Error::oauth(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string()))?;
     let login_id = Uuid::new_v4();
-    let stamp = Stamp::new(login_id, client.project_id, &client_ref);
+    let stamp = Stamp::new(login_id, client.project_id, user_ref);
     let mut login = json!({
         "resourceType": "Login",
-        "user": { "reference": client_ref },
-        "client": { "reference": client_ref },
-        "membership": { "reference": format!("ProjectMembership/{}", membership.id) },
+        "user": { "reference": user_ref },
+        "client": { "reference": client.reference() },
+        "membership": { "reference": format!("ProjectMembership/{membership_id}") },
         "project": { "reference": format!("Project/{}", client.project_id) },
-        "authMethod": "client",
+        "authMethod": auth_method,
         "authTime": fhir::resource::instant(&stamp.last_updated),
         "scope": scope,
         "granted": true
@@ -395,12 +467,8 @@ async fn client_credentials(
     }
     let tx = state.store.begin().await?;
     fhir::insert(&state.validator, &tx, login.clone(), &stamp).await?;
-    let mut response = issue(state, &tx, login_id, client.project_id, &login, false).await?;
+    let response = issue(state, &tx, login_id, client.project_id, &login, false).await?;
     tx.commit().await?;
-    // A client signs in as itself: no ID token.
-    if let Some(map) = response.as_object_mut() {
-        map.remove("id_token");
-    }
     Ok(response)
 }
 
@@ -430,7 +498,7 @@ pub async fn inspect(state: &AppState, token: &str) -> Result<Option<TokenInfo>>
         else {
             return Ok(None);
         };
-        let caller = match super::Caller::from_bearer(state, token).await {
+        let caller = match super::Caller::from_bearer(state, token, None).await {
             Ok(caller) => caller,
             Err(Error::Unauthorized(_)) => return Ok(None),
             Err(e) => return Err(e),

@@ -8,7 +8,7 @@ use fhir_model::search::{parse_search, Registry};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{authorize, hidden_types, WriteOutcome};
+use super::{authorize, redact, WriteOutcome};
 use crate::{
     app::AppState,
     auth::Caller,
@@ -45,12 +45,11 @@ pub async fn matches(
     };
     tx.lock_condition(&format!("{tenant}|{resource_type}|{key_parts:?}"))
         .await?;
-    let hidden = hidden_types(caller.role);
     Ok(tx
         .search(&SearchQuery {
             request: &request,
             tenant: caller.tenant(),
-            hidden_types: &hidden,
+            policy: &caller.policy,
             cursor: None,
         })
         .await?
@@ -90,7 +89,7 @@ pub async fn create(
 ) -> Result<(Version, WriteOutcome)> {
     if let Some(condition) = if_none_exist {
         if let Some(found) = existing(tx, caller, resource_type, condition).await? {
-            return Ok((found, WriteOutcome::Unchanged));
+            return Ok((redact(caller, found)?, WriteOutcome::Unchanged));
         }
     }
     let version = super::create(state, tx, caller, resource_type, body).await?;

@@ -10,8 +10,8 @@ pub mod resource;
 pub mod search;
 pub mod transaction;
 
-use access_policy::{is_allowed, Interaction, Role};
-use fhir_model::resource_types::{is_known_resource_type, ADMIN_RESOURCE_TYPES, R4_RESOURCE_TYPES};
+use access_policy::{Interaction, RowFilter};
+use fhir_model::resource_types::is_known_resource_type;
 use fhir_model::Validator;
 use serde_json::Value;
 use uuid::Uuid;
@@ -38,7 +38,7 @@ pub fn authorize(caller: &Caller, resource_type: &str, interaction: Interaction)
     if !is_known_resource_type(resource_type) {
         return Err(Error::UnknownResourceType(resource_type.to_string()));
     }
-    if !is_allowed(caller.role, resource_type, interaction) {
+    if !caller.policy.allows(resource_type, interaction) {
         return Err(Error::Forbidden(format!(
             "Your access does not allow {interaction} on {resource_type} resources"
         )));
@@ -62,6 +62,17 @@ fn gone(resource_type: &str, id: &str) -> Error {
     Error::Gone(format!("{resource_type}/{id} has been deleted"))
 }
 
+/// Removes the fields the caller's policy hides from a version it is about to get.
+pub fn redact(caller: &Caller, mut version: Version) -> Result<Version> {
+    if version.is_deleted() || !caller.policy.hides_fields(&version.resource_type) {
+        return Ok(version);
+    }
+    let mut value = parse_stored(&version)?;
+    caller.policy.redact(&mut value);
+    version.content = Some(value.to_string());
+    Ok(version)
+}
+
 /// Parses stored content (always valid JSON: the server wrote it).
 pub fn parse_stored(version: &Version) -> Result<Value> {
     let content = version.content.as_deref().unwrap_or("null");
@@ -81,15 +92,17 @@ pub async fn read(
 ) -> Result<Version> {
     authorize(caller, resource_type, Interaction::Read)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
+    let types = [resource_type.to_string()];
+    let filter = caller.policy.row_filter(&types, Interaction::Read);
     let version = state
         .store
-        .read(caller.tenant(), resource_type, uuid)
+        .read(caller.tenant(), resource_type, uuid, &filter)
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
     if version.is_deleted() {
         return Err(gone(resource_type, id));
     }
-    Ok(version)
+    redact(caller, version)
 }
 
 pub async fn vread(
@@ -106,9 +119,11 @@ pub async fn vread(
         ))
     };
     let (uuid, vid) = parse_id(id).zip(parse_id(version_id)).ok_or_else(missing)?;
+    let types = [resource_type.to_string()];
+    let filter = caller.policy.row_filter(&types, Interaction::Vread);
     let version = state
         .store
-        .vread(caller.tenant(), resource_type, uuid, vid)
+        .vread(caller.tenant(), resource_type, uuid, vid, &filter)
         .await?
         .ok_or_else(missing)?;
     if version.is_deleted() {
@@ -116,7 +131,7 @@ pub async fn vread(
             "{resource_type}/{id}/_history/{version_id} is a deletion"
         )));
     }
-    Ok(version)
+    redact(caller, version)
 }
 
 /// The project a new resource goes into. Members write into their own
@@ -137,7 +152,7 @@ async fn target_project(
             let project_id = parse_id(project).ok_or_else(|| bad_project(project))?;
             match state
                 .store
-                .read(Tenant::AllProjects, "Project", project_id)
+                .read(Tenant::AllProjects, "Project", project_id, &RowFilter::All)
                 .await?
             {
                 Some(version) if !version.is_deleted() => Ok(project_id),
@@ -164,7 +179,8 @@ fn author_for(caller: &Caller, resource: &Value) -> String {
     }
 }
 
-/// Checks rules that JSON schema cannot express, with the resource's project known.
+/// Checks rules that JSON schema cannot express, with the resource's project
+/// known; an AccessPolicy must be one the engine can use.
 fn check_consistency(resource: &Value, project_id: Uuid) -> Result<()> {
     if resource["resourceType"] == "ProjectMembership" {
         let expected = format!("Project/{project_id}");
@@ -176,6 +192,15 @@ fn check_consistency(resource: &Value, project_id: Uuid) -> Result<()> {
             .at("ProjectMembership.project")]));
         }
     }
+    if resource["resourceType"] == "AccessPolicy" {
+        access_policy::validate(resource).map_err(|e| {
+            Error::Invalid(vec![fhir_model::Issue::error(
+                fhir_model::IssueCode::Value,
+                e.message,
+            )
+            .at(e.path)])
+        })?;
+    }
     Ok(())
 }
 
@@ -186,8 +211,7 @@ pub async fn insert(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, Value)> {
-    let prepared = prepare(validator, resource, stamp)?;
-    store_prepared(tx, prepared, stamp, true).await
+    store_prepared(tx, prepare(validator, resource, stamp)?, stamp, true).await
 }
 
 /// Stores a new version of an existing resource on the server's own behalf
@@ -198,8 +222,7 @@ pub async fn overwrite(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, Value)> {
-    let prepared = prepare(validator, resource, stamp)?;
-    store_prepared(tx, prepared, stamp, false).await
+    store_prepared(tx, prepare(validator, resource, stamp)?, stamp, false).await
 }
 
 async fn store_prepared(
@@ -292,8 +315,80 @@ pub async fn create_with_id(
     check_body_type(resource_type, &body)?;
     let project_id = target_project(state, caller, &body, id).await?;
     let stamp = Stamp::new(id, project_id, &author_for(caller, &body));
-    let (version, _) = insert(&state.validator, tx, body, &stamp).await?;
-    Ok(version)
+    let (version, value) = insert(&state.validator, tx, body, &stamp).await?;
+    check_written(tx, caller, Interaction::Create, None, &value, &version).await?;
+    redact(caller, version)
+}
+
+/// After a write, in its transaction: the new content must pass the write
+/// constraints and the criteria of an entry that allows the interaction.
+/// Failing is 403, and the transaction (never committed) changes nothing.
+async fn check_written(
+    tx: &Tx,
+    caller: &Caller,
+    interaction: Interaction,
+    before: Option<&Value>,
+    after: &Value,
+    version: &Version,
+) -> Result<()> {
+    let filter = caller
+        .policy
+        .write_filter(&version.resource_type, interaction, before, Some(after))
+        .map_err(Error::Forbidden)?;
+    if !tx
+        .passes(
+            version.project_id,
+            &version.resource_type,
+            version.id,
+            &filter,
+        )
+        .await?
+    {
+        return Err(Error::Forbidden(format!(
+            "Your access policy does not allow this {interaction}: the {} would be outside the resources you may {interaction}",
+            version.resource_type
+        )));
+    }
+    Ok(())
+}
+
+/// The current version for a write, locked; `None` when there is none the
+/// caller may read (so a write outside the policy is a 404, like a miss).
+async fn lock_readable(
+    tx: &Tx,
+    caller: &Caller,
+    resource_type: &str,
+    id: Uuid,
+) -> Result<Option<Version>> {
+    let types = [resource_type.to_string()];
+    let readable = caller.policy.row_filter(&types, Interaction::Read);
+    tx.lock_current(caller.tenant(), resource_type, id, &readable)
+        .await
+}
+
+/// Before a write: the caller sees the stored resource (else 404, as if it
+/// did not exist) and may change it (else 403).
+async fn check_before(
+    tx: &Tx,
+    interaction: Interaction,
+    current: &Version,
+    filter: &RowFilter<'_>,
+) -> Result<()> {
+    if tx
+        .passes(
+            current.project_id,
+            &current.resource_type,
+            current.id,
+            filter,
+        )
+        .await?
+    {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "Your access policy does not allow {interaction} of {}/{}",
+        current.resource_type, current.id
+    )))
 }
 
 /// `PUT Type/id`. Create-on-update is for super admins only (the
@@ -336,9 +431,8 @@ pub async fn update(
         }
         None => return Err(cannot_create()),
     };
-    let current = tx
-        .lock_current(caller.tenant(), resource_type, uuid)
-        .await?;
+    let types = [resource_type.to_string()];
+    let current = lock_readable(tx, caller, resource_type, uuid).await?;
     let Some(current) = current else {
         if !caller.is_super_admin() {
             return Err(cannot_create());
@@ -355,32 +449,60 @@ pub async fn update(
         }
         let project_id = target_project(state, caller, &body, uuid).await?;
         let stamp = Stamp::new(uuid, project_id, &author_for(caller, &body));
-        let (version, _) = insert(&state.validator, tx, body, &stamp).await?;
-        return Ok((version, WriteOutcome::Created));
+        let (version, value) = insert(&state.validator, tx, body, &stamp).await?;
+        check_written(tx, caller, Interaction::Update, None, &value, &version).await?;
+        return Ok((redact(caller, version)?, WriteOutcome::Created));
     };
+    check_before(
+        tx,
+        Interaction::Update,
+        &current,
+        &caller.policy.row_filter(&types, Interaction::Update),
+    )
+    .await?;
     check_if_match(&current, if_match)?;
     crate::admin::users::check_user_change(caller, &current, &body)?;
     let stamp = Stamp::new(uuid, current.project_id, &author_for(caller, &body));
-    replace(state, tx, &current, body, &stamp).await
+    replace(
+        state,
+        tx,
+        caller,
+        Interaction::Update,
+        &current,
+        body,
+        &stamp,
+    )
+    .await
 }
 
-/// Writes `resource` as the next version of `current`, unless nothing changed.
+/// Writes `resource` as the next version of `current`, unless nothing
+/// changed. Fields the policy protects keep their stored values.
 async fn replace(
     state: &AppState,
     tx: &Tx,
+    caller: &Caller,
+    interaction: Interaction,
     current: &Version,
-    resource: Value,
+    mut resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, WriteOutcome)> {
-    let prepared = prepare(&state.validator, resource, stamp)?;
-    if !current.is_deleted()
-        && prepared.secrets.is_empty()
-        && same_content(&parse_stored(current)?, &prepared.value)
-    {
-        return Ok((current.clone(), WriteOutcome::Unchanged));
+    let stored = (!current.is_deleted())
+        .then(|| parse_stored(current))
+        .transpose()?;
+    if let Some(stored) = &stored {
+        caller
+            .policy
+            .keep_protected(interaction, &mut resource, stored);
     }
-    let (version, _) = store_prepared(tx, prepared, stamp, false).await?;
-    Ok((version, WriteOutcome::Updated))
+    let prepared = prepare(&state.validator, resource, stamp)?;
+    if let Some(stored) = &stored {
+        if prepared.secrets.is_empty() && same_content(stored, &prepared.value) {
+            return Ok((redact(caller, current.clone())?, WriteOutcome::Unchanged));
+        }
+    }
+    let (version, value) = store_prepared(tx, prepared, stamp, false).await?;
+    check_written(tx, caller, interaction, stored.as_ref(), &value, &version).await?;
+    Ok((redact(caller, version)?, WriteOutcome::Updated))
 }
 
 /// `If-Match` against the current version: `W/"<vid>"`, `"<vid>"` or `<vid>`.
@@ -416,19 +538,38 @@ pub async fn patch(
 ) -> Result<(Version, WriteOutcome)> {
     authorize(caller, resource_type, Interaction::Patch)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
-    let current = tx
-        .lock_current(caller.tenant(), resource_type, uuid)
+    let types = [resource_type.to_string()];
+    let current = lock_readable(tx, caller, resource_type, uuid)
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
     if current.is_deleted() {
         return Err(gone(resource_type, id));
     }
+    check_before(
+        tx,
+        Interaction::Patch,
+        &current,
+        &caller.policy.row_filter(&types, Interaction::Patch),
+    )
+    .await?;
     check_if_match(&current, if_match)?;
+    // The patch sees what the caller may read: a `test` on a hidden field
+    // cannot probe its value, and `replace` puts protected fields back.
     let mut resource = parse_stored(&current)?;
+    caller.policy.redact(&mut resource);
     operations.apply(resource_type, &mut resource)?;
     crate::admin::users::check_user_change(caller, &current, &resource)?;
     let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
-    replace(state, tx, &current, resource, &stamp).await
+    replace(
+        state,
+        tx,
+        caller,
+        Interaction::Patch,
+        &current,
+        resource,
+        &stamp,
+    )
+    .await
 }
 
 /// Deletes the current version. Deleting a deleted resource succeeds and
@@ -443,13 +584,18 @@ pub async fn delete(
 ) -> Result<()> {
     authorize(caller, resource_type, Interaction::Delete)?;
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
-    let current = tx
-        .lock_current(caller.tenant(), resource_type, uuid)
+    let current = lock_readable(tx, caller, resource_type, uuid)
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
     if current.is_deleted() {
         return Ok(());
     }
+    let stored = parse_stored(&current)?;
+    let filter = caller
+        .policy
+        .write_filter(resource_type, Interaction::Delete, Some(&stored), None)
+        .map_err(Error::Forbidden)?;
+    check_before(tx, Interaction::Delete, &current, &filter).await?;
     remove(tx, &current).await?;
     if resource_type == "User" {
         crate::admin::users::after_user_deleted(state, tx, caller, &current).await?;
@@ -488,7 +634,10 @@ pub async fn modify(
     author: &str,
     change: impl FnOnce(&mut Value) -> Result<()>,
 ) -> Result<Option<(Version, Value)>> {
-    let Some(current) = tx.lock_current(tenant, resource_type, id).await? else {
+    let Some(current) = tx
+        .lock_current(tenant, resource_type, id, &RowFilter::All)
+        .await?
+    else {
         return Ok(None);
     };
     if current.is_deleted() {
@@ -497,8 +646,7 @@ pub async fn modify(
     let mut resource = parse_stored(&current)?;
     change(&mut resource)?;
     let stamp = Stamp::new(id, current.project_id, author);
-    let (version, _) = replace(state, tx, &current, resource, &stamp).await?;
-    let value = parse_stored(&version)?;
+    let (version, value) = overwrite(&state.validator, tx, resource, &stamp).await?;
     Ok(Some((version, value)))
 }
 
@@ -515,24 +663,22 @@ pub async fn history(
     caller: &Caller,
     request: &HistoryRequest<'_>,
 ) -> Result<Vec<Version>> {
-    let excluded;
-    let exclude_types: &[&str] = match request.resource_type {
-        Some(resource_type) => {
-            authorize(caller, resource_type, Interaction::History)?;
-            &[]
-        }
-        None => {
-            excluded = hidden_types(caller.role);
-            &excluded
-        }
-    };
+    let types: Vec<String> = request
+        .resource_type
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    if let Some(resource_type) = request.resource_type {
+        authorize(caller, resource_type, Interaction::History)?;
+    }
+    let policy = caller.policy.row_filter(&types, Interaction::History);
     let id = match request.id {
         Some(id) => {
             let resource_type = request.resource_type.unwrap_or_default();
             let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
             if state
                 .store
-                .read(caller.tenant(), resource_type, uuid)
+                .read(caller.tenant(), resource_type, uuid, &policy)
                 .await?
                 .is_none()
             {
@@ -547,19 +693,15 @@ pub async fn history(
         id,
         since: request.params.since,
         before: request.params.cursor,
-        exclude_types,
+        policy: &policy,
         limit: request.params.count as i64 + 1,
     };
-    state.store.history(caller.tenant(), &filter).await
-}
-
-/// Types whose history a role may not read, left out of system history.
-pub fn hidden_types(role: Role) -> Vec<&'static str> {
-    R4_RESOURCE_TYPES
-        .iter()
-        .chain(ADMIN_RESOURCE_TYPES)
-        .copied()
-        .filter(|t| !is_allowed(role, t, Interaction::History))
+    state
+        .store
+        .history(caller.tenant(), &filter)
+        .await?
+        .into_iter()
+        .map(|version| redact(caller, version))
         .collect()
 }
 
@@ -574,13 +716,5 @@ mod tests {
         assert_eq!(parse_id(&id.to_uppercase()), None);
         assert_eq!(parse_id(&id.replace('-', "")), None);
         assert_eq!(parse_id("example"), None);
-    }
-
-    #[test]
-    fn members_do_not_see_admin_history() {
-        let hidden = hidden_types(Role::Member);
-        assert!(hidden.contains(&"Login") && hidden.contains(&"ProjectMembership"));
-        assert!(!hidden.contains(&"Patient"));
-        assert!(hidden_types(Role::SuperAdmin).is_empty());
     }
 }

@@ -2,11 +2,11 @@
 //! query is parsed in fhir-model, compiled to one SQL statement in the store,
 //! and answered as a `searchset` Bundle.
 
-use access_policy::Interaction;
+use access_policy::{CompiledPolicy, Interaction};
 use fhir_model::search::{self, parse_search, Registry, SearchError, SearchRequest, Summary};
 use serde_json::{json, Value};
 
-use super::{authorize, bundle, hidden_types, parse_id};
+use super::{authorize, bundle, parse_id, redact};
 use crate::{
     app::AppState,
     auth::Caller,
@@ -63,10 +63,12 @@ pub async fn search(
     if let Some((compartment_type, id)) = scope.compartment {
         let resource_type = scope.resource_type.unwrap_or_default();
         authorize(caller, compartment_type, Interaction::Read)?;
+        let types = [compartment_type.to_string()];
+        let readable = caller.policy.row_filter(&types, Interaction::Read);
         let exists = match parse_id(id) {
             Some(uuid) => state
                 .store
-                .read(caller.tenant(), compartment_type, uuid)
+                .read(caller.tenant(), compartment_type, uuid, &readable)
                 .await?
                 .is_some_and(|v| !v.is_deleted()),
             None => false,
@@ -80,22 +82,21 @@ pub async fn search(
             registry,
             compartment_type,
             id,
-            resource_type,
+            Some(resource_type),
         )?);
     }
     let cursor = request.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let hidden = hidden_types(caller.role);
     let page = state
         .store
         .search(&SearchQuery {
             request: &request,
             tenant: caller.tenant(),
-            hidden_types: &hidden,
+            policy: &caller.policy,
             cursor,
         })
         .await?;
-    let matches = shape(&request, page.matches)?;
-    let included = shape(&request, page.included)?;
+    let matches = shape(caller, &request, page.matches)?;
+    let included = shape(caller, &request, page.included)?;
     let mut self_url = format!("{}{}", state.base_url, self_path.trim_start_matches('/'));
     if !request.canonical_query.is_empty() {
         self_url.push('?');
@@ -126,13 +127,15 @@ fn kept_elements(request: &SearchRequest, resource_type: &str) -> Option<Vec<Str
     }
 }
 
-/// Applies `_summary` and `_elements`: keeps what was asked for plus the
-/// mandatory elements, and marks the result SUBSETTED.
-fn shape(request: &SearchRequest, versions: Vec<Version>) -> Result<Vec<Version>> {
+/// Removes what the caller's policy hides, then applies `_summary` and
+/// `_elements`: keeps what was asked for plus the mandatory elements, and
+/// marks the result SUBSETTED.
+fn shape(caller: &Caller, request: &SearchRequest, versions: Vec<Version>) -> Result<Vec<Version>> {
     let drop_text = request.summary == Summary::Data;
     versions
         .into_iter()
-        .map(|mut version| {
+        .map(|version| {
+            let mut version = redact(caller, version)?;
             let keep = kept_elements(request, &version.resource_type);
             let Some(content) = version.content.as_deref().filter(|_| keep.is_some() || drop_text) else {
                 return Ok(version);
@@ -182,7 +185,11 @@ pub async fn find(
     let request = lookup(resource_type, query)?;
     Ok(state
         .store
-        .search(&lookup_query(&request, tenant))
+        .search(&lookup_query(
+            &request,
+            tenant,
+            &CompiledPolicy::unrestricted(),
+        ))
         .await?
         .matches)
 }
@@ -196,7 +203,14 @@ pub async fn find_in(
     query: &[(&str, &str)],
 ) -> Result<Vec<Version>> {
     let request = lookup(resource_type, query)?;
-    Ok(tx.search(&lookup_query(&request, tenant)).await?.matches)
+    Ok(tx
+        .search(&lookup_query(
+            &request,
+            tenant,
+            &CompiledPolicy::unrestricted(),
+        ))
+        .await?
+        .matches)
 }
 
 /// `query` as a search request; without a `_count`, the largest page.
@@ -216,11 +230,16 @@ fn lookup(resource_type: &str, query: &[(&str, &str)]) -> Result<SearchRequest> 
     )?)
 }
 
-fn lookup_query(request: &SearchRequest, tenant: Tenant) -> SearchQuery<'_> {
+/// The server's own look-ups see everything in the tenant (no caller's policy).
+fn lookup_query<'a>(
+    request: &'a SearchRequest,
+    tenant: Tenant,
+    policy: &'a CompiledPolicy,
+) -> SearchQuery<'a> {
     SearchQuery {
         request,
         tenant,
-        hidden_types: &[],
+        policy,
         cursor: None,
     }
 }

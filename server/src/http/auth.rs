@@ -1,6 +1,7 @@
 //! Medplum's `/auth/*` routes: password sign-in, choosing a profile.
 //! Bodies and answers are JSON in Medplum's shapes; errors are OperationOutcomes.
 
+use access_policy::RowFilter;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -10,8 +11,8 @@ use crate::{
     app::AppState,
     auth::{
         login::{
-            choose_membership, password_login, revoke_login, sessions_of, LoginOutcome,
-            LoginRequest,
+            choose_membership, password_login, revoke_login, sessions_of, LoginContext,
+            LoginOutcome, LoginRequest,
         },
         read_live, reference_id, Caller,
     },
@@ -55,15 +56,17 @@ struct LoginBody {
     remember: bool,
 }
 
-pub fn remote_address(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
-}
-
-pub fn user_agent(req: &HttpRequest) -> Option<String> {
-    req.headers()
-        .get(actix_web::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(512).collect())
+/// Where a sign-in comes from: the peer address and (capped) User-Agent.
+pub fn request_context(req: &HttpRequest) -> LoginContext {
+    LoginContext {
+        remote_address: req.peer_addr().map(|a| a.ip().to_string()),
+        user_agent: req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(512).collect()),
+        ..LoginContext::default()
+    }
 }
 
 async fn login(
@@ -78,13 +81,13 @@ async fn login(
         project_id: body.project_id,
         client_id: body.client_id,
         scope: body.scope.unwrap_or_default(),
-        nonce: body.nonce,
-        code_challenge: body.code_challenge,
-        code_challenge_method: body.code_challenge_method,
-        redirect_uri: None,
-        remember: body.remember,
-        remote_address: remote_address(&req),
-        user_agent: user_agent(&req),
+        context: LoginContext {
+            nonce: body.nonce,
+            code_challenge: body.code_challenge,
+            code_challenge_method: body.code_challenge_method,
+            remember: body.remember,
+            ..request_context(&req)
+        },
     };
     let outcome = password_login(&state, &request).await?;
     outcome_response(&state, &outcome).await
@@ -122,7 +125,12 @@ pub async fn project_names(
         for m in memberships {
             let name = state
                 .store
-                .read(Tenant::Project(m.project_id), "Project", m.project_id)
+                .read(
+                    Tenant::Project(m.project_id),
+                    "Project",
+                    m.project_id,
+                    &RowFilter::All,
+                )
                 .await?
                 .and_then(|v| v.content)
                 .and_then(|c| serde_json::from_str::<Value>(&c).ok())
@@ -171,7 +179,12 @@ async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> 
             Some(id) => {
                 state
                     .store
-                    .read(Tenant::Project(caller.project_id), kind, id)
+                    .read(
+                        Tenant::Project(caller.project_id),
+                        kind,
+                        id,
+                        &RowFilter::All,
+                    )
                     .await?
             }
             None => None,

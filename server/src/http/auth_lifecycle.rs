@@ -12,7 +12,10 @@ use crate::{
         tokens,
     },
     app::AppState,
-    auth::{login::LoginRequest, Caller},
+    auth::{
+        login::{LoginContext, LoginRequest},
+        Caller,
+    },
     error::{Error, Result},
     fhir::parse_id,
     store::lifecycle::RequestKind,
@@ -155,12 +158,13 @@ async fn new_user(state: Data, req: HttpRequest, payload: web::Payload) -> Resul
         project_id: text("projectId"),
         client_id: text("clientId"),
         scope: text("scope").unwrap_or_else(|| "openid".into()),
-        nonce: text("nonce"),
-        code_challenge: text("codeChallenge"),
-        code_challenge_method: text("codeChallengeMethod"),
-        remember: body["remember"] == Value::Bool(true),
-        remote_address: super::auth::remote_address(&req),
-        user_agent: super::auth::user_agent(&req),
+        context: LoginContext {
+            nonce: text("nonce"),
+            code_challenge: text("codeChallenge"),
+            code_challenge_method: text("codeChallengeMethod"),
+            remember: body["remember"] == Value::Bool(true),
+            ..super::auth::request_context(&req)
+        },
         ..LoginRequest::default()
     };
     let login = account::register(&state, &body, &request).await?;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 
 use super::{
-    auth::{project_names, remote_address, user_agent},
+    auth::{project_names, request_context},
     read_body,
 };
 use crate::{
@@ -19,7 +19,8 @@ use crate::{
     auth::{
         client::{find_client, Client},
         login::{
-            check_pkce, choose_membership, grant_scope, password_login, LoginOutcome, LoginRequest,
+            check_pkce, choose_membership, grant_scope, password_login, LoginContext, LoginOutcome,
+            LoginRequest,
         },
     },
     error::{Error, Result},
@@ -162,15 +163,16 @@ async fn authorize_post(
                 project_id: None,
                 client_id: Some(checked.client.id.to_string()),
                 scope: get("scope").unwrap_or_default(),
-                nonce: get("nonce"),
-                code_challenge: get("code_challenge"),
-                code_challenge_method: get("code_challenge_method"),
-                redirect_uri: redirect.map(str::to_string),
-                remember: params
-                    .get("remember")
-                    .is_some_and(|v| v == "on" || v == "true"),
-                remote_address: remote_address(&req),
-                user_agent: user_agent(&req),
+                context: LoginContext {
+                    nonce: get("nonce"),
+                    code_challenge: get("code_challenge"),
+                    code_challenge_method: get("code_challenge_method"),
+                    redirect_uri: redirect.map(str::to_string),
+                    remember: params
+                        .get("remember")
+                        .is_some_and(|v| v == "on" || v == "true"),
+                    ..request_context(&req)
+                },
             };
             password_login(&state, &request).await
         }

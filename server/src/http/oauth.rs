@@ -163,7 +163,9 @@ async fn requester_project(
     form: &HashMap<String, String>,
 ) -> Result<uuid::Uuid> {
     if let Some(bearer) = authorization(req).and_then(|h| h.strip_prefix("Bearer ")) {
-        return Ok(Caller::from_bearer(state, bearer.trim()).await?.project_id);
+        return Ok(Caller::from_bearer(state, bearer.trim(), None)
+            .await?
+            .project_id);
     }
     let auth = ClientAuth::from_request(authorization(req), form)?;
     if matches!(auth, ClientAuth::Public { .. } | ClientAuth::Absent) {

@@ -41,6 +41,8 @@ pub(super) struct IndexRows {
     text_param: Texts,
     text_normalized: Texts,
     text_exact: Texts,
+    compartment_type: Texts,
+    compartment_id: Vec<Uuid>,
 }
 
 /// Full-text parameters, kept in `idx_text` (no btree on their values).
@@ -87,10 +89,26 @@ pub fn of_type_system(type_system: Option<&str>, type_code: Option<&str>) -> Str
 }
 
 impl IndexRows {
-    pub(super) fn new(values: &[IndexValue]) -> IndexRows {
+    /// The rows of one resource; its compartments come from its references.
+    pub(super) fn new(resource_type: &str, id: Uuid, values: &[IndexValue]) -> IndexRows {
         let mut rows = IndexRows::default();
         for value in values {
             rows.push(value);
+        }
+        if !values.is_empty() {
+            let compartments = fhir_model::search::compartments(
+                fhir_model::search::Registry::get(),
+                resource_type,
+                &id.to_string(),
+                values,
+            );
+            for (compartment_type, compartment_id) in compartments {
+                // fhirgate ids are UUIDs; a reference to anything else names no stored resource.
+                if let Ok(compartment_id) = Uuid::parse_str(&compartment_id) {
+                    rows.compartment_type.push(compartment_type);
+                    rows.compartment_id.push(compartment_id);
+                }
+            }
         }
         rows
     }
@@ -229,6 +247,8 @@ impl IndexRows {
             &self.text_param,
             &self.text_normalized,
             &self.text_exact,
+            &self.compartment_type,
+            &self.compartment_id,
         ]
     }
 }
@@ -280,6 +300,7 @@ WITH d1 AS (DELETE FROM idx_token WHERE project_id = $1 AND resource_type = $2 A
      d7 AS (DELETE FROM idx_uri WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
      d8 AS (DELETE FROM idx_composite WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
      d9 AS (DELETE FROM idx_text WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
+     d10 AS (DELETE FROM resource_compartment WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
      i1 AS (INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code, text)
             SELECT $1, $2, $3, * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[])),
      i2 AS (INSERT INTO idx_string (project_id, resource_type, resource_id, param, normalized, exact)
@@ -297,5 +318,7 @@ WITH d1 AS (DELETE FROM idx_token WHERE project_id = $1 AND resource_type = $2 A
      i8 AS (INSERT INTO idx_composite (project_id, resource_type, resource_id, param, parts)
             SELECT $1, $2, $3, * FROM UNNEST($27::text[], $28::jsonb[])),
      i9 AS (INSERT INTO idx_text (project_id, resource_type, resource_id, param, normalized, exact)
-            SELECT $1, $2, $3, * FROM UNNEST($29::text[], $30::text[], $31::text[]))
+            SELECT $1, $2, $3, * FROM UNNEST($29::text[], $30::text[], $31::text[])),
+     i10 AS (INSERT INTO resource_compartment (project_id, resource_type, resource_id, compartment_type, compartment_id)
+            SELECT DISTINCT $1, $2, $3, * FROM UNNEST($32::text[], $33::uuid[]))
 SELECT 1";

@@ -8,6 +8,7 @@ mod index;
 pub mod lifecycle;
 pub mod search;
 
+use access_policy::RowFilter;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::ToSql;
@@ -68,8 +69,9 @@ pub struct HistoryFilter<'a> {
     pub since: Option<DateTime<Utc>>,
     /// Keyset cursor: only versions strictly older than this one.
     pub before: Option<(DateTime<Utc>, Uuid)>,
-    /// Types the caller may not see at all (system history).
-    pub exclude_types: &'a [&'a str],
+    /// The caller's policy for history: a version is listed when the
+    /// resource's current row passes it.
+    pub policy: &'a RowFilter<'a>,
     pub limit: i64,
 }
 
@@ -119,6 +121,22 @@ impl Query {
             self.push(" AND project_id = ").bind(project_id);
         }
         self
+    }
+
+    /// ` AND …`: a history row `h` whose resource's current row passes `filter`.
+    fn current_passes(&mut self, filter: &RowFilter<'_>) -> Result<&mut Query> {
+        match filter {
+            RowFilter::All => {}
+            RowFilter::Nothing => {
+                self.push(" AND FALSE");
+            }
+            RowFilter::AnyOf(_) => {
+                self.push(" AND EXISTS (SELECT 1 FROM resource r WHERE r.project_id = h.project_id AND r.resource_type = h.resource_type AND r.id = h.id");
+                search::row_condition(self, "r", filter)?;
+                self.push(")");
+            }
+        }
+        Ok(self)
     }
 
     fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
@@ -171,20 +189,16 @@ impl Store {
         Ok(())
     }
 
-    /// The current version (deleted ones included, so the caller can say 410).
+    /// The current version (deleted ones included, so the caller can say
+    /// 410), if `filter` admits it.
     pub async fn read(
         &self,
         tenant: Tenant,
         resource_type: &str,
         id: Uuid,
+        filter: &RowFilter<'_>,
     ) -> Result<Option<Version>> {
-        let mut q = Query::new(&format!(
-            "SELECT {VERSION_COLUMNS} FROM resource WHERE resource_type = "
-        ));
-        q.bind(resource_type.to_string())
-            .push(" AND id = ")
-            .bind(id)
-            .tenant(tenant);
+        let q = current_query(tenant, resource_type, id, filter)?;
         Ok(self.query(&q).await?.first().map(Version::from_row))
     }
 
@@ -194,16 +208,18 @@ impl Store {
         resource_type: &str,
         id: Uuid,
         version_id: Uuid,
+        filter: &RowFilter<'_>,
     ) -> Result<Option<Version>> {
         let mut q = Query::new(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM resource_history WHERE resource_type = "
+            "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE resource_type = "
         ));
         q.bind(resource_type.to_string())
             .push(" AND id = ")
             .bind(id)
             .push(" AND version_id = ")
             .bind(version_id)
-            .tenant(tenant);
+            .tenant(tenant)
+            .current_passes(filter)?;
         Ok(self.query(&q).await?.first().map(Version::from_row))
     }
 
@@ -214,22 +230,15 @@ impl Store {
         filter: &HistoryFilter<'_>,
     ) -> Result<Vec<Version>> {
         let mut q = Query::new(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM resource_history WHERE true"
+            "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE true"
         ));
-        q.tenant(tenant);
+        q.tenant(tenant).current_passes(filter.policy)?;
         if let Some(resource_type) = filter.resource_type {
             q.push(" AND resource_type = ")
                 .bind(resource_type.to_string());
         }
         if let Some(id) = filter.id {
             q.push(" AND id = ").bind(id);
-        }
-        if !filter.exclude_types.is_empty() {
-            let excluded: Vec<String> =
-                filter.exclude_types.iter().map(|t| t.to_string()).collect();
-            q.push(" AND resource_type <> ALL(")
-                .bind(excluded)
-                .push(")");
         }
         if let Some(since) = filter.since {
             q.push(" AND last_updated >= ").bind(since);
@@ -333,6 +342,24 @@ impl Store {
     }
 }
 
+/// `SELECT` of one current row `r`, in the tenant, if `filter` admits it.
+fn current_query(
+    tenant: Tenant,
+    resource_type: &str,
+    id: Uuid,
+    filter: &RowFilter<'_>,
+) -> Result<Query> {
+    let mut q = Query::new(&format!(
+        "SELECT {VERSION_COLUMNS} FROM resource r WHERE resource_type = "
+    ));
+    q.bind(resource_type.to_string())
+        .push(" AND id = ")
+        .bind(id)
+        .tenant(tenant);
+    search::row_condition(&mut q, "r", filter)?;
+    Ok(q)
+}
+
 /// A write transaction on one pooled connection. Dropped without
 /// [`Tx::commit`], its connection is closed instead of returned to the pool,
 /// so PostgreSQL rolls everything back and a failed write leaves no trace.
@@ -361,22 +388,40 @@ impl Tx {
         Ok(())
     }
 
-    /// The current version, locked until commit so concurrent writers queue.
+    /// The current version if `filter` admits it, locked until commit so
+    /// concurrent writers queue.
     pub async fn lock_current(
         &self,
         tenant: Tenant,
         resource_type: &str,
         id: Uuid,
+        filter: &RowFilter<'_>,
     ) -> Result<Option<Version>> {
-        let mut q = Query::new(&format!(
-            "SELECT {VERSION_COLUMNS} FROM resource WHERE resource_type = "
-        ));
-        q.bind(resource_type.to_string())
-            .push(" AND id = ")
-            .bind(id)
-            .tenant(tenant)
-            .push(" FOR UPDATE");
+        let mut q = current_query(tenant, resource_type, id, filter)?;
+        q.push(" FOR UPDATE OF r");
         Ok(self.query(&q).await?.first().map(Version::from_row))
+    }
+
+    /// Whether the stored row (as this transaction sees it) passes `filter`:
+    /// a write checks the resource before and after it changes.
+    pub async fn passes(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        filter: &RowFilter<'_>,
+    ) -> Result<bool> {
+        if *filter == RowFilter::All {
+            return Ok(true);
+        }
+        let mut q = Query::new("SELECT 1 FROM resource r WHERE r.project_id = ");
+        q.bind(project_id)
+            .push(" AND r.resource_type = ")
+            .bind(resource_type.to_string())
+            .push(" AND r.id = ")
+            .bind(id);
+        search::row_condition(&mut q, "r", filter)?;
+        Ok(!self.query(&q).await?.is_empty())
     }
 
     /// Whether a resource with this type and id exists in any project.
@@ -458,7 +503,7 @@ impl Tx {
         id: Uuid,
         values: &[fhir_model::search::IndexValue],
     ) -> Result<()> {
-        let rows = index::IndexRows::new(values);
+        let rows = index::IndexRows::new(resource_type, id, values);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&project_id, &resource_type, &id];
         params.extend(rows.params());
         let client = self.client();

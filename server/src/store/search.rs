@@ -5,6 +5,7 @@
 //! Paging is keyset (cursor) paging on the sort keys plus the id, so a page
 //! never repeats or skips a resource that existed when paging began.
 
+use access_policy::{CompiledPolicy, Interaction, RowFilter, Types};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
 use fhir_model::search::{
@@ -55,8 +56,9 @@ impl Cursor {
 pub struct SearchQuery<'a> {
     pub request: &'a SearchRequest,
     pub tenant: Tenant,
-    /// Types the caller may not read: never matched, counted or included.
-    pub hidden_types: &'a [&'a str],
+    /// The caller's policy: its row filter is part of every statement, so
+    /// nothing outside it is matched, counted, included or reached by a chain.
+    pub policy: &'a CompiledPolicy,
     pub cursor: Option<Cursor>,
 }
 
@@ -174,12 +176,71 @@ fn micros_to_time(micros: i64) -> DateTime<Utc> {
 struct Compiler<'q> {
     q: &'q mut Query,
     next_alias: usize,
+    /// Applied to the resources chains and `_has` reach (not inside the
+    /// policy's own criteria).
+    policy: Option<&'q CompiledPolicy>,
 }
 
 impl Compiler<'_> {
     fn alias(&mut self, prefix: &str) -> String {
         self.next_alias += 1;
         format!("{prefix}{}", self.next_alias)
+    }
+
+    /// ` AND (…)`: the rows of `row` that `filter` admits; each branch is its
+    /// entry's types and criteria.
+    fn row_filter(&mut self, row: &str, filter: &RowFilter<'_>) -> Result<()> {
+        let branches = match filter {
+            RowFilter::All => return Ok(()),
+            RowFilter::Nothing => {
+                self.q.push(" AND FALSE");
+                return Ok(());
+            }
+            RowFilter::AnyOf(branches) => branches,
+        };
+        let policy = self.policy.take();
+        self.q.push(" AND (");
+        for (n, branch) in branches.iter().enumerate() {
+            if n > 0 {
+                self.q.push(" OR ");
+            }
+            self.q.push("(TRUE");
+            match branch.types {
+                Types::Any => {}
+                Types::One(t) => {
+                    self.q
+                        .push(&format!(" AND {row}.resource_type = "))
+                        .bind(t.to_string());
+                }
+                Types::Ordinary => {
+                    let admin: Vec<String> = fhir_model::resource_types::ADMIN_RESOURCE_TYPES
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect();
+                    self.q
+                        .push(&format!(" AND {row}.resource_type <> ALL("))
+                        .bind(admin)
+                        .push(")");
+                }
+            }
+            for filter in branch.filters {
+                self.q.push(" AND ");
+                self.filter(row, filter)?;
+            }
+            self.q.push(")");
+        }
+        self.q.push(")");
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// The policy's row filter for a resource a chain or `_has` reaches.
+    fn reached(&mut self, row: &str, resource_type: &str) -> Result<()> {
+        let Some(policy) = self.policy else {
+            return Ok(());
+        };
+        let types = [resource_type.to_string()];
+        self.row_filter(row, &policy.row_filter(&types, Interaction::Search))
     }
 
     /// One filter on the resource row aliased `row`.
@@ -208,7 +269,9 @@ impl Compiler<'_> {
                     .push(&format!(" AND {i}.target_type = "));
                 self.q
                     .bind(target_type.clone())
-                    .push(&format!(" AND NOT {t}.deleted AND "));
+                    .push(&format!(" AND NOT {t}.deleted"));
+                self.reached(&t, target_type)?;
+                self.q.push(" AND ");
                 self.filter(&t, inner)?;
                 self.q.push(")");
                 Ok(())
@@ -228,9 +291,31 @@ impl Compiler<'_> {
                     .push(&format!(" AND {i}.param = "));
                 self.q
                     .bind(reference_param.clone())
-                    .push(&format!(" AND NOT {s}.deleted AND "));
+                    .push(&format!(" AND NOT {s}.deleted"));
+                self.reached(&s, source_type)?;
+                self.q.push(" AND ");
                 self.filter(&s, inner)?;
                 self.q.push(")");
+                Ok(())
+            }
+            Filter::Compartment {
+                compartment_type,
+                id,
+            } => {
+                let Ok(id) = Uuid::parse_str(id) else {
+                    // fhirgate ids are UUIDs: nothing is in another id's compartment.
+                    self.q.push("FALSE");
+                    return Ok(());
+                };
+                let k = self.alias("k");
+                self.q.push(&format!(
+                    "EXISTS (SELECT 1 FROM resource_compartment {k} WHERE {k}.project_id = {row}.project_id AND {k}.resource_type = {row}.resource_type AND {k}.resource_id = {row}.id AND {k}.compartment_type = "
+                ));
+                self.q
+                    .bind(compartment_type.clone())
+                    .push(&format!(" AND {k}.compartment_id = "))
+                    .bind(id)
+                    .push(")");
                 Ok(())
             }
             Filter::AnyOf(filters) => {
@@ -750,13 +835,7 @@ fn where_clause(q: &mut Query, sq: &SearchQuery<'_>) -> Result<()> {
         q.push(" AND r.project_id = ").bind(project_id);
     }
     match sq.request.types.as_slice() {
-        [] if sq.hidden_types.is_empty() => {}
-        [] => {
-            let hidden: Vec<String> = sq.hidden_types.iter().map(|t| t.to_string()).collect();
-            q.push(" AND r.resource_type <> ALL(")
-                .bind(hidden)
-                .push(")");
-        }
+        [] => {}
         [only] => {
             q.push(" AND r.resource_type = ").bind(only.clone());
         }
@@ -766,12 +845,29 @@ fn where_clause(q: &mut Query, sq: &SearchQuery<'_>) -> Result<()> {
                 .push(")");
         }
     }
-    let mut compiler = Compiler { q, next_alias: 0 };
+    let mut compiler = Compiler {
+        q,
+        next_alias: 0,
+        policy: Some(sq.policy),
+    };
     for filter in &sq.request.filters {
         compiler.q.push(" AND ");
         compiler.filter("r", filter)?;
     }
-    Ok(())
+    compiler.row_filter(
+        "r",
+        &sq.policy.row_filter(&sq.request.types, Interaction::Search),
+    )
+}
+
+/// ` AND (…)`: the policy's row filter on the resource row `row`.
+pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) -> Result<()> {
+    Compiler {
+        q,
+        next_alias: 0,
+        policy: None,
+    }
+    .row_filter(row, filter)
 }
 
 /// The statement that fetches one page: the matches in sort order, with
@@ -950,7 +1046,7 @@ async fn includes(
                 sq,
                 &mut parts,
                 "t.resource_type = i.target_type AND t.id = i.target_id",
-            );
+            )?;
             q.push(" AND i.resource_type = ")
                 .bind(inc.source_type.clone())
                 .push(" AND i.param = ")
@@ -977,7 +1073,7 @@ async fn includes(
                 sq,
                 &mut parts,
                 "t.resource_type = i.resource_type AND t.id = i.resource_id",
-            );
+            )?;
             q.push(" AND i.resource_type = ")
                 .bind(inc.source_type.clone())
                 .push(" AND i.param = ")
@@ -1002,9 +1098,14 @@ async fn includes(
     Ok(included)
 }
 
-/// Starts one `UNION ALL` branch: live, readable resources `t` joined to
-/// reference rows `i` on `join`, inside the tenant.
-fn include_select(q: &mut Query, sq: &SearchQuery<'_>, parts: &mut usize, join: &str) {
+/// Starts one `UNION ALL` branch: live resources `t` the policy lets the
+/// caller search, joined to reference rows `i` on `join`, inside the tenant.
+fn include_select(
+    q: &mut Query,
+    sq: &SearchQuery<'_>,
+    parts: &mut usize,
+    join: &str,
+) -> Result<()> {
     if *parts > 0 {
         q.push(" UNION ALL ");
     }
@@ -1015,10 +1116,5 @@ fn include_select(q: &mut Query, sq: &SearchQuery<'_>, parts: &mut usize, join: 
     if let Tenant::Project(project_id) = sq.tenant {
         q.push(" AND i.project_id = ").bind(project_id);
     }
-    if !sq.hidden_types.is_empty() {
-        let hidden: Vec<String> = sq.hidden_types.iter().map(|t| t.to_string()).collect();
-        q.push(" AND t.resource_type <> ALL(")
-            .bind(hidden)
-            .push(")");
-    }
+    row_condition(q, "t", &sq.policy.row_filter(&[], Interaction::Search))
 }

@@ -1,0 +1,336 @@
+use serde_json::json;
+
+use super::*;
+use crate::smart::parse_scope;
+
+fn input<'a>(role: Role, profile: &'a str, policies: Vec<Value>) -> PolicyInput<'a> {
+    PolicyInput {
+        role,
+        profile,
+        policies: policies
+            .into_iter()
+            .map(|policy| MembershipPolicy {
+                policy,
+                parameters: Vec::new(),
+            })
+            .collect(),
+        policy_required: false,
+        scopes: &[],
+    }
+}
+
+fn compile(role: Role, policies: Vec<Value>) -> CompiledPolicy {
+    CompiledPolicy::compile(&input(role, "Practitioner/d1", policies))
+}
+
+fn one(t: &str) -> Vec<String> {
+    vec![t.to_string()]
+}
+
+/// The filters of a single-type row filter's branches.
+fn groups(filter: RowFilter<'_>) -> Vec<Vec<Filter>> {
+    match filter {
+        RowFilter::AnyOf(branches) => branches.into_iter().map(|b| b.filters.to_vec()).collect(),
+        other => panic!("expected branches, got {other:?}"),
+    }
+}
+
+#[test]
+fn super_admins_see_everything() {
+    let p = compile(
+        Role::SuperAdmin,
+        vec![json!({"resource": [{"resourceType": "Patient"}]})],
+    );
+    for t in ["Login", "JsonWebKey", "Project", "User", "Patient"] {
+        for i in Interaction::ALL {
+            assert!(p.allows(t, i), "{t} {i}");
+        }
+    }
+    assert_eq!(p.row_filter(&[], Interaction::Search), RowFilter::All);
+}
+
+#[test]
+fn members_without_policy_get_ordinary_types_only() {
+    let p = compile(Role::Member, vec![]);
+    for i in Interaction::ALL {
+        assert!(p.allows("Observation", i));
+        for t in fhir_model::resource_types::ADMIN_RESOURCE_TYPES {
+            assert!(!p.allows(t, i), "{t} {i}");
+        }
+    }
+    assert_eq!(
+        p.row_filter(&one("Observation"), Interaction::Search),
+        RowFilter::All
+    );
+    assert_eq!(
+        p.row_filter(&[], Interaction::History),
+        RowFilter::AnyOf(vec![Branch {
+            types: Types::Ordinary,
+            filters: &[]
+        }])
+    );
+}
+
+#[test]
+fn policy_required_means_nothing_without_a_policy() {
+    let mut i = input(Role::Member, "Practitioner/d1", vec![]);
+    i.policy_required = true;
+    let p = CompiledPolicy::compile(&i);
+    assert!(!p.allows("Patient", Interaction::Read));
+    assert_eq!(p.row_filter(&[], Interaction::Search), RowFilter::Nothing);
+    // An admin still manages the project's memberships and policies.
+    i.role = Role::ProjectAdmin;
+    let p = CompiledPolicy::compile(&i);
+    assert!(p.allows("AccessPolicy", Interaction::Create));
+    assert!(!p.allows("Patient", Interaction::Read));
+}
+
+#[test]
+fn project_admins_get_synthetic_rules() {
+    let p = compile(Role::ProjectAdmin, vec![]);
+    assert!(p.allows("Patient", Interaction::Delete));
+    assert!(p.allows("ProjectMembership", Interaction::Create));
+    assert!(p.allows("Project", Interaction::Update));
+    assert!(!p.allows("Project", Interaction::Create));
+    assert!(!p.allows("Project", Interaction::Delete));
+    assert!(!p.allows("Login", Interaction::Read));
+    assert!(!p.allows("JsonWebKey", Interaction::Search));
+    assert_eq!(
+        p.protected_fields("ProjectMembership", Interaction::Update),
+        vec!["project", "user"]
+    );
+    assert!(p
+        .protected_fields("Project", Interaction::Patch)
+        .contains(&"superAdmin"));
+    assert_eq!(p.hidden_fields("User"), vec!["passwordHash", "mfaSecret"]);
+    assert!(p
+        .protected_fields("User", Interaction::Update)
+        .contains(&"email"));
+}
+
+#[test]
+fn members_never_write_admin_types_or_reach_logins() {
+    let p = compile(
+        Role::Member,
+        vec![json!({"resource": [
+            {"resourceType": "ProjectMembership"},
+            {"resourceType": "Login"},
+            {"resourceType": "Patient"}
+        ]})],
+    );
+    assert!(p.allows("ProjectMembership", Interaction::Read));
+    assert!(!p.allows("ProjectMembership", Interaction::Update));
+    assert!(!p.allows("Login", Interaction::Read));
+    assert!(p.allows("Patient", Interaction::Update));
+    assert!(!p.allows("Observation", Interaction::Read));
+}
+
+#[test]
+fn criteria_become_ored_filter_groups() {
+    let p = CompiledPolicy::compile(&input(
+        Role::Member,
+        "Patient/p1",
+        vec![
+            json!({"resource": [
+                {"resourceType": "Observation", "criteria": "Observation?subject=%patient&status=final"},
+                {"resourceType": "Patient", "criteria": "Patient?_id=%patient.id", "readonly": true}
+            ]}),
+            json!({"resource": [{"resourceType": "Observation", "criteria": "Observation?category=lab", "interaction": ["search"]}]}),
+        ],
+    ));
+    let read = groups(p.row_filter(&one("Observation"), Interaction::Read));
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].len(), 2);
+    let Filter::Param { code, values, .. } = &read[0][0] else {
+        panic!()
+    };
+    assert_eq!(code, "subject");
+    assert_eq!(
+        values[0],
+        fhir_model::search::SearchValue::Reference {
+            target_type: Some("Patient".into()),
+            id: Some("p1".into()),
+            url: None
+        }
+    );
+    assert_eq!(
+        groups(p.row_filter(&one("Observation"), Interaction::Search)).len(),
+        2
+    );
+    assert!(p.allows("Patient", Interaction::Read));
+    assert!(!p.allows("Patient", Interaction::Update));
+    // Two types: each branch says its type.
+    let RowFilter::AnyOf(branches) = p.row_filter(
+        &["Observation".to_string(), "Patient".to_string()],
+        Interaction::Search,
+    ) else {
+        panic!()
+    };
+    assert_eq!(branches.len(), 3);
+    assert!(branches.iter().any(|b| b.types == Types::One("Patient")));
+    assert_eq!(
+        p.row_filter(&one("Encounter"), Interaction::Read),
+        RowFilter::Nothing
+    );
+}
+
+#[test]
+fn patient_compartment_policy_covers_every_ordinary_type() {
+    let p = CompiledPolicy::compile(&input(
+        Role::Member,
+        "Patient/p1",
+        vec![json!({"resource": [{"resourceType": "*", "criteria": "*?_compartment=%patient"}]})],
+    ));
+    let compartment = vec![Filter::Compartment {
+        compartment_type: "Patient".into(),
+        id: "p1".into(),
+    }];
+    for t in ["Patient", "Observation", "Organization"] {
+        assert_eq!(
+            groups(p.row_filter(&one(t), Interaction::Read)),
+            vec![compartment.clone()]
+        );
+    }
+    assert!(!p.allows("ProjectMembership", Interaction::Read));
+    assert_eq!(
+        p.row_filter(&[], Interaction::Search),
+        RowFilter::AnyOf(vec![Branch {
+            types: Types::Ordinary,
+            filters: &compartment
+        }])
+    );
+}
+
+#[test]
+fn legacy_compartments_restrict_entries() {
+    let p = CompiledPolicy::compile(&input(
+        Role::Member,
+        "Patient/p1",
+        vec![json!({"resource": [
+            {"resourceType": "Observation", "compartment": {"reference": "%patient"}},
+            {"resourceType": "Patient"}]})],
+    ));
+    assert_eq!(
+        groups(p.row_filter(&one("Observation"), Interaction::Read)),
+        vec![vec![Filter::Compartment {
+            compartment_type: "Patient".into(),
+            id: "p1".into()
+        }]]
+    );
+    assert_eq!(
+        p.row_filter(&one("Patient"), Interaction::Read),
+        RowFilter::All
+    );
+}
+
+#[test]
+fn access_entry_parameters_are_substituted() {
+    let mut i = input(Role::Member, "Practitioner/d1", vec![]);
+    i.policies.push(MembershipPolicy {
+        policy: json!({"resource": [{"resourceType": "Patient", "criteria": "Patient?organization=%org"}]}),
+        parameters: vec![Parameter::new("org", "Organization/o1")],
+    });
+    let p = CompiledPolicy::compile(&i);
+    let g = groups(p.row_filter(&one("Patient"), Interaction::Read));
+    assert!(format!("{g:?}").contains("o1"));
+    assert!(p.problems().is_empty());
+    // An unusable criteria (after substitution) grants nothing and is reported.
+    let mut bad = input(Role::Member, "Practitioner/d1", vec![]);
+    bad.policies.push(MembershipPolicy {
+        policy: json!({"resource": [{"resourceType": "Patient", "criteria": "Patient?nosuch=%org"}]}),
+        parameters: vec![],
+    });
+    let p = CompiledPolicy::compile(&bad);
+    assert!(!p.allows("Patient", Interaction::Read));
+    assert_eq!(p.problems().len(), 1);
+}
+
+#[test]
+fn smart_scopes_narrow() {
+    let scopes = parse_scope("openid patient/Observation.read patient/Patient.rs?gender=female");
+    let mut i = input(Role::Member, "Practitioner/d1", vec![]);
+    i.scopes = &scopes;
+    let p = CompiledPolicy::compile(&i);
+    assert!(p.allows("Observation", Interaction::Read));
+    assert!(!p.allows("Observation", Interaction::Create));
+    assert!(!p.allows("Encounter", Interaction::Read));
+    assert!(p.allows("Patient", Interaction::Search));
+    assert!(!p.allows("Patient", Interaction::Update));
+    assert_eq!(
+        groups(p.row_filter(&one("Patient"), Interaction::Search)).len(),
+        1
+    );
+    assert_eq!(
+        p.row_filter(&one("Observation"), Interaction::Search),
+        RowFilter::All
+    );
+    // A wildcard scope keeps what the policy gives.
+    let all = parse_scope("user/*.*");
+    i.scopes = &all;
+    assert!(CompiledPolicy::compile(&i).allows("Encounter", Interaction::Delete));
+    assert!(!CompiledPolicy::compile(&i).allows("User", Interaction::Read));
+}
+
+#[test]
+fn hidden_and_readonly_fields_combine_by_or() {
+    let p = compile(
+        Role::Member,
+        vec![json!({"resource": [
+            {"resourceType": "Patient", "hiddenFields": ["birthDate", "address.line"], "readonlyFields": ["gender"]},
+            {"resourceType": "Patient", "criteria": "Patient?gender=male", "hiddenFields": ["address.line"]}
+        ]})],
+    );
+    // A field is hidden only if every entry that lets you read hides it.
+    assert_eq!(p.hidden_fields("Patient"), vec!["address.line"]);
+    assert_eq!(
+        p.protected_fields("Patient", Interaction::Update),
+        vec!["address.line"]
+    );
+    let mut patient = json!({"resourceType": "Patient", "birthDate": "1970", "address": [{"line": ["1"], "city": "c"}]});
+    p.redact(&mut patient);
+    assert_eq!(
+        patient,
+        json!({"resourceType": "Patient", "birthDate": "1970", "address": [{"city": "c"}]})
+    );
+    let stored = json!({"resourceType": "Patient", "address": [{"line": ["1"], "city": "c"}]});
+    let mut sent = json!({"resourceType": "Patient", "address": [{"city": "d"}]});
+    p.keep_protected(Interaction::Update, &mut sent, &stored);
+    assert_eq!(sent["address"][0]["line"], json!(["1"]));
+}
+
+#[test]
+fn write_constraints_see_before_and_after() {
+    let p = compile(
+        Role::Member,
+        vec![json!({"resource": [
+            {"resourceType": "Observation", "writeConstraint": [
+                {"language": "text/fhirpath", "expression": "%before.exists() implies %before.status != 'final'"}]},
+            {"resourceType": "Patient"}
+        ]})],
+    );
+    let draft = json!({"resourceType": "Observation", "status": "preliminary"});
+    let last = json!({"resourceType": "Observation", "status": "final"});
+    let w = |before: Option<&Value>, after: Option<&Value>| {
+        p.write_filter("Observation", Interaction::Update, before, after)
+    };
+    assert_eq!(w(None, Some(&draft)), Ok(RowFilter::All));
+    assert_eq!(w(Some(&draft), Some(&last)), Ok(RowFilter::All));
+    let err = w(Some(&last), Some(&draft)).unwrap_err();
+    assert!(err.contains("write constraint"), "{err}");
+    assert_eq!(
+        p.write_filter("Encounter", Interaction::Update, None, Some(&draft)),
+        Ok(RowFilter::Nothing)
+    );
+}
+
+#[test]
+fn ip_rules_apply() {
+    let p = compile(
+        Role::Member,
+        vec![json!({"resource": [{"resourceType": "Patient"}],
+            "ipAccessRule": [{"value": "127.0.0.0/8", "action": "allow"}, {"value": "*", "action": "block"}]})],
+    );
+    assert!(p.allows_address("127.0.0.1".parse().unwrap()));
+    assert!(!p.allows_address("::1".parse().unwrap()));
+    assert!(!p.allows_address("192.0.2.1".parse().unwrap()));
+}

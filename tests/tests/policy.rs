@@ -1,0 +1,423 @@
+//! AccessPolicy end to end: criteria decided in SQL (404 outside, 403 for
+//! what is never allowed), hidden and readonly fields, write constraints,
+//! compartments, "policy required", IP rules, SMART scopes, admin rules.
+
+use fhirgate_tests::{assert_outcome, status_json, Session, TestApp};
+use serde_json::{json, Value};
+
+async fn policy(admin: &Session, body: Value) -> String {
+    let created = admin.create(body).await;
+    format!("AccessPolicy/{}", created["id"].as_str().unwrap())
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap_or_default(),
+                e["resource"]["id"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn reference(resource: &Value) -> String {
+    format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap(),
+        resource["id"].as_str().unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn criteria_fields_and_constraints() {
+    let app = TestApp::spawn().await;
+    let project = app.project("policy").await;
+    let admin = &project.admin;
+    // A bad criteria string is refused when the policy is saved, naming it.
+    let outcome = assert_outcome(
+        admin
+            .post(
+                "AccessPolicy",
+                &json!({"resourceType": "AccessPolicy", "resource": [
+                    {"resourceType": "Observation", "criteria": "Observation?nosuch=1"}]}),
+            )
+            .await,
+        400,
+        "Observation?nosuch=1",
+    )
+    .await;
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "AccessPolicy.resource[0].criteria"
+    );
+    let doctor_policy = policy(
+        admin,
+        json!({"resourceType": "AccessPolicy", "name": "doctor", "resource": [
+            {"resourceType": "Observation", "criteria": "Observation?status=final",
+             "writeConstraint": [{"language": "text/fhirpath",
+                "expression": "%before.exists() implies %before.code.text != 'locked'"}]},
+            {"resourceType": "Patient", "hiddenFields": ["birthDate", "address.line"],
+             "readonlyFields": ["gender"]}
+        ]}),
+    )
+    .await;
+    let root = app.super_admin().await;
+    let doctor = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({"accessPolicy": {"reference": doctor_policy}}),
+            None,
+        )
+        .await;
+    let patient = admin
+        .create(
+            json!({"resourceType": "Patient", "gender": "female", "birthDate": "1970-01-02",
+            "address": [{"line": ["1 Secret St"], "city": "Town"}], "name": [{"family": "Doe"}]}),
+        )
+        .await;
+    let obs = |status: &str, text: &str| {
+        json!({"resourceType": "Observation", "status": status, "code": {"text": text},
+            "subject": {"reference": reference(&patient)}})
+    };
+    let final_obs = admin.create(obs("final", "bp")).await;
+    let draft = admin.create(obs("preliminary", "bp")).await;
+    let locked = admin.create(obs("final", "locked")).await;
+
+    // Reads and searches see only what the criteria admit; outside is 404.
+    let (_, bundle) = status_json(doctor.get("Observation?_total=accurate&_count=100").await).await;
+    let mut seen = ids(&bundle);
+    seen.sort();
+    let mut expected = vec![reference(&final_obs), reference(&locked)];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(bundle["total"], 2);
+    assert_eq!(doctor.get(&reference(&final_obs)).await.status(), 200);
+    assert_outcome(doctor.get(&reference(&draft)).await, 404, "not found").await;
+    assert_outcome(
+        doctor
+            .get(&format!(
+                "{}/_history/{}",
+                reference(&draft),
+                draft["meta"]["versionId"].as_str().unwrap()
+            ))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+    assert_outcome(
+        doctor.get(&format!("{}/_history", reference(&draft))).await,
+        404,
+        "not found",
+    )
+    .await;
+    // Included and reverse-included resources obey the policy too.
+    let (_, bundle) = status_json(
+        doctor
+            .get("Patient?_revinclude=Observation:subject&_count=100")
+            .await,
+    )
+    .await;
+    assert!(!ids(&bundle).contains(&reference(&draft)));
+    assert!(ids(&bundle).contains(&reference(&final_obs)));
+    // A type the policy never names is 403.
+    assert_outcome(doctor.get("Encounter").await, 403, "Encounter").await;
+    assert_outcome(
+        doctor.get("ProjectMembership").await,
+        403,
+        "ProjectMembership",
+    )
+    .await;
+
+    // Hidden fields are absent everywhere a resource is returned.
+    for path in [
+        reference(&patient),
+        "Patient".to_string(),
+        format!("{}/_history", reference(&patient)),
+        "Patient/_history".to_string(),
+        "_history".to_string(),
+        "Observation?_include=Observation:subject".to_string(),
+    ] {
+        let text = doctor.get(&path).await.text().await.unwrap();
+        assert!(
+            text.contains("Doe") || path.starts_with('_'),
+            "{path}: {text}"
+        );
+        assert!(
+            !text.contains("birthDate") && !text.contains("Secret St"),
+            "{path} shows a hidden field: {text}"
+        );
+    }
+    // Writing back what was read keeps hidden and readonly fields.
+    let (_, mut read) = status_json(doctor.get(&reference(&patient)).await).await;
+    read["gender"] = json!("male");
+    read["name"][0]["family"] = json!("Roe");
+    assert_eq!(doctor.put(&reference(&patient), &read).await.status(), 200);
+    let (_, stored) = status_json(root.get(&reference(&patient)).await).await;
+    assert_eq!(stored["birthDate"], "1970-01-02");
+    assert_eq!(stored["gender"], "female");
+    assert_eq!(stored["address"][0]["line"][0], "1 Secret St");
+    assert_eq!(stored["name"][0]["family"], "Roe");
+
+    // Writes: before and after must be inside the criteria; 403 changes nothing.
+    assert_outcome(
+        doctor.post("Observation", &obs("preliminary", "x")).await,
+        403,
+        "outside",
+    )
+    .await;
+    let (_, drafts) = status_json(
+        root.get("Observation?status=preliminary&_total=accurate")
+            .await,
+    )
+    .await;
+    assert_eq!(drafts["total"], 1);
+    assert_eq!(
+        doctor
+            .post("Observation", &obs("final", "x"))
+            .await
+            .status(),
+        201
+    );
+    let mut moved = final_obs.clone();
+    moved["status"] = json!("preliminary");
+    assert_outcome(
+        doctor.put(&reference(&final_obs), &moved).await,
+        403,
+        "outside",
+    )
+    .await;
+    assert_outcome(
+        doctor
+            .patch(
+                &reference(&final_obs),
+                &json!([{"op": "replace", "path": "/status", "value": "amended"}]),
+            )
+            .await,
+        403,
+        "outside",
+    )
+    .await;
+    let (_, unchanged) = status_json(root.get(&reference(&final_obs)).await).await;
+    assert_eq!(
+        unchanged["meta"]["versionId"],
+        final_obs["meta"]["versionId"]
+    );
+    // A write constraint over %before.
+    let mut relock = locked.clone();
+    relock["valueString"] = json!("changed");
+    assert_outcome(
+        doctor.put(&reference(&locked), &relock).await,
+        403,
+        "write constraint",
+    )
+    .await;
+    assert_outcome(doctor.delete(&reference(&draft)).await, 404, "not found").await;
+    assert_eq!(doctor.delete(&reference(&final_obs)).await.status(), 200);
+    // A transaction that would write outside is refused whole.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "POST", "url": "Observation"}, "resource": obs("final", "t1")},
+        {"request": {"method": "POST", "url": "Observation"}, "resource": obs("preliminary", "t2")}
+    ]});
+    assert_eq!(doctor.post("", &bundle).await.status(), 403);
+    let (_, t1) = status_json(root.get("Observation?code:text=t1&_total=accurate").await).await;
+    assert_eq!(t1["total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patient_compartment_and_project_rules() {
+    let app = TestApp::spawn().await;
+    let project = app.project("patients").await;
+    let admin = &project.admin;
+    let root = app.super_admin().await;
+    let me = admin
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Me"}]}))
+        .await;
+    let other = admin
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Other"}]}))
+        .await;
+    let mine = admin
+        .create(
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "a"},
+            "subject": {"reference": reference(&me)}}),
+        )
+        .await;
+    let theirs = admin
+        .create(
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "b"},
+            "subject": {"reference": reference(&other)}}),
+        )
+        .await;
+    let org = admin
+        .create(json!({"resourceType": "Organization", "name": "Clinic"}))
+        .await;
+    let patient_policy = policy(
+        admin,
+        json!({"resourceType": "AccessPolicy", "resource": [
+            {"resourceType": "*", "criteria": "*?_compartment=%patient"}]}),
+    )
+    .await;
+    let session = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({"profile": {"reference": reference(&me)},
+                "access": [{"policy": {"reference": patient_policy}}]}),
+            None,
+        )
+        .await;
+    let (_, everything) = status_json(session.get("?_count=100&_total=accurate").await).await;
+    let mut seen = ids(&everything);
+    seen.sort();
+    let mut expected = vec![reference(&me), reference(&mine)];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(everything["total"], 2);
+    assert_outcome(session.get(&reference(&other)).await, 404, "not found").await;
+    assert_outcome(session.get(&reference(&org)).await, 404, "not found").await;
+    assert_eq!(
+        ids(&status_json(
+            session
+                .get(&format!("Observation?_compartment={}", reference(&me)))
+                .await
+        )
+        .await
+        .1),
+        vec![reference(&mine)]
+    );
+    let (_, none) = status_json(
+        session
+            .get(&format!("Observation?_compartment={}", reference(&other)))
+            .await,
+    )
+    .await;
+    assert!(ids(&none).is_empty());
+    assert_outcome(
+        session
+            .get(&format!("{}/Observation", reference(&other)))
+            .await,
+        404,
+        "not found",
+    )
+    .await;
+    // Chains and _has do not reach outside either.
+    let (_, chained) =
+        status_json(session.get("Observation?subject:Patient.name=Other").await).await;
+    assert!(ids(&chained).is_empty());
+    let (_, has) = status_json(
+        session
+            .get("Patient?_has:Observation:subject:code:text=b")
+            .await,
+    )
+    .await;
+    assert!(ids(&has).is_empty());
+    // Moving my observation to someone else is a write outside: 403.
+    let mut moved = mine.clone();
+    moved["subject"]["reference"] = json!(reference(&other));
+    assert_outcome(session.put(&reference(&mine), &moved).await, 403, "outside").await;
+    let _ = theirs;
+
+    // "Policy required": a membership without a policy gets nothing.
+    let (_, mut settings) = status_json(admin.get(&format!("Project/{}", project.id)).await).await;
+    settings["setting"] = json!([{"name": "policyRequired", "valueBoolean": true}]);
+    // Project admins may update their project, but not its protected fields.
+    settings["superAdmin"] = json!(true);
+    assert_eq!(
+        admin
+            .put(&format!("Project/{}", project.id), &settings)
+            .await
+            .status(),
+        200
+    );
+    let (_, stored) = status_json(root.get(&format!("Project/{}", project.id)).await).await;
+    assert!(stored.get("superAdmin").is_none(), "{stored}");
+    assert_eq!(stored["setting"][0]["name"], "policyRequired");
+    assert_outcome(project.member.get("Patient").await, 403, "Patient").await;
+    assert_eq!(session.get("Patient").await.status(), 200);
+    assert_eq!(admin.get("AccessPolicy").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ip_rules_and_scopes() {
+    let app = TestApp::spawn().await;
+    let project = app.project("network").await;
+    let admin = &project.admin;
+    let root = app.super_admin().await;
+    let blocked = policy(
+        admin,
+        json!({"resourceType": "AccessPolicy", "resource": [{"resourceType": "Patient"}],
+            "ipAccessRule": [{"name": "no loopback", "value": "127.0.0.0/8", "action": "block"}]}),
+    )
+    .await;
+    let allowed = policy(
+        admin,
+        json!({"resourceType": "AccessPolicy", "resource": [{"resourceType": "*"}],
+            "ipAccessRule": [{"value": "127.0.0.1/32", "action": "allow"},
+                             {"value": "::1/128", "action": "allow"},
+                             {"value": "*", "action": "block"}]}),
+    )
+    .await;
+    let outside = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({"accessPolicy": {"reference": blocked}}),
+            None,
+        )
+        .await;
+    assert_outcome(outside.get("Patient").await, 403, "127.0.0.1").await;
+    let inside = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({"accessPolicy": {"reference": allowed}}),
+            None,
+        )
+        .await;
+    assert_eq!(inside.get("Patient").await.status(), 200);
+    assert_outcome(
+        admin
+            .post(
+                "AccessPolicy",
+                &json!({"resourceType": "AccessPolicy",
+                "ipAccessRule": [{"value": "300.1.1.1/8", "action": "allow"}]}),
+            )
+            .await,
+        400,
+        "300.1.1.1",
+    )
+    .await;
+
+    // Read-only SMART scopes remove writes; scope queries narrow the search.
+    admin
+        .create(json!({"resourceType": "Patient", "gender": "female"}))
+        .await;
+    admin
+        .create(json!({"resourceType": "Patient", "gender": "male"}))
+        .await;
+    let reader = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({}),
+            Some("openid system/Patient.rs?gender=female"),
+        )
+        .await;
+    let (_, found) = status_json(reader.get("Patient?_total=accurate").await).await;
+    assert_eq!(found["total"], 1);
+    assert_outcome(
+        reader
+            .post("Patient", &json!({"resourceType": "Patient"}))
+            .await,
+        403,
+        "create",
+    )
+    .await;
+    assert_outcome(reader.get("Observation").await, 403, "Observation").await;
+}
