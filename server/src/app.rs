@@ -41,6 +41,8 @@ pub struct AppState {
     /// The CapabilityStatement, rendered once.
     pub capability: String,
     pub auth_limiter: AuthLimiter,
+    /// Outgoing HTTP (clients' `jwksUri`).
+    pub http_client: reqwest::Client,
 }
 
 impl AppState {
@@ -99,6 +101,11 @@ impl Application {
             .unwrap_or_else(|| format!("http://{address}/"));
         let state = web::Data::new(AppState {
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
+            http_client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| Error::Startup(format!("HTTP client: {e}")))?,
             capability: capability_statement(&base_url).to_string(),
             base_url: base_url.clone(),
             store,

@@ -39,6 +39,8 @@ pub struct Config {
     pub lockout_period: Duration,
     /// Requests per minute one client address may make to `/auth/*` and `/oauth2/*`.
     pub auth_rate_limit: u32,
+    /// Whether a client's `jwksUri` may be plain `http://` (development only).
+    pub allow_http_jwks_uri: bool,
     /// Most resources one conditional delete may remove.
     pub max_conditional_delete: usize,
     /// Most entries in one batch or transaction Bundle.
@@ -177,6 +179,7 @@ impl Config {
                 number("FHIRGATE_LOCKOUT_SECONDS", 60)?.max(1) as u64
             ),
             auth_rate_limit: number("FHIRGATE_AUTH_RATE_LIMIT", 600)?.clamp(1, 1_000_000) as u32,
+            allow_http_jwks_uri: number("FHIRGATE_ALLOW_HTTP_JWKS_URI", 0)? != 0,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
             admin: AdminBootstrap {
@@ -209,6 +212,7 @@ impl Config {
             lockout_threshold: 5,
             lockout_period: Duration::from_secs(60),
             auth_rate_limit: 600,
+            allow_http_jwks_uri: false,
             max_conditional_delete: 100,
             max_bundle_entries: 10_000,
             admin: AdminBootstrap::default(),

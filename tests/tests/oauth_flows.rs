@@ -142,6 +142,18 @@ async fn the_chooser_picks_one_of_several_memberships() {
     let mut form = query_of(&url);
     form.insert("login".into(), login);
     form.insert("membership".into(), second);
+    // The login cannot be finished through another client.
+    let other = app.public_client(&project.id, REDIRECT, json!({})).await;
+    let mut through_other = form.clone();
+    through_other.insert("client_id".into(), other);
+    let response = app
+        .http
+        .post(app.url("oauth2/authorize"))
+        .form(&through_other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
     let response = app
         .http
         .post(app.url("oauth2/authorize"))
@@ -152,15 +164,36 @@ async fn the_chooser_picks_one_of_several_memberships() {
     assert_eq!(response.status(), 303);
     let query = query_of(&location(&response));
     assert_eq!(query["state"], "xyz");
-    let (status, token) = app
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &query["code"]),
-            ("code_verifier", verifier.secret()),
-            ("client_id", &client_id),
-            ("redirect_uri", REDIRECT),
-        ])
-        .await;
+    let redeem = |redirect_uri: Option<&'static str>| {
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", query["code"].clone()),
+            ("code_verifier", verifier.secret().clone()),
+            ("client_id", client_id.clone()),
+        ];
+        if let Some(uri) = redirect_uri {
+            form.push(("redirect_uri", uri.to_string()));
+        }
+        let app = &app;
+        async move {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.token(&form).await
+        }
+    };
+    // The code was issued for REDIRECT: another redirect_uri, or none, is refused.
+    for wrong in [Some("https://app.example.com/other"), None] {
+        let (status, body) = redeem(wrong).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{body}"
+        );
+        assert!(body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("redirect_uri"));
+    }
+    let (status, token) = redeem(Some(REDIRECT)).await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["profile"]["reference"], patient);
     assert_eq!(token["patient"], patient.strip_prefix("Patient/").unwrap());
@@ -788,5 +821,82 @@ async fn scopes_are_granted_only_as_far_as_the_client_allows_and_old_grants_are_
             (400, Some("unsupported_grant_type")),
             "{grant}"
         );
+    }
+}
+
+/// Serves `body` as JSON to every HTTP request, on a random local port.
+async fn serve_json(body: Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let body = body.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/jwks.json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_key_jwt_with_keys_from_the_clients_jwks_uri() {
+    let (pem, jwk) = client_key("remote-1");
+    let jwks_uri = serve_json(json!({"keys": [jwk]})).await;
+    for allow_http in [true, false] {
+        let app = TestApp::spawn_with(|config| config.allow_http_jwks_uri = allow_http).await;
+        let project = app.project("clinic").await;
+        let root = app.super_admin().await;
+        let client = root
+            .create(
+                json!({"resourceType": "ClientApplication", "name": "remote keys",
+                "meta": {"project": project.id}, "jwksUri": jwks_uri}),
+            )
+            .await;
+        let client_id = client["id"].as_str().unwrap().to_string();
+        let client_ref = format!("ClientApplication/{client_id}");
+        root.create(
+            json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
+            "project": {"reference": format!("Project/{}", project.id)},
+            "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
+        )
+        .await;
+        let (status, body) = app
+            .token(&[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                (
+                    "client_assertion",
+                    &assertion(
+                        &pem,
+                        "remote-1",
+                        &client_id,
+                        &app.url("oauth2/token"),
+                        "r-1",
+                        60,
+                    ),
+                ),
+            ])
+            .await;
+        if allow_http {
+            assert_eq!(status, 200, "{body}");
+        } else {
+            assert_eq!(status, 401, "{body}");
+            assert!(body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("must be https"));
+        }
     }
 }

@@ -241,7 +241,7 @@ pub async fn new_project(state: &AppState, login_id: &str, name: &str) -> Result
         Ok(membership)
     })
     .await?;
-    choose_membership(state, login_id, &membership.to_string(), None).await
+    choose_membership(state, login_id, &membership.to_string(), None, None).await
 }
 
 /// `POST /auth/newpatient {login, projectId}`: a Patient profile and a
@@ -278,7 +278,7 @@ pub async fn new_patient(
         add_person(state, tx, project_id, &user, "Patient", policy).await
     })
     .await?;
-    choose_membership(state, login_id, &membership.to_string(), None).await
+    choose_membership(state, login_id, &membership.to_string(), None, None).await
 }
 
 /// The signed-in User behind a caller (clients and bots have no password).

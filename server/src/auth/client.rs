@@ -31,7 +31,7 @@ pub struct Client {
     pub id: Uuid,
     pub project_id: Uuid,
     pub content: Value,
-    has_secret: bool,
+    pub(crate) has_secret: bool,
 }
 
 impl Client {
@@ -325,7 +325,11 @@ pub async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, S
     let client = find_client(state, &unverified.iss)
         .await?
         .ok_or_else(|| bad("unknown client"))?;
-    let keys: Vec<Jwk> = client.content["jwks"]["keys"]
+    let jwks = match client.content["jwksUri"].as_str() {
+        Some(uri) if client.content.get("jwks").is_none() => fetch_jwks(state, uri).await?,
+        _ => client.content["jwks"].clone(),
+    };
+    let keys: Vec<Jwk> = jwks["keys"]
         .as_array()
         .map(|keys| {
             keys.iter()
@@ -362,4 +366,39 @@ pub async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, S
         return Err(bad("this jti was used before (replayed assertion)"));
     }
     Ok((client, claims.sub))
+}
+
+/// Largest JWKS document fetched from a client's `jwksUri`.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+/// The client's key set from its `jwksUri`: HTTPS only (plain HTTP when
+/// `FHIRGATE_ALLOW_HTTP_JWKS_URI` is set, for development), no redirects, a
+/// short timeout and a size cap, since the address is the client's choice.
+async fn fetch_jwks(state: &AppState, uri: &str) -> Result<Value> {
+    let refused = |why: String| invalid_client(format!("Invalid client assertion: {why}"), false);
+    let allowed = uri.starts_with("https://")
+        || (state.config.allow_http_jwks_uri && uri.starts_with("http://"));
+    if !allowed {
+        return Err(refused(format!(
+            "the client's jwksUri must be https: {uri}"
+        )));
+    }
+    let unreachable =
+        |e: reqwest::Error| refused(format!("the client's jwksUri could not be read ({e})"));
+    let mut response = state
+        .http_client
+        .get(uri)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(unreachable)?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(refused("the client's JWKS is larger than 64 KiB".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|_| refused("the client's jwksUri did not return JSON".into()))
 }

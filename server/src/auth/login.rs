@@ -357,7 +357,6 @@ pub async fn start_login(
         ));
     }
     let (login_id, stamp, mut login) = new_login(user, params);
-    let context = &params.context;
     let tx = state.store.begin().await?;
     let outcome = if let [membership] = memberships.as_slice() {
         set_membership(&mut login, membership);
@@ -367,7 +366,7 @@ pub async fn start_login(
             &tx,
             user.project_id,
             login_id,
-            context.redirect_uri.as_deref(),
+            params.context.redirect_uri.as_deref(),
         )
         .await?;
         LoginOutcome::Code { login_id, code }
@@ -500,11 +499,14 @@ pub async fn save_login(
     Ok(())
 }
 
-/// `POST /auth/profile`: the user picks one of the memberships offered.
+/// `POST /auth/profile` and the chooser page: the user picks one of the
+/// memberships offered. From the authorize flow, `client` is the client of
+/// the request, which must be the one the sign-in started with.
 pub async fn choose_membership(
     state: &AppState,
     login_id: &str,
     membership_id: &str,
+    client: Option<&Client>,
     redirect_uri: Option<&str>,
 ) -> Result<LoginOutcome> {
     let invalid_login = || bad("Login not found, already used or expired; sign in again");
@@ -512,7 +514,10 @@ pub async fn choose_membership(
     let membership_id = fhir::parse_id(membership_id).ok_or_else(|| bad("Profile not found"))?;
     let tx = state.store.begin().await?;
     let mut login = lock_login(&tx, login_id).await?.ok_or_else(invalid_login)?;
-    if !is_pending(&login.content) {
+    let other_client = client.is_some_and(|c| {
+        login.content["client"]["reference"].as_str() != Some(c.reference().as_str())
+    });
+    if !is_pending(&login.content) || other_client {
         return Err(invalid_login());
     }
     let user_ref = login.content["user"]["reference"]
@@ -611,4 +616,43 @@ pub async fn sessions_of(state: &AppState, user_ref: &str) -> Result<Vec<Value>>
 pub fn time_delta(duration: std::time::Duration) -> Result<TimeDelta> {
     TimeDelta::from_std(duration)
         .map_err(|e| Error::Internal(format!("duration {duration:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_is_s256_unless_the_client_relaxes_it() {
+        let challenge = "a".repeat(43);
+        assert!(check_pkce(None, Some(&challenge), Some("S256")).is_ok());
+        assert!(check_pkce(None, None, None).is_err());
+        assert!(check_pkce(None, Some(&challenge), Some("plain")).is_err());
+        assert!(check_pkce(None, Some("short"), Some("S256")).is_err());
+        assert!(check_pkce(None, Some(&challenge), None).is_err());
+        let relaxed = Client {
+            id: Uuid::new_v4(),
+            project_id: Uuid::new_v4(),
+            content: json!({"pkceOptional": true, "scope": "openid patient/*.rs"}),
+            has_secret: false,
+        };
+        assert!(check_pkce(Some(&relaxed), None, None).is_ok());
+        assert!(check_pkce(Some(&relaxed), Some(&challenge), Some("plain")).is_ok());
+        assert_eq!(
+            grant_scope("openid user/*.rs patient/Observation.read", Some(&relaxed)).unwrap(),
+            "openid patient/Observation.read"
+        );
+        assert!(grant_scope("user/*.rs", Some(&relaxed)).is_err());
+        assert!(grant_scope("", None).is_err());
+    }
+
+    #[test]
+    fn lockout_keys_do_not_depend_on_the_account() {
+        let project = Uuid::new_v4();
+        assert_eq!(
+            lockout_key(Some(project), "Alice@Example.com"),
+            format!("{project}:alice@example.com")
+        );
+        assert_eq!(lockout_key(None, "a@b.c"), "server:a@b.c");
+    }
 }

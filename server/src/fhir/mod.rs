@@ -494,15 +494,30 @@ async fn replace(
             .policy
             .keep_protected(interaction, &mut resource, stored);
     }
-    let prepared = prepare(&state.validator, resource, stamp)?;
-    if let Some(stored) = &stored {
-        if prepared.secrets.is_empty() && same_content(stored, &prepared.value) {
-            return Ok((redact(caller, current.clone())?, WriteOutcome::Unchanged));
-        }
-    }
-    let (version, value) = store_prepared(tx, prepared, stamp, false).await?;
+    let Some((version, value)) = write_next(state, tx, stored.as_ref(), resource, stamp).await?
+    else {
+        return Ok((redact(caller, current.clone())?, WriteOutcome::Unchanged));
+    };
     check_written(tx, caller, interaction, stored.as_ref(), &value, &version).await?;
     Ok((redact(caller, version)?, WriteOutcome::Updated))
+}
+
+/// Writes `resource` as the next version after `stored` (the current
+/// content, `None` when deleted); `None` when nothing changed.
+async fn write_next(
+    state: &AppState,
+    tx: &Tx,
+    stored: Option<&Value>,
+    resource: Value,
+    stamp: &Stamp,
+) -> Result<Option<(Version, Value)>> {
+    let prepared = prepare(&state.validator, resource, stamp)?;
+    if let Some(stored) = stored {
+        if prepared.secrets.is_empty() && same_content(stored, &prepared.value) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(store_prepared(tx, prepared, stamp, false).await?))
 }
 
 /// `If-Match` against the current version: `W/"<vid>"`, `"<vid>"` or `<vid>`.
@@ -643,11 +658,14 @@ pub async fn modify(
     if current.is_deleted() {
         return Ok(None);
     }
-    let mut resource = parse_stored(&current)?;
+    let stored = parse_stored(&current)?;
+    let mut resource = stored.clone();
     change(&mut resource)?;
     let stamp = Stamp::new(id, current.project_id, author);
-    let (version, value) = overwrite(&state.validator, tx, resource, &stamp).await?;
-    Ok(Some((version, value)))
+    match write_next(state, tx, Some(&stored), resource, &stamp).await? {
+        Some(written) => Ok(Some(written)),
+        None => Ok(Some((current, stored))),
+    }
 }
 
 /// Which history: all of the caller's, one type's, or one resource's.

@@ -185,11 +185,7 @@ pub async fn find(
     let request = lookup(resource_type, query)?;
     Ok(state
         .store
-        .search(&lookup_query(
-            &request,
-            tenant,
-            &CompiledPolicy::unrestricted(),
-        ))
+        .search(&lookup_query(&request, tenant))
         .await?
         .matches)
 }
@@ -203,14 +199,7 @@ pub async fn find_in(
     query: &[(&str, &str)],
 ) -> Result<Vec<Version>> {
     let request = lookup(resource_type, query)?;
-    Ok(tx
-        .search(&lookup_query(
-            &request,
-            tenant,
-            &CompiledPolicy::unrestricted(),
-        ))
-        .await?
-        .matches)
+    Ok(tx.search(&lookup_query(&request, tenant)).await?.matches)
 }
 
 /// `query` as a search request; without a `_count`, the largest page.
@@ -230,16 +219,14 @@ fn lookup(resource_type: &str, query: &[(&str, &str)]) -> Result<SearchRequest> 
     )?)
 }
 
-/// The server's own look-ups see everything in the tenant (no caller's policy).
-fn lookup_query<'a>(
-    request: &'a SearchRequest,
-    tenant: Tenant,
-    policy: &'a CompiledPolicy,
-) -> SearchQuery<'a> {
+/// The server's own lookups see everything in their tenant.
+fn lookup_query(request: &SearchRequest, tenant: Tenant) -> SearchQuery<'_> {
+    static UNRESTRICTED: std::sync::LazyLock<CompiledPolicy> =
+        std::sync::LazyLock::new(CompiledPolicy::unrestricted);
     SearchQuery {
         request,
         tenant,
-        policy,
+        policy: &UNRESTRICTED,
         cursor: None,
     }
 }

@@ -111,7 +111,7 @@ async fn profile(
     let profile = body
         .profile
         .ok_or_else(|| Error::BadRequest("profile (a membership id) is required".into()))?;
-    let outcome = choose_membership(&state, &login, &profile, None).await?;
+    let outcome = choose_membership(&state, &login, &profile, None, None).await?;
     outcome_response(&state, &outcome).await
 }
 

@@ -153,7 +153,7 @@ async fn authorize_post(
         .then_some(checked.redirect_uri.as_str());
     let outcome = match (params.get("login"), params.get("membership")) {
         (Some(login), Some(membership)) => {
-            choose_membership(&state, login, membership, redirect).await
+            choose_membership(&state, login, membership, Some(&checked.client), redirect).await
         }
         _ if params.contains_key("email") => {
             let get = |name: &str| params.get(name).cloned();
