@@ -1590,3 +1590,18 @@ async fn users_mint_their_own_personal_tokens_listed_with_their_sessions() {
     assert_eq!(revoke.status(), 200);
     assert_outcome(script.get("Patient").await, 401, "revoked").await;
 }
+
+#[tokio::test]
+async fn the_email_check_is_held_to_the_sign_in_rate_limit() {
+    let app = TestApp::spawn_with(|config| config.auth_rate_limit = 3).await;
+    let body = json!({"email": "probe@example.com"});
+    for _ in 0..3 {
+        assert_eq!(
+            app.post_json("auth/emailavailable", &body).await.status(),
+            200
+        );
+    }
+    let limited = app.post_json("auth/emailavailable", &body).await;
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_outcome(limited, 429, "Too many").await;
+}

@@ -87,9 +87,8 @@ pub async fn revoke_logins(
     tx: &Tx,
     user: &str,
     which: Sessions<'_>,
-) -> Result<usize> {
+) -> Result<()> {
     let logins = find_in(tx, Tenant::AllProjects, "Login", &[("user", user)]).await?;
-    let mut revoked = 0;
     for login in logins {
         let value = fhir::parse_stored(&login)?;
         let spared = match which {
@@ -101,9 +100,8 @@ pub async fn revoke_logins(
             continue;
         }
         login::revoke_login(state, tx, login.id).await?;
-        revoked += 1;
     }
-    Ok(revoked)
+    Ok(())
 }
 
 /// After a User is deleted: its memberships go, its logins are revoked, and
