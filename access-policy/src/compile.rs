@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use fhir_model::resource_types::is_admin_resource_type;
 use fhir_model::search::fhirpath::Expression;
 use fhir_model::search::Filter;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::ip::{self, IpRule};
 use crate::model::{criteria_filters, AccessPolicy, ResourceRule};
@@ -67,6 +67,10 @@ struct Rule {
     hidden: Vec<String>,
     readonly: Vec<String>,
     constraints: Vec<Expression>,
+    /// What `filters` were compiled from, as search text (`a=1&b=2`), and
+    /// the constraints' FHIRPath: to show the effective policy (`/auth/me`).
+    criteria: Vec<String>,
+    constraint_text: Vec<String>,
 }
 
 impl Rule {
@@ -78,7 +82,40 @@ impl Rule {
             hidden: Vec::new(),
             readonly: Vec::new(),
             constraints: Vec::new(),
+            criteria: Vec::new(),
+            constraint_text: Vec::new(),
         }
+    }
+
+    /// This rule as an `AccessPolicy.resource[]` entry.
+    fn to_entry(&self) -> Value {
+        let resource_type = match &self.target {
+            Target::Type(t) => t.as_str(),
+            Target::Ordinary | Target::All => "*",
+        };
+        let interactions: Vec<&str> = Interaction::ALL
+            .iter()
+            .filter(|i| self.interactions & i.bit() != 0)
+            .map(|i| i.as_str())
+            .collect();
+        let mut entry = json!({"resourceType": resource_type, "interaction": interactions});
+        if !self.criteria.is_empty() {
+            entry["criteria"] = json!(format!("{resource_type}?{}", self.criteria.join("&")));
+        }
+        if !self.hidden.is_empty() {
+            entry["hiddenFields"] = json!(self.hidden);
+        }
+        if !self.readonly.is_empty() {
+            entry["readonlyFields"] = json!(self.readonly);
+        }
+        if !self.constraint_text.is_empty() {
+            entry["writeConstraint"] = self
+                .constraint_text
+                .iter()
+                .map(|e| json!({"language": "text/fhirpath", "expression": e}))
+                .collect();
+        }
+        entry
     }
 
     fn fields(mut self, readonly: &[&str], hidden: &[&str]) -> Rule {
@@ -287,7 +324,9 @@ impl CompiledPolicy {
                     continue;
                 }
                 let mut filters = rule.filters.clone();
+                let mut criteria = rule.criteria.clone();
                 if let Some(query) = &grant.query {
+                    criteria.push(query.clone());
                     let (rule_type, resource_type) = match &target {
                         Target::Type(t) => (t.as_str(), Some(t.as_str())),
                         _ => ("*", None),
@@ -309,11 +348,25 @@ impl CompiledPolicy {
                     target,
                     interactions,
                     filters,
+                    criteria,
                     ..rule.clone()
                 });
             }
         }
         self.rules = narrowed;
+    }
+
+    /// The effective policy as one AccessPolicy resource, parameters
+    /// substituted and scopes applied (what `/auth/me` shows).
+    pub fn to_access_policy(&self) -> Value {
+        let mut policy = json!({
+            "resourceType": "AccessPolicy",
+            "resource": self.rules.iter().map(Rule::to_entry).collect::<Vec<_>>(),
+        });
+        if !self.ip_rules.is_empty() {
+            policy["ipAccessRule"] = self.ip_rules.iter().map(IpRule::to_json).collect();
+        }
+        policy
     }
 
     /// What could not be compiled (those entries grant nothing).
@@ -547,7 +600,14 @@ fn compile_rule(
         Some(criteria) => criteria_filters(criteria, &rule.resource_type, resource_type)?,
         None => Vec::new(),
     };
+    let mut criteria: Vec<String> = rule
+        .criteria
+        .iter()
+        .filter_map(|c| c.split_once('?').map(|(_, query)| query.to_string()))
+        .filter(|query| !query.is_empty())
+        .collect();
     if let Some(compartment) = rule.compartment.as_deref().or(compartment) {
+        criteria.push(format!("_compartment={compartment}"));
         let (compartment_type, id) = compartment
             .split_once('/')
             .ok_or_else(|| format!("compartment '{compartment}' is not Type/id"))?;
@@ -573,6 +633,8 @@ fn compile_rule(
         hidden: rule.hidden_fields.clone(),
         readonly: rule.readonly_fields.clone(),
         constraints,
+        criteria,
+        constraint_text: rule.write_constraints.clone(),
     }))
 }
 

@@ -43,6 +43,11 @@ impl IpRule {
         };
         Ok(IpRule { range, allow })
     }
+
+    pub(crate) fn to_json(&self) -> Value {
+        let action = if self.allow { "allow" } else { "block" };
+        serde_json::json!({"value": self.range.to_string(), "action": action})
+    }
 }
 
 /// Whether `rules` let `address` in. IPv4-mapped IPv6 addresses count as IPv4.

@@ -1381,7 +1381,14 @@ async fn patients_register_only_where_a_default_patient_policy_allows_it() {
             .unwrap(),
     )
     .await;
-    assert_eq!(me["accessPolicy"]["id"], policy["id"], "{me}");
+    // The membership carries the default patient policy: its one entry is
+    // the effective policy /auth/me shows.
+    assert_eq!(
+        me["accessPolicy"]["resource"],
+        json!([{"resourceType": "Patient",
+            "interaction": ["create", "read", "vread", "update", "patch", "delete", "history", "search"]}]),
+        "{me}"
+    );
     let memberships = search(&open.admin, "ProjectMembership?profile-type=Patient").await;
     assert_eq!(memberships.len(), 1);
     let users = search(&open.admin, "User?email=p@example.com").await;

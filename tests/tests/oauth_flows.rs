@@ -402,6 +402,12 @@ async fn auth_me_lists_sessions_and_a_user_revokes_one() {
     assert_eq!(me["membership"]["profile"], first["profile"]);
     assert_eq!(me["profile"]["resourceType"], "Practitioner");
     assert_eq!(me["config"]["resourceType"], "UserConfiguration");
+    // A member without a policy: every ordinary type, every interaction.
+    assert_eq!(
+        me["accessPolicy"],
+        json!({"resourceType": "AccessPolicy", "resource": [{"resourceType": "*",
+            "interaction": ["create", "read", "vread", "update", "patch", "delete", "history", "search"]}]})
+    );
     let sessions = me["security"]["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     assert!(sessions.iter().all(|s| s["remoteAddress"] == "127.0.0.1"));

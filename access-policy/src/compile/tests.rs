@@ -376,3 +376,25 @@ fn ip_rules_apply() {
     assert!(!p.allows_address("::1".parse().unwrap()));
     assert!(!p.allows_address("192.0.2.1".parse().unwrap()));
 }
+
+#[test]
+fn effective_policy_renders_substituted_entries_and_scope_queries() {
+    let policy = json!({"resourceType": "AccessPolicy", "resource": [
+        {"resourceType": "Observation", "criteria": "Observation?subject=%patient",
+         "interaction": ["read", "search"], "hiddenFields": ["note"]},
+        {"resourceType": "Patient", "readonly": true}
+    ], "ipAccessRule": [{"value": "10.0.0.0/8", "action": "block"}]});
+    let scopes = parse_scope("patient/Observation.rs?category=vital-signs patient/Patient.r");
+    let mut compiled_input = input(Role::Member, "Patient/p1", vec![policy]);
+    compiled_input.scopes = &scopes;
+    let effective = CompiledPolicy::compile(&compiled_input).to_access_policy();
+    assert_eq!(
+        effective,
+        json!({"resourceType": "AccessPolicy", "resource": [
+            {"resourceType": "Observation", "interaction": ["read", "search"],
+             "criteria": "Observation?subject=Patient/p1&category=vital-signs",
+             "hiddenFields": ["note"]},
+            {"resourceType": "Patient", "interaction": ["read", "vread", "history"]}
+        ], "ipAccessRule": [{"value": "10.0.0.0/8", "action": "block"}]})
+    );
+}

@@ -193,7 +193,6 @@ async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> 
         .and_then(|c| serde_json::from_str::<Value>(&c).ok()),
         None => None,
     };
-    let access_policy = read("AccessPolicy", &membership["accessPolicy"]).await?;
     let user = read("User", &membership["user"]).await?;
     let mut body = serde_json::json!({
         "project": {
@@ -208,7 +207,9 @@ async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> 
         },
         "profile": profile,
         "config": {"resourceType": "UserConfiguration"},
-        "accessPolicy": access_policy,
+        // The effective policy: every entry of the membership's policies with
+        // parameters substituted, the admin rules and the login's scopes.
+        "accessPolicy": caller.policy.to_access_policy(),
     });
     if let Some(user) = user {
         let sessions = sessions_of(&state, &caller.user).await?;
