@@ -264,32 +264,42 @@ fn uuid_like() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn inactive_membership_is_refused() {
+async fn inactive_or_expired_membership_is_refused() {
     let app = TestApp::spawn().await;
     let project = app.project("clinic").await;
-    let user = app
-        .user(&project.id, "gone@example.com", "Practitioner", false)
-        .await;
     let root = app.super_admin().await;
-    let response = root
-        .patch(
-            &format!("ProjectMembership/{}", user.membership_id),
-            &json!([{"op": "add", "path": "/active", "value": false}]),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-    let (_, challenge) = pkce_pair();
-    let response = app
-        .http
-        .post(app.url("auth/login"))
-        .json(
-            &json!({"email": user.email, "password": user.password, "scope": "openid",
-            "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_outcome(response, 400, "no active project membership").await;
+    let cases = [
+        (
+            "gone@example.com",
+            json!({"op": "add", "path": "/active", "value": false}),
+        ),
+        (
+            "ended@example.com",
+            json!({"op": "add", "path": "/endDate", "value": "2020-01-01"}),
+        ),
+    ];
+    for (email, change) in cases {
+        let user = app.user(&project.id, email, "Practitioner", false).await;
+        let response = root
+            .patch(
+                &format!("ProjectMembership/{}", user.membership_id),
+                &json!([change]),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{email}");
+        let (_, challenge) = pkce_pair();
+        let response = app
+            .http
+            .post(app.url("auth/login"))
+            .json(
+                &json!({"email": user.email, "password": user.password, "scope": "openid",
+                "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_outcome(response, 400, "no active project membership").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

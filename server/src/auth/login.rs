@@ -320,7 +320,8 @@ fn parse(version: &Version) -> Option<Value> {
     serde_json::from_str(version.content.as_deref()?).ok()
 }
 
-/// The active memberships whose `user` is `user_ref`, in one project if given.
+/// The usable memberships (active, not past their end date) whose `user` is
+/// `user_ref`, in one project if given.
 pub async fn memberships_of(
     state: &AppState,
     user_ref: &str,
@@ -329,11 +330,12 @@ pub async fn memberships_of(
     let tenant = project_id.map_or(Tenant::AllProjects, Tenant::Project);
     let found =
         fhir::search::find(state, tenant, "ProjectMembership", &[("user", user_ref)]).await?;
+    let now = Utc::now();
     Ok(found
         .iter()
         .filter_map(|v| {
             let content = parse(v)?;
-            (content["active"] != Value::Bool(false)).then_some(Membership {
+            super::membership_usable(&content, now).then_some(Membership {
                 id: v.id,
                 project_id: v.project_id,
                 content,

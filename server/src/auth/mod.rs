@@ -88,42 +88,33 @@ impl Caller {
         let claims: AccessClaims = state.keys.verify(token, &state.base_url).await?;
         let revoked = || Error::Unauthorized("Access token has been revoked; sign in again".into());
         let login_id = Uuid::parse_str(&claims.login_id).map_err(|_| revoked())?;
-        let login = read_live_with_project(state, Tenant::AllProjects, "Login", login_id)
-            .await?
-            .ok_or_else(revoked)?;
-        if login.1["revoked"] == Value::Bool(true) || login.1["granted"] != Value::Bool(true) {
+        // One statement for the Login, its membership, the membership's
+        // Project and the user: this runs before every request.
+        let session = state.store.session(login_id).await?.ok_or_else(revoked)?;
+        let parse = |content: &str| {
+            serde_json::from_str::<Value>(content)
+                .map_err(|e| Error::Internal(format!("stored session {login_id} is not JSON: {e}")))
+        };
+        let login = parse(&session.login)?;
+        if login["revoked"] == Value::Bool(true) || login["granted"] != Value::Bool(true) {
             return Err(revoked());
         }
         let membership_id =
-            reference_id(&login.1["membership"], "ProjectMembership").ok_or_else(revoked)?;
-        // A Login lives with its user; the membership may be in another project.
-        let (project_id, membership) = read_live_with_project(
-            state,
-            Tenant::AllProjects,
-            "ProjectMembership",
-            membership_id,
-        )
-        .await?
-        .ok_or_else(revoked)?;
-        if !membership_usable(&membership, chrono::Utc::now())
-            || membership["user"]["reference"] != login.1["user"]["reference"]
+            reference_id(&login["membership"], "ProjectMembership").ok_or_else(revoked)?;
+        let (project_id, membership) = session.membership.as_ref().ok_or_else(revoked)?;
+        let (project_id, membership) = (*project_id, parse(membership)?);
+        // A deleted user's sessions end with it.
+        if !session.user_live
+            || !membership_usable(&membership, chrono::Utc::now())
+            || membership["user"]["reference"] != login["user"]["reference"]
         {
             return Err(revoked());
         }
-        let user = login.1["user"]["reference"]
+        let user = login["user"]["reference"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        // A deleted user's sessions end with it.
-        if let Some(user_id) = reference_id(&login.1["user"], "User") {
-            read_live_with_project(state, Tenant::AllProjects, "User", user_id)
-                .await?
-                .ok_or_else(revoked)?;
-        }
-        let (_, project) =
-            read_live_with_project(state, Tenant::Project(project_id), "Project", project_id)
-                .await?
-                .ok_or_else(revoked)?;
+        let project = parse(session.project.as_deref().ok_or_else(revoked)?)?;
         let role = if project["superAdmin"] == Value::Bool(true) {
             Role::SuperAdmin
         } else if membership["admin"] == Value::Bool(true) {
@@ -202,17 +193,32 @@ async fn membership_policies(
             .collect();
         wanted.push((&access["policy"], parameters));
     }
-    let mut policies = Vec::with_capacity(wanted.len());
-    for (reference, parameters) in wanted {
-        let policy = match reference_id(reference, "AccessPolicy") {
-            Some(id) => read_live(state, Tenant::Project(project_id), "AccessPolicy", id).await?,
-            None => None,
-        };
-        policies.push(MembershipPolicy {
-            policy: policy.unwrap_or_else(|| serde_json::json!({})),
-            parameters,
-        });
+    let ids: Vec<Uuid> = wanted
+        .iter()
+        .filter_map(|(reference, _)| reference_id(reference, "AccessPolicy"))
+        .collect();
+    let mut found = std::collections::HashMap::new();
+    if !ids.is_empty() {
+        for (id, content) in state
+            .store
+            .read_live_many(Tenant::Project(project_id), "AccessPolicy", &ids)
+            .await?
+        {
+            let policy = serde_json::from_str::<Value>(&content).map_err(|e| {
+                Error::Internal(format!("stored AccessPolicy/{id} is not JSON: {e}"))
+            })?;
+            found.insert(id, policy);
+        }
     }
+    let policies = wanted
+        .into_iter()
+        .map(|(reference, parameters)| MembershipPolicy {
+            policy: reference_id(reference, "AccessPolicy")
+                .and_then(|id| found.get(&id).cloned())
+                .unwrap_or_else(|| serde_json::json!({})),
+            parameters,
+        })
+        .collect();
     Ok(policies)
 }
 
@@ -223,31 +229,18 @@ pub async fn read_live(
     resource_type: &str,
     id: Uuid,
 ) -> Result<Option<Value>> {
-    Ok(read_live_with_project(state, tenant, resource_type, id)
-        .await?
-        .map(|(_, value)| value))
-}
-
-/// A live (not deleted) resource's project and parsed content.
-async fn read_live_with_project(
-    state: &AppState,
-    tenant: Tenant,
-    resource_type: &str,
-    id: Uuid,
-) -> Result<Option<(Uuid, Value)>> {
-    let Some(version) = state
+    let content = state
         .store
         .read(tenant, resource_type, id, &access_policy::RowFilter::All)
         .await?
-    else {
-        return Ok(None);
-    };
-    let Some(content) = version.content else {
-        return Ok(None);
-    };
-    let value = serde_json::from_str(&content)
-        .map_err(|e| Error::Internal(format!("stored {resource_type}/{id} is not JSON: {e}")))?;
-    Ok(Some((version.project_id, value)))
+        .and_then(|version| version.content);
+    content
+        .map(|content| {
+            serde_json::from_str(&content).map_err(|e| {
+                Error::Internal(format!("stored {resource_type}/{id} is not JSON: {e}"))
+            })
+        })
+        .transpose()
 }
 
 /// Whether a membership works at `now`: not deactivated (`active: false`) and

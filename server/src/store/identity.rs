@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Executor, Query, Store, Tx};
+use super::{Executor, Query, Store, Tenant, Tx};
 use crate::error::Result;
 
 /// What a login secret is.
@@ -180,5 +180,72 @@ impl Store {
             .bind(expires_at)
             .push(") ON CONFLICT DO NOTHING RETURNING 1");
         Ok(!self.query(&q).await?.is_empty())
+    }
+}
+
+/// What a bearer token's Login stands on, read in one statement: the live
+/// Login, the live membership it names, that membership's Project, and
+/// whether the signed-in User (if it is one) still exists.
+pub struct SessionRows {
+    pub login: String,
+    /// `(project, content)` of the membership, when it is live.
+    pub membership: Option<(Uuid, String)>,
+    pub project: Option<String>,
+    /// `false` only when the Login's user is a `User/…` that is gone.
+    pub user_live: bool,
+}
+
+/// References are read out of the stored JSON; one that is not
+/// `Type/<uuid>` matches nothing (NULL), so it cannot make the cast fail.
+const SESSION_SQL: &str = "
+SELECT l.content, m.project_id, m.content, p.content,
+       (u.id IS NOT NULL OR NOT (l.content::jsonb #>> '{user,reference}' LIKE 'User/%')) AS user_live
+FROM resource l
+LEFT JOIN resource m ON m.resource_type = 'ProjectMembership' AND NOT m.deleted
+     AND m.id = substring(l.content::jsonb #>> '{membership,reference}'
+                          from '^ProjectMembership/([0-9a-f-]{36})$')::uuid
+LEFT JOIN resource p ON p.project_id = m.project_id AND p.resource_type = 'Project'
+     AND p.id = m.project_id AND NOT p.deleted
+LEFT JOIN resource u ON u.resource_type = 'User' AND NOT u.deleted
+     AND u.id = substring(l.content::jsonb #>> '{user,reference}' from '^User/([0-9a-f-]{36})$')::uuid
+WHERE l.resource_type = 'Login' AND l.id = ";
+
+impl Store {
+    /// The session behind `login_id` (across projects: a Login lives with its
+    /// user, the membership may be elsewhere); `None` when no live Login.
+    pub async fn session(&self, login_id: Uuid) -> Result<Option<SessionRows>> {
+        let mut q = Query::new(SESSION_SQL);
+        q.bind(login_id).push(" AND NOT l.deleted");
+        Ok(self.query(&q).await?.first().map(|row| {
+            let membership_project: Option<Uuid> = row.get(1);
+            let membership_content: Option<String> = row.get(2);
+            SessionRows {
+                login: row.get(0),
+                membership: membership_project.zip(membership_content),
+                project: row.get(3),
+                user_live: row.get::<_, Option<bool>>(4).unwrap_or(false),
+            }
+        }))
+    }
+
+    /// The live resources of one type with these ids, in one tenant.
+    pub async fn read_live_many(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, String)>> {
+        let mut q = Query::new("SELECT id, content FROM resource WHERE resource_type = ");
+        q.bind(resource_type.to_string())
+            .push(" AND id = ANY(")
+            .bind(ids.to_vec())
+            .push(") AND NOT deleted")
+            .tenant(tenant);
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
     }
 }
