@@ -4,6 +4,7 @@
 
 use access_policy::scopes::{Scope, ScopeSet};
 use access_policy::RowFilter;
+use actix_web::web;
 use chrono::{Duration as TimeDelta, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -190,7 +191,10 @@ pub fn grant_scope(requested: &str, client: Option<&Client>) -> Result<String> {
 
 /// `POST /auth/login` and the sign-in page: checks the password (with
 /// lockout) and starts a Login.
-pub async fn password_login(state: &AppState, request: &LoginRequest) -> Result<LoginOutcome> {
+pub async fn password_login(
+    state: &web::Data<AppState>,
+    request: &LoginRequest,
+) -> Result<LoginOutcome> {
     let email = request.email.trim();
     if email.is_empty() || !email.contains('@') {
         return Err(bad("Invalid email"));
@@ -224,11 +228,15 @@ pub async fn password_login(state: &AppState, request: &LoginRequest) -> Result<
     let user = match user {
         Some(user) if verified.ok => user,
         known => {
-            if let Some(user) = &known {
-                let memberships =
-                    memberships_of(state, &format!("User/{}", user.id), project_id).await?;
-                let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
-                audit::record_login(state, user, &projects, false).await?;
+            if let Some(user) = known {
+                // Recorded after the answer, so that a known email's failure
+                // takes as long as an unknown one's.
+                let state = state.clone();
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = record_failed_login(&state, &user, project_id).await {
+                        tracing::warn!(user = %user.id, "could not record a failed sign-in: {e}");
+                    }
+                });
             }
             let policy = LockoutPolicy {
                 threshold: state.config.lockout_threshold as i32,
@@ -255,6 +263,17 @@ pub async fn password_login(state: &AppState, request: &LoginRequest) -> Result<
     let outcome = start_login(state, &user, memberships, &params).await?;
     audit::record_login(state, &user, &projects, true).await?;
     Ok(outcome)
+}
+
+/// A `login-failed` AuditEvent in each project the user is a member of.
+async fn record_failed_login(
+    state: &AppState,
+    user: &Version,
+    project_id: Option<Uuid>,
+) -> Result<()> {
+    let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
+    let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
+    audit::record_login(state, user, &projects, false).await
 }
 
 /// Lockout is keyed by where the email is looked up and the email itself,
