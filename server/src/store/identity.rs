@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Executor, Query, Store, Tenant, Tx};
+use super::{Executor, Query, Store, Tx};
 use crate::error::Result;
 
 /// What a login secret is.
@@ -226,26 +226,5 @@ impl Store {
                 user_live: row.get::<_, Option<bool>>(4).unwrap_or(false),
             }
         }))
-    }
-
-    /// The live resources of one type with these ids, in one tenant.
-    pub async fn read_live_many(
-        &self,
-        tenant: Tenant,
-        resource_type: &str,
-        ids: &[Uuid],
-    ) -> Result<Vec<(Uuid, String)>> {
-        let mut q = Query::new("SELECT id, content FROM resource WHERE resource_type = ");
-        q.bind(resource_type.to_string())
-            .push(" AND id = ANY(")
-            .bind(ids.to_vec())
-            .push(") AND NOT deleted")
-            .tenant(tenant);
-        Ok(self
-            .query(&q)
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect())
     }
 }

@@ -202,6 +202,27 @@ impl Store {
         Ok(self.query(&q).await?.first().map(Version::from_row))
     }
 
+    /// The live resources of one type with these ids, in one tenant.
+    pub async fn read_live_many(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, String)>> {
+        let mut q = Query::new("SELECT id, content FROM resource WHERE resource_type = ");
+        q.bind(resource_type.to_string())
+            .push(" AND id = ANY(")
+            .bind(ids.to_vec())
+            .push(") AND NOT deleted")
+            .tenant(tenant);
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+
     pub async fn vread(
         &self,
         tenant: Tenant,
