@@ -66,6 +66,11 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(
               *data::RESOURCES_PER_PATIENT.start() as u64..=*data::RESOURCES_PER_PATIENT.end() as u64))]
     resources_per_patient: u64,
+    /// When the client is a super admin, run in a new Project of its own as
+    /// that Project's admin client: what an application's client is (a super
+    /// admin's searches cross projects). `--policy` implies it.
+    #[arg(long)]
+    own_project: bool,
     /// Caller access policies to measure the reads and searches as; repeat or give a list:
     /// none (the admin client), compartment, criteria.
     #[arg(long = "policy", value_enum, value_delimiter = ',')]
@@ -85,7 +90,7 @@ struct Args {
     /// fhirgate's PostgreSQL: also run its primary SQL for read and token search directly.
     #[arg(long)]
     baseline_postgres: Option<String>,
-    /// After the load, run ANALYZE on fhirgate's tables (through --baseline-postgres) so the
+    /// After the load, run VACUUM (ANALYZE) on fhirgate's tables (through --baseline-postgres) so the
     /// planner knows the loaded data even where autovacuum is off or has not run yet.
     #[arg(long, requires = "baseline_postgres")]
     analyze: bool,
@@ -156,7 +161,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     .await?;
     eprintln!("auth: token from {}oauth2/token", api_base(&args.base_url));
     let mut own_project = false;
-    if !restricted.is_empty() {
+    if !restricted.is_empty() || args.own_project {
         (api, own_project) =
             policy::own_project(api, &args.base_url, args.seed, concurrency).await?;
     }
@@ -182,7 +187,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                 .baseline_postgres
                 .as_deref()
                 .ok_or("--analyze needs --baseline-postgres")?;
-            eprintln!("analyze: ANALYZE on fhirgate's tables");
+            eprintln!("analyze: VACUUM (ANALYZE) on fhirgate's tables");
             baseline::analyze(url).await?;
         }
         // The baseline runs on the data set as loaded, like the read

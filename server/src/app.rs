@@ -18,14 +18,17 @@ use fhir_model::Validator;
 use serde_json::json;
 
 use crate::{
-    auth::keys::Keys,
+    auth::{keys::Keys, sessions::SessionCache},
     bootstrap::bootstrap,
     config::Config,
     email::Mailer,
     error::{Error, Result},
     fhir::capability::capability_statement,
     http::{self, ratelimit::AuthLimiter},
-    store::{connect, Store},
+    store::{
+        changes::{self, ChangeObserver},
+        connect, Store,
+    },
 };
 
 /// What every request handler can reach. Passed, never global, so tests can
@@ -41,6 +44,8 @@ pub struct AppState {
     /// The CapabilityStatement, rendered once.
     pub capability: String,
     pub auth_limiter: AuthLimiter,
+    /// Callers remembered between requests.
+    pub sessions: Arc<SessionCache>,
     /// Outgoing HTTP (clients' `jwksUri`).
     pub http_client: reqwest::Client,
 }
@@ -76,6 +81,7 @@ pub async fn prepare_database(config: &Config, validator: &Validator) -> Result<
 
 pub struct Application {
     base_url: String,
+    address: std::net::SocketAddr,
     server: Server,
 }
 
@@ -83,7 +89,15 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application> {
         let validator =
             Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
-        let store = prepare_database(&config, &validator).await?;
+        let sessions = Arc::new(SessionCache::default());
+        let store = prepare_database(&config, &validator)
+            .await?
+            .observed_by(sessions.clone());
+        let observer: Arc<dyn ChangeObserver> = sessions.clone();
+        changes::spawn_listener(
+            connect::pg_config(&config.database_url)?,
+            Arc::downgrade(&observer),
+        );
         let keys = Keys::load(&store, config.access_token_lifetime).await?;
         let mailer = Mailer::new(&config.lifecycle)?;
         let listener = TcpListener::bind(config.bind).map_err(|e| {
@@ -101,6 +115,7 @@ impl Application {
             .unwrap_or_else(|| format!("http://{address}/"));
         let state = web::Data::new(AppState {
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
+            sessions,
             http_client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(5))
@@ -139,11 +154,20 @@ impl Application {
         .map_err(|e| Error::Startup(format!("cannot start the HTTP server: {e}")))?
         .run();
         tracing::info!(%address, %base_url, "fhirgate listening");
-        Ok(Application { base_url, server })
+        Ok(Application {
+            base_url,
+            address,
+            server,
+        })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// Where this instance listens (its public `base_url` may name a proxy).
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections,

@@ -28,6 +28,9 @@ pub struct Credentials {
 pub struct TestApp {
     /// Base URL ending in `/`.
     pub base_url: String,
+    /// This instance's own address as a URL ending in `/` (the same as
+    /// `base_url` unless the configuration names a public URL).
+    pub local_url: String,
     pub http: reqwest::Client,
     pub database: String,
     /// The bootstrapped super-admin client.
@@ -100,9 +103,11 @@ impl TestApp {
         configure(&mut config);
         let app = Application::build(config).await.expect("server starts");
         let base_url = app.base_url().to_string();
+        let local_url = format!("http://{}/", app.address());
         tokio::spawn(app.run_until(std::future::pending()));
         TestApp {
             base_url,
+            local_url,
             http: http_client(),
             database,
             admin,

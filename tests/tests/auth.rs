@@ -6,6 +6,7 @@ use fhirgate_tests::{assert_outcome, status_json, TestApp};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use oauth2::{basic::BasicClient, AuthUrl, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth2_client_gets_a_token_with_basic_auth() {
@@ -373,4 +374,138 @@ fn claims_of(token: &str) -> Value {
             .unwrap(),
     )
     .unwrap()
+}
+
+/// A second instance on `app`'s database, behind the same public URL (the
+/// tokens' issuer), as instances behind one load balancer are.
+async fn second_instance(app: &TestApp) -> TestApp {
+    let database = app.database.clone();
+    let base_url = app.base_url.clone();
+    TestApp::spawn_with(move |config| {
+        config.database_url = format!("{}/{database}", fhirgate_tests::postgres_server());
+        config.base_url = Some(base_url);
+    })
+    .await
+}
+
+/// Polls `GET path` until it answers 401, for at most five seconds; returns
+/// how long that took, or `None` if it never did.
+async fn until_refused(session: &fhirgate_tests::Session, path: &str) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if session.get(path).await.status() == 401 {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Marks a Login revoked straight in the database, as an operator would:
+/// no fhirgate instance takes part in the write.
+async fn revoke_in_sql(app: &TestApp, token: &str) {
+    let login_id: uuid::Uuid = claims_of(token)["login_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let changed = app
+        .db()
+        .await
+        .execute(
+            "UPDATE resource SET content = jsonb_set(content::jsonb, '{revoked}', 'true')::text \
+             WHERE resource_type = 'Login' AND id = $1",
+            &[&login_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocations_reach_every_instance_that_remembered_the_caller() {
+    let app = TestApp::spawn().await;
+    let second = second_instance(&app).await;
+    let project = app.project("two instances").await;
+    let on_second = |session: &fhirgate_tests::Session| fhirgate_tests::Session {
+        base_url: second.local_url.clone(),
+        ..session.clone()
+    };
+    let (member, member_there) = (project.member.clone(), on_second(&project.member));
+    let (admin, admin_there) = (project.admin.clone(), on_second(&project.admin));
+    // Both instances have loaded (and now remember) both callers.
+    for session in [&member, &member_there, &admin, &admin_there] {
+        assert_eq!(session.get("Patient/_history").await.status(), 200);
+        assert_eq!(session.get("Patient/_history").await.status(), 200);
+    }
+
+    // A Login revoked in SQL: neither instance wrote it, both hear of it.
+    revoke_in_sql(&app, &member.token).await;
+    for session in [&member, &member_there] {
+        let took = until_refused(session, "Patient/_history").await;
+        assert!(
+            took.is_some(),
+            "{} still serves a revoked login",
+            session.base_url
+        );
+    }
+
+    // A membership deleted through the first instance ends the admin's
+    // access on the second.
+    let root = app.super_admin().await;
+    let (_, memberships) = status_json(
+        root.get(&format!(
+            "ProjectMembership?user=ClientApplication/{}",
+            admin.credentials.client_id
+        ))
+        .await,
+    )
+    .await;
+    let membership_id = memberships["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(
+        root.delete(&format!("ProjectMembership/{membership_id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_outcome(admin.get("Patient/_history").await, 401, "revoked").await;
+    let took = until_refused(&admin_there, "Patient/_history").await;
+    assert!(
+        took.is_some(),
+        "the second instance still serves a removed membership"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_change_listener_nothing_is_remembered() {
+    let app = TestApp::spawn().await;
+    let project = app.project("deaf").await;
+    let member = project.member.clone();
+    assert_eq!(member.get("Patient/_history").await.status(), 200);
+    assert_eq!(member.get("Patient/_history").await.status(), 200);
+
+    // Cut the instance's listening connection, then change the Login in
+    // SQL while it cannot hear (it reconnects after a second).
+    let db = app.db().await;
+    let listeners = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2";
+    let name = fhirgate_server::store::changes::LISTENER_NAME;
+    let terminated = db
+        .execute(
+            &format!("SELECT pg_terminate_backend(pid) FROM ({listeners}) l"),
+            &[&app.database, &name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated, 1, "one listening connection per instance");
+    while !db
+        .query(listeners, &[&app.database, &name])
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    revoke_in_sql(&app, &member.token).await;
+    assert_outcome(member.get("Patient/_history").await, 401, "revoked").await;
 }

@@ -6,6 +6,7 @@ pub mod keys;
 pub mod login;
 pub mod password;
 pub mod secrets;
+pub mod sessions;
 pub mod token;
 
 use std::future::Future;
@@ -40,9 +41,8 @@ pub struct AccessClaims {
     pub profile: String,
 }
 
-/// The authenticated caller of a request, loaded fresh from the database on
-/// every request so that a revoked login or a removed membership stops
-/// working at once.
+/// The authenticated caller of a request. A revoked login or a removed
+/// membership stops working at once: see [`sessions`].
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The project of the caller's membership (its tenant).
@@ -78,7 +78,8 @@ impl Caller {
         self.role == Role::SuperAdmin
     }
 
-    /// The caller a bearer token stands for, checked against the database.
+    /// The caller a bearer token stands for: remembered, or loaded from the
+    /// database (see [`sessions`] for why a remembered one is current).
     /// `address` is the connection's, checked against the policy's IP rules.
     pub async fn from_bearer(
         state: &AppState,
@@ -86,10 +87,43 @@ impl Caller {
         address: Option<IpAddr>,
     ) -> Result<Caller> {
         let claims: AccessClaims = state.keys.verify(token, &state.base_url).await?;
-        let revoked = || Error::Unauthorized("Access token has been revoked; sign in again".into());
         let login_id = Uuid::parse_str(&claims.login_id).map_err(|_| revoked())?;
-        // One statement for the Login, its membership, the membership's
-        // Project and the user: this runs before every request.
+        let key = sessions::SessionKey {
+            login_id,
+            scope: claims.scope.clone(),
+            client_id: claims.client_id.clone(),
+        };
+        let caller = match state.sessions.get(&key) {
+            Some(caller) => caller,
+            None => {
+                let generation = state.sessions.generation();
+                let (caller, membership_ends) = Caller::load(state, claims, login_id).await?;
+                if let Some(generation) = generation {
+                    state
+                        .sessions
+                        .remember(generation, key, caller.clone(), membership_ends);
+                }
+                caller
+            }
+        };
+        if let Some(address) = address {
+            if !caller.policy.allows_address(address) {
+                return Err(Error::Forbidden(format!(
+                    "Your access policy does not allow requests from {address}"
+                )));
+            }
+        }
+        Ok(caller)
+    }
+
+    /// Reads the token's Login, membership, Project and user (one statement)
+    /// and the membership's AccessPolicies (one more), and compiles the
+    /// policy. Also returns when the membership ends, if it does.
+    async fn load(
+        state: &AppState,
+        claims: AccessClaims,
+        login_id: Uuid,
+    ) -> Result<(Caller, Option<chrono::DateTime<chrono::Utc>>)> {
         let session = state.store.session(login_id).await?.ok_or_else(revoked)?;
         let parse = |content: &str| {
             serde_json::from_str::<Value>(content)
@@ -137,14 +171,7 @@ impl Caller {
         for problem in policy.problems() {
             tracing::warn!(membership = %membership_id, "access policy entry grants nothing: {problem}");
         }
-        if let Some(address) = address {
-            if !policy.allows_address(address) {
-                return Err(Error::Forbidden(format!(
-                    "Your access policy does not allow requests from {address}"
-                )));
-            }
-        }
-        Ok(Caller {
+        let caller = Caller {
             project_id,
             role,
             profile,
@@ -154,8 +181,13 @@ impl Caller {
             client_id: (!claims.client_id.is_empty()).then_some(claims.client_id),
             scope: claims.scope,
             policy: Arc::new(policy),
-        })
+        };
+        Ok((caller, membership_end(&membership)))
     }
+}
+
+fn revoked() -> Error {
+    Error::Unauthorized("Access token has been revoked; sign in again".into())
 }
 
 /// `Project.setting[]` `{name, valueBoolean: true}`.
@@ -244,16 +276,18 @@ pub async fn read_live(
 }
 
 /// Whether a membership works at `now`: not deactivated (`active: false`) and
-/// not past its `endDate` (fhirgate's extension: a date means through that
-/// day, UTC).
+/// not past its end ([`membership_end`]).
 pub fn membership_usable(membership: &Value, now: chrono::DateTime<chrono::Utc>) -> bool {
-    if membership["active"] == Value::Bool(false) {
-        return false;
-    }
-    let Some(end) = membership["endDate"].as_str() else {
-        return true;
-    };
-    let end = chrono::DateTime::parse_from_rfc3339(end)
+    membership["active"] != Value::Bool(false)
+        && membership_end(membership).is_none_or(|end| now < end)
+}
+
+/// When a membership stops working: its `endDate` (fhirgate's extension; a
+/// date means through that day, UTC). An end this server cannot read (a year
+/// or year-month) ends nothing early.
+fn membership_end(membership: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let end = membership["endDate"].as_str()?;
+    chrono::DateTime::parse_from_rfc3339(end)
         .map(|t| t.with_timezone(&chrono::Utc))
         .ok()
         .or_else(|| {
@@ -262,9 +296,7 @@ pub fn membership_usable(membership: &Value, now: chrono::DateTime<chrono::Utc>)
                 .and_then(|d| d.succ_opt())
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|t| t.and_utc())
-        });
-    // An end this server cannot read (a year or year-month) ends nothing early.
-    end.is_none_or(|end| now < end)
+        })
 }
 
 /// The id of a `{"reference": "Type/<uuid>"}` of the expected type.

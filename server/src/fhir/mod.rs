@@ -246,11 +246,9 @@ async fn store_prepared(
             content: Some(&prepared.content),
         },
         is_new,
+        &fhir_model::search::extract(fhir_model::search::Registry::get(), &prepared.value),
     )
     .await?;
-    let index = fhir_model::search::extract(fhir_model::search::Registry::get(), &prepared.value);
-    tx.replace_index(stamp.project_id, &resource_type, stamp.id, &index)
-        .await?;
     for (kind, hash) in &prepared.secrets {
         tx.set_secret(stamp.project_id, &resource_type, stamp.id, kind, hash)
             .await?;
@@ -631,10 +629,9 @@ pub async fn remove(tx: &Tx, current: &Version) -> Result<()> {
             content: None,
         },
         false,
+        &[],
     )
-    .await?;
-    tx.replace_index(current.project_id, &current.resource_type, current.id, &[])
-        .await
+    .await
 }
 
 /// Changes a stored resource on the server's own behalf (no caller's gate:

@@ -27,11 +27,7 @@ pub async fn connect(
     pool_size: usize,
     statement_timeout: Duration,
 ) -> Result<Pool> {
-    let mut config: PgConfig = database_url.parse().map_err(|e| {
-        Error::Config(format!(
-            "DATABASE_URL is not a valid PostgreSQL URL ({e}); expected postgres://user[:password]@host:port/database"
-        ))
-    })?;
+    let mut config = pg_config(database_url)?;
     // A query whose client has gone keeps running in PostgreSQL; the timeout
     // bounds how long it can hold a pooled connection.
     config.options(format!(
@@ -48,6 +44,15 @@ pub async fn connect(
         }
         Err(e) => Err(unreachable(&config, &e)),
     }
+}
+
+/// `DATABASE_URL` parsed.
+pub fn pg_config(database_url: &str) -> Result<PgConfig> {
+    database_url.parse().map_err(|e| {
+        Error::Config(format!(
+            "DATABASE_URL is not a valid PostgreSQL URL ({e}); expected postgres://user[:password]@host:port/database"
+        ))
+    })
 }
 
 fn build_pool(config: PgConfig, size: usize) -> Result<Pool> {

@@ -216,7 +216,7 @@ impl IndexRows {
     }
 
     /// Parameters after the first three ($1 project, $2 type, $3 id), in the
-    /// order [`REPLACE_SQL`] numbers them.
+    /// order [`replace_ctes`] numbers them.
     pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         vec![
             &self.token_param,
@@ -289,36 +289,93 @@ fn composite_part(value: &IndexValue) -> Value {
     }
 }
 
-/// Replaces all index rows of one resource ($1 project, $2 type, $3 id).
-pub(super) const REPLACE_SQL: &str = "
-WITH d1 AS (DELETE FROM idx_token WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d2 AS (DELETE FROM idx_string WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d3 AS (DELETE FROM idx_date WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d4 AS (DELETE FROM idx_number WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d5 AS (DELETE FROM idx_quantity WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d6 AS (DELETE FROM idx_reference WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d7 AS (DELETE FROM idx_uri WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d8 AS (DELETE FROM idx_composite WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d9 AS (DELETE FROM idx_text WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     d10 AS (DELETE FROM resource_compartment WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3),
-     i1 AS (INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code, text)
-            SELECT $1, $2, $3, * FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[])),
-     i2 AS (INSERT INTO idx_string (project_id, resource_type, resource_id, param, normalized, exact)
-            SELECT $1, $2, $3, * FROM UNNEST($8::text[], $9::text[], $10::text[])),
-     i3 AS (INSERT INTO idx_date (project_id, resource_type, resource_id, param, low, high)
-            SELECT $1, $2, $3, * FROM UNNEST($11::text[], $12::int8[], $13::int8[])),
-     i4 AS (INSERT INTO idx_number (project_id, resource_type, resource_id, param, value)
-            SELECT $1, $2, $3, * FROM UNNEST($14::text[], $15::float8[])),
-     i5 AS (INSERT INTO idx_quantity (project_id, resource_type, resource_id, param, value, system, code, unit)
-            SELECT $1, $2, $3, * FROM UNNEST($16::text[], $17::float8[], $18::text[], $19::text[], $20::text[])),
-     i6 AS (INSERT INTO idx_reference (project_id, resource_type, resource_id, param, target_type, target_id, url)
-            SELECT $1, $2, $3, * FROM UNNEST($21::text[], $22::text[], $23::uuid[], $24::text[])),
-     i7 AS (INSERT INTO idx_uri (project_id, resource_type, resource_id, param, value)
-            SELECT $1, $2, $3, * FROM UNNEST($25::text[], $26::text[])),
-     i8 AS (INSERT INTO idx_composite (project_id, resource_type, resource_id, param, parts)
-            SELECT $1, $2, $3, * FROM UNNEST($27::text[], $28::jsonb[])),
-     i9 AS (INSERT INTO idx_text (project_id, resource_type, resource_id, param, normalized, exact)
-            SELECT $1, $2, $3, * FROM UNNEST($29::text[], $30::text[], $31::text[])),
-     i10 AS (INSERT INTO resource_compartment (project_id, resource_type, resource_id, compartment_type, compartment_id)
-            SELECT DISTINCT $1, $2, $3, * FROM UNNEST($32::text[], $33::uuid[]))
-SELECT 1";
+/// Each index table with its value columns and their array types, in the
+/// order of [`IndexRows::params`].
+const TABLES: [(&str, &[(&str, &str)]); 10] = [
+    (
+        "idx_token",
+        &[
+            ("param", "text"),
+            ("system", "text"),
+            ("code", "text"),
+            ("text", "text"),
+        ],
+    ),
+    (
+        "idx_string",
+        &[("param", "text"), ("normalized", "text"), ("exact", "text")],
+    ),
+    (
+        "idx_date",
+        &[("param", "text"), ("low", "int8"), ("high", "int8")],
+    ),
+    ("idx_number", &[("param", "text"), ("value", "float8")]),
+    (
+        "idx_quantity",
+        &[
+            ("param", "text"),
+            ("value", "float8"),
+            ("system", "text"),
+            ("code", "text"),
+            ("unit", "text"),
+        ],
+    ),
+    (
+        "idx_reference",
+        &[
+            ("param", "text"),
+            ("target_type", "text"),
+            ("target_id", "uuid"),
+            ("url", "text"),
+        ],
+    ),
+    ("idx_uri", &[("param", "text"), ("value", "text")]),
+    ("idx_composite", &[("param", "text"), ("parts", "jsonb")]),
+    (
+        "idx_text",
+        &[("param", "text"), ("normalized", "text"), ("exact", "text")],
+    ),
+    (
+        "resource_compartment",
+        &[("compartment_type", "text"), ("compartment_id", "uuid")],
+    ),
+];
+
+/// The CTEs that replace every index row of one resource ($1 project, $2
+/// type, $3 id), its arrays numbered from `$first`. A new resource has no old
+/// rows to delete. Data-modifying CTEs see one snapshot, so the deletes
+/// remove only the old rows and the inserts add the new ones.
+pub(super) fn replace_ctes(first: usize, delete_old: bool) -> String {
+    let mut ctes = Vec::new();
+    if delete_old {
+        for (n, (table, _)) in TABLES.iter().enumerate() {
+            ctes.push(format!(
+                "d{n} AS (DELETE FROM {table} WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3)"
+            ));
+        }
+    }
+    let mut next = first;
+    for (n, (table, columns)) in TABLES.iter().enumerate() {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let arrays: Vec<String> = columns
+            .iter()
+            .map(|(_, kind)| {
+                next += 1;
+                format!("${}::{kind}[]", next - 1)
+            })
+            .collect();
+        // A resource is in a compartment once, however many references lead there.
+        let distinct = if *table == "resource_compartment" {
+            "DISTINCT "
+        } else {
+            ""
+        };
+        ctes.push(format!(
+            "i{n} AS (INSERT INTO {table} (project_id, resource_type, resource_id, {}) \
+             SELECT {distinct}$1, $2, $3, * FROM UNNEST({}))",
+            names.join(", "),
+            arrays.join(", ")
+        ));
+    }
+    ctes.join(",\n     ")
+}

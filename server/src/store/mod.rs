@@ -2,13 +2,18 @@
 //! caller's [`Tenant`], and every statement filters by it, so no query can
 //! forget the project.
 
+pub mod changes;
 pub mod connect;
 pub mod identity;
 mod index;
 pub mod lifecycle;
 pub mod search;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
 use access_policy::RowFilter;
+use changes::{Change, ChangeObserver};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::ToSql;
@@ -160,6 +165,8 @@ const HISTORY_COLUMNS: &str = "project_id, resource_type, id, version_id, last_u
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Told of every committed write sessions depend on.
+    observer: Option<Arc<dyn ChangeObserver>>,
 }
 
 impl Executor for Store {
@@ -172,15 +179,25 @@ impl Executor for Store {
 
 impl Executor for Tx {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
-        let client = self.client();
-        let statement = client.prepare_cached(&query.sql).await?;
-        Ok(client.query(&statement, &query.values()).await?)
+        Ok(self.run(&query.sql, &query.values()).await?)
     }
 }
 
 impl Store {
     pub fn new(pool: Pool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            observer: None,
+        }
+    }
+
+    /// The same store, telling `observer` of this instance's committed
+    /// changes the moment they commit.
+    pub fn observed_by(self, observer: Arc<dyn ChangeObserver>) -> Store {
+        Store {
+            observer: Some(observer),
+            ..self
+        }
     }
 
     /// `SELECT 1`: whether the database answers.
@@ -338,10 +355,11 @@ impl Store {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
-        let client = self.pool.get().await?;
-        client.batch_execute("BEGIN").await?;
         Ok(Tx {
-            client: Some(client),
+            client: Some(self.pool.get().await?),
+            begun: AtomicBool::new(false),
+            observer: self.observer.clone(),
+            changes: Mutex::new(Vec::new()),
         })
     }
 
@@ -381,11 +399,43 @@ fn current_query(
     Ok(q)
 }
 
+/// [`Tx::write`] of a new resource: $1 project, $2 type, $3 id, $4 version,
+/// $5 last updated, $6 content (NULL deletes), then the index arrays.
+static WRITE_NEW_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
+                    VALUES ($1, $2, $3, $4, $5, $6::text IS NULL, COALESCE($6::text, ''))), \
+              {HISTORY_CTE}, {} SELECT 1",
+        index::replace_ctes(7, false)
+    )
+});
+
+/// [`Tx::write`] of a new version of an existing resource (parameters as
+/// for [`WRITE_NEW_SQL`]).
+static WRITE_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
+                    content = COALESCE($6::text, content) \
+                    WHERE project_id = $1 AND resource_type = $2 AND id = $3), \
+              {HISTORY_CTE}, {} SELECT 1",
+        index::replace_ctes(7, true)
+    )
+});
+
+const HISTORY_CTE: &str = "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+                           VALUES ($1, $2, $3, $4, $5, $6::text))";
+
 /// A write transaction on one pooled connection. Dropped without
 /// [`Tx::commit`], its connection is closed instead of returned to the pool,
 /// so PostgreSQL rolls everything back and a failed write leaves no trace.
 pub struct Tx {
     client: Option<Object>,
+    /// Whether `BEGIN` went out: it is sent with the first statement, in the
+    /// same round trip.
+    begun: AtomicBool,
+    observer: Option<Arc<dyn ChangeObserver>>,
+    /// What this transaction wrote that sessions depend on.
+    changes: Mutex<Vec<Change>>,
 }
 
 impl Tx {
@@ -393,6 +443,25 @@ impl Tx {
         self.client
             .as_ref()
             .expect("transaction is open until commit")
+    }
+
+    /// Runs a statement in the transaction; the first one is pipelined
+    /// behind `BEGIN`.
+    async fn run(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let client = self.client();
+        let statement = client.prepare_cached(sql).await?;
+        if self.begun.swap(true, Ordering::AcqRel) {
+            return client.query(&statement, params).await;
+        }
+        let (_, rows) = tokio::try_join!(
+            client.batch_execute("BEGIN"),
+            client.query(&statement, params)
+        )?;
+        Ok(rows)
     }
 
     /// Searches inside the transaction, seeing its own writes.
@@ -454,19 +523,17 @@ impl Tx {
         Ok(!self.query(&q).await?.is_empty())
     }
 
-    /// Writes a version: the resource row (inserted when `is_new`, otherwise
-    /// updated) and its history row.
-    pub async fn write(&self, w: &Write<'_>, is_new: bool) -> Result<()> {
-        let client = self.client();
-        let resource_sql = if is_new {
-            "INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content)
-             VALUES ($1, $2, $3, $4, $5, $6::text IS NULL, COALESCE($6::text, ''))"
-        } else {
-            "UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL,
-                 content = COALESCE($6::text, content)
-             WHERE project_id = $1 AND resource_type = $2 AND id = $3"
-        };
-        let params: [&(dyn ToSql + Sync); 6] = [
+    /// Writes a version in one statement: the resource row (inserted when
+    /// `is_new`, otherwise updated), its history row and its search-index
+    /// rows (`index`; none for a deletion).
+    pub async fn write(
+        &self,
+        w: &Write<'_>,
+        is_new: bool,
+        index: &[fhir_model::search::IndexValue],
+    ) -> Result<()> {
+        let rows = index::IndexRows::new(w.resource_type, w.id, index);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &w.project_id,
             &w.resource_type,
             &w.id,
@@ -474,18 +541,21 @@ impl Tx {
             &w.last_updated,
             &w.content,
         ];
-        let statement = client.prepare_cached(resource_sql).await?;
-        client
-            .execute(&statement, &params)
+        params.extend(rows.params());
+        let sql = if is_new {
+            &*WRITE_NEW_SQL
+        } else {
+            &*WRITE_UPDATE_SQL
+        };
+        self.run(sql, &params)
             .await
             .map_err(conflict_on_duplicate)?;
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await?;
-        client.execute(&statement, &params).await?;
+        if let Some(change) = Change::of(w.resource_type, w.id) {
+            self.changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(change);
+        }
         Ok(())
     }
 
@@ -498,44 +568,29 @@ impl Tx {
         kind: &str,
         hash: &str,
     ) -> Result<()> {
-        let client = self.client();
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO resource_secret (project_id, resource_type, resource_id, kind, hash)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (project_id, resource_type, resource_id, kind)
-                 DO UPDATE SET hash = EXCLUDED.hash, updated_at = now()",
-            )
-            .await?;
-        client
-            .execute(
-                &statement,
-                &[&project_id, &resource_type, &id, &kind, &hash],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Replaces the search-index rows of a resource (none for a deletion).
-    pub async fn replace_index(
-        &self,
-        project_id: Uuid,
-        resource_type: &str,
-        id: Uuid,
-        values: &[fhir_model::search::IndexValue],
-    ) -> Result<()> {
-        let rows = index::IndexRows::new(resource_type, id, values);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&project_id, &resource_type, &id];
-        params.extend(rows.params());
-        let client = self.client();
-        let statement = client.prepare_cached(index::REPLACE_SQL).await?;
-        client.query(&statement, &params).await?;
+        self.run(
+            "INSERT INTO resource_secret (project_id, resource_type, resource_id, kind, hash)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (project_id, resource_type, resource_id, kind)
+             DO UPDATE SET hash = EXCLUDED.hash, updated_at = now()",
+            &[&project_id, &resource_type, &id, &kind, &hash],
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn commit(mut self) -> Result<()> {
         let client = self.client.take().expect("commit once");
-        client.batch_execute("COMMIT").await?;
+        // Without a statement, nothing was begun.
+        if *self.begun.get_mut() {
+            client.batch_execute("COMMIT").await?;
+        }
+        if let Some(observer) = &self.observer {
+            let changes = std::mem::take(self.changes.get_mut().unwrap_or_else(|e| e.into_inner()));
+            for change in changes {
+                observer.changed(change);
+            }
+        }
         Ok(())
     }
 }

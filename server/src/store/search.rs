@@ -158,6 +158,38 @@ fn like_escape(value: &str) -> String {
         .replace('_', "\\_")
 }
 
+/// `column` starts with `prefix`, as a byte-wise range (the `~>=~`/`~<~`
+/// operators of the `text_pattern_ops` indexes) rather than `LIKE 'p%'`: a
+/// range over parameters keeps its index in a prepared statement's generic
+/// plan, so PostgreSQL need not plan the query again on every execution.
+fn starts_with(q: &mut Query, column: &str, prefix: String) {
+    let upper = prefix_upper_bound(&prefix);
+    q.push(&format!("({column} ~>=~ ")).bind(prefix);
+    if let Some(upper) = upper {
+        q.push(&format!(" AND {column} ~<~ ")).bind(upper);
+    }
+    q.push(")");
+}
+
+/// The least string greater than every string that starts with `prefix`
+/// (UTF-8 orders bytes as it orders code points): the last character that
+/// can be incremented, incremented, and what follows it dropped. `None` when
+/// every string starting with `prefix` is unbounded above (no such character).
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// Lower-cased, accents folded: the same normalisation as the string index.
 fn normalize(value: &str) -> String {
     fhir_model::search::extract::normalize(value)
@@ -514,20 +546,14 @@ impl Compiler<'_> {
                     q.push(&format!("{} LIKE ", c.normalized))
                         .bind(format!("%{}%", like_escape(&normalize(text))));
                 }
-                Modifier::Below => {
-                    q.push(&format!("{} LIKE ", c.value))
-                        .bind(format!("{}%", like_escape(text)));
-                }
+                Modifier::Below => starts_with(q, &c.value, text.clone()),
                 Modifier::Above => {
                     q.bind(text.clone()).push(&format!(" LIKE replace(replace(replace({0}, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%'", c.value));
                 }
                 _ if kind == ParamType::Uri => {
                     q.push(&format!("{} = ", c.value)).bind(text.clone());
                 }
-                _ => {
-                    q.push(&format!("{} LIKE ", c.normalized))
-                        .bind(format!("{}%", like_escape(&normalize(text))));
-                }
+                _ => starts_with(q, &c.normalized, normalize(text)),
             },
             SearchValue::Date { prefix, low, high } => {
                 self.range(&c.low, &c.high, *prefix, *low, *high, |q, v| {
@@ -1028,6 +1054,9 @@ async fn includes(
         }
         let mut q = Query::new("");
         let mut parts = 0;
+        let mut projects: Vec<Uuid> = frontier.iter().map(|v| v.project_id).collect();
+        projects.sort_unstable();
+        projects.dedup();
         let ids_of = |resource_type: Option<&str>| -> Vec<Uuid> {
             frontier
                 .iter()
@@ -1046,6 +1075,7 @@ async fn includes(
                 sq,
                 &mut parts,
                 "t.resource_type = i.target_type AND t.id = i.target_id",
+                &projects,
             )?;
             q.push(" AND i.resource_type = ")
                 .bind(inc.source_type.clone())
@@ -1073,6 +1103,7 @@ async fn includes(
                 sq,
                 &mut parts,
                 "t.resource_type = i.resource_type AND t.id = i.resource_id",
+                &projects,
             )?;
             q.push(" AND i.resource_type = ")
                 .bind(inc.source_type.clone())
@@ -1099,12 +1130,15 @@ async fn includes(
 }
 
 /// Starts one `UNION ALL` branch: live resources `t` the policy lets the
-/// caller search, joined to reference rows `i` on `join`, inside the tenant.
+/// caller search, joined to reference rows `i` on `join`, inside the tenant
+/// and the `projects` of the resources included from (which, across
+/// projects, lets the index that leads with `project_id` drive the plan).
 fn include_select(
     q: &mut Query,
     sq: &SearchQuery<'_>,
     parts: &mut usize,
     join: &str,
+    projects: &[Uuid],
 ) -> Result<()> {
     if *parts > 0 {
         q.push(" UNION ALL ");
@@ -1113,8 +1147,39 @@ fn include_select(
     q.push(&format!(
         "(SELECT t.project_id, t.resource_type, t.id, t.version_id, t.last_updated, t.content FROM idx_reference i JOIN resource t ON t.project_id = i.project_id AND {join} WHERE NOT t.deleted"
     ));
-    if let Tenant::Project(project_id) = sq.tenant {
-        q.push(" AND i.project_id = ").bind(project_id);
-    }
+    match sq.tenant {
+        Tenant::Project(project_id) => q.push(" AND i.project_id = ").bind(project_id),
+        Tenant::AllProjects => q
+            .push(" AND i.project_id = ANY(")
+            .bind(projects.to_vec())
+            .push(")"),
+    };
     row_condition(q, "t", &sq.policy.row_filter(&[], Interaction::Search))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_upper_bound("smi").as_deref(), Some("smj"));
+        assert_eq!(prefix_upper_bound("müll").as_deref(), Some("mülm"));
+        assert_eq!(
+            prefix_upper_bound("a\u{D7FF}").as_deref(),
+            Some("a\u{E000}")
+        );
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        assert_eq!(prefix_upper_bound(""), None);
+        // Every string with the prefix sorts below the bound, byte-wise.
+        for (prefix, candidate) in [("ab", "ab\u{10FFFF}zz"), ("a\u{7F}", "a\u{7F}\u{80}")] {
+            let upper = prefix_upper_bound(prefix).unwrap();
+            assert!(
+                candidate.as_bytes() < upper.as_bytes(),
+                "{candidate:?} < {upper:?}"
+            );
+            assert!(candidate.as_bytes() >= prefix.as_bytes());
+        }
+    }
 }
