@@ -1,6 +1,6 @@
-//! Writing search-index rows: one statement replaces every row of a resource
-//! in every index table (data-modifying CTEs see the same snapshot, so the
-//! deletes remove only the old rows and the inserts add the new ones).
+//! Writing search-index rows: the rows of one resource or of many (a
+//! transaction's new resources), each row with its owner's project, type and
+//! id, inserted into every index table by one statement.
 
 use fhir_model::search::IndexValue;
 use serde_json::{json, Value};
@@ -10,9 +10,19 @@ use uuid::Uuid;
 type Texts = Vec<String>;
 type OptionalTexts = Vec<Option<String>>;
 
-/// Column arrays for `UNNEST`, one vector per column, named `<table>_<column>`.
+/// Whose rows: the owner columns of one index table.
+#[derive(Default)]
+struct Owners {
+    project_id: Vec<Uuid>,
+    resource_type: Texts,
+    resource_id: Vec<Uuid>,
+}
+
+/// Column arrays for `UNNEST`, one vector per column, named `<table>_<column>`,
+/// and each table's owners (in [`TABLES`] order).
 #[derive(Default)]
 pub(super) struct IndexRows {
+    owners: [Owners; TABLES.len()],
     token_param: Texts,
     token_system: OptionalTexts,
     token_code: OptionalTexts,
@@ -89,11 +99,17 @@ pub fn of_type_system(type_system: Option<&str>, type_code: Option<&str>) -> Str
 }
 
 impl IndexRows {
-    /// The rows of one resource; its compartments come from its references.
-    pub(super) fn new(resource_type: &str, id: Uuid, values: &[IndexValue]) -> IndexRows {
-        let mut rows = IndexRows::default();
+    /// Adds the rows of one resource; its compartments come from its references.
+    pub(super) fn add(
+        &mut self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        values: &[IndexValue],
+    ) {
+        let before = self.lengths();
         for value in values {
-            rows.push(value);
+            self.push(value);
         }
         if !values.is_empty() {
             let compartments = fhir_model::search::compartments(
@@ -105,12 +121,38 @@ impl IndexRows {
             for (compartment_type, compartment_id) in compartments {
                 // fhirgate ids are UUIDs; a reference to anything else names no stored resource.
                 if let Ok(compartment_id) = Uuid::parse_str(&compartment_id) {
-                    rows.compartment_type.push(compartment_type);
-                    rows.compartment_id.push(compartment_id);
+                    self.compartment_type.push(compartment_type);
+                    self.compartment_id.push(compartment_id);
                 }
             }
         }
-        rows
+        let after = self.lengths();
+        for ((owners, before), after) in self.owners.iter_mut().zip(before).zip(after) {
+            let added = after - before;
+            owners
+                .project_id
+                .extend(std::iter::repeat_n(project_id, added));
+            owners
+                .resource_type
+                .extend(std::iter::repeat_n(resource_type.to_string(), added));
+            owners.resource_id.extend(std::iter::repeat_n(id, added));
+        }
+    }
+
+    /// Rows per table, in [`TABLES`] order.
+    fn lengths(&self) -> [usize; TABLES.len()] {
+        [
+            self.token_param.len(),
+            self.string_param.len(),
+            self.date_param.len(),
+            self.number_param.len(),
+            self.quantity_param.len(),
+            self.reference_param.len(),
+            self.uri_param.len(),
+            self.composite_param.len(),
+            self.text_param.len(),
+            self.compartment_type.len(),
+        ]
     }
 
     fn push(&mut self, value: &IndexValue) {
@@ -215,41 +257,49 @@ impl IndexRows {
         }
     }
 
-    /// Parameters after the first three ($1 project, $2 type, $3 id), in the
-    /// order [`replace_ctes`] numbers them.
+    /// The arrays in the order [`insert_ctes`] numbers them: per table, its
+    /// owners, then its value columns.
     pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![
-            &self.token_param,
-            &self.token_system,
-            &self.token_code,
-            &self.token_text,
-            &self.string_param,
-            &self.string_normalized,
-            &self.string_exact,
-            &self.date_param,
-            &self.date_low,
-            &self.date_high,
-            &self.number_param,
-            &self.number_value,
-            &self.quantity_param,
-            &self.quantity_value,
-            &self.quantity_system,
-            &self.quantity_code,
-            &self.quantity_unit,
-            &self.reference_param,
-            &self.reference_target_type,
-            &self.reference_target_id,
-            &self.reference_url,
-            &self.uri_param,
-            &self.uri_value,
-            &self.composite_param,
-            &self.composite_parts,
-            &self.text_param,
-            &self.text_normalized,
-            &self.text_exact,
-            &self.compartment_type,
-            &self.compartment_id,
-        ]
+        let values: [Vec<&(dyn ToSql + Sync)>; TABLES.len()] = [
+            vec![
+                &self.token_param,
+                &self.token_system,
+                &self.token_code,
+                &self.token_text,
+            ],
+            vec![
+                &self.string_param,
+                &self.string_normalized,
+                &self.string_exact,
+            ],
+            vec![&self.date_param, &self.date_low, &self.date_high],
+            vec![&self.number_param, &self.number_value],
+            vec![
+                &self.quantity_param,
+                &self.quantity_value,
+                &self.quantity_system,
+                &self.quantity_code,
+                &self.quantity_unit,
+            ],
+            vec![
+                &self.reference_param,
+                &self.reference_target_type,
+                &self.reference_target_id,
+                &self.reference_url,
+            ],
+            vec![&self.uri_param, &self.uri_value],
+            vec![&self.composite_param, &self.composite_parts],
+            vec![&self.text_param, &self.text_normalized, &self.text_exact],
+            vec![&self.compartment_type, &self.compartment_id],
+        ];
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (owners, values) in self.owners.iter().zip(values) {
+            params.push(&owners.project_id);
+            params.push(&owners.resource_type);
+            params.push(&owners.resource_id);
+            params.extend(values);
+        }
+        params
     }
 }
 
@@ -341,41 +391,50 @@ const TABLES: [(&str, &[(&str, &str)]); 10] = [
     ),
 ];
 
-/// The CTEs that replace every index row of one resource ($1 project, $2
-/// type, $3 id), its arrays numbered from `$first`. A new resource has no old
-/// rows to delete. Data-modifying CTEs see one snapshot, so the deletes
-/// remove only the old rows and the inserts add the new ones.
-pub(super) fn replace_ctes(first: usize, delete_old: bool) -> String {
-    let mut ctes = Vec::new();
-    if delete_old {
-        for (n, (table, _)) in TABLES.iter().enumerate() {
-            ctes.push(format!(
+/// `DELETE`s of every index row of one resource ($1 project, $2 type, $3 id).
+pub(super) fn delete_ctes() -> String {
+    TABLES
+        .iter()
+        .enumerate()
+        .map(|(n, (table, _))| {
+            format!(
                 "d{n} AS (DELETE FROM {table} WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3)"
-            ));
-        }
-    }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n     ")
+}
+
+/// `INSERT`s of the rows of [`IndexRows::params`], numbered from `$first`.
+pub(super) fn insert_ctes(first: usize) -> String {
     let mut next = first;
-    for (n, (table, columns)) in TABLES.iter().enumerate() {
-        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        let arrays: Vec<String> = columns
-            .iter()
-            .map(|(_, kind)| {
-                next += 1;
-                format!("${}::{kind}[]", next - 1)
-            })
-            .collect();
-        // A resource is in a compartment once, however many references lead there.
-        let distinct = if *table == "resource_compartment" {
-            "DISTINCT "
-        } else {
-            ""
-        };
-        ctes.push(format!(
-            "i{n} AS (INSERT INTO {table} (project_id, resource_type, resource_id, {}) \
-             SELECT {distinct}$1, $2, $3, * FROM UNNEST({}))",
-            names.join(", "),
-            arrays.join(", ")
-        ));
-    }
-    ctes.join(",\n     ")
+    let mut placeholder = |kind: &str| {
+        next += 1;
+        format!("${}::{kind}[]", next - 1)
+    };
+    TABLES
+        .iter()
+        .enumerate()
+        .map(|(n, (table, columns))| {
+            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+            let arrays: Vec<String> = [("", "uuid"), ("", "text"), ("", "uuid")]
+                .iter()
+                .chain(columns.iter())
+                .map(|(_, kind)| placeholder(kind))
+                .collect();
+            // A resource is in a compartment once, however many references lead there.
+            let distinct = if *table == "resource_compartment" {
+                "DISTINCT "
+            } else {
+                ""
+            };
+            format!(
+                "i{n} AS (INSERT INTO {table} (project_id, resource_type, resource_id, {}) \
+                 SELECT {distinct}* FROM UNNEST({}))",
+                names.join(", "),
+                arrays.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n     ")
 }

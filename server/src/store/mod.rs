@@ -179,7 +179,7 @@ impl Executor for Store {
 
 impl Executor for Tx {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
-        Ok(self.run(&query.sql, &query.values()).await?)
+        self.run(&query.sql, &query.values()).await
     }
 }
 
@@ -360,6 +360,7 @@ impl Store {
             begun: AtomicBool::new(false),
             observer: self.observer.clone(),
             changes: Mutex::new(Vec::new()),
+            pending: Mutex::new(PendingInserts::default()),
         })
     }
 
@@ -399,31 +400,52 @@ fn current_query(
     Ok(q)
 }
 
-/// [`Tx::write`] of a new resource: $1 project, $2 type, $3 id, $4 version,
-/// $5 last updated, $6 content (NULL deletes), then the index arrays.
-static WRITE_NEW_SQL: LazyLock<String> = LazyLock::new(|| {
+/// New resources, any number: $1 projects, $2 types, $3 ids, $4 versions,
+/// $5 last-updated times, $6 contents, then [`index::IndexRows::params`].
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
-                    VALUES ($1, $2, $3, $4, $5, $6::text IS NULL, COALESCE($6::text, ''))), \
-              {HISTORY_CTE}, {} SELECT 1",
-        index::replace_ctes(7, false)
+        "WITH x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
+                    AS x (project_id, resource_type, id, version_id, last_updated, content)), \
+              w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
+                    SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x), \
+              h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+                    SELECT project_id, resource_type, id, version_id, last_updated, content FROM x), \
+              {} SELECT 1",
+        index::insert_ctes(7)
     )
 });
 
-/// [`Tx::write`] of a new version of an existing resource (parameters as
-/// for [`WRITE_NEW_SQL`]).
-static WRITE_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+/// A new version of one existing resource: $1 project, $2 type, $3 id, $4
+/// version, $5 last updated, $6 content (NULL deletes), then the index
+/// arrays; its old index rows go.
+static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
                     content = COALESCE($6::text, content) \
                     WHERE project_id = $1 AND resource_type = $2 AND id = $3), \
-              {HISTORY_CTE}, {} SELECT 1",
-        index::replace_ctes(7, true)
+              h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+                    VALUES ($1, $2, $3, $4, $5, $6::text)), \
+              {}, {} SELECT 1",
+        index::delete_ctes(),
+        index::insert_ctes(7)
     )
 });
 
-const HISTORY_CTE: &str = "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-                           VALUES ($1, $2, $3, $4, $5, $6::text))";
+/// New resources written by a transaction and not yet sent: they go as one
+/// [`INSERT_SQL`] before the transaction's next statement or its commit.
+#[derive(Default)]
+struct PendingInserts {
+    project_id: Vec<Uuid>,
+    resource_type: Vec<String>,
+    id: Vec<Uuid>,
+    version_id: Vec<Uuid>,
+    last_updated: Vec<DateTime<Utc>>,
+    content: Vec<String>,
+    index: index::IndexRows,
+}
+
+/// New resources held back at most before they are sent.
+const MAX_PENDING_INSERTS: usize = 1000;
 
 /// A write transaction on one pooled connection. Dropped without
 /// [`Tx::commit`], its connection is closed instead of returned to the pool,
@@ -436,6 +458,7 @@ pub struct Tx {
     observer: Option<Arc<dyn ChangeObserver>>,
     /// What this transaction wrote that sessions depend on.
     changes: Mutex<Vec<Change>>,
+    pending: Mutex<PendingInserts>,
 }
 
 impl Tx {
@@ -445,9 +468,20 @@ impl Tx {
             .expect("transaction is open until commit")
     }
 
-    /// Runs a statement in the transaction; the first one is pipelined
-    /// behind `BEGIN`.
+    /// Runs a statement in the transaction, after the new resources it has
+    /// not sent yet (so that it sees them).
     async fn run(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.send_pending().await?;
+        Ok(self.send(sql, params).await?)
+    }
+
+    /// Sends a statement; the transaction's first is pipelined behind `BEGIN`
+    /// (one round trip for both).
+    async fn send(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -462,6 +496,27 @@ impl Tx {
             client.query(&statement, params)
         )?;
         Ok(rows)
+    }
+
+    /// Sends the new resources held back, all in one statement.
+    async fn send_pending(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if pending.id.is_empty() {
+            return Ok(());
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &pending.project_id,
+            &pending.resource_type,
+            &pending.id,
+            &pending.version_id,
+            &pending.last_updated,
+            &pending.content,
+        ];
+        params.extend(pending.index.params());
+        self.send(&INSERT_SQL, &params)
+            .await
+            .map_err(conflict_on_duplicate)?;
+        Ok(())
     }
 
     /// Searches inside the transaction, seeing its own writes.
@@ -523,40 +578,63 @@ impl Tx {
         Ok(!self.query(&q).await?.is_empty())
     }
 
-    /// Writes a version in one statement: the resource row (inserted when
-    /// `is_new`, otherwise updated), its history row and its search-index
-    /// rows (`index`; none for a deletion).
+    /// Writes a version: the resource row (inserted when `is_new`, otherwise
+    /// updated), its history row and its search-index rows (`index`; none for
+    /// a deletion). New resources are held back and sent together (a
+    /// transaction Bundle's creates cost one statement), so a conflict on
+    /// their ids surfaces at the next statement or at commit.
     pub async fn write(
         &self,
         w: &Write<'_>,
         is_new: bool,
         index: &[fhir_model::search::IndexValue],
     ) -> Result<()> {
-        let rows = index::IndexRows::new(w.resource_type, w.id, index);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &w.project_id,
-            &w.resource_type,
-            &w.id,
-            &w.version_id,
-            &w.last_updated,
-            &w.content,
-        ];
-        params.extend(rows.params());
-        let sql = if is_new {
-            &*WRITE_NEW_SQL
-        } else {
-            &*WRITE_UPDATE_SQL
-        };
-        self.run(sql, &params)
-            .await
-            .map_err(conflict_on_duplicate)?;
         if let Some(change) = Change::of(w.resource_type, w.id) {
             self.changes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(change);
         }
-        Ok(())
+        match (is_new, w.content) {
+            (true, Some(content)) => {
+                let full = {
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.project_id.push(w.project_id);
+                    pending.resource_type.push(w.resource_type.to_string());
+                    pending.id.push(w.id);
+                    pending.version_id.push(w.version_id);
+                    pending.last_updated.push(w.last_updated);
+                    pending.content.push(content.to_string());
+                    pending
+                        .index
+                        .add(w.project_id, w.resource_type, w.id, index);
+                    pending.id.len() >= MAX_PENDING_INSERTS
+                };
+                if full {
+                    self.send_pending().await?;
+                }
+                Ok(())
+            }
+            (true, None) => Err(Error::Internal(format!(
+                "{}/{} cannot be created deleted",
+                w.resource_type, w.id
+            ))),
+            (false, _) => {
+                let mut rows = index::IndexRows::default();
+                rows.add(w.project_id, w.resource_type, w.id, index);
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                    &w.project_id,
+                    &w.resource_type,
+                    &w.id,
+                    &w.version_id,
+                    &w.last_updated,
+                    &w.content,
+                ];
+                params.extend(rows.params());
+                self.run(&UPDATE_SQL, &params).await?;
+                Ok(())
+            }
+        }
     }
 
     /// Sets a secret (a hash) that belongs to a resource but never appears in it.
@@ -580,6 +658,7 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
+        self.send_pending().await?;
         let client = self.client.take().expect("commit once");
         // Without a statement, nothing was begun.
         if *self.begun.get_mut() {
