@@ -159,7 +159,9 @@ fn entry_error(entry: &Entry, error: Error) -> Error {
     }
 }
 
-fn parse_entries(bundle: &Value, max: usize) -> Result<(bool, Vec<Entry>)> {
+/// Takes the Bundle apart (its entries are moved, not copied: a Bundle of
+/// many resources is held once).
+fn parse_entries(mut bundle: Value, max: usize) -> Result<(bool, Vec<Entry>)> {
     if bundle["resourceType"] != "Bundle" {
         return Err(Error::BadRequest(
             "POST to the FHIR base takes a Bundle of type batch or transaction".into(),
@@ -175,9 +177,9 @@ fn parse_entries(bundle: &Value, max: usize) -> Result<(bool, Vec<Entry>)> {
             )))
         }
     };
-    let raw = match &bundle["entry"] {
+    let raw = match bundle["entry"].take() {
         Value::Null => Vec::new(),
-        Value::Array(entries) => entries.clone(),
+        Value::Array(entries) => entries,
         _ => return Err(Error::BadRequest("Bundle.entry must be an array".into())),
     };
     if raw.len() > max {
@@ -254,7 +256,7 @@ fn parse_target(state: &AppState, url: &str) -> Result<Target> {
 }
 
 pub async fn process(state: &AppState, caller: &Caller, bundle: Value) -> Result<String> {
-    let (transaction, entries) = parse_entries(&bundle, state.config.max_bundle_entries)?;
+    let (transaction, entries) = parse_entries(bundle, state.config.max_bundle_entries)?;
     let results = if transaction {
         run_transaction(state, caller, entries).await?
     } else {
