@@ -165,6 +165,9 @@ pub async fn migrate(client: &mut deadpool_postgres::Client) -> Result<usize> {
         .filter(|m| !applied.iter().any(|a| a == m.name))
     {
         let tx = client.transaction().await?;
+        // Building an index on a large table takes longer than the request
+        // statement timeout allows.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.batch_execute(migration.sql).await?;
         tx.execute(
             "INSERT INTO schema_migrations (name) VALUES ($1)",

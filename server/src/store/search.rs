@@ -898,11 +898,21 @@ pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) ->
 
 /// The statement that fetches one page: the matches in sort order, with
 /// each sort key's value as text (`k0`, `k1`, …) for the cursor.
+///
+/// In the default order (by id) the page's ids are found first, from the
+/// indexes alone (`resource_live`, and the value indexes, which carry the
+/// resource id), and only the page's rows are read: a search matching
+/// thousands of resources reads twenty, not thousands, of heap rows.
 fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
+    const COLUMNS: &str =
+        "r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content";
     let request = sq.request;
-    let mut q = Query::new(
-        "SELECT r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content",
-    );
+    let by_id = request.sort.is_empty();
+    let mut q = Query::new(&if by_id {
+        format!("SELECT {COLUMNS} FROM resource r WHERE (r.project_id, r.resource_type, r.id) IN (SELECT r.project_id, r.resource_type, r.id")
+    } else {
+        format!("SELECT {COLUMNS}")
+    });
     let keys: Vec<SortKey> = request
         .sort
         .iter()
@@ -926,11 +936,15 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
             if backwards { "FIRST" } else { "LAST" }
         ));
     }
-    q.push(if backwards { "r.id DESC" } else { "r.id ASC" });
+    let id_order = if backwards { "r.id DESC" } else { "r.id ASC" };
+    q.push(id_order);
     let limit = request.count as i64 + 1;
     q.push(" LIMIT ").bind(limit);
     if request.offset > 0 && sq.cursor.is_none() {
         q.push(" OFFSET ").bind(request.offset as i64);
+    }
+    if by_id {
+        q.push(&format!(") ORDER BY {id_order}"));
     }
     Ok((q, keys.len()))
 }
