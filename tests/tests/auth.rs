@@ -448,6 +448,7 @@ async fn revocations_reach_every_instance_that_remembered_the_caller() {
             "{} still serves a revoked login",
             session.base_url
         );
+        assert_outcome(session.get("Patient/_history").await, 401, "revoked").await;
     }
 
     // A membership deleted through the first instance ends the admin's
@@ -474,6 +475,7 @@ async fn revocations_reach_every_instance_that_remembered_the_caller() {
         took.is_some(),
         "the second instance still serves a removed membership"
     );
+    assert_outcome(admin_there.get("Patient/_history").await, 401, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

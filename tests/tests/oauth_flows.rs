@@ -611,6 +611,21 @@ fn client_key(kid: &str) -> (String, Value) {
     (pem, jwk)
 }
 
+/// The client-credentials grant, the client authenticated by `assertion`
+/// (RFC 7523 `private_key_jwt`).
+async fn assertion_grant(app: &TestApp, assertion: &str, scope: Option<&str>) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+    ];
+    form.extend(scope.map(|scope| ("scope", scope)));
+    app.token(&form).await
+}
+
 fn assertion(
     pem: &str,
     kid: &str,
@@ -674,18 +689,7 @@ async fn private_key_jwt_client_authentication_refuses_replays() {
     let (client_id, pem) = keyed_client(&app, &project.id, json!({})).await;
     let grant = |assertion: String| {
         let app = &app;
-        async move {
-            app.token(&[
-                ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                ("client_assertion", &assertion),
-                ("scope", "system/*.rs"),
-            ])
-            .await
-        }
+        async move { assertion_grant(app, &assertion, Some("system/*.rs")).await }
     };
     let audience = app.url("oauth2/token");
     let good = assertion(&pem, "key-1", &client_id, &audience, "jti-1", 60);
@@ -792,30 +796,19 @@ async fn scopes_are_granted_only_as_far_as_the_client_allows_and_old_grants_are_
         json!({"scope": "openid system/Observation.rs system/Patient.r"}),
     )
     .await;
-    let (status, token) = app
-        .token(&[
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            (
-                "client_assertion",
-                &assertion(
-                    &pem,
-                    "key-1",
-                    &client_id,
-                    &app.url("oauth2/token"),
-                    "s-1",
-                    60,
-                ),
-            ),
-            (
-                "scope",
-                "system/Observation.read system/Patient.cruds system/Condition.rs",
-            ),
-        ])
-        .await;
+    let (status, token) = assertion_grant(
+        &app,
+        &assertion(
+            &pem,
+            "key-1",
+            &client_id,
+            &app.url("oauth2/token"),
+            "s-1",
+            60,
+        ),
+        Some("system/Observation.read system/Patient.cruds system/Condition.rs"),
+    )
+    .await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["scope"], "system/Observation.read system/Patient.r");
     for grant in ["password", "implicit", "token"] {
@@ -875,26 +868,19 @@ async fn private_key_jwt_with_keys_from_the_clients_jwks_uri() {
             "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
         )
         .await;
-        let (status, body) = app
-            .token(&[
-                ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                (
-                    "client_assertion",
-                    &assertion(
-                        &pem,
-                        "remote-1",
-                        &client_id,
-                        &app.url("oauth2/token"),
-                        "r-1",
-                        60,
-                    ),
-                ),
-            ])
-            .await;
+        let (status, body) = assertion_grant(
+            &app,
+            &assertion(
+                &pem,
+                "remote-1",
+                &client_id,
+                &app.url("oauth2/token"),
+                "r-1",
+                60,
+            ),
+            None,
+        )
+        .await;
         if allow_http {
             assert_eq!(status, 200, "{body}");
         } else {
