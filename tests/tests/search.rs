@@ -130,13 +130,7 @@ async fn ids(s: &Session, query: &str) -> BTreeSet<String> {
     let (status, bundle) = status_json(s.get(query).await).await;
     assert_eq!(status, 200, "{query}: {bundle}");
     assert_eq!(bundle["type"], "searchset");
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "match")
-        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
-        .collect()
+    page_ids(&bundle).into_iter().collect()
 }
 
 fn set(ids: &[&String]) -> BTreeSet<String> {
@@ -362,6 +356,41 @@ async fn references_chains_has_and_compartments() {
     .await;
 }
 
+/// The link of `relation` of a searchset, fetched.
+async fn follow(s: &Session, bundle: &Value, relation: &str) -> Option<Value> {
+    let url = bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)?["url"]
+        .as_str()?
+        .to_string();
+    let (status, page) =
+        status_json(s.http.get(&url).bearer_auth(&s.token).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{url}: {page}");
+    Some(page)
+}
+
+fn page_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every page of a search, following `next` links: the ids in order, and the pages.
+async fn walk_pages(s: &Session, query: &str) -> (Vec<String>, Vec<Value>) {
+    let (status, first) = status_json(s.get(query).await).await;
+    assert_eq!(status, 200, "{query}: {first}");
+    let mut pages = vec![first];
+    while let Some(next) = follow(s, pages.last().unwrap(), "next").await {
+        pages.push(next);
+    }
+    (pages.iter().flat_map(page_ids).collect(), pages)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn includes_sorting_paging_and_shaping() {
     let app = TestApp::spawn().await;
@@ -431,51 +460,10 @@ async fn includes_sorting_paging_and_shaping() {
     );
 
     // Keyset paging forwards and back, with _total.
-    let mut url = s.url("fhir/R4/Patient?_sort=birthdate&_count=3&_total=accurate");
-    let mut seen = Vec::new();
-    let mut last;
-    loop {
-        let (status, bundle) =
-            status_json(s.http.get(&url).bearer_auth(&s.token).send().await.unwrap()).await;
-        assert_eq!(status, 200, "{bundle}");
-        assert_eq!(bundle["total"], 4);
-        for e in bundle["entry"].as_array().into_iter().flatten() {
-            seen.push(e["resource"]["id"].as_str().unwrap().to_string());
-        }
-        let next = bundle["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .cloned();
-        last = bundle;
-        match next {
-            Some(next) => url = next["url"].as_str().unwrap().to_string(),
-            None => break,
-        }
-    }
+    let (seen, pages) = walk_pages(&s, "Patient?_sort=birthdate&_count=3&_total=accurate").await;
+    assert!(pages.iter().all(|page| page["total"] == 4));
     assert_eq!(seen, [p3.as_str(), p1, p2, p4]);
-    let previous = last["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "previous")
-        .unwrap();
-    let (_, first_page) = status_json(
-        s.http
-            .get(previous["url"].as_str().unwrap())
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let first_ids: Vec<&str> = first_page["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["resource"]["id"].as_str().unwrap())
-        .collect();
+    let first_ids = page_ids(&follow(&s, pages.last().unwrap(), "previous").await.unwrap());
     assert_eq!(first_ids, [p3.as_str(), p1, p2]);
 
     // _summary=count, _elements
@@ -776,4 +764,130 @@ async fn no_query_makes_search_fail_with_a_server_error() {
         );
         assert!(body.contains("\"resourceType\""), "{query}: {body}");
     }
+}
+
+/// Searches whose page is read from one filter's index in id order (a
+/// reference to one resource, a token with its system, a string prefix of
+/// three or more characters): the same matches as any other search, each
+/// once, in id order, across pages forwards and back, with the other
+/// filters, deletes and the caller's policy applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn searches_driven_by_one_index_page_through_every_match_once() {
+    let app = TestApp::spawn().await;
+    let project = app.project("driven").await;
+    let s = project.member;
+    let patient = id_of(
+        &s,
+        json!({"resourceType": "Patient", "name": [{"family": "Smithers"}]}),
+    )
+    .await;
+    let mut expected = Vec::new();
+    for n in 0..7 {
+        let mut observation = json!({
+            "resourceType": "Observation", "status": if n == 3 { "preliminary" } else { "final" },
+            "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "effectiveDateTime": format!("2024-0{}-01", n + 1),
+        });
+        if n == 5 {
+            // The same code twice: still one match.
+            observation["code"]["coding"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"system": LOINC, "code": "8480-6", "display": "Systolic"}));
+        }
+        expected.push(id_of(&s, observation).await);
+    }
+    let deleted = expected.pop().unwrap();
+    assert_eq!(
+        s.delete(&format!("Observation/{deleted}")).await.status(),
+        200
+    );
+    expected.sort();
+
+    for query in [
+        format!("Observation?subject=Patient/{patient}&_count=2"),
+        format!("Observation?code={LOINC}|8480-6&_count=2"),
+        format!("Observation?code={LOINC}|8480-6&subject=Patient/{patient}&_count=4"),
+    ] {
+        let (seen, pages) = walk_pages(&s, &query).await;
+        assert_eq!(seen, expected, "{query}");
+        // Back from the last page: the page before it, in the same order.
+        if pages.len() > 1 {
+            let back = follow(&s, pages.last().unwrap(), "previous").await.unwrap();
+            assert_eq!(
+                page_ids(&back),
+                page_ids(&pages[pages.len() - 2]),
+                "{query}"
+            );
+        }
+    }
+    // Another filter narrows what the driving one yields.
+    let (seen, _) = walk_pages(
+        &s,
+        &format!(
+            "Observation?subject=Patient/{patient}&status=preliminary&date=ge2024-01-01&_count=2"
+        ),
+    )
+    .await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen,
+        ids(&s, "Observation?status=preliminary")
+            .await
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    // A caller whose policy admits only preliminary Observations gets only those.
+    let root = app.super_admin().await;
+    let policy = root
+        .create(json!({
+            "resourceType": "AccessPolicy", "meta": {"project": project.id},
+            "resource": [{"resourceType": "Observation", "criteria": "Observation?status=preliminary"}]
+        }))
+        .await;
+    let restricted = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({"accessPolicy": {"reference": format!("AccessPolicy/{}", policy["id"].as_str().unwrap())}}),
+            None,
+        )
+        .await;
+    let (seen_by_restricted, _) = walk_pages(
+        &restricted,
+        &format!("Observation?code={LOINC}|8480-6&_count=1"),
+    )
+    .await;
+    assert_eq!(seen_by_restricted, seen);
+
+    // String prefixes: three or more characters through the index head, fewer
+    // by its range; a Patient whose two names both match is one match.
+    let twice = id_of(
+        &s,
+        json!({"resourceType": "Patient", "name": [{"family": "Smith"}, {"family": "Smithson"}]}),
+    )
+    .await;
+    let other = id_of(
+        &s,
+        json!({"resourceType": "Patient", "name": [{"family": "Smyth"}]}),
+    )
+    .await;
+    let mut smith = vec![patient.clone(), twice.clone()];
+    smith.sort();
+    for prefix in ["smi", "Smith", "SMITH"] {
+        let (seen, _) = walk_pages(&s, &format!("Patient?family={prefix}&_count=1")).await;
+        assert_eq!(seen, smith, "{prefix}");
+    }
+    let mut sm = vec![patient.clone(), twice.clone(), other.clone()];
+    sm.sort();
+    assert_eq!(walk_pages(&s, "Patient?family=sm&_count=2").await.0, sm);
+    assert_eq!(
+        walk_pages(&s, "Patient?family=smithers&_count=2").await.0,
+        [patient.clone()]
+    );
+    assert!(walk_pages(&s, "Patient?family=smz").await.0.is_empty());
+    check(&s, "Patient?family:exact=Smithson", &[&twice]).await;
+    check(&s, "Patient?family:exact=smithson", &[]).await;
+    check(&s, "Patient?family:exact=Sm", &[]).await;
 }

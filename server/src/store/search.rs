@@ -79,6 +79,9 @@ struct Columns {
     code: String,
     text: String,
     normalized: String,
+    /// `left(normalized, 3)`, the leading column of the string index, for
+    /// an index table's row; `None` for a composite component.
+    normalized_head: Option<String>,
     exact: String,
     low: String,
     high: String,
@@ -97,6 +100,7 @@ impl Columns {
             code: c("code"),
             text: c("text"),
             normalized: c("normalized"),
+            normalized_head: Some(format!("left({alias}.normalized, {STRING_HEAD_CHARS})")),
             exact: c("exact"),
             low: c("low"),
             high: c("high"),
@@ -118,6 +122,7 @@ impl Columns {
             code: text("code"),
             text: text("text"),
             normalized: text("normalized"),
+            normalized_head: None,
             exact: text("exact"),
             low: cast("low", "bigint"),
             high: cast("high", "bigint"),
@@ -188,6 +193,31 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The characters of a normalised string that lead the string index
+/// (`idx_string_head`, migration 0010): a prefix of at least this many
+/// characters is an equality on them, whose matches the index holds in
+/// resource id order, so a search page can stream them.
+const STRING_HEAD_CHARS: usize = 3;
+
+fn string_head(normalized: &str) -> String {
+    normalized.chars().take(STRING_HEAD_CHARS).collect()
+}
+
+/// A normalised string value starts with `prefix` (already normalised):
+/// through the index head where the columns have one.
+fn string_prefix(q: &mut Query, c: &Columns, prefix: String) {
+    match &c.normalized_head {
+        Some(head) if prefix.chars().count() >= STRING_HEAD_CHARS => {
+            q.push(&format!("{head} = ")).bind(string_head(&prefix));
+            q.push(" AND ");
+            starts_with(q, &c.normalized, prefix);
+        }
+        // Shorter than the head: starting with it is the head's range.
+        Some(head) => starts_with(q, head, prefix),
+        None => starts_with(q, &c.normalized, prefix),
+    }
 }
 
 /// Lower-cased, accents folded: the same normalisation as the string index.
@@ -384,11 +414,7 @@ impl Compiler<'_> {
         let table = table_for(code, kind, modifier).ok_or_else(|| {
             Error::BadRequest(format!("Search parameter '{code}' is not supported"))
         })?;
-        let indexed_param = match modifier {
-            Modifier::Identifier => identifier_param(code),
-            Modifier::OfType => of_type_param(code),
-            _ => code.to_string(),
-        };
+        let indexed_param = indexed_param(code, modifier);
         let i = self.alias("i");
         let exists = |q: &mut Query, negate: bool| {
             q.push(&format!(
@@ -541,6 +567,10 @@ impl Compiler<'_> {
                 }
                 Modifier::Exact => {
                     q.push(&format!("{} = ", c.exact)).bind(text.clone());
+                    if let Some(head) = &c.normalized_head {
+                        q.push(&format!(" AND {head} = "))
+                            .bind(string_head(&normalize(text)));
+                    }
                 }
                 Modifier::Contains => {
                     q.push(&format!("{} LIKE ", c.normalized))
@@ -553,7 +583,7 @@ impl Compiler<'_> {
                 _ if kind == ParamType::Uri => {
                     q.push(&format!("{} = ", c.value)).bind(text.clone());
                 }
-                _ => starts_with(q, &c.normalized, normalize(text)),
+                _ => string_prefix(q, c, normalize(text)),
             },
             SearchValue::Date { prefix, low, high } => {
                 self.range(&c.low, &c.high, *prefix, *low, *high, |q, v| {
@@ -854,29 +884,172 @@ fn keyset_condition(q: &mut Query, keys: &[SortKey], cursor: &Cursor) -> Result<
     Ok(())
 }
 
-/// `FROM resource r WHERE …`: tenant, types, and every filter.
-fn where_clause(q: &mut Query, sq: &SearchQuery<'_>) -> Result<()> {
-    q.push(" FROM resource r WHERE NOT r.deleted");
-    if let Tenant::Project(project_id) = sq.tenant {
-        q.push(" AND r.project_id = ").bind(project_id);
+/// The param name a filter's rows carry in its index table.
+fn indexed_param(code: &str, modifier: &Modifier) -> String {
+    match modifier {
+        Modifier::Identifier => identifier_param(code),
+        Modifier::OfType => of_type_param(code),
+        _ => code.to_string(),
     }
-    match sq.request.types.as_slice() {
-        [] => {}
-        [only] => {
-            q.push(" AND r.resource_type = ").bind(only.clone());
-        }
-        types => {
-            q.push(" AND r.resource_type = ANY(")
-                .bind(types.to_vec())
-                .push(")");
-        }
+}
+
+/// A filter whose index holds its matches in resource id order (one value,
+/// an equality on every index column before `resource_id`), so a page in
+/// the default order walks them from the first and stops after a page
+/// instead of collecting and sorting every match. With a prepared
+/// statement's generic plan PostgreSQL cannot tell a filter matching
+/// thousands from one matching one, and left to itself it collects them
+/// (measured on 10,000 Patients: `Observation?code=…|8480-6` 256 ms, driven
+/// 1.5 ms).
+struct Driver<'f> {
+    /// Its position in the request's filters.
+    position: usize,
+    table: &'static str,
+    param: String,
+    kind: ParamType,
+    modifier: &'f Modifier,
+    value: &'f SearchValue,
+}
+
+/// The filter to drive a default-order page by, if one can: references to
+/// one resource first (they match few), then tokens with a system, then
+/// string prefixes of at least the index head's length.
+fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
+    if !matches!(sq.tenant, Tenant::Project(_)) || sq.request.types.len() != 1 {
+        return None;
     }
+    sq.request
+        .filters
+        .iter()
+        .enumerate()
+        .filter_map(|(position, filter)| {
+            let Filter::Param {
+                code,
+                kind,
+                modifier,
+                values,
+                ..
+            } = filter
+            else {
+                return None;
+            };
+            let [value] = values.as_slice() else {
+                return None;
+            };
+            if code.starts_with('_') || is_full_text(code) {
+                return None;
+            }
+            let rank = match (kind, modifier, value) {
+                (
+                    ParamType::Reference,
+                    Modifier::None | Modifier::Type(_),
+                    SearchValue::Reference { id: Some(id), .. },
+                ) if Uuid::parse_str(id).is_ok() => 0,
+                (
+                    ParamType::Token,
+                    Modifier::None,
+                    SearchValue::Token {
+                        system: Some(system),
+                        code: Some(_),
+                    },
+                ) if !system.is_empty() => 1,
+                (
+                    _,
+                    Modifier::Identifier,
+                    SearchValue::Identifier {
+                        system: Some(_), ..
+                    },
+                ) => 1,
+                (ParamType::String, Modifier::None, SearchValue::Text(text))
+                    if normalize(text).chars().count() >= STRING_HEAD_CHARS =>
+                {
+                    2
+                }
+                _ => return None,
+            };
+            Some((
+                rank,
+                Driver {
+                    position,
+                    table: table_for(code, *kind, modifier)?,
+                    param: indexed_param(code, modifier),
+                    kind: *kind,
+                    modifier,
+                    value,
+                },
+            ))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, driver)| driver)
+}
+
+/// `FROM resource r WHERE …`: tenant, types, and every filter; with a
+/// driver, the resources come from its index rows, in id order (from the
+/// cursor on), and the other filters apply to them.
+fn where_clause(q: &mut Query, sq: &SearchQuery<'_>, driver: Option<&Driver<'_>>) -> Result<()> {
     let mut compiler = Compiler {
         q,
         next_alias: 0,
         policy: Some(sq.policy),
     };
-    for filter in &sq.request.filters {
+    match (driver, sq.tenant, sq.request.types.as_slice()) {
+        (Some(d), Tenant::Project(project_id), [only]) => {
+            compiler
+                .q
+                .push(&format!(
+                    " FROM (SELECT DISTINCT d.resource_id FROM {} d WHERE d.project_id = ",
+                    d.table
+                ))
+                .bind(project_id)
+                .push(" AND d.resource_type = ")
+                .bind(only.clone())
+                .push(" AND d.param = ")
+                .bind(d.param.clone())
+                .push(" AND ");
+            compiler.value(&Columns::table("d"), d.kind, d.modifier, d.value)?;
+            let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+            if let Some(cursor) = &sq.cursor {
+                compiler
+                    .q
+                    .push(if backwards {
+                        " AND d.resource_id < "
+                    } else {
+                        " AND d.resource_id > "
+                    })
+                    .bind(cursor.id);
+            }
+            compiler.q.push(&format!(
+                " ORDER BY d.resource_id {}) d JOIN resource r ON r.id = d.resource_id WHERE NOT r.deleted",
+                if backwards { "DESC" } else { "ASC" }
+            ));
+        }
+        _ => {
+            compiler.q.push(" FROM resource r WHERE NOT r.deleted");
+        }
+    }
+    if let Tenant::Project(project_id) = sq.tenant {
+        compiler.q.push(" AND r.project_id = ").bind(project_id);
+    }
+    match sq.request.types.as_slice() {
+        [] => {}
+        [only] => {
+            compiler
+                .q
+                .push(" AND r.resource_type = ")
+                .bind(only.clone());
+        }
+        types => {
+            compiler
+                .q
+                .push(" AND r.resource_type = ANY(")
+                .bind(types.to_vec())
+                .push(")");
+        }
+    }
+    for (position, filter) in sq.request.filters.iter().enumerate() {
+        if driver.is_some_and(|d| d.position == position) {
+            continue;
+        }
         compiler.q.push(" AND ");
         compiler.filter("r", filter)?;
     }
@@ -921,7 +1094,8 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
     for (n, key) in keys.iter().enumerate() {
         q.push(&format!(", ({})::text AS k{n}", key.expression));
     }
-    where_clause(&mut q, sq)?;
+    let driver = if by_id { driver(sq) } else { None };
+    where_clause(&mut q, sq, driver.as_ref())?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
     if let Some(cursor) = &sq.cursor {
         keyset_condition(&mut q, &keys, cursor)?;
@@ -974,12 +1148,12 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
         fhir_model::search::Total::None => None,
         fhir_model::search::Total::Accurate => {
             let mut q = Query::new("SELECT count(*)");
-            where_clause(&mut q, sq)?;
+            where_clause(&mut q, sq, None)?;
             Some(db.query(&q).await?[0].get::<_, i64>(0))
         }
         fhir_model::search::Total::Estimate => {
             let mut q = Query::new("EXPLAIN (FORMAT JSON) SELECT 1");
-            where_clause(&mut q, sq)?;
+            where_clause(&mut q, sq, None)?;
             let plan: serde_json::Value = db.query(&q).await?[0].get(0);
             plan[0]["Plan"]["Plan Rows"]
                 .as_f64()
