@@ -171,19 +171,15 @@ impl<'a> Bundle<'a> {
 }
 
 /// Stored content as a raw JSON value, embedded without re-serialising.
-fn raw(version: &Version) -> Result<Option<&RawValue>> {
-    version
-        .content
-        .as_deref()
-        .map(|content| {
-            serde_json::from_str::<&RawValue>(content).map_err(|e| {
-                Error::Internal(format!(
-                    "stored {}/{} is not JSON: {e}",
-                    version.resource_type, version.id
-                ))
-            })
-        })
-        .transpose()
+pub(super) fn raw(version: &Version) -> Result<Option<&RawValue>> {
+    version.content.as_deref().map(raw_json).transpose()
+}
+
+/// JSON text the server wrote (stored content, a rendered Bundle) as a raw
+/// JSON value.
+pub(super) fn raw_json(text: &str) -> Result<&RawValue> {
+    serde_json::from_str::<&RawValue>(text)
+        .map_err(|e| Error::Internal(format!("stored or rendered JSON does not parse: {e}")))
 }
 
 /// A `history` Bundle of one page. `versions` holds up to `count + 1` rows;
