@@ -46,6 +46,9 @@ pub struct AppState {
     pub auth_limiter: AuthLimiter,
     /// Callers remembered between requests.
     pub sessions: Arc<SessionCache>,
+    /// Permits to process a batch or transaction Bundle
+    /// (`Config::bundle_concurrency`).
+    pub bundle_permits: tokio::sync::Semaphore,
     /// Outgoing HTTP (clients' `jwksUri`).
     pub http_client: reqwest::Client,
 }
@@ -116,6 +119,7 @@ impl Application {
         let state = web::Data::new(AppState {
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
             sessions,
+            bundle_permits: tokio::sync::Semaphore::new(config.bundle_concurrency),
             http_client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(5))

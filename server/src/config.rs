@@ -45,6 +45,9 @@ pub struct Config {
     pub max_conditional_delete: usize,
     /// Most entries in one batch or transaction Bundle.
     pub max_bundle_entries: usize,
+    /// Batch and transaction Bundles processed at once per instance; more
+    /// wait, unread, so the memory they take is bounded.
+    pub bundle_concurrency: usize,
     pub admin: AdminBootstrap,
     pub lifecycle: Lifecycle,
 }
@@ -182,6 +185,7 @@ impl Config {
             allow_http_jwks_uri: number("FHIRGATE_ALLOW_HTTP_JWKS_URI", 0)? != 0,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
+            bundle_concurrency: number("FHIRGATE_BUNDLE_CONCURRENCY", 2 * cores)?.max(1),
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -215,6 +219,7 @@ impl Config {
             allow_http_jwks_uri: false,
             max_conditional_delete: 100,
             max_bundle_entries: 10_000,
+            bundle_concurrency: 4,
             admin: AdminBootstrap::default(),
             lifecycle: Lifecycle::default(),
         }

@@ -320,3 +320,34 @@ async fn bundle_limits_and_a_large_transaction() {
     let (_, counted) = status_json(s.get("Observation?code=8867-4&_summary=count").await).await;
     assert_eq!(counted["total"], 2999);
 }
+
+/// With one Bundle processed at a time (`FHIRGATE_BUNDLE_CONCURRENCY=1`),
+/// Bundles sent at once wait their turn and every one is processed whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_beyond_the_concurrency_limit_wait_and_succeed() {
+    let app = TestApp::spawn_with(|config| config.bundle_concurrency = 1).await;
+    let s = app.project("one at a time").await.member;
+    let sends = (0..6).map(|n| {
+        let s = &s;
+        async move {
+            let entries = (0..20)
+                .map(|k| {
+                    post(
+                        &format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+                        json!({"resourceType": "Patient", "name": [{"family": format!("Queue{n}x{k}")}]}),
+                    )
+                })
+                .collect();
+            send(s, &bundle(if n % 2 == 0 { "transaction" } else { "batch" }, entries)).await
+        }
+    });
+    for (status, response) in futures_util::future::join_all(sends).await {
+        assert_eq!(status, 200, "{response}");
+        let entries = response["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 20);
+        assert!(entries
+            .iter()
+            .all(|e| e["response"]["status"].as_str().unwrap().starts_with("201")));
+    }
+    assert_eq!(count(&s, "Patient?family=queue&_count=200").await, 120);
+}

@@ -450,6 +450,13 @@ async fn bundle(
 ) -> Result<HttpResponse> {
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
+    // Before the body is read: waiting Bundles hold no memory but their
+    // connection's (a Bundle's entries as JSON trees are megabytes).
+    let _permit = state
+        .bundle_permits
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("bundle permits closed".into()))?;
     let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
     let response = fhir::transaction::process(&state, &caller, body).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
