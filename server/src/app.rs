@@ -93,8 +93,16 @@ impl Application {
         let validator =
             Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
         let sessions = Arc::new(SessionCache::default());
+        // Requests use the workers' pools, the rest (start-up, maintenance) a small one.
+        let worker_pool_size = config.pool_size.div_ceil(config.workers);
         let store = prepare_database(&config, &validator)
             .await?
+            .with_worker_pools(connect::more_pools(
+                &config.database_url,
+                worker_pool_size,
+                config.statement_timeout,
+                config.workers,
+            )?)
             .observed_by(sessions.clone());
         let observer: Arc<dyn ChangeObserver> = sessions.clone();
         changes::spawn_listener(
@@ -135,6 +143,8 @@ impl Application {
         });
         spawn_maintenance(Arc::downgrade(&state.clone().into_inner()));
         let server = HttpServer::new(move || {
+            // Runs on each worker thread.
+            state.store.adopt_worker_thread();
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(http::ratelimit::limit_auth))

@@ -185,7 +185,7 @@ impl Config {
             allow_http_jwks_uri: number("FHIRGATE_ALLOW_HTTP_JWKS_URI", 0)? != 0,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
-            bundle_concurrency: number("FHIRGATE_BUNDLE_CONCURRENCY", 2 * cores)?.max(1),
+            bundle_concurrency: number("FHIRGATE_BUNDLE_CONCURRENCY", cores)?.max(1),
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),

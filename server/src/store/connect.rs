@@ -27,13 +27,7 @@ pub async fn connect(
     pool_size: usize,
     statement_timeout: Duration,
 ) -> Result<Pool> {
-    let mut config = pg_config(database_url)?;
-    // A query whose client has gone keeps running in PostgreSQL; the timeout
-    // bounds how long it can hold a pooled connection.
-    config.options(format!(
-        "-c statement_timeout={}",
-        statement_timeout.as_millis()
-    ));
+    let config = pool_config(database_url, statement_timeout)?;
     let pool = build_pool(config.clone(), pool_size)?;
     match pool.get().await {
         Ok(_) => Ok(pool),
@@ -44,6 +38,31 @@ pub async fn connect(
         }
         Err(e) => Err(unreachable(&config, &e)),
     }
+}
+
+/// Pools like [`connect`]'s that open their connections when first asked
+/// (after `connect` has made sure the database exists).
+pub fn more_pools(
+    database_url: &str,
+    pool_size: usize,
+    statement_timeout: Duration,
+    count: usize,
+) -> Result<Vec<Pool>> {
+    let config = pool_config(database_url, statement_timeout)?;
+    (0..count)
+        .map(|_| build_pool(config.clone(), pool_size))
+        .collect()
+}
+
+fn pool_config(database_url: &str, statement_timeout: Duration) -> Result<PgConfig> {
+    let mut config = pg_config(database_url)?;
+    // A query whose client has gone keeps running in PostgreSQL; the timeout
+    // bounds how long it can hold a pooled connection.
+    config.options(format!(
+        "-c statement_timeout={}",
+        statement_timeout.as_millis()
+    ));
+    Ok(config)
 }
 
 /// `DATABASE_URL` parsed.
