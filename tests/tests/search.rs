@@ -809,6 +809,9 @@ async fn searches_driven_by_one_index_page_through_every_match_once() {
         format!("Observation?subject=Patient/{patient}&_count=2"),
         format!("Observation?code={LOINC}|8480-6&_count=2"),
         format!("Observation?code={LOINC}|8480-6&subject=Patient/{patient}&_count=4"),
+        // Tokens without their system.
+        "Observation?code=8480-6&_count=2".to_string(),
+        "Observation?combo-code=8480-6&_count=3".to_string(),
     ] {
         let (seen, pages) = walk_pages(&s, &query).await;
         assert_eq!(seen, expected, "{query}");
@@ -860,6 +863,21 @@ async fn searches_driven_by_one_index_page_through_every_match_once() {
     )
     .await;
     assert_eq!(seen_by_restricted, seen);
+    assert!(
+        walk_pages(&s, "Observation?code=http://snomed.info/sct|8480-6")
+            .await
+            .0
+            .is_empty()
+    );
+    let final_ones: Vec<String> = expected
+        .iter()
+        .filter(|id| **id != seen[0])
+        .cloned()
+        .collect();
+    assert_eq!(
+        walk_pages(&s, "Observation?status=final&_count=2").await.0,
+        final_ones
+    );
 
     // String prefixes: three or more characters through the index head, fewer
     // by its range; a Patient whose two names both match is one match.

@@ -912,8 +912,9 @@ struct Driver<'f> {
 }
 
 /// The filter to drive a default-order page by, if one can: references to
-/// one resource first (they match few), then tokens with a system, then
-/// string prefixes of at least the index head's length.
+/// one resource first (they match few), then tokens (their index is ordered
+/// by code, then resource id, migration 0011), then string prefixes of at
+/// least the index head's length.
 fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
     if !matches!(sq.tenant, Tenant::Project(_)) || sq.request.types.len() != 1 {
         return None;
@@ -945,21 +946,9 @@ fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
                     Modifier::None | Modifier::Type(_),
                     SearchValue::Reference { id: Some(id), .. },
                 ) if Uuid::parse_str(id).is_ok() => 0,
-                (
-                    ParamType::Token,
-                    Modifier::None,
-                    SearchValue::Token {
-                        system: Some(system),
-                        code: Some(_),
-                    },
-                ) if !system.is_empty() => 1,
-                (
-                    _,
-                    Modifier::Identifier,
-                    SearchValue::Identifier {
-                        system: Some(_), ..
-                    },
-                ) => 1,
+                (ParamType::Token, Modifier::None, SearchValue::Token { code: Some(_), .. })
+                | (_, Modifier::Identifier, SearchValue::Identifier { .. })
+                | (_, Modifier::OfType, SearchValue::OfType { .. }) => 1,
                 (ParamType::String, Modifier::None, SearchValue::Text(text))
                     if normalize(text).chars().count() >= STRING_HEAD_CHARS =>
                 {
