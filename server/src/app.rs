@@ -93,7 +93,8 @@ impl Application {
         let validator =
             Validator::new().map_err(|e| Error::Startup(format!("FHIR schema: {e}")))?;
         let sessions = Arc::new(SessionCache::default());
-        // Requests use the workers' pools, the rest (start-up, maintenance) a small one.
+        // Requests use the workers' pools; start-up and maintenance use the first pool,
+        // which opens only the few connections they need.
         let worker_pool_size = config.pool_size.div_ceil(config.workers);
         let store = prepare_database(&config, &validator)
             .await?
