@@ -350,4 +350,54 @@ async fn bundles_beyond_the_concurrency_limit_wait_and_succeed() {
             .all(|e| e["response"]["status"].as_str().unwrap().starts_with("201")));
     }
     assert_eq!(count(&s, "Patient?family=queue&_count=200").await, 120);
+
+    // While a Bundle whose body is still arriving holds the only permit,
+    // another one waits: it is answered only after the first is complete.
+    let body = bundle(
+        "transaction",
+        vec![post(
+            "urn:uuid:8c1f3f52-5a43-4a53-9b3f-0d2b6a4c1e01",
+            json!({"resourceType": "Patient", "name": [{"family": "Held"}]}),
+        )],
+    )
+    .to_string()
+    .into_bytes();
+    let (half, rest) = body.split_at(body.len() / 2);
+    let (feed, chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| (chunk, chunks))
+    });
+    let held = tokio::spawn(
+        s.fhir(reqwest::Method::POST, "")
+            .header("Content-Type", "application/fhir+json")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    feed.send(Ok(half.to_vec())).await.unwrap();
+    // Time for the held request's headers to reach the server, which
+    // then takes the permit and waits for the rest of the body.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let second = bundle(
+        "batch",
+        vec![post(
+            "urn:uuid:8c1f3f52-5a43-4a53-9b3f-0d2b6a4c1e02",
+            json!({"resourceType": "Patient", "name": [{"family": "Waiting"}]}),
+        )],
+    );
+    let waiting = send(&s, &second);
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "a second Bundle was processed while the first held the only permit"
+    );
+    feed.send(Ok(rest.to_vec())).await.unwrap();
+    drop(feed);
+    let (held_status, held_response) = status_json(held.await.unwrap().unwrap()).await;
+    assert_eq!(held_status, 200, "{held_response}");
+    let (waiting_status, waiting_response) = waiting.await;
+    assert_eq!(waiting_status, 200, "{waiting_response}");
+    assert_eq!(count(&s, "Patient?family=held").await, 1);
+    assert_eq!(count(&s, "Patient?family=waiting").await, 1);
 }

@@ -106,12 +106,41 @@ struct Request {
     url: String,
 }
 
+/// `Bundle.entry.response`: of history entries, and of batch and
+/// transaction responses.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Response {
-    status: &'static str,
-    etag: String,
-    last_modified: String,
+pub(super) struct Response {
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn of_status(status: String) -> Response {
+        Response {
+            status,
+            location: None,
+            etag: None,
+            last_modified: None,
+            outcome: None,
+        }
+    }
+
+    /// A response with the version's ETag and Last-Modified.
+    pub fn of_version(status: String, version: &Version) -> Response {
+        Response {
+            etag: Some(format!("W/\"{}\"", version.version_id)),
+            last_modified: Some(instant(&version.last_updated)),
+            ..Response::of_status(status)
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -121,8 +150,9 @@ struct Search {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry<'a> {
-    full_url: String,
+pub(super) struct Entry<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resource: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,11 +168,13 @@ struct Entry<'a> {
 struct Bundle<'a> {
     resource_type: &'static str,
     id: String,
-    meta: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<serde_json::Value>,
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     total: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     link: Vec<Link>,
     entry: Vec<Entry<'a>>,
 }
@@ -157,7 +189,9 @@ impl<'a> Bundle<'a> {
         Bundle {
             resource_type: "Bundle",
             id: Uuid::new_v4().to_string(),
-            meta: serde_json::json!({ "lastUpdated": instant(&super::resource::now_millis()) }),
+            meta: Some(
+                serde_json::json!({ "lastUpdated": instant(&super::resource::now_millis()) }),
+            ),
             kind,
             total,
             link,
@@ -180,6 +214,37 @@ pub(super) fn raw(version: &Version) -> Result<Option<&RawValue>> {
 pub(super) fn raw_json(text: &str) -> Result<&RawValue> {
     serde_json::from_str::<&RawValue>(text)
         .map_err(|e| Error::Internal(format!("stored or rendered JSON does not parse: {e}")))
+}
+
+/// An entry of a batch or transaction response.
+pub(super) fn response_entry<'a>(resource: Option<&'a RawValue>, response: Response) -> Entry<'a> {
+    Entry {
+        full_url: None,
+        resource,
+        search: None,
+        request: None,
+        response: Some(response),
+    }
+}
+
+/// A `batch-response` or `transaction-response` Bundle; stored resources
+/// are embedded as the JSON text they are, not parsed and serialised again
+/// (a quarter of a transaction's CPU was spent doing that).
+pub(super) fn response_bundle(transaction: bool, entry: Vec<Entry<'_>>) -> Result<String> {
+    Bundle {
+        meta: None,
+        ..Bundle::new(
+            if transaction {
+                "transaction-response"
+            } else {
+                "batch-response"
+            },
+            None,
+            Vec::new(),
+            entry,
+        )
+    }
+    .render()
 }
 
 /// A `history` Bundle of one page. `versions` holds up to `count + 1` rows;
@@ -210,17 +275,16 @@ pub fn history_bundle(
         let path = format!("{}/{}", version.resource_type, version.id);
         let resource = raw(version)?;
         entry.push(Entry {
-            full_url: format!("{fhir_base}{path}"),
+            full_url: Some(format!("{fhir_base}{path}")),
             search: None,
             request: Some(Request {
                 method: if resource.is_some() { "PUT" } else { "DELETE" },
                 url: path,
             }),
-            response: Some(Response {
-                status: if resource.is_some() { "200" } else { "204" },
-                etag: format!("W/\"{}\"", version.version_id),
-                last_modified: instant(&version.last_updated),
-            }),
+            response: Some(Response::of_version(
+                if resource.is_some() { "200" } else { "204" }.to_string(),
+                version,
+            )),
             resource,
         });
     }
@@ -269,10 +333,10 @@ pub fn searchset_bundle(results: &SearchResults<'_>) -> Result<String> {
     for (versions, mode) in [(results.matches, "match"), (results.included, "include")] {
         for version in versions {
             entry.push(Entry {
-                full_url: format!(
+                full_url: Some(format!(
                     "{}{}/{}",
                     results.fhir_base, version.resource_type, version.id
-                ),
+                )),
                 resource: raw(version)?,
                 search: Some(Search { mode }),
                 request: None,

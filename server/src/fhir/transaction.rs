@@ -8,15 +8,13 @@ use std::collections::{HashMap, HashSet};
 
 use actix_web::http::StatusCode;
 use base64::{engine::general_purpose::STANDARD, Engine};
-use serde::Serialize;
-use serde_json::{value::RawValue, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    bundle::{raw, raw_json},
+    bundle::{raw, raw_json, response_entry, Response},
     conditional, parse_id,
     patch::PatchDocument,
-    resource::instant,
     search::SearchScope,
     WriteOutcome,
 };
@@ -805,95 +803,49 @@ fn status_text(status: StatusCode) -> String {
     )
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseBundle<'a> {
-    resource_type: &'static str,
-    id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    entry: Vec<ResponseEntry<'a>>,
-}
-
-#[derive(Serialize)]
-struct ResponseEntry<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<&'a RawValue>,
-    response: EntryResponse,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EntryResponse {
-    status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    location: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    etag: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_modified: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outcome: Option<Value>,
-}
-
-/// The response Bundle; stored resources are embedded as the JSON text they
-/// are, not parsed and serialised again (a third of a transaction's CPU was
-/// spent doing that).
+/// The response Bundle: each entry's status, location, version and resource.
 fn response_bundle(
     state: &AppState,
     transaction: bool,
     results: &[Result<Done>],
 ) -> Result<String> {
-    let entry = results
+    let entries = results
         .iter()
         .map(|result| match result {
             Ok(done) => {
-                let mut response = EntryResponse {
-                    status: status_text(done.status),
-                    location: None,
-                    etag: None,
-                    last_modified: None,
-                    outcome: None,
+                let status = status_text(done.status);
+                let (mut resource, response) = match &done.version {
+                    Some(version) => (
+                        raw(version)?,
+                        Response {
+                            location: Some(format!(
+                                "{}fhir/R4/{}/{}/_history/{}",
+                                state.base_url,
+                                version.resource_type,
+                                version.id,
+                                version.version_id
+                            )),
+                            ..Response::of_version(status, version)
+                        },
+                    ),
+                    None => (None, Response::of_status(status)),
                 };
-                let mut resource = None;
-                if let Some(version) = &done.version {
-                    response.location = Some(format!(
-                        "{}fhir/R4/{}/{}/_history/{}",
-                        state.base_url, version.resource_type, version.id, version.version_id
-                    ));
-                    response.etag = Some(format!("W/\"{}\"", version.version_id));
-                    response.last_modified = Some(instant(&version.last_updated));
-                    resource = raw(version)?;
-                }
                 if let Some(body) = &done.body {
                     resource = Some(raw_json(body)?);
                 }
-                Ok(ResponseEntry { resource, response })
+                Ok(response_entry(resource, response))
             }
             Err(error) => {
                 let status = actix_web::ResponseError::error_response(error).status();
-                Ok(ResponseEntry {
-                    resource: None,
-                    response: EntryResponse {
-                        status: status_text(status),
-                        location: None,
-                        etag: None,
-                        last_modified: None,
+                Ok(response_entry(
+                    None,
+                    Response {
                         outcome: Some(error.outcome()),
+                        ..Response::of_status(status_text(status))
                     },
-                })
+                ))
             }
         })
         .collect::<Result<_>>()?;
-    serde_json::to_string(&ResponseBundle {
-        resource_type: "Bundle",
-        id: Uuid::new_v4().to_string(),
-        kind: if transaction {
-            "transaction-response"
-        } else {
-            "batch-response"
-        },
-        entry,
-    })
-    .map_err(|e| Error::Internal(format!("serialising the response bundle: {e}")))
+    super::bundle::response_bundle(transaction, entries)
 }
