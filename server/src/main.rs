@@ -11,6 +11,19 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Freed memory goes back to the OS at once instead of after mimalloc's
+/// 10 ms delay, unless `MIMALLOC_PURGE_DELAY` says otherwise: on 2 cores
+/// under the benchmark, peak resident 102 -> 84 MiB at 2-6% of throughput.
+fn return_freed_memory_at_once() {
+    // `mi_option_purge_delay` in mimalloc 2's `mimalloc.h`; libmimalloc-sys
+    // names the options on either side of it (14 and 16) but not this one.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide option that mimalloc reads at every purge.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
+    }
+}
+
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -36,6 +49,7 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    return_freed_memory_at_once();
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(e) => {
