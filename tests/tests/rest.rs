@@ -221,6 +221,43 @@ async fn update_rules() {
     .await;
 }
 
+/// Racing creates at one new id (a super admin's update-as-create): the
+/// create's insert and its COMMIT go out together, and a loser's insert
+/// fails on the id only once the winner commits. Every request is answered
+/// 201, 200 or 409, and the history holds exactly the versions reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_creates_at_one_id_keep_exactly_the_versions_they_report() {
+    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let root = app.super_admin().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let path = format!("Patient/{id}");
+    let writes = (0..16).map(|i| {
+        let (root, path) = (root.clone(), path.clone());
+        let mut body = patient();
+        body["id"] = json!(id);
+        body["birthDate"] = json!(format!("1815-12-{:02}", i + 1));
+        async move { status_json(root.put(&path, &body).await).await }
+    });
+    let replies = futures_util::future::join_all(writes).await;
+    let count = |status: u16| replies.iter().filter(|(s, _)| *s == status).count();
+    assert_eq!(count(201), 1, "{replies:?}");
+    assert_eq!(count(201) + count(200) + count(409), 16, "{replies:?}");
+    for (_, outcome) in replies.iter().filter(|(s, _)| *s == 409) {
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("retry")),
+            "{outcome}"
+        );
+    }
+    let (_, history) = status_json(root.get(&format!("{path}/_history")).await).await;
+    assert_eq!(
+        history["entry"].as_array().unwrap().len(),
+        count(201) + count(200),
+        "{history}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn json_patch() {
     let app = TestApp::spawn().await;

@@ -75,7 +75,7 @@ pub async fn register(state: &AppState, body: &Value, request: &LoginRequest) ->
         if let UserScope::Project(id) = scope {
             user["project"] = reference("Project", id);
         }
-        let id = Uuid::new_v4();
+        let id = fhir::resource::new_id();
         let user_ref = format!("User/{id}");
         let (version, value) = insert(
             &state.validator,
@@ -169,7 +169,7 @@ async fn add_person(
     extra: Value,
 ) -> Result<Uuid> {
     let user_ref = user.reference();
-    let profile_id = Uuid::new_v4();
+    let profile_id = fhir::resource::new_id();
     let stamp = Stamp::new(profile_id, project_id, &user_ref);
     insert(
         &state.validator,
@@ -187,7 +187,7 @@ async fn add_person(
     if let (Some(fields), Some(extra)) = (membership.as_object_mut(), extra.as_object()) {
         fields.extend(extra.clone());
     }
-    let id = Uuid::new_v4();
+    let id = fhir::resource::new_id();
     insert(
         &state.validator,
         tx,
@@ -225,11 +225,11 @@ pub async fn new_project(state: &AppState, login_id: &str, name: &str) -> Result
             ));
         }
         let user_ref = user.reference();
-        let project_id = Uuid::new_v4();
+        let project_id = fhir::resource::new_id();
         let project = json!({"resourceType": "Project", "name": name.trim(), "owner": {"reference": user_ref}});
         insert(&state.validator, tx, project, &Stamp::new(project_id, project_id, &user_ref)).await?;
         let membership = add_person(state, tx, project_id, &user, "Practitioner", json!({"admin": true})).await?;
-        let client_id = Uuid::new_v4();
+        let client_id = fhir::resource::new_id();
         let client = json!({
             "resourceType": "ClientApplication", "name": format!("{} Default Client", name.trim()),
             "description": "Made with the project; rotate its secret with $rotate-secret before use",

@@ -80,7 +80,7 @@ pub async fn record(
     agent: &str,
     entity: &str,
 ) -> Result<()> {
-    let stamp = Stamp::new(Uuid::new_v4(), project_id, agent);
+    let stamp = Stamp::new(crate::fhir::resource::new_id(), project_id, agent);
     let (code, display) = event.event_type();
     let outcome = if event == Event::LoginFailed {
         "4"

@@ -4,7 +4,6 @@
 
 use access_policy::RowFilter;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use super::{
     audit::{self, Event},
@@ -84,7 +83,7 @@ async fn create_with_membership(
     access_policy: &Value,
 ) -> Result<Value> {
     fhir::atomically(state, async |tx| {
-        let id = Uuid::new_v4();
+        let id = fhir::resource::new_id();
         let stamp = Stamp::new(id, project.id, &caller.profile);
         let (version, value) = fhir::insert(&state.validator, tx, resource, &stamp).await?;
         let member = format!("{}/{id}", version.resource_type);

@@ -311,7 +311,7 @@ async fn invite_in(
             membership.insert("user".into(), json!({"reference": user_ref}));
             membership.insert("profile".into(), json!({"reference": profile}));
             membership.insert("invitedBy".into(), json!({"reference": caller.profile}));
-            let id = Uuid::new_v4();
+            let id = fhir::resource::new_id();
             let stamp = Stamp::new(id, project.id, &caller.profile);
             let (version, _) =
                 insert(&state.validator, tx, Value::Object(membership), &stamp).await?;
@@ -447,7 +447,7 @@ async fn profile_for(
         };
         profile["telecom"] = json!([{"system": "email", "use": use_, "value": email}]);
     }
-    let id = Uuid::new_v4();
+    let id = fhir::resource::new_id();
     insert(
         &state.validator,
         tx,
@@ -480,7 +480,7 @@ async fn create_user(
     if let UserScope::Project(id) = request.scope {
         user["project"] = reference("Project", id);
     }
-    let id = Uuid::new_v4();
+    let id = fhir::resource::new_id();
     let stamp = Stamp::new(id, request.scope.tenant_id(), &caller.profile);
     let (version, value) = insert(&state.validator, tx, user, &stamp).await?;
     if let Some(password) = &request.password {

@@ -169,7 +169,7 @@ pub async fn add_for(
         membership["accessPolicy"] = access_policy.clone();
     }
     check_policies(tx, project_id, &membership, "").await?;
-    let id = Uuid::new_v4();
+    let id = fhir::resource::new_id();
     let stamp = fhir::resource::Stamp::new(id, project_id, author);
     fhir::insert(&state.validator, tx, membership, &stamp).await?;
     audit::record(

@@ -296,7 +296,7 @@ pub async fn create(
     resource_type: &str,
     body: Value,
 ) -> Result<Version> {
-    create_with_id(state, tx, caller, resource_type, body, Uuid::new_v4()).await
+    create_with_id(state, tx, caller, resource_type, body, resource::new_id()).await
 }
 
 /// Creates at an id the server chose beforehand (a transaction Bundle assigns
@@ -440,9 +440,11 @@ pub async fn update(
                 "If-Match was sent but {resource_type}/{id} does not exist"
             )));
         }
+        // A super admin's lock above saw every project: a row found now was
+        // created by a request that committed in between.
         if tx.exists_anywhere(resource_type, uuid).await? {
             return Err(Error::Conflict(format!(
-                "{resource_type}/{id} already exists in another project"
+                "{resource_type}/{id} was created by another request at the same time; retry the request"
             )));
         }
         let project_id = target_project(state, caller, &body, uuid).await?;
@@ -624,7 +626,7 @@ pub async fn remove(tx: &Tx, current: &Version) -> Result<()> {
             project_id: current.project_id,
             resource_type: &current.resource_type,
             id: current.id,
-            version_id: Uuid::new_v4(),
+            version_id: resource::new_id(),
             last_updated: resource::now_millis(),
             content: None,
         },

@@ -14,6 +14,17 @@ use crate::{
 /// `meta` elements only the server sets.
 const SERVER_META: &[&str] = &["versionId", "lastUpdated", "project", "author"];
 
+/// A new resource or version id: a time-ordered UUID (version 7), so that
+/// new rows land at the right-hand end of every index keyed by id (the
+/// primary keys, history, the index tables' `resource_id` columns) instead
+/// of on a random page of each: fewer pages to keep in memory and to write
+/// in full after a checkpoint. Its first 48 bits tell the creation time,
+/// which the first version's `meta.lastUpdated` tells anyway. Handles that
+/// must not be guessed (Login ids, codes, links) stay random (version 4).
+pub fn new_id() -> Uuid {
+    Uuid::now_v7()
+}
+
 /// Identity of the version being written.
 pub struct Stamp {
     pub id: Uuid,
@@ -28,7 +39,7 @@ impl Stamp {
     pub fn new(id: Uuid, project_id: Uuid, author: &str) -> Stamp {
         Stamp {
             id,
-            version_id: Uuid::new_v4(),
+            version_id: new_id(),
             last_updated: now_millis(),
             project_id,
             author: author.to_string(),
@@ -167,6 +178,13 @@ mod tests {
 
     fn stamp() -> Stamp {
         Stamp::new(Uuid::new_v4(), Uuid::new_v4(), "Practitioner/abc")
+    }
+
+    #[test]
+    fn new_ids_are_time_ordered() {
+        let ids: Vec<Uuid> = (0..1000).map(|_| new_id()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(ids.iter().all(|id| id.get_version_num() == 7));
     }
 
     #[test]

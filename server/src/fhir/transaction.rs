@@ -382,7 +382,7 @@ async fn assign_ids(
                 };
                 (
                     resource_type.clone(),
-                    existing.map_or_else(Uuid::new_v4, |v| v.id),
+                    existing.map_or_else(super::resource::new_id, |v| v.id),
                 )
             }
             (
@@ -396,7 +396,7 @@ async fn assign_ids(
                     .await
                     .map_err(|e| entry_error(entry, e))?;
                 let id = match found.as_slice() {
-                    [] => Uuid::new_v4(),
+                    [] => super::resource::new_id(),
                     [one] => one.id,
                     _ => {
                         return Err(entry_error(
@@ -610,7 +610,7 @@ async fn write_entry(
                     return Ok(Done::version(StatusCode::OK, found));
                 }
             }
-            let id = assigned.unwrap_or_else(Uuid::new_v4);
+            let id = assigned.unwrap_or_else(super::resource::new_id);
             let version =
                 super::create_with_id(state, tx, caller, &resource_type, body, id).await?;
             Ok(Done::version(StatusCode::CREATED, version))
@@ -635,7 +635,7 @@ async fn write_entry(
                 query: Some(query),
             },
         ) => {
-            let new_id = assigned.unwrap_or_else(Uuid::new_v4);
+            let new_id = assigned.unwrap_or_else(super::resource::new_id);
             let (version, outcome) = conditional::update(
                 state,
                 tx,

@@ -270,7 +270,7 @@ async fn update_target(
                 query,
                 body,
                 if_match.as_deref(),
-                uuid::Uuid::new_v4(),
+                fhir::resource::new_id(),
             )
             .await
         }

@@ -527,34 +527,51 @@ impl Tx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.send_pending().await?;
-        Ok(self.send(sql, params).await?)
+        self.send_pending(false).await?;
+        Ok(self.send(sql, params, false).await?)
     }
 
-    /// Sends a statement; the transaction's first is pipelined behind `BEGIN`
-    /// (one round trip for both).
+    /// Sends a statement in one round trip with the transaction's `BEGIN`
+    /// (before its first statement) and, when `commit`, its `COMMIT`: a
+    /// single create is one round trip. The messages go out in the order
+    /// `try_join!` first polls the futures, each sending on its first poll.
+    /// Should the statement fail, the `COMMIT` behind it ends an aborted
+    /// transaction, which PostgreSQL rolls back.
     async fn send(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
+        commit: bool,
     ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
         let client = self.client();
         let statement = client.prepare_cached(sql).await?;
-        if self.begun.swap(true, Ordering::AcqRel) {
-            return client.query(&statement, params).await;
-        }
-        let (_, rows) = tokio::try_join!(
-            client.batch_execute("BEGIN"),
-            client.query(&statement, params)
+        let begin = !self.begun.swap(true, Ordering::AcqRel);
+        let (_, rows, _) = tokio::try_join!(
+            async {
+                if begin {
+                    client.batch_execute("BEGIN").await
+                } else {
+                    Ok(())
+                }
+            },
+            client.query(&statement, params),
+            async {
+                if commit {
+                    client.batch_execute("COMMIT").await
+                } else {
+                    Ok(())
+                }
+            }
         )?;
         Ok(rows)
     }
 
-    /// Sends the new resources held back, all in one statement.
-    async fn send_pending(&self) -> Result<()> {
+    /// Sends the new resources held back, all in one statement, with the
+    /// `COMMIT` when `commit`; false if there were none.
+    async fn send_pending(&self, commit: bool) -> Result<bool> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         if pending.id.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &pending.project_id,
@@ -565,10 +582,10 @@ impl Tx {
             &pending.content,
         ];
         params.extend(pending.index.params());
-        self.send(&INSERT_SQL, &params)
+        self.send(&INSERT_SQL, &params, commit)
             .await
             .map_err(conflict_on_duplicate)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Searches inside the transaction, seeing its own writes.
@@ -663,7 +680,7 @@ impl Tx {
                     pending.id.len() >= MAX_PENDING_INSERTS
                 };
                 if full {
-                    self.send_pending().await?;
+                    self.send_pending(false).await?;
                 }
                 Ok(())
             }
@@ -710,10 +727,10 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
-        self.send_pending().await?;
+        let committed = self.send_pending(true).await?;
         let client = self.client.take().expect("commit once");
         // Without a statement, nothing was begun.
-        if *self.begun.get_mut() {
+        if !committed && *self.begun.get_mut() {
             client.batch_execute("COMMIT").await?;
         }
         if let Some(observer) = &self.observer {

@@ -1061,16 +1061,21 @@ pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) ->
 /// The statement that fetches one page: the matches in sort order, with
 /// each sort key's value as text (`k0`, `k1`, …) for the cursor.
 ///
-/// In the default order (by id) the page's ids are found first, from the
-/// indexes alone (`resource_live`, and the value indexes, which carry the
-/// resource id), and only the page's rows are read: a search matching
-/// thousands of resources reads twenty, not thousands, of heap rows.
+/// In the default order (by id) without a driver, the page's ids are found
+/// first, from the indexes alone (`resource_live`, and the value indexes,
+/// which carry the resource id), and only the page's rows are read: a search
+/// matching thousands of resources reads twenty, not thousands, of heap
+/// rows. A driven page needs no such step: it reads rows as it walks its
+/// driver and stops after a page (measured on an identifier search: 10
+/// buffers and no sort, against 18 and a sort with the second step).
 fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
     const COLUMNS: &str =
         "r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content";
     let request = sq.request;
     let by_id = request.sort.is_empty();
-    let mut q = Query::new(&if by_id {
+    let driver = if by_id { driver(sq) } else { None };
+    let ids_first = by_id && driver.is_none();
+    let mut q = Query::new(&if ids_first {
         format!("SELECT {COLUMNS} FROM resource r WHERE (r.project_id, r.resource_type, r.id) IN (SELECT r.project_id, r.resource_type, r.id")
     } else {
         format!("SELECT {COLUMNS}")
@@ -1083,7 +1088,6 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
     for (n, key) in keys.iter().enumerate() {
         q.push(&format!(", ({})::text AS k{n}", key.expression));
     }
-    let driver = if by_id { driver(sq) } else { None };
     where_clause(&mut q, sq, driver.as_ref())?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
     if let Some(cursor) = &sq.cursor {
@@ -1106,7 +1110,7 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
     if request.offset > 0 && sq.cursor.is_none() {
         q.push(" OFFSET ").bind(request.offset as i64);
     }
-    if by_id {
+    if ids_first {
         q.push(&format!(") ORDER BY {id_order}"));
     }
     Ok((q, keys.len()))
