@@ -139,6 +139,18 @@ impl IndexRows {
         }
     }
 
+    /// The tables with rows, a bit each in [`TABLES`] order: a statement
+    /// inserts into those alone, since every table it names is opened with
+    /// all its indexes whether rows come or not.
+    pub(super) fn tables_with_rows(&self) -> usize {
+        self.lengths()
+            .iter()
+            .enumerate()
+            .filter(|(_, rows)| **rows > 0)
+            .map(|(table, _)| 1 << table)
+            .sum()
+    }
+
     /// Rows per table, in [`TABLES`] order.
     fn lengths(&self) -> [usize; TABLES.len()] {
         [
@@ -257,8 +269,8 @@ impl IndexRows {
         }
     }
 
-    /// The arrays in the order [`insert_ctes`] numbers them: per table, its
-    /// owners, then its value columns.
+    /// The arrays in the order [`insert_ctes`] numbers them: per table with
+    /// rows, its owners, then its value columns.
     pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let values: [Vec<&(dyn ToSql + Sync)>; TABLES.len()] = [
             vec![
@@ -292,8 +304,12 @@ impl IndexRows {
             vec![&self.text_param, &self.text_normalized, &self.text_exact],
             vec![&self.compartment_type, &self.compartment_id],
         ];
+        let tables = self.tables_with_rows();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        for (owners, values) in self.owners.iter().zip(values) {
+        for (n, (owners, values)) in self.owners.iter().zip(values).enumerate() {
+            if tables & (1 << n) == 0 {
+                continue;
+            }
             params.push(&owners.project_id);
             params.push(&owners.resource_type);
             params.push(&owners.resource_id);
@@ -391,8 +407,11 @@ const TABLES: [(&str, &[(&str, &str)]); 10] = [
     ),
 ];
 
+/// How many sets of tables [`IndexRows::tables_with_rows`] can name.
+pub(super) const TABLE_SETS: usize = 1 << TABLES.len();
+
 /// `DELETE`s of every index row of one resource ($1 project, $2 type, $3 id).
-pub(super) fn delete_ctes() -> String {
+pub(super) fn delete_ctes() -> Vec<String> {
     TABLES
         .iter()
         .enumerate()
@@ -401,12 +420,12 @@ pub(super) fn delete_ctes() -> String {
                 "d{n} AS (DELETE FROM {table} WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3)"
             )
         })
-        .collect::<Vec<_>>()
-        .join(",\n     ")
+        .collect()
 }
 
-/// `INSERT`s of the rows of [`IndexRows::params`], numbered from `$first`.
-pub(super) fn insert_ctes(first: usize) -> String {
+/// `INSERT`s into the tables of `tables` (a [`IndexRows::tables_with_rows`])
+/// of the rows of [`IndexRows::params`], numbered from `$first`.
+pub(super) fn insert_ctes(first: usize, tables: usize) -> Vec<String> {
     let mut next = first;
     let mut placeholder = |kind: &str| {
         next += 1;
@@ -415,6 +434,7 @@ pub(super) fn insert_ctes(first: usize) -> String {
     TABLES
         .iter()
         .enumerate()
+        .filter(|(n, _)| tables & (1 << n) != 0)
         .map(|(n, (table, columns))| {
             let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
             let arrays: Vec<String> = [("", "uuid"), ("", "text"), ("", "uuid")]
@@ -435,6 +455,5 @@ pub(super) fn insert_ctes(first: usize) -> String {
                 arrays.join(", ")
             )
         })
-        .collect::<Vec<_>>()
-        .join(",\n     ")
+        .collect()
 }

@@ -10,7 +10,7 @@ pub mod lifecycle;
 pub mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use access_policy::RowFilter;
 use changes::{Change, ChangeObserver};
@@ -453,38 +453,49 @@ fn current_query(
 }
 
 /// New resources, any number: $1 projects, $2 types, $3 ids, $4 versions,
-/// $5 last-updated times, $6 contents, then [`index::IndexRows::params`].
-static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
-                    AS x (project_id, resource_type, id, version_id, last_updated, content)), \
-              w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
-                    SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x), \
-              h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-                    SELECT project_id, resource_type, id, version_id, last_updated, content FROM x), \
-              {} SELECT 1",
-        index::insert_ctes(7)
-    )
-});
+/// $5 last-updated times, $6 contents, then [`index::IndexRows::params`]
+/// (into the index tables of `tables`). Each set of tables has its text,
+/// made once.
+fn insert_sql(tables: usize) -> &'static str {
+    static SQL: [OnceLock<String>; index::TABLE_SETS] =
+        [const { OnceLock::new() }; index::TABLE_SETS];
+    SQL[tables].get_or_init(|| {
+        let mut ctes = vec![
+            "x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
+             AS x (project_id, resource_type, id, version_id, last_updated, content))".to_string(),
+            "w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
+             SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x)".to_string(),
+            "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+             SELECT project_id, resource_type, id, version_id, last_updated, content FROM x)".to_string(),
+        ];
+        ctes.extend(index::insert_ctes(7, tables));
+        format!("WITH {} SELECT 1", ctes.join(", "))
+    })
+}
 
 /// A new version of one existing resource: $1 project, $2 type, $3 id, $4
 /// version, $5 last updated, $6 content (NULL deletes), then the index
-/// arrays; its old index rows go.
-static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
-                    content = COALESCE($6::text, content) \
-                    WHERE project_id = $1 AND resource_type = $2 AND id = $3), \
-              h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-                    VALUES ($1, $2, $3, $4, $5, $6::text)), \
-              {}, {} SELECT 1",
-        index::delete_ctes(),
-        index::insert_ctes(7)
-    )
-});
+/// arrays (into the tables of `tables`); its old index rows go, from every
+/// table.
+fn update_sql(tables: usize) -> &'static str {
+    static SQL: [OnceLock<String>; index::TABLE_SETS] =
+        [const { OnceLock::new() }; index::TABLE_SETS];
+    SQL[tables].get_or_init(|| {
+        let mut ctes = vec![
+            "w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
+             content = COALESCE($6::text, content) \
+             WHERE project_id = $1 AND resource_type = $2 AND id = $3)".to_string(),
+            "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+             VALUES ($1, $2, $3, $4, $5, $6::text))".to_string(),
+        ];
+        ctes.extend(index::delete_ctes());
+        ctes.extend(index::insert_ctes(7, tables));
+        format!("WITH {} SELECT 1", ctes.join(", "))
+    })
+}
 
 /// New resources written by a transaction and not yet sent: they go as one
-/// [`INSERT_SQL`] before the transaction's next statement or its commit.
+/// [`insert_sql`] before the transaction's next statement or its commit.
 #[derive(Default)]
 struct PendingInserts {
     project_id: Vec<Uuid>,
@@ -582,9 +593,13 @@ impl Tx {
             &pending.content,
         ];
         params.extend(pending.index.params());
-        self.send(&INSERT_SQL, &params, commit)
-            .await
-            .map_err(conflict_on_duplicate)?;
+        self.send(
+            insert_sql(pending.index.tables_with_rows()),
+            &params,
+            commit,
+        )
+        .await
+        .map_err(conflict_on_duplicate)?;
         Ok(true)
     }
 
@@ -700,7 +715,8 @@ impl Tx {
                     &w.content,
                 ];
                 params.extend(rows.params());
-                self.run(&UPDATE_SQL, &params).await?;
+                self.run(update_sql(rows.tables_with_rows()), &params)
+                    .await?;
                 Ok(())
             }
         }
