@@ -221,6 +221,41 @@ async fn update_rules() {
     .await;
 }
 
+/// Concurrent plain creates commit together (group commit: one statement
+/// and one COMMIT for whatever queued): each is answered with its own
+/// resource, stored once, readable and searchable at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_each_store_their_own_resource_once() {
+    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let user = app.project("group-commit").await.member;
+    let creates = (0..48).map(|i| {
+        let user = user.clone();
+        let body = json!({"resourceType": "Patient", "name": [{"family": "Groupcommit"}],
+            "identifier": [{"system": "urn:group-commit", "value": format!("n{i}")}]});
+        async move { (i, status_json(user.post("Patient", &body).await).await) }
+    });
+    let replies = futures_util::future::join_all(creates).await;
+    let mut ids = std::collections::HashSet::new();
+    for (i, (status, created)) in &replies {
+        assert_eq!(*status, 201, "{created}");
+        assert_eq!(created["identifier"][0]["value"], format!("n{i}"));
+        ids.insert(created["id"].as_str().unwrap().to_string());
+        let (status, read) = status_json(
+            user.get(&format!("Patient/{}", created["id"].as_str().unwrap()))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(read, *created);
+    }
+    assert_eq!(ids.len(), 48);
+    let (_, counted) =
+        status_json(user.get("Patient?family=Groupcommit&_summary=count").await).await;
+    assert_eq!(counted["total"], 48, "{counted}");
+    let (_, one) = status_json(user.get("Patient?identifier=urn:group-commit|n17").await).await;
+    assert_eq!(one["entry"].as_array().map(Vec::len), Some(1), "{one}");
+}
+
 /// Racing creates at one new id (a super admin's update-as-create): the
 /// create's insert and its COMMIT go out together, and a loser's insert
 /// fails on the id only once the winner commits. Every request is answered

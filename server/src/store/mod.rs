@@ -170,6 +170,7 @@ pub struct Store {
     worker_pools: Arc<WorkerPools>,
     /// Told of every committed write sessions depend on.
     observer: Option<Arc<dyn ChangeObserver>>,
+    group: Arc<GroupCommit>,
 }
 
 #[derive(Default)]
@@ -203,6 +204,7 @@ impl Store {
             pool,
             worker_pools: Arc::default(),
             observer: None,
+            group: Arc::default(),
         }
     }
 
@@ -408,11 +410,13 @@ impl Store {
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
         Ok(Tx {
-            client: Some(self.pool().get().await?),
+            pool: self.pool().clone(),
+            client: tokio::sync::OnceCell::new(),
             begun: AtomicBool::new(false),
             observer: self.observer.clone(),
             changes: Mutex::new(Vec::new()),
-            pending: Mutex::new(PendingInserts::default()),
+            pending: Mutex::new(Vec::new()),
+            group: self.group.clone(),
         })
     }
 
@@ -494,41 +498,161 @@ fn update_sql(tables: usize) -> &'static str {
     })
 }
 
-/// New resources written by a transaction and not yet sent: they go as one
-/// [`insert_sql`] before the transaction's next statement or its commit.
-#[derive(Default)]
-struct PendingInserts {
-    project_id: Vec<Uuid>,
-    resource_type: Vec<String>,
-    id: Vec<Uuid>,
-    version_id: Vec<Uuid>,
-    last_updated: Vec<DateTime<Utc>>,
-    content: Vec<String>,
-    index: index::IndexRows,
+/// A new resource written by a transaction and not yet sent: new resources
+/// go as one [`insert_sql`] before the transaction's next statement or at
+/// its commit.
+struct NewResource {
+    project_id: Uuid,
+    resource_type: String,
+    id: Uuid,
+    version_id: Uuid,
+    last_updated: DateTime<Utc>,
+    content: String,
+    index: Vec<fhir_model::search::IndexValue>,
 }
 
-/// New resources held back at most before they are sent.
+/// New resources held back at most before they are sent, and written at
+/// most by one statement of [`GroupCommit`].
 const MAX_PENDING_INSERTS: usize = 1000;
+
+/// Group commit: transactions that only create (they sent no statement, so
+/// nothing they read or locked rests on their own transaction) commit
+/// together. While one of them writes a batch, those that arrive queue, and
+/// the first to get the writer's turn next writes all that queued, on its
+/// connection, in one statement and one `COMMIT`: executor start-up, the
+/// round trip and the WAL flush are paid once per batch instead of once per
+/// create. Nobody waits for company: a create that finds the writer free
+/// goes at once. A batch succeeds or fails whole; its ids are the server's
+/// own (time-ordered UUIDs), so no client can make another's create fail.
+pub(crate) struct GroupCommit {
+    queue: Mutex<std::collections::VecDeque<Queued>>,
+    /// Batches written at once: one per CPU, so that PostgreSQL's work is
+    /// not held to one core.
+    writers: tokio::sync::Semaphore,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            queue: Mutex::default(),
+            writers: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            tickets: Default::default(),
+        }
+    }
+}
+
+struct Queued {
+    ticket: u64,
+    resources: Vec<NewResource>,
+    written: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+}
+
+impl GroupCommit {
+    /// Commits `resources` with whatever else is queued; `tx` writes the
+    /// batch if its turn comes first.
+    async fn commit(&self, tx: &Tx, resources: Vec<NewResource>) -> Result<()> {
+        let ticket = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (written, mut outcome) = tokio::sync::oneshot::channel();
+        lock(&self.queue).push_back(Queued {
+            ticket,
+            resources,
+            written,
+        });
+        let batch = tokio::select! {
+            biased;
+            outcome = &mut outcome => return Self::reported(outcome),
+            turn = self.writers.acquire() => {
+                let _turn = turn;
+                match self.batch_with(ticket) {
+                    Some(batch) => {
+                        let resources: Vec<&NewResource> =
+                            batch.iter().flat_map(|queued| &queued.resources).collect();
+                        let result = tx.send_new(&resources, true).await.map_err(|e| e.to_string());
+                        for queued in batch {
+                            // A requester that went away still had its resources written.
+                            let _ = queued.written.send(result.clone());
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        // Written by this transaction or, when another writer had taken its
+        // resources already, by that one: either reports here.
+        let _ = batch;
+        Self::reported(outcome.await)
+    }
+
+    fn reported(
+        outcome: std::result::Result<
+            std::result::Result<(), String>,
+            tokio::sync::oneshot::error::RecvError,
+        >,
+    ) -> Result<()> {
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Internal(format!(
+                "writing a batch of new resources: {e}"
+            ))),
+            Err(_) => Err(Error::Internal(
+                "a batch of new resources was abandoned".into(),
+            )),
+        }
+    }
+
+    /// The queued transactions from the oldest to the one holding `ticket`,
+    /// and those after it up to a statement's worth; none if another writer
+    /// has taken `ticket`'s already.
+    fn batch_with(&self, ticket: u64) -> Option<Vec<Queued>> {
+        let mut queue = lock(&self.queue);
+        let mine = queue.iter().position(|queued| queued.ticket == ticket)?;
+        let mut batch: Vec<Queued> = queue.drain(..=mine).collect();
+        let mut resources: usize = batch.iter().map(|queued| queued.resources.len()).sum();
+        while resources < MAX_PENDING_INSERTS {
+            let Some(queued) = queue.pop_front() else {
+                break;
+            };
+            resources += queued.resources.len();
+            batch.push(queued);
+        }
+        Some(batch)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A write transaction on one pooled connection. Dropped without
 /// [`Tx::commit`], its connection is closed instead of returned to the pool,
 /// so PostgreSQL rolls everything back and a failed write leaves no trace.
 pub struct Tx {
-    client: Option<Object>,
+    pool: Pool,
+    client: tokio::sync::OnceCell<Object>,
     /// Whether `BEGIN` went out: it is sent with the first statement, in the
     /// same round trip.
     begun: AtomicBool,
     observer: Option<Arc<dyn ChangeObserver>>,
     /// What this transaction wrote that sessions depend on.
     changes: Mutex<Vec<Change>>,
-    pending: Mutex<PendingInserts>,
+    pending: Mutex<Vec<NewResource>>,
+    group: Arc<GroupCommit>,
 }
 
 impl Tx {
-    fn client(&self) -> &Object {
+    /// The transaction's connection, taken from the pool at its first
+    /// statement: one that only creates may never need one (see
+    /// [`GroupCommit`]), and one refused before it writes holds none.
+    async fn client(&self) -> Result<&Object> {
         self.client
-            .as_ref()
-            .expect("transaction is open until commit")
+            .get_or_try_init(|| async { Ok(self.pool.get().await?) })
+            .await
     }
 
     /// Runs a statement in the transaction, after the new resources it has
@@ -538,8 +662,8 @@ impl Tx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.send_pending(false).await?;
-        Ok(self.send(sql, params, false).await?)
+        self.send_pending().await?;
+        self.send(sql, params, false).await
     }
 
     /// Sends a statement in one round trip with the transaction's `BEGIN`
@@ -553,8 +677,8 @@ impl Tx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         commit: bool,
-    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        let client = self.client();
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
         let statement = client.prepare_cached(sql).await?;
         let begin = !self.begun.swap(true, Ordering::AcqRel);
         let (_, rows, _) = tokio::try_join!(
@@ -577,30 +701,47 @@ impl Tx {
         Ok(rows)
     }
 
-    /// Sends the new resources held back, all in one statement, with the
-    /// `COMMIT` when `commit`; false if there were none.
-    async fn send_pending(&self, commit: bool) -> Result<bool> {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if pending.id.is_empty() {
-            return Ok(false);
+    /// Sends the new resources held back, all in one statement.
+    async fn send_pending(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.send_new(&pending.iter().collect::<Vec<_>>(), false)
+            .await
+    }
+
+    /// Sends new resources in one statement, with the `COMMIT` when `commit`.
+    async fn send_new(&self, resources: &[&NewResource], commit: bool) -> Result<()> {
+        let mut project_id = Vec::with_capacity(resources.len());
+        let mut resource_type = Vec::with_capacity(resources.len());
+        let mut id = Vec::with_capacity(resources.len());
+        let mut version_id = Vec::with_capacity(resources.len());
+        let mut last_updated = Vec::with_capacity(resources.len());
+        let mut content = Vec::with_capacity(resources.len());
+        let mut rows = index::IndexRows::default();
+        for r in resources {
+            project_id.push(r.project_id);
+            resource_type.push(r.resource_type.as_str());
+            id.push(r.id);
+            version_id.push(r.version_id);
+            last_updated.push(r.last_updated);
+            content.push(r.content.as_str());
+            rows.add(r.project_id, &r.resource_type, r.id, &r.index);
         }
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &pending.project_id,
-            &pending.resource_type,
-            &pending.id,
-            &pending.version_id,
-            &pending.last_updated,
-            &pending.content,
+            &project_id,
+            &resource_type,
+            &id,
+            &version_id,
+            &last_updated,
+            &content,
         ];
-        params.extend(pending.index.params());
-        self.send(
-            insert_sql(pending.index.tables_with_rows()),
-            &params,
-            commit,
-        )
-        .await
-        .map_err(conflict_on_duplicate)?;
-        Ok(true)
+        params.extend(rows.params());
+        self.send(insert_sql(rows.tables_with_rows()), &params, commit)
+            .await
+            .map_err(conflict_on_duplicate)?;
+        Ok(())
     }
 
     /// Searches inside the transaction, seeing its own writes.
@@ -682,20 +823,20 @@ impl Tx {
         match (is_new, w.content) {
             (true, Some(content)) => {
                 let full = {
-                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    pending.project_id.push(w.project_id);
-                    pending.resource_type.push(w.resource_type.to_string());
-                    pending.id.push(w.id);
-                    pending.version_id.push(w.version_id);
-                    pending.last_updated.push(w.last_updated);
-                    pending.content.push(content.to_string());
-                    pending
-                        .index
-                        .add(w.project_id, w.resource_type, w.id, index);
-                    pending.id.len() >= MAX_PENDING_INSERTS
+                    let mut pending = lock(&self.pending);
+                    pending.push(NewResource {
+                        project_id: w.project_id,
+                        resource_type: w.resource_type.to_string(),
+                        id: w.id,
+                        version_id: w.version_id,
+                        last_updated: w.last_updated,
+                        content: content.to_string(),
+                        index: index.to_vec(),
+                    });
+                    pending.len() >= MAX_PENDING_INSERTS
                 };
                 if full {
-                    self.send_pending(false).await?;
+                    self.send_pending().await?;
                 }
                 Ok(())
             }
@@ -743,12 +884,38 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
-        let committed = self.send_pending(true).await?;
-        let client = self.client.take().expect("commit once");
-        // Without a statement, nothing was begun.
-        if !committed && *self.begun.get_mut() {
-            client.batch_execute("COMMIT").await?;
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        let begun = *self.begun.get_mut();
+        match (pending.is_empty(), begun) {
+            // Only creates: with others (group commit), in a task of its own
+            // so that a batch others wait on is written even if this
+            // request is dropped.
+            (false, false) => {
+                let group = self.group.clone();
+                tokio::spawn(async move {
+                    group.commit(&self, pending).await?;
+                    self.finish()
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("committing new resources: {e}")))?
+            }
+            (false, true) => {
+                let resources: Vec<&NewResource> = pending.iter().collect();
+                self.send_new(&resources, true).await?;
+                self.finish()
+            }
+            (true, true) => {
+                self.client().await?.batch_execute("COMMIT").await?;
+                self.finish()
+            }
+            // Without a statement, nothing was begun.
+            (true, false) => self.finish(),
         }
+    }
+
+    /// After the commit: the connection back to the pool, the changes told.
+    fn finish(mut self) -> Result<()> {
+        drop(self.client.take());
         if let Some(observer) = &self.observer {
             let changes = std::mem::take(self.changes.get_mut().unwrap_or_else(|e| e.into_inner()));
             for change in changes {
@@ -768,12 +935,15 @@ impl Drop for Tx {
     }
 }
 
-fn conflict_on_duplicate(e: tokio_postgres::Error) -> Error {
-    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-        Error::Conflict(
-            "A resource with this id was created at the same time; retry the request".into(),
-        )
-    } else {
+fn conflict_on_duplicate(e: Error) -> Error {
+    match e {
         Error::Database(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            Error::Conflict(
+                "A resource with this id was created at the same time; retry the request".into(),
+            )
+        }
+        e => e,
     }
 }
