@@ -511,8 +511,8 @@ struct NewResource {
     index: Vec<fhir_model::search::IndexValue>,
 }
 
-/// New resources held back at most before they are sent, and written at
-/// most by one statement of [`GroupCommit`].
+/// New resources held back at most before they are sent; a [`GroupCommit`]
+/// batch adds transactions queued after its writer's while under it.
 const MAX_PENDING_INSERTS: usize = 1000;
 
 /// Group commit: transactions that only create (they sent no statement, so
@@ -563,29 +563,23 @@ impl GroupCommit {
             resources,
             written,
         });
-        let batch = tokio::select! {
+        tokio::select! {
             biased;
             outcome = &mut outcome => return Self::reported(outcome),
-            turn = self.writers.acquire() => {
-                let _turn = turn;
-                match self.batch_with(ticket) {
-                    Some(batch) => {
-                        let resources: Vec<&NewResource> =
-                            batch.iter().flat_map(|queued| &queued.resources).collect();
-                        let result = tx.send_new(&resources, true).await.map_err(|e| e.to_string());
-                        for queued in batch {
-                            // A requester that went away still had its resources written.
-                            let _ = queued.written.send(result.clone());
-                        }
-                        true
+            _turn = self.writers.acquire() => {
+                if let Some(batch) = self.batch_with(ticket) {
+                    let resources: Vec<&NewResource> =
+                        batch.iter().flat_map(|queued| &queued.resources).collect();
+                    let result = tx.send_new(&resources, true).await.map_err(|e| e.to_string());
+                    for queued in batch {
+                        // A requester that went away still had its resources written.
+                        let _ = queued.written.send(result.clone());
                     }
-                    None => false,
                 }
             }
-        };
+        }
         // Written by this transaction or, when another writer had taken its
         // resources already, by that one: either reports here.
-        let _ = batch;
         Self::reported(outcome.await)
     }
 
