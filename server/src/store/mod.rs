@@ -458,22 +458,18 @@ fn current_query(
 
 /// New resources, any number: $1 projects, $2 types, $3 ids, $4 versions,
 /// $5 last-updated times, $6 contents, then [`index::IndexRows::params`]
-/// (into the index tables of `tables`). Each set of tables has its text,
-/// made once.
+/// (into the index tables of `tables`).
 fn insert_sql(tables: usize) -> &'static str {
-    static SQL: [OnceLock<String>; index::TABLE_SETS] =
-        [const { OnceLock::new() }; index::TABLE_SETS];
-    SQL[tables].get_or_init(|| {
-        let mut ctes = vec![
+    static SQL: StatementTexts = [const { OnceLock::new() }; index::TABLE_SETS];
+    with_index_inserts(&SQL, tables, || {
+        vec![
             "x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
              AS x (project_id, resource_type, id, version_id, last_updated, content))".to_string(),
             "w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
              SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x)".to_string(),
             "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
              SELECT project_id, resource_type, id, version_id, last_updated, content FROM x)".to_string(),
-        ];
-        ctes.extend(index::insert_ctes(7, tables));
-        format!("WITH {} SELECT 1", ctes.join(", "))
+        ]
     })
 }
 
@@ -482,9 +478,8 @@ fn insert_sql(tables: usize) -> &'static str {
 /// arrays (into the tables of `tables`); its old index rows go, from every
 /// table.
 fn update_sql(tables: usize) -> &'static str {
-    static SQL: [OnceLock<String>; index::TABLE_SETS] =
-        [const { OnceLock::new() }; index::TABLE_SETS];
-    SQL[tables].get_or_init(|| {
+    static SQL: StatementTexts = [const { OnceLock::new() }; index::TABLE_SETS];
+    with_index_inserts(&SQL, tables, || {
         let mut ctes = vec![
             "w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
              content = COALESCE($6::text, content) \
@@ -493,6 +488,22 @@ fn update_sql(tables: usize) -> &'static str {
              VALUES ($1, $2, $3, $4, $5, $6::text))".to_string(),
         ];
         ctes.extend(index::delete_ctes());
+        ctes
+    })
+}
+
+/// A statement's text for each set of index tables, made on first use.
+type StatementTexts = [OnceLock<String>; index::TABLE_SETS];
+
+/// `WITH <ctes>, <inserts into the index tables of tables> SELECT 1`, its
+/// index arrays numbered from $7.
+fn with_index_inserts(
+    texts: &'static StatementTexts,
+    tables: usize,
+    ctes: impl FnOnce() -> Vec<String>,
+) -> &'static str {
+    texts[tables].get_or_init(|| {
+        let mut ctes = ctes();
         ctes.extend(index::insert_ctes(7, tables));
         format!("WITH {} SELECT 1", ctes.join(", "))
     })
