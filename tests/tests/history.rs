@@ -151,3 +151,127 @@ async fn history_since_and_errors() {
     )
     .await;
 }
+
+/// A resource's current version is stored once (its row); history keeps the
+/// versions it superseded. Paging through history crosses the two without
+/// losing or repeating a version, deletions included.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_pages_across_current_and_superseded_versions() {
+    let app = TestApp::spawn().await;
+    let project = app.project("versions").await;
+    let user = project.member;
+    let patient = user
+        .create(json!({"resourceType": "Patient", "name": [{"family": "V1"}]}))
+        .await;
+    let id = patient["id"].as_str().unwrap().to_string();
+    let mut versions = vec![patient["meta"]["versionId"].as_str().unwrap().to_string()];
+    let mut families = vec![Some("V1".to_string())];
+    for family in ["V2", "V3"] {
+        let (status, updated) = status_json(
+            user.put(
+                &format!("Patient/{id}"),
+                &json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{updated}");
+        versions.push(updated["meta"]["versionId"].as_str().unwrap().to_string());
+        families.push(Some(family.to_string()));
+    }
+    assert_eq!(user.delete(&format!("Patient/{id}")).await.status(), 200);
+    let (_, history) =
+        status_json(user.get(&format!("Patient/{id}/_history?_count=1")).await).await;
+    versions.push(
+        history["entry"][0]["response"]["etag"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("W/\"")
+            .trim_end_matches('"')
+            .to_string(),
+    );
+    families.push(None);
+    let (status, recreated) = status_json(
+        user.put(
+            &format!("Patient/{id}"),
+            &json!({"resourceType": "Patient", "id": id, "name": [{"family": "V5"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{recreated}");
+    versions.push(recreated["meta"]["versionId"].as_str().unwrap().to_string());
+    families.push(Some("V5".to_string()));
+    versions.reverse();
+    families.reverse();
+
+    // Two versions a page: the current one and the superseded ones, newest first.
+    let mut url = user.url(&format!("fhir/R4/Patient/{id}/_history?_count=2"));
+    let (mut seen_versions, mut seen_families) = (Vec::new(), Vec::new());
+    loop {
+        let response = user
+            .http
+            .get(&url)
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap();
+        let (status, bundle) = status_json(response).await;
+        assert_eq!(status, 200, "{bundle}");
+        for entry in bundle["entry"].as_array().unwrap() {
+            let etag = entry["response"]["etag"].as_str().unwrap();
+            seen_versions.push(
+                etag.trim_start_matches("W/\"")
+                    .trim_end_matches('"')
+                    .to_string(),
+            );
+            seen_families.push(
+                entry["resource"]["name"][0]["family"]
+                    .as_str()
+                    .map(str::to_string),
+            );
+        }
+        match bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen_versions, versions);
+    assert_eq!(seen_families, families, "the deletion has no resource");
+
+    // Every version reads back, the current one and the superseded ones.
+    for (version, family) in versions.iter().zip(&families) {
+        let response = user.get(&format!("Patient/{id}/_history/{version}")).await;
+        match family {
+            Some(family) => {
+                let (status, body) = status_json(response).await;
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(body["name"][0]["family"], json!(family));
+            }
+            None => assert_eq!(response.status(), 410),
+        }
+    }
+
+    // Stored: one current row, and one history row per superseded version.
+    let db = app.db().await;
+    let superseded: i64 = db
+        .query_one(
+            "SELECT count(*) FROM resource_history WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(superseded, versions.len() as i64 - 1);
+
+    // The type and system levels list the same versions.
+    let (ids, _) = walk(&user, "Patient/_history?_count=2").await;
+    assert_eq!(ids.len(), versions.len());
+    let (ids, _) = walk(&user, "_history?_count=4").await;
+    assert_eq!(ids.len(), versions.len());
+}

@@ -1,6 +1,7 @@
 //! Users as data: finding them by email, their passwords, what deleting one
 //! takes with it, and which of their fields admins may not change.
 
+use access_policy::RowFilter;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -122,7 +123,20 @@ pub async fn after_user_deleted(
     .await?;
     revoke_logins(state, tx, &user_ref, Sessions::All).await?;
     let mut projects = vec![caller.project_id];
-    for membership in memberships {
+    for found in memberships {
+        // Locked, as every write of an existing resource is.
+        let Some(membership) = tx
+            .lock_current(
+                Tenant::Project(found.project_id),
+                "ProjectMembership",
+                found.id,
+                &RowFilter::All,
+            )
+            .await?
+            .filter(|m| !m.is_deleted())
+        else {
+            continue;
+        };
         fhir::remove(tx, &membership).await?;
         let membership_ref = format!("ProjectMembership/{}", membership.id);
         audit::record(

@@ -302,16 +302,14 @@ impl Store {
         version_id: Uuid,
         filter: &RowFilter<'_>,
     ) -> Result<Option<Version>> {
-        let mut q = Query::new(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE resource_type = "
-        ));
-        q.bind(resource_type.to_string())
-            .push(" AND id = ")
-            .bind(id)
-            .push(" AND version_id = ")
-            .bind(version_id)
-            .tenant(tenant)
-            .current_passes(filter)?;
+        let q = versions_query(tenant, filter, |q| {
+            q.push(" AND resource_type = ")
+                .bind(resource_type.to_string())
+                .push(" AND id = ")
+                .bind(id)
+                .push(" AND version_id = ")
+                .bind(version_id);
+        })?;
         Ok(self.query(&q).await?.first().map(Version::from_row))
     }
 
@@ -321,27 +319,27 @@ impl Store {
         tenant: Tenant,
         filter: &HistoryFilter<'_>,
     ) -> Result<Vec<Version>> {
-        let mut q = Query::new(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE true"
-        ));
-        q.tenant(tenant).current_passes(filter.policy)?;
-        if let Some(resource_type) = filter.resource_type {
-            q.push(" AND resource_type = ")
-                .bind(resource_type.to_string());
-        }
-        if let Some(id) = filter.id {
-            q.push(" AND id = ").bind(id);
-        }
-        if let Some(since) = filter.since {
-            q.push(" AND last_updated >= ").bind(since);
-        }
-        if let Some((last_updated, version_id)) = filter.before {
-            q.push(" AND (last_updated, version_id) < (")
-                .bind(last_updated)
-                .push(", ")
-                .bind(version_id)
-                .push(")");
-        }
+        let mut q = versions_query(tenant, filter.policy, |q| {
+            if let Some(resource_type) = filter.resource_type {
+                q.push(" AND resource_type = ")
+                    .bind(resource_type.to_string());
+            }
+            if let Some(id) = filter.id {
+                q.push(" AND id = ").bind(id);
+            }
+            if let Some(since) = filter.since {
+                q.push(" AND last_updated >= ").bind(since);
+            }
+            if let Some((last_updated, version_id)) = filter.before {
+                q.push(" AND (last_updated, version_id) < (")
+                    .bind(last_updated)
+                    .push(", ")
+                    .bind(version_id)
+                    .push(")");
+            }
+            q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
+                .bind(filter.limit);
+        })?;
         q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
             .bind(filter.limit);
         Ok(self
@@ -456,6 +454,34 @@ fn current_query(
     Ok(q)
 }
 
+/// The versions that `conditions` (` AND …`, then any `ORDER BY`/`LIMIT`)
+/// select, in the tenant, whose resource's current row passes `filter`: the
+/// superseded ones from `resource_history` and the current ones from
+/// `resource`, where alone a current version lives (a create writes one row,
+/// not two).
+fn versions_query(
+    tenant: Tenant,
+    filter: &RowFilter<'_>,
+    conditions: impl Fn(&mut Query),
+) -> Result<Query> {
+    let mut q = Query::new("");
+    for (n, (table, columns)) in [
+        ("resource_history", HISTORY_COLUMNS),
+        ("resource", VERSION_COLUMNS),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        q.push(if n == 0 { "(" } else { ") UNION ALL (" })
+            .push(&format!("SELECT {columns} FROM {table} h WHERE true"))
+            .tenant(tenant)
+            .current_passes(filter)?;
+        conditions(&mut q);
+    }
+    q.push(")");
+    Ok(q)
+}
+
 /// New resources, any number: $1 projects, $2 types, $3 ids, $4 versions,
 /// $5 last-updated times, $6 contents, then [`index::IndexRows::params`]
 /// (into the index tables of `tables`).
@@ -467,16 +493,14 @@ fn insert_sql(tables: usize) -> &'static str {
              AS x (project_id, resource_type, id, version_id, last_updated, content))".to_string(),
             "w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
              SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x)".to_string(),
-            "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-             SELECT project_id, resource_type, id, version_id, last_updated, content FROM x)".to_string(),
         ]
     })
 }
 
 /// A new version of one existing resource: $1 project, $2 type, $3 id, $4
 /// version, $5 last updated, $6 content (NULL deletes), then the index
-/// arrays (into the tables of `tables`); its old index rows go, from every
-/// table.
+/// arrays (into the tables of `tables`); the version it replaces goes to
+/// history and its old index rows go, from every table.
 fn update_sql(tables: usize) -> &'static str {
     static SQL: StatementTexts = [const { OnceLock::new() }; index::TABLE_SETS];
     with_index_inserts(&SQL, tables, || {
@@ -484,8 +508,10 @@ fn update_sql(tables: usize) -> &'static str {
             "w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
              content = COALESCE($6::text, content) \
              WHERE project_id = $1 AND resource_type = $2 AND id = $3)".to_string(),
-            "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-             VALUES ($1, $2, $3, $4, $5, $6::text))".to_string(),
+            // The version it supersedes (the statement's snapshot: the row
+            // as the caller locked it) goes to history.
+            format!("h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+             SELECT {VERSION_COLUMNS} FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3)"),
         ];
         ctes.extend(index::delete_ctes());
         ctes
@@ -809,8 +835,9 @@ impl Tx {
     }
 
     /// Writes a version: the resource row (inserted when `is_new`, otherwise
-    /// updated), its history row and its search-index rows (`index`; none for
-    /// a deletion). New resources are held back and sent together (a
+    /// updated, the version it replaces copied to history; the caller holds
+    /// that row's lock from [`Tx::lock_current`], so the copy is the version
+    /// it replaces) and its search-index rows (`index`; none for a deletion). New resources are held back and sent together (a
     /// transaction Bundle's creates cost one statement), so a conflict on
     /// their ids surfaces at the next statement or at commit.
     pub async fn write(
