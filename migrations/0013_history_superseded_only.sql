@@ -1,12 +1,18 @@
 -- A resource's current version lives only in `resource`; `resource_history`
 -- keeps the versions it superseded (copied there by the update that
--- supersedes them). A create writes one row instead of two: measured on
--- 10,000 Patients together with fewer index rows, creates +37-43%.
+-- supersedes them), so a create writes one row instead of two.
+-- The table is rebuilt rather than thinned by DELETE: most of its rows are
+-- current versions, and deleting them leaves indexes of empty pages that
+-- slowed updates fourfold on a copy of 10,000 Patients even after VACUUM.
+CREATE TEMPORARY TABLE superseded ON COMMIT DROP AS
+    SELECT h.* FROM resource_history h
+     WHERE NOT EXISTS (
+        SELECT 1 FROM resource r
+         WHERE r.project_id = h.project_id AND r.resource_type = h.resource_type
+           AND r.id = h.id AND r.version_id = h.version_id);
+TRUNCATE resource_history;
+INSERT INTO resource_history SELECT * FROM superseded;
 -- History listings read both tables, so `resource` gets the orderings that
 -- the history table has for project-wide and (super admin) server-wide history.
-DELETE FROM resource_history h
- USING resource r
- WHERE h.project_id = r.project_id AND h.resource_type = r.resource_type
-   AND h.id = r.id AND h.version_id = r.version_id;
 CREATE INDEX resource_system_updated ON resource (project_id, last_updated DESC, version_id DESC);
 CREATE INDEX resource_all_updated ON resource (last_updated DESC, version_id DESC);

@@ -909,3 +909,102 @@ async fn searches_driven_by_one_index_page_through_every_match_once() {
     check(&s, "Patient?family:exact=smithson", &[]).await;
     check(&s, "Patient?family:exact=Sm", &[]).await;
 }
+
+/// Observation's combo-* parameters are unions of two others (`combo-code`
+/// is `code | component-code`), searched through those parameters' rows: a
+/// value in the Observation's own element or in a component matches, once,
+/// with modifiers, composites, sorting and paging as for any parameter.
+#[tokio::test(flavor = "multi_thread")]
+async fn combination_parameters_match_the_observation_and_its_components() {
+    let app = TestApp::spawn().await;
+    let s = app.project("combo").await.member;
+    let coded = |code: &str| json!({"coding": [{"system": LOINC, "code": code}]});
+    let quantity =
+        |value: f64| json!({"value": value, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"});
+    let panel = id_of(
+        &s,
+        json!({
+            "resourceType": "Observation", "status": "final", "code": coded("85354-9"),
+            "component": [
+                {"code": coded("8480-6"), "valueQuantity": quantity(120.0)},
+                {"code": coded("8462-4"), "valueQuantity": quantity(80.0)}
+            ]
+        }),
+    )
+    .await;
+    let systolic = id_of(
+        &s,
+        json!({"resourceType": "Observation", "status": "final", "code": coded("8480-6"), "valueQuantity": quantity(130.0)}),
+    )
+    .await;
+    let glucose = id_of(
+        &s,
+        json!({"resourceType": "Observation", "status": "final", "code": coded("2339-0"), "valueQuantity": quantity(95.0)}),
+    )
+    .await;
+
+    check(&s, "Observation?combo-code=8480-6", &[&panel, &systolic]).await;
+    check(
+        &s,
+        &format!("Observation?combo-code={LOINC}|85354-9"),
+        &[&panel],
+    )
+    .await;
+    check(&s, "Observation?combo-code:not=8480-6", &[&glucose]).await;
+    check(&s, "Observation?combo-code:missing=true", &[]).await;
+    check(
+        &s,
+        "Observation?combo-value-quantity=gt100",
+        &[&panel, &systolic],
+    )
+    .await;
+    check(&s, "Observation?combo-value-quantity=80", &[&panel]).await;
+    check(
+        &s,
+        "Observation?combo-value-quantity=95||mm[Hg]",
+        &[&glucose],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?combo-code-value-quantity=8462-4$80",
+        &[&panel],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?combo-code-value-quantity=8480-6$gt125",
+        &[&systolic],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?combo-code-value-quantity=2339-0$95",
+        &[&glucose],
+    )
+    .await;
+    check(&s, "Observation?combo-code-value-quantity=85354-9$80", &[]).await;
+
+    // Sorted by the smallest code of each: 2339-0, 8462-4 (a component), 8480-6.
+    let (seen, _) = walk_pages(&s, "Observation?_sort=combo-code").await;
+    assert_eq!(seen, [glucose.clone(), panel.clone(), systolic.clone()]);
+    // A page at a time, each match once.
+    let (seen, pages) = walk_pages(&s, "Observation?combo-code=8480-6&_count=1").await;
+    let mut expected = vec![panel.clone(), systolic.clone()];
+    expected.sort();
+    assert_eq!((seen, pages.len()), (expected, 2));
+
+    // Its values are stored once, under the parameters it unites.
+    let db = app.db().await;
+    let combo_rows: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM idx_token WHERE param LIKE 'combo-%')
+                  + (SELECT count(*) FROM idx_quantity WHERE param LIKE 'combo-%')
+                  + (SELECT count(*) FROM idx_composite WHERE param LIKE 'combo-%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(combo_rows, 0);
+}

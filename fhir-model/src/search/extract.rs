@@ -24,7 +24,8 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
     };
     let mut out = Vec::new();
     for param in registry.params_for(resource_type) {
-        if param.code == "_id" || param.code == "_lastUpdated" {
+        // A union of other parameters is found through their rows.
+        if param.code == "_id" || param.code == "_lastUpdated" || !param.is_stored() {
             continue;
         }
         let start = out.len();
@@ -1143,11 +1144,14 @@ mod tests {
         // code-value-quantity: two codings x one value.
         assert_eq!(of(&values, "code-value-quantity").len(), 2);
         assert!(of(&values, "code-value-concept").is_empty());
+        // combo-code is code | component-code: searched through their rows
+        // (two codings plus two component codings), not indexed again.
+        assert!(of(&values, "combo-code").is_empty());
         assert_eq!(
-            of(&values, "combo-code").len(),
-            4,
-            "two codings plus two component codings"
+            of(&values, "code").len() + of(&values, "component-code").len(),
+            4
         );
+        assert!(of(&values, "combo-code-value-quantity").is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `data/`), fhirgate's admin-type parameters, and the Patient compartment.
 //! OWNER: helper A.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -34,6 +34,11 @@ pub struct SearchParam {
     compiled: Option<Expression>,
     /// The component expressions, parsed, in order.
     compiled_components: Vec<Expression>,
+    /// The parameters whose index rows a search on this one reads: itself,
+    /// or, when its expression is the union of other parameters' of its type
+    /// (`combo-code` is `code | component-code`), those, so the same values
+    /// are not indexed twice. Set by [`stored_as_unions`].
+    stored_as: Vec<String>,
 }
 
 impl SearchParam {
@@ -46,6 +51,17 @@ impl SearchParam {
     /// The parsed component expressions of a composite, in component order.
     pub fn compiled_components(&self) -> &[Expression] {
         &self.compiled_components
+    }
+
+    /// The `param` of the index rows that hold this parameter's values.
+    pub fn stored_as(&self) -> &[String] {
+        &self.stored_as
+    }
+
+    /// Whether index rows are written under this parameter's own code
+    /// (false for a union of other parameters, [`SearchParam::stored_as`]).
+    pub fn is_stored(&self) -> bool {
+        self.stored_as.len() == 1 && self.stored_as[0] == self.code
     }
 
     pub fn info(&self) -> ParamInfo {
@@ -148,6 +164,91 @@ fn expression_for(expression: &str, resource_type: &str) -> String {
         .join(" | ")
 }
 
+/// A union member without the parentheses around all of it:
+/// `(Observation.value.ofType(Quantity))` -> `Observation.value.ofType(Quantity)`.
+fn bare_member(member: &str) -> &str {
+    let mut member = member.trim();
+    while let Some(inner) = member.strip_prefix('(').and_then(|m| m.strip_suffix(')')) {
+        // Only when the first parenthesis closes at the end: not `(a).b(c)`.
+        if !balanced(inner) {
+            break;
+        }
+        member = inner.trim();
+    }
+    member
+}
+
+/// Whether every parenthesis in `text` closes after it opens.
+fn balanced(text: &str) -> bool {
+    let mut depth = 0i32;
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    depth == 0
+}
+
+/// Sets [`SearchParam::stored_as`] for the parameters of one type whose
+/// expression is exactly the union of other parameters' expressions (same
+/// type, same components): a search reads those parameters' rows. Reference
+/// parameters are left alone: chains, `_has` and includes name one each.
+fn stored_as_unions(params: &mut [SearchParam]) {
+    let members: Vec<HashSet<&str>> = params
+        .iter()
+        .map(|p| {
+            split_union(&p.expression)
+                .into_iter()
+                .map(bare_member)
+                .collect()
+        })
+        .collect();
+    // Smaller unions first, so a part that is itself a union is resolved.
+    let mut order: Vec<usize> = (0..params.len()).collect();
+    order.sort_by_key(|&i| members[i].len());
+    let mut stored: Vec<Vec<String>> = params.iter().map(|p| p.stored_as.clone()).collect();
+    for &p in &order {
+        let param = &params[p];
+        if members[p].len() < 2
+            || param.compiled.is_none()
+            || matches!(param.kind, ParamType::Reference | ParamType::Special)
+        {
+            continue;
+        }
+        let mut parts: Vec<usize> = (0..params.len())
+            .filter(|&q| {
+                q != p
+                    && params[q].kind == param.kind
+                    && params[q].components == param.components
+                    && params[q].compiled.is_some()
+                    && members[q].len() < members[p].len()
+                    && members[q].is_subset(&members[p])
+            })
+            .collect();
+        parts.sort_by_key(|&q| std::cmp::Reverse(members[q].len()));
+        let mut covered: HashSet<&str> = HashSet::new();
+        let mut chosen = Vec::new();
+        for q in parts {
+            if members[q].is_disjoint(&covered) {
+                covered.extend(&members[q]);
+                chosen.extend(stored[q].iter().cloned());
+            }
+        }
+        if covered == members[p] {
+            chosen.sort();
+            stored[p] = chosen;
+        }
+    }
+    for (param, stored_as) in params.iter_mut().zip(stored) {
+        param.stored_as = stored_as;
+    }
+}
+
 impl Registry {
     /// The registry, parsed once per process.
     pub fn get() -> &'static Registry {
@@ -201,6 +302,7 @@ impl Registry {
                     components: components.clone(),
                     compiled,
                     compiled_components: compiled_components.clone(),
+                    stored_as: vec![param.code.clone()],
                 });
             };
             let expression = param.expression.as_deref().unwrap_or("");
@@ -222,6 +324,9 @@ impl Registry {
                     resource_type => add(resource_type, expression.to_string()),
                 }
             }
+        }
+        for entry in &mut types {
+            stored_as_unions(&mut entry.params);
         }
         let patient_compartment =
             serde_json::from_str(PATIENT_COMPARTMENT).expect("vendored Patient compartment parses");
@@ -360,6 +465,68 @@ mod tests {
         assert!(registry.lookup("Observation", "nope").is_none());
         assert!(registry.lookup("NoSuchType", "code").is_none());
         assert!(registry.params_for("NoSuchType").is_empty());
+    }
+
+    #[test]
+    fn unions_of_other_parameters_are_stored_as_them() {
+        let registry = Registry::get();
+        let stored = |code: &str| {
+            registry
+                .param("Observation", code)
+                .unwrap()
+                .stored_as()
+                .to_vec()
+        };
+        assert_eq!(stored("combo-code"), ["code", "component-code"]);
+        assert_eq!(
+            stored("combo-value-quantity"),
+            ["component-value-quantity", "value-quantity"]
+        );
+        assert_eq!(
+            stored("combo-code-value-quantity"),
+            ["code-value-quantity", "component-code-value-quantity"]
+        );
+        assert_eq!(
+            stored("combo-value-concept"),
+            ["component-value-concept", "value-concept"]
+        );
+        assert!(registry.param("Observation", "code").unwrap().is_stored());
+        assert!(!registry
+            .param("Observation", "combo-code")
+            .unwrap()
+            .is_stored());
+        // Every other parameter of every type is its own: only the
+        // Observation combinations are unions of others.
+        let mut unions = Vec::new();
+        for resource_type in all_resource_types() {
+            for param in registry.params_for(resource_type) {
+                if !param.is_stored() {
+                    unions.push(format!("{resource_type}.{}", param.code));
+                }
+            }
+        }
+        unions.sort();
+        assert_eq!(
+            unions,
+            [
+                "Observation.combo-code",
+                "Observation.combo-code-value-concept",
+                "Observation.combo-code-value-quantity",
+                "Observation.combo-data-absent-reason",
+                "Observation.combo-value-concept",
+                "Observation.combo-value-quantity",
+            ]
+        );
+    }
+
+    #[test]
+    fn bare_members_lose_only_enclosing_parentheses() {
+        assert_eq!(
+            bare_member(" (Observation.value.ofType(Quantity)) "),
+            "Observation.value.ofType(Quantity)"
+        );
+        assert_eq!(bare_member("(a).b(c)"), "(a).b(c)");
+        assert_eq!(bare_member("((a.b))"), "a.b");
     }
 
     #[test]

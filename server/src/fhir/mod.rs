@@ -618,8 +618,8 @@ pub async fn delete(
     Ok(())
 }
 
-/// Writes the deletion of a live version: a history row without content, and
-/// no index rows.
+/// Writes the deletion of a live version: a version without content (the
+/// live one goes to history), and no index rows.
 pub async fn remove(tx: &Tx, current: &Version) -> Result<()> {
     tx.write(
         &Write {

@@ -121,6 +121,15 @@ impl Query {
         format!("${}", self.params.len())
     }
 
+    /// `column = $n`, or `column = ANY($n)` for several: the `param` of a
+    /// parameter's index rows (its own, or those of a union's parts).
+    fn in_params(&mut self, column: &str, params: &[String]) -> String {
+        match params {
+            [one] => format!("{column} = {}", self.placeholder(one.clone())),
+            many => format!("{column} = ANY({})", self.placeholder(many.to_vec())),
+        }
+    }
+
     fn tenant(&mut self, tenant: Tenant) -> &mut Query {
         if let Tenant::Project(project_id) = tenant {
             self.push(" AND project_id = ").bind(project_id);

@@ -9,7 +9,7 @@ use access_policy::{CompiledPolicy, Interaction, RowFilter, Types};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
 use fhir_model::search::{
-    Filter, Include, Modifier, ParamType, Prefix, SearchRequest, SearchValue, Sort,
+    Filter, Include, Modifier, ParamType, Prefix, Registry, SearchRequest, SearchValue, Sort,
 };
 use uuid::Uuid;
 
@@ -309,12 +309,12 @@ impl Compiler<'_> {
     fn filter(&mut self, row: &str, filter: &Filter) -> Result<()> {
         match filter {
             Filter::Param {
+                resource_type,
                 code,
                 kind,
                 modifier,
                 values,
-                ..
-            } => self.param(row, code, *kind, modifier, values),
+            } => self.param(row, resource_type, code, *kind, modifier, values),
             Filter::Chain {
                 code,
                 target_type,
@@ -401,6 +401,7 @@ impl Compiler<'_> {
     fn param(
         &mut self,
         row: &str,
+        resource_type: &str,
         code: &str,
         kind: ParamType,
         modifier: &Modifier,
@@ -414,14 +415,15 @@ impl Compiler<'_> {
         let table = table_for(code, kind, modifier).ok_or_else(|| {
             Error::BadRequest(format!("Search parameter '{code}' is not supported"))
         })?;
-        let indexed_param = indexed_param(code, modifier);
+        let indexed = indexed_params(&[resource_type], code, modifier);
         let i = self.alias("i");
         let exists = |q: &mut Query, negate: bool| {
             q.push(&format!(
-                "{}EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND {i}.param = ",
+                "{}EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND ",
                 if negate { "NOT " } else { "" }
             ));
-            q.bind(indexed_param.clone());
+            let condition = q.in_params(&format!("{i}.param"), &indexed);
+            q.push(&condition);
         };
         if let [SearchValue::Missing(missing)] = values {
             exists(self.q, *missing);
@@ -789,7 +791,7 @@ struct SortKey {
 
 /// The expression a `_sort` key orders by: a column, or the smallest (largest,
 /// descending) indexed value of the parameter for the row.
-fn sort_key(q: &mut Query, sort: &Sort) -> Result<SortKey> {
+fn sort_key(q: &mut Query, sort: &Sort, types: &[&str]) -> Result<SortKey> {
     let (expression, sql_type) = match sort.code.as_str() {
         "_id" => ("r.id".to_string(), "uuid"),
         "_lastUpdated" => ("r.last_updated".to_string(), "timestamptz"),
@@ -811,10 +813,10 @@ fn sort_key(q: &mut Query, sort: &Sort) -> Result<SortKey> {
                     return Err(Error::BadRequest(format!("Cannot sort by '{code}'")))
                 }
             };
-            let param = q.placeholder(code.to_string());
+            let condition = q.in_params("x.param", &indexed_params(types, code, &Modifier::None));
             (
                 format!(
-                    "(SELECT {aggregate}(x.{column}) FROM {table} x WHERE x.project_id = r.project_id AND x.resource_type = r.resource_type AND x.resource_id = r.id AND x.param = {param})"
+                    "(SELECT {aggregate}(x.{column}) FROM {table} x WHERE x.project_id = r.project_id AND x.resource_type = r.resource_type AND x.resource_id = r.id AND {condition})"
                 ),
                 sql_type,
             )
@@ -885,11 +887,27 @@ fn keyset_condition(q: &mut Query, keys: &[SortKey], cursor: &Cursor) -> Result<
 }
 
 /// The param name a filter's rows carry in its index table.
-fn indexed_param(code: &str, modifier: &Modifier) -> String {
+/// The `param` of the index rows a filter on `code` (of any of `types`)
+/// reads: `:identifier` and `:of-type` values have rows of their own, and a
+/// parameter that is a union of others reads theirs
+/// ([`fhir_model::search::SearchParam::stored_as`]).
+fn indexed_params(types: &[&str], code: &str, modifier: &Modifier) -> Vec<String> {
     match modifier {
-        Modifier::Identifier => identifier_param(code),
-        Modifier::OfType => of_type_param(code),
-        _ => code.to_string(),
+        Modifier::Identifier => vec![identifier_param(code)],
+        Modifier::OfType => vec![of_type_param(code)],
+        _ => {
+            let mut stored: Vec<String> = types
+                .iter()
+                .filter_map(|t| Registry::get().param(t, code))
+                .flat_map(|p| p.stored_as().iter().cloned())
+                .collect();
+            stored.sort();
+            stored.dedup();
+            if stored.is_empty() {
+                stored.push(code.to_string());
+            }
+            stored
+        }
     }
 }
 
@@ -925,11 +943,11 @@ fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
         .enumerate()
         .filter_map(|(position, filter)| {
             let Filter::Param {
+                resource_type,
                 code,
                 kind,
                 modifier,
                 values,
-                ..
             } = filter
             else {
                 return None;
@@ -956,12 +974,15 @@ fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
                 }
                 _ => return None,
             };
+            // Rows of one parameter only are in resource id order.
+            let [param] =
+                <[String; 1]>::try_from(indexed_params(&[resource_type], code, modifier)).ok()?;
             Some((
                 rank,
                 Driver {
                     position,
                     table: table_for(code, *kind, modifier)?,
-                    param: indexed_param(code, modifier),
+                    param,
                     kind: *kind,
                     modifier,
                     value,
@@ -1080,10 +1101,11 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
     } else {
         format!("SELECT {COLUMNS}")
     });
+    let types: Vec<&str> = request.types.iter().map(String::as_str).collect();
     let keys: Vec<SortKey> = request
         .sort
         .iter()
-        .map(|sort| sort_key(&mut q, sort))
+        .map(|sort| sort_key(&mut q, sort, &types))
         .collect::<Result<_>>()?;
     for (n, key) in keys.iter().enumerate() {
         q.push(&format!(", ({})::text AS k{n}", key.expression));
