@@ -36,6 +36,8 @@ pub struct Loader {
     pub patients: Vec<LoadedPatient>,
     pub resources: usize,
     pub errors: usize,
+    /// Seconds spent loading, over every [`Loader::load`].
+    pub seconds: f64,
     /// `Ok` when the server took a transaction Bundle, else why not; `None`
     /// until the first Bundle was tried.
     pub transactions: Option<Result<(), String>>,
@@ -55,6 +57,7 @@ impl Loader {
             patients: Vec::new(),
             resources: 0,
             errors: 0,
+            seconds: 0.0,
             transactions: None,
         }
     }
@@ -76,6 +79,7 @@ impl Loader {
         }
         stop.store(true, Ordering::Relaxed);
         let _ = progress.await;
+        self.seconds += started.elapsed().as_secs_f64();
         if result.is_ok() {
             let secs = started.elapsed().as_secs_f64();
             let loaded = self.resources - resources;

@@ -272,6 +272,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             "load": {
                 "resources": loader.resources,
                 "errors": loader.errors,
+                "seconds": loader.seconds,
+                "resources_per_second": loader.resources as f64 / loader.seconds.max(1e-9),
                 "transactions": matches!(loader.transactions, Some(Ok(()))),
                 "analyzed": args.analyze,
             },

@@ -50,7 +50,6 @@ pub(super) struct IndexRows {
     composite_parts: Vec<Value>,
     text_param: Texts,
     text_normalized: Texts,
-    text_exact: Texts,
     compartment_type: Texts,
     compartment_id: Vec<Uuid>,
 }
@@ -204,14 +203,13 @@ impl IndexRows {
                 self.token_code.push(Some(value.clone()));
                 self.token_text.push(None);
             }
+            // Full text is only ever matched as a substring of its
+            // normalized form (`_text` and `_content` take no `:exact`).
             IndexValue::String {
-                param,
-                normalized,
-                exact,
+                param, normalized, ..
             } if is_full_text(param) => {
                 self.text_param.push(param.clone());
                 self.text_normalized.push(normalized.clone());
-                self.text_exact.push(exact.clone());
             }
             IndexValue::String {
                 param,
@@ -301,7 +299,7 @@ impl IndexRows {
             ],
             vec![&self.uri_param, &self.uri_value],
             vec![&self.composite_param, &self.composite_parts],
-            vec![&self.text_param, &self.text_normalized, &self.text_exact],
+            vec![&self.text_param, &self.text_normalized],
             vec![&self.compartment_type, &self.compartment_id],
         ];
         let tables = self.tables_with_rows();
@@ -397,10 +395,7 @@ const TABLES: [(&str, &[(&str, &str)]); 10] = [
     ),
     ("idx_uri", &[("param", "text"), ("value", "text")]),
     ("idx_composite", &[("param", "text"), ("parts", "jsonb")]),
-    (
-        "idx_text",
-        &[("param", "text"), ("normalized", "text"), ("exact", "text")],
-    ),
+    ("idx_text", &[("param", "text"), ("normalized", "text")]),
     (
         "resource_compartment",
         &[("compartment_type", "text"), ("compartment_id", "uuid")],
