@@ -846,7 +846,8 @@ impl Tx {
     /// Writes a version: the resource row (inserted when `is_new`, otherwise
     /// updated, the version it replaces copied to history; the caller holds
     /// that row's lock from [`Tx::lock_current`], so the copy is the version
-    /// it replaces) and its search-index rows (`index`; none for a deletion). New resources are held back and sent together (a
+    /// it replaces) and its search-index rows (`index`; none for a
+    /// deletion). New resources are held back and sent together (a
     /// transaction Bundle's creates cost one statement), so a conflict on
     /// their ids surfaces at the next statement or at commit.
     pub async fn write(
