@@ -466,8 +466,8 @@ fn current_query(
 /// The versions that `conditions` (` AND …`, then any `ORDER BY`/`LIMIT`)
 /// select, in the tenant, whose resource's current row passes `filter`: the
 /// superseded ones from `resource_history` and the current ones from
-/// `resource`, where alone a current version lives (a create writes one row,
-/// not two).
+/// `resource` (a current version lives only there, so a create writes one
+/// row, not two).
 fn versions_query(
     tenant: Tenant,
     filter: &RowFilter<'_>,
