@@ -3,10 +3,10 @@
 use fhirgate_tests::{assert_outcome, status_json, Session, TestApp};
 use serde_json::{json, Value};
 
-/// Follows `next` links from `path`, returning every entry's resource id.
-async fn walk(session: &Session, path: &str) -> (Vec<String>, usize) {
+/// Follows `next` links from `path`, returning every entry and the number of pages.
+async fn entries(session: &Session, path: &str) -> (Vec<Value>, usize) {
     let mut url = session.url(&format!("fhir/R4/{path}"));
-    let mut ids = Vec::new();
+    let mut entries = Vec::new();
     let mut pages = 0;
     loop {
         let response = session
@@ -20,9 +20,7 @@ async fn walk(session: &Session, path: &str) -> (Vec<String>, usize) {
         assert_eq!(status, 200, "{bundle}");
         assert_eq!(bundle["type"], "history");
         pages += 1;
-        for entry in bundle["entry"].as_array().into_iter().flatten() {
-            ids.push(entry["request"]["url"].as_str().unwrap().to_string());
-        }
+        entries.extend(bundle["entry"].as_array().into_iter().flatten().cloned());
         let next = bundle["link"]
             .as_array()
             .unwrap()
@@ -31,9 +29,29 @@ async fn walk(session: &Session, path: &str) -> (Vec<String>, usize) {
             .map(|l| l["url"].as_str().unwrap().to_string());
         match next {
             Some(next) => url = next,
-            None => return (ids, pages),
+            None => return (entries, pages),
         }
     }
+}
+
+/// Follows `next` links from `path`, returning every entry's request URL (`Type/id`).
+async fn walk(session: &Session, path: &str) -> (Vec<String>, usize) {
+    let (entries, pages) = entries(session, path).await;
+    let urls = entries
+        .iter()
+        .map(|entry| entry["request"]["url"].as_str().unwrap().to_string())
+        .collect();
+    (urls, pages)
+}
+
+/// The version id a history entry's ETag (`W/"…"`) names.
+fn version_of(entry: &Value) -> String {
+    entry["response"]["etag"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("W/\"")
+        .trim_end_matches('"')
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,14 +200,7 @@ async fn history_pages_across_current_and_superseded_versions() {
     assert_eq!(user.delete(&format!("Patient/{id}")).await.status(), 200);
     let (_, history) =
         status_json(user.get(&format!("Patient/{id}/_history?_count=1")).await).await;
-    versions.push(
-        history["entry"][0]["response"]["etag"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("W/\"")
-            .trim_end_matches('"')
-            .to_string(),
-    );
+    versions.push(version_of(&history["entry"][0]));
     families.push(None);
     let (status, recreated) = status_json(
         user.put(
@@ -206,41 +217,17 @@ async fn history_pages_across_current_and_superseded_versions() {
     families.reverse();
 
     // Two versions a page: the current one and the superseded ones, newest first.
-    let mut url = user.url(&format!("fhir/R4/Patient/{id}/_history?_count=2"));
-    let (mut seen_versions, mut seen_families) = (Vec::new(), Vec::new());
-    loop {
-        let response = user
-            .http
-            .get(&url)
-            .bearer_auth(&user.token)
-            .send()
-            .await
-            .unwrap();
-        let (status, bundle) = status_json(response).await;
-        assert_eq!(status, 200, "{bundle}");
-        for entry in bundle["entry"].as_array().unwrap() {
-            let etag = entry["response"]["etag"].as_str().unwrap();
-            seen_versions.push(
-                etag.trim_start_matches("W/\"")
-                    .trim_end_matches('"')
-                    .to_string(),
-            );
-            seen_families.push(
-                entry["resource"]["name"][0]["family"]
-                    .as_str()
-                    .map(str::to_string),
-            );
-        }
-        match bundle["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(next) => url = next["url"].as_str().unwrap().to_string(),
-            None => break,
-        }
-    }
+    let (seen, pages) = entries(&user, &format!("Patient/{id}/_history?_count=2")).await;
+    assert_eq!(pages, 3);
+    let seen_versions: Vec<String> = seen.iter().map(version_of).collect();
+    let seen_families: Vec<Option<String>> = seen
+        .iter()
+        .map(|entry| {
+            entry["resource"]["name"][0]["family"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
     assert_eq!(seen_versions, versions);
     assert_eq!(seen_families, families, "the deletion has no resource");
 

@@ -473,20 +473,19 @@ fn versions_query(
     filter: &RowFilter<'_>,
     conditions: impl Fn(&mut Query),
 ) -> Result<Query> {
-    let mut q = Query::new("");
-    for (n, (table, columns)) in [
-        ("resource_history", HISTORY_COLUMNS),
-        ("resource", VERSION_COLUMNS),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        q.push(if n == 0 { "(" } else { ") UNION ALL (" })
-            .push(&format!("SELECT {columns} FROM {table} h WHERE true"))
-            .tenant(tenant)
-            .current_passes(filter)?;
-        conditions(&mut q);
-    }
+    let mut q = Query::new(&format!(
+        "(SELECT {HISTORY_COLUMNS} FROM resource_history h WHERE true"
+    ));
+    q.tenant(tenant).current_passes(filter)?;
+    conditions(&mut q);
+    // A current version is its resource's current row: the filter applies
+    // to it directly.
+    q.push(&format!(
+        ") UNION ALL (SELECT {VERSION_COLUMNS} FROM resource r WHERE true"
+    ))
+    .tenant(tenant);
+    search::row_condition(&mut q, "r", filter)?;
+    conditions(&mut q);
     q.push(")");
     Ok(q)
 }
