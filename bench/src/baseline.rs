@@ -1,7 +1,8 @@
 //! The floor: fhirgate's own primary SQL for read-by-id and a token search,
-//! run straight against its PostgreSQL with one connection per worker and a
-//! statement prepared once per connection (fhirgate caches its statements
-//! too). What fhirgate adds on top (HTTP, auth, JSON, pool) is the gap.
+//! and a durable single-row insert of a resource-shaped row, run straight
+//! against its PostgreSQL with one connection per worker and a statement
+//! prepared once per connection (fhirgate caches its statements too). What
+//! fhirgate adds on top (HTTP, auth, JSON, pool, search-index rows) is the gap.
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,7 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use crate::{
-    data::MRN_SYSTEM,
+    data::{self, MRN_SYSTEM},
     stats::{Recorder, ScenarioResult},
 };
 
@@ -28,6 +29,18 @@ const TOKEN_SQL: &str = "SELECT r.project_id, r.resource_type, r.id, r.version_i
     AND d.param = 'identifier' AND d.system = $2 AND d.code = $3 ORDER BY d.resource_id ASC) d \
     JOIN resource r ON r.id = d.resource_id WHERE NOT r.deleted AND r.project_id = $1 \
     AND r.resource_type = 'Patient' ORDER BY r.id ASC LIMIT 21";
+
+/// `resource`'s shape and primary key, without its search-index rows or
+/// secondary indexes: what one create costs PostgreSQL at the least (one row,
+/// one commit, WAL flushed). A table of the tool's own, dropped afterwards.
+const INSERT_TABLE: &str = "fhirgate_bench_baseline_insert";
+
+fn insert_sql() -> String {
+    format!(
+        "INSERT INTO {INSERT_TABLE} (project_id, resource_type, id, version_id, last_updated, content) \
+         VALUES ($1, 'Observation', $2, $2, now(), $3)"
+    )
+}
 
 async fn connect(url: &str) -> Result<Client, String> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
@@ -66,9 +79,10 @@ pub async fn analyze(url: &str) -> Result<(), String> {
 enum Kind {
     Read { project: Uuid, ids: Vec<Uuid> },
     Token { project: Uuid, codes: Vec<String> },
+    Insert { project: Uuid, content: String },
 }
 
-/// Runs `baseline-read` and `baseline-search-token`.
+/// Runs `baseline-read`, `baseline-search-token` and `baseline-insert`.
 pub async fn run(
     url: &str,
     concurrency: usize,
@@ -131,7 +145,57 @@ pub async fn run(
         )
         .await?
     };
-    Ok(vec![read, token])
+    let insert = measure_insert(url, concurrency, duration, seed, project).await?;
+    Ok(vec![read, token, insert])
+}
+
+async fn measure_insert(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+    seed: u64,
+    project: Uuid,
+) -> Result<ScenarioResult, String> {
+    let table = |sql: String| async move {
+        connect(url)
+            .await?
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| format!("baseline-insert: {sql}: {e}"))
+    };
+    table(format!(
+        "DROP TABLE IF EXISTS {INSERT_TABLE}; \
+         CREATE TABLE {INSERT_TABLE} (LIKE resource INCLUDING DEFAULTS, \
+         PRIMARY KEY (project_id, resource_type, id))"
+    ))
+    .await?;
+    // The body the `create` scenario posts, as fhirgate stores it.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let content = data::observation(
+        &mut rng,
+        &format!("Patient/{}", Uuid::now_v7()),
+        None,
+        "2024-01-01T12:00:00Z",
+    )
+    .to_string();
+    let result = measure(
+        url,
+        concurrency,
+        duration,
+        seed,
+        "baseline-insert",
+        Arc::new(Kind::Insert { project, content }),
+    )
+    .await;
+    table(format!("DROP TABLE {INSERT_TABLE}")).await?;
+    result
+}
+
+/// Reads the content out, as fhirgate does; whether there was a row.
+fn content_read(rows: Vec<tokio_postgres::Row>) -> bool {
+    let bytes: usize = rows.iter().map(|r| r.get::<_, &str>("content").len()).sum();
+    std::hint::black_box(bytes);
+    !rows.is_empty()
 }
 
 async fn measure(
@@ -147,11 +211,12 @@ async fn measure(
     for _ in 0..concurrency {
         let client = connect(url).await?;
         let sql = match *kind {
-            Kind::Read { .. } => READ_SQL,
-            Kind::Token { .. } => TOKEN_SQL,
+            Kind::Read { .. } => READ_SQL.to_string(),
+            Kind::Token { .. } => TOKEN_SQL.to_string(),
+            Kind::Insert { .. } => insert_sql(),
         };
         let statement = client
-            .prepare(sql)
+            .prepare(&sql)
             .await
             .map_err(|e| format!("{name}: prepare: {e}"))?;
         clients.push((client, statement));
@@ -170,24 +235,26 @@ async fn measure(
                 let result = match &*kind {
                     Kind::Read { project, ids } => {
                         let id = &ids[rng.gen_range(0..ids.len())];
-                        client.query(&statement, &[project, id]).await
+                        client
+                            .query(&statement, &[project, id])
+                            .await
+                            .map(content_read)
                     }
                     Kind::Token { project, codes } => {
                         let code = &codes[rng.gen_range(0..codes.len())];
                         client
                             .query(&statement, &[project, &MRN_SYSTEM, code])
                             .await
+                            .map(content_read)
                     }
+                    Kind::Insert { project, content } => client
+                        .execute(&statement, &[project, &Uuid::now_v7(), content])
+                        .await
+                        .map(|inserted| inserted == 1),
                 };
                 match result {
-                    // Read the content out, as fhirgate does.
-                    Ok(rows) if !rows.is_empty() => {
-                        let bytes: usize =
-                            rows.iter().map(|r| r.get::<_, &str>("content").len()).sum();
-                        std::hint::black_box(bytes);
-                        rec.ok(t.elapsed());
-                    }
-                    Ok(_) => rec.error("no row".into()),
+                    Ok(true) => rec.ok(t.elapsed()),
+                    Ok(false) => rec.error("no row".into()),
                     Err(e) => rec.error(e.to_string()),
                 }
             }

@@ -17,11 +17,18 @@ fn find<'a>(results: &'a [ScenarioResult], name: &str) -> Option<&'a ScenarioRes
         .find(|r| r.name == name && r.status == Status::Ok)
 }
 
+/// Each HTTP scenario with the baseline that is its floor in PostgreSQL alone.
+const BASELINES: [(&str, &str); 3] = [
+    ("read", "baseline-read"),
+    ("search-token", "baseline-search-token"),
+    ("create", "baseline-insert"),
+];
+
 fn ratio(part: f64, whole: f64) -> f64 {
     (part / whole.max(1e-9) * 10000.0).round() / 10000.0
 }
 
-/// The scenarios, with `fraction_of_baseline` on `read` and `search-token`
+/// The scenarios, with `fraction_of_baseline` on those in [`BASELINES`]
 /// when their baseline ran, and `fraction_of_unrestricted` on the rows of a
 /// restricted caller (`read[compartment]` against `read`).
 pub fn scenarios_json(results: &[ScenarioResult]) -> Vec<Value> {
@@ -32,11 +39,10 @@ pub fn scenarios_json(results: &[ScenarioResult]) -> Vec<Value> {
             if r.status != Status::Ok {
                 return v;
             }
-            let baseline = match r.name.as_str() {
-                "read" => find(results, "baseline-read"),
-                "search-token" => find(results, "baseline-search-token"),
-                _ => None,
-            };
+            let baseline = BASELINES
+                .iter()
+                .find(|(http, _)| *http == r.name)
+                .and_then(|(_, sql)| find(results, sql));
             if let Some(b) = baseline {
                 v["fraction_of_baseline"] =
                     json!(ratio(r.requests_per_second(), b.requests_per_second()));
@@ -129,14 +135,11 @@ pub fn print_table(results: &[ScenarioResult]) {
             note.trim_end()
         );
     }
-    for (http, sql) in [
-        ("read", "baseline-read"),
-        ("search-token", "baseline-search-token"),
-    ] {
+    for (http, sql) in BASELINES {
         if let (Some(h), Some(b)) = (find(results, http), find(results, sql)) {
             let fraction = h.requests_per_second() / b.requests_per_second().max(1e-9);
             println!(
-                "{http} over HTTP: {:.0} req/s = {:.1}% of {sql} ({:.0} queries/s)",
+                "{http} over HTTP: {:.0} req/s = {:.1}% of {sql} ({:.0} statements/s)",
                 h.requests_per_second(),
                 fraction * 100.0,
                 b.requests_per_second()

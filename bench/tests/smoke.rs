@@ -38,6 +38,22 @@ async fn run_bench(args: &[&str], baseline: bool) -> Value {
         output.status.success(),
         "fhirgate-bench failed:\n{stdout}\n{stderr}"
     );
+    if baseline {
+        // The insert baseline's scratch table goes when the run ends.
+        let left = app
+            .db()
+            .await
+            .query_one(
+                "SELECT to_regclass('fhirgate_bench_baseline_insert') IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(
+            !left.get::<_, bool>(0),
+            "the baseline-insert table is left behind"
+        );
+    }
     let text = std::fs::read_to_string(&report).unwrap();
     let _ = std::fs::remove_file(&report);
     serde_json::from_str(&text).unwrap()
@@ -86,8 +102,14 @@ async fn every_scenario_runs_against_fhirgate() {
             "mixed",
             "baseline-read",
             "baseline-search-token",
+            "baseline-insert",
         ],
     );
+    // Each scenario with a floor in PostgreSQL alone is given as a fraction of it.
+    for name in ["read", "search-token", "create"] {
+        let row = ran(&report["scenarios"], &[name])[0];
+        assert!(row["fraction_of_baseline"].as_f64().unwrap() > 0.0, "{row}");
+    }
     assert!(report.get("sizes").is_none());
 }
 
@@ -116,7 +138,7 @@ async fn growth_run_measures_each_size() {
         ran(&size["scenarios"], &growth_scenarios);
         ran(
             &size["scenarios"],
-            &["baseline-read", "baseline-search-token"],
+            &["baseline-read", "baseline-search-token", "baseline-insert"],
         );
     }
     let growth = report["growth"].as_array().unwrap();
