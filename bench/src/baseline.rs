@@ -156,14 +156,15 @@ async fn measure_insert(
     seed: u64,
     project: Uuid,
 ) -> Result<ScenarioResult, String> {
-    let table = |sql: String| async move {
-        connect(url)
-            .await?
+    // One connection of its own makes the table and drops it again.
+    let owner = &connect(url).await?;
+    let ddl = |sql: String| async move {
+        owner
             .batch_execute(&sql)
             .await
             .map_err(|e| format!("baseline-insert: {sql}: {e}"))
     };
-    table(format!(
+    ddl(format!(
         "DROP TABLE IF EXISTS {INSERT_TABLE}; \
          CREATE TABLE {INSERT_TABLE} (LIKE resource INCLUDING DEFAULTS, \
          PRIMARY KEY (project_id, resource_type, id))"
@@ -187,7 +188,7 @@ async fn measure_insert(
         Arc::new(Kind::Insert { project, content }),
     )
     .await;
-    table(format!("DROP TABLE {INSERT_TABLE}")).await?;
+    ddl(format!("DROP TABLE {INSERT_TABLE}")).await?;
     result
 }
 
