@@ -256,6 +256,81 @@ async fn concurrent_creates_each_store_their_own_resource_once() {
     assert_eq!(one["entry"].as_array().map(Vec::len), Some(1), "{one}");
 }
 
+/// Reads by id share connections and are pipelined on them: each of many
+/// concurrent reads gets its own resource back, at the version its own
+/// update just wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reads_each_see_their_own_resource_after_its_write() {
+    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let user = app.project("shared-reads").await.member;
+    let rounds = (0..32).map(|i| {
+        let user = user.clone();
+        async move {
+            let mut body = user
+                .create(
+                    json!({"resourceType": "Patient", "name": [{"family": format!("Reader{i}")}]}),
+                )
+                .await;
+            let path = format!("Patient/{}", body["id"].as_str().unwrap());
+            for round in 0..5 {
+                body["birthDate"] = json!(format!("19{i:02}-01-{:02}", round + 1));
+                let (status, updated) = status_json(user.put(&path, &body).await).await;
+                assert_eq!(status, 200, "{updated}");
+                let (status, read) = status_json(user.get(&path).await).await;
+                assert_eq!(status, 200, "{read}");
+                assert_eq!(read, updated, "a read after a write sees the write");
+                body = read;
+            }
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+}
+
+/// When PostgreSQL closes the server's connections (a restart, a failover,
+/// an administrator), the next reads are answered on new ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_answered_after_the_database_closes_the_connections() {
+    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let user = app.project("reconnect").await.member;
+    let created = user.create(patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    let read_many = || {
+        futures_util::future::join_all((0..16).map(|_| {
+            let (user, path) = (user.clone(), path.clone());
+            async move { status_json(user.get(&path).await).await }
+        }))
+    };
+    for (status, read) in read_many().await {
+        assert_eq!((status, &read), (200, &created));
+    }
+
+    let db = app.db().await;
+    let terminated: Vec<i32> = db
+        .query(
+            // Materialized, so that only this database's backends are terminated.
+            "WITH mine AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()) \
+             SELECT pid FROM mine WHERE pg_terminate_backend(pid)",
+            &[&app.database],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        terminated.len() >= 2,
+        "the reads held connections: {terminated:?}"
+    );
+    let alive = "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)";
+    while !db.query(alive, &[&terminated]).await.unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for (status, read) in read_many().await {
+        assert_eq!((status, &read), (200, &created));
+    }
+}
+
 /// Racing creates at one new id (a super admin's update-as-create): the
 /// create's insert and its COMMIT go out together, and a loser's insert
 /// fails on the id only once the winner commits. Every request is answered
