@@ -191,10 +191,8 @@ struct WorkerPools {
 thread_local! {
     /// The worker pool this thread adopted: its `WorkerPools` (by address) and index.
     static WORKER_POOL: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
-}
-
-thread_local! {
-    /// This worker thread's shared lookup connections ([`Store::lookup`]).
+    /// This worker thread's shared lookup connections ([`Store::lookup`]),
+    /// from the pool it adopted (a thread adopts one pool, once).
     static LOOKUP_CONNECTIONS: std::cell::RefCell<Vec<Arc<Object>>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -310,7 +308,8 @@ impl Store {
     /// of its socket instead of each waking a backend of its own (measured
     /// on 2 cores: PostgreSQL's CPU per read by id 35–46 → 21–27 µs, reads
     /// +30%). Searches keep a connection each: their cost varies too much to
-    /// queue others behind them (shared, their p99 doubled). A lookup only
+    /// queue others behind them (shared, name-search p99 went from 15 to
+    /// 20–28 ms). A lookup only
     /// reads, so one whose connection was closed under it is retried once on
     /// another.
     async fn lookup(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
