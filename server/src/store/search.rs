@@ -1139,16 +1139,21 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
 }
 
 impl Store {
-    /// `EXPLAIN` of the statement a search runs, to check its plan.
+    /// `EXPLAIN` of the statements a search runs, to check their plans: the
+    /// page's and, when it includes, the first include level's for the page
+    /// found (which it runs for that).
     pub async fn explain(&self, sq: &SearchQuery<'_>) -> Result<String> {
-        let (mut q, _) = page_query(sq)?;
-        q.sql.insert_str(0, "EXPLAIN ");
-        let rows = self.query(&q).await?;
-        Ok(rows
-            .iter()
-            .map(|row| row.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n"))
+        let (page, _) = page_query(sq)?;
+        let mut statements = vec![page];
+        let matches = run(self, sq).await?.matches;
+        statements.extend(include_query(sq, &matches, 0)?);
+        let mut plans = Vec::new();
+        for mut q in statements {
+            q.sql.insert_str(0, "EXPLAIN ");
+            let rows = self.query(&q).await?;
+            plans.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+        }
+        Ok(plans.join("\n"))
     }
 
     pub async fn search(&self, sq: &SearchQuery<'_>) -> Result<SearchPage> {
@@ -1238,8 +1243,7 @@ async fn includes(
     sq: &SearchQuery<'_>,
     matches: &[Version],
 ) -> Result<Vec<Version>> {
-    let request = sq.request;
-    if request.include.is_empty() && request.revinclude.is_empty() {
+    if sq.request.include.is_empty() && sq.request.revinclude.is_empty() {
         return Ok(Vec::new());
     }
     let mut seen: std::collections::HashSet<(String, Uuid)> = matches
@@ -1249,77 +1253,9 @@ async fn includes(
     let mut included = Vec::new();
     let mut frontier: Vec<Version> = matches.to_vec();
     for depth in 0..MAX_INCLUDE_DEPTH {
-        let applies = |inc: &&Include| depth == 0 || inc.iterate;
-        let forward: Vec<&Include> = request.include.iter().filter(applies).collect();
-        let reverse: Vec<&Include> = request.revinclude.iter().filter(applies).collect();
-        if frontier.is_empty() || (forward.is_empty() && reverse.is_empty()) {
+        let Some(q) = include_query(sq, &frontier, depth)? else {
             break;
-        }
-        let mut q = Query::new("");
-        let mut parts = 0;
-        let mut projects: Vec<Uuid> = frontier.iter().map(|v| v.project_id).collect();
-        projects.sort_unstable();
-        projects.dedup();
-        let ids_of = |resource_type: Option<&str>| -> Vec<Uuid> {
-            frontier
-                .iter()
-                .filter(|v| resource_type.is_none_or(|t| v.resource_type == t))
-                .map(|v| v.id)
-                .collect()
         };
-        for inc in &forward {
-            let ids = ids_of(Some(&inc.source_type));
-            if ids.is_empty() {
-                continue;
-            }
-            // Driven from the referencing rows, so the plan starts at idx_reference_resource.
-            include_select(
-                &mut q,
-                sq,
-                &mut parts,
-                "t.resource_type = i.target_type AND t.id = i.target_id",
-                &projects,
-            )?;
-            q.push(" AND i.resource_type = ")
-                .bind(inc.source_type.clone())
-                .push(" AND i.param = ")
-                .bind(inc.param.clone())
-                .push(" AND i.resource_id = ANY(")
-                .bind(ids)
-                .push(")");
-            if let Some(target) = &inc.target_type {
-                q.push(" AND i.target_type = ").bind(target.clone());
-            }
-            q.push(")");
-        }
-        for inc in &reverse {
-            let targets = match &inc.target_type {
-                Some(target) => ids_of(Some(target)),
-                None => ids_of(None),
-            };
-            if targets.is_empty() {
-                continue;
-            }
-            // Driven from the referenced ids, through idx_reference_target.
-            include_select(
-                &mut q,
-                sq,
-                &mut parts,
-                "t.resource_type = i.resource_type AND t.id = i.resource_id",
-                &projects,
-            )?;
-            q.push(" AND i.resource_type = ")
-                .bind(inc.source_type.clone())
-                .push(" AND i.param = ")
-                .bind(inc.param.clone())
-                .push(" AND i.target_id = ANY(")
-                .bind(targets)
-                .push("))");
-        }
-        if parts == 0 {
-            break;
-        }
-        q.push(" LIMIT ").bind(MAX_INCLUDED);
         frontier = db
             .query(&q)
             .await?
@@ -1332,16 +1268,92 @@ async fn includes(
     Ok(included)
 }
 
+/// The statement of one include level: what the includes that apply at
+/// `depth` reach from `frontier`, or `None` when nothing is to be read.
+fn include_query(
+    sq: &SearchQuery<'_>,
+    frontier: &[Version],
+    depth: usize,
+) -> Result<Option<Query>> {
+    let request = sq.request;
+    let applies = |inc: &&Include| depth == 0 || inc.iterate;
+    let forward: Vec<&Include> = request.include.iter().filter(applies).collect();
+    let reverse: Vec<&Include> = request.revinclude.iter().filter(applies).collect();
+    if frontier.is_empty() || (forward.is_empty() && reverse.is_empty()) {
+        return Ok(None);
+    }
+    let mut q = Query::new("");
+    let mut parts = 0;
+    let mut projects: Vec<Uuid> = frontier.iter().map(|v| v.project_id).collect();
+    projects.sort_unstable();
+    projects.dedup();
+    let ids_of = |resource_type: Option<&str>| -> Vec<Uuid> {
+        frontier
+            .iter()
+            .filter(|v| resource_type.is_none_or(|t| v.resource_type == t))
+            .map(|v| v.id)
+            .collect()
+    };
+    for inc in &forward {
+        let ids = ids_of(Some(&inc.source_type));
+        if ids.is_empty() {
+            continue;
+        }
+        // Driven from the referencing rows, so the plan starts at idx_reference_resource.
+        include_select(
+            &mut q,
+            sq,
+            &mut parts,
+            "t.resource_type = i.target_type AND t.id = i.target_id",
+            &projects,
+            inc,
+            ("i.resource_id", ids),
+        )?;
+        if let Some(target) = &inc.target_type {
+            q.push(" AND i.target_type = ").bind(target.clone());
+        }
+        q.push(")");
+    }
+    for inc in &reverse {
+        let targets = match &inc.target_type {
+            Some(target) => ids_of(Some(target)),
+            None => ids_of(None),
+        };
+        if targets.is_empty() {
+            continue;
+        }
+        // Driven from the referenced ids, through idx_reference_target.
+        include_select(
+            &mut q,
+            sq,
+            &mut parts,
+            "t.resource_type = i.resource_type AND t.id = i.resource_id",
+            &projects,
+            inc,
+            ("i.target_id", targets),
+        )?;
+        q.push(")");
+    }
+    if parts == 0 {
+        return Ok(None);
+    }
+    q.push(" LIMIT ").bind(MAX_INCLUDED);
+    Ok(Some(q))
+}
+
 /// Starts one `UNION ALL` branch: live resources `t` the policy lets the
-/// caller search, joined to reference rows `i` on `join`, inside the tenant
-/// and the `projects` of the resources included from (which, across
-/// projects, lets the index that leads with `project_id` drive the plan).
+/// caller search, joined on `join` to the reference rows `i` of `include`
+/// whose `column` is one of `ids`, inside the tenant and the `projects` of
+/// the resources included from (which, across projects, lets the index that
+/// leads with `project_id` drive the plan). The caller closes the branch.
 fn include_select(
     q: &mut Query,
     sq: &SearchQuery<'_>,
     parts: &mut usize,
     join: &str,
     projects: &[Uuid],
+    include: &Include,
+    (column, ids): (&str, Vec<Uuid>),
 ) -> Result<()> {
     if *parts > 0 {
         q.push(" UNION ALL ");
@@ -1357,7 +1369,15 @@ fn include_select(
             .bind(projects.to_vec())
             .push(")"),
     };
-    row_condition(q, "t", &sq.policy.row_filter(&[], Interaction::Search))
+    row_condition(q, "t", &sq.policy.row_filter(&[], Interaction::Search))?;
+    q.push(" AND i.resource_type = ")
+        .bind(include.source_type.clone())
+        .push(" AND i.param = ")
+        .bind(include.param.clone())
+        .push(&format!(" AND {column} = ANY("))
+        .bind(ids)
+        .push(")");
+    Ok(())
 }
 
 #[cfg(test)]
