@@ -71,7 +71,8 @@ pub async fn prepare_database(config: &Config, validator: &Validator) -> Result<
             config.statement_timeout,
         )
         .await?,
-    );
+    )
+    .analyzing_after(config.analyze_after);
     store
         .with_startup_lock(async |client| {
             connect::migrate(client).await?;

@@ -48,6 +48,10 @@ pub struct Config {
     /// Batch and transaction Bundles processed at once per instance; more
     /// wait, unread, so the memory they take is bounded.
     pub bundle_concurrency: usize,
+    /// Resources created in one project before this instance analyzes the
+    /// search tables, then ten times as many, and so on; 0: never
+    /// (`store::statistics`).
+    pub analyze_after: u64,
     pub admin: AdminBootstrap,
     pub lifecycle: Lifecycle,
 }
@@ -186,6 +190,10 @@ impl Config {
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
             bundle_concurrency: number("FHIRGATE_BUNDLE_CONCURRENCY", cores)?.max(1),
+            analyze_after: number(
+                "FHIRGATE_ANALYZE_AFTER",
+                crate::store::DEFAULT_ANALYZE_AFTER as usize,
+            )? as u64,
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -220,6 +228,7 @@ impl Config {
             max_conditional_delete: 100,
             max_bundle_entries: 10_000,
             bundle_concurrency: 4,
+            analyze_after: crate::store::DEFAULT_ANALYZE_AFTER,
             admin: AdminBootstrap::default(),
             lifecycle: Lifecycle::default(),
         }

@@ -1008,3 +1008,52 @@ async fn combination_parameters_match_the_observation_and_its_components() {
         .get(0);
     assert_eq!(combo_rows, 0);
 }
+
+/// Whether PostgreSQL's statistics of `resource` know `project` (as one of
+/// the most common values of its `project_id`).
+async fn statistics_know(db: &tokio_postgres::Client, project: &str) -> bool {
+    db.query_one(
+        "SELECT coalesce(bool_or($1 = ANY(most_common_vals::text::text[])), false)
+           FROM pg_stats WHERE tablename = 'resource' AND attname = 'project_id'",
+        &[&project],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// A project created after the last `ANALYZE` is analyzed once it has grown
+/// (`store::statistics`): until then PostgreSQL estimates it at one row and
+/// plans its searches as scans of the whole project.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_is_analyzed_as_it_grows() {
+    let app = TestApp::spawn_with(|config| config.analyze_after = 30).await;
+    let db = app.db().await;
+    db.batch_execute("ANALYZE").await.unwrap();
+    let project = app.project("growing").await;
+    let patients = |count: usize| {
+        let entry: Vec<Value> = (0..count)
+            .map(|n| json!({"request": {"method": "POST", "url": "Patient"},
+                            "resource": {"resourceType": "Patient", "name": [{"family": format!("Grow{n}")}]}}))
+            .collect();
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entry})
+    };
+    let (status, _) = status_json(project.admin.post("", &patients(20)).await).await;
+    assert_eq!(status, 200);
+    assert!(
+        !statistics_know(&db, &project.id).await,
+        "analyzed before the first step"
+    );
+
+    // The project's clients and memberships and these 10 make it more than 30.
+    let (status, _) = status_json(project.admin.post("", &patients(10)).await).await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !statistics_know(&db, &project.id).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the project was not analyzed after it grew past 30 resources"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

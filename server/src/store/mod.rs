@@ -8,6 +8,7 @@ pub mod identity;
 mod index;
 pub mod lifecycle;
 pub mod search;
+mod statistics;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -180,7 +181,12 @@ pub struct Store {
     /// Told of every committed write sessions depend on.
     observer: Option<Arc<dyn ChangeObserver>>,
     group: Arc<GroupCommit>,
+    growth: Arc<statistics::Growth>,
 }
+
+/// Creates in one project before the first `ANALYZE` they start
+/// ([`Store::analyzing_after`]).
+pub const DEFAULT_ANALYZE_AFTER: u64 = 10_000;
 
 #[derive(Default)]
 struct WorkerPools {
@@ -253,10 +259,21 @@ impl Executor for Tx {
 impl Store {
     pub fn new(pool: Pool) -> Store {
         Store {
+            growth: Arc::new(statistics::Growth::new(pool.clone(), DEFAULT_ANALYZE_AFTER)),
             pool,
             worker_pools: Arc::default(),
             observer: None,
             group: Arc::default(),
+        }
+    }
+
+    /// The same store, analyzing the search tables when a project it creates
+    /// resources in reaches `first_step` of them, then ten times as many, and
+    /// so on (0: never); see `store::statistics`.
+    pub fn analyzing_after(self, first_step: u64) -> Store {
+        Store {
+            growth: Arc::new(statistics::Growth::new(self.pool.clone(), first_step)),
+            ..self
         }
     }
 
@@ -495,6 +512,8 @@ impl Store {
             changes: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             group: self.group.clone(),
+            created: Mutex::new(Vec::new()),
+            growth: self.growth.clone(),
         })
     }
 
@@ -753,6 +772,10 @@ pub struct Tx {
     changes: Mutex<Vec<Change>>,
     pending: Mutex<Vec<NewResource>>,
     group: Arc<GroupCommit>,
+    /// The project of each resource this transaction created, counted at
+    /// its commit.
+    created: Mutex<Vec<Uuid>>,
+    growth: Arc<statistics::Growth>,
 }
 
 impl Tx {
@@ -934,6 +957,7 @@ impl Tx {
         }
         match (is_new, w.content) {
             (true, Some(content)) => {
+                lock(&self.created).push(w.project_id);
                 let full = {
                     let mut pending = lock(&self.pending);
                     pending.push(NewResource {
@@ -996,6 +1020,14 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
+        let growth = self.growth.clone();
+        let created = std::mem::take(self.created.get_mut().unwrap_or_else(|e| e.into_inner()));
+        self.commit_writes().await?;
+        growth.created(created.into_iter());
+        Ok(())
+    }
+
+    async fn commit_writes(mut self) -> Result<()> {
         let pending = std::mem::take(&mut *lock(&self.pending));
         let begun = *self.begun.get_mut();
         match (pending.is_empty(), begun) {
