@@ -1023,7 +1023,7 @@ impl Tx {
         let growth = self.growth.clone();
         let created = std::mem::take(self.created.get_mut().unwrap_or_else(|e| e.into_inner()));
         self.commit_writes().await?;
-        growth.created(created.into_iter());
+        growth.created(&created);
         Ok(())
     }
 

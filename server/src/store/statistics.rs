@@ -52,15 +52,16 @@ impl Growth {
 
     /// Counts committed creates, one project id per resource; when a
     /// project passes a step, analyzes in the background.
-    pub(crate) fn created(self: &std::sync::Arc<Self>, projects: impl Iterator<Item = Uuid>) {
-        if self.first_step == 0 {
+    pub(crate) fn created(self: &std::sync::Arc<Self>, projects: &[Uuid]) {
+        // Most commits (updates, deletes) create nothing: no lock for them.
+        if self.first_step == 0 || projects.is_empty() {
             return;
         }
         let stepped = {
             let mut created = super::lock(&self.created);
             let mut stepped = false;
             for project in projects {
-                let count = created.entry(project).or_default();
+                let count = created.entry(*project).or_default();
                 *count += 1;
                 stepped |= is_step(*count, self.first_step);
             }
