@@ -131,6 +131,17 @@ impl Query {
         }
     }
 
+    /// `project` as `estimate` says to name it: `$n`, or `(SELECT $n::uuid)`,
+    /// a value the planner does not see and so estimates as an average one.
+    fn bind_project(&mut self, project: Uuid, estimate: statistics::ProjectEstimate) -> &mut Query {
+        match estimate {
+            statistics::ProjectEstimate::Known => self.bind(project),
+            statistics::ProjectEstimate::Unknown => {
+                self.push("(SELECT ").bind(project).push("::uuid)")
+            }
+        }
+    }
+
     fn tenant(&mut self, tenant: Tenant) -> &mut Query {
         if let Tenant::Project(project_id) = tenant {
             self.push(" AND project_id = ").bind(project_id);
@@ -166,6 +177,9 @@ impl Query {
 /// transaction (reads that must see the transaction's own writes).
 trait Executor {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>>;
+
+    /// How statements name `project` to the planner (`store::statistics`).
+    async fn project_estimate(&self, project: Uuid) -> Result<statistics::ProjectEstimate>;
 }
 
 const VERSION_COLUMNS: &str =
@@ -248,11 +262,19 @@ impl Executor for Store {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
         Ok(run_on(&self.pool().get().await?, query).await?)
     }
+
+    async fn project_estimate(&self, project: Uuid) -> Result<statistics::ProjectEstimate> {
+        self.growth.estimate(self, project).await
+    }
 }
 
 impl Executor for Tx {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
         self.run(&query.sql, &query.values()).await
+    }
+
+    async fn project_estimate(&self, project: Uuid) -> Result<statistics::ProjectEstimate> {
+        self.growth.estimate(self, project).await
     }
 }
 

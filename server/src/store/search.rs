@@ -13,6 +13,7 @@ use fhir_model::search::{
 };
 use uuid::Uuid;
 
+use super::statistics::ProjectEstimate;
 use super::{
     index::{identifier_param, is_full_text, of_type_param, of_type_system},
     Executor, Query, Store, Tenant, Version,
@@ -996,7 +997,12 @@ fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
 /// `FROM resource r WHERE …`: tenant, types, and every filter; with a
 /// driver, the resources come from its index rows, in id order (from the
 /// cursor on), and the other filters apply to them.
-fn where_clause(q: &mut Query, sq: &SearchQuery<'_>, driver: Option<&Driver<'_>>) -> Result<()> {
+fn where_clause(
+    q: &mut Query,
+    sq: &SearchQuery<'_>,
+    estimate: ProjectEstimate,
+    driver: Option<&Driver<'_>>,
+) -> Result<()> {
     let mut compiler = Compiler {
         q,
         next_alias: 0,
@@ -1010,7 +1016,7 @@ fn where_clause(q: &mut Query, sq: &SearchQuery<'_>, driver: Option<&Driver<'_>>
                     " FROM (SELECT DISTINCT d.resource_id FROM {} d WHERE d.project_id = ",
                     d.table
                 ))
-                .bind(project_id)
+                .bind_project(project_id, estimate)
                 .push(" AND d.resource_type = ")
                 .bind(only.clone())
                 .push(" AND d.param = ")
@@ -1038,7 +1044,10 @@ fn where_clause(q: &mut Query, sq: &SearchQuery<'_>, driver: Option<&Driver<'_>>
         }
     }
     if let Tenant::Project(project_id) = sq.tenant {
-        compiler.q.push(" AND r.project_id = ").bind(project_id);
+        compiler
+            .q
+            .push(" AND r.project_id = ")
+            .bind_project(project_id, estimate);
     }
     match sq.request.types.as_slice() {
         [] => {}
@@ -1089,7 +1098,7 @@ pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) ->
 /// rows. A driven page needs no such step: it reads rows as it walks its
 /// driver and stops after a page (measured on an identifier search: 10
 /// buffers and no sort, against 18 and a sort with the second step).
-fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
+fn page_query(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Query, usize)> {
     const COLUMNS: &str =
         "r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content";
     let request = sq.request;
@@ -1110,7 +1119,7 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
     for (n, key) in keys.iter().enumerate() {
         q.push(&format!(", ({})::text AS k{n}", key.expression));
     }
-    where_clause(&mut q, sq, driver.as_ref())?;
+    where_clause(&mut q, sq, estimate, driver.as_ref())?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
     if let Some(cursor) = &sq.cursor {
         keyset_condition(&mut q, &keys, cursor)?;
@@ -1139,17 +1148,18 @@ fn page_query(sq: &SearchQuery<'_>) -> Result<(Query, usize)> {
 }
 
 impl Store {
-    /// `EXPLAIN` of the statements a search runs, to check their plans: the
-    /// page's and, when it includes, the first include level's for the page
-    /// found (which it runs for that).
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of the statements a search runs, to
+    /// check their plans and the pages they read: the page's and, when it
+    /// includes, the first include level's for the page found.
     pub async fn explain(&self, sq: &SearchQuery<'_>) -> Result<String> {
-        let (page, _) = page_query(sq)?;
+        let estimate = project_estimate(self, sq).await?;
+        let (page, _) = page_query(sq, estimate)?;
         let mut statements = vec![page];
         let matches = run(self, sq).await?.matches;
-        statements.extend(include_query(sq, &matches, 0)?);
+        statements.extend(include_query(sq, estimate, &matches, 0)?);
         let mut plans = Vec::new();
         for mut q in statements {
-            q.sql.insert_str(0, "EXPLAIN ");
+            q.sql.insert_str(0, "EXPLAIN (ANALYZE, BUFFERS) ");
             let rows = self.query(&q).await?;
             plans.extend(rows.iter().map(|row| row.get::<_, String>(0)));
         }
@@ -1164,16 +1174,17 @@ impl Store {
 /// Runs a search: the count (if asked), the page, the includes.
 pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<SearchPage> {
     let request = sq.request;
+    let estimate = project_estimate(db, sq).await?;
     let total = match request.total {
         fhir_model::search::Total::None => None,
         fhir_model::search::Total::Accurate => {
             let mut q = Query::new("SELECT count(*)");
-            where_clause(&mut q, sq, None)?;
+            where_clause(&mut q, sq, estimate, None)?;
             Some(db.query(&q).await?[0].get::<_, i64>(0))
         }
         fhir_model::search::Total::Estimate => {
             let mut q = Query::new("EXPLAIN (FORMAT JSON) SELECT 1");
-            where_clause(&mut q, sq, None)?;
+            where_clause(&mut q, sq, estimate, None)?;
             let plan: serde_json::Value = db.query(&q).await?[0].get(0);
             plan[0]["Plan"]["Plan Rows"]
                 .as_f64()
@@ -1190,7 +1201,7 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
         });
     }
 
-    let (q, key_count) = page_query(sq)?;
+    let (q, key_count) = page_query(sq, estimate)?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
     let rows = db.query(&q).await?;
     let has_more = rows.len() > request.count;
@@ -1226,7 +1237,7 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
         .filter(|_| has_previous)
         .map(|e| cursor_of(e, true));
     let matches: Vec<Version> = page.into_iter().map(|(v, _)| v).collect();
-    let included = includes(db, sq, &matches).await?;
+    let included = includes(db, sq, estimate, &matches).await?;
     Ok(SearchPage {
         matches,
         included,
@@ -1236,11 +1247,20 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
     })
 }
 
+/// How the statements of `sq` name its project (any way across projects).
+async fn project_estimate(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<ProjectEstimate> {
+    match sq.tenant {
+        Tenant::Project(project_id) => db.project_estimate(project_id).await,
+        Tenant::AllProjects => Ok(ProjectEstimate::Known),
+    }
+}
+
 /// `_include` and `_revinclude`, one statement per level; `:iterate`
 /// ones follow what the previous level found, up to a fixed depth.
 async fn includes(
     db: &impl Executor,
     sq: &SearchQuery<'_>,
+    estimate: ProjectEstimate,
     matches: &[Version],
 ) -> Result<Vec<Version>> {
     if sq.request.include.is_empty() && sq.request.revinclude.is_empty() {
@@ -1253,7 +1273,7 @@ async fn includes(
     let mut included = Vec::new();
     let mut frontier: Vec<Version> = matches.to_vec();
     for depth in 0..MAX_INCLUDE_DEPTH {
-        let Some(q) = include_query(sq, &frontier, depth)? else {
+        let Some(q) = include_query(sq, estimate, &frontier, depth)? else {
             break;
         };
         frontier = db
@@ -1272,6 +1292,7 @@ async fn includes(
 /// `depth` reach from `frontier`, or `None` when nothing is to be read.
 fn include_query(
     sq: &SearchQuery<'_>,
+    estimate: ProjectEstimate,
     frontier: &[Version],
     depth: usize,
 ) -> Result<Option<Query>> {
@@ -1305,7 +1326,7 @@ fn include_query(
             sq,
             &mut parts,
             "t.resource_type = i.target_type AND t.id = i.target_id",
-            &projects,
+            (estimate, &projects),
             inc,
             ("i.resource_id", ids),
         )?;
@@ -1328,7 +1349,7 @@ fn include_query(
             sq,
             &mut parts,
             "t.resource_type = i.resource_type AND t.id = i.resource_id",
-            &projects,
+            (estimate, &projects),
             inc,
             ("i.target_id", targets),
         )?;
@@ -1345,13 +1366,14 @@ fn include_query(
 /// caller search, joined on `join` to the reference rows `i` of `include`
 /// whose `column` is one of `ids`, inside the tenant and the `projects` of
 /// the resources included from (which, across projects, lets the index that
-/// leads with `project_id` drive the plan). The caller closes the branch.
+/// leads with `project_id` drive the plan), the tenant named as `estimate`
+/// says. The caller closes the branch.
 fn include_select(
     q: &mut Query,
     sq: &SearchQuery<'_>,
     parts: &mut usize,
     join: &str,
-    projects: &[Uuid],
+    (estimate, projects): (ProjectEstimate, &[Uuid]),
     include: &Include,
     (column, ids): (&str, Vec<Uuid>),
 ) -> Result<()> {
@@ -1363,7 +1385,9 @@ fn include_select(
         "(SELECT t.project_id, t.resource_type, t.id, t.version_id, t.last_updated, t.content FROM idx_reference i JOIN resource t ON t.project_id = i.project_id AND {join} WHERE NOT t.deleted"
     ));
     match sq.tenant {
-        Tenant::Project(project_id) => q.push(" AND i.project_id = ").bind(project_id),
+        Tenant::Project(project_id) => q
+            .push(" AND i.project_id = ")
+            .bind_project(project_id, estimate),
         Tenant::AllProjects => q
             .push(" AND i.project_id = ANY(")
             .bind(projects.to_vec())
