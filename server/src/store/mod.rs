@@ -179,7 +179,7 @@ trait Executor {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>>;
 
     /// How statements name `project` to the planner (`store::statistics`).
-    async fn project_estimate(&self, project: Uuid) -> Result<statistics::ProjectEstimate>;
+    async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate;
 }
 
 const VERSION_COLUMNS: &str =
@@ -263,8 +263,8 @@ impl Executor for Store {
         Ok(run_on(&self.pool().get().await?, query).await?)
     }
 
-    async fn project_estimate(&self, project: Uuid) -> Result<statistics::ProjectEstimate> {
-        self.growth.estimate(self, project).await
+    async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate {
+        self.growth.estimate(project).await
     }
 }
 
@@ -273,8 +273,8 @@ impl Executor for Tx {
         self.run(&query.sql, &query.values()).await
     }
 
-    async fn project_estimate(&self, project: Uuid) -> Result<statistics::ProjectEstimate> {
-        self.growth.estimate(self, project).await
+    async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate {
+        self.growth.estimate(project).await
     }
 }
 

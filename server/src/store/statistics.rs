@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::{Executor, Query, Result};
-
 /// The tables searches plan from, each led by `project_id`.
 const ANALYZED: &str = "ANALYZE resource, resource_compartment, idx_token, idx_string, idx_date, \
     idx_number, idx_quantity, idx_reference, idx_uri, idx_composite, idx_text";
@@ -50,7 +48,8 @@ pub(crate) struct Growth {
     pool: Pool,
     /// The projects the statistics of `resource.project_id` list, as last read.
     known: RwLock<Known>,
-    /// One reader of the statistics at a time; the others use the last read.
+    /// One reader of the statistics at a time; searches meanwhile use the
+    /// last read (none yet: every project unknown, the safe side).
     reading: tokio::sync::Mutex<()>,
 }
 
@@ -88,28 +87,46 @@ impl Growth {
     }
 
     /// Whether the statistics know `project`, from a read at most
-    /// [`KNOWN_FOR`] old (made now, on `db`, if the last is older).
-    pub(crate) async fn estimate(
-        &self,
-        db: &impl Executor,
-        project: Uuid,
-    ) -> Result<ProjectEstimate> {
+    /// [`KNOWN_FOR`] old (made now if the last is older and no other search
+    /// is making one).
+    pub(crate) async fn estimate(&self, project: Uuid) -> ProjectEstimate {
         if self.stale() {
-            let _reading = self.reading.lock().await;
-            if self.stale() {
-                let projects = most_common_projects(db).await?;
-                *self.known.write().unwrap_or_else(|e| e.into_inner()) = Known {
-                    read_at: Some(Instant::now()),
-                    projects,
-                };
+            if let Ok(_reading) = self.reading.try_lock() {
+                if self.stale() {
+                    self.read_known().await;
+                }
             }
         }
         let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        Ok(if known.projects.contains(&project) {
+        if known.projects.contains(&project) {
             ProjectEstimate::Known
         } else {
             ProjectEstimate::Unknown
-        })
+        }
+    }
+
+    /// Reads the projects among the most common values of
+    /// `resource.project_id` (none before the first `ANALYZE`), on a
+    /// connection of its own, so that no caller's transaction depends on it.
+    async fn read_known(&self) {
+        const SQL: &str = "SELECT most_common_vals::text::uuid[] FROM pg_stats \
+            WHERE schemaname = current_schema() AND tablename = 'resource' AND attname = 'project_id'";
+        let read = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let row = client
+                .query_opt(SQL, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(row.and_then(|row| row.get::<_, Option<Vec<Uuid>>>(0)))
+        };
+        let result = read.await;
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        // A failed read keeps the last list and is retried after KNOWN_FOR.
+        known.read_at = Some(Instant::now());
+        match result {
+            Ok(projects) => known.projects = projects.unwrap_or_default().into_iter().collect(),
+            Err(e) => tracing::warn!("reading the planner statistics of projects failed: {e}"),
+        }
     }
 
     fn stale(&self) -> bool {
@@ -176,23 +193,6 @@ impl Growth {
             }
         });
     }
-}
-
-/// The projects among the most common values of `resource.project_id`
-/// (none before the first `ANALYZE`).
-async fn most_common_projects(db: &impl Executor) -> Result<HashSet<Uuid>> {
-    let q = Query::new(
-        "SELECT most_common_vals::text::uuid[] FROM pg_stats \
-         WHERE schemaname = current_schema() AND tablename = 'resource' AND attname = 'project_id'",
-    );
-    Ok(db
-        .query(&q)
-        .await?
-        .first()
-        .and_then(|row| row.get::<_, Option<Vec<Uuid>>>(0))
-        .unwrap_or_default()
-        .into_iter()
-        .collect())
 }
 
 /// Whether `count` is a step: `first`, ten times it, a hundred times, …
