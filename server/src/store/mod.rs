@@ -195,7 +195,7 @@ pub struct Store {
     /// Told of every committed write sessions depend on.
     observer: Option<Arc<dyn ChangeObserver>>,
     group: Arc<GroupCommit>,
-    growth: Arc<statistics::Growth>,
+    statistics: Arc<statistics::Statistics>,
 }
 
 /// Creates in one project before the first `ANALYZE` they start
@@ -264,7 +264,7 @@ impl Executor for Store {
     }
 
     async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate {
-        self.growth.estimate(project).await
+        self.statistics.estimate(project).await
     }
 }
 
@@ -274,14 +274,17 @@ impl Executor for Tx {
     }
 
     async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate {
-        self.growth.estimate(project).await
+        self.statistics.estimate(project).await
     }
 }
 
 impl Store {
     pub fn new(pool: Pool) -> Store {
         Store {
-            growth: Arc::new(statistics::Growth::new(pool.clone(), DEFAULT_ANALYZE_AFTER)),
+            statistics: Arc::new(statistics::Statistics::new(
+                pool.clone(),
+                DEFAULT_ANALYZE_AFTER,
+            )),
             pool,
             worker_pools: Arc::default(),
             observer: None,
@@ -294,7 +297,7 @@ impl Store {
     /// so on (0: never); see `store::statistics`.
     pub fn analyzing_after(self, first_step: u64) -> Store {
         Store {
-            growth: Arc::new(statistics::Growth::new(self.pool.clone(), first_step)),
+            statistics: Arc::new(statistics::Statistics::new(self.pool.clone(), first_step)),
             ..self
         }
     }
@@ -535,7 +538,7 @@ impl Store {
             pending: Mutex::new(Vec::new()),
             group: self.group.clone(),
             created: Mutex::new(Vec::new()),
-            growth: self.growth.clone(),
+            statistics: self.statistics.clone(),
         })
     }
 
@@ -797,7 +800,7 @@ pub struct Tx {
     /// The project of each resource this transaction created, counted at
     /// its commit.
     created: Mutex<Vec<Uuid>>,
-    growth: Arc<statistics::Growth>,
+    statistics: Arc<statistics::Statistics>,
 }
 
 impl Tx {
@@ -1042,10 +1045,10 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<()> {
-        let growth = self.growth.clone();
+        let statistics = self.statistics.clone();
         let created = std::mem::take(self.created.get_mut().unwrap_or_else(|e| e.into_inner()));
         self.commit_writes().await?;
-        growth.created(&created);
+        statistics.created(&created);
         Ok(())
     }
 

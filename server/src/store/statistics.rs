@@ -36,7 +36,7 @@ use uuid::Uuid;
 const ANALYZED: &str = "ANALYZE resource, resource_compartment, idx_token, idx_string, idx_date, \
     idx_number, idx_quantity, idx_reference, idx_uri, idx_composite, idx_text";
 
-pub(crate) struct Growth {
+pub(crate) struct Statistics {
     /// Resources this instance created per project since it started.
     created: Mutex<HashMap<Uuid, u64>>,
     /// Creates in one project before its first `ANALYZE`; each further step
@@ -73,9 +73,9 @@ pub(crate) enum ProjectEstimate {
     Unknown,
 }
 
-impl Growth {
-    pub(crate) fn new(pool: Pool, first_step: u64) -> Growth {
-        Growth {
+impl Statistics {
+    pub(crate) fn new(pool: Pool, first_step: u64) -> Statistics {
+        Statistics {
             created: Mutex::default(),
             first_step,
             running: AtomicBool::new(false),
@@ -163,10 +163,10 @@ impl Growth {
         if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
-        let growth = self.clone();
+        let statistics = self.clone();
         tokio::spawn(async move {
-            while growth.again.swap(false, Ordering::SeqCst) {
-                let result = match growth.pool.get().await {
+            while statistics.again.swap(false, Ordering::SeqCst) {
+                let result = match statistics.pool.get().await {
                     Ok(client) => client
                         .batch_execute(ANALYZED)
                         .await
@@ -176,7 +176,7 @@ impl Growth {
                 match result {
                     Ok(()) => {
                         // The next search reads what this ANALYZE found.
-                        growth
+                        statistics
                             .known
                             .write()
                             .unwrap_or_else(|e| e.into_inner())
@@ -186,10 +186,10 @@ impl Growth {
                     Err(e) => tracing::warn!("ANALYZE after a project grew failed: {e}"),
                 }
             }
-            growth.running.store(false, Ordering::SeqCst);
+            statistics.running.store(false, Ordering::SeqCst);
             // Asked for between the last check and giving up the turn.
-            if growth.again.load(Ordering::SeqCst) {
-                growth.analyze();
+            if statistics.again.load(Ordering::SeqCst) {
+                statistics.analyze();
             }
         });
     }
