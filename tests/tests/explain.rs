@@ -5,7 +5,11 @@
 
 use access_policy::{CompiledPolicy, MembershipPolicy, PolicyInput, Role};
 use fhir_model::search::{parse_search, Registry};
-use fhirgate_server::store::{connect::connect, search::SearchQuery, Store, Tenant};
+use fhirgate_server::store::{
+    connect::connect,
+    search::{Cursor, SearchQuery},
+    Store, Tenant,
+};
 use fhirgate_tests::{postgres_server, TestApp};
 use serde_json::json;
 use uuid::Uuid;
@@ -144,6 +148,16 @@ async fn check_plans(store: &Store, project: Uuid, patient: Uuid) -> Vec<(String
             "code=1320&_include=Observation:subject".to_string(),
             "_include",
         ),
+        (
+            "Observation",
+            "_sort=-_lastUpdated&_count=20".to_string(),
+            "newest first",
+        ),
+        (
+            "Patient",
+            "_sort=-_id&_count=20".to_string(),
+            "ids descending",
+        ),
     ];
     // The same searches by callers whose policy is a patient's compartment
     // or a criteria: the row filter must be index-driven too.
@@ -181,15 +195,30 @@ async fn check_plans(store: &Store, project: Uuid, patient: Uuid) -> Vec<(String
     {
         let pairs = query_pairs(query);
         let request = parse_search(Registry::get(), Some(resource_type), &pairs, false).unwrap();
-        let plan = store
-            .explain(&SearchQuery {
-                request: &request,
-                tenant: Tenant::Project(project),
-                policy,
-                cursor: None,
-            })
-            .await
-            .unwrap();
+        let search = |cursor: Option<Cursor>| SearchQuery {
+            request: &request,
+            tenant: Tenant::Project(project),
+            policy,
+            cursor,
+        };
+        let sorted = query.contains("_sort=") && *policy_name == "no policy";
+        let plan = store.explain(&search(None)).await.unwrap();
+        if sorted {
+            // A page by a column every row has reads twenty rows from the
+            // column's index, and so does going back to it from the next
+            // page, however many rows the project has.
+            let next = store.search(&search(None)).await.unwrap().next;
+            let previous = store.search(&search(next)).await.unwrap().previous;
+            assert!(previous.is_some(), "{what}: no previous page");
+            let back = store.explain(&search(previous)).await.unwrap();
+            for plan in [&plan, &back] {
+                assert!(
+                    pages_read(plan) <= 100,
+                    "{what} reads {} pages for a page of twenty:\n{plan}",
+                    pages_read(plan)
+                );
+            }
+        }
         let what = format!("{what} ({policy_name})");
         println!("--- {what}, project {project}: {resource_type}?{query}\n{plan}\n");
         assert!(

@@ -466,6 +466,39 @@ async fn includes_sorting_paging_and_shaping() {
     let first_ids = page_ids(&follow(&s, pages.last().unwrap(), "previous").await.unwrap());
     assert_eq!(first_ids, [p3.as_str(), p1, p2]);
 
+    // Columns that every row has (`_lastUpdated`, `_id`), both ways, paged
+    // forwards and back: the same order as sorting the resources here.
+    let (_, all) = status_json(s.get("Patient?_count=100").await).await;
+    let mut stamped: Vec<(String, String)> = all["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let r = &e["resource"];
+            let stamp = r["meta"]["lastUpdated"].as_str().unwrap();
+            (stamp.to_string(), r["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    stamped.sort();
+    let oldest_first: Vec<String> = stamped.iter().map(|(_, id)| id.clone()).collect();
+    let mut newest_first = stamped.clone();
+    // Rows with equal keys follow in the key's direction.
+    newest_first.sort_by(|a, b| b.cmp(a));
+    let newest_first: Vec<String> = newest_first.into_iter().map(|(_, id)| id).collect();
+    let mut by_id: Vec<String> = oldest_first.clone();
+    by_id.sort();
+    let by_id_descending: Vec<String> = by_id.iter().rev().cloned().collect();
+    for (query, expected) in [
+        ("Patient?_sort=_lastUpdated&_count=3", &oldest_first),
+        ("Patient?_sort=-_lastUpdated&_count=3", &newest_first),
+        ("Patient?_sort=-_id&_count=3", &by_id_descending),
+    ] {
+        let (seen, pages) = walk_pages(&s, query).await;
+        assert_eq!(&seen, expected, "{query}");
+        let back = follow(&s, pages.last().unwrap(), "previous").await.unwrap();
+        assert_eq!(page_ids(&back), expected[..3], "{query}, previous page");
+    }
+
     // _summary=count, _elements
     let (_, counted) = status_json(s.get("Patient?_summary=count").await).await;
     assert_eq!(counted["total"], 4);

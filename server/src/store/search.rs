@@ -788,14 +788,22 @@ struct SortKey {
     expression: String,
     sql_type: &'static str,
     descending: bool,
+    /// Whether rows can lack a value (a parameter's), which then sort last.
+    /// A column that cannot be NULL is ordered without a `NULLS` clause, so
+    /// that its index (`resource_type_updated`, the primary key) serves the
+    /// order either way: `DESC NULLS LAST` matches no scan of an index
+    /// built `DESC` (nulls first) or `ASC`, and PostgreSQL does not drop the
+    /// clause for a `NOT NULL` column. Measured on 10,000 Patients (171,000
+    /// Observations): `Observation?_sort=-_lastUpdated` 130 -> 0.2 ms a page.
+    nullable: bool,
 }
 
 /// The expression a `_sort` key orders by: a column, or the smallest (largest,
 /// descending) indexed value of the parameter for the row.
 fn sort_key(q: &mut Query, sort: &Sort, types: &[&str]) -> Result<SortKey> {
-    let (expression, sql_type) = match sort.code.as_str() {
-        "_id" => ("r.id".to_string(), "uuid"),
-        "_lastUpdated" => ("r.last_updated".to_string(), "timestamptz"),
+    let (expression, sql_type, nullable) = match sort.code.as_str() {
+        "_id" => ("r.id".to_string(), "uuid", false),
+        "_lastUpdated" => ("r.last_updated".to_string(), "timestamptz", false),
         code => {
             let aggregate = if sort.descending { "max" } else { "min" };
             let (table, column, sql_type) = match sort.kind {
@@ -820,6 +828,7 @@ fn sort_key(q: &mut Query, sort: &Sort, types: &[&str]) -> Result<SortKey> {
                     "(SELECT {aggregate}(x.{column}) FROM {table} x WHERE x.project_id = r.project_id AND x.resource_type = r.resource_type AND x.resource_id = r.id AND {condition})"
                 ),
                 sql_type,
+                true,
             )
         }
     };
@@ -827,6 +836,7 @@ fn sort_key(q: &mut Query, sort: &Sort, types: &[&str]) -> Result<SortKey> {
         expression,
         sql_type,
         descending: sort.descending,
+        nullable,
     })
 }
 
@@ -844,47 +854,70 @@ fn keyset_condition(q: &mut Query, keys: &[SortKey], cursor: &Cursor) -> Result<
         values: &[Option<String>],
         id: Uuid,
         backwards: bool,
+        id_before: bool,
     ) {
         let Some((key, rest)) = keys.split_first() else {
-            q.push(if backwards { "r.id < " } else { "r.id > " })
+            q.push(if id_before { "r.id < " } else { "r.id > " })
                 .bind(id);
             return;
         };
         let (value, rest_values) = values.split_first().expect("lengths checked");
         let e = &key.expression;
         // Forward: NULLS LAST; backwards the order reverses, so NULLs come first.
-        let nulls_last = !backwards;
+        let nulls_last = !backwards && key.nullable;
         let greater = key.descending == backwards;
         match value {
             None if nulls_last => {
                 q.push(&format!("({e} IS NULL AND "));
-                after(q, rest, rest_values, id, backwards);
+                after(q, rest, rest_values, id, backwards, id_before);
                 q.push(")");
             }
             None => {
                 q.push(&format!("({e} IS NOT NULL OR ({e} IS NULL AND "));
-                after(q, rest, rest_values, id, backwards);
+                after(q, rest, rest_values, id, backwards, id_before);
                 q.push("))");
             }
             Some(v) => {
                 let v = q.placeholder(v.clone());
                 let op = if greater { ">" } else { "<" };
-                q.push(&format!("({e} {op} CAST({v}::text AS {}) ", key.sql_type));
+                let t = key.sql_type;
+                if !key.nullable {
+                    // The same bound as a range the key's index can start
+                    // at: without it a page walks every row before the
+                    // cursor (a previous page of the newest Observations,
+                    // 334 ms).
+                    q.push(&format!("{e} {op}= CAST({v}::text AS {t}) AND "));
+                }
+                q.push(&format!("({e} {op} CAST({v}::text AS {t}) "));
                 if nulls_last {
                     q.push(&format!("OR {e} IS NULL "));
                 }
-                q.push(&format!(
-                    "OR ({e} = CAST({v}::text AS {}) AND ",
-                    key.sql_type
-                ));
-                after(q, rest, rest_values, id, backwards);
+                q.push(&format!("OR ({e} = CAST({v}::text AS {t}) AND "));
+                after(q, rest, rest_values, id, backwards, id_before);
                 q.push("))");
             }
         }
     }
     q.push(" AND ");
-    after(q, keys, &cursor.keys, cursor.id, cursor.backwards);
+    let id_before = ids_descending(keys) != cursor.backwards;
+    after(
+        q,
+        keys,
+        &cursor.keys,
+        cursor.id,
+        cursor.backwards,
+        id_before,
+    );
     Ok(())
+}
+
+/// Whether rows with equal keys follow in descending id order: as the first
+/// key goes, so that one index on the key then the id (the primary key for
+/// `_id`, `resource_type_updated` for `_lastUpdated`, migration 0017) serves
+/// a single-key order both ways, and a page reads twenty index entries
+/// even where thousands of rows share a value (a bulk load's timestamp).
+fn ids_descending(keys: &[SortKey]) -> bool {
+    keys.first().is_some_and(|key| key.descending)
 }
 
 /// The param name a filter's rows carry in its index table.
@@ -1127,14 +1160,22 @@ fn page_query(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Query,
     q.push(" ORDER BY ");
     for key in &keys {
         let descending = key.descending != backwards;
+        let nulls = match (key.nullable, backwards) {
+            (false, _) => "",
+            (true, false) => " NULLS LAST",
+            (true, true) => " NULLS FIRST",
+        };
         q.push(&format!(
-            "{} {} NULLS {}, ",
+            "{} {}{nulls}, ",
             key.expression,
             if descending { "DESC" } else { "ASC" },
-            if backwards { "FIRST" } else { "LAST" }
         ));
     }
-    let id_order = if backwards { "r.id DESC" } else { "r.id ASC" };
+    let id_order = if ids_descending(&keys) != backwards {
+        "r.id DESC"
+    } else {
+        "r.id ASC"
+    };
     q.push(id_order);
     let limit = request.count as i64 + 1;
     q.push(" LIMIT ").bind(limit);
