@@ -120,7 +120,13 @@ impl Mail {
     /// The decoded body of the part with this content type (`text/plain`, `text/html`).
     pub fn part(&self, content_type: &str) -> String {
         let raw = self.raw.replace("\r\n", "\n");
-        for part in raw.split("\n--") {
+        // Split at the message's own boundary: a quoted-printable line of the
+        // link may start with `--` too (its secret is URL-safe base64).
+        let parts: Vec<&str> = match boundary(&raw) {
+            Some(boundary) => raw.split(&format!("\n--{boundary}")).collect(),
+            None => vec![raw.as_str()],
+        };
+        for part in parts {
             let Some((headers, body)) = part.split_once("\n\n") else {
                 continue;
             };
@@ -161,6 +167,14 @@ impl Mail {
         let (id, secret) = rest.split_once('/').expect("id/secret");
         (id.to_string(), secret.to_string())
     }
+}
+
+/// The multipart boundary named in the message's headers, if any.
+fn boundary(raw: &str) -> Option<&str> {
+    let start = raw.find("boundary=")? + "boundary=".len();
+    let rest = raw[start..].trim_start_matches('"');
+    let end = rest.find(|c: char| c == '"' || c == ';' || c.is_whitespace())?;
+    Some(&rest[..end])
 }
 
 fn quoted_printable(body: &str) -> String {

@@ -863,7 +863,8 @@ fn keyset_condition(q: &mut Query, keys: &[SortKey], cursor: &Cursor) -> Result<
         };
         let (value, rest_values) = values.split_first().expect("lengths checked");
         let e = &key.expression;
-        // Forward: NULLS LAST; backwards the order reverses, so NULLs come first.
+        // Forward: NULLS LAST; backwards the order reverses, so NULLs come
+        // first. A key every row has has none to place.
         let nulls_last = !backwards && key.nullable;
         let greater = key.descending == backwards;
         match value {
