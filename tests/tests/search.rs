@@ -391,6 +391,87 @@ async fn walk_pages(s: &Session, query: &str) -> (Vec<String>, Vec<Value>) {
     (pages.iter().flat_map(page_ids).collect(), pages)
 }
 
+/// Sorting by a date parameter reads the resources with a value from its
+/// index and those without after them (`store::search::SortDriver`): every
+/// page of the cursors, forwards and back across that seam, holds what the
+/// sort says, and what `_offset` (which computes each match's key) finds.
+#[tokio::test(flavor = "multi_thread")]
+async fn sorted_pages_agree_with_offsets_across_missing_values() {
+    let app = TestApp::spawn().await;
+    let s = app.project("sorted").await.member;
+    // Two sharing a date, one with a range (a month), three without one.
+    let dates = [
+        Some("1980-05-01"),
+        Some("1975-01-01"),
+        Some("1980-05-01"),
+        Some("1980-05"),
+        None,
+        Some("2001-12-31"),
+        None,
+        None,
+    ];
+    let mut patients = Vec::new();
+    for date in dates {
+        let mut patient = json!({"resourceType": "Patient", "gender": "other"});
+        if let Some(date) = date {
+            patient["birthDate"] = json!(date);
+        }
+        patients.push((date, id_of(&s, patient).await));
+    }
+    // Ascending: by the start of the range, then id; descending: by its end,
+    // then id descending; missing values last either way, in the same id order.
+    let range = |date: &str| match date.len() {
+        7 => (format!("{date}-01"), format!("{date}-31")),
+        _ => (date.to_string(), date.to_string()),
+    };
+    for descending in [false, true] {
+        let mut expected = patients.clone();
+        expected.sort_by(|(a, a_id), (b, b_id)| {
+            let key =
+                |d: &Option<&str>| d.map(|d| if descending { range(d).1 } else { range(d).0 });
+            let (ka, kb) = (key(a), key(b));
+            let ids = if descending {
+                b_id.cmp(a_id)
+            } else {
+                a_id.cmp(b_id)
+            };
+            match (ka, kb) {
+                (Some(ka), Some(kb)) if descending => kb.cmp(&ka).then(ids),
+                (Some(ka), Some(kb)) => ka.cmp(&kb).then(ids),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => ids,
+            }
+        });
+        let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+        let sort = if descending {
+            "-birthdate"
+        } else {
+            "birthdate"
+        };
+        for filter in ["", "gender=other&"] {
+            let query = format!("Patient?{filter}_sort={sort}&_count=3");
+            let (seen, pages) = walk_pages(&s, &query).await;
+            assert_eq!(seen, expected, "{query}");
+            for (n, page) in pages.iter().enumerate().skip(1) {
+                let back = follow(&s, page, "previous").await.unwrap();
+                assert_eq!(
+                    page_ids(&back),
+                    page_ids(&pages[n - 1]),
+                    "{query}, back from page {n}"
+                );
+                let (_, offset) =
+                    status_json(s.get(&format!("{query}&_offset={}", 3 * n)).await).await;
+                assert_eq!(
+                    page_ids(&offset),
+                    page_ids(page),
+                    "{query}, page {n} by _offset"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn includes_sorting_paging_and_shaping() {
     let app = TestApp::spawn().await;

@@ -1035,15 +1035,41 @@ fn where_clause(
     q: &mut Query,
     sq: &SearchQuery<'_>,
     estimate: ProjectEstimate,
-    driver: Option<&Driver<'_>>,
+    rows: Rows<'_, '_>,
 ) -> Result<()> {
     let mut compiler = Compiler {
         q,
         next_alias: 0,
         policy: Some(sq.policy),
     };
-    match (driver, sq.tenant, sq.request.types.as_slice()) {
-        (Some(d), Tenant::Project(project_id), [only]) => {
+    let driver = match rows {
+        Rows::Driven(d) => Some(d),
+        _ => None,
+    };
+    match (rows, sq.tenant, sq.request.types.as_slice()) {
+        (Rows::Valued(s), Tenant::Project(project_id), [only]) => {
+            // Each resource once, at its first value in the order.
+            let (table, column) = (s.table, s.column);
+            let earlier = if s.descending { ">" } else { "<" };
+            compiler
+                .q
+                .push(&format!(
+                    " FROM (SELECT d.resource_id, d.{column} AS v FROM {table} d WHERE d.project_id = "
+                ))
+                .bind_project(project_id, estimate)
+                .push(" AND d.resource_type = ")
+                .bind(only.clone())
+                .push(" AND d.param = ")
+                .bind(s.param.clone())
+                .push(&format!(
+                    " AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.project_id = d.project_id \
+                     AND e.resource_type = d.resource_type AND e.resource_id = d.resource_id \
+                     AND e.param = d.param AND (e.{column} {earlier} d.{column} \
+                     OR (e.{column} = d.{column} AND e.ctid < d.ctid)))) d \
+                     JOIN resource r ON r.id = d.resource_id WHERE NOT r.deleted"
+                ));
+        }
+        (Rows::Driven(d), Tenant::Project(project_id), [only]) => {
             compiler
                 .q
                 .push(&format!(
@@ -1122,8 +1148,112 @@ pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) ->
     .row_filter(row, filter)
 }
 
-/// The statement that fetches one page: the matches in sort order, with
-/// each sort key's value as text (`k0`, `k1`, …) for the cursor.
+/// Where a page's rows come from.
+#[derive(Clone, Copy)]
+enum Rows<'a, 'f> {
+    /// The resources of the tenant and types.
+    All,
+    /// A default-order page's filter's index rows, in id order ([`driver`]).
+    Driven(&'a Driver<'f>),
+    /// A sort parameter's index rows in its order, each resource at its
+    /// first value ([`sort_driver`]).
+    Valued(&'a SortDriver),
+}
+
+/// A `_sort` on one date, number or quantity parameter, read from the
+/// parameter's value index in its order: each resource once, at its smallest
+/// value (largest, descending), then the resources without a value, which
+/// sort last, in id order. So a page reads its twenty resources from the
+/// index instead of computing every match's key and sorting them all
+/// (measured on 171,082 Observations: `Observation?_sort=-date` 828 ms).
+/// Dates sort ascending by the start of their range (`idx_date_value`) and
+/// descending by its end (`idx_date_high`, migration 0018). The order is
+/// the one [`sort_key`] computes, so a page found with `_offset` (which
+/// takes the computed key) agrees with the pages of the cursors.
+struct SortDriver {
+    table: &'static str,
+    param: String,
+    column: &'static str,
+    sql_type: &'static str,
+    descending: bool,
+}
+
+fn sort_driver(sq: &SearchQuery<'_>) -> Option<SortDriver> {
+    let request = sq.request;
+    if !matches!(sq.tenant, Tenant::Project(_)) || request.offset > 0 {
+        return None;
+    }
+    let ([sort], [resource_type]) = (request.sort.as_slice(), request.types.as_slice()) else {
+        return None;
+    };
+    if sort.code.starts_with('_') {
+        return None;
+    }
+    let (table, column, sql_type) = match sort.kind {
+        ParamType::Date if sort.descending => ("idx_date", "high", "bigint"),
+        ParamType::Date => ("idx_date", "low", "bigint"),
+        ParamType::Number => ("idx_number", "value", "float8"),
+        ParamType::Quantity => ("idx_quantity", "value", "float8"),
+        _ => return None,
+    };
+    // Rows of one parameter only are in its order.
+    let [param] = <[String; 1]>::try_from(indexed_params(
+        &[resource_type],
+        &sort.code,
+        &Modifier::None,
+    ))
+    .ok()?;
+    Some(SortDriver {
+        table,
+        param,
+        column,
+        sql_type,
+        descending: sort.descending,
+    })
+}
+
+/// One statement of a page.
+enum Segment<'s> {
+    /// Every match, in the request's order.
+    Matches,
+    /// The matches with a value of the sort parameter, in its order.
+    Valued(&'s SortDriver),
+    /// The matches without one, in id order.
+    Unvalued(&'s SortDriver),
+}
+
+/// The statements that fetch one page, run in turn until a page (and one
+/// more, to know there is a next) is found: one, or for a [`SortDriver`]
+/// the resources with a value and those without, from the cursor's side
+/// on; and the number of sort keys the rows carry (`k0`, `k1`, …).
+fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<Query>, usize)> {
+    let Some(sorted) = sort_driver(sq) else {
+        let q = page_query(sq, estimate, Segment::Matches, sq.cursor.as_ref())?;
+        return Ok((vec![q], sq.request.sort.len()));
+    };
+    let (valued, unvalued) = (Segment::Valued(&sorted), Segment::Unvalued(&sorted));
+    let segments = match &sq.cursor {
+        None => vec![(valued, true), (unvalued, false)],
+        Some(c) => match (c.keys.first(), c.backwards) {
+            (Some(Some(_)), false) => vec![(valued, true), (unvalued, false)],
+            (Some(Some(_)), true) => vec![(valued, true)],
+            (_, false) => vec![(unvalued, true)],
+            (_, true) => vec![(unvalued, true), (valued, false)],
+        },
+    };
+    let queries = segments
+        .into_iter()
+        .map(|(segment, from_cursor)| {
+            let cursor = sq.cursor.as_ref().filter(|_| from_cursor);
+            page_query(sq, estimate, segment, cursor)
+        })
+        .collect::<Result<_>>()?;
+    Ok((queries, 1))
+}
+
+/// The statement that fetches one page of `segment`: the matches in sort
+/// order after `cursor`, with each sort key's value as text (`k0`, `k1`, …)
+/// for the cursor.
 ///
 /// In the default order (by id) without a driver, the page's ids are found
 /// first, from the indexes alone (`resource_live`, and the value indexes,
@@ -1132,7 +1262,12 @@ pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) ->
 /// rows. A driven page needs no such step: it reads rows as it walks its
 /// driver and stops after a page (measured on an identifier search: 10
 /// buffers and no sort, against 18 and a sort with the second step).
-fn page_query(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Query, usize)> {
+fn page_query(
+    sq: &SearchQuery<'_>,
+    estimate: ProjectEstimate,
+    segment: Segment<'_>,
+    cursor: Option<&Cursor>,
+) -> Result<Query> {
     const COLUMNS: &str =
         "r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content";
     let request = sq.request;
@@ -1145,17 +1280,52 @@ fn page_query(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Query,
         format!("SELECT {COLUMNS}")
     });
     let types: Vec<&str> = request.types.iter().map(String::as_str).collect();
-    let keys: Vec<SortKey> = request
-        .sort
-        .iter()
-        .map(|sort| sort_key(&mut q, sort, &types))
-        .collect::<Result<_>>()?;
+    let (keys, ids_desc, rows) = match segment {
+        Segment::Matches => {
+            let keys: Vec<SortKey> = request
+                .sort
+                .iter()
+                .map(|sort| sort_key(&mut q, sort, &types))
+                .collect::<Result<_>>()?;
+            let ids_desc = ids_descending(&keys);
+            let rows = driver.as_ref().map_or(Rows::All, Rows::Driven);
+            (keys, ids_desc, rows)
+        }
+        Segment::Valued(s) => {
+            let key = SortKey {
+                expression: "d.v".into(),
+                sql_type: s.sql_type,
+                descending: s.descending,
+                nullable: false,
+            };
+            (vec![key], s.descending, Rows::Valued(s))
+        }
+        Segment::Unvalued(s) => {
+            q.push(", NULL::text AS k0");
+            (Vec::new(), s.descending, Rows::All)
+        }
+    };
     for (n, key) in keys.iter().enumerate() {
         q.push(&format!(", ({})::text AS k{n}", key.expression));
     }
-    where_clause(&mut q, sq, estimate, driver.as_ref())?;
+    where_clause(&mut q, sq, estimate, rows)?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
-    if let Some(cursor) = &sq.cursor {
+    if let Segment::Unvalued(s) = segment {
+        let param = q.placeholder(s.param.clone());
+        q.push(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.project_id = r.project_id \
+             AND x.resource_type = r.resource_type AND x.resource_id = r.id AND x.param = {param})",
+            s.table
+        ));
+        if let Some(cursor) = cursor {
+            q.push(if ids_desc != backwards {
+                " AND r.id < "
+            } else {
+                " AND r.id > "
+            })
+            .bind(cursor.id);
+        }
+    } else if let Some(cursor) = cursor {
         keyset_condition(&mut q, &keys, cursor)?;
     }
     q.push(" ORDER BY ");
@@ -1172,7 +1342,7 @@ fn page_query(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Query,
             if descending { "DESC" } else { "ASC" },
         ));
     }
-    let id_order = if ids_descending(&keys) != backwards {
+    let id_order = if ids_desc != backwards {
         "r.id DESC"
     } else {
         "r.id ASC"
@@ -1186,17 +1356,25 @@ fn page_query(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Query,
     if ids_first {
         q.push(&format!(") ORDER BY {id_order}"));
     }
-    Ok((q, keys.len()))
+    Ok(q)
 }
 
 impl Store {
     /// `EXPLAIN (ANALYZE, BUFFERS)` of the statements a search runs, to
-    /// check their plans and the pages they read: the page's and, when it
-    /// includes, the first include level's for the page found.
+    /// check their plans and the pages they read: the page's (those of its
+    /// segments that [`run`] gets to) and, when it includes, the first
+    /// include level's for the page found.
     pub async fn explain(&self, sq: &SearchQuery<'_>) -> Result<String> {
         let estimate = project_estimate(self, sq).await;
-        let (page, _) = page_query(sq, estimate)?;
-        let mut statements = vec![page];
+        let mut statements = Vec::new();
+        let mut found = 0;
+        for q in page_queries(sq, estimate)?.0 {
+            if found > sq.request.count {
+                break;
+            }
+            found += self.query(&q).await?.len();
+            statements.push(q);
+        }
         let matches = run(self, sq).await?.matches;
         statements.extend(include_query(sq, estimate, &matches, 0)?);
         let mut plans = Vec::new();
@@ -1221,12 +1399,12 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
         fhir_model::search::Total::None => None,
         fhir_model::search::Total::Accurate => {
             let mut q = Query::new("SELECT count(*)");
-            where_clause(&mut q, sq, estimate, None)?;
+            where_clause(&mut q, sq, estimate, Rows::All)?;
             Some(db.query(&q).await?[0].get::<_, i64>(0))
         }
         fhir_model::search::Total::Estimate => {
             let mut q = Query::new("EXPLAIN (FORMAT JSON) SELECT 1");
-            where_clause(&mut q, sq, estimate, None)?;
+            where_clause(&mut q, sq, estimate, Rows::All)?;
             let plan: serde_json::Value = db.query(&q).await?[0].get(0);
             plan[0]["Plan"]["Plan Rows"]
                 .as_f64()
@@ -1243,9 +1421,15 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
         });
     }
 
-    let (q, key_count) = page_query(sq, estimate)?;
+    let (statements, key_count) = page_queries(sq, estimate)?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
-    let rows = db.query(&q).await?;
+    let mut rows = Vec::new();
+    for q in &statements {
+        if rows.len() > request.count {
+            break;
+        }
+        rows.extend(db.query(q).await?);
+    }
     let has_more = rows.len() > request.count;
     let mut page: Vec<(Version, Vec<Option<String>>)> = rows
         .iter()
