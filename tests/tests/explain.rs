@@ -168,6 +168,11 @@ async fn check_plans(store: &Store, project: Uuid, patient: Uuid) -> Vec<(String
             "_sort=date&_count=20".to_string(),
             "earliest by date",
         ),
+        (
+            "Patient",
+            "_sort=family&_count=20".to_string(),
+            "by family name",
+        ),
     ];
     // The same searches by callers whose policy is a patient's compartment
     // or a criteria: the row filter must be index-driven too.

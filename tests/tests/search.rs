@@ -391,82 +391,110 @@ async fn walk_pages(s: &Session, query: &str) -> (Vec<String>, Vec<Value>) {
     (pages.iter().flat_map(page_ids).collect(), pages)
 }
 
-/// Sorting by a date parameter reads the resources with a value from its
-/// index and those without after them (`store::search::SortDriver`): every
-/// page of the cursors, forwards and back across that seam, holds what the
-/// sort says, and what `_offset` (which computes each match's key) finds.
+/// Sorting by a date, string or token parameter reads the resources with a
+/// value from its index and those without after them
+/// (`store::search::SortDriver`): every page of the cursors, forwards and
+/// back across that seam, holds what the sort says, and what `_offset`
+/// (which computes each match's key) finds.
 #[tokio::test(flavor = "multi_thread")]
 async fn sorted_pages_agree_with_offsets_across_missing_values() {
     let app = TestApp::spawn().await;
     let s = app.project("sorted").await.member;
-    // Two sharing a date, one with a range (a month), three without one.
-    let dates = [
-        Some("1980-05-01"),
-        Some("1975-01-01"),
-        Some("1980-05-01"),
-        Some("1980-05"),
-        None,
-        Some("2001-12-31"),
-        None,
-        None,
+    // Shared values, a date that is a range (a month), names differing in
+    // case, and some of each missing.
+    let rows = [
+        (Some("1980-05-01"), Some("Baker"), Some("male")),
+        (Some("1975-01-01"), None, Some("female")),
+        (Some("1980-05-01"), Some("adams"), None),
+        (Some("1980-05"), Some("baker"), Some("female")),
+        (None, Some("Clark"), Some("male")),
+        (Some("2001-12-31"), None, None),
+        (None, Some("Zeta"), Some("other")),
+        (None, None, Some("female")),
+        // Two names: found at the first ascending, at the second descending.
+        (None, Some("Young|Aaron"), Some("male")),
     ];
     let mut patients = Vec::new();
-    for date in dates {
-        let mut patient = json!({"resourceType": "Patient", "gender": "other"});
+    for (date, family, gender) in rows {
+        let mut patient = json!({"resourceType": "Patient", "active": true});
         if let Some(date) = date {
             patient["birthDate"] = json!(date);
         }
-        patients.push((date, id_of(&s, patient).await));
+        if let Some(family) = family {
+            let names: Vec<Value> = family.split('|').map(|f| json!({"family": f})).collect();
+            patient["name"] = json!(names);
+        }
+        if let Some(gender) = gender {
+            patient["gender"] = json!(gender);
+        }
+        patients.push((date, family, gender, id_of(&s, patient).await));
     }
-    // Ascending: by the start of the range, then id; descending: by its end,
-    // then id descending; missing values last either way, in the same id order.
-    let range = |date: &str| match date.len() {
-        7 => (format!("{date}-01"), format!("{date}-31")),
-        _ => (date.to_string(), date.to_string()),
-    };
-    for descending in [false, true] {
-        let mut expected = patients.clone();
-        expected.sort_by(|(a, a_id), (b, b_id)| {
-            let key =
-                |d: &Option<&str>| d.map(|d| if descending { range(d).1 } else { range(d).0 });
-            let (ka, kb) = (key(a), key(b));
-            let ids = if descending {
-                b_id.cmp(a_id)
+    // What each sorts by: a date ascending by the start of its range (a
+    // month's first day), descending by its end; the first name in lower
+    // case ascending, the last descending.
+    type Key = fn(&(Option<&str>, Option<&str>, Option<&str>, String), bool) -> Option<String>;
+    let keys: [(&str, Key); 3] = [
+        ("birthdate", |p, descending| {
+            p.0.map(|d| match (d.len(), descending) {
+                (7, false) => format!("{d}-01"),
+                (7, true) => format!("{d}-31"),
+                _ => d.to_string(),
+            })
+        }),
+        ("family", |p, descending| {
+            let names = p.1?.split('|').map(str::to_lowercase);
+            if descending {
+                names.max()
             } else {
-                a_id.cmp(b_id)
-            };
-            match (ka, kb) {
-                (Some(ka), Some(kb)) if descending => kb.cmp(&ka).then(ids),
-                (Some(ka), Some(kb)) => ka.cmp(&kb).then(ids),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => ids,
+                names.min()
             }
-        });
-        let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
-        let sort = if descending {
-            "-birthdate"
-        } else {
-            "birthdate"
-        };
-        for filter in ["", "gender=other&"] {
-            let query = format!("Patient?{filter}_sort={sort}&_count=3");
-            let (seen, pages) = walk_pages(&s, &query).await;
-            assert_eq!(seen, expected, "{query}");
-            for (n, page) in pages.iter().enumerate().skip(1) {
-                let back = follow(&s, page, "previous").await.unwrap();
-                assert_eq!(
-                    page_ids(&back),
-                    page_ids(&pages[n - 1]),
-                    "{query}, back from page {n}"
-                );
-                let (_, offset) =
-                    status_json(s.get(&format!("{query}&_offset={}", 3 * n)).await).await;
-                assert_eq!(
-                    page_ids(&offset),
-                    page_ids(page),
-                    "{query}, page {n} by _offset"
-                );
+        }),
+        ("gender", |p, _| p.2.map(str::to_string)),
+    ];
+    for (param, key) in keys {
+        for descending in [false, true] {
+            // Equal keys in id order, descending after a descending key;
+            // missing values last either way.
+            let mut expected = patients.clone();
+            expected.sort_by(|a, b| {
+                let ids = if descending {
+                    b.3.cmp(&a.3)
+                } else {
+                    a.3.cmp(&b.3)
+                };
+                match (key(a, descending), key(b, descending)) {
+                    (Some(ka), Some(kb)) if descending => kb.cmp(&ka).then(ids),
+                    (Some(ka), Some(kb)) => ka.cmp(&kb).then(ids),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => ids,
+                }
+            });
+            let expected: Vec<String> = expected.into_iter().map(|p| p.3).collect();
+            let sort = if descending {
+                format!("-{param}")
+            } else {
+                param.to_string()
+            };
+            for filter in ["", "active=true&"] {
+                let query = format!("Patient?{filter}_sort={sort}&_count=3");
+                let (seen, pages) = walk_pages(&s, &query).await;
+                assert_eq!(seen, expected, "{query}");
+                for (n, page) in pages.iter().enumerate().skip(1) {
+                    let back = follow(&s, page, "previous").await.unwrap();
+                    assert_eq!(
+                        page_ids(&back),
+                        page_ids(&pages[n - 1]),
+                        "{query}, back from page {n}"
+                    );
+                    let (_, offset) =
+                        status_json(s.get(&format!("{query}&_offset={}", 3 * n)).await).await;
+                    assert_eq!(
+                        page_ids(&offset),
+                        page_ids(page),
+                        "{query}, page {n} by _offset"
+                    );
+                }
             }
         }
     }
