@@ -837,6 +837,17 @@ fn sort_column(kind: ParamType, descending: bool) -> Option<SortColumn> {
     })
 }
 
+/// The strict and the inclusive comparison that put a value after another
+/// (`greater`: above it), byte-wise for byte-wise text.
+fn comparison(greater: bool, bytewise: bool) -> (&'static str, &'static str) {
+    match (greater, bytewise) {
+        (true, false) => (">", ">="),
+        (false, false) => ("<", "<="),
+        (true, true) => ("~>~", "~>=~"),
+        (false, true) => ("~<~", "~<=~"),
+    }
+}
+
 /// `ASC`/`DESC`, or for byte-wise text the `text_pattern_ops` operator.
 fn direction(descending: bool, bytewise: bool) -> &'static str {
     match (descending, bytewise) {
@@ -926,12 +937,7 @@ fn keyset_condition(q: &mut Query, keys: &[SortKey], cursor: &Cursor) -> Result<
             }
             Some(v) => {
                 let v = q.placeholder(v.clone());
-                let (op, or_equal) = match (greater, key.bytewise) {
-                    (true, false) => (">", ">="),
-                    (false, false) => ("<", "<="),
-                    (true, true) => ("~>~", "~>=~"),
-                    (false, true) => ("~<~", "~<=~"),
-                };
+                let (op, or_equal) = comparison(greater, key.bytewise);
                 let t = key.sql_type;
                 if !key.nullable {
                     // The same bound as a range the key's index can start
@@ -1101,12 +1107,7 @@ fn where_clause(
         (Rows::Valued(s), Tenant::Project(project_id), [only]) => {
             // Each resource once, at its first value in the order.
             let (table, column) = (s.column.table, s.column.column);
-            let earlier = match (s.descending, s.column.bytewise) {
-                (false, false) => "<",
-                (true, false) => ">",
-                (false, true) => "~<~",
-                (true, true) => "~>~",
-            };
+            let (earlier, _) = comparison(s.descending, s.column.bytewise);
             compiler
                 .q
                 .push(&format!(
@@ -1281,7 +1282,7 @@ fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<
     };
     let (valued, unvalued) = (Segment::Valued(&sorted), Segment::Unvalued(&sorted));
     let segments = match &sq.cursor {
-        None => vec![(valued, true), (unvalued, false)],
+        None => vec![(valued, false), (unvalued, false)],
         Some(c) => match (c.keys.first(), c.backwards) {
             (Some(Some(_)), false) => vec![(valued, true), (unvalued, false)],
             (Some(Some(_)), true) => vec![(valued, true)],
