@@ -1359,6 +1359,8 @@ fn page_query(
         q.push(&format!(", ({})::text AS k{n}", key.expression));
     }
     where_clause(&mut q, sq, estimate, rows)?;
+    // The page's direction is the request's cursor's, also for a segment
+    // read from its end (`cursor` None) on the way back to earlier pages.
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
     if let Segment::Unvalued(s) = segment {
         let param = q.placeholder(s.param.clone());
@@ -1417,15 +1419,9 @@ impl Store {
     /// include level's for the page found.
     pub async fn explain(&self, sq: &SearchQuery<'_>) -> Result<String> {
         let estimate = project_estimate(self, sq).await;
-        let mut statements = Vec::new();
-        let mut found = 0;
-        for q in page_queries(sq, estimate)?.0 {
-            if found > sq.request.count {
-                break;
-            }
-            found += self.query(&q).await?.len();
-            statements.push(q);
-        }
+        let (mut statements, _) = page_queries(sq, estimate)?;
+        let (_, ran) = page_rows(self, &statements, sq.request.count).await?;
+        statements.truncate(ran);
         let matches = run(self, sq).await?.matches;
         statements.extend(include_query(sq, estimate, &matches, 0)?);
         let mut plans = Vec::new();
@@ -1440,6 +1436,25 @@ impl Store {
     pub async fn search(&self, sq: &SearchQuery<'_>) -> Result<SearchPage> {
         run(self, sq).await
     }
+}
+
+/// Runs a page's statements in turn until they found `count` rows and one
+/// more (to know there is a next page): the rows, and how many statements ran.
+async fn page_rows(
+    db: &impl Executor,
+    statements: &[Query],
+    count: usize,
+) -> Result<(Vec<tokio_postgres::Row>, usize)> {
+    let mut rows = Vec::new();
+    let mut ran = 0;
+    for q in statements {
+        if rows.len() > count {
+            break;
+        }
+        rows.extend(db.query(q).await?);
+        ran += 1;
+    }
+    Ok((rows, ran))
 }
 
 /// Runs a search: the count (if asked), the page, the includes.
@@ -1474,13 +1489,7 @@ pub(super) async fn run(db: &impl Executor, sq: &SearchQuery<'_>) -> Result<Sear
 
     let (statements, key_count) = page_queries(sq, estimate)?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
-    let mut rows = Vec::new();
-    for q in &statements {
-        if rows.len() > request.count {
-            break;
-        }
-        rows.extend(db.query(q).await?);
-    }
+    let (rows, _) = page_rows(db, &statements, request.count).await?;
     let has_more = rows.len() > request.count;
     let mut page: Vec<(Version, Vec<Option<String>>)> = rows
         .iter()
