@@ -147,13 +147,15 @@ impl Api {
     }
 
     /// `path` is relative to `{base}fhir/R4/` (query included); empty for the
-    /// system endpoint `{base}fhir/R4` itself. A 401 refreshes the token and
-    /// retries once; the latency then covers both tries.
+    /// system endpoint `{base}fhir/R4` itself. `prefer` is sent as the
+    /// `Prefer` header. A 401 refreshes the token and retries once; the
+    /// latency then covers both tries.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&[u8]>,
+        prefer: Option<&str>,
     ) -> Result<Reply, String> {
         let url = if path.is_empty() {
             self.fhir_root.clone()
@@ -169,6 +171,9 @@ impl Api {
                 .request(method.clone(), &url)
                 .bearer_auth(&*token)
                 .header(header::ACCEPT, FHIR_JSON);
+            if let Some(prefer) = prefer {
+                request = request.header("Prefer", prefer);
+            }
             if let Some(body) = body {
                 request = request
                     .header(header::CONTENT_TYPE, FHIR_JSON)
@@ -208,7 +213,9 @@ impl Api {
     pub async fn create(&self, resource: &Value) -> Result<String, String> {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let body = serde_json::to_vec(resource).expect("JSON");
-        let reply = self.send(Method::POST, resource_type, Some(&body)).await?;
+        let reply = self
+            .send(Method::POST, resource_type, Some(&body), None)
+            .await?;
         if !reply.ok() {
             return Err(format!(
                 "POST {resource_type} answered {}",
@@ -222,13 +229,20 @@ impl Api {
 
     /// GET of one resource (or anything else answering JSON) that must succeed.
     pub async fn get_json(&self, path: &str) -> Result<Value, String> {
-        let reply = self.send(Method::GET, path, None).await?;
+        let reply = self.send(Method::GET, path, None, None).await?;
         match reply.json() {
             Some(value) if reply.ok() => Ok(value),
             _ => Err(format!("GET {path} answered {}", reply.describe())),
         }
     }
 }
+
+/// The `Prefer` header of every Bundle posted (the load and `transaction`):
+/// an ingesting client needs each entry's status and location, not its
+/// resource echoed back (FHIR 3.1.0.8.1 applies it to each write entry; a
+/// server that ignores it answers with the resources, which the tool reads
+/// the ids from as well).
+pub const BUNDLE_PREFER: &str = "return=minimal";
 
 /// Percent-encodes a search parameter value (RFC 3986 unreserved kept).
 pub fn encode(value: &str) -> String {

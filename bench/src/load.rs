@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::{
-    client::Api,
+    client::{Api, BUNDLE_PREFER},
     data::{self, Generator, Group, Res},
 };
 
@@ -292,7 +292,7 @@ async fn post_bundle(
     let bundle = data::transaction_bundle(resources.iter().copied());
     let body = serde_json::to_vec(&bundle).expect("JSON");
     let reply = api
-        .send(Method::POST, "", Some(&body))
+        .send(Method::POST, "", Some(&body), Some(BUNDLE_PREFER))
         .await
         .map_err(|message| BundleError {
             unsupported: false,

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::{
-    client::{encode, Api, Reply},
+    client::{encode, Api, Reply, BUNDLE_PREFER},
     data::{self, Shape, MIXED_SYSTEM, MRN_SYSTEM},
     load::{self, LoadedPatient},
     stats::{Recorder, ScenarioResult},
@@ -137,7 +137,7 @@ async fn get(ctx: &Ctx, rec: &mut Recorder, path: &str) -> Option<Reply> {
     record(
         rec,
         &format!("GET {path}"),
-        ctx.api.send(Method::GET, path, None).await,
+        ctx.api.send(Method::GET, path, None, None).await,
     )
 }
 
@@ -147,13 +147,18 @@ async fn send_json(
     method: Method,
     path: &str,
     body: &Value,
+    prefer: Option<&str>,
 ) -> Option<Reply> {
     let bytes = serde_json::to_vec(body).expect("JSON");
     let what = format!(
         "{method} {}",
         if path.is_empty() { "fhir/R4" } else { path }
     );
-    record(rec, &what, ctx.api.send(method, path, Some(&bytes)).await)
+    record(
+        rec,
+        &what,
+        ctx.api.send(method, path, Some(&bytes), prefer).await,
+    )
 }
 
 async fn step(
@@ -213,7 +218,7 @@ async fn step(
         Scenario::Create => {
             let effective = format!("{}T12:00:00Z", data::search_date(rng));
             let body = data::observation(rng, &format!("Patient/{}", patient.id), None, &effective);
-            send_json(ctx, rec, Method::POST, "Observation", &body).await;
+            send_json(ctx, rec, Method::POST, "Observation", &body, None).await;
         }
         Scenario::Update => {
             // The loaded body with the id and a changed phone number.
@@ -226,6 +231,7 @@ async fn step(
                 Method::PUT,
                 &format!("Patient/{}", patient.id),
                 &body,
+                None,
             )
             .await;
         }
@@ -242,7 +248,9 @@ async fn step(
             let resources: Vec<&data::Res> =
                 groups.iter().flat_map(|g| g.resources.iter()).collect();
             let bundle = data::transaction_bundle(resources.iter().copied());
-            if let Some(reply) = send_json(ctx, rec, Method::POST, "", &bundle).await {
+            if let Some(reply) =
+                send_json(ctx, rec, Method::POST, "", &bundle, Some(BUNDLE_PREFER)).await
+            {
                 // Count the resources only if the response accounts for them all.
                 if load::transaction_ids(&reply.json().unwrap_or(Value::Null), &resources).is_ok() {
                     rec.resources += resources.len() as u64;
@@ -254,7 +262,8 @@ async fn step(
             let family = data::FAMILIES[rng.gen_range(0..data::FAMILIES.len())];
             let mrn = format!("{}-{worker}-{n}", ctx.seed);
             let body = data::patient(rng, MIXED_SYSTEM, &mrn, family);
-            let Some(created) = send_json(ctx, rec, Method::POST, "Patient", &body).await else {
+            let Some(created) = send_json(ctx, rec, Method::POST, "Patient", &body, None).await
+            else {
                 return;
             };
             let Some(id) = created.created_id() else {

@@ -1,6 +1,7 @@
 //! Batch and transaction Bundles.
 
 use fhirgate_tests::{assert_outcome, status_json, Session, TestApp};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 fn post(full_url: &str, resource: Value) -> Value {
@@ -400,4 +401,103 @@ async fn bundles_beyond_the_concurrency_limit_wait_and_succeed() {
     assert_eq!(waiting_status, 200, "{waiting_response}");
     assert_eq!(count(&s, "Patient?family=held").await, 1);
     assert_eq!(count(&s, "Patient?family=waiting").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefer_return_shapes_each_write_entry_and_leaves_reads_whole() {
+    let app = TestApp::spawn().await;
+    let s = app.project("bundle-prefer").await.member;
+    let request = |mrn: &str| {
+        bundle(
+            "transaction",
+            vec![
+                post(
+                    "urn:uuid:4f7c2d0e-5a43-4d7e-9a58-0d2f3c1b9e01",
+                    json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]}),
+                ),
+                json!({"request": {"method": "GET", "url": format!("Patient?identifier=urn:mrn|{mrn}")}}),
+            ],
+        )
+    };
+    let send_preferring = |prefer: &'static str, body: Value| {
+        let s = &s;
+        async move {
+            status_json(
+                s.fhir(Method::POST, "")
+                    .header("Prefer", prefer)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+
+    // Minimal: the write entry has its status, location and version but no
+    // resource; the search entry still answers with its Bundle.
+    let (status, minimal) = send_preferring("return=minimal", request("pr-1")).await;
+    assert_eq!(status, 200, "{minimal}");
+    let created = &minimal["entry"][0];
+    assert_eq!(created["response"]["status"], "201 Created");
+    assert!(created.get("resource").is_none(), "{created}");
+    assert!(created["response"]["etag"]
+        .as_str()
+        .unwrap()
+        .starts_with("W/"));
+    let id = id_from_location(created);
+    assert_eq!(minimal["entry"][1]["resource"]["resourceType"], "Bundle");
+    assert_eq!(
+        minimal["entry"][1]["resource"]["entry"][0]["resource"]["id"],
+        id.as_str()
+    );
+    // The resource left out of the answer was stored.
+    let (status, read) = status_json(s.get(&format!("Patient/{id}")).await).await;
+    assert_eq!(
+        (status, read["identifier"][0]["value"].as_str()),
+        (200, Some("pr-1"))
+    );
+
+    // OperationOutcome: the write entry carries an informational outcome
+    // naming what was written, in `response.outcome`.
+    let (status, outcome) = send_preferring("return=OperationOutcome", request("pr-2")).await;
+    assert_eq!(status, 200, "{outcome}");
+    let created = &outcome["entry"][0];
+    assert!(created.get("resource").is_none(), "{created}");
+    let issue = &created["response"]["outcome"]["issue"][0];
+    assert_eq!(
+        created["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert_eq!(issue["severity"], "information");
+    let id = id_from_location(created);
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Patient/{id}")),
+        "{issue}"
+    );
+
+    // No preference (and representation) embed the stored resource, as before.
+    for prefer in ["return=representation", "respond-async"] {
+        let (status, whole) = send_preferring(prefer, request("pr-3")).await;
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(
+            whole["entry"][0]["resource"]["identifier"][0]["value"],
+            "pr-3"
+        );
+        assert_eq!(
+            whole["entry"][0]["resource"]["id"],
+            id_from_location(&whole["entry"][0]).as_str()
+        );
+    }
+
+    // A batch honours it per entry too.
+    let mut batch = request("pr-4");
+    batch["type"] = json!("batch");
+    let (status, answered) = send_preferring("return=minimal", batch).await;
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(answered["entry"][0]["response"]["status"], "201 Created");
+    assert!(answered["entry"][0].get("resource").is_none());
 }

@@ -24,6 +24,26 @@ use crate::{
 };
 use resource::{prepare, same_content, Prepared, Stamp};
 
+/// What a write answers with (`Prefer: return=…`, RFC 7240 / FHIR
+/// 3.1.0.8.1): for a single write the response body, for each write entry
+/// of a batch or transaction its `resource` or `response.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+/// An OperationOutcome that reports success.
+pub fn informational(message: &str) -> Value {
+    fhir_model::operation_outcome(&[fhir_model::Issue {
+        severity: fhir_model::Severity::Information,
+        code: fhir_model::IssueCode::Informational,
+        diagnostics: message.to_string(),
+        expression: None,
+    }])
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {

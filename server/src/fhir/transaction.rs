@@ -16,7 +16,7 @@ use super::{
     conditional, parse_id,
     patch::PatchDocument,
     search::SearchScope,
-    WriteOutcome,
+    Return, WriteOutcome,
 };
 use crate::{
     app::AppState,
@@ -258,14 +258,22 @@ fn parse_target(state: &AppState, url: &str) -> Result<Target> {
     })
 }
 
-pub async fn process(state: &AppState, caller: &Caller, bundle: Value) -> Result<String> {
+/// Runs a batch or transaction Bundle; `prefer` shapes what each write
+/// entry answers with, as it would a single write.
+pub async fn process(
+    state: &AppState,
+    caller: &Caller,
+    bundle: Value,
+    prefer: Return,
+) -> Result<String> {
     let (transaction, entries) = parse_entries(bundle, state.config.max_bundle_entries)?;
+    let writes: Vec<bool> = entries.iter().map(|e| !e.method.is_read()).collect();
     let results = if transaction {
         run_transaction(state, caller, entries).await?
     } else {
         run_batch(state, caller, entries).await
     };
-    response_bundle(state, transaction, &results)
+    response_bundle(state, transaction, &results, &writes, prefer)
 }
 
 async fn run_batch(state: &AppState, caller: &Caller, entries: Vec<Entry>) -> Vec<Result<Done>> {
@@ -803,31 +811,50 @@ fn status_text(status: StatusCode) -> String {
     )
 }
 
-/// The response Bundle: each entry's status, location, version and resource.
+/// The response Bundle: each entry's status, location, version and
+/// resource; a write entry (`writes`, by position) answers with its resource,
+/// nothing or an OperationOutcome as `prefer` asks.
 fn response_bundle(
     state: &AppState,
     transaction: bool,
     results: &[Result<Done>],
+    writes: &[bool],
+    prefer: Return,
 ) -> Result<String> {
     let entries = results
         .iter()
-        .map(|result| match result {
+        .zip(writes)
+        .map(|(result, &write)| match result {
             Ok(done) => {
                 let status = status_text(done.status);
                 let (mut resource, response) = match &done.version {
-                    Some(version) => (
-                        raw(version)?,
-                        Response {
-                            location: Some(format!(
-                                "{}fhir/R4/{}/{}/_history/{}",
-                                state.base_url,
-                                version.resource_type,
-                                version.id,
-                                version.version_id
-                            )),
+                    Some(version) => {
+                        let location = format!(
+                            "{}fhir/R4/{}/{}/_history/{}",
+                            state.base_url, version.resource_type, version.id, version.version_id
+                        );
+                        let prefer = if write {
+                            prefer
+                        } else {
+                            Return::Representation
+                        };
+                        let outcome = (prefer == Return::OperationOutcome).then(|| {
+                            super::informational(&format!(
+                                "{status}: {}/{}",
+                                version.resource_type, version.id
+                            ))
+                        });
+                        let resource = match prefer {
+                            Return::Representation => raw(version)?,
+                            Return::Minimal | Return::OperationOutcome => None,
+                        };
+                        let response = Response {
+                            location: Some(location),
+                            outcome,
                             ..Response::of_version(status, version)
-                        },
-                    ),
+                        };
+                        (resource, response)
+                    }
                     None => (None, Response::of_status(status)),
                 };
                 if let Some(body) = &done.body {

@@ -458,7 +458,7 @@ async fn bundle(
         .await
         .map_err(|_| Error::Internal("bundle permits closed".into()))?;
     let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
-    let response = fhir::transaction::process(&state, &caller, body).await?;
+    let response = fhir::transaction::process(&state, &caller, body, prefer_return(&req)).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
 }
 

@@ -16,6 +16,7 @@ use actix_web::{
 use futures_util::StreamExt;
 use serde_json::Value;
 
+pub use crate::fhir::{informational, Return};
 use crate::{
     error::{Error, Result},
     store::Version,
@@ -159,13 +160,6 @@ pub fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>> {
 }
 
 /// `Prefer: return=…` (RFC 7240 / FHIR 3.1.0.8.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Return {
-    Minimal,
-    Representation,
-    OperationOutcome,
-}
-
 pub fn prefer_return(req: &HttpRequest) -> Return {
     let prefer = req
         .headers()
@@ -202,16 +196,6 @@ pub fn version_response(
             .content_type(FHIR_JSON)
             .body(informational(message).to_string()),
     }
-}
-
-/// An OperationOutcome that reports success.
-pub fn informational(message: &str) -> Value {
-    fhir_model::operation_outcome(&[fhir_model::Issue {
-        severity: fhir_model::Severity::Information,
-        code: fhir_model::IssueCode::Informational,
-        diagnostics: message.to_string(),
-        expression: None,
-    }])
 }
 
 fn http_date(version: &Version) -> String {
