@@ -46,8 +46,7 @@ fn synthetic(tag: &str, patients: i64, project: impl Fn(&str) -> String) -> Stri
         INSERT INTO idx_token (project_id, resource_type, resource_id, param, system, code)
             SELECT project_id, 'Observation', id, 'code', 'http://loinc.org', (1000 + g % 500)::text FROM o;
         INSERT INTO idx_reference (project_id, resource_type, resource_id, param, target_type, target_id, url)
-            SELECT project_id, 'Observation', id, p, 'Patient', patient, 'Patient/' || patient
-            FROM o, unnest(ARRAY['subject', 'patient']) p;
+            SELECT project_id, 'Observation', id, 'subject', 'Patient', patient, 'Patient/' || patient FROM o;
         INSERT INTO resource_compartment (project_id, resource_type, resource_id, compartment_type, compartment_id)
             SELECT project_id, 'Observation', id, 'Patient', patient FROM o
             UNION ALL SELECT project_id, 'Patient', id, 'Patient', id FROM p;

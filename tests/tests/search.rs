@@ -1199,3 +1199,206 @@ async fn a_project_is_analyzed_as_it_grows() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The ids of the `include` entries of a search.
+async fn included_ids(s: &Session, query: &str) -> BTreeSet<String> {
+    let (status, bundle) = status_json(s.get(query).await).await;
+    assert_eq!(status, 200, "{query}: {bundle}");
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `Observation.patient` is `subject` of type Patient and is read from the
+/// `subject` rows (it has none of its own): every way a search uses a
+/// reference parameter must see only the Patient subjects through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_reference_parameters_read_their_base_rows_of_their_type() {
+    let app = TestApp::spawn().await;
+    let s = app.project("typed-views").await.member;
+    let patient = id_of(
+        &s,
+        json!({"resourceType": "Patient", "name": [{"family": "Viewfield"}],
+               "identifier": [{"system": "urn:mrn", "value": "tv-1"}]}),
+    )
+    .await;
+    let group = id_of(
+        &s,
+        json!({"resourceType": "Group", "type": "person", "actual": true, "name": "Viewfield"}),
+    )
+    .await;
+    let observation = |subject: Value| {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": LOINC, "code": "29463-7"}]}, "subject": subject})
+    };
+    let of_patient = id_of(
+        &s,
+        observation(json!({"reference": format!("Patient/{patient}")})),
+    )
+    .await;
+    let of_group = id_of(
+        &s,
+        observation(json!({"reference": format!("Group/{group}")})),
+    )
+    .await;
+    let mut unattached = observation(Value::Null);
+    unattached.as_object_mut().unwrap().remove("subject");
+    let unattached = id_of(&s, unattached).await;
+    let by_identifier = |kind: &str| {
+        observation(json!({"type": kind, "identifier": {"system": "urn:mrn", "value": "tv-9"}}))
+    };
+    let patient_identified = id_of(&s, by_identifier("Patient")).await;
+    let group_identified = id_of(&s, by_identifier("Group")).await;
+    let condition = id_of(
+        &s,
+        json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{patient}")},
+               "code": {"text": "viewitis"}}),
+    )
+    .await;
+    let group_condition = id_of(
+        &s,
+        json!({"resourceType": "Condition", "subject": {"reference": format!("Group/{group}")},
+               "code": {"text": "viewitis"}}),
+    )
+    .await;
+
+    // Values, with and without the type, and `:missing`.
+    check(
+        &s,
+        &format!("Observation?patient={patient}"),
+        &[&of_patient],
+    )
+    .await;
+    check(
+        &s,
+        &format!("Observation?patient=Patient/{patient}"),
+        &[&of_patient],
+    )
+    .await;
+    check(&s, &format!("Observation?patient={group}"), &[]).await;
+    check(&s, &format!("Observation?subject={group}"), &[&of_group]).await;
+    check(&s, "Observation?patient:missing=false", &[&of_patient]).await;
+    check(
+        &s,
+        "Observation?patient:missing=true",
+        &[
+            &of_group,
+            &unattached,
+            &patient_identified,
+            &group_identified,
+        ],
+    )
+    .await;
+    // A search driven by the typed rows, and one with another filter first.
+    check(
+        &s,
+        &format!("Observation?patient={patient}&_count=1"),
+        &[&of_patient],
+    )
+    .await;
+    check(
+        &s,
+        &format!("Observation?code={LOINC}|29463-7&patient={patient}"),
+        &[&of_patient],
+    )
+    .await;
+    // `:identifier` keeps rows of its own: only the reference typed Patient.
+    check(
+        &s,
+        "Observation?patient:identifier=urn:mrn|tv-9",
+        &[&patient_identified],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?subject:identifier=urn:mrn|tv-9",
+        &[&patient_identified, &group_identified],
+    )
+    .await;
+    // Chains, `_has` both ways, includes and reverse includes.
+    check(&s, "Observation?patient.name=Viewfield", &[&of_patient]).await;
+    check(
+        &s,
+        "Observation?patient.identifier=urn:mrn|tv-1",
+        &[&of_patient],
+    )
+    .await;
+    check(&s, "Condition?patient.name=Viewfield", &[&condition]).await;
+    check(
+        &s,
+        "Patient?_has:Observation:patient:code=29463-7",
+        &[&patient],
+    )
+    .await;
+    assert_outcome(
+        s.get("Group?_has:Observation:patient:code=29463-7").await,
+        400,
+        "Observation.patient cannot refer to Group",
+    )
+    .await;
+    check(&s, "Group?_has:Observation:subject:code=29463-7", &[&group]).await;
+    assert_eq!(
+        included_ids(&s, "Observation?code=29463-7&_include=Observation:patient").await,
+        set(&[&patient])
+    );
+    assert_eq!(
+        included_ids(&s, "Observation?code=29463-7&_include=Observation:subject").await,
+        set(&[&patient, &group])
+    );
+    assert_eq!(
+        included_ids(
+            &s,
+            &format!("Patient?_id={patient}&_revinclude=Observation:patient")
+        )
+        .await,
+        set(&[&of_patient])
+    );
+    // From a Patient and a Group: only the Patient's Observation comes.
+    assert_eq!(
+        included_ids(
+            &s,
+            &format!("?_type=Patient,Group&_id={patient},{group}&_revinclude=Observation:patient")
+        )
+        .await,
+        set(&[&of_patient])
+    );
+    assert_eq!(
+        included_ids(
+            &s,
+            &format!("?_type=Patient,Group&_id={patient},{group}&_revinclude=Observation:subject")
+        )
+        .await,
+        set(&[&of_patient, &of_group])
+    );
+    // Sorted by the typed parameter: the Patient's Observation first, the
+    // rest (no Patient subject) after it.
+    let (status, sorted) = status_json(s.get("Observation?code=29463-7&_sort=patient").await).await;
+    assert_eq!(status, 200, "{sorted}");
+    let order = page_ids(&sorted);
+    assert_eq!((order.len(), order[0].as_str()), (5, of_patient.as_str()));
+    // Compartments: Condition is in a Patient's through `patient`,
+    // Observation through `subject`.
+    check(&s, &format!("Patient/{patient}/Condition"), &[&condition]).await;
+    check(
+        &s,
+        &format!("Patient/{patient}/Observation"),
+        &[&of_patient],
+    )
+    .await;
+    check(
+        &s,
+        &format!("Condition?_compartment=Patient/{patient}"),
+        &[&condition],
+    )
+    .await;
+    check(
+        &s,
+        &format!("Condition?subject=Group/{group}"),
+        &[&group_condition],
+    )
+    .await;
+}

@@ -274,8 +274,10 @@ pub enum Filter {
 /// it for R4 and fhirgate's admin types.
 pub trait ParamLookup {
     fn lookup(&self, resource_type: &str, code: &str) -> Option<ParamInfo>;
-    /// The parameters of `resource_type` that put it in a `compartment_type`
-    /// compartment (e.g. Patient, Observation -> subject, performer).
+    /// The parameters whose index rows put a `resource_type` in a
+    /// `compartment_type` compartment (e.g. Patient, Observation -> subject,
+    /// performer; Condition -> subject, asserter, since its `patient` is
+    /// `subject` of type Patient, [`SearchParam::reference_view`]).
     fn compartment_params(&self, compartment_type: &str, resource_type: &str) -> Vec<String>;
 }
 

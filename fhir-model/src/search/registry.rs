@@ -39,6 +39,21 @@ pub struct SearchParam {
     /// (`combo-code` is `code | component-code`), those, so the same values
     /// are not indexed twice. Set by [`stored_as_unions`].
     stored_as: Vec<String>,
+    /// For a reference parameter that is another's references of one target
+    /// type (`Observation.patient` is `Observation.subject.where(resolve()
+    /// is Patient)`): that parameter and the type. Its references are read
+    /// from that parameter's rows of that type instead of being indexed
+    /// twice. Set by [`typed_reference_views`].
+    reference_view: Option<ReferenceView>,
+}
+
+/// Where a typed view of another reference parameter finds its references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceView {
+    /// The parameter whose rows hold them.
+    pub base: String,
+    /// The only target type they have.
+    pub target_type: String,
 }
 
 impl SearchParam {
@@ -56,6 +71,12 @@ impl SearchParam {
     /// The `param` of the index rows that hold this parameter's values.
     pub fn stored_as(&self) -> &[String] {
         &self.stored_as
+    }
+
+    /// See [`ReferenceView`]: `Some` when this parameter's references are
+    /// another's rows of one target type (its `:identifier` rows stay its own).
+    pub fn reference_view(&self) -> Option<&ReferenceView> {
+        self.reference_view.as_ref()
     }
 
     /// Whether index rows are written under this parameter's own code
@@ -249,6 +270,37 @@ fn stored_as_unions(params: &mut [SearchParam]) {
     }
 }
 
+/// Sets [`SearchParam::reference_view`] for the reference parameters of one
+/// type whose expression is `E.where(resolve() is T)` where `E` is the whole
+/// expression of another reference parameter of the type.
+fn typed_reference_views(params: &mut [SearchParam]) {
+    let views: Vec<Option<ReferenceView>> = params
+        .iter()
+        .map(|param| {
+            if param.kind != ParamType::Reference || param.compiled.is_none() {
+                return None;
+            }
+            let (of, rest) = param.expression.rsplit_once(".where(resolve() is ")?;
+            let target_type = rest.strip_suffix(')')?;
+            if !crate::resource_types::is_known_resource_type(target_type) {
+                return None;
+            }
+            let base = params.iter().find(|other| {
+                other.kind == ParamType::Reference
+                    && other.compiled.is_some()
+                    && other.expression == of
+            })?;
+            Some(ReferenceView {
+                base: base.code.clone(),
+                target_type: target_type.to_string(),
+            })
+        })
+        .collect();
+    for (param, view) in params.iter_mut().zip(views) {
+        param.reference_view = view;
+    }
+}
+
 impl Registry {
     /// The registry, parsed once per process.
     pub fn get() -> &'static Registry {
@@ -303,6 +355,7 @@ impl Registry {
                     compiled,
                     compiled_components: compiled_components.clone(),
                     stored_as: vec![param.code.clone()],
+                    reference_view: None,
                 });
             };
             let expression = param.expression.as_deref().unwrap_or("");
@@ -327,6 +380,7 @@ impl Registry {
         }
         for entry in &mut types {
             stored_as_unions(&mut entry.params);
+            typed_reference_views(&mut entry.params);
         }
         let patient_compartment =
             serde_json::from_str(PATIENT_COMPARTMENT).expect("vendored Patient compartment parses");
@@ -359,10 +413,28 @@ impl ParamLookup for Registry {
         if compartment_type != "Patient" {
             return Vec::new();
         }
-        self.patient_compartment
+        // A typed view's references are its base's rows of the view's type
+        // (compartment membership only counts references of the compartment's type).
+        let mut params: Vec<String> = Vec::new();
+        for code in self
+            .patient_compartment
             .get(resource_type)
-            .cloned()
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+        {
+            let stored = match self
+                .param(resource_type, code)
+                .and_then(SearchParam::reference_view)
+            {
+                Some(view) if view.target_type == compartment_type => &view.base,
+                Some(_) => continue,
+                None => code,
+            };
+            if !params.contains(stored) {
+                params.push(stored.clone());
+            }
+        }
+        params
     }
 }
 
@@ -651,6 +723,30 @@ mod tests {
     }
 
     #[test]
+    fn typed_reference_parameters_are_views_of_their_base() {
+        let registry = Registry::get();
+        let view = |t: &str, code: &str| {
+            registry
+                .param(t, code)
+                .unwrap()
+                .reference_view()
+                .map(|v| (v.base.as_str(), v.target_type.as_str()))
+        };
+        assert_eq!(view("Observation", "patient"), Some(("subject", "Patient")));
+        assert_eq!(view("Condition", "patient"), Some(("subject", "Patient")));
+        assert_eq!(
+            view("Encounter", "practitioner"),
+            Some(("participant", "Practitioner"))
+        );
+        assert_eq!(view("Appointment", "location"), Some(("actor", "Location")));
+        assert_eq!(view("Observation", "subject"), None);
+        // A union of typed references (agent and entity) is not one view.
+        assert_eq!(view("AuditEvent", "patient"), None);
+        // Patient.general-practitioner has no untyped twin.
+        assert_eq!(view("Patient", "general-practitioner"), None);
+    }
+
+    #[test]
     fn patient_compartment() {
         let registry = Registry::get();
         assert_eq!(
@@ -660,6 +756,12 @@ mod tests {
         assert_eq!(
             registry.compartment_params("Patient", "Patient"),
             vec!["link".to_string()]
+        );
+        // Condition's compartment parameters are `patient` and `asserter`;
+        // `patient` is `subject` of type Patient and has no rows of its own.
+        assert_eq!(
+            registry.compartment_params("Patient", "Condition"),
+            vec!["subject".to_string(), "asserter".to_string()]
         );
         assert!(registry
             .compartment_params("Patient", "ActivityDefinition")

@@ -248,10 +248,12 @@ impl IndexRows {
                 target_type,
                 target_id,
             } => {
+                // The type stays even where the id is no UUID (and so names
+                // no stored resource): a typed view such as
+                // `Observation.patient` reads its base's rows by type.
                 let id = target_id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
                 self.reference_param.push(param.clone());
-                self.reference_target_type
-                    .push(target_type.clone().filter(|_| id.is_some()));
+                self.reference_target_type.push(target_type.clone());
                 self.reference_target_id.push(id);
                 self.reference_url.push(url.clone());
             }
@@ -451,4 +453,31 @@ pub(super) fn insert_ctes(first: usize, tables: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use fhir_model::search::Registry;
+
+    /// Migration 0019 removed the rows of every typed reference view the
+    /// registry knows; a view it does not list would read rows that a
+    /// database migrated before it still holds under the view's own code.
+    #[test]
+    fn migration_0019_lists_every_typed_reference_view() {
+        let migration = include_str!("../../../migrations/0019_typed_reference_views.sql");
+        let mut listed = 0;
+        for resource_type in fhir_model::resource_types::all_resource_types() {
+            for param in Registry::get().params_for(resource_type) {
+                if let Some(view) = param.reference_view() {
+                    let row = format!(
+                        "('{resource_type}', '{}', '{}', '{}')",
+                        param.code, view.base, view.target_type
+                    );
+                    assert!(migration.contains(&row), "migration 0019 lacks {row}");
+                    listed += 1;
+                }
+            }
+        }
+        assert_eq!(migration.matches("    ('").count(), listed);
+    }
 }

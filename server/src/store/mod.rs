@@ -122,15 +122,6 @@ impl Query {
         format!("${}", self.params.len())
     }
 
-    /// `column = $n`, or `column = ANY($n)` for several: the `param` of a
-    /// parameter's index rows (its own, or those of a union's parts).
-    fn in_params(&mut self, column: &str, params: &[String]) -> String {
-        match params {
-            [one] => format!("{column} = {}", self.placeholder(one.clone())),
-            many => format!("{column} = ANY({})", self.placeholder(many.to_vec())),
-        }
-    }
-
     /// `project` as `estimate` says to name it: `$n`, or `(SELECT $n::uuid)`,
     /// a value the planner does not see and so estimates as an average one.
     fn bind_project(&mut self, project: Uuid, estimate: statistics::ProjectEstimate) -> &mut Query {

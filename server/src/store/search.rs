@@ -317,20 +317,19 @@ impl Compiler<'_> {
                 values,
             } => self.param(row, resource_type, code, *kind, modifier, values),
             Filter::Chain {
+                resource_type,
                 code,
                 target_type,
                 inner,
-                ..
             } => {
                 let i = self.alias("c");
                 let t = self.alias("t");
                 self.q.push(&format!(
-                    "EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {t} ON {t}.project_id = {i}.project_id AND {t}.resource_type = {i}.target_type AND {t}.id = {i}.target_id WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND {i}.param = "
+                    "EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {t} ON {t}.project_id = {i}.project_id AND {t}.resource_type = {i}.target_type AND {t}.id = {i}.target_id WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND "
                 ));
+                self.reference_rows(&i, resource_type, code);
                 self.q
-                    .bind(code.clone())
-                    .push(&format!(" AND {i}.target_type = "));
-                self.q
+                    .push(&format!(" AND {i}.target_type = "))
                     .bind(target_type.clone())
                     .push(&format!(" AND NOT {t}.deleted"));
                 self.reached(&t, target_type)?;
@@ -349,12 +348,9 @@ impl Compiler<'_> {
                 self.q.push(&format!(
                     "EXISTS (SELECT 1 FROM idx_reference {i} JOIN resource {s} ON {s}.project_id = {i}.project_id AND {s}.resource_type = {i}.resource_type AND {s}.id = {i}.resource_id WHERE {i}.project_id = {row}.project_id AND {i}.target_id = {row}.id AND {i}.target_type = {row}.resource_type AND {i}.resource_type = "
                 ));
-                self.q
-                    .bind(source_type.clone())
-                    .push(&format!(" AND {i}.param = "));
-                self.q
-                    .bind(reference_param.clone())
-                    .push(&format!(" AND NOT {s}.deleted"));
+                self.q.bind(source_type.clone()).push(" AND ");
+                self.reference_rows(&i, source_type, reference_param);
+                self.q.push(&format!(" AND NOT {s}.deleted"));
                 self.reached(&s, source_type)?;
                 self.q.push(" AND ");
                 self.filter(&s, inner)?;
@@ -399,6 +395,12 @@ impl Compiler<'_> {
         }
     }
 
+    /// `{alias}.param = …` for the reference rows of `code` of
+    /// `resource_type`, with the target type of a typed view's.
+    fn reference_rows(&mut self, alias: &str, resource_type: &str, code: &str) {
+        reference_rows(self.q, alias, resource_type, code);
+    }
+
     fn param(
         &mut self,
         row: &str,
@@ -423,7 +425,7 @@ impl Compiler<'_> {
                 "{}EXISTS (SELECT 1 FROM {table} {i} WHERE {i}.project_id = {row}.project_id AND {i}.resource_type = {row}.resource_type AND {i}.resource_id = {row}.id AND ",
                 if negate { "NOT " } else { "" }
             ));
-            let condition = q.in_params(&format!("{i}.param"), &indexed);
+            let condition = indexed.condition(q, &i);
             q.push(&condition);
         };
         if let [SearchValue::Missing(missing)] = values {
@@ -873,7 +875,7 @@ fn sort_key(q: &mut Query, sort: &Sort, types: &[&str]) -> Result<SortKey> {
                 ..
             } = sort_column(sort.kind, sort.descending)
                 .ok_or_else(|| Error::BadRequest(format!("Cannot sort by '{code}'")))?;
-            let condition = q.in_params("x.param", &indexed_params(types, code, &Modifier::None));
+            let condition = indexed_params(types, code, &Modifier::None).condition(q, "x");
             let rows = format!(
                 "FROM {table} x WHERE x.project_id = r.project_id AND x.resource_type = r.resource_type AND x.resource_id = r.id AND {condition}"
             );
@@ -978,28 +980,101 @@ fn ids_descending(keys: &[SortKey]) -> bool {
     keys.first().is_some_and(|key| key.descending)
 }
 
-/// The param name a filter's rows carry in its index table.
-/// The `param` of the index rows a filter on `code` (of any of `types`)
-/// reads: `:identifier` and `:of-type` values have rows of their own, and a
-/// parameter that is a union of others reads theirs
-/// ([`fhir_model::search::SearchParam::stored_as`]).
-fn indexed_params(types: &[&str], code: &str, modifier: &Modifier) -> Vec<String> {
-    match modifier {
-        Modifier::Identifier => vec![identifier_param(code)],
-        Modifier::OfType => vec![of_type_param(code)],
-        _ => {
-            let mut stored: Vec<String> = types
-                .iter()
-                .filter_map(|t| Registry::get().param(t, code))
-                .flat_map(|p| p.stored_as().iter().cloned())
-                .collect();
-            stored.sort();
-            stored.dedup();
-            if stored.is_empty() {
-                stored.push(code.to_string());
-            }
-            stored
+/// The index rows a filter or sort on `code` (of any of `types`) reads, by
+/// their `param`: `:identifier` and `:of-type` values have rows of their
+/// own, a parameter that is a union of others reads theirs
+/// ([`fhir_model::search::SearchParam::stored_as`]), and a typed reference
+/// view (`Observation.patient`) its base's rows of its target type
+/// ([`fhir_model::search::SearchParam::reference_view`]).
+#[derive(Debug, PartialEq)]
+struct IndexedRows {
+    /// Rows under these params, whatever they reference.
+    params: Vec<String>,
+    /// Rows under these params that reference this type.
+    typed: Vec<(String, &'static str)>,
+}
+
+impl IndexedRows {
+    /// The condition that index rows aliased `alias` are these: `param = $n`
+    /// (or `= ANY($n)`) for rows of any target, `(param = $n AND target_type
+    /// = $m)` for a typed view's, joined by `OR`.
+    fn condition(&self, q: &mut Query, alias: &str) -> String {
+        let mut parts = Vec::new();
+        match self.params.as_slice() {
+            [] => {}
+            [one] => parts.push(format!("{alias}.param = {}", q.placeholder(one.clone()))),
+            many => parts.push(format!(
+                "{alias}.param = ANY({})",
+                q.placeholder(many.to_vec())
+            )),
         }
+        for (param, target_type) in &self.typed {
+            parts.push(format!(
+                "({alias}.param = {} AND {alias}.target_type = {})",
+                q.placeholder(param.clone()),
+                q.placeholder(target_type.to_string())
+            ));
+        }
+        match parts.as_slice() {
+            [one] => one.clone(),
+            _ => format!("({})", parts.join(" OR ")),
+        }
+    }
+
+    /// The one param and target type of rows that are all in one
+    /// parameter's index order, if they are.
+    fn single(self) -> Option<(String, Option<&'static str>)> {
+        match (<[String; 1]>::try_from(self.params), self.typed.as_slice()) {
+            (Ok([param]), []) => Some((param, None)),
+            (Err(params), [(param, target_type)]) if params.is_empty() => {
+                Some((param.clone(), Some(*target_type)))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn indexed_params(types: &[&str], code: &str, modifier: &Modifier) -> IndexedRows {
+    let mut rows = IndexedRows {
+        params: Vec::new(),
+        typed: Vec::new(),
+    };
+    match modifier {
+        Modifier::Identifier => rows.params.push(identifier_param(code)),
+        Modifier::OfType => rows.params.push(of_type_param(code)),
+        _ => {
+            for param in types.iter().filter_map(|t| Registry::get().param(t, code)) {
+                match param.reference_view() {
+                    Some(view) => rows
+                        .typed
+                        .push((view.base.clone(), view.target_type.as_str())),
+                    None => rows.params.extend(param.stored_as().iter().cloned()),
+                }
+            }
+            rows.params.sort();
+            rows.params.dedup();
+            rows.typed.sort();
+            rows.typed.dedup();
+            if rows.params.is_empty() && rows.typed.is_empty() {
+                rows.params.push(code.to_string());
+            }
+        }
+    }
+    rows
+}
+
+/// `{alias}.param = $n` for the rows a chain, `_has` or include follows
+/// through the reference parameter `code` of `resource_type`: its own, or a
+/// typed view's base's, then `AND {alias}.target_type = $m` of the view's type.
+fn reference_rows(q: &mut Query, alias: &str, resource_type: &str, code: &str) {
+    let view = Registry::get()
+        .param(resource_type, code)
+        .and_then(|p| p.reference_view());
+    let param = view.map_or(code, |view| view.base.as_str());
+    q.push(&format!("{alias}.param = ")).bind(param.to_string());
+    if let Some(view) = view {
+        q.push(&format!(" AND {alias}.target_type = "))
+            .bind(view.target_type.clone());
     }
 }
 
@@ -1016,6 +1091,8 @@ struct Driver<'f> {
     position: usize,
     table: &'static str,
     param: String,
+    /// The target type of a typed reference view's rows.
+    target_type: Option<&'static str>,
     kind: ParamType,
     modifier: &'f Modifier,
     value: &'f SearchValue,
@@ -1067,14 +1144,14 @@ fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
                 _ => return None,
             };
             // Rows of one parameter only are in resource id order.
-            let [param] =
-                <[String; 1]>::try_from(indexed_params(&[resource_type], code, modifier)).ok()?;
+            let (param, target_type) = indexed_params(&[resource_type], code, modifier).single()?;
             Some((
                 rank,
                 Driver {
                     position,
                     table: table_for(code, *kind, modifier)?,
                     param,
+                    target_type,
                     kind: *kind,
                     modifier,
                     value,
@@ -1139,6 +1216,13 @@ fn where_clause(
                 .push(" AND d.param = ")
                 .bind(d.param.clone())
                 .push(" AND ");
+            if let Some(target_type) = d.target_type {
+                compiler
+                    .q
+                    .push("d.target_type = ")
+                    .bind(target_type.to_string())
+                    .push(" AND ");
+            }
             compiler.value(&Columns::table("d"), d.kind, d.modifier, d.value)?;
             let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
             if let Some(cursor) = &sq.cursor {
@@ -1248,12 +1332,10 @@ fn sort_driver(sq: &SearchQuery<'_>) -> Option<SortDriver> {
     }
     let column = sort_column(sort.kind, sort.descending).filter(|c| c.ordered_index)?;
     // Rows of one parameter only are in its order.
-    let [param] = <[String; 1]>::try_from(indexed_params(
-        &[resource_type],
-        &sort.code,
-        &Modifier::None,
-    ))
-    .ok()?;
+    let (param, None) = indexed_params(&[resource_type], &sort.code, &Modifier::None).single()?
+    else {
+        return None;
+    };
     Some(SortDriver {
         column,
         param,
@@ -1682,11 +1764,9 @@ fn include_select(
     row_condition(q, "t", &sq.policy.row_filter(&[], Interaction::Search))?;
     q.push(" AND i.resource_type = ")
         .bind(include.source_type.clone())
-        .push(" AND i.param = ")
-        .bind(include.param.clone())
-        .push(&format!(" AND {column} = ANY("))
-        .bind(ids)
-        .push(")");
+        .push(" AND ");
+    reference_rows(q, "i", &include.source_type, &include.param);
+    q.push(&format!(" AND {column} = ANY(")).bind(ids).push(")");
     Ok(())
 }
 
