@@ -1,5 +1,7 @@
 //! The floor: fhirgate's own primary SQL for read-by-id and a token search,
-//! and a durable single-row insert of a resource-shaped row, run straight
+//! a durable single-row insert of a resource-shaped row, and the rows
+//! fhirgate writes for a transaction of 100 new resources (the resource rows
+//! and every search-index row, one statement and one commit), run straight
 //! against its PostgreSQL with one connection per worker and a statement
 //! prepared once per connection (fhirgate caches its statements too). What
 //! fhirgate adds on top (HTTP, auth, JSON, pool, search-index rows) is the gap.
@@ -76,10 +78,55 @@ pub async fn analyze(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The tables a new resource has rows in, each with the column naming the
+/// resource (`store::index`'s tables and `resource`).
+const RESOURCE_TABLES: [(&str, &str); 11] = [
+    ("resource", "id"),
+    ("idx_token", "resource_id"),
+    ("idx_string", "resource_id"),
+    ("idx_date", "resource_id"),
+    ("idx_number", "resource_id"),
+    ("idx_quantity", "resource_id"),
+    ("idx_reference", "resource_id"),
+    ("idx_uri", "resource_id"),
+    ("idx_composite", "resource_id"),
+    ("idx_text", "resource_id"),
+    ("resource_compartment", "resource_id"),
+];
+
+/// Copies of a sample's rows, one table of the tool's own per table in
+/// [`RESOURCE_TABLES`], named with this prefix and dropped afterwards.
+const INGEST_PREFIX: &str = "fhirgate_bench_ingest_";
+
+/// The `transaction` scenario's Bundle: 10 × (Patient, Encounter, 6
+/// Observations, 2 Conditions).
+const INGEST_SAMPLE: [(&str, usize); 4] = [
+    ("Patient", 10),
+    ("Encounter", 10),
+    ("Observation", 60),
+    ("Condition", 20),
+];
+
 enum Kind {
-    Read { project: Uuid, ids: Vec<Uuid> },
-    Token { project: Uuid, codes: Vec<String> },
-    Insert { project: Uuid, content: String },
+    Read {
+        project: Uuid,
+        ids: Vec<Uuid>,
+    },
+    Token {
+        project: Uuid,
+        codes: Vec<String>,
+    },
+    Insert {
+        project: Uuid,
+        content: String,
+    },
+    /// The sample's rows again under new ids in `project`, a project of the
+    /// baseline's own (so no search of the loaded one sees them), by `sql`.
+    Ingest {
+        project: Uuid,
+        sample: Vec<Uuid>,
+        sql: String,
+    },
 }
 
 /// Runs `baseline-read`, `baseline-search-token` and `baseline-insert`.
@@ -146,7 +193,119 @@ pub async fn run(
         .await?
     };
     let insert = measure_insert(url, concurrency, duration, seed, project).await?;
-    Ok(vec![read, token, insert])
+    let ingest = measure_ingest(url, concurrency, duration, seed, project).await?;
+    Ok(vec![read, token, insert, ingest])
+}
+
+/// `baseline-ingest`: copies a sample of the loaded project's resources
+/// shaped like the `transaction` scenario's Bundle, with their index rows,
+/// then writes them again and again under new ids (time-ordered, as
+/// fhirgate's) into fhirgate's own tables, 100 resources a statement and a
+/// commit; what is written is deleted afterwards.
+async fn measure_ingest(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+    seed: u64,
+    loaded: Uuid,
+) -> Result<ScenarioResult, String> {
+    let owner = &connect(url).await?;
+    let run = |sql: String| async move {
+        owner
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| format!("baseline-ingest: {sql}: {e}"))
+    };
+    let picks: Vec<String> = INGEST_SAMPLE
+        .iter()
+        .map(|(resource_type, count)| {
+            format!(
+                "(SELECT id FROM resource WHERE project_id = '{loaded}' AND resource_type = '{resource_type}' \
+                 AND NOT deleted ORDER BY id LIMIT {count})"
+            )
+        })
+        .collect();
+    run(format!(
+        "DROP TABLE IF EXISTS {INGEST_PREFIX}sample; CREATE TABLE {INGEST_PREFIX}sample AS {}",
+        picks.join(" UNION ALL ")
+    ))
+    .await?;
+    let mut writes = Vec::new();
+    for (table, id_column) in RESOURCE_TABLES {
+        run(format!(
+            "DROP TABLE IF EXISTS {INGEST_PREFIX}{table}; \
+             CREATE TABLE {INGEST_PREFIX}{table} AS SELECT t.* FROM {table} t \
+             WHERE t.project_id = '{loaded}' AND t.{id_column} IN (SELECT id FROM {INGEST_PREFIX}sample)"
+        ))
+        .await?;
+        let columns: Vec<String> = owner
+            .query(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                &[&table],
+            )
+            .await
+            .map_err(|e| format!("baseline-ingest: columns of {table}: {e}"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let values: Vec<String> = columns
+            .iter()
+            .map(|column| match column.as_str() {
+                "project_id" => "$3::uuid".to_string(),
+                c if c == id_column || (table == "resource" && c == "version_id") => {
+                    "m.new".to_string()
+                }
+                "last_updated" => "now()".to_string(),
+                c => format!("s.{c}"),
+            })
+            .collect();
+        writes.push(format!(
+            "w_{table} AS (INSERT INTO {table} ({}) SELECT {} FROM {INGEST_PREFIX}{table} s \
+             JOIN m ON m.old = s.{id_column})",
+            columns.join(", "),
+            values.join(", ")
+        ));
+    }
+    let sample: Vec<Uuid> = owner
+        .query(&format!("SELECT id FROM {INGEST_PREFIX}sample"), &[])
+        .await
+        .map_err(|e| format!("baseline-ingest: sample: {e}"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let sql = format!(
+        "WITH m AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS m (old, new)), {} SELECT count(*) FROM m",
+        writes.join(", ")
+    );
+    let project = Uuid::new_v4();
+    let result = if sample.is_empty() {
+        Ok(ScenarioResult::skipped(
+            "baseline-ingest",
+            format!("no resources to copy in project {loaded}"),
+        ))
+    } else {
+        measure(
+            url,
+            concurrency,
+            duration,
+            seed,
+            "baseline-ingest",
+            Arc::new(Kind::Ingest {
+                project,
+                sample,
+                sql,
+            }),
+        )
+        .await
+    };
+    let mut cleanup: Vec<String> = RESOURCE_TABLES
+        .iter()
+        .map(|(table, _)| format!("DELETE FROM {table} WHERE project_id = '{project}'; DROP TABLE {INGEST_PREFIX}{table}"))
+        .collect();
+    cleanup.push(format!("DROP TABLE {INGEST_PREFIX}sample"));
+    run(cleanup.join("; ")).await?;
+    result
 }
 
 async fn measure_insert(
@@ -211,10 +370,11 @@ async fn measure(
     let mut clients = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let client = connect(url).await?;
-        let sql = match *kind {
+        let sql = match &*kind {
             Kind::Read { .. } => READ_SQL.to_string(),
             Kind::Token { .. } => TOKEN_SQL.to_string(),
             Kind::Insert { .. } => insert_sql(),
+            Kind::Ingest { sql, .. } => sql.clone(),
         };
         let statement = client
             .prepare(&sql)
@@ -252,6 +412,19 @@ async fn measure(
                         .execute(&statement, &[project, &Uuid::now_v7(), content])
                         .await
                         .map(|inserted| inserted == 1),
+                    Kind::Ingest {
+                        project, sample, ..
+                    } => {
+                        let ids: Vec<Uuid> = sample.iter().map(|_| Uuid::now_v7()).collect();
+                        let written = client
+                            .query_one(&statement, &[sample, &ids, project])
+                            .await
+                            .map(|row| row.get::<_, i64>(0) as u64);
+                        if let Ok(n) = written {
+                            rec.resources += n;
+                        }
+                        written.map(|n| n == sample.len() as u64)
+                    }
                 };
                 match result {
                     Ok(true) => rec.ok(t.elapsed()),
@@ -267,6 +440,6 @@ async fn measure(
         name,
         total,
         start.elapsed().as_secs_f64(),
-        false,
+        matches!(*kind, Kind::Ingest { .. }),
     ))
 }

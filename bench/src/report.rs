@@ -17,11 +17,13 @@ fn find<'a>(results: &'a [ScenarioResult], name: &str) -> Option<&'a ScenarioRes
         .find(|r| r.name == name && r.status == Status::Ok)
 }
 
-/// Each HTTP scenario with the baseline that is its floor in PostgreSQL alone.
-const BASELINES: [(&str, &str); 3] = [
+/// Each HTTP scenario with the baseline that is its floor in PostgreSQL
+/// alone, compared by [`ScenarioResult::throughput`].
+const BASELINES: [(&str, &str); 4] = [
     ("read", "baseline-read"),
     ("search-token", "baseline-search-token"),
     ("create", "baseline-insert"),
+    ("transaction", "baseline-ingest"),
 ];
 
 fn ratio(part: f64, whole: f64) -> f64 {
@@ -44,8 +46,7 @@ pub fn scenarios_json(results: &[ScenarioResult]) -> Vec<Value> {
                 .find(|(http, _)| *http == r.name)
                 .and_then(|(_, sql)| find(results, sql));
             if let Some(b) = baseline {
-                v["fraction_of_baseline"] =
-                    json!(ratio(r.requests_per_second(), b.requests_per_second()));
+                v["fraction_of_baseline"] = json!(ratio(r.throughput(), b.throughput()));
             }
             if let Some((scenario, _)) = r.name.split_once('[') {
                 if let Some(u) = find(results, scenario) {
@@ -137,12 +138,16 @@ pub fn print_table(results: &[ScenarioResult]) {
     }
     for (http, sql) in BASELINES {
         if let (Some(h), Some(b)) = (find(results, http), find(results, sql)) {
-            let fraction = h.requests_per_second() / b.requests_per_second().max(1e-9);
+            let unit = if h.resources_per_second.is_some() {
+                "resources/s"
+            } else {
+                "req/s"
+            };
             println!(
-                "{http} over HTTP: {:.0} req/s = {:.1}% of {sql} ({:.0} statements/s)",
-                h.requests_per_second(),
-                fraction * 100.0,
-                b.requests_per_second()
+                "{http} over HTTP: {:.0} {unit} = {:.1}% of {sql} ({:.0} {unit})",
+                h.throughput(),
+                ratio(h.throughput(), b.throughput()) * 100.0,
+                b.throughput()
             );
         }
     }

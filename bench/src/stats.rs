@@ -164,6 +164,13 @@ impl ScenarioResult {
         }
     }
 
+    /// Resources per second where the scenario counts them (transactions,
+    /// the ingest baseline), else requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.resources_per_second
+            .unwrap_or_else(|| self.requests_per_second())
+    }
+
     pub fn requests_per_second(&self) -> f64 {
         if self.seconds > 0.0 {
             self.requests as f64 / self.seconds
