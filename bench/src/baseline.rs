@@ -197,6 +197,15 @@ pub async fn run(
     Ok(vec![read, token, insert, ingest])
 }
 
+/// Runs `sql` on the connection that makes and drops a baseline's scratch
+/// tables; a failure names the baseline and the statement.
+async fn scratch(owner: &Client, baseline: &str, sql: String) -> Result<(), String> {
+    owner
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| format!("{baseline}: {sql}: {e}"))
+}
+
 /// `baseline-ingest`: copies a sample of the loaded project's resources
 /// shaped like the `transaction` scenario's Bundle, with their index rows,
 /// then writes them again and again under new ids (time-ordered, as
@@ -210,12 +219,7 @@ async fn measure_ingest(
     loaded: Uuid,
 ) -> Result<ScenarioResult, String> {
     let owner = &connect(url).await?;
-    let run = |sql: String| async move {
-        owner
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| format!("baseline-ingest: {sql}: {e}"))
-    };
+    let run = |sql: String| scratch(owner, "baseline-ingest", sql);
     let picks: Vec<String> = INGEST_SAMPLE
         .iter()
         .map(|(resource_type, count)| {
@@ -317,12 +321,7 @@ async fn measure_insert(
 ) -> Result<ScenarioResult, String> {
     // One connection of its own makes the table and drops it again.
     let owner = &connect(url).await?;
-    let ddl = |sql: String| async move {
-        owner
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| format!("baseline-insert: {sql}: {e}"))
-    };
+    let ddl = |sql: String| scratch(owner, "baseline-insert", sql);
     ddl(format!(
         "DROP TABLE IF EXISTS {INSERT_TABLE}; \
          CREATE TABLE {INSERT_TABLE} (LIKE resource INCLUDING DEFAULTS, \

@@ -371,11 +371,16 @@ async fn follow(s: &Session, bundle: &Value, relation: &str) -> Option<Value> {
 }
 
 fn page_ids(bundle: &Value) -> Vec<String> {
+    entry_ids(bundle, "match")
+}
+
+/// The ids of a Bundle's entries of one search mode, in order.
+fn entry_ids(bundle: &Value, mode: &str) -> Vec<String> {
     bundle["entry"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|e| e["search"]["mode"] == "match")
+        .filter(|e| e["search"]["mode"] == mode)
         .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
         .collect()
 }
@@ -1204,13 +1209,7 @@ async fn a_project_is_analyzed_as_it_grows() {
 async fn included_ids(s: &Session, query: &str) -> BTreeSet<String> {
     let (status, bundle) = status_json(s.get(query).await).await;
     assert_eq!(status, 200, "{query}: {bundle}");
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "include")
-        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
-        .collect()
+    entry_ids(&bundle, "include").into_iter().collect()
 }
 
 /// `Observation.patient` is `subject` of type Patient and is read from the
