@@ -264,9 +264,16 @@ async fn measure_ingest(
                 c => format!("s.{c}"),
             })
             .collect();
+        // The resource rows come back counted, so a statement that wrote
+        // fewer than the sample counts as failed.
+        let returning = if table == "resource" {
+            " RETURNING 1"
+        } else {
+            ""
+        };
         writes.push(format!(
             "w_{table} AS (INSERT INTO {table} ({}) SELECT {} FROM {INGEST_PREFIX}{table} s \
-             JOIN m ON m.old = s.{id_column})",
+             JOIN m ON m.old = s.{id_column}{returning})",
             columns.join(", "),
             values.join(", ")
         ));
@@ -279,7 +286,7 @@ async fn measure_ingest(
         .map(|row| row.get(0))
         .collect();
     let sql = format!(
-        "WITH m AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS m (old, new)), {} SELECT count(*) FROM m",
+        "WITH m AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS m (old, new)), {} SELECT count(*) FROM w_resource",
         writes.join(", ")
     );
     let project = Uuid::new_v4();

@@ -479,6 +479,23 @@ async fn prefer_return_shapes_each_write_entry_and_leaves_reads_whole() {
         "{issue}"
     );
 
+    // A delete has no resource: its outcome names what was deleted.
+    let deleted = bundle(
+        "transaction",
+        vec![json!({"request": {"method": "DELETE", "url": format!("Patient/{id}")}})],
+    );
+    let (status, outcome) = send_preferring("return=OperationOutcome", deleted).await;
+    assert_eq!(status, 200, "{outcome}");
+    let response = &outcome["entry"][0]["response"];
+    assert_eq!(response["status"], "204 No Content");
+    let diagnostics = response["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap();
+    assert!(
+        diagnostics.contains(&format!("DELETE Patient/{id}")),
+        "{response}"
+    );
+
     // No preference (and representation) embed the stored resource, as before.
     for prefer in ["return=representation", "respond-async"] {
         let (status, whole) = send_preferring(prefer, request("pr-3")).await;

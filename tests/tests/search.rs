@@ -1305,6 +1305,38 @@ async fn typed_reference_parameters_read_their_base_rows_of_their_type() {
         &[&of_patient],
     )
     .await;
+    // Across several types: each type's own rows (a view for Observation and
+    // Condition alike; AuditEvent's `patient` has rows of its own).
+    check(
+        &s,
+        &format!("?_type=Observation,Condition&patient=Patient/{patient}"),
+        &[&of_patient, &condition],
+    )
+    .await;
+    check(
+        &s,
+        "?_type=Observation,Condition&patient.name=Viewfield",
+        &[&of_patient, &condition],
+    )
+    .await;
+    check(
+        &s,
+        &format!("?_type=Observation,AuditEvent&patient={patient}"),
+        &[&of_patient],
+    )
+    .await;
+    check(
+        &s,
+        "?_type=Observation,Condition&patient:missing=true&code:missing=false",
+        &[
+            &of_group,
+            &unattached,
+            &patient_identified,
+            &group_identified,
+            &group_condition,
+        ],
+    )
+    .await;
     // `:identifier` keeps rows of its own: only the reference typed Patient.
     check(
         &s,

@@ -267,13 +267,22 @@ pub async fn process(
     prefer: Return,
 ) -> Result<String> {
     let (transaction, entries) = parse_entries(bundle, state.config.max_bundle_entries)?;
-    let writes: Vec<bool> = entries.iter().map(|e| !e.method.is_read()).collect();
+    // What each entry asked, by position, for its answer.
+    let requests: Vec<(bool, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                !e.method.is_read(),
+                format!("{} {}", e.method.as_str(), e.url),
+            )
+        })
+        .collect();
     let results = if transaction {
         run_transaction(state, caller, entries).await?
     } else {
         run_batch(state, caller, entries).await
     };
-    response_bundle(state, transaction, &results, &writes, prefer)
+    response_bundle(state, transaction, &results, &requests, prefer)
 }
 
 async fn run_batch(state: &AppState, caller: &Caller, entries: Vec<Entry>) -> Vec<Result<Done>> {
@@ -812,32 +821,33 @@ fn status_text(status: StatusCode) -> String {
 }
 
 /// The response Bundle: each entry's status, location, version and
-/// resource; a write entry (`writes`, by position) answers with its resource,
-/// nothing or an OperationOutcome as `prefer` asks.
+/// resource; a write entry (`requests`, by position: whether it writes, and
+/// its method and URL) answers with its resource, nothing or an
+/// OperationOutcome as `prefer` asks.
 fn response_bundle(
     state: &AppState,
     transaction: bool,
     results: &[Result<Done>],
-    writes: &[bool],
+    requests: &[(bool, String)],
     prefer: Return,
 ) -> Result<String> {
     let entries = results
         .iter()
-        .zip(writes)
-        .map(|(result, &write)| match result {
+        .zip(requests)
+        .map(|(result, (write, request))| match result {
             Ok(done) => {
                 let status = status_text(done.status);
+                let prefer = if *write {
+                    prefer
+                } else {
+                    Return::Representation
+                };
                 let (mut resource, response) = match &done.version {
                     Some(version) => {
                         let location = format!(
                             "{}fhir/R4/{}/{}/_history/{}",
                             state.base_url, version.resource_type, version.id, version.version_id
                         );
-                        let prefer = if write {
-                            prefer
-                        } else {
-                            Return::Representation
-                        };
                         let outcome = (prefer == Return::OperationOutcome).then(|| {
                             super::informational(&format!(
                                 "{status}: {}/{}",
@@ -855,7 +865,14 @@ fn response_bundle(
                         };
                         (resource, response)
                     }
-                    None => (None, Response::of_status(status)),
+                    None => (
+                        None,
+                        Response {
+                            outcome: (prefer == Return::OperationOutcome)
+                                .then(|| super::informational(&format!("{status}: {request}"))),
+                            ..Response::of_status(status)
+                        },
+                    ),
                 };
                 if let Some(body) = &done.body {
                     resource = Some(raw_json(body)?);

@@ -239,6 +239,9 @@ fn micros_to_time(micros: i64) -> DateTime<Utc> {
 struct Compiler<'q> {
     q: &'q mut Query,
     next_alias: usize,
+    /// The searched types, which a filter of a search over several names as
+    /// `Resource`.
+    types: &'q [String],
     /// Applied to the resources chains and `_has` reach (not inside the
     /// policy's own criteria).
     policy: Option<&'q CompiledPolicy>,
@@ -395,10 +398,22 @@ impl Compiler<'_> {
         }
     }
 
-    /// `{alias}.param = …` for the reference rows of `code` of
-    /// `resource_type`, with the target type of a typed view's.
+    /// The types a filter of `resource_type` is on: the searched ones for
+    /// `Resource` (a search over several types).
+    fn types_of<'t>(&'t self, resource_type: &'t str) -> Vec<&'t str> {
+        if resource_type == "Resource" && !self.types.is_empty() {
+            self.types.iter().map(String::as_str).collect()
+        } else {
+            vec![resource_type]
+        }
+    }
+
+    /// The condition on the index rows aliased `alias` that hold the
+    /// references of `code` of `resource_type` (see [`IndexedRows`]).
     fn reference_rows(&mut self, alias: &str, resource_type: &str, code: &str) {
-        reference_rows(self.q, alias, resource_type, code);
+        let rows = indexed_params(&self.types_of(resource_type), code, &Modifier::None);
+        let condition = rows.condition(self.q, alias);
+        self.q.push(&condition);
     }
 
     fn param(
@@ -418,7 +433,7 @@ impl Compiler<'_> {
         let table = table_for(code, kind, modifier).ok_or_else(|| {
             Error::BadRequest(format!("Search parameter '{code}' is not supported"))
         })?;
-        let indexed = indexed_params(&[resource_type], code, modifier);
+        let indexed = indexed_params(&self.types_of(resource_type), code, modifier);
         let i = self.alias("i");
         let exists = |q: &mut Query, negate: bool| {
             q.push(&format!(
@@ -980,102 +995,113 @@ fn ids_descending(keys: &[SortKey]) -> bool {
     keys.first().is_some_and(|key| key.descending)
 }
 
-/// The index rows a filter or sort on `code` (of any of `types`) reads, by
-/// their `param`: `:identifier` and `:of-type` values have rows of their
-/// own, a parameter that is a union of others reads theirs
-/// ([`fhir_model::search::SearchParam::stored_as`]), and a typed reference
-/// view (`Observation.patient`) its base's rows of its target type
-/// ([`fhir_model::search::SearchParam::reference_view`]).
-#[derive(Debug, PartialEq)]
-struct IndexedRows {
-    /// Rows under these params, whatever they reference.
-    params: Vec<String>,
-    /// Rows under these params that reference this type.
-    typed: Vec<(String, &'static str)>,
+/// Which index rows hold a parameter's values for one resource type.
+#[derive(Debug, Clone, PartialEq)]
+enum ParamRows {
+    /// ParamRows under these params, whatever they reference: its own, the
+    /// derived `:identifier` and `:of-type` params, or the parts of a union
+    /// of other parameters ([`fhir_model::search::SearchParam::stored_as`]).
+    Params(Vec<String>),
+    /// A typed reference view's (`Observation.patient`): its base's rows that
+    /// reference its type ([`fhir_model::search::SearchParam::reference_view`]).
+    View {
+        base: String,
+        target_type: &'static str,
+    },
 }
+
+impl ParamRows {
+    fn condition(&self, q: &mut Query, alias: &str) -> String {
+        match self {
+            ParamRows::Params(params) => match params.as_slice() {
+                [one] => format!("{alias}.param = {}", q.placeholder(one.clone())),
+                many => format!("{alias}.param = ANY({})", q.placeholder(many.to_vec())),
+            },
+            ParamRows::View { base, target_type } => format!(
+                "{alias}.param = {} AND {alias}.target_type = {}",
+                q.placeholder(base.clone()),
+                q.placeholder(target_type.to_string())
+            ),
+        }
+    }
+}
+
+/// The index rows a filter or sort on a parameter reads, for each type
+/// searched (types without the parameter left out).
+#[derive(Debug)]
+struct IndexedRows(Vec<(String, ParamRows)>);
 
 impl IndexedRows {
-    /// The condition that index rows aliased `alias` are these: `param = $n`
-    /// (or `= ANY($n)`) for rows of any target, `(param = $n AND target_type
-    /// = $m)` for a typed view's, joined by `OR`.
+    /// The rows every type reads alike, if they do.
+    fn uniform(&self) -> Option<&ParamRows> {
+        let (_, first) = self.0.first()?;
+        self.0
+            .iter()
+            .all(|(_, rows)| rows == first)
+            .then_some(first)
+    }
+
+    /// The condition that index rows aliased `alias` are these, in
+    /// parentheses: per type (`{alias}.resource_type = $n AND …`, ORed) only
+    /// where the types read different rows.
     fn condition(&self, q: &mut Query, alias: &str) -> String {
-        let mut parts = Vec::new();
-        match self.params.as_slice() {
-            [] => {}
-            [one] => parts.push(format!("{alias}.param = {}", q.placeholder(one.clone()))),
-            many => parts.push(format!(
-                "{alias}.param = ANY({})",
-                q.placeholder(many.to_vec())
-            )),
+        if let Some(rows) = self.uniform() {
+            return format!("({})", rows.condition(q, alias));
         }
-        for (param, target_type) in &self.typed {
-            parts.push(format!(
-                "({alias}.param = {} AND {alias}.target_type = {})",
-                q.placeholder(param.clone()),
-                q.placeholder(target_type.to_string())
-            ));
-        }
-        match parts.as_slice() {
-            [one] => one.clone(),
-            _ => format!("({})", parts.join(" OR ")),
-        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(resource_type, rows)| {
+                format!(
+                    "({alias}.resource_type = {} AND {})",
+                    q.placeholder(resource_type.clone()),
+                    rows.condition(q, alias)
+                )
+            })
+            .collect();
+        format!("({})", parts.join(" OR "))
     }
 
-    /// The one param and target type of rows that are all in one
-    /// parameter's index order, if they are.
-    fn single(self) -> Option<(String, Option<&'static str>)> {
-        match (<[String; 1]>::try_from(self.params), self.typed.as_slice()) {
-            (Ok([param]), []) => Some((param, None)),
-            (Err(params), [(param, target_type)]) if params.is_empty() => {
-                Some((param.clone(), Some(*target_type)))
-            }
-            _ => None,
+    /// The one param (and a typed view's target type) of rows that are all
+    /// in one parameter's index order, if they are.
+    fn single(&self) -> Option<(String, Option<&'static str>)> {
+        match self.uniform()? {
+            ParamRows::Params(params) => match params.as_slice() {
+                [param] => Some((param.clone(), None)),
+                _ => None,
+            },
+            ParamRows::View { base, target_type } => Some((base.clone(), Some(*target_type))),
         }
     }
 }
 
+/// The index rows a filter or sort on `code` of `types` reads.
 fn indexed_params(types: &[&str], code: &str, modifier: &Modifier) -> IndexedRows {
-    let mut rows = IndexedRows {
-        params: Vec::new(),
-        typed: Vec::new(),
-    };
+    let uniform =
+        |param: String| IndexedRows(vec![(String::new(), ParamRows::Params(vec![param]))]);
     match modifier {
-        Modifier::Identifier => rows.params.push(identifier_param(code)),
-        Modifier::OfType => rows.params.push(of_type_param(code)),
-        _ => {
-            for param in types.iter().filter_map(|t| Registry::get().param(t, code)) {
-                match param.reference_view() {
-                    Some(view) => rows
-                        .typed
-                        .push((view.base.clone(), view.target_type.as_str())),
-                    None => rows.params.extend(param.stored_as().iter().cloned()),
-                }
-            }
-            rows.params.sort();
-            rows.params.dedup();
-            rows.typed.sort();
-            rows.typed.dedup();
-            if rows.params.is_empty() && rows.typed.is_empty() {
-                rows.params.push(code.to_string());
-            }
-        }
+        Modifier::Identifier => return uniform(identifier_param(code)),
+        Modifier::OfType => return uniform(of_type_param(code)),
+        _ => {}
     }
-    rows
-}
-
-/// `{alias}.param = $n` for the rows a chain, `_has` or include follows
-/// through the reference parameter `code` of `resource_type`: its own, or a
-/// typed view's base's, then `AND {alias}.target_type = $m` of the view's type.
-fn reference_rows(q: &mut Query, alias: &str, resource_type: &str, code: &str) {
-    let view = Registry::get()
-        .param(resource_type, code)
-        .and_then(|p| p.reference_view());
-    let param = view.map_or(code, |view| view.base.as_str());
-    q.push(&format!("{alias}.param = ")).bind(param.to_string());
-    if let Some(view) = view {
-        q.push(&format!(" AND {alias}.target_type = "))
-            .bind(view.target_type.clone());
+    let by_type: Vec<(String, ParamRows)> = types
+        .iter()
+        .filter_map(|t| Registry::get().param(t, code))
+        .map(|param| {
+            let rows = match param.reference_view() {
+                Some(view) => ParamRows::View {
+                    base: view.base.clone(),
+                    target_type: view.target_type.as_str(),
+                },
+                None => ParamRows::Params(param.stored_as().to_vec()),
+            };
+            (param.resource_type.clone(), rows)
+        })
+        .collect();
+    if by_type.is_empty() {
+        return uniform(code.to_string());
     }
+    IndexedRows(by_type)
 }
 
 /// A filter whose index holds its matches in resource id order (one value,
@@ -1174,6 +1200,7 @@ fn where_clause(
     let mut compiler = Compiler {
         q,
         next_alias: 0,
+        types: &sq.request.types,
         policy: Some(sq.policy),
     };
     let driver = match rows {
@@ -1284,6 +1311,7 @@ pub(super) fn row_condition(q: &mut Query, row: &str, filter: &RowFilter<'_>) ->
     Compiler {
         q,
         next_alias: 0,
+        types: &[],
         policy: None,
     }
     .row_filter(row, filter)
@@ -1765,8 +1793,12 @@ fn include_select(
     q.push(" AND i.resource_type = ")
         .bind(include.source_type.clone())
         .push(" AND ");
-    reference_rows(q, "i", &include.source_type, &include.param);
-    q.push(&format!(" AND {column} = ANY(")).bind(ids).push(")");
+    let rows = indexed_params(&[&include.source_type], &include.param, &Modifier::None);
+    let condition = rows.condition(q, "i");
+    q.push(&condition)
+        .push(&format!(" AND {column} = ANY("))
+        .bind(ids)
+        .push(")");
     Ok(())
 }
 
