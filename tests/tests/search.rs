@@ -1433,3 +1433,66 @@ async fn typed_reference_parameters_read_their_base_rows_of_their_type() {
     )
     .await;
 }
+
+/// `Patient.phonetic` has `Patient.name`'s expression and `CodeSystem.url`
+/// `CodeSystem.system`'s: each pair is searched through one set of rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn parameters_with_one_expression_share_their_rows() {
+    let app = TestApp::spawn().await;
+    let s = app.project("identical-params").await.member;
+    let patient = id_of(
+        &s,
+        json!({"resourceType": "Patient", "name": [{"family": "Soundalike", "given": ["Ann"]}]}),
+    )
+    .await;
+    let other = id_of(
+        &s,
+        json!({"resourceType": "Patient", "name": [{"family": "Other"}]}),
+    )
+    .await;
+    check(&s, "Patient?phonetic=soundal", &[&patient]).await;
+    check(&s, "Patient?phonetic:exact=Soundalike", &[&patient]).await;
+    check(&s, "Patient?name=soundal", &[&patient]).await;
+    let (status, sorted) = status_json(s.get("Patient?_sort=phonetic").await).await;
+    assert_eq!(status, 200, "{sorted}");
+    // By the smallest of each one's name values: "ann" before "other".
+    assert_eq!(page_ids(&sorted), [patient.clone(), other.clone()]);
+    let code_system = id_of(
+        &s,
+        json!({"resourceType": "CodeSystem", "status": "active", "content": "complete",
+               "url": "http://example.org/cs/identical"}),
+    )
+    .await;
+    check(
+        &s,
+        "CodeSystem?url=http://example.org/cs/identical",
+        &[&code_system],
+    )
+    .await;
+    check(
+        &s,
+        "CodeSystem?system=http://example.org/cs/identical",
+        &[&code_system],
+    )
+    .await;
+    // Written once, under the code first in byte order.
+    let db = app.db().await;
+    let rows = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        rows("SELECT count(*) FROM idx_string WHERE param = 'phonetic'").await,
+        0
+    );
+    assert!(
+        rows("SELECT count(*) FROM idx_string WHERE resource_type = 'Patient' AND param = 'name'")
+            .await
+            > 0
+    );
+    assert_eq!(
+        rows("SELECT count(*) FROM idx_uri WHERE resource_type = 'CodeSystem' AND param = 'url'")
+            .await,
+        0
+    );
+}

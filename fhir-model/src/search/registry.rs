@@ -217,8 +217,10 @@ fn balanced(text: &str) -> bool {
 
 /// Sets [`SearchParam::stored_as`] for the parameters of one type whose
 /// expression is exactly the union of other parameters' expressions (same
-/// type, same components): a search reads those parameters' rows. Reference
-/// parameters are left alone: chains, `_has` and includes name one each.
+/// type, same components), or exactly another's (`Patient.phonetic` and
+/// `Patient.name` are both `Patient.name`; the code first in byte order keeps
+/// the rows): a search reads those parameters' rows. Reference parameters
+/// are left alone: chains, `_has` and includes name one each.
 fn stored_as_unions(params: &mut [SearchParam]) {
     let members: Vec<HashSet<&str>> = params
         .iter()
@@ -235,10 +237,25 @@ fn stored_as_unions(params: &mut [SearchParam]) {
     let mut stored: Vec<Vec<String>> = params.iter().map(|p| p.stored_as.clone()).collect();
     for &p in &order {
         let param = &params[p];
-        if members[p].len() < 2
-            || param.compiled.is_none()
+        if param.compiled.is_none()
             || matches!(param.kind, ParamType::Reference | ParamType::Special)
         {
+            continue;
+        }
+        if members[p].len() < 2 {
+            // The first twin in byte order, which keeps its own rows.
+            let twin = (0..params.len())
+                .filter(|&q| {
+                    params[q].code < param.code
+                        && params[q].kind == param.kind
+                        && params[q].components == param.components
+                        && params[q].compiled.is_some()
+                        && members[q] == members[p]
+                })
+                .min_by(|&a, &b| params[a].code.cmp(&params[b].code));
+            if let Some(q) = twin {
+                stored[p] = stored[q].clone();
+            }
             continue;
         }
         let mut parts: Vec<usize> = (0..params.len())
@@ -568,7 +585,8 @@ mod tests {
             .unwrap()
             .is_stored());
         // Every other parameter of every type is its own: only the
-        // Observation combinations are unions of others.
+        // Observation combinations are unions of others, and a few have the
+        // expression of another.
         let mut unions = Vec::new();
         for resource_type in all_resource_types() {
             for param in registry.params_for(resource_type) {
@@ -581,14 +599,25 @@ mod tests {
         assert_eq!(
             unions,
             [
+                "CapabilityStatement.version",
+                "CodeSystem.url",
                 "Observation.combo-code",
                 "Observation.combo-code-value-concept",
                 "Observation.combo-code-value-quantity",
                 "Observation.combo-data-absent-reason",
                 "Observation.combo-value-concept",
                 "Observation.combo-value-quantity",
+                "Patient.phonetic",
+                "Person.phonetic",
+                "Practitioner.phonetic",
+                "RelatedPerson.phonetic",
             ]
         );
+        let stored_as = |t: &str, code: &str| registry.param(t, code).unwrap().stored_as().to_vec();
+        assert_eq!(stored_as("Patient", "phonetic"), ["name"]);
+        assert_eq!(stored_as("Patient", "name"), ["name"]);
+        assert_eq!(stored_as("CodeSystem", "url"), ["system"]);
+        assert_eq!(stored_as("CapabilityStatement", "version"), ["fhirversion"]);
     }
 
     #[test]

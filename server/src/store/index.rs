@@ -480,4 +480,25 @@ mod tests {
         }
         assert_eq!(migration.matches("    ('").count(), listed);
     }
+
+    /// Migration 0020 removed the rows of every parameter stored as one other
+    /// (same expression); the Observation `combo-*` unions went in 0014.
+    #[test]
+    fn migration_0020_lists_every_parameter_stored_as_its_twin() {
+        let migration = include_str!("../../../migrations/0020_identical_parameters.sql");
+        for resource_type in fhir_model::resource_types::all_resource_types() {
+            for param in Registry::get().params_for(resource_type) {
+                if param.is_stored() || param.stored_as().len() != 1 {
+                    continue;
+                }
+                for name in [resource_type, param.code.as_str()] {
+                    assert!(
+                        migration.contains(&format!("'{name}'")),
+                        "migration 0020 lacks {resource_type}.{}",
+                        param.code
+                    );
+                }
+            }
+        }
+    }
 }
