@@ -64,14 +64,9 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
             }
             if param.reference_view().is_some() {
                 // Its references are its base's rows; its identifiers stay.
-                let mut kept = start;
-                for i in start..out.len() {
-                    if !matches!(out[i], IndexValue::Reference { .. }) {
-                        out.swap(kept, i);
-                        kept += 1;
-                    }
-                }
-                out.truncate(kept);
+                let mut own = out.split_off(start);
+                own.retain(|v| !matches!(v, IndexValue::Reference { .. }));
+                out.append(&mut own);
             }
         }
         dedup_from(&mut out, start);

@@ -267,14 +267,14 @@ pub async fn process(
     prefer: Return,
 ) -> Result<String> {
     let (transaction, entries) = parse_entries(bundle, state.config.max_bundle_entries)?;
-    // What each entry asked, by position, for its answer.
+    // Per entry, by position: whether it writes, and its method and URL
+    // (only when an outcome will name them).
     let requests: Vec<(bool, String)> = entries
         .iter()
         .map(|e| {
-            (
-                !e.method.is_read(),
-                format!("{} {}", e.method.as_str(), e.url),
-            )
+            let described = (prefer == Return::OperationOutcome)
+                .then(|| format!("{} {}", e.method.as_str(), e.url));
+            (!e.method.is_read(), described.unwrap_or_default())
         })
         .collect();
     let results = if transaction {

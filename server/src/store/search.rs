@@ -998,7 +998,7 @@ fn ids_descending(keys: &[SortKey]) -> bool {
 /// Which index rows hold a parameter's values for one resource type.
 #[derive(Debug, Clone, PartialEq)]
 enum ParamRows {
-    /// ParamRows under these params, whatever they reference: its own, the
+    /// Rows under these params, whatever they reference: its own, the
     /// derived `:identifier` and `:of-type` params, or the parts of a union
     /// of other parameters ([`fhir_model::search::SearchParam::stored_as`]).
     Params(Vec<String>),
@@ -1062,21 +1062,20 @@ impl IndexedRows {
         format!("({})", parts.join(" OR "))
     }
 
-    /// The one param (and a typed view's target type) of rows that are all
-    /// in one parameter's index order, if they are.
-    fn single(&self) -> Option<(String, Option<&'static str>)> {
-        match self.uniform()? {
-            ParamRows::Params(params) => match params.as_slice() {
-                [param] => Some((param.clone(), None)),
-                _ => None,
-            },
-            ParamRows::View { base, target_type } => Some((base.clone(), Some(*target_type))),
+    /// The rows, when they are all in one parameter's index order: one
+    /// param, or a typed view's.
+    fn in_one_index(self) -> Option<ParamRows> {
+        let rows = self.uniform()?.clone();
+        match &rows {
+            ParamRows::Params(params) if params.len() != 1 => None,
+            _ => Some(rows),
         }
     }
 }
 
 /// The index rows a filter or sort on `code` of `types` reads.
 fn indexed_params(types: &[&str], code: &str, modifier: &Modifier) -> IndexedRows {
+    // Rows alike for every type: one entry, whose type no condition names.
     let uniform =
         |param: String| IndexedRows(vec![(String::new(), ParamRows::Params(vec![param]))]);
     match modifier {
@@ -1116,9 +1115,7 @@ struct Driver<'f> {
     /// Its position in the request's filters.
     position: usize,
     table: &'static str,
-    param: String,
-    /// The target type of a typed reference view's rows.
-    target_type: Option<&'static str>,
+    rows: ParamRows,
     kind: ParamType,
     modifier: &'f Modifier,
     value: &'f SearchValue,
@@ -1170,14 +1167,13 @@ fn driver<'a>(sq: &SearchQuery<'a>) -> Option<Driver<'a>> {
                 _ => return None,
             };
             // Rows of one parameter only are in resource id order.
-            let (param, target_type) = indexed_params(&[resource_type], code, modifier).single()?;
+            let rows = indexed_params(&[resource_type], code, modifier).in_one_index()?;
             Some((
                 rank,
                 Driver {
                     position,
                     table: table_for(code, *kind, modifier)?,
-                    param,
-                    target_type,
+                    rows,
                     kind: *kind,
                     modifier,
                     value,
@@ -1240,16 +1236,9 @@ fn where_clause(
                 .bind_project(project_id, estimate)
                 .push(" AND d.resource_type = ")
                 .bind(only.clone())
-                .push(" AND d.param = ")
-                .bind(d.param.clone())
                 .push(" AND ");
-            if let Some(target_type) = d.target_type {
-                compiler
-                    .q
-                    .push("d.target_type = ")
-                    .bind(target_type.to_string())
-                    .push(" AND ");
-            }
+            let rows = d.rows.condition(compiler.q, "d");
+            compiler.q.push(&rows).push(" AND ");
             compiler.value(&Columns::table("d"), d.kind, d.modifier, d.value)?;
             let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
             if let Some(cursor) = &sq.cursor {
@@ -1360,10 +1349,12 @@ fn sort_driver(sq: &SearchQuery<'_>) -> Option<SortDriver> {
     }
     let column = sort_column(sort.kind, sort.descending).filter(|c| c.ordered_index)?;
     // Rows of one parameter only are in its order.
-    let (param, None) = indexed_params(&[resource_type], &sort.code, &Modifier::None).single()?
+    let ParamRows::Params(params) =
+        indexed_params(&[resource_type], &sort.code, &Modifier::None).in_one_index()?
     else {
         return None;
     };
+    let [param] = <[String; 1]>::try_from(params).ok()?;
     Some(SortDriver {
         column,
         param,
