@@ -262,6 +262,18 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The single `bigint` that `sql` (a `SELECT count(*) …`) returns.
+pub async fn count(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    db.query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 impl Session {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path.trim_start_matches('/'))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fhirgate_tests::{
-    assert_outcome, smtp::SmtpServer, status_json, Credentials, Session, TestApp,
+    assert_outcome, count, smtp::SmtpServer, status_json, Credentials, Session, TestApp,
 };
 use serde_json::{json, Value};
 
@@ -45,15 +45,6 @@ async fn search(session: &Session, query: &str) -> Vec<Value> {
         .as_array()
         .map(|e| e.iter().map(|e| e["resource"].clone()).collect())
         .unwrap_or_default()
-}
-
-async fn count(app: &TestApp, sql: &str, param: &str) -> i64 {
-    app.db()
-        .await
-        .query_one(sql, &[&param])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 async fn set_password(
@@ -143,9 +134,9 @@ async fn a_new_practitioner_is_invited_by_mail_and_sets_a_password_once() {
     let (_, user) = status_json(root.get(&user_ref).await).await;
     assert_eq!(user["emailVerified"], true);
     let hashes = count(
-        &app,
+        &app.db().await,
         "SELECT count(*) FROM resource_secret WHERE kind = 'password' AND resource_id::text = $1",
-        user_id,
+        &[&user_id],
     )
     .await;
     assert_eq!(hashes, 1);
@@ -277,9 +268,9 @@ async fn invitations_refuse_what_is_wrong() {
     // None of the refused invitations left anything behind.
     assert_eq!(
         count(
-            &app,
+            &app.db().await,
             "SELECT count(*) FROM resource WHERE resource_type = $1",
-            "User"
+            &[&"User"],
         )
         .await,
         1
@@ -516,9 +507,9 @@ async fn mail_failures_keep_the_invitation_and_say_so() {
     .await;
     assert_eq!(status, 200);
     let failed = count(
-        &app,
+        &app.db().await,
         "SELECT count(*) FROM email_outbox WHERE error IS NOT NULL AND recipient = $1",
-        "x@example.com",
+        &[&"x@example.com"],
     )
     .await;
     assert_eq!(failed, 1);
@@ -554,9 +545,9 @@ async fn without_smtp_mail_goes_to_the_outbox_and_send_email_false_sends_nothing
     );
     assert_eq!(
         count(
-            &app,
+            &app.db().await,
             "SELECT count(*) FROM email_outbox WHERE recipient = $1",
-            "quiet@example.com"
+            &[&"quiet@example.com"],
         )
         .await,
         0
@@ -584,8 +575,8 @@ async fn concurrent_identical_invitations_make_one_user_and_one_membership() {
         statuses.iter().all(|s| *s == 200 || *s == 409),
         "{statuses:?}"
     );
-    let users = count(&app, "SELECT count(*) FROM resource WHERE resource_type = 'User' AND NOT deleted AND content::jsonb->>'email' = $1", "same@example.com").await;
-    let memberships = count(&app, "SELECT count(*) FROM resource WHERE resource_type = 'ProjectMembership' AND NOT deleted AND content::jsonb->'user'->>'reference' LIKE 'User/%' AND project_id::text = $1", &project.id).await;
+    let users = count(&app.db().await, "SELECT count(*) FROM resource WHERE resource_type = 'User' AND NOT deleted AND content::jsonb->>'email' = $1", &[&"same@example.com"]).await;
+    let memberships = count(&app.db().await, "SELECT count(*) FROM resource WHERE resource_type = 'ProjectMembership' AND NOT deleted AND content::jsonb->'user'->>'reference' LIKE 'User/%' AND project_id::text = $1", &[&project.id]).await;
     assert_eq!((users, memberships), (1, 1));
 }
 
@@ -833,7 +824,7 @@ async fn the_owners_membership_stays_and_removing_a_membership_revokes_its_login
         200
     );
     assert_outcome(project.member.get("Patient").await, 401, "revoked").await;
-    let revoked = count(&app, "SELECT count(*) FROM resource WHERE resource_type = 'Login' AND content::jsonb->>'revoked' = 'true' AND content::jsonb->'user'->>'reference' = $1", &client_ref).await;
+    let revoked = count(&app.db().await, "SELECT count(*) FROM resource WHERE resource_type = 'Login' AND content::jsonb->>'revoked' = 'true' AND content::jsonb->'user'->>'reference' = $1", &[&client_ref]).await;
     assert_eq!(revoked, 1);
 }
 

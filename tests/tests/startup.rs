@@ -2,7 +2,7 @@
 //! race, the super-admin bootstrap, and the health check.
 
 use fhirgate_server::{prepare_database, store::connect::MIGRATIONS, Config};
-use fhirgate_tests::{connect, postgres_server, status_json, TestApp};
+use fhirgate_tests::{connect, count, postgres_server, status_json, TestApp};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_reports_the_database() {
@@ -60,27 +60,43 @@ async fn instances_starting_together_migrate_and_bootstrap_once() {
             .map(|m| m.name.to_string())
             .collect::<Vec<_>>()
     );
-    let count = |sql: &'static str| {
-        let db = &db;
-        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
-    };
     assert_eq!(
-        count("SELECT count(*) FROM resource WHERE resource_type = 'Project'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM resource WHERE resource_type = 'Project'",
+            &[]
+        )
+        .await,
         1
     );
     assert_eq!(
-        count("SELECT count(*) FROM resource WHERE resource_type = 'User'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM resource WHERE resource_type = 'User'",
+            &[]
+        )
+        .await,
         1
     );
     assert_eq!(
-        count("SELECT count(*) FROM resource WHERE resource_type = 'ClientApplication'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM resource WHERE resource_type = 'ClientApplication'",
+            &[]
+        )
+        .await,
         1
     );
     assert_eq!(
-        count("SELECT count(*) FROM resource WHERE resource_type = 'ProjectMembership'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM resource WHERE resource_type = 'ProjectMembership'",
+            &[]
+        )
+        .await,
         2
     );
-    assert_eq!(count("SELECT count(*) FROM signing_key").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM signing_key", &[]).await, 1);
     // The password is an Argon2id hash outside the User resource.
     let hash: String = db
         .query_one(
@@ -92,13 +108,18 @@ async fn instances_starting_together_migrate_and_bootstrap_once() {
         .get(0);
     assert!(hash.starts_with("$argon2id$"));
     assert_eq!(
-        count("SELECT count(*) FROM resource WHERE content LIKE '%argon2%'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM resource WHERE content LIKE '%argon2%'",
+            &[]
+        )
+        .await,
         0
     );
 
     // A later start changes nothing.
     prepare_database(&config, &validator).await.unwrap();
-    assert_eq!(count("SELECT count(*) FROM resource").await, 6);
+    assert_eq!(count(&db, "SELECT count(*) FROM resource", &[]).await, 6);
     drop(db);
     let admin = connect(&format!("{}/postgres", postgres_server())).await;
     admin
