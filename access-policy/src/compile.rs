@@ -118,8 +118,7 @@ impl Rule {
         entry
     }
 
-    fn fields(mut self, readonly: &[&str], hidden: &[&str]) -> Rule {
-        self.readonly = readonly.iter().map(|f| f.to_string()).collect();
+    fn hiding(mut self, hidden: &[&str]) -> Rule {
         self.hidden = hidden.iter().map(|f| f.to_string()).collect();
         self
     }
@@ -149,18 +148,16 @@ impl Rule {
 }
 
 /// The rules Medplum gives project admins on their project's administrative
-/// resources: protected fields readonly (and secrets hidden).
+/// resources (secrets hidden). The fields only the server writes are not
+/// readonly fields of these rules: they are a floor under every policy
+/// ([`crate::floor`]).
 fn project_admin_rules() -> Vec<Rule> {
     use Interaction::*;
     let reads_and_updates = mask(&[Read, Vread, Search, History, Update, Patch]);
     vec![
-        Rule::open(Target::Type("Project".into()), reads_and_updates)
-            .fields(&["superAdmin", "features", "link"], &[]),
-        Rule::open(Target::Type("ProjectMembership".into()), ALL).fields(&["project", "user"], &[]),
-        Rule::open(Target::Type("User".into()), ALL).fields(
-            &["email", "emailVerified", "project"],
-            &["passwordHash", "mfaSecret"],
-        ),
+        Rule::open(Target::Type("Project".into()), reads_and_updates),
+        Rule::open(Target::Type("ProjectMembership".into()), ALL),
+        Rule::open(Target::Type("User".into()), ALL).hiding(&["passwordHash", "mfaSecret"]),
         Rule::open(Target::Type("ClientApplication".into()), ALL),
         Rule::open(Target::Type("Bot".into()), ALL),
         Rule::open(Target::Type("AccessPolicy".into()), ALL),
@@ -524,24 +521,47 @@ impl CompiledPolicy {
                 code,
                 ..
             } => self.hidden_parameter(resource_type, code),
-            Filter::Chain { inner, .. } | Filter::Has { inner, .. } => {
-                self.hidden_condition(std::slice::from_ref(inner))
-            }
+            // The link itself reads the reference it follows.
+            Filter::Chain {
+                resource_type,
+                code,
+                inner,
+                ..
+            } => self
+                .hidden_parameter(resource_type, code)
+                .or_else(|| self.hidden_condition(std::slice::from_ref(inner))),
+            Filter::Has {
+                source_type,
+                reference_param,
+                inner,
+            } => self
+                .hidden_parameter(source_type, reference_param)
+                .or_else(|| self.hidden_condition(std::slice::from_ref(inner))),
             Filter::AnyOf(inner) => self.hidden_condition(inner),
             Filter::Compartment { .. } => None,
         })
     }
 
     /// Whether parameter `code` of `resource_type` reads a hidden field (a
-    /// condition or a `_sort` on it would tell the value): `(code, field)`.
+    /// condition, a `_sort`, a chain or an include through it would tell the
+    /// value): `(code, field)`. What the parameter reads is worked out from
+    /// its FHIRPath (choice types, `Resource.*` and composites included), not
+    /// from its text; `*` (every reference, `_include=Patient:*`) reads all.
     pub fn hidden_parameter(&self, resource_type: &str, code: &str) -> Option<(String, String)> {
-        let expression = fhir_model::search::Registry::get()
-            .param(resource_type, code)
-            .map(|p| p.expression.as_str())
-            .unwrap_or_default();
-        self.hidden_fields(resource_type)
+        let hidden = self.hidden_fields(resource_type);
+        if hidden.is_empty() {
+            return None;
+        }
+        let elements = match code {
+            "*" => vec![String::new()],
+            _ => fhir_model::search::Registry::get()
+                .param(resource_type, code)
+                .map(|p| p.reachable_elements())
+                .unwrap_or_default(),
+        };
+        hidden
             .into_iter()
-            .find(|field| code == "_content" || reads(expression, resource_type, field))
+            .find(|field| elements.iter().any(|element| overlaps(element, field)))
             .map(|field| (code.to_string(), field.to_string()))
     }
 
@@ -551,16 +571,22 @@ impl CompiledPolicy {
     }
 }
 
-/// Whether a parameter's FHIRPath reads `field` (its first element) of `resource_type`.
-fn reads(expression: &str, resource_type: &str, field: &str) -> bool {
-    let element = field.split('.').next().unwrap_or_default();
-    let needle = format!("{resource_type}.{element}");
-    expression.match_indices(&needle).any(|(at, _)| {
-        !expression[at + needle.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-    })
+/// Whether two element paths share data: one lies within the other (`""`,
+/// the resource, holds everything). A choice element's name (`deceased`)
+/// stands for each of its typed variants (`deceasedDateTime`).
+fn overlaps(element: &str, field: &str) -> bool {
+    element.is_empty()
+        || element
+            .split('.')
+            .zip(field.split('.'))
+            .all(|(a, b)| a == b || is_variant_of(a, b) || is_variant_of(b, a))
+}
+
+/// `deceasedDateTime` of `deceased`.
+fn is_variant_of(variant: &str, choice: &str) -> bool {
+    variant
+        .strip_prefix(choice)
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
 /// The strings every list holds (none when there is no list).

@@ -10,6 +10,7 @@
 mod compile;
 mod error;
 pub mod fields;
+pub mod floor;
 mod ip;
 mod model;
 mod params;
@@ -24,7 +25,7 @@ pub use error::PolicyError;
 pub use ip::IpRule;
 pub use model::{validate, AccessPolicy, ResourceRule};
 pub use params::{substitute, Parameter};
-pub use smart::{parse_scope, ScopeGrant};
+pub use smart::{is_full_access, parse_scope, ScopeGrant};
 
 /// The FHIR interactions an access rule can allow, as AccessPolicy spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

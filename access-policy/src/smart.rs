@@ -40,6 +40,20 @@ fn interactions(permissions: Permissions) -> Vec<Interaction> {
     out
 }
 
+/// Whether a scope string leaves a membership's access whole: no SMART
+/// resource scope, or one that grants every interaction on every type.
+pub fn is_full_access(scope: &str) -> bool {
+    let grants = parse_scope(scope);
+    grants.is_empty()
+        || grants.iter().any(|g| {
+            g.resource_type == "*"
+                && g.query.is_none()
+                && crate::Interaction::ALL
+                    .iter()
+                    .all(|i| g.interactions.contains(i))
+        })
+}
+
 /// The resource grants of a space-separated scope string (a Login's, checked
 /// when it was granted); other scopes (openid, offline_access, …) grant and
 /// narrow nothing.
@@ -61,6 +75,16 @@ pub fn parse_scope(scope: &str) -> Vec<ScopeGrant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrowed_scopes_are_not_full_access() {
+        assert!(is_full_access("openid profile offline_access"));
+        assert!(is_full_access("openid user/*.*"));
+        assert!(is_full_access("system/*.cruds"));
+        assert!(!is_full_access("openid patient/Observation.rs"));
+        assert!(!is_full_access("user/*.rs"));
+        assert!(!is_full_access("user/*.cruds?category=laboratory"));
+    }
 
     #[test]
     fn reads_v1_and_v2_scopes() {

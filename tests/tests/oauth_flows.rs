@@ -428,7 +428,8 @@ async fn auth_me_lists_sessions_and_a_user_revokes_one() {
         .bearer_get(second["access_token"].as_str().unwrap(), "auth/me")
         .await;
     assert_outcome(response, 401, "revoked").await;
-    // Someone else's session cannot be revoked.
+    // Nobody else revokes the user's sessions: a client's token is no
+    // session of the user's own.
     let response = app
         .http
         .post(app.url("auth/revoke"))
@@ -437,7 +438,7 @@ async fn auth_me_lists_sessions_and_a_user_revokes_one() {
         .send()
         .await
         .unwrap();
-    assert_outcome(response, 404, "No such session").await;
+    assert_outcome(response, 403, "signing in yourself").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

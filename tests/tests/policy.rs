@@ -341,8 +341,18 @@ async fn patient_compartment_and_project_rules() {
     // "Policy required": a membership without a policy gets nothing.
     let (_, mut settings) = status_json(admin.get(&format!("Project/{}", project.id)).await).await;
     settings["setting"] = json!([{"name": "policyRequired", "valueBoolean": true}]);
-    // Project admins may update their project, but not its protected fields.
-    settings["superAdmin"] = json!(true);
+    // Project admins may update their project, but not the fields only the
+    // server writes: that write is refused whole.
+    let mut promoted = settings.clone();
+    promoted["superAdmin"] = json!(true);
+    assert_outcome(
+        admin
+            .put(&format!("Project/{}", project.id), &promoted)
+            .await,
+        403,
+        "Project.superAdmin is managed by the server",
+    )
+    .await;
     assert_eq!(
         admin
             .put(&format!("Project/{}", project.id), &settings)

@@ -95,17 +95,7 @@ fn project_admins_get_synthetic_rules() {
     assert!(!p.allows("Project", Interaction::Delete));
     assert!(!p.allows("Login", Interaction::Read));
     assert!(!p.allows("JsonWebKey", Interaction::Search));
-    assert_eq!(
-        p.protected_fields("ProjectMembership", Interaction::Update),
-        vec!["project", "user"]
-    );
-    assert!(p
-        .protected_fields("Project", Interaction::Patch)
-        .contains(&"superAdmin"));
     assert_eq!(p.hidden_fields("User"), vec!["passwordHash", "mfaSecret"]);
-    assert!(p
-        .protected_fields("User", Interaction::Update)
-        .contains(&"email"));
 }
 
 #[test]
@@ -338,6 +328,69 @@ fn searching_a_hidden_field_is_found() {
         .hidden_condition(&parse("Patient", "_content=x"))
         .is_some());
     assert_eq!(p.hidden_condition(&parse("Observation", "code=x")), None);
+}
+
+/// What a parameter reads is worked out from its FHIRPath: choice types,
+/// composites, `Resource.*`, `_text`, chain and `_has` links.
+#[test]
+fn hidden_fields_are_found_through_what_expressions_reach() {
+    let p = compile(
+        Role::Member,
+        vec![json!({"resource": [
+            {"resourceType": "Patient", "hiddenFields": [
+                "deceasedDateTime", "managingOrganization", "generalPractitioner",
+                "text", "meta.tag", "address.line"]},
+            {"resourceType": "Observation", "hiddenFields": ["effectiveDateTime", "valueQuantity"]},
+            {"resourceType": "Organization"}
+        ]})],
+    );
+    let parse = |t: &str, q: &str| {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
+        fhir_model::search::parse_search(
+            fhir_model::search::Registry::get(),
+            Some(t),
+            &pairs,
+            false,
+        )
+        .unwrap()
+        .filters
+    };
+    let refused = |t: &str, q: &str| p.hidden_condition(&parse(t, q)).map(|(_, field)| field);
+    for (t, q, field) in [
+        ("Patient", "death-date=2020", "deceasedDateTime"),
+        ("Patient", "deceased=true", "deceasedDateTime"),
+        ("Patient", "_text=x", "text"),
+        ("Patient", "_tag=x", "meta.tag"),
+        ("Patient", "organization.name=x", "managingOrganization"),
+        (
+            "Patient",
+            "general-practitioner:Practitioner.name=x",
+            "generalPractitioner",
+        ),
+        (
+            "Organization",
+            "_has:Patient:organization:_id=x",
+            "managingOrganization",
+        ),
+        ("Observation", "date=2020", "effectiveDateTime"),
+        ("Observation", "value-quantity=5", "valueQuantity"),
+        ("Observation", "code-value-quantity=x$5", "valueQuantity"),
+        ("Observation", "combo-value-quantity=5", "valueQuantity"),
+    ] {
+        assert_eq!(refused(t, q).as_deref(), Some(field), "{t}?{q}");
+    }
+    for (t, q) in [
+        ("Patient", "_lastUpdated=gt2020"),
+        ("Patient", "address-city=x"),
+        ("Patient", "name=x"),
+        ("Observation", "code=x"),
+        ("Observation", "value-string=x"),
+    ] {
+        assert_eq!(refused(t, q), None, "{t}?{q}");
+    }
+    assert!(p.hidden_parameter("Patient", "*").is_some());
+    assert!(p.hidden_parameter("Patient", "organization").is_some());
+    assert!(p.hidden_parameter("Observation", "subject").is_none());
 }
 
 #[test]

@@ -174,6 +174,150 @@ impl Expression {
     }
 }
 
+/// What evaluating an expression can look at in the resource it starts on,
+/// worked out from the expression alone (no data): element paths from the
+/// resource root (`address.city`; a choice element by its name without the
+/// type, `deceased`; `""` for the resource itself). An element counts as read
+/// when its values decide something: the result, a comparison, a condition
+/// of `where()` or `exists()`, a function's argument; passing through
+/// `meta` on the way to `meta.tag` reads only `meta.tag`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reach {
+    /// The elements read on the way (a condition's, a comparison's).
+    pub reads: Vec<String>,
+    /// Where the result stands (the elements it returns); empty for a
+    /// computed value (a boolean, a literal) or another resource (`resolve()`).
+    pub focus: Vec<String>,
+}
+
+impl Expression {
+    /// What this expression reads of the resource it is evaluated on: its
+    /// result's elements ([`Reach::focus`]) are read by whoever uses it.
+    pub fn reach(&self) -> Reach {
+        self.reach_from(&[String::new()])
+    }
+
+    /// What this expression reads when evaluated on elements at `focus`
+    /// (a composite's components are relative to its element).
+    pub fn reach_from(&self, focus: &[String]) -> Reach {
+        let mut reads = Vec::new();
+        let focus = reach(&self.root, focus, &mut reads);
+        reads.sort();
+        reads.dedup();
+        Reach { reads, focus }
+    }
+}
+
+fn child_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// Elements narrowed to one type: a choice element to its variant
+/// (`value as Quantity` is `valueQuantity`), which still lies within an
+/// element that is not a choice for [`Reach`]'s users, who match variants
+/// to their element.
+fn typed(focus: &[String], type_name: &str) -> Vec<String> {
+    let name = type_name.rsplit('.').next().unwrap_or(type_name);
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return focus.to_vec();
+    };
+    let suffix: String = first.to_uppercase().chain(chars).collect();
+    focus
+        .iter()
+        .map(|p| {
+            if p.is_empty() {
+                p.clone()
+            } else {
+                format!("{p}{suffix}")
+            }
+        })
+        .collect()
+}
+
+/// The focus of `expr` evaluated on elements at `focus`, adding what it
+/// reads to `reads`.
+fn reach(expr: &Expr, focus: &[String], reads: &mut Vec<String>) -> Vec<String> {
+    // The values at `expr`'s focus decide something: they are read.
+    let read = |expr: &Expr, focus: &[String], reads: &mut Vec<String>| {
+        let at = reach(expr, focus, reads);
+        reads.extend(at);
+    };
+    let base_focus = |base: &Option<Box<Expr>>, reads: &mut Vec<String>| match base {
+        Some(base) => reach(base, focus, reads),
+        None => focus.to_vec(),
+    };
+    match expr {
+        Expr::Literal(_) | Expr::Variable(_) => Vec::new(),
+        Expr::Resource => vec![String::new()],
+        Expr::This => focus.to_vec(),
+        Expr::Member { base, name } => {
+            let from = base_focus(base, reads);
+            // A capitalised name is a type filter (`Patient.name`, `Resource.meta`).
+            if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                return from;
+            }
+            from.iter().map(|p| child_path(p, name)).collect()
+        }
+        Expr::Call { base, func } => {
+            let from = base_focus(base, reads);
+            match func {
+                Func::Where(condition) => {
+                    read(condition, &from, reads);
+                    from
+                }
+                Func::Exists(condition) => {
+                    match condition {
+                        Some(condition) => read(condition, &from, reads),
+                        None => reads.extend(from),
+                    }
+                    Vec::new()
+                }
+                Func::StartsWith(argument) | Func::Contains(argument) => {
+                    reads.extend(from);
+                    read(argument, focus, reads);
+                    Vec::new()
+                }
+                Func::Extension(_) => from.iter().map(|p| child_path(p, "extension")).collect(),
+                // Another resource: nothing more of this one.
+                Func::Resolve => {
+                    reads.extend(from);
+                    Vec::new()
+                }
+                Func::Empty | Func::Not | Func::Count | Func::HasValue | Func::Is(_) => {
+                    reads.extend(from);
+                    Vec::new()
+                }
+                Func::OfType(type_name) | Func::As(type_name) => typed(&from, type_name),
+                Func::First | Func::Last => from,
+            }
+        }
+        Expr::Index { base, .. } => reach(base, focus, reads),
+        Expr::Union(items) => items
+            .iter()
+            .flat_map(|item| reach(item, focus, reads))
+            .collect(),
+        Expr::As(inner, type_name) => typed(&reach(inner, focus, reads), type_name),
+        Expr::Is(inner, _) => {
+            read(inner, focus, reads);
+            Vec::new()
+        }
+        Expr::Equals { left, right, .. }
+        | Expr::And(left, right)
+        | Expr::Or(left, right)
+        | Expr::Xor(left, right)
+        | Expr::Implies(left, right) => {
+            read(left, focus, reads);
+            read(right, focus, reads);
+            Vec::new()
+        }
+    }
+}
+
 /// What an evaluation can refer to besides its input: `%resource` and variables.
 struct Env<'a> {
     resource: &'a Value,

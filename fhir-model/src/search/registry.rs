@@ -63,6 +63,33 @@ impl SearchParam {
         self.compiled.as_ref()
     }
 
+    /// The elements of its resource that a search, sort or include on this
+    /// parameter reads (see [`Reach`](super::fhirpath::Reach)): its
+    /// expression's, a composite's components' from where it stands, the
+    /// narrative for `_text`, and everything (`""`) for `_content`.
+    pub fn reachable_elements(&self) -> Vec<String> {
+        match (&self.compiled, self.code.as_str()) {
+            (Some(expression), _) => {
+                let reach = expression.reach();
+                let mut elements = reach.reads;
+                if self.compiled_components.is_empty() {
+                    elements.extend(reach.focus.iter().cloned());
+                }
+                // A composite's values are its components', read from where
+                // its expression stands (`Observation`, `Observation.component`).
+                for component in &self.compiled_components {
+                    let part = component.reach_from(&reach.focus);
+                    elements.extend(part.reads);
+                    elements.extend(part.focus);
+                }
+                elements
+            }
+            (None, "_text") => vec!["text".into()],
+            (None, "_content") => vec![String::new()],
+            (None, _) => Vec::new(),
+        }
+    }
+
     /// The parsed component expressions of a composite, in component order.
     pub fn compiled_components(&self) -> &[Expression] {
         &self.compiled_components

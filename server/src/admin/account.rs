@@ -281,8 +281,11 @@ pub async fn new_patient(
     choose_membership(state, login_id, &membership.to_string(), None, None).await
 }
 
-/// The signed-in User behind a caller (clients and bots have no password).
+/// The signed-in User behind a caller, for an action on the user's own
+/// account: only from a session the user started (clients and bots have no
+/// account; a minted or scope-limited token may not act on one).
 async fn caller_user(state: &AppState, caller: &Caller) -> Result<Version> {
+    caller.require_own_session()?;
     let not_user = || Error::Forbidden("Only a signed-in user can do this".into());
     let id = caller
         .user
@@ -297,19 +300,30 @@ async fn caller_user(state: &AppState, caller: &Caller) -> Result<Version> {
         .ok_or_else(not_user)
 }
 
+/// 400 on `field` unless `password` is the user's current one.
+async fn check_current_password(
+    state: &AppState,
+    user: &Version,
+    password: &str,
+    field: &str,
+) -> Result<()> {
+    let stored = state.store.secret_hash("User", user.id, "password").await?;
+    if password.is_empty() || !password::verify(password, stored).await?.ok {
+        return Err(Error::Invalid(vec![field_issue(
+            field,
+            "Incorrect password: give your current password",
+        )]));
+    }
+    Ok(())
+}
+
 /// `POST /auth/changepassword {oldPassword, newPassword}`: ends the user's
 /// other sessions.
 pub async fn change_password(state: &AppState, caller: &Caller, body: &Value) -> Result<()> {
     let user = caller_user(state, caller).await?;
     let old = body["oldPassword"].as_str().unwrap_or_default();
     let new = body["newPassword"].as_str().unwrap_or_default();
-    let stored = state.store.secret_hash("User", user.id, "password").await?;
-    if !password::verify(old, stored).await?.ok {
-        return Err(Error::Invalid(vec![field_issue(
-            "oldPassword",
-            "Incorrect password",
-        )]));
-    }
+    check_current_password(state, &user, old, "oldPassword").await?;
     users::check_new_password(new, "newPassword")?;
     fhir::atomically(state, async |tx| {
         users::set_password(tx, &user, new, "newPassword").await?;
@@ -336,7 +350,16 @@ pub async fn change_password(state: &AppState, caller: &Caller, body: &Value) ->
 /// `POST /auth/changeemail {email}`: mails a verification link to the new
 /// address; the change takes effect when it is followed.
 pub async fn change_email(state: &AppState, caller: &Caller, body: &Value) -> Result<()> {
-    let user = Found::new(caller_user(state, caller).await?)?;
+    let user = caller_user(state, caller).await?;
+    // A stolen session alone must not be enough to move the account.
+    check_current_password(
+        state,
+        &user,
+        body["password"].as_str().unwrap_or_default(),
+        "password",
+    )
+    .await?;
+    let user = Found::new(user)?;
     let email = normalize_email(body["email"].as_str().unwrap_or_default());
     if !is_email_address(&email) {
         return Err(Error::Invalid(vec![field_issue(
@@ -354,7 +377,7 @@ pub async fn change_email(state: &AppState, caller: &Caller, body: &Value) -> Re
     let link = fhir::atomically(state, async |tx| {
         lock_identity(tx, scope, &email).await?;
         if users::find_by_email(tx, scope, &email).await?.is_some() {
-            return Err(Error::Conflict("Email already registered".into()));
+            return Err(users::email_taken());
         }
         links::create(
             state,

@@ -2,7 +2,7 @@
 //! made or rotated) and Bots, each with its own membership; and setting the
 //! password of a project-scoped user.
 
-use access_policy::RowFilter;
+use access_policy::Interaction;
 use serde_json::{json, Value};
 
 use super::{
@@ -104,16 +104,17 @@ async fn create_with_membership(
 /// `POST /fhir/R4/ClientApplication/:id/$rotate-secret`: a new secret, shown
 /// once; the old one stops working at once.
 pub async fn rotate_secret(state: &AppState, caller: &Caller, id: &str) -> Result<Value> {
-    fhir::authorize(
-        caller,
-        "ClientApplication",
-        access_policy::Interaction::Update,
-    )?;
+    caller.require_full_access()?;
+    fhir::authorize(caller, "ClientApplication", Interaction::Update)?;
     let missing = || Error::NotFound(format!("ClientApplication/{id} not found"));
     let uuid = parse_id(id).ok_or_else(missing)?;
+    // The caller's update filter, as for any update: a criteria-limited
+    // policy or scope holds here too.
+    let types = ["ClientApplication".to_string()];
+    let updatable = caller.policy.row_filter(&types, Interaction::Update);
     fhir::atomically(state, async |tx| {
         let current = tx
-            .lock_current(caller.tenant(), "ClientApplication", uuid, &RowFilter::All)
+            .lock_current(caller.tenant(), "ClientApplication", uuid, &updatable)
             .await?
             .filter(|v| !v.is_deleted())
             .ok_or_else(missing)?;

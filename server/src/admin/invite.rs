@@ -232,6 +232,15 @@ async fn invite_in(
     if existing.is_some() && !request.upsert {
         return Err(conflict());
     }
+    if existing
+        .as_ref()
+        .is_some_and(|e| e.version.id == caller.membership_id && !caller.is_super_admin())
+    {
+        return Err(Error::Forbidden(
+            "An invitation cannot change your own membership: ask another admin of the project"
+                .into(),
+        ));
+    }
     let profile = match &existing {
         Some(existing) => {
             let current = &existing.value["profile"];
@@ -269,9 +278,22 @@ async fn invite_in(
             )));
         }
     }
-    let new_user = user.is_none();
+    // An address nobody has proven (a sign-up never verified, an invitation
+    // never accepted) is no one's account yet: the invitation must not go to
+    // whoever registered it first. Its password and sessions end, and the
+    // mail carries a link to set a password, as for a new user.
+    let unproven = request.email.is_some()
+        && user
+            .as_ref()
+            .is_some_and(|u| u.value["emailVerified"] == json!(false));
+    let new_user = user.is_none() || unproven;
     let user = match user {
-        Some(user) => user,
+        Some(user) => {
+            if unproven {
+                reset_credentials(state, tx, &user).await?;
+            }
+            user
+        }
         None => create_user(state, caller, tx, project, request).await?,
     };
     let user_ref = user.reference();
@@ -496,6 +518,16 @@ async fn create_user(
     )
     .await?;
     Ok(Found { version, value })
+}
+
+/// Ends what an unproven account's registrant could use: its password and
+/// its sessions. The invitation's own password is not given to it: the
+/// account may have memberships elsewhere, and only the owner of the address
+/// sets its password (through the emailed link, or a reset).
+async fn reset_credentials(state: &AppState, tx: &Tx, user: &Found) -> Result<()> {
+    tx.delete_secret(user.version.project_id, "User", user.version.id, "password")
+        .await?;
+    users::revoke_logins(state, tx, &user.reference(), users::Sessions::All).await
 }
 
 /// A new user gets a link to set their password; an existing one a welcome.

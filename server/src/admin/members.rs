@@ -79,6 +79,11 @@ pub async fn update(
                 )));
             }
         }
+        if !caller.is_super_admin() {
+            let own = current.version.id == caller.membership_id;
+            access_policy::floor::hold("ProjectMembership", own, &body, &current.value)
+                .map_err(Error::Forbidden)?;
+        }
         check_policies(tx, project.id, &body, "ProjectMembership.").await?;
         let (version, _) = fhir::modify(
             state,

@@ -54,6 +54,7 @@ pub async fn admin_project(
     project_id: &str,
 ) -> Result<AdminProject> {
     let missing = || Error::NotFound(format!("Project/{project_id} not found"));
+    caller.require_full_access()?;
     if !caller.is_super_admin() {
         if caller.role != Role::ProjectAdmin {
             return Err(Error::Forbidden(

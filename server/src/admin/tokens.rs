@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{field_issue, members, AdminProject};
 use crate::{
     app::AppState,
-    auth::{membership_usable, AccessClaims, Caller},
+    auth::{membership_usable, AccessClaims, Caller, PERSONAL_TOKEN},
     error::{Error, Result},
     fhir::{self, parse_id, resource::Stamp, search::find},
     store::{Tenant, Version},
@@ -74,7 +74,7 @@ pub async fn mint(
         "user": {"reference": user},
         "membership": {"reference": format!("ProjectMembership/{}", membership.id)},
         "project": {"reference": format!("Project/{project_id}")},
-        "authMethod": "personal-token",
+        "authMethod": PERSONAL_TOKEN,
         "authTime": fhir::resource::instant(&stamp.last_updated),
         "expires": fhir::resource::instant(&expires),
         "scope": scope,
@@ -107,6 +107,51 @@ pub async fn mint(
     }))
 }
 
+/// Admins mint tokens only where they own the identity: their own
+/// membership, and the memberships of their project's project-scoped Users,
+/// ClientApplications and Bots. A server-scoped User's account is that
+/// user's own, wherever it is a member.
+pub async fn check_mintable(
+    state: &AppState,
+    caller: &Caller,
+    project: &AdminProject,
+    membership: &Version,
+) -> Result<()> {
+    if caller.is_super_admin() || membership.id == caller.membership_id {
+        return Ok(());
+    }
+    let member = &fhir::parse_stored(membership)?["user"];
+    let owned = match member["reference"].as_str().and_then(|r| r.split_once('/')) {
+        Some((kind @ ("ClientApplication" | "Bot"), id)) => match parse_id(id) {
+            Some(id) => state
+                .store
+                .read(Tenant::Project(project.id), kind, id, &RowFilter::All)
+                .await?
+                .is_some_and(|v| !v.is_deleted()),
+            None => false,
+        },
+        Some(("User", id)) => match parse_id(id) {
+            Some(id) => state
+                .store
+                .read(Tenant::AllProjects, "User", id, &RowFilter::All)
+                .await?
+                .filter(|v| !v.is_deleted())
+                .map(|v| fhir::parse_stored(&v))
+                .transpose()?
+                .is_some_and(|user| user["project"]["reference"] == json!(project.reference())),
+            None => false,
+        },
+        _ => false,
+    };
+    if owned {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(
+            "Tokens can be minted only for your own membership and for your project's project-scoped users, ClientApplications and Bots; this member's account is not the project's".into(),
+        ))
+    }
+}
+
 /// The membership's personal tokens (never the tokens themselves).
 pub async fn list(state: &AppState, project: &AdminProject, membership_id: &str) -> Result<Value> {
     let membership = members::read(state, project, membership_id).await?;
@@ -119,7 +164,7 @@ pub async fn list(state: &AppState, project: &AdminProject, membership_id: &str)
     let mut tokens = Vec::new();
     for login in logins {
         let value = fhir::parse_stored(&login)?;
-        if value["authMethod"] == "personal-token"
+        if value["authMethod"] == PERSONAL_TOKEN
             && value["membership"]["reference"] == json!(membership_ref)
         {
             tokens.push(json!({
@@ -157,7 +202,7 @@ pub async fn revoke(
             .ok_or_else(missing)?;
         let value = fhir::parse_stored(&login)?;
         if value["membership"]["reference"] != json!(membership_ref)
-            || value["authMethod"] != "personal-token"
+            || value["authMethod"] != PERSONAL_TOKEN
         {
             return Err(missing());
         }

@@ -54,6 +54,28 @@ async fn find_user(tx: &Tx, scope: UserScope, param: &str, value: &str) -> Resul
     Ok(None)
 }
 
+/// Emails are unique per scope (server-scoped Users across the server,
+/// project-scoped ones in their project), through every path that writes a
+/// User: checked under the identity lock, so two writers cannot both pass
+/// (and, having begun its transaction, the write is not batched with other
+/// requests' creates); the unique index of migration 0021 is the backstop.
+pub async fn check_email_free(tx: &Tx, user: &Value, id: Uuid) -> Result<()> {
+    let Some(email) = user["email"].as_str() else {
+        return Ok(());
+    };
+    let scope = UserScope::of(user);
+    super::lock_identity(tx, scope, &normalize_email(email)).await?;
+    match find_by_email(tx, scope, email).await? {
+        Some(found) if found.version.id != id => Err(email_taken()),
+        _ => Ok(()),
+    }
+}
+
+/// 409 for an email that another User of the same scope has.
+pub fn email_taken() -> Error {
+    Error::Conflict("Email already registered: another user has this email address".into())
+}
+
 /// Sets a user's password (checked against the password rules first).
 pub async fn set_password(tx: &Tx, user: &Version, password: &str, field: &str) -> Result<()> {
     check_new_password(password, field)?;
@@ -162,24 +184,6 @@ pub async fn after_user_deleted(
             &user_ref,
         )
         .await?;
-    }
-    Ok(())
-}
-
-/// A user's email and project say who they are and where they sign in: only
-/// super admins change them through FHIR (users change their own email by
-/// verifying the new address).
-pub fn check_user_change(caller: &Caller, current: &Version, new: &Value) -> Result<()> {
-    if current.resource_type != "User" || caller.is_super_admin() || current.is_deleted() {
-        return Ok(());
-    }
-    let stored = fhir::parse_stored(current)?;
-    for field in ["email", "project"] {
-        if stored[field] != new[field] {
-            return Err(Error::Forbidden(format!(
-                "User.{field} cannot be changed by a project admin"
-            )));
-        }
     }
     Ok(())
 }

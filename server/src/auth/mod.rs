@@ -26,6 +26,12 @@ use crate::{
     store::Tenant,
 };
 
+/// `Login.authMethod` of a token minted by `/auth/tokens` or an admin.
+pub const PERSONAL_TOKEN: &str = "personal-token";
+
+/// `Login.authMethod`s of a user signing in themselves.
+const SIGN_IN_METHODS: &[&str] = &["password"];
+
 /// The claims of a fhirgate access token.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -60,9 +66,16 @@ pub struct Caller {
     pub client_id: Option<String>,
     /// The granted scope (SMART scopes are parsed with `access_policy::scopes`).
     pub scope: String,
+    /// How the Login was made (`Login.authMethod`): `password` by the user
+    /// signing in, `client`, `external` (a client's assertion), or
+    /// `personal-token` (minted).
+    pub auth_method: String,
     /// The membership's access policies, project settings and login scopes,
     /// compiled once for this request.
     pub policy: Arc<CompiledPolicy>,
+    /// The AccessPolicies the caller's own membership names: a caller may
+    /// not rewrite the rules that bind it.
+    pub own_policies: Vec<Uuid>,
 }
 
 impl Caller {
@@ -76,6 +89,38 @@ impl Caller {
 
     pub fn is_super_admin(&self) -> bool {
         self.role == Role::SuperAdmin
+    }
+
+    /// Account and administration routes act with the whole of a
+    /// membership's access: a token narrowed by SMART resource scopes, or a
+    /// personal token (minted for FHIR access), may not use them.
+    pub fn require_full_access(&self) -> Result<()> {
+        if self.auth_method == PERSONAL_TOKEN {
+            return Err(Error::Forbidden(
+                "A personal access token gives FHIR access only; account and administration routes need a token from signing in".into(),
+            ));
+        }
+        if !access_policy::is_full_access(&self.scope) {
+            return Err(Error::Forbidden(format!(
+                "This token's scope '{}' is narrower than your access; account and administration routes need a token without SMART resource scopes",
+                self.scope
+            )));
+        }
+        Ok(())
+    }
+
+    /// Only the user acts on the user's account (email, password, tokens,
+    /// sessions): the Login must be one the user made by signing in, or a
+    /// refresh of it; not a client's, an assertion's or a minted one.
+    pub fn require_own_session(&self) -> Result<()> {
+        self.require_full_access()?;
+        if !self.user.starts_with("User/") || !SIGN_IN_METHODS.contains(&self.auth_method.as_str())
+        {
+            return Err(Error::Forbidden(
+                "Only a session you started by signing in yourself may act on your account; this token was not".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The caller a bearer token stands for: remembered, or loaded from the
@@ -137,8 +182,9 @@ impl Caller {
             reference_id(&login["membership"], "ProjectMembership").ok_or_else(revoked)?;
         let (project_id, membership) = session.membership.as_ref().ok_or_else(revoked)?;
         let (project_id, membership) = (*project_id, parse(membership)?);
-        // A deleted user's sessions end with it.
+        // A deleted user's sessions end with it, a client's with the client.
         if !session.user_live
+            || !session.client_live
             || !membership_usable(&membership, chrono::Utc::now())
             || membership["user"]["reference"] != login["user"]["reference"]
         {
@@ -161,10 +207,11 @@ impl Caller {
             .unwrap_or_default()
             .to_string();
         let scopes = access_policy::parse_scope(&claims.scope);
+        let own_policies = policy_references(&membership);
         let policy = CompiledPolicy::compile(&PolicyInput {
             role,
             profile: &profile,
-            policies: membership_policies(state, project_id, &membership).await?,
+            policies: membership_policies(state, project_id, &membership, &own_policies).await?,
             policy_required: setting_is_true(&project, "policyRequired"),
             scopes: &scopes,
         });
@@ -180,7 +227,9 @@ impl Caller {
             membership_id,
             client_id: (!claims.client_id.is_empty()).then_some(claims.client_id),
             scope: claims.scope,
+            auth_method: login["authMethod"].as_str().unwrap_or_default().to_string(),
             policy: Arc::new(policy),
+            own_policies,
         };
         Ok((caller, membership_end(&membership)))
     }
@@ -206,6 +255,7 @@ async fn membership_policies(
     state: &AppState,
     project_id: Uuid,
     membership: &Value,
+    ids: &[Uuid],
 ) -> Result<Vec<MembershipPolicy>> {
     let mut wanted: Vec<(&Value, Vec<Parameter>)> = Vec::new();
     if !membership["accessPolicy"].is_null() {
@@ -225,15 +275,11 @@ async fn membership_policies(
             .collect();
         wanted.push((&access["policy"], parameters));
     }
-    let ids: Vec<Uuid> = wanted
-        .iter()
-        .filter_map(|(reference, _)| reference_id(reference, "AccessPolicy"))
-        .collect();
     let mut found = std::collections::HashMap::new();
     if !ids.is_empty() {
         for (id, content) in state
             .store
-            .read_live_many(Tenant::Project(project_id), "AccessPolicy", &ids)
+            .read_live_many(Tenant::Project(project_id), "AccessPolicy", ids)
             .await?
         {
             let policy = serde_json::from_str::<Value>(&content).map_err(|e| {
@@ -252,6 +298,20 @@ async fn membership_policies(
         })
         .collect();
     Ok(policies)
+}
+
+/// The AccessPolicies a membership names (`accessPolicy`, `access[].policy`).
+fn policy_references(membership: &Value) -> Vec<Uuid> {
+    std::iter::once(&membership["accessPolicy"])
+        .chain(
+            membership["access"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|access| &access["policy"]),
+        )
+        .filter_map(|reference| reference_id(reference, "AccessPolicy"))
+        .collect()
 }
 
 /// A live (not deleted) resource's parsed content.

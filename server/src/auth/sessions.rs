@@ -150,6 +150,7 @@ mod tests {
             membership_id: Uuid::new_v4(),
             client_id: None,
             scope: String::new(),
+            auth_method: "password".into(),
             policy: Arc::new(CompiledPolicy::compile(&PolicyInput {
                 role: Role::ProjectAdmin,
                 profile: "Practitioner/1",
@@ -157,6 +158,7 @@ mod tests {
                 policy_required: false,
                 scopes: &[],
             })),
+            own_policies: Vec::new(),
         }
     }
 

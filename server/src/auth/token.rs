@@ -378,9 +378,12 @@ async fn client_credentials(
     .into_iter()
     .find(|m| {
         let content = m.content.as_deref().unwrap_or("{}");
-        serde_json::from_str::<Value>(content).is_ok_and(|v| v["active"] != Value::Bool(false))
+        serde_json::from_str::<Value>(content)
+            .is_ok_and(|v| crate::auth::membership_usable(&v, chrono::Utc::now()))
     })
-    .ok_or_else(|| invalid_client("This client has no active membership in its project"))?;
+    .ok_or_else(|| {
+        invalid_client("This client has no active membership in its project (inactive or ended)")
+    })?;
     let mut response = granted_login(
         state,
         &client,

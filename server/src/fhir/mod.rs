@@ -252,6 +252,9 @@ async fn store_prepared(
     is_new: bool,
 ) -> Result<(Version, Value)> {
     check_consistency(&prepared.value, stamp.project_id)?;
+    if prepared.value["resourceType"] == "User" {
+        crate::admin::users::check_email_free(tx, &prepared.value, stamp.id).await?;
+    }
     let resource_type = prepared.value["resourceType"]
         .as_str()
         .unwrap_or_default()
@@ -331,11 +334,65 @@ pub async fn create_with_id(
 ) -> Result<Version> {
     authorize(caller, resource_type, Interaction::Create)?;
     check_body_type(resource_type, &body)?;
+    let mut body = body;
+    hold_floor_on_create(caller, &mut body)?;
     let project_id = target_project(state, caller, &body, id).await?;
     let stamp = Stamp::new(id, project_id, &author_for(caller, &body));
     let (version, value) = insert(&state.validator, tx, body, &stamp).await?;
     check_written(tx, caller, Interaction::Create, None, &value, &version).await?;
     redact(caller, version)
+}
+
+/// What no policy lets anyone but a super admin create: a Project (they
+/// come from `/auth/newproject`), or a User outside the caller's project (a
+/// project admin's users are project-scoped: a server-scoped one would
+/// compete with real accounts for an email at sign-in).
+fn hold_floor_on_create(caller: &Caller, body: &mut Value) -> Result<()> {
+    if caller.is_super_admin() {
+        return Ok(());
+    }
+    let resource_type = body["resourceType"].as_str().unwrap_or_default();
+    access_policy::floor::creatable(resource_type).map_err(Error::Forbidden)?;
+    if resource_type == "ProjectMembership" && body["user"]["reference"] == caller.user.as_str() {
+        return Err(Error::Forbidden(
+            "You cannot give yourself another membership: ask another admin of the project".into(),
+        ));
+    }
+    if resource_type == "User" {
+        let expected = format!("Project/{}", caller.project_id);
+        match &body["project"] {
+            Value::Null => body["project"] = serde_json::json!({ "reference": expected }),
+            project if project["reference"].as_str() == Some(expected.as_str()) => {}
+            _ => {
+                return Err(Error::Forbidden(format!(
+                    "A User you create belongs to your project: User.project must be {{\"reference\": \"{expected}\"}} or absent"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which stored administrative resources a caller who is not a super admin
+/// may change or delete: a User only when it is one of the caller's
+/// project's own (a server-scoped account belongs to its user, wherever it
+/// is stored), and never an AccessPolicy that binds the caller itself.
+fn check_changeable(caller: &Caller, current: &Version, stored: &Value) -> Result<()> {
+    if caller.is_super_admin() {
+        return Ok(());
+    }
+    match current.resource_type.as_str() {
+        "User" if stored["project"]["reference"] != format!("Project/{}", caller.project_id).as_str() => {
+            Err(Error::Forbidden(
+                "This User is a server-scoped account: only a super admin or the user changes it"
+                    .into(),
+            ))
+        }
+        "AccessPolicy" if caller.own_policies.contains(&current.id) => Err(Error::Forbidden(
+            "This AccessPolicy applies to your own membership: ask another admin of the project to change it".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// After a write, in its transaction: the new content must pass the write
@@ -473,6 +530,11 @@ pub async fn update(
         check_written(tx, caller, Interaction::Update, None, &value, &version).await?;
         return Ok((redact(caller, version)?, WriteOutcome::Created));
     };
+    // Writing a deleted resource again brings it back: a create, which
+    // takes the right to create.
+    if current.is_deleted() {
+        authorize(caller, resource_type, Interaction::Create)?;
+    }
     check_before(
         tx,
         Interaction::Update,
@@ -481,7 +543,6 @@ pub async fn update(
     )
     .await?;
     check_if_match(&current, if_match)?;
-    crate::admin::users::check_user_change(caller, &current, &body)?;
     let stamp = Stamp::new(uuid, current.project_id, &author_for(caller, &body));
     replace(
         state,
@@ -496,7 +557,9 @@ pub async fn update(
 }
 
 /// Writes `resource` as the next version of `current`, unless nothing
-/// changed. Fields the policy protects keep their stored values.
+/// changed. Fields the policy protects, and those only the server writes,
+/// keep their values: the stored ones, or for a deleted resource those of its
+/// last live version (deleting first must not free them).
 async fn replace(
     state: &AppState,
     tx: &Tx,
@@ -509,16 +572,42 @@ async fn replace(
     let stored = (!current.is_deleted())
         .then(|| parse_stored(current))
         .transpose()?;
-    if let Some(stored) = &stored {
+    let last_live = match &stored {
+        Some(_) => None,
+        None => tx
+            .last_live_content(current)
+            .await?
+            .map(|content| serde_json::from_str::<Value>(&content))
+            .transpose()
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "stored history of {}/{} is not JSON: {e}",
+                    current.resource_type, current.id
+                ))
+            })?,
+    };
+    if let Some(before) = stored.as_ref().or(last_live.as_ref()) {
         caller
             .policy
-            .keep_protected(interaction, &mut resource, stored);
+            .keep_protected(interaction, &mut resource, before);
+        check_changeable(caller, current, before)?;
+        if !caller.is_super_admin() {
+            let own_membership = current.id == caller.membership_id;
+            access_policy::floor::hold(&current.resource_type, own_membership, &resource, before)
+                .map_err(Error::Forbidden)?;
+        }
     }
     let Some((version, value)) = write_next(state, tx, stored.as_ref(), resource, stamp).await?
     else {
         return Ok((redact(caller, current.clone())?, WriteOutcome::Unchanged));
     };
-    check_written(tx, caller, interaction, stored.as_ref(), &value, &version).await?;
+    // Bringing a deleted resource back is checked as the create it is.
+    let written_as = if stored.is_some() {
+        interaction
+    } else {
+        Interaction::Create
+    };
+    check_written(tx, caller, written_as, stored.as_ref(), &value, &version).await?;
     Ok((redact(caller, version)?, WriteOutcome::Updated))
 }
 
@@ -593,7 +682,6 @@ pub async fn patch(
     let mut resource = parse_stored(&current)?;
     caller.policy.redact(&mut resource);
     operations.apply(resource_type, &mut resource)?;
-    crate::admin::users::check_user_change(caller, &current, &resource)?;
     let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
     replace(
         state,
@@ -626,6 +714,7 @@ pub async fn delete(
         return Ok(());
     }
     let stored = parse_stored(&current)?;
+    check_changeable(caller, &current, &stored)?;
     let filter = caller
         .policy
         .write_filter(resource_type, Interaction::Delete, Some(&stored), None)

@@ -115,8 +115,9 @@ pub async fn search(
     })
 }
 
-/// A search may not match on, or sort by, a field the caller's policy hides:
-/// whether it matched, or where it sorted, would tell the value.
+/// A search may not match on, sort by, or include through a field the
+/// caller's policy hides: whether it matched, where it sorted, or what came
+/// with it would tell the value.
 pub fn check_hidden_conditions(caller: &Caller, request: &SearchRequest) -> Result<()> {
     let sorted = |resource_type: &String| {
         request
@@ -124,10 +125,22 @@ pub fn check_hidden_conditions(caller: &Caller, request: &SearchRequest) -> Resu
             .iter()
             .find_map(|sort| caller.policy.hidden_parameter(resource_type, &sort.code))
     };
+    let included = || {
+        request
+            .include
+            .iter()
+            .chain(&request.revinclude)
+            .find_map(|include| {
+                caller
+                    .policy
+                    .hidden_parameter(&include.source_type, &include.param)
+            })
+    };
     let hidden = caller
         .policy
         .hidden_condition(&request.filters)
-        .or_else(|| request.types.iter().find_map(sorted));
+        .or_else(|| request.types.iter().find_map(sorted))
+        .or_else(included);
     match hidden {
         Some((param, field)) => Err(Error::Forbidden(format!(
             "Search parameter '{param}' reads {field}, which your access policy hides"

@@ -624,7 +624,7 @@ async fn write_entry(
                 if let Some(found) =
                     conditional::existing(tx, caller, &resource_type, condition).await?
                 {
-                    return Ok(Done::version(StatusCode::OK, found));
+                    return Ok(Done::version(StatusCode::OK, super::redact(caller, found)?));
                 }
             }
             let id = assigned.unwrap_or_else(super::resource::new_id);

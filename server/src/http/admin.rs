@@ -210,6 +210,7 @@ async fn mint_token(
     let project = admin_project(&state, &caller, &project).await?;
     let body = body(&req, payload).await?;
     let membership = members::read(&state, &project, &membership).await?;
+    tokens::check_mintable(&state, &caller, &project, &membership).await?;
     let token = tokens::mint(&state, &caller, &membership, &body).await?;
     Ok(token_response(token))
 }

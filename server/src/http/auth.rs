@@ -212,15 +212,17 @@ async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> 
         "accessPolicy": caller.policy.to_access_policy(),
     });
     if let Some(user) = user {
-        let sessions = sessions_of(&state, &caller.user).await?;
         body["user"] = serde_json::json!({
             "resourceType": "User", "id": user["id"], "email": user["email"],
             "identifier": user["identifier"],
         });
         body["security"] = serde_json::json!({
             "mfaEnrolled": user["mfaEnrolled"] == Value::Bool(true),
-            "sessions": sessions,
         });
+        // The user's sessions are shown only to a session of the user's own.
+        if caller.require_own_session().is_ok() {
+            body["security"]["sessions"] = Value::Array(sessions_of(&state, &caller.user).await?);
+        }
     }
     strip_nulls(&mut body);
     Ok(HttpResponse::Ok()
@@ -249,6 +251,7 @@ async fn revoke_session(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
+    caller.require_own_session()?;
     let body: RevokeBody = json_body(&req, payload).await?;
     let not_found = || Error::NotFound("No such session of yours".into());
     let login_id = body

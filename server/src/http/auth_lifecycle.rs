@@ -172,6 +172,7 @@ async fn new_user(state: Data, req: HttpRequest, payload: web::Payload) -> Resul
 }
 
 async fn new_project(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    account::check_registration_open(&state)?;
     let body = body(&req, payload).await?;
     let [login] = required(&body, ["login"])?;
     let name = body["projectName"].as_str().unwrap_or_default();
@@ -180,6 +181,7 @@ async fn new_project(state: Data, req: HttpRequest, payload: web::Payload) -> Re
 }
 
 async fn new_patient(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+    account::check_registration_open(&state)?;
     let body = body(&req, payload).await?;
     let [login, project] = required(&body, ["login", "projectId"])?;
     let outcome = account::new_patient(&state, login, project).await?;

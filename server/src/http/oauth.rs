@@ -330,6 +330,7 @@ async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
 /// Adds a signing key that signs from now on; older keys stay published
 /// until their tokens expire. Super admins only.
 async fn rotate_keys(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+    caller.require_full_access()?;
     if !caller.is_super_admin() {
         return Err(Error::Forbidden(
             "Only super admins may rotate the signing keys".into(),

@@ -193,13 +193,20 @@ pub struct SessionRows {
     pub project: Option<String>,
     /// `false` only when the Login's user is a `User/…` that is gone.
     pub user_live: bool,
+    /// `false` when the Login was issued to a ClientApplication (its
+    /// `client`, or its user for client credentials) or a Bot that is
+    /// deleted or `status: off`: its tokens stop with it.
+    pub client_live: bool,
 }
 
 /// References are read out of the stored JSON; one that is not
 /// `Type/<uuid>` matches nothing (NULL), so it cannot make the cast fail.
 const SESSION_SQL: &str = "
 SELECT l.content, m.project_id, m.content, p.content,
-       (u.id IS NOT NULL OR NOT (l.content::jsonb #>> '{user,reference}' LIKE 'User/%')) AS user_live
+       (u.id IS NOT NULL OR NOT (l.content::jsonb #>> '{user,reference}' LIKE 'User/%')) AS user_live,
+       (c.id IS NOT NULL AND (c.content::jsonb ->> 'status') IS DISTINCT FROM 'off'
+        OR COALESCE(l.content::jsonb #>> '{client,reference}', l.content::jsonb #>> '{user,reference}', '')
+           !~ '^(ClientApplication|Bot)/') AS client_live
 FROM resource l
 LEFT JOIN resource m ON m.resource_type = 'ProjectMembership' AND NOT m.deleted
      AND m.id = substring(l.content::jsonb #>> '{membership,reference}'
@@ -208,6 +215,9 @@ LEFT JOIN resource p ON p.project_id = m.project_id AND p.resource_type = 'Proje
      AND p.id = m.project_id AND NOT p.deleted
 LEFT JOIN resource u ON u.resource_type = 'User' AND NOT u.deleted
      AND u.id = substring(l.content::jsonb #>> '{user,reference}' from '^User/([0-9a-f-]{36})$')::uuid
+LEFT JOIN resource c ON c.resource_type IN ('ClientApplication', 'Bot') AND NOT c.deleted
+     AND c.id = substring(COALESCE(l.content::jsonb #>> '{client,reference}', l.content::jsonb #>> '{user,reference}')
+                          from '^(?:ClientApplication|Bot)/([0-9a-f-]{36})$')::uuid
 WHERE l.resource_type = 'Login' AND l.id = ";
 
 impl Store {
@@ -224,6 +234,7 @@ impl Store {
                 membership: membership_project.zip(membership_content),
                 project: row.get(3),
                 user_live: row.get::<_, Option<bool>>(4).unwrap_or(false),
+                client_live: row.get::<_, Option<bool>>(5).unwrap_or(false),
             }
         }))
     }

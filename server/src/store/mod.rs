@@ -1035,6 +1035,37 @@ impl Tx {
         Ok(())
     }
 
+    /// The content of the newest live version of a resource that is now
+    /// deleted (the deletion moved it to history).
+    pub async fn last_live_content(&self, deleted: &Version) -> Result<Option<String>> {
+        let rows = self
+            .run(
+                "SELECT content FROM resource_history
+                 WHERE project_id = $1 AND resource_type = $2 AND id = $3 AND content IS NOT NULL
+                 ORDER BY last_updated DESC, version_id DESC LIMIT 1",
+                &[&deleted.project_id, &deleted.resource_type, &deleted.id],
+            )
+            .await?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    /// Forgets a secret (an unproven account's password).
+    pub async fn delete_secret(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        kind: &str,
+    ) -> Result<()> {
+        self.run(
+            "DELETE FROM resource_secret
+             WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3 AND kind = $4",
+            &[&project_id, &resource_type, &id, &kind],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn commit(mut self) -> Result<()> {
         let statistics = self.statistics.clone();
         let created = std::mem::take(self.created.get_mut().unwrap_or_else(|e| e.into_inner()));
@@ -1097,6 +1128,12 @@ impl Drop for Tx {
 
 fn conflict_on_duplicate(e: Error) -> Error {
     match e {
+        Error::Database(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                && e.as_db_error().and_then(|d| d.constraint()) == Some("resource_user_email") =>
+        {
+            crate::admin::users::email_taken()
+        }
         Error::Database(e)
             if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
         {
