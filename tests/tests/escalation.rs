@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fhirgate_tests::{
-    pkce_pair, smtp::SmtpServer, status_json, Credentials, Session, TestApp, TEST_PASSWORD,
+    count, pkce_pair, smtp::SmtpServer, status_json, Credentials, Session, TestApp, TEST_PASSWORD,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -1086,6 +1086,217 @@ async fn a_scope_narrowed_admin_token_cannot_rotate_other_clients_secrets() {
 // ---------------------------------------------------------------------------
 // The escalation walk
 // ---------------------------------------------------------------------------
+
+/// The other ways a restricted admin could lift its own limits: an
+/// invitation upserting its own membership, a second membership for itself,
+/// and rewriting the AccessPolicy that binds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_cannot_lift_its_own_limits_another_way() {
+    let app = TestApp::spawn().await;
+    let root = app.super_admin().await;
+    let owner = sign_up_with_project(&app, &root, "eve@attacker.test", "Evil Corp").await;
+    // The super admin limits the owner with a policy of the project.
+    let limiting = json!({"resourceType": "AccessPolicy", "name": "no patients",
+        "meta": {"project": owner.project_id},
+        "resource": [{"resourceType": "Observation"}]});
+    let limiting = root.create(limiting).await;
+    let limiting_ref = format!("AccessPolicy/{}", limiting["id"].as_str().unwrap());
+    let membership_ref = format!("ProjectMembership/{}", owner.membership_id);
+    let mut membership = stored(&root, &membership_ref).await;
+    membership["accessPolicy"] = json!({"reference": limiting_ref});
+    let (status, body) = status_json(root.put(&membership_ref, &membership).await).await;
+    assert_eq!(status, 200, "{body}");
+    let before = stored(&root, &membership_ref).await;
+    let session = with_token(
+        &owner.session,
+        &password_token(&app, &owner.email, TEST_PASSWORD, None, None, "openid").await,
+    );
+
+    // Rewriting the policy that binds it.
+    let mut widened = stored(&root, &limiting_ref).await;
+    widened["resource"] = json!([{"resourceType": "*"}]);
+    assert_refused(
+        session.put(&limiting_ref, &widened).await,
+        403,
+        "PUT own policy",
+    )
+    .await;
+    assert_refused(
+        session.delete(&limiting_ref).await,
+        403,
+        "DELETE own policy",
+    )
+    .await;
+    assert_eq!(
+        stored(&root, &limiting_ref).await["resource"],
+        json!([{"resourceType": "Observation"}])
+    );
+
+    // An invitation upserting its own membership without the policy.
+    let response = session
+        .post_json(
+            &format!("admin/projects/{}/invite", owner.project_id),
+            &json!({"resourceType": "Practitioner", "firstName": "Eve", "lastName": "Mallory",
+                "email": owner.email, "upsert": true, "sendEmail": false,
+                "membership": {"admin": true}}),
+        )
+        .await;
+    assert_refused(response, 403, "invite upsert of its own membership").await;
+
+    // A second membership for itself, without the policy.
+    let response = session
+        .post(
+            "ProjectMembership",
+            &json!({"resourceType": "ProjectMembership",
+                "project": {"reference": format!("Project/{}", owner.project_id)},
+                "user": {"reference": format!("User/{}", owner.user_id)},
+                "profile": before["profile"], "admin": true}),
+        )
+        .await;
+    assert_refused(response, 403, "a second membership for itself").await;
+
+    assert_eq!(
+        powers(&stored(&root, &membership_ref).await),
+        powers(&before)
+    );
+    let db = app.db().await;
+    let memberships = count(
+        &db,
+        "SELECT count(*) FROM resource WHERE resource_type = 'ProjectMembership' AND NOT deleted \
+         AND content::jsonb #>> '{user,reference}' = $1",
+        &[&format!("User/{}", owner.user_id)],
+    )
+    .await;
+    assert_eq!(memberships, 1, "no second membership");
+}
+
+/// Inviting an unverified address never gives the account the password the
+/// inviting admin chose: the account has memberships elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invitation_never_sets_an_existing_accounts_password() {
+    let (app, _smtp) = spawn_with_mail().await;
+    let root = app.super_admin().await;
+    // A person signs up and makes a project; the address is not verified yet.
+    let victim = sign_up_with_project(&app, &root, "busy@corp.test", "Busy Corp").await;
+    let attacker = sign_up_with_project(&app, &root, "eve@attacker.test", "Evil Corp").await;
+    let chosen = "the attacker picked this passphrase";
+    let response = attacker
+        .session
+        .post_json(
+            &format!("admin/projects/{}/invite", attacker.project_id),
+            &json!({"resourceType": "Practitioner", "firstName": "B", "lastName": "C",
+                "email": victim.email, "password": chosen, "sendEmail": false}),
+        )
+        .await;
+    let (status, body) = status_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = status_json(app.login_attempt(&victim.email, chosen).await).await;
+    assert_ne!(
+        status, 200,
+        "the attacker's password opens the account: {body}"
+    );
+    // The registrant's sessions ended with the reset.
+    let (status, _) = status_json(victim.session.get("Patient").await).await;
+    assert_eq!(status, 401);
+}
+
+/// A server-scoped User stored in a project (a super admin wrote it there)
+/// is still that user's account: the project's admins neither change nor
+/// delete it.
+#[tokio::test(flavor = "multi_thread")]
+async fn project_admins_do_not_change_server_scoped_users_stored_in_their_project() {
+    let app = TestApp::spawn().await;
+    let project = app.project("Hosting").await;
+    let root = app.super_admin().await;
+    let user = root
+        .create(json!({"resourceType": "User", "email": "guest@example.com",
+            "firstName": "Test", "lastName": "User", "meta": {"project": project.id}}))
+        .await;
+    let user_ref = format!("User/{}", user["id"].as_str().unwrap());
+    assert!(user.get("project").is_none(), "server-scoped: {user}");
+    let (status, _) = status_json(project.admin.get(&user_ref).await).await;
+    assert_eq!(status, 200, "stored in the project, so its admins see it");
+    let mut renamed = stored(&root, &user_ref).await;
+    renamed["firstName"] = json!("Renamed");
+    assert_refused(project.admin.put(&user_ref, &renamed).await, 403, "PUT").await;
+    assert_refused(project.admin.delete(&user_ref).await, 403, "DELETE").await;
+    assert_eq!(stored(&root, &user_ref).await["firstName"], "Test");
+}
+
+/// With sign-up closed, no step of the sign-up flow makes a project.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_registration_makes_no_project() {
+    let app = TestApp::spawn_with(|config| config.lifecycle.registration_enabled = false).await;
+    let project = app.project("clinic").await;
+    let user = app
+        .user(&project.id, "doc@example.com", "Practitioner", false)
+        .await;
+    let (status, body) = status_json(app.login_attempt(&user.email, &user.password).await).await;
+    assert_eq!(status, 200, "{body}");
+    let login = body["login"].clone();
+    for path in ["auth/newproject", "auth/newpatient"] {
+        let response = app
+            .post_json(
+                path,
+                &json!({"login": login, "projectName": "Mine", "projectId": project.id}),
+            )
+            .await;
+        assert_refused(response, 403, path).await;
+    }
+    let db = app.db().await;
+    let projects = count(
+        &db,
+        "SELECT count(*) FROM resource WHERE resource_type = 'Project' AND NOT deleted",
+        &[],
+    )
+    .await;
+    assert_eq!(projects, 2, "the super admin's project and the clinic");
+}
+
+/// A Bot's tokens stop when the Bot is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_bots_tokens_stop_at_once() {
+    let app = TestApp::spawn().await;
+    let project = app.project("Bots").await;
+    let (status, bot) = status_json(
+        project
+            .admin
+            .post_json(
+                &format!("admin/projects/{}/bot", project.id),
+                &json!({"name": "nightly"}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{bot}");
+    let bot_ref = format!("Bot/{}", bot["id"].as_str().unwrap());
+    let (_, members) = status_json(
+        project
+            .admin
+            .get(&format!("ProjectMembership?user={bot_ref}"))
+            .await,
+    )
+    .await;
+    let membership = members["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, minted) = status_json(
+        project
+            .admin
+            .post_json(
+                &format!("admin/projects/{}/members/{membership}/tokens", project.id),
+                &json!({}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let token = with_token(&project.admin, minted["access_token"].as_str().unwrap());
+    assert_eq!(token.get("Patient").await.status(), 200);
+    assert_eq!(project.admin.delete(&bot_ref).await.status(), 200);
+    assert_eq!(token.get("Patient").await.status(), 401);
+}
 
 /// SplitMix64: small, seeded, reproducible.
 struct Rng(u64);

@@ -18,13 +18,14 @@ pub const CHANNEL: &str = "fhirgate_sessions";
 pub const LISTENER_NAME: &str = "fhirgate change listener";
 
 /// The resource types a session is built from: their writes notify.
-const SESSION_TYPES: [&str; 6] = [
+const SESSION_TYPES: [&str; 7] = [
     "Login",
     "ProjectMembership",
     "Project",
     "User",
     "AccessPolicy",
     "ClientApplication",
+    "Bot",
 ];
 
 /// What a committed write may have changed.
