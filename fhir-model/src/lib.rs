@@ -3,6 +3,7 @@
 
 mod error;
 pub mod fhirpath_patch;
+pub mod json_bounds;
 mod outcome;
 pub mod resource_types;
 pub mod search;

@@ -49,6 +49,8 @@ pub struct AppState {
     /// Permits to process a batch or transaction Bundle
     /// (`Config::bundle_concurrency`).
     pub bundle_permits: tokio::sync::Semaphore,
+    /// Each caller's share of concurrent FHIR requests.
+    pub admission: crate::auth::admission::Admission,
     /// Outgoing HTTP (clients' `jwksUri`).
     pub http_client: reqwest::Client,
 }
@@ -130,6 +132,10 @@ impl Application {
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
             sessions,
             bundle_permits: tokio::sync::Semaphore::new(config.bundle_concurrency),
+            admission: crate::auth::admission::Admission::new(
+                config.limits.concurrent_per_caller(config.pool_size),
+                config.statement_timeout,
+            ),
             http_client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(5))

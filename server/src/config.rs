@@ -54,6 +54,52 @@ pub struct Config {
     pub analyze_after: u64,
     pub admin: AdminBootstrap,
     pub lifecycle: Lifecycle,
+    pub limits: Limits,
+}
+
+/// Bounds on the work one request may ask for, so that one caller cannot
+/// take the server from the others: past each, a 400 or 413 that names it.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// JSON values in one request body, counted before it is parsed.
+    pub max_json_values: usize,
+    /// Items in one JSON array of a body.
+    pub max_array_length: usize,
+    /// Conditions of one search: each value of each parameter, chain and
+    /// `_has` link, include and revinclude.
+    pub max_search_conditions: usize,
+    pub max_sort_keys: usize,
+    /// Entries of `_elements`.
+    pub max_elements: usize,
+    /// Operations of one JSON Patch or FHIRPath Patch.
+    pub max_patch_operations: usize,
+    /// FHIR requests of one membership running at once per instance; more
+    /// wait, holding no database connection. `0`: half the pool.
+    pub max_concurrent_per_caller: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_json_values: 500_000,
+            max_array_length: 10_000,
+            max_search_conditions: 100,
+            max_sort_keys: 8,
+            max_elements: 100,
+            max_patch_operations: 1_000,
+            max_concurrent_per_caller: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// The per-caller concurrency for a pool of `pool_size` connections.
+    pub fn concurrent_per_caller(&self, pool_size: usize) -> usize {
+        match self.max_concurrent_per_caller {
+            0 => (pool_size / 2).max(1),
+            n => n,
+        }
+    }
 }
 
 /// Mail and the user lifecycle (invitations, registration, links).
@@ -161,6 +207,29 @@ impl Config {
             )?,
         };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let default_limits = Limits::default();
+        let limits = Limits {
+            max_json_values: number("FHIRGATE_MAX_JSON_VALUES", default_limits.max_json_values)?
+                .max(1),
+            max_array_length: number("FHIRGATE_MAX_ARRAY_LENGTH", default_limits.max_array_length)?
+                .max(1),
+            max_search_conditions: number(
+                "FHIRGATE_MAX_SEARCH_CONDITIONS",
+                default_limits.max_search_conditions,
+            )?
+            .max(1),
+            max_sort_keys: number("FHIRGATE_MAX_SORT_KEYS", default_limits.max_sort_keys)?.max(1),
+            max_elements: number("FHIRGATE_MAX_ELEMENTS", default_limits.max_elements)?.max(1),
+            max_patch_operations: number(
+                "FHIRGATE_MAX_PATCH_OPERATIONS",
+                default_limits.max_patch_operations,
+            )?
+            .max(1),
+            max_concurrent_per_caller: number(
+                "FHIRGATE_MAX_CONCURRENT_PER_CALLER",
+                default_limits.max_concurrent_per_caller,
+            )?,
+        };
         Ok(Config {
             database_url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
             bind,
@@ -201,6 +270,7 @@ impl Config {
                 client_secret: var("FHIRGATE_ADMIN_CLIENT_SECRET"),
             },
             lifecycle,
+            limits,
         })
     }
 
@@ -231,6 +301,7 @@ impl Config {
             analyze_after: crate::store::DEFAULT_ANALYZE_AFTER,
             admin: AdminBootstrap::default(),
             lifecycle: Lifecycle::default(),
+            limits: Limits::default(),
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("Request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// A body within the byte limit that holds more than another limit allows.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -109,7 +112,7 @@ impl Error {
             Error::NotFound(_) | Error::UnknownResourceType(_) => IssueCode::NotFound,
             Error::Gone(_) => IssueCode::Deleted,
             Error::Conflict(_) | Error::PreconditionFailed(_) => IssueCode::Conflict,
-            Error::PayloadTooLarge(_) => IssueCode::TooCostly,
+            Error::PayloadTooLarge(_) | Error::TooLarge(_) => IssueCode::TooCostly,
             Error::TooManyRequests { .. } => IssueCode::Throttled,
             Error::MethodNotAllowed(_)
             | Error::NotAcceptable(_)
@@ -163,7 +166,7 @@ impl ResponseError for Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::PayloadTooLarge(_) | Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

@@ -1,6 +1,7 @@
 //! Who is calling: bearer tokens, the Login behind them, the membership and
 //! project it speaks for, and the client-credentials grant that issues them.
 
+pub mod admission;
 pub mod client;
 pub mod keys;
 pub mod login;
@@ -76,6 +77,9 @@ pub struct Caller {
     /// The AccessPolicies the caller's own membership names: a caller may
     /// not rewrite the rules that bind it.
     pub own_policies: Vec<Uuid>,
+    /// This request's turn among the caller's FHIR requests
+    /// ([`admission`]); `None` outside `/fhir/` and for super admins.
+    pub turn: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Caller {
@@ -230,6 +234,7 @@ impl Caller {
             auth_method: login["authMethod"].as_str().unwrap_or_default().to_string(),
             policy: Arc::new(policy),
             own_policies,
+            turn: None,
         };
         Ok((caller, membership_end(&membership)))
     }
@@ -375,6 +380,7 @@ impl FromRequest for Caller {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         // The connection's address: headers a client sets are not trusted.
         let address = req.peer_addr().map(|a| a.ip());
+        let takes_turns = req.path().starts_with("/fhir/");
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -397,7 +403,12 @@ impl FromRequest for Caller {
                         "The Authorization header must be 'Bearer <access token>'".into(),
                     )
                 })?;
-            Caller::from_bearer(&state, token, address).await
+            let mut caller = Caller::from_bearer(&state, token, address).await?;
+            if takes_turns && !caller.is_super_admin() {
+                let turn = state.admission.admit(caller.membership_id).await?;
+                caller.turn = Some(Arc::new(turn));
+            }
+            Ok(caller)
         })
     }
 }

@@ -159,6 +159,7 @@ mod tests {
                 scopes: &[],
             })),
             own_policies: Vec::new(),
+            turn: None,
         }
     }
 

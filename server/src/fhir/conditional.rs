@@ -12,6 +12,7 @@ use super::{authorize, redact, WriteOutcome};
 use crate::{
     app::AppState,
     auth::Caller,
+    config::Limits,
     error::{Error, Result},
     store::{search::SearchQuery, Tenant, Tx, Version},
 };
@@ -21,6 +22,7 @@ use crate::{
 pub async fn matches(
     tx: &Tx,
     caller: &Caller,
+    limits: &Limits,
     resource_type: &str,
     query: &str,
     limit: usize,
@@ -35,7 +37,9 @@ pub async fn matches(
             "A conditional {resource_type} interaction needs search parameters that say which resource it means"
         )));
     }
+    super::search::check_pair_count(&pairs, limits)?;
     let mut request = parse_search(Registry::get(), Some(resource_type), &pairs, false)?;
+    super::search::check_limits(&request, limits)?;
     super::search::check_hidden_conditions(caller, &request)?;
     request.count = limit;
     let mut key_parts = request.canonical_query.clone();
@@ -68,11 +72,12 @@ fn too_many(resource_type: &str, query: &str) -> Error {
 pub async fn existing(
     tx: &Tx,
     caller: &Caller,
+    limits: &Limits,
     resource_type: &str,
     condition: &str,
 ) -> Result<Option<Version>> {
     authorize(caller, resource_type, Interaction::Create)?;
-    let mut found = matches(tx, caller, resource_type, condition, 2).await?;
+    let mut found = matches(tx, caller, limits, resource_type, condition, 2).await?;
     match found.len() {
         0 | 1 => Ok(found.pop()),
         _ => Err(too_many(resource_type, condition)),
@@ -89,7 +94,9 @@ pub async fn create(
     if_none_exist: Option<&str>,
 ) -> Result<(Version, WriteOutcome)> {
     if let Some(condition) = if_none_exist {
-        if let Some(found) = existing(tx, caller, resource_type, condition).await? {
+        if let Some(found) =
+            existing(tx, caller, &state.config.limits, resource_type, condition).await?
+        {
             return Ok((redact(caller, found)?, WriteOutcome::Unchanged));
         }
     }
@@ -111,7 +118,7 @@ pub async fn update(
     new_id: Uuid,
 ) -> Result<(Version, WriteOutcome)> {
     authorize(caller, resource_type, Interaction::Update)?;
-    let found = matches(tx, caller, resource_type, query, 2).await?;
+    let found = matches(tx, caller, &state.config.limits, resource_type, query, 2).await?;
     match found.as_slice() {
         [] => {
             let version =
@@ -145,7 +152,7 @@ pub async fn patch(
     if_match: Option<&str>,
 ) -> Result<(Version, WriteOutcome)> {
     authorize(caller, resource_type, Interaction::Patch)?;
-    let found = matches(tx, caller, resource_type, query, 2).await?;
+    let found = matches(tx, caller, &state.config.limits, resource_type, query, 2).await?;
     match found.as_slice() {
         [] => Err(Error::NotFound(format!(
             "No {resource_type} matches '{query}'"
@@ -169,7 +176,15 @@ pub async fn delete(
     max: usize,
 ) -> Result<usize> {
     authorize(caller, resource_type, Interaction::Delete)?;
-    let found = matches(tx, caller, resource_type, query, max + 1).await?;
+    let found = matches(
+        tx,
+        caller,
+        &state.config.limits,
+        resource_type,
+        query,
+        max + 1,
+    )
+    .await?;
     if found.len() > max {
         return Err(Error::PreconditionFailed(format!(
             "More than {max} {resource_type} resources match '{query}'; a conditional delete removes at most {max} (FHIRGATE_MAX_CONDITIONAL_DELETE)"

@@ -18,7 +18,17 @@ pub enum PatchDocument {
 impl PatchDocument {
     /// Reads a body by its media type: `application/json-patch+json`, or a
     /// FHIR `Parameters` resource for FHIRPath Patch.
-    pub fn parse(body: Value) -> Result<PatchDocument> {
+    /// At most `max_operations` operations (FHIRGATE_MAX_PATCH_OPERATIONS).
+    pub fn parse(body: Value, max_operations: usize) -> Result<PatchDocument> {
+        let operations = match &body {
+            Value::Array(operations) => operations.len(),
+            parameters => parameters["parameter"].as_array().map_or(0, Vec::len),
+        };
+        if operations > max_operations {
+            return Err(Error::TooLarge(format!(
+                "The patch has {operations} operations; at most {max_operations} are allowed (FHIRGATE_MAX_PATCH_OPERATIONS)"
+            )));
+        }
         if body["resourceType"] == "Parameters" {
             return Ok(PatchDocument::FhirPath(body));
         }

@@ -3,13 +3,16 @@
 //! and answered as a `searchset` Bundle.
 
 use access_policy::{CompiledPolicy, Interaction};
-use fhir_model::search::{self, parse_search, Registry, SearchError, SearchRequest, Summary};
+use fhir_model::search::{
+    self, parse_search, Filter, Registry, SearchError, SearchRequest, Summary,
+};
 use serde_json::{json, Value};
 
 use super::{authorize, bundle, parse_id, redact};
 use crate::{
     app::AppState,
     auth::Caller,
+    config::Limits,
     error::{Error, Result},
     store::{
         search::{Cursor, SearchQuery},
@@ -46,7 +49,9 @@ pub async fn search(
         authorize(caller, resource_type, Interaction::Search)?;
     }
     let registry = Registry::get();
+    check_pair_count(query, &state.config.limits)?;
     let mut request = parse_search(registry, scope.resource_type, query, lenient)?;
+    check_limits(&request, &state.config.limits)?;
     if request.summary == Summary::Count {
         request.count = 0;
         if request.total == search::Total::None {
@@ -113,6 +118,68 @@ pub async fn search(
         next: page.next.map(|c| c.encode()),
         previous: page.previous.map(|c| c.encode()),
     })
+}
+
+/// Parameters that shape the result rather than select (`_count`, `_sort`,
+/// `_include`, …): a query may carry this many beyond its conditions.
+const RESULT_PARAMETERS: usize = 32;
+
+/// Refuses a query with far more parameters than conditions are allowed,
+/// before parsing it.
+pub fn check_pair_count(query: &[(String, String)], limits: &Limits) -> Result<()> {
+    let max = limits.max_search_conditions + RESULT_PARAMETERS;
+    if query.len() > max {
+        return Err(Error::BadRequest(format!(
+            "This search has {} parameters; at most {max} are allowed (FHIRGATE_MAX_SEARCH_CONDITIONS plus {RESULT_PARAMETERS} result parameters)",
+            query.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Bounds on what one search asks of the database: its conditions (each
+/// value, chain and `_has` link, include), sort keys and `_elements`.
+pub fn check_limits(request: &SearchRequest, limits: &Limits) -> Result<()> {
+    let conditions = request.filters.iter().map(conditions_of).sum::<usize>()
+        + request.include.len()
+        + request.revinclude.len();
+    let checks = [
+        (
+            conditions,
+            limits.max_search_conditions,
+            "conditions (values of parameters, chain and _has links, includes)",
+            "FHIRGATE_MAX_SEARCH_CONDITIONS",
+        ),
+        (
+            request.sort.len(),
+            limits.max_sort_keys,
+            "_sort keys",
+            "FHIRGATE_MAX_SORT_KEYS",
+        ),
+        (
+            request.elements.len(),
+            limits.max_elements,
+            "_elements entries",
+            "FHIRGATE_MAX_ELEMENTS",
+        ),
+    ];
+    for (count, max, what, variable) in checks {
+        if count > max {
+            return Err(Error::BadRequest(format!(
+                "This search has {count} {what}; at most {max} are allowed ({variable})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn conditions_of(filter: &Filter) -> usize {
+    match filter {
+        Filter::Param { values, .. } => values.len().max(1),
+        Filter::Chain { inner, .. } | Filter::Has { inner, .. } => 1 + conditions_of(inner),
+        Filter::AnyOf(filters) => filters.iter().map(conditions_of).sum(),
+        Filter::Compartment { .. } => 1,
+    }
 }
 
 /// A search may not match on, sort by, or include through a field the

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     app::AppState,
     auth::Caller,
+    config::Limits,
     error::{Error, Result},
     store::{Tx, Version},
 };
@@ -321,7 +322,14 @@ async fn run_transaction(
     }
     let tx = state.store.begin().await?;
     let assigned = assign_ids(state, &tx, caller, &entries).await?;
-    rewrite_references(&tx, caller, &mut entries, &assigned.references).await?;
+    rewrite_references(
+        &tx,
+        caller,
+        &state.config.limits,
+        &mut entries,
+        &assigned.references,
+    )
+    .await?;
     check_single_write(state, &entries, &assigned.ids)?;
 
     let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -392,9 +400,15 @@ async fn assign_ids(
                 },
             ) => {
                 let existing = match &entry.if_none_exist {
-                    Some(condition) => conditional::existing(tx, caller, resource_type, condition)
-                        .await
-                        .map_err(|e| entry_error(entry, e))?,
+                    Some(condition) => conditional::existing(
+                        tx,
+                        caller,
+                        &state.config.limits,
+                        resource_type,
+                        condition,
+                    )
+                    .await
+                    .map_err(|e| entry_error(entry, e))?,
                     None => None,
                 };
                 (
@@ -409,9 +423,10 @@ async fn assign_ids(
                     query: Some(query),
                 },
             ) => {
-                let found = conditional::matches(tx, caller, resource_type, query, 2)
-                    .await
-                    .map_err(|e| entry_error(entry, e))?;
+                let found =
+                    conditional::matches(tx, caller, &state.config.limits, resource_type, query, 2)
+                        .await
+                        .map_err(|e| entry_error(entry, e))?;
                 let id = match found.as_slice() {
                     [] => super::resource::new_id(),
                     [one] => one.id,
@@ -455,6 +470,7 @@ async fn assign_ids(
 async fn rewrite_references(
     tx: &Tx,
     caller: &Caller,
+    limits: &Limits,
     entries: &mut [Entry],
     references: &HashMap<String, String>,
 ) -> Result<()> {
@@ -478,7 +494,7 @@ async fn rewrite_references(
         let mut resolved = HashMap::new();
         for reference in conditional_refs {
             let (resource_type, query) = reference.split_once('?').expect("collected with a '?'");
-            let found = conditional::matches(tx, caller, resource_type, query, 2)
+            let found = conditional::matches(tx, caller, limits, resource_type, query, 2)
                 .await
                 .map_err(|e| entry_error(entry, e))?;
             match found.as_slice() {
@@ -582,19 +598,21 @@ fn resource_of(entry: &Entry, resource: Option<Value>) -> Result<Value> {
 
 /// A PATCH entry's body: JSON Patch carried in a Binary, or FHIRPath Patch
 /// as a Parameters resource.
-fn patch_of(entry: &Entry, resource: Option<Value>) -> Result<PatchDocument> {
+fn patch_of(entry: &Entry, resource: Option<Value>, limits: &Limits) -> Result<PatchDocument> {
     let resource = resource_of(entry, resource)?;
     match resource["resourceType"].as_str() {
-        Some("Parameters") => Ok(PatchDocument::FhirPath(resource)),
+        Some("Parameters") => PatchDocument::parse(resource, limits.max_patch_operations),
         Some("Binary") => {
             let data = resource["data"].as_str().unwrap_or_default();
             let bytes = STANDARD.decode(data).map_err(|_| {
                 Error::BadRequest("Binary.data of a PATCH entry is not base64".into())
             })?;
+            fhir_model::json_bounds::check(&bytes, crate::http::json_bounds(limits))
+                .map_err(|e| Error::TooLarge(e.to_string()))?;
             let document = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::BadRequest(format!("Binary.data of a PATCH entry is not JSON: {e}"))
             })?;
-            PatchDocument::parse(document)
+            PatchDocument::parse(document, limits.max_patch_operations)
         }
         _ => Err(Error::BadRequest(
             "A PATCH entry carries JSON Patch in a Binary or FHIRPath Patch as Parameters".into(),
@@ -621,8 +639,14 @@ async fn write_entry(
         ) => {
             let body = resource_of(entry, resource)?;
             if let Some(condition) = &entry.if_none_exist {
-                if let Some(found) =
-                    conditional::existing(tx, caller, &resource_type, condition).await?
+                if let Some(found) = conditional::existing(
+                    tx,
+                    caller,
+                    &state.config.limits,
+                    &resource_type,
+                    condition,
+                )
+                .await?
                 {
                     return Ok(Done::version(StatusCode::OK, super::redact(caller, found)?));
                 }
@@ -673,7 +697,7 @@ async fn write_entry(
                 caller,
                 &resource_type,
                 &id,
-                patch_of(entry, resource)?,
+                patch_of(entry, resource, &state.config.limits)?,
                 if_match,
             )
             .await?;
@@ -692,7 +716,7 @@ async fn write_entry(
                 caller,
                 &resource_type,
                 &query,
-                patch_of(entry, resource)?,
+                patch_of(entry, resource, &state.config.limits)?,
                 if_match,
             )
             .await?;

@@ -5,7 +5,7 @@
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 
 use super::{
-    check_accept, check_content_type, parse_resource, prefer_return, query_pairs, read_body,
+    check_accept, check_content_type, prefer_return, query_pairs, read_body, read_fhir_resource,
     version_response, FHIR_JSON, JSON_TYPES,
 };
 use crate::{
@@ -110,7 +110,7 @@ async fn create(
     fhir::authorize(&caller, &resource_type, access_policy::Interaction::Create)?;
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
-    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let body = read_fhir_resource(&state, &req, payload).await?;
     let if_none_exist = header(&req, "If-None-Exist");
     let (version, outcome) = fhir::atomically(&state, async |tx| {
         fhir::conditional::create(
@@ -246,7 +246,7 @@ async fn update_target(
     fhir::authorize(&caller, &resource_type, access_policy::Interaction::Update)?;
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
-    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let body = read_fhir_resource(&state, &req, payload).await?;
     let if_match = if_match(&req);
     let (version, outcome) = fhir::atomically(&state, async |tx| match &target {
         Target::Id(id) => {
@@ -324,8 +324,8 @@ async fn patch_body(
             "application/json",
         ],
     )?;
-    let body = super::parse_json(&read_body(req, payload, state.config.max_body_bytes).await?)?;
-    fhir::patch::PatchDocument::parse(body)
+    let body = super::read_fhir_json(state, req, payload).await?;
+    fhir::patch::PatchDocument::parse(body, state.config.limits.max_patch_operations)
 }
 
 async fn patch_target(
@@ -457,7 +457,7 @@ async fn bundle(
         .acquire()
         .await
         .map_err(|_| Error::Internal("bundle permits closed".into()))?;
-    let body = parse_resource(&read_body(&req, payload, state.config.max_body_bytes).await?)?;
+    let body = read_fhir_resource(&state, &req, payload).await?;
     let response = fhir::transaction::process(&state, &caller, body, prefer_return(&req)).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
 }

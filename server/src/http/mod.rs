@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub use crate::fhir::{informational, Return};
 use crate::{
+    app::AppState,
     error::{Error, Result},
     store::Version,
 };
@@ -142,9 +143,67 @@ pub fn parse_json(body: &[u8]) -> Result<Value> {
     })
 }
 
+/// Bodies from this size on are parsed on a blocking thread, not on the
+/// HTTP worker that other requests share.
+const PARSE_OFF_WORKER_BYTES: usize = 256 * 1024;
+
+/// A FHIR request body as JSON: read up to `FHIRGATE_MAX_BODY_BYTES`, its
+/// values and arrays counted against the limits before it is parsed (a
+/// parsed tree costs many times its bytes), and large ones parsed off the
+/// HTTP worker.
+pub async fn read_fhir_json(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Value> {
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    let bounds = json_bounds(&state.config.limits);
+    let parse = move || -> Result<Value> {
+        fhir_model::json_bounds::check(&body, bounds)
+            .map_err(|e| Error::TooLarge(e.to_string()))?;
+        parse_json(&body)
+    };
+    if body_len_is_large(req) {
+        web::block(parse)
+            .await
+            .map_err(|e| Error::Internal(format!("parsing a body: {e}")))?
+    } else {
+        parse()
+    }
+}
+
+fn body_len_is_large(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_none_or(|length| length >= PARSE_OFF_WORKER_BYTES)
+}
+
+/// The JSON bounds of the configured limits.
+pub fn json_bounds(limits: &crate::config::Limits) -> fhir_model::json_bounds::JsonBounds {
+    fhir_model::json_bounds::JsonBounds {
+        max_values: limits.max_json_values,
+        max_array_length: limits.max_array_length,
+    }
+}
+
+/// [`read_fhir_json`], which must be a JSON object (a FHIR resource).
+pub async fn read_fhir_resource(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Value> {
+    as_resource(read_fhir_json(state, req, payload).await?)
+}
+
 /// The body parsed as a JSON object.
 pub fn parse_resource(body: &[u8]) -> Result<Value> {
-    match parse_json(body)? {
+    as_resource(parse_json(body)?)
+}
+
+fn as_resource(value: Value) -> Result<Value> {
+    match value {
         value @ Value::Object(_) => Ok(value),
         _ => Err(Error::BadRequest(
             "The body must be a JSON object (a FHIR resource)".into(),
