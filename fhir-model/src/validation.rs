@@ -6,6 +6,9 @@
 //! It is compiled on first use (under 100 ms); after that a resource validates in
 //! microseconds without taking a lock.
 
+mod choices;
+
+pub use choices::variants as choice_variants;
 mod messages;
 
 use std::sync::OnceLock;
@@ -58,13 +61,18 @@ impl Validator {
                 ..Issue::error(IssueCode::Exception, e.to_string())
             }]
         })?;
-        if schema.is_valid(resource) {
-            return Ok(());
+        if !schema.is_valid(resource) {
+            return Err(messages::issues(
+                resource_type,
+                schema.iter_errors(resource),
+            ));
         }
-        Err(messages::issues(
-            resource_type,
-            schema.iter_errors(resource),
-        ))
+        let choices = choices::issues(resource_type, resource);
+        if choices.is_empty() {
+            Ok(())
+        } else {
+            Err(choices)
+        }
     }
 
     /// The compiled schema, compiled on first use. Two threads racing on the first use may

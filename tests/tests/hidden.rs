@@ -370,3 +370,59 @@ async fn write_responses_never_show_hidden_fields() {
         assert_eq!(entry["resource"]["resourceType"], "Patient", "{response}");
     }
 }
+
+/// A choice element takes one form: a body with two is refused, and a
+/// member cannot add a second form beside one its policy hides (the hidden
+/// form protects the element, so nothing about it shows either).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hidden_choice_form_cannot_be_shadowed_by_another() {
+    let app = TestApp::spawn().await;
+    let project = app.project("choices").await;
+    let admin = &project.admin;
+    let (status, body) = status_json(
+        admin
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "deceasedBoolean": true, "deceasedDateTime": "2020-01-01"}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["issue"][0]["expression"][0], "Patient.deceased[x]",
+        "{body}"
+    );
+
+    let patient = admin
+        .create(json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"}))
+        .await;
+    let reference = format!("Patient/{}", id(&patient));
+    let member = member_with(
+        &app,
+        admin,
+        &project.id,
+        json!({"resourceType": "AccessPolicy", "resource": [
+            {"resourceType": "Patient", "hiddenFields": ["deceasedDateTime"]}]}),
+    )
+    .await;
+    let (status, body) = status_json(
+        member
+            .patch(
+                &reference,
+                &json!([{"op": "add", "path": "/deceasedBoolean", "value": false},
+                        {"op": "add", "path": "/gender", "value": "female"}]),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.get("deceasedBoolean").is_none() && body.get("deceasedDateTime").is_none(),
+        "{body}"
+    );
+    let (_, stored) = status_json(admin.get(&reference).await).await;
+    assert_eq!(stored["deceasedDateTime"], "2020-01-01", "{stored}");
+    assert!(stored.get("deceasedBoolean").is_none(), "{stored}");
+    assert_eq!(stored["gender"], "female", "the rest of the patch applied");
+}

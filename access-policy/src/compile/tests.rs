@@ -451,3 +451,20 @@ fn effective_policy_renders_substituted_entries_and_scope_queries() {
         ], "ipAccessRule": [{"value": "10.0.0.0/8", "action": "block"}]})
     );
 }
+
+#[test]
+fn a_protected_choice_form_protects_the_element() {
+    let p = compile(
+        Role::Member,
+        vec![
+            json!({"resource": [{"resourceType": "Patient", "readonlyFields": ["deceasedDateTime"]}]}),
+        ],
+    );
+    let stored = json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"});
+    let mut new = json!({"resourceType": "Patient", "deceasedBoolean": false, "gender": "male"});
+    p.keep_protected(Interaction::Update, &mut new, &stored);
+    assert_eq!(
+        new,
+        json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01", "gender": "male"})
+    );
+}

@@ -304,3 +304,37 @@ fn every_type_is_checked_against_its_own_definition() {
         );
     }
 }
+
+#[test]
+fn two_forms_of_one_choice_element_are_refused() {
+    let (expression, diagnostics) = only_issue(json!({
+        "resourceType": "Patient",
+        "deceasedBoolean": true,
+        "deceasedDateTime": "2020-01-01"
+    }));
+    assert_eq!(expression, "Patient.deceased[x]");
+    assert!(
+        diagnostics.contains("deceasedBoolean and deceasedDateTime"),
+        "{diagnostics}"
+    );
+    // Nested: an Observation component, an extension.
+    let issues = issues(json!({
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "component": [{"code": {"text": "c"}, "valueString": "a", "valueInteger": 1}],
+        "extension": [{"url": "http://e", "valueCode": "a", "valueBoolean": true}]
+    }));
+    assert_eq!(
+        expressions(&issues),
+        vec![
+            "Observation.component[0].value[x]",
+            "Observation.extension[0].value[x]"
+        ]
+    );
+    // One form each, and elements that merely share a prefix, pass.
+    assert!(VALIDATOR
+        .validate(
+            &json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01",
+            "multipleBirthInteger": 2, "birthDate": "1970-01-01"})
+        )
+        .is_ok());
+}
