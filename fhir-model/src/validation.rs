@@ -11,7 +11,7 @@ mod choices;
 pub use choices::variants as choice_variants;
 mod messages;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use jsonschema::{Draft, Registry};
 use serde_json::{json, Map, Value};
@@ -28,8 +28,15 @@ const SCHEMA_URI: &str = "https://fhirgate.invalid/fhir.schema.json";
 /// The R4 schema is written for draft 6; draft 7 adds only what the dispatch needs (`if`/`then`).
 const DRAFT: Draft = Draft::Draft7;
 
-/// Validates resources of every known type. Cheap to share: wrap it in an `Arc`.
+/// Validates resources of every known type. Clones share one schema, so a
+/// clone can move to another thread (a large resource validates off the
+/// thread that serves requests).
+#[derive(Clone)]
 pub struct Validator {
+    schemas: Arc<Schemas>,
+}
+
+struct Schemas {
     /// The merged schema document, indexed once so the compile can resolve `$ref`s
     /// without copying the definitions.
     registry: Registry<'static>,
@@ -46,8 +53,10 @@ impl Validator {
             .and_then(|builder| builder.prepare())
             .map_err(|e| Error::Schema(e.to_string()))?;
         Ok(Validator {
-            registry,
-            compiled: OnceLock::new(),
+            schemas: Arc::new(Schemas {
+                registry,
+                compiled: OnceLock::new(),
+            }),
         })
     }
 
@@ -78,7 +87,7 @@ impl Validator {
     /// The compiled schema, compiled on first use. Two threads racing on the first use may
     /// both compile it; one result is kept.
     fn schema(&self) -> Result<&jsonschema::Validator, Error> {
-        if let Some(schema) = self.compiled.get() {
+        if let Some(schema) = self.schemas.compiled.get() {
             return Ok(schema);
         }
         // Each type's definition applies when `resourceType` names it (not the document's
@@ -93,10 +102,10 @@ impl Validator {
             .collect();
         let schema = jsonschema::options()
             .with_draft(DRAFT)
-            .with_registry(&self.registry)
+            .with_registry(&self.schemas.registry)
             .build(&json!({ "allOf": branches }))
             .map_err(|e| Error::Schema(e.to_string()))?;
-        Ok(self.compiled.get_or_init(|| schema))
+        Ok(self.schemas.compiled.get_or_init(|| schema))
     }
 }
 

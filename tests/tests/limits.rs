@@ -287,3 +287,49 @@ async fn one_member_flooding_does_not_starve_other_projects() {
     // the statement timeout and fail; they must not come close.
     assert!(p99 < Duration::from_secs(5), "other project's p99 {p99:?}");
 }
+
+/// Large resources and patches are validated and applied on a blocking
+/// thread: the answers are the same as for small ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_resources_and_patches_are_checked_like_small_ones() {
+    let app = TestApp::spawn().await;
+    let project = app.project("large").await;
+    let member = &project.member;
+    // 120 names of 200 given names each: about 24,000 values.
+    let names: Vec<Value> = (0..120)
+        .map(|i| json!({"family": format!("F{i}"), "given": vec!["g"; 200]}))
+        .collect();
+    let patient = member
+        .create(json!({"resourceType": "Patient", "name": names.clone()}))
+        .await;
+    assert_eq!(patient["name"].as_array().map(Vec::len), Some(120));
+    let (status, body) = status_json(
+        member
+            .post(
+                "Patient",
+                &json!({"resourceType": "Patient", "name": names, "gender": "unknown-gender"}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["issue"][0]["expression"][0], "Patient.gender",
+        "{body}"
+    );
+    let operations: Vec<Value> = (0..150)
+        .map(|i| json!({"op": "replace", "path": format!("/name/{}/family", i % 120), "value": format!("P{i}")}))
+        .collect();
+    let (status, patched) = status_json(
+        member
+            .patch(
+                &format!("Patient/{}", patient["id"].as_str().unwrap()),
+                &Value::Array(operations),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["name"][0]["family"], "P120");
+    assert_eq!(patched["name"][119]["family"], "P119");
+}

@@ -231,7 +231,7 @@ pub async fn insert(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, Value)> {
-    store_prepared(tx, prepare(validator, resource, stamp)?, stamp, true).await
+    store_prepared(tx, prepare(validator, resource, stamp).await?, stamp, true).await
 }
 
 /// Stores a new version of an existing resource on the server's own behalf
@@ -242,7 +242,7 @@ pub async fn overwrite(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<(Version, Value)> {
-    store_prepared(tx, prepare(validator, resource, stamp)?, stamp, false).await
+    store_prepared(tx, prepare(validator, resource, stamp).await?, stamp, false).await
 }
 
 async fn store_prepared(
@@ -620,7 +620,7 @@ async fn write_next(
     resource: Value,
     stamp: &Stamp,
 ) -> Result<Option<(Version, Value)>> {
-    let prepared = prepare(&state.validator, resource, stamp)?;
+    let prepared = prepare(&state.validator, resource, stamp).await?;
     if let Some(stored) = stored {
         if prepared.secrets.is_empty() && same_content(stored, &prepared.value) {
             return Ok(None);
@@ -681,7 +681,7 @@ pub async fn patch(
     // cannot probe its value, and `replace` puts protected fields back.
     let mut resource = parse_stored(&current)?;
     caller.policy.redact(&mut resource);
-    operations.apply(resource_type, &mut resource)?;
+    let resource = operations.apply_to(resource_type, resource).await?;
     let stamp = Stamp::new(uuid, current.project_id, &caller.profile);
     replace(
         state,

@@ -7,6 +7,18 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The operations of a patch body: a JSON Patch array's items, a FHIRPath
+/// Patch's parameters.
+fn operations_in(body: &Value) -> usize {
+    match body {
+        Value::Array(operations) => operations.len(),
+        parameters => parameters["parameter"].as_array().map_or(0, Vec::len),
+    }
+}
+
+/// Patches with more operations than this apply off the HTTP worker.
+const PATCH_OFF_WORKER_OPERATIONS: usize = 100;
+
 /// Elements a patch may not change.
 const SERVER_MANAGED: &[&str] = &["id", "meta", "resourceType"];
 
@@ -20,10 +32,7 @@ impl PatchDocument {
     /// FHIR `Parameters` resource for FHIRPath Patch.
     /// At most `max_operations` operations (FHIRGATE_MAX_PATCH_OPERATIONS).
     pub fn parse(body: Value, max_operations: usize) -> Result<PatchDocument> {
-        let operations = match &body {
-            Value::Array(operations) => operations.len(),
-            parameters => parameters["parameter"].as_array().map_or(0, Vec::len),
-        };
+        let operations = operations_in(&body);
         if operations > max_operations {
             return Err(Error::TooLarge(format!(
                 "The patch has {operations} operations; at most {max_operations} are allowed (FHIRGATE_MAX_PATCH_OPERATIONS)"
@@ -56,9 +65,37 @@ impl PatchDocument {
         Ok(PatchDocument::Json(operations))
     }
 
+    /// Applies the patch to `resource` and returns the result, on a blocking
+    /// thread when the patch or the resource is large (the HTTP worker that
+    /// received it serves other requests meanwhile).
+    pub async fn apply_to(self, resource_type: &str, mut resource: Value) -> Result<Value> {
+        let large = self.operation_count() > PATCH_OFF_WORKER_OPERATIONS
+            || super::resource::more_values_than(
+                &resource,
+                super::resource::VALIDATE_OFF_WORKER_VALUES,
+            );
+        if !large {
+            self.apply(resource_type, &mut resource)?;
+            return Ok(resource);
+        }
+        let resource_type = resource_type.to_string();
+        tokio::task::spawn_blocking(move || {
+            self.apply(&resource_type, &mut resource).map(|()| resource)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("applying a patch: {e}")))?
+    }
+
+    fn operation_count(&self) -> usize {
+        match self {
+            PatchDocument::Json(operations) => operations.0.len(),
+            PatchDocument::FhirPath(parameters) => operations_in(parameters),
+        }
+    }
+
     /// Applies the patch to `resource`; on error `resource` may be partly
     /// changed, so callers patch a copy they can drop.
-    pub fn apply(&self, resource_type: &str, resource: &mut Value) -> Result<()> {
+    fn apply(&self, resource_type: &str, resource: &mut Value) -> Result<()> {
         match self {
             PatchDocument::Json(operations) => json_patch::patch(resource, operations).map_err(|e| match e.kind {
                 json_patch::PatchErrorKind::TestFailed => Error::PreconditionFailed(format!(

@@ -66,9 +66,44 @@ pub fn instant(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Resources with more JSON values than this validate on a blocking thread:
+/// a large one takes long enough to hold up the other requests of the HTTP
+/// worker that received it.
+pub(super) const VALIDATE_OFF_WORKER_VALUES: usize = 20_000;
+
+/// Whether `value` holds more than `limit` JSON values (counted only that far).
+pub(super) fn more_values_than(value: &Value, limit: usize) -> bool {
+    fn count(value: &Value, left: &mut usize) -> bool {
+        if *left == 0 {
+            return true;
+        }
+        *left -= 1;
+        match value {
+            Value::Array(items) => items.iter().any(|item| count(item, left)),
+            Value::Object(map) => map.values().any(|item| count(item, left)),
+            _ => false,
+        }
+    }
+    let mut left = limit;
+    count(value, &mut left)
+}
+
+/// Checks `value` against the schema, off the HTTP worker when it is large.
+async fn validate(validator: &Validator, value: Value) -> Result<Value> {
+    if !more_values_than(&value, VALIDATE_OFF_WORKER_VALUES) {
+        validator.validate(&value).map_err(Error::Invalid)?;
+        return Ok(value);
+    }
+    let validator = validator.clone();
+    tokio::task::spawn_blocking(move || validator.validate(&value).map(|()| value))
+        .await
+        .map_err(|e| Error::Internal(format!("validating a resource: {e}")))?
+        .map_err(Error::Invalid)
+}
+
 /// Validates `resource` and applies the stamp. `resource` must already be a
 /// JSON object whose `resourceType` the caller checked.
-pub fn prepare(validator: &Validator, resource: Value, stamp: &Stamp) -> Result<Prepared> {
+pub async fn prepare(validator: &Validator, resource: Value, stamp: &Stamp) -> Result<Prepared> {
     let Value::Object(mut fields) = resource else {
         return Err(Error::BadRequest(
             "The body must be a JSON object (a FHIR resource)".into(),
@@ -98,8 +133,7 @@ pub fn prepare(validator: &Validator, resource: Value, stamp: &Stamp) -> Result<
     if !meta.is_empty() {
         fields.insert("meta".into(), Value::Object(meta.clone()));
     }
-    let mut value = Value::Object(fields);
-    validator.validate(&value).map_err(Error::Invalid)?;
+    let mut value = validate(validator, Value::Object(fields)).await?;
 
     meta.insert("versionId".into(), json!(stamp.version_id.to_string()));
     meta.insert("lastUpdated".into(), json!(instant(&stamp.last_updated)));
@@ -187,13 +221,13 @@ mod tests {
         assert!(ids.iter().all(|id| id.get_version_num() == 7));
     }
 
-    #[test]
-    fn server_meta_replaces_client_meta() {
+    #[tokio::test]
+    async fn server_meta_replaces_client_meta() {
         let validator = Validator::new().unwrap();
         let stamp = stamp();
         let input = json!({"resourceType": "Patient", "id": "ignored", "active": true,
             "meta": {"versionId": "99", "project": "evil", "tag": [{"code": "x"}]}});
-        let prepared = prepare(&validator, input, &stamp).unwrap();
+        let prepared = prepare(&validator, input, &stamp).await.unwrap();
         let meta = &prepared.value["meta"];
         assert_eq!(prepared.value["id"], json!(stamp.id.to_string()));
         assert_eq!(meta["versionId"], json!(stamp.version_id.to_string()));
@@ -205,12 +239,12 @@ mod tests {
             .starts_with(r#"{"resourceType":"Patient","id":"#));
     }
 
-    #[test]
-    fn client_secret_is_hashed_and_removed() {
+    #[tokio::test]
+    async fn client_secret_is_hashed_and_removed() {
         let validator = Validator::new().unwrap();
         let secret = "0123456789abcdef0123456789abcdef";
         let input = json!({"resourceType": "ClientApplication", "name": "app", "secret": secret});
-        let prepared = prepare(&validator, input, &stamp()).unwrap();
+        let prepared = prepare(&validator, input, &stamp()).await.unwrap();
         assert!(!prepared.content.contains(secret));
         assert!(prepared.value.get("secret").is_none());
         assert_eq!(
@@ -220,9 +254,17 @@ mod tests {
 
         let short = json!({"resourceType": "ClientApplication", "secret": "short"});
         assert!(matches!(
-            prepare(&validator, short, &stamp()),
+            prepare(&validator, short, &stamp()).await,
             Err(Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn counting_values_stops_at_the_limit() {
+        let value = json!({"a": [1, 2, {"b": true}], "c": "x"});
+        // The object, a, 1, 2, the inner object, b, c: 7 values.
+        assert!(!more_values_than(&value, 7));
+        assert!(more_values_than(&value, 6));
     }
 
     #[test]
