@@ -1597,11 +1597,91 @@ async fn users_mint_their_own_personal_tokens_listed_with_their_sessions() {
         sessions.iter().any(|s| s.to_string().contains(login_id)),
         "{me}"
     );
+    // The personal token says who it is, but shows no sessions.
+    let (status, seen) = status_json(
+        script
+            .request(reqwest::Method::GET, "auth/me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["user"]["email"], "script@example.com", "{seen}");
+    assert!(seen["security"].get("sessions").is_none(), "{seen}");
     let revoke = session
         .post_json("auth/revoke", &json!({"loginId": login_id}))
         .await;
     assert_eq!(revoke.status(), 200);
     assert_outcome(script.get("Patient").await, 401, "revoked").await;
+}
+
+/// A personal token minted for an admin's own membership works for FHIR
+/// and for nothing else: no admin route, however admin its membership is.
+#[tokio::test]
+async fn personal_tokens_give_fhir_access_only() {
+    let app = TestApp::spawn().await;
+    let project = app.project("P").await;
+    let (_, me) = status_json(
+        project
+            .admin
+            .request(reqwest::Method::GET, "auth/me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let membership = me["membership"]["id"].as_str().unwrap();
+    let (status, minted) = status_json(
+        project
+            .admin
+            .post_json(
+                &format!("admin/projects/{}/members/{membership}/tokens", project.id),
+                &json!({"lifetime": 3600}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let personal = Session {
+        token: minted["access_token"].as_str().unwrap().to_string(),
+        ..project.admin.clone()
+    };
+    assert_eq!(personal.get("Patient").await.status(), 200);
+    assert_outcome(
+        personal
+            .request(
+                reqwest::Method::GET,
+                &format!("admin/projects/{}", project.id),
+            )
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "personal access token",
+    )
+    .await;
+    let response = personal
+        .post_json(
+            &format!("admin/projects/{}/client", project.id),
+            &json!({"name": "made with a personal token"}),
+        )
+        .await;
+    assert_outcome(response, 403, "personal access token").await;
+    // The same admin signed in as itself may.
+    let (status, _) = status_json(
+        project
+            .admin
+            .request(
+                reqwest::Method::GET,
+                &format!("admin/projects/{}", project.id),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
