@@ -23,6 +23,19 @@ fn compile(role: Role, policies: Vec<Value>) -> CompiledPolicy {
     CompiledPolicy::compile(&input(role, "Practitioner/d1", policies))
 }
 
+/// The filters of a search on `resource_type` (`query` without the `?`).
+fn filters(resource_type: &str, query: &str) -> Vec<Filter> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap();
+    fhir_model::search::parse_search(
+        fhir_model::search::Registry::get(),
+        Some(resource_type),
+        &pairs,
+        false,
+    )
+    .unwrap()
+    .filters
+}
+
 fn one(t: &str) -> Vec<String> {
     vec![t.to_string()]
 }
@@ -297,37 +310,26 @@ fn searching_a_hidden_field_is_found() {
             {"resourceType": "Observation"}]}),
         ],
     );
-    let parse = |t: &str, q: &str| {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
-        fhir_model::search::parse_search(
-            fhir_model::search::Registry::get(),
-            Some(t),
-            &pairs,
-            false,
-        )
-        .unwrap()
-        .filters
-    };
     assert_eq!(
-        p.hidden_condition(&parse("Patient", "birthdate=1970")),
+        p.hidden_condition(&filters("Patient", "birthdate=1970")),
         Some(("birthdate".into(), "birthDate".into()))
     );
     assert_eq!(
-        p.hidden_condition(&parse("Patient", "address=x")),
+        p.hidden_condition(&filters("Patient", "address=x")),
         Some(("address".into(), "address.line".into()))
     );
     assert_eq!(
-        p.hidden_condition(&parse("Observation", "subject:Patient.birthdate=1970")),
+        p.hidden_condition(&filters("Observation", "subject:Patient.birthdate=1970")),
         Some(("birthdate".into(), "birthDate".into()))
     );
     assert_eq!(
-        p.hidden_condition(&parse("Patient", "name=x&gender=male")),
+        p.hidden_condition(&filters("Patient", "name=x&gender=male")),
         None
     );
     assert!(p
-        .hidden_condition(&parse("Patient", "_content=x"))
+        .hidden_condition(&filters("Patient", "_content=x"))
         .is_some());
-    assert_eq!(p.hidden_condition(&parse("Observation", "code=x")), None);
+    assert_eq!(p.hidden_condition(&filters("Observation", "code=x")), None);
 }
 
 /// What a parameter reads is worked out from its FHIRPath: choice types,
@@ -344,18 +346,7 @@ fn hidden_fields_are_found_through_what_expressions_reach() {
             {"resourceType": "Organization"}
         ]})],
     );
-    let parse = |t: &str, q: &str| {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap();
-        fhir_model::search::parse_search(
-            fhir_model::search::Registry::get(),
-            Some(t),
-            &pairs,
-            false,
-        )
-        .unwrap()
-        .filters
-    };
-    let refused = |t: &str, q: &str| p.hidden_condition(&parse(t, q)).map(|(_, field)| field);
+    let refused = |t: &str, q: &str| p.hidden_condition(&filters(t, q)).map(|(_, field)| field);
     for (t, q, field) in [
         ("Patient", "death-date=2020", "deceasedDateTime"),
         ("Patient", "deceased=true", "deceasedDateTime"),
