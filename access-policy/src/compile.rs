@@ -509,8 +509,12 @@ impl CompiledPolicy {
     pub fn keep_protected(&self, interaction: Interaction, new: &mut Value, stored: &Value) {
         let resource_type = new["resourceType"].as_str().unwrap_or_default().to_string();
         for field in self.protected_fields(&resource_type, interaction) {
-            for path in with_choice_forms(field) {
-                crate::fields::restore(new, Some(stored), &path);
+            let forms = fhir_model::choice_forms(&resource_type, field);
+            if forms.is_empty() {
+                crate::fields::restore(new, Some(stored), field);
+            }
+            for form in forms {
+                crate::fields::restore(new, Some(stored), &form);
             }
         }
     }
@@ -573,26 +577,6 @@ impl CompiledPolicy {
     pub fn hides_fields(&self, resource_type: &str) -> bool {
         !self.hidden_fields(resource_type).is_empty()
     }
-}
-
-/// `field` and, when its last element is a form of a choice element, the
-/// same path to each of the other forms.
-fn with_choice_forms(field: &str) -> Vec<String> {
-    let (parent, last) = match field.rsplit_once('.') {
-        Some((parent, last)) => (Some(parent), last),
-        None => (None, field),
-    };
-    let forms = fhir_model::choice_variants(last);
-    if forms.is_empty() {
-        return vec![field.to_string()];
-    }
-    forms
-        .into_iter()
-        .map(|form| match parent {
-            Some(parent) => format!("{parent}.{form}"),
-            None => form.to_string(),
-        })
-        .collect()
 }
 
 /// Whether two element paths share data: one lies within the other (`""`,

@@ -5,6 +5,7 @@ Usage: python3 vendor.py fhir.schema.json [profiles-resources.json profiles-type
        python3 vendor.py search-parameters search-parameters.json > out
        python3 vendor.py compartment compartmentdefinition-patient.json > out
        python3 vendor.py summary profiles-resources.json > out
+       python3 vendor.py choices fhir.schema.json > out
 
 Drops every `description` annotation (most of the file) but keeps elements that are *named*
 `description` inside a `properties` map.
@@ -129,6 +130,34 @@ def summary_elements(bundle):
     return dict(sorted(out.items()))
 
 
+def choice_elements(schema):
+    """{definition: {element: [its JSON names]}} for every choice element (`deceased[x]` of
+    Patient gives "deceased": ["deceasedBoolean", "deceasedDateTime"]). The schema does not mark
+    choices: they are the properties of one definition that share a name, end in a type name,
+    are not arrays (a choice element repeats never) and carry one description (the element's).
+    Separate elements that merely look alike, such as Encounter's `reasonCode` and
+    `reasonReference` (arrays) or ClinicalImpression.finding's `itemCodeableConcept` and
+    `itemReference` (different descriptions), are left out."""
+    definitions = schema["definitions"]
+    type_names = {name[:1].upper() + name[1:] for name in definitions}
+    out = {}
+    for name, definition in definitions.items():
+        props = {
+            p: v
+            for p, v in definition.get("properties", {}).items()
+            if not p.startswith("_") and v.get("type") != "array"
+        }
+        groups = {}
+        for prop in props:
+            for at in range(1, len(prop)):
+                if prop[at].isupper() and prop[at:] in type_names:
+                    groups.setdefault(prop[:at], []).append(prop)
+        for base, forms in sorted(groups.items()):
+            if len(forms) > 1 and len({props[f].get("description") for f in forms}) == 1:
+                out.setdefault(name, {})[base] = sorted(forms)
+    return dict(sorted(out.items()))
+
+
 def dump(value, pretty_lines=False):
     if pretty_lines:
         # One entry a line: small diffs, still compact.
@@ -159,7 +188,7 @@ def dump_object_lines(value):
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    if sys.argv[1] in ("search-parameters", "compartment", "summary"):
+    if sys.argv[1] in ("search-parameters", "compartment", "summary", "choices"):
         if len(sys.argv) != 3:
             sys.exit(__doc__)
         with open(sys.argv[2], encoding="utf-8") as f:
@@ -168,6 +197,8 @@ def main():
             dump(search_parameters(source), pretty_lines=True)
         elif sys.argv[1] == "summary":
             dump_object_lines(summary_elements(source))
+        elif sys.argv[1] == "choices":
+            dump_object_lines(choice_elements(source))
         else:
             dump(compartment(source))
         return

@@ -13,4 +13,4 @@ mod validation;
 pub use error::Error;
 pub use outcome::{operation_outcome, Issue, IssueCode, Severity};
 pub use resource_types::is_valid_id;
-pub use validation::{choice_variants, pointer_to_expression, Validator};
+pub use validation::{choice_forms, pointer_to_expression, Validator};

@@ -8,7 +8,7 @@
 
 mod choices;
 
-pub use choices::variants as choice_variants;
+pub use choices::forms as choice_forms;
 mod messages;
 
 use std::sync::{Arc, OnceLock};

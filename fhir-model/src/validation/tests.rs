@@ -318,23 +318,44 @@ fn two_forms_of_one_choice_element_are_refused() {
         "{diagnostics}"
     );
     // Nested: an Observation component, an extension.
-    let issues = issues(json!({
+    let nested = issues(json!({
         "resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "component": [{"code": {"text": "c"}, "valueString": "a", "valueInteger": 1}],
         "extension": [{"url": "http://e", "valueCode": "a", "valueBoolean": true}]
     }));
     assert_eq!(
-        expressions(&issues),
+        expressions(&nested),
         vec![
             "Observation.component[0].value[x]",
             "Observation.extension[0].value[x]"
         ]
     );
-    // One form each, and elements that merely share a prefix, pass.
+    // One form each, and elements that merely share a prefix, pass; so do
+    // separate elements that look like forms of one (Encounter's reasons,
+    // a finding's item, a device property's values).
     assert!(VALIDATOR
         .validate(
             &json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01",
             "multipleBirthInteger": 2, "birthDate": "1970-01-01"})
         )
         .is_ok());
+    for resource in [
+        json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "reasonCode": [{"text": "r"}], "reasonReference": [{"reference": "Condition/1"}]}),
+        json!({"resourceType": "ClinicalImpression", "status": "completed", "subject": {"reference": "Patient/1"},
+            "finding": [{"itemCodeableConcept": {"text": "a"}, "itemReference": {"reference": "Condition/1"}}]}),
+        json!({"resourceType": "Device", "property": [{"type": {"text": "t"},
+            "valueQuantity": [{"value": 1}], "valueCode": [{"text": "c"}]}]}),
+    ] {
+        assert!(VALIDATOR.validate(&resource).is_ok(), "{resource}");
+    }
+    // In a contained resource, by its own type.
+    let contained = issues(
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "contained": [{"resourceType": "Patient", "id": "p", "deceasedBoolean": true, "deceasedDateTime": "2020"}]}),
+    );
+    assert_eq!(
+        expressions(&contained),
+        vec!["Observation.contained[0].deceased[x]"]
+    );
 }
