@@ -4,6 +4,52 @@
 //! membership's powers, a sign-in that is not theirs), and a randomized walk
 //! of admin-type writes checked against invariants after every step.
 //!
+//! The walk's actors, in two projects: each project's admin, a member with a
+//! random AccessPolicy and a patient; tokens narrowed by SMART scopes (the
+//! admins signed in with `openid patient/Observation.rs`, `openid
+//! user/Patient.rs` and `openid user/*.rs`, a member with `openid
+//! user/*.rs`, and an admin ClientApplication with client_credentials and
+//! `system/AccessPolicy.cruds system/Observation.rs`); and a member of
+//! project 0 whose policy hides `Patient.birthDate`, with two twin Patients
+//! alike but for their birthDates. The walk's admins leave that member's
+//! policy and membership alone (they may lawfully show it the field).
+//!
+//! The invariants, after every step:
+//! - only the bootstrap project is a super admin project; no walk project's
+//!   `superAdmin`, `features` or `link` changes;
+//! - no actor changes its own membership's `admin`, `accessPolicy` or
+//!   `access`; no membership moves to another user or project;
+//! - nothing of the other walk project changes;
+//! - no User's email, project or password changes but by that user; a
+//!   project-scoped User lives in its project;
+//! - over HTTP, every actor sees its own project only, nothing of the other
+//!   one and no super admin route; no request gets a 5xx;
+//! - a minted token is one its minter may mint and does not act on the
+//!   account;
+//! - no token acts beyond its scope: every request of a scope-narrowed actor
+//!   is recorded with what it asks for (a transaction's entries, each) and
+//!   compared with what the scope grants: a write of a type it does not
+//!   grant, every account route (`/auth/changeemail`, `changepassword`,
+//!   `tokens`, `revoke`) and every administration route (`/admin/projects/
+//!   {id}/invite`, `/client`, `/members/{m}`, `/members/{m}/tokens`,
+//!   `ClientApplication/{id}/$rotate-secret`) is refused with 401, 403 or
+//!   404; a read or search of a type it does not grant is a 403; a read or
+//!   search it grants answers as the same membership's unnarrowed token does
+//!   (status and entries); and the database shows it: across its step no
+//!   stored row of a type the scope does not let it write changes, and no
+//!   password or client secret;
+//! - no hidden value can be told apart: the hiding member asks, about each
+//!   twin in turn, a request that would discriminate on the hidden birthDate
+//!   (`birthdate=` with each prefix, `:missing`, `_sort`, a chain, `_has`,
+//!   `_include`, `_revinclude`, `?_type=`, `POST _search`, a compartment
+//!   search, reads, `_elements`, a conditional create with If-None-Exist
+//!   (REST and transaction), a conditional update, patch and delete): the two
+//!   answers, with the twins named by role, are the same, and neither twin
+//!   (nor its Observation) changes; and no response anywhere in the walk to
+//!   an actor whose access does not show Patients of project 0 carries
+//!   either birthDate (an echo of the request's own value in an
+//!   OperationOutcome's text or a Bundle's links aside).
+//!
 //! The walk runs a fixed seed; `FHIRGATE_WALK_SEED` and `FHIRGATE_WALK_STEPS`
 //! replay another or run a longer one, and `FHIRGATE_WALK_KEEP_GOING=1`
 //! reports the first violation of each kind at the end instead of stopping
@@ -1368,6 +1414,236 @@ struct Actor {
     /// `User/…`.
     user: String,
     email: String,
+    /// A token narrowed by SMART resource scopes: what they grant.
+    scope: Option<Scoped>,
+    /// Whether its membership may show it the hidden birthDates (people of
+    /// project 0 whose access includes Patients); every response to the
+    /// others is scanned for them.
+    sees_hidden: bool,
+}
+
+/// A token narrowed by SMART scopes, and one of the same membership without.
+struct Scoped {
+    scope: String,
+    /// (type or `*`, the v2 letters `cruds` it grants).
+    grants: Vec<(String, String)>,
+    /// The same membership signed in without a resource scope: reads inside
+    /// the scope answer as it does.
+    base: Session,
+}
+
+impl Scoped {
+    fn new(scope: &str, base: Session) -> Scoped {
+        let grants = scope
+            .split_whitespace()
+            .filter_map(|s| {
+                let (_, rest) = s.split_once('/')?;
+                let (resource_type, letters) = rest.split_once('.')?;
+                Some((resource_type.to_string(), letters.to_string()))
+            })
+            .collect();
+        Scoped {
+            scope: scope.to_string(),
+            grants,
+            base,
+        }
+    }
+
+    /// Whether the scope grants `letter` (one of `cruds`) on `resource_type`.
+    fn grants(&self, resource_type: &str, letter: char) -> bool {
+        self.grants
+            .iter()
+            .any(|(t, l)| (t == "*" || t == resource_type) && l.contains(letter))
+    }
+
+    fn writes(&self, resource_type: &str) -> bool {
+        "cud".chars().any(|l| self.grants(resource_type, l))
+    }
+}
+
+/// What a request asks for, as a scope would grant it.
+#[derive(Clone, Debug, PartialEq)]
+enum Access {
+    /// A FHIR interaction on a type, as its SMART letter (`c r u d s`).
+    Fhir(String, char),
+    /// `/auth/changeemail`, `/auth/changepassword`, `/auth/tokens`, `/auth/revoke`.
+    Account,
+    /// `/admin/…` and `$rotate-secret`.
+    Admin,
+    Other,
+}
+
+/// The accesses a request (its method, URL path and body) asks for; a
+/// transaction's are its entries'.
+fn classify(method: &str, path: &str, body: Option<&[u8]>) -> Vec<Access> {
+    let path = path.trim_start_matches('/');
+    if let Some(route) = path.strip_prefix("auth/") {
+        return vec![match route {
+            "changeemail" | "changepassword" | "tokens" | "revoke" => Access::Account,
+            _ => Access::Other,
+        }];
+    }
+    if path.starts_with("admin/") {
+        return vec![Access::Admin];
+    }
+    let Some(rest) = path.strip_prefix("fhir/R4") else {
+        return vec![Access::Other];
+    };
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() && method == "POST" {
+        let bundle: Value = body
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        return bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                fhir_access(
+                    entry["request"]["method"].as_str().unwrap_or_default(),
+                    entry["request"]["url"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+    }
+    vec![fhir_access(method, rest)]
+}
+
+fn fhir_access(method: &str, url: &str) -> Access {
+    let path = url.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(resource_type) = segments
+        .first()
+        .filter(|t| t.starts_with(|c: char| c.is_ascii_uppercase()))
+    else {
+        return Access::Other;
+    };
+    if segments.contains(&"$rotate-secret") {
+        return Access::Admin;
+    }
+    if segments.iter().any(|s| s.starts_with('$')) {
+        return Access::Other;
+    }
+    let letter = match (segments.len(), method) {
+        (1, "GET") => 's',
+        (2, "POST") if segments[1] == "_search" => 's',
+        (1, "POST") => 'c',
+        (1 | 2, "PUT" | "PATCH") => 'u',
+        (1 | 2, "DELETE") => 'd',
+        (2, "GET") => 'r',
+        (_, "GET") if segments.get(2) == Some(&"_history") => 'r',
+        _ => return Access::Other,
+    };
+    Access::Fhir(resource_type.to_string(), letter)
+}
+
+/// One request of a scope-narrowed actor and its status.
+struct Outcome {
+    actor: usize,
+    what: String,
+    accesses: Vec<Access>,
+    status: u16,
+}
+
+/// Two Patients of project 0 alike in all but the birthDate that the
+/// hiding member's policy hides, each the subject of an Observation.
+struct Twins {
+    /// The hiding member's index among the actors.
+    actor: usize,
+    patients: [String; 2],
+    observations: [String; 2],
+    /// Their birthDates, which no response to an actor that may not see
+    /// them may carry.
+    values: [&'static str; 2],
+}
+
+/// Whether `body` carries one of `values`; when the request itself named
+/// one (`echoed`), an echo of it in an OperationOutcome's text or a
+/// Bundle's links is not counted.
+fn reveals(body: &Value, values: &[&str], echoed: bool) -> bool {
+    match body {
+        Value::String(s) => values.iter().any(|v| s.contains(v)),
+        Value::Array(items) => items.iter().any(|i| reveals(i, values, echoed)),
+        Value::Object(fields) => fields.iter().any(|(key, value)| {
+            let echo = echoed
+                && (key == "link"
+                    || (key == "diagnostics" || key == "details" || key == "expression"));
+            !echo && reveals(value, values, echoed)
+        }),
+        _ => false,
+    }
+}
+
+/// A response with `target` and `twin` named by their roles and what
+/// differs between any two answers (new ids, timestamps, links) left out.
+fn twin_shape(status: u16, body: &Value, target: &str, twin: &str) -> Value {
+    let text = body
+        .to_string()
+        .replace(target, "TARGET")
+        .replace(twin, "TWIN");
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let id = |resource: &Value| match resource["id"].as_str() {
+        Some(id @ ("TARGET" | "TWIN")) => json!(id),
+        Some(_) => json!("another"),
+        None => Value::Null,
+    };
+    let shape = match body["resourceType"].as_str() {
+        Some("Bundle") => json!({
+            "type": body["type"],
+            "total": body["total"],
+            "entry": body["entry"].as_array().into_iter().flatten().map(|e| json!([
+                e["resource"]["resourceType"], id(&e["resource"]), e["search"]["mode"],
+                e["response"]["status"], e["response"]["outcome"]["issue"]
+            ])).collect::<Vec<_>>(),
+        }),
+        Some("OperationOutcome") => body["issue"].clone(),
+        Some(resource_type) => json!([resource_type, id(&body)]),
+        None => body,
+    };
+    json!([status, shape])
+}
+
+/// Every stored version and secret: what a refused write must leave alone.
+struct Fingerprint {
+    /// (type, id) → (project, versionId, deleted).
+    rows: BTreeMap<(String, String), (String, String, bool)>,
+    /// (type, id, kind) → hash.
+    secrets: BTreeMap<(String, String, String), String>,
+}
+
+impl Fingerprint {
+    async fn take(db: &tokio_postgres::Client) -> Fingerprint {
+        let rows = db
+            .query(
+                "SELECT resource_type, id::text, project_id::text, version_id::text, deleted FROM resource",
+                &[],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4))))
+            .collect();
+        let secrets = db
+            .query(
+                "SELECT resource_type, resource_id::text, kind, hash FROM resource_secret",
+                &[],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+            .collect();
+        Fingerprint { rows, secrets }
+    }
+
+    /// The (type, id) of the rows that differ.
+    fn changed(&self, after: &Fingerprint) -> Vec<(String, String)> {
+        let keys: BTreeSet<_> = self.rows.keys().chain(after.rows.keys()).collect();
+        keys.into_iter()
+            .filter(|k| self.rows.get(*k) != after.rows.get(*k))
+            .cloned()
+            .collect()
+    }
 }
 
 /// What the database holds of the administrative types, and the password hashes.
@@ -1474,7 +1750,21 @@ struct Walk {
     flags: Vec<(String, String)>,
     /// With FHIRGATE_WALK_KEEP_GOING: the first report of each kind.
     found: BTreeMap<String, String>,
+    /// Bearer token → actor, to tell whose request `send` sends.
+    by_token: BTreeMap<String, usize>,
+    /// The requests of scope-narrowed actors since the last check.
+    outcomes: Vec<Outcome>,
+    /// The hidden birthDates and the member they are hidden from.
+    twins: Option<Twins>,
+    /// The hiding member's AccessPolicy and membership, which the walk's
+    /// admins leave alone (an admin may lawfully show it the field).
+    protected: BTreeSet<String>,
+    /// Per project: ids of the Patients and Observations it holds.
+    samples: Vec<BTreeMap<&'static str, Vec<String>>>,
 }
+
+/// The birthDates of project 0's twin Patients, hidden from one member.
+const HIDDEN: [&str; 2] = ["1917-05-29", "1983-11-04"];
 
 /// How a write is sent.
 #[derive(Clone, Copy, Debug)]
@@ -1514,6 +1804,11 @@ impl Walk {
             requests: 0,
             flags: Vec::new(),
             found: BTreeMap::new(),
+            by_token: BTreeMap::new(),
+            outcomes: Vec::new(),
+            twins: None,
+            protected: BTreeSet::new(),
+            samples: Vec::new(),
         };
         for p in 0..2 {
             let owner = sign_up_with_project(
@@ -1591,6 +1886,8 @@ impl Walk {
                 membership: owner.membership_id.clone(),
                 user: format!("User/{}", owner.user_id),
                 email: owner.email.clone(),
+                scope: None,
+                sees_hidden: p == 0,
             });
             walk.actors.push(Actor {
                 label: format!("member of project {p}"),
@@ -1599,6 +1896,8 @@ impl Walk {
                 membership: member.membership_id.clone(),
                 user: format!("User/{}", member.id),
                 email: member.email.clone(),
+                scope: None,
+                sees_hidden: p == 0,
             });
             walk.actors.push(Actor {
                 label: format!("patient of project {p}"),
@@ -1607,10 +1906,188 @@ impl Walk {
                 membership: patient.membership_id.clone(),
                 user: format!("User/{}", patient.id),
                 email: patient.email.clone(),
+                scope: None,
+                sees_hidden: false,
             });
             walk.projects.push(pid);
         }
+        walk.add_samples().await;
+        walk.add_hiding_member().await;
+        walk.add_scoped_actors().await;
+        for (a, actor) in walk.actors.iter().enumerate() {
+            walk.by_token.insert(actor.session.token.clone(), a);
+        }
         walk
+    }
+
+    /// A Patient and an Observation of it in each project; in project 0
+    /// two Patients alike but for their birthDates.
+    async fn add_samples(&mut self) {
+        for (p, birth_dates) in [(0, vec![HIDDEN[0], HIDDEN[1]]), (1, vec!["1960-02-03"])] {
+            let project = self.projects[p].clone();
+            let mut samples = BTreeMap::new();
+            for birth_date in birth_dates {
+                let patient = self
+                    .root
+                    .create(
+                        json!({"resourceType": "Patient", "meta": {"project": project},
+                        "name": [{"family": "Twin", "given": ["Same"]}], "gender": "female",
+                        "birthDate": birth_date}),
+                    )
+                    .await;
+                let patient = patient["id"].as_str().unwrap().to_string();
+                let observation = self
+                    .root
+                    .create(
+                        json!({"resourceType": "Observation", "meta": {"project": project},
+                        "status": "final", "code": {"text": "twin"},
+                        "subject": {"reference": format!("Patient/{patient}")}}),
+                    )
+                    .await;
+                let entry: &mut Vec<String> = samples.entry("Patient").or_default();
+                entry.push(patient);
+                samples
+                    .entry("Observation")
+                    .or_default()
+                    .push(observation["id"].as_str().unwrap().to_string());
+            }
+            self.samples.push(samples);
+        }
+    }
+
+    /// A member of project 0 whose policy hides Patient.birthDate.
+    async fn add_hiding_member(&mut self) {
+        let project = self.projects[0].clone();
+        let policy = self
+            .root
+            .create(
+                json!({"resourceType": "AccessPolicy", "name": "hides birthDate",
+                "meta": {"project": project},
+                "resource": [{"resourceType": "Patient", "hiddenFields": ["birthDate"]},
+                    {"resourceType": "Observation"}]}),
+            )
+            .await;
+        let policy = policy["id"].as_str().unwrap().to_string();
+        let member = self
+            .app
+            .user(&project, "hider0@walk.test", "Practitioner", false)
+            .await;
+        self.verify_email(&member.id).await;
+        self.root_patch(
+            &format!("ProjectMembership/{}", member.membership_id),
+            json!([{"op": "add", "path": "/accessPolicy",
+                "value": {"reference": format!("AccessPolicy/{policy}")}}]),
+        )
+        .await;
+        let token = password_token(
+            &self.app,
+            &member.email,
+            &member.password,
+            None,
+            None,
+            "openid",
+        )
+        .await;
+        // The value is served as stored to whoever may see it, and the
+        // policy is in effect: the member reads the Patient without it.
+        let session = with_token(&self.root, &token);
+        for (i, value) in HIDDEN.iter().enumerate() {
+            let reference = format!("Patient/{}", self.samples[0]["Patient"][i]);
+            assert_eq!(read_as(&self.root, &reference).await["birthDate"], *value);
+            let read = read_as(&session, &reference).await;
+            assert_eq!(read["name"][0]["family"], "Twin", "{read}");
+            assert!(
+                read.get("birthDate").is_none() && !read.to_string().contains(value),
+                "the hiding policy is not in effect: {read}"
+            );
+        }
+        self.protected.insert(policy);
+        self.protected.insert(member.membership_id.clone());
+        self.twins = Some(Twins {
+            actor: self.actors.len(),
+            patients: [0, 1].map(|i| self.samples[0]["Patient"][i].clone()),
+            observations: [0, 1].map(|i| self.samples[0]["Observation"][i].clone()),
+            values: HIDDEN,
+        });
+        self.actors.push(Actor {
+            label: "member of project 0 who may not see birthDate".into(),
+            project: 0,
+            session,
+            membership: member.membership_id,
+            user: format!("User/{}", member.id),
+            email: member.email,
+            scope: None,
+            sees_hidden: false,
+        });
+    }
+
+    /// Admins, a member and an admin client whose tokens SMART scopes narrow.
+    async fn add_scoped_actors(&mut self) {
+        // (base actor, scope): people signed in with a password.
+        for (base, scope) in [
+            (0, "openid patient/Observation.rs"),
+            (3, "openid user/Patient.rs"),
+            (0, "openid user/*.rs"),
+            (4, "openid user/*.rs"),
+        ] {
+            let of = &self.actors[base];
+            let token =
+                password_token(&self.app, &of.email, TEST_PASSWORD, None, None, scope).await;
+            let scoped = Scoped::new(scope, of.session.clone());
+            let actor = Actor {
+                label: format!("{} with scope '{scope}'", of.label),
+                project: of.project,
+                session: with_token(&self.root, &token),
+                membership: of.membership.clone(),
+                user: of.user.clone(),
+                email: of.email.clone(),
+                sees_hidden: of.sees_hidden && scoped.grants("Patient", 'r'),
+                scope: Some(scoped),
+            };
+            self.actors.push(actor);
+        }
+        // An admin client of project 1 with client_credentials and a scope
+        // that grants writes of one administrative type.
+        let scope = "system/AccessPolicy.cruds system/Observation.rs";
+        let credentials = make_client(
+            &self.root,
+            &self.projects[1],
+            "walk-scoped-client",
+            json!({"admin": true}),
+        )
+        .await;
+        let (status, token) = self
+            .app
+            .token(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &credentials.client_id),
+                ("client_secret", &credentials.client_secret),
+                ("scope", scope),
+            ])
+            .await;
+        assert_eq!(status, 200, "client_credentials with a scope: {token}");
+        let client_ref = format!("ClientApplication/{}", credentials.client_id);
+        let membership: String = self
+            .db
+            .query_one(
+                "SELECT id::text FROM resource WHERE resource_type = 'ProjectMembership' \
+                 AND NOT deleted AND content::jsonb #>> '{user,reference}' = $1",
+                &[&client_ref],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let base = self.app.session(&credentials).await;
+        self.actors.push(Actor {
+            label: format!("admin client of project 1 with scope '{scope}'"),
+            project: 1,
+            session: with_token(&self.root, token["access_token"].as_str().unwrap()),
+            membership,
+            user: client_ref,
+            email: "walk-client@walk.test".into(),
+            scope: Some(Scoped::new(scope, base)),
+            sees_hidden: false,
+        });
     }
 
     fn context(&self) -> String {
@@ -1637,8 +2114,27 @@ impl Walk {
     }
 
     /// Sends a request and logs it; a 5xx is a failure in itself.
+    ///
+    /// Every request of a scope-narrowed actor is kept, with what it asked
+    /// for, for [`Walk::check_scopes`]; every response to an actor that may
+    /// not see the hidden birthDates is scanned for them.
     async fn send(&mut self, what: String, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request");
+        let request = request.build().expect("a request");
+        let sender = request
+            .headers()
+            .get(reqwest::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|token| self.by_token.get(token))
+            .copied();
+        let sent_body = request.body().and_then(|b| b.as_bytes()).unwrap_or(&[]);
+        let accesses = classify(
+            request.method().as_str(),
+            request.url().path(),
+            Some(sent_body),
+        );
+        let sent = format!("{} {}", request.url(), String::from_utf8_lossy(sent_body));
+        let response = self.root.http.execute(request).await.expect("request");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -1648,6 +2144,32 @@ impl Walk {
         self.log.push(format!("{what} -> {status} {shown}"));
         if status >= 500 {
             self.flag("a server error", format!("{what} -> {status}"));
+        }
+        if let Some(actor) = sender {
+            if self.actors[actor].scope.is_some() {
+                self.outcomes.push(Outcome {
+                    actor,
+                    what: what.clone(),
+                    accesses,
+                    status,
+                });
+            }
+            if let Some(twins) = self
+                .twins
+                .as_ref()
+                .filter(|_| !self.actors[actor].sees_hidden)
+            {
+                let echoed = twins.values.iter().any(|v| sent.contains(v));
+                if reveals(&body, &twins.values, echoed) {
+                    self.flag(
+                        "a hidden value in a response",
+                        format!(
+                            "{what} -> {status}: the response shows a hidden birthDate ({:?}) to {}: {body}",
+                            twins.values, self.actors[actor].label
+                        ),
+                    );
+                }
+            }
         }
         (status, body)
     }
@@ -1730,6 +2252,13 @@ impl Walk {
         }
     }
 
+    /// `ids` but the hiding member's policy and membership.
+    fn unprotected(&self, ids: Vec<String>) -> Vec<String> {
+        ids.into_iter()
+            .filter(|id| !self.protected.contains(id))
+            .collect()
+    }
+
     fn random_policy_ref(&self, rng: &mut Rng, snapshot: &Snapshot, project: usize) -> Value {
         let ids = snapshot.ids_of("AccessPolicy", &self.projects[project]);
         match ids.is_empty() {
@@ -1760,7 +2289,7 @@ impl Walk {
             // Broaden an existing AccessPolicy.
             1 => {
                 let p = self.target_project(rng, actor);
-                let ids = snapshot.ids_of("AccessPolicy", &self.projects[p]);
+                let ids = self.unprotected(snapshot.ids_of("AccessPolicy", &self.projects[p]));
                 if ids.is_empty() {
                     return;
                 }
@@ -1782,7 +2311,8 @@ impl Walk {
                     self.actors[actor].membership.clone()
                 } else {
                     let p = self.target_project(rng, actor);
-                    let ids = snapshot.ids_of("ProjectMembership", &self.projects[p]);
+                    let ids =
+                        self.unprotected(snapshot.ids_of("ProjectMembership", &self.projects[p]));
                     rng.pick(&ids).clone()
                 };
                 let other_user = self.actors[rng.below(self.actors.len())].user.clone();
@@ -1905,10 +2435,12 @@ impl Walk {
                     let target = if rng.chance(20) {
                         self.super_user.clone()
                     } else {
-                        self.actors[rng.below(self.actors.len())]
-                            .user
-                            .trim_start_matches("User/")
-                            .to_string()
+                        let users: Vec<&str> = self
+                            .actors
+                            .iter()
+                            .filter_map(|a| a.user.strip_prefix("User/"))
+                            .collect();
+                        rng.pick(&users).to_string()
                     };
                     let (field, value) = if rng.chance(60) {
                         ("email", json!(format!("stolen-{n}@attacker.test")))
@@ -2023,6 +2555,355 @@ impl Walk {
                     }
                 }
             }
+        }
+    }
+
+    /// What an actor does besides its step: a scope-narrowed one tries an
+    /// account route, an administration route and a read; the member who
+    /// may not see birthDate tries to tell its twins' birthDates apart.
+    async fn probe(&mut self, rng: &mut Rng, actor: usize, snapshot: &Snapshot, hidden: bool) {
+        if self.actors[actor].scope.is_some() {
+            self.scoped_probe(rng, actor, snapshot).await;
+        }
+        if hidden {
+            for _ in 0..2 {
+                self.hidden_probe(rng).await;
+            }
+        }
+    }
+
+    async fn scoped_probe(&mut self, rng: &mut Rng, actor: usize, snapshot: &Snapshot) {
+        let session = self.actors[actor].session.clone();
+        let label = self.actors[actor].label.clone();
+        let own = self.actors[actor].project;
+        let project = self.projects[own].clone();
+        let n = self.step;
+        let new_password = "amber lighthouse beyond the hills";
+        let (path, body) = match rng.below(4) {
+            0 => (
+                "auth/changeemail",
+                json!({"email": format!("scoped-{n}@attacker.test"), "password": TEST_PASSWORD}),
+            ),
+            1 => (
+                "auth/changepassword",
+                json!({"oldPassword": TEST_PASSWORD, "newPassword": new_password}),
+            ),
+            2 => ("auth/tokens", json!({"lifetime": 600})),
+            _ => ("auth/revoke", json!({"loginId": login_of(&session.token)})),
+        };
+        let request = session.request(Method::POST, path).json(&body);
+        self.send(format!("{label}: POST /{path}"), request).await;
+
+        let memberships = snapshot.ids_of("ProjectMembership", &project);
+        let member = rng.pick(&memberships).clone();
+        let request = match rng.below(5) {
+            0 => session
+                .request(Method::POST, &format!("admin/projects/{project}/invite"))
+                .json(
+                    &json!({"resourceType": "Practitioner", "firstName": "Sco", "lastName": "Ped",
+                    "email": format!("scoped-invite-{n}@attacker.test"), "admin": true,
+                    "password": new_password, "sendEmail": false}),
+                ),
+            1 => session
+                .request(Method::POST, &format!("admin/projects/{project}/client"))
+                .json(&json!({"name": format!("scoped-client-{n}"),
+                    "redirectUri": "https://attacker.test/cb"})),
+            2 => {
+                let mut body = snapshot
+                    .content("ProjectMembership", &member)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                body["admin"] = json!(true);
+                session
+                    .request(
+                        Method::POST,
+                        &format!("admin/projects/{project}/members/{member}"),
+                    )
+                    .json(&body)
+            }
+            3 => session
+                .request(
+                    Method::POST,
+                    &format!("admin/projects/{project}/members/{member}/tokens"),
+                )
+                .json(&json!({"lifetime": 600})),
+            _ => {
+                let clients = snapshot.ids_of("ClientApplication", &project);
+                let client = match clients.is_empty() {
+                    true => uuid::Uuid::new_v4().to_string(),
+                    false => rng.pick(&clients).clone(),
+                };
+                session.fhir(
+                    Method::POST,
+                    &format!("ClientApplication/{client}/$rotate-secret"),
+                )
+            }
+        };
+        self.send(format!("{label}: an administration route"), request)
+            .await;
+
+        // A read or search, inside the scope or not.
+        let resource_type = *rng.pick(&[
+            "Patient",
+            "Observation",
+            "Practitioner",
+            "Project",
+            "ProjectMembership",
+            "AccessPolicy",
+            "ClientApplication",
+            "User",
+        ]);
+        let ids = match resource_type {
+            "Patient" | "Observation" => self.samples[own][resource_type].clone(),
+            "Project" => vec![project.clone()],
+            "Practitioner" => Vec::new(),
+            t => snapshot.ids_of(t, &project),
+        };
+        let (path, letter) = if ids.is_empty() || rng.chance(50) {
+            (format!("{resource_type}?_count=20"), 's')
+        } else {
+            (format!("{resource_type}/{}", rng.pick(&ids)), 'r')
+        };
+        let (status, body) = self
+            .send(
+                format!("{label}: GET {path}"),
+                session.fhir(Method::GET, &path),
+            )
+            .await;
+        let scoped = self.actors[actor].scope.as_ref().unwrap();
+        if scoped.grants(resource_type, letter) {
+            // Outside the scope it must be a 403: see check_scopes.
+            let base = scoped.base.fhir(Method::GET, &path);
+            let (base_status, base_body) = self
+                .send(format!("the same membership, unscoped: GET {path}"), base)
+                .await;
+            if status != base_status || (status == 200 && entry_ids(&body) != entry_ids(&base_body))
+            {
+                self.flag(
+                    "a read inside the scope answered otherwise",
+                    format!(
+                        "{label}: GET {path} -> {status} {:?}, without the scope {base_status} {:?}",
+                        entry_ids(&body),
+                        entry_ids(&base_body)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The same request about each twin, the other as the twin: the
+    /// answers must not differ (a 403 for both is the usual answer).
+    async fn hidden_probe(&mut self, rng: &mut Rng) {
+        let twins = self.twins.as_ref().unwrap();
+        let (actor, patients, observations) = (
+            twins.actor,
+            twins.patients.clone(),
+            twins.observations.clone(),
+        );
+        let session = self.actors[actor].session.clone();
+        let label = self.actors[actor].label.clone();
+        let value = format!(
+            "{}{}",
+            rng.pick(&["", "", "eq", "ne", "lt", "ge", "sa", "eb", "ap"]),
+            rng.pick(&twins.values)
+        );
+        let sort = *rng.pick(&["birthdate", "-birthdate"]);
+        let form = rng.below(17);
+        let read = rng.below(5);
+        let created = json!({"resourceType": "Patient", "name": [{"family": "Twin", "given": ["Same"]}],
+            "gender": "female", "birthDate": "2002-02-02"});
+        let mut shapes = Vec::new();
+        let mut asked = Vec::new();
+        for (a, b) in [(0, 1), (1, 0)] {
+            let (t, w, o) = (&patients[a], &patients[b], &observations[a]);
+            let criteria = format!("_id={t}&birthdate={value}");
+            let get = |path: String| (session.fhir(Method::GET, &path), path);
+            let (request, what) = match form {
+                0 => get(format!("Patient?{criteria}")),
+                1 => get(format!("Patient?_id={t},{w}&_sort={sort}")),
+                2 => get(format!("Patient?_id={t}&birthdate:missing=false")),
+                3 => get(format!(
+                    "Observation?_id={o}&subject:Patient.birthdate={value}"
+                )),
+                4 => get(format!(
+                    "Patient?_id={t}&_has:Observation:subject:subject:Patient.birthdate={value}"
+                )),
+                5 => get(format!(
+                    "Patient?_has:Observation:subject:_id={o}&birthdate={value}"
+                )),
+                6 => get(format!("Observation?_id={o}&_include=Observation:subject")),
+                7 => get(format!(
+                    "Patient?{criteria}&_revinclude=Observation:subject"
+                )),
+                8 => get(format!("?_type=Patient&{criteria}")),
+                9 => get([
+                    format!("Patient/{t}"),
+                    format!("Patient/{t}/_history"),
+                    format!("Patient?_id={t}&_elements=birthDate"),
+                    format!("Patient?_id={t}&_summary=true"),
+                    format!("Patient?_id={t}&_sort={sort}&_count=1"),
+                ][read]
+                    .clone()),
+                10 => (
+                    session
+                        .fhir(Method::POST, "Patient/_search")
+                        .header("Content-Type", "application/x-www-form-urlencoded")
+                        .body(criteria.clone()),
+                    format!("POST Patient/_search {criteria}"),
+                ),
+                11 => (
+                    session
+                        .fhir(Method::POST, "Patient")
+                        .header("Content-Type", "application/fhir+json")
+                        .header("If-None-Exist", &criteria)
+                        .json(&created),
+                    format!("POST Patient, If-None-Exist: {criteria}"),
+                ),
+                12 => (
+                    session
+                        .fhir(Method::POST, "")
+                        .json(&transaction(vec![json!({
+                        "resource": created, "request": {"method": "POST", "url": "Patient",
+                            "ifNoneExist": criteria}})])),
+                    format!("a transaction: POST Patient, ifNoneExist {criteria}"),
+                ),
+                13 => (
+                    session
+                        .fhir(Method::PUT, &format!("Patient?{criteria}"))
+                        .header("Content-Type", "application/fhir+json")
+                        .json(&json!({"resourceType": "Patient", "gender": "female",
+                            "name": [{"family": "Twin", "given": ["Same"]}]})),
+                    format!("PUT Patient?{criteria}"),
+                ),
+                14 => (
+                    session
+                        .fhir(Method::PATCH, &format!("Patient?{criteria}"))
+                        .header("Content-Type", "application/json-patch+json")
+                        .body(
+                            json!([{"op": "replace", "path": "/gender", "value": "female"}])
+                                .to_string(),
+                        ),
+                    format!("PATCH Patient?{criteria}"),
+                ),
+                15 => (
+                    session.fhir(Method::DELETE, &format!("Patient?{criteria}")),
+                    format!("DELETE Patient?{criteria}"),
+                ),
+                _ => get(format!(
+                    "Patient/{t}/Observation?subject:Patient.birthdate={value}"
+                )),
+            };
+            let (status, body) = self
+                .send(format!("{label}: {what} (twin {a})"), request)
+                .await;
+            shapes.push(twin_shape(status, &body, t, w));
+            asked.push(format!("{what} -> {status} {body}"));
+        }
+        if shapes[0] != shapes[1] {
+            self.flag(
+                "a hidden value told apart",
+                format!(
+                    "the answers about twins whose hidden birthDates differ differ:\n    {}\n    {}",
+                    asked[0], asked[1]
+                ),
+            );
+        }
+    }
+
+    /// After the step of a scope-narrowed actor: the database changed only
+    /// in types its scope lets it write, and no secret changed; after the
+    /// hiding member's: its twins (and their Observations) are as they were.
+    async fn check_unchanged(&mut self, actor: usize, before: &Fingerprint, hidden: bool) {
+        let after = Fingerprint::take(&self.db).await;
+        let changed = before.changed(&after);
+        let me = &self.actors[actor];
+        let mut flags = Vec::new();
+        if let Some(scoped) = &me.scope {
+            for (resource_type, id) in &changed {
+                if !scoped.writes(resource_type) {
+                    flags.push((
+                        "a scope-narrowed token changed what its scope does not grant",
+                        format!(
+                            "{} changed {resource_type}/{id}, which scope '{}' does not let it write",
+                            me.label, scoped.scope
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(twins) = self.twins.as_ref().filter(|_| hidden) {
+            for (resource_type, id) in &changed {
+                if twins.patients.contains(id) || twins.observations.contains(id) {
+                    flags.push((
+                        "a twin changed by a hidden-field request",
+                        format!(
+                            "{resource_type}/{id} changed in a step where {} probed",
+                            self.actors[twins.actor].label
+                        ),
+                    ));
+                }
+            }
+        }
+        if me.scope.is_some() && before.secrets != after.secrets {
+            let kinds: Vec<_> = before
+                .secrets
+                .iter()
+                .filter(|(k, v)| after.secrets.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .chain(
+                    after
+                        .secrets
+                        .keys()
+                        .filter(|k| !before.secrets.contains_key(*k))
+                        .cloned(),
+                )
+                .collect();
+            flags.push((
+                "a secret changed in a watched step",
+                format!("{}'s step changed secrets {kinds:?}", me.label),
+            ));
+        }
+        for (kind, detail) in flags {
+            self.flag(kind, detail);
+        }
+    }
+
+    /// Each request a scope-narrowed actor made since the last check,
+    /// against what its scope grants: a write of a type it does not grant
+    /// and every account and administration route refused (401, 403 or
+    /// 404), a read or search of a type it does not grant a 403.
+    fn check_scopes(&mut self) {
+        let mut flags = Vec::new();
+        for outcome in std::mem::take(&mut self.outcomes) {
+            let me = &self.actors[outcome.actor];
+            let scoped = me.scope.as_ref().unwrap();
+            let refused = matches!(outcome.status, 401 | 403 | 404);
+            for access in &outcome.accesses {
+                let (kind, ok) = match access {
+                    Access::Fhir(t, l @ ('r' | 's')) if !scoped.grants(t, *l) => (
+                        "a read outside the token's scope not refused with 403",
+                        outcome.status == 403,
+                    ),
+                    Access::Fhir(t, l) if !scoped.grants(t, *l) => {
+                        ("a write outside the token's scope not refused", refused)
+                    }
+                    Access::Account => ("an account route with a scope-narrowed token", refused),
+                    Access::Admin => ("an admin route with a scope-narrowed token", refused),
+                    _ => continue,
+                };
+                if !ok {
+                    flags.push((
+                        kind,
+                        format!(
+                            "{} ({access:?}, outside scope '{}'): {} -> {}",
+                            me.label, scoped.scope, outcome.what, outcome.status
+                        ),
+                    ));
+                }
+            }
+        }
+        for (kind, detail) in flags {
+            self.flag(kind, detail);
         }
     }
 
@@ -2292,13 +3173,28 @@ async fn escalation_walk() {
             rng.below(walk.actors.len())
         };
         let before = Snapshot::take(&walk.db).await;
+        let hider = walk.twins.as_ref().unwrap().actor;
+        // The member who may not see birthDate probes on its own steps and
+        // on a fifth of the others'.
+        let hidden_probe = actor == hider || rng.chance(20);
+        let watched = walk.actors[actor].scope.is_some() || hidden_probe;
+        let fingerprint = match watched {
+            true => Some(Fingerprint::take(&walk.db).await),
+            false => None,
+        };
         walk.step(&mut rng, actor, &before).await;
+        walk.probe(&mut rng, actor, &before, hidden_probe).await;
         if verbose {
             for line in &walk.log {
                 eprintln!("step {step}: {line}");
             }
         }
+        if let Some(fingerprint) = fingerprint {
+            walk.check_unchanged(actor, &fingerprint, hidden_probe)
+                .await;
+        }
         walk.check(actor, &before).await;
+        walk.check_scopes();
         walk.end_step(keep_going);
     }
     eprintln!(
