@@ -73,8 +73,9 @@ pub struct Limits {
     pub max_elements: usize,
     /// Operations of one JSON Patch or FHIRPath Patch.
     pub max_patch_operations: usize,
-    /// FHIR requests of one membership running at once per instance; more
-    /// wait, holding no database connection. `0`: half the pool.
+    /// Searches, history, Bundles and conditional writes of one membership
+    /// running at once per instance; more wait, holding no database
+    /// connection. `0`: half the pool.
     pub max_concurrent_per_caller: usize,
 }
 

@@ -1,8 +1,12 @@
-//! Fair shares of the database between callers: each membership's FHIR
-//! requests run at most `FHIRGATE_MAX_CONCURRENT_PER_CALLER` at once on an
-//! instance. More wait for a turn without holding a database connection, so
-//! one member flooding the server with expensive searches slows itself, not
-//! the other projects or `/healthcheck`.
+//! Fair shares of the database between callers: each membership's requests
+//! that can hold a connection for long (searches, history, Bundles,
+//! conditional writes) run at most `FHIRGATE_MAX_CONCURRENT_PER_CALLER` at
+//! once on an instance. More wait for a turn without holding a database
+//! connection, so one member flooding the server with expensive searches
+//! slows itself, not the other projects or `/healthcheck`. Reads by id and
+//! single writes take no turn: each is short and bounded, and limiting them
+//! cost a lone client a quarter of its reads and a third of its creates
+//! (bench/RESULTS.md, 2026-12-07).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

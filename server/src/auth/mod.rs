@@ -77,9 +77,6 @@ pub struct Caller {
     /// The AccessPolicies the caller's own membership names: a caller may
     /// not rewrite the rules that bind it.
     pub own_policies: Vec<Uuid>,
-    /// This request's turn among the caller's FHIR requests
-    /// ([`admission`]); `None` outside `/fhir/` and for super admins.
-    pub turn: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Caller {
@@ -93,6 +90,20 @@ impl Caller {
 
     pub fn is_super_admin(&self) -> bool {
         self.role == Role::SuperAdmin
+    }
+
+    /// A turn among this caller's requests that can hold a database
+    /// connection for long (searches, history, Bundles, conditional writes:
+    /// [`admission`]), held until dropped; super admins need none. Reads by
+    /// id and single writes are short and bounded, and take no turn.
+    pub async fn take_turn(
+        &self,
+        state: &AppState,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        if self.is_super_admin() {
+            return Ok(None);
+        }
+        state.admission.admit(self.membership_id).await.map(Some)
     }
 
     /// Account and administration routes act with the whole of a
@@ -234,7 +245,6 @@ impl Caller {
             auth_method: login["authMethod"].as_str().unwrap_or_default().to_string(),
             policy: Arc::new(policy),
             own_policies,
-            turn: None,
         };
         Ok((caller, membership_end(&membership)))
     }
@@ -380,7 +390,6 @@ impl FromRequest for Caller {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         // The connection's address: headers a client sets are not trusted.
         let address = req.peer_addr().map(|a| a.ip());
-        let takes_turns = req.path().starts_with("/fhir/");
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -403,12 +412,7 @@ impl FromRequest for Caller {
                         "The Authorization header must be 'Bearer <access token>'".into(),
                     )
                 })?;
-            let mut caller = Caller::from_bearer(&state, token, address).await?;
-            if takes_turns && !caller.is_super_admin() {
-                let turn = state.admission.admit(caller.membership_id).await?;
-                caller.turn = Some(Arc::new(turn));
-            }
-            Ok(caller)
+            Caller::from_bearer(&state, token, address).await
         })
     }
 }

@@ -159,7 +159,6 @@ mod tests {
                 scopes: &[],
             })),
             own_policies: Vec::new(),
-            turn: None,
         }
     }
 

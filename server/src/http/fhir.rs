@@ -110,8 +110,12 @@ async fn create(
     fhir::authorize(&caller, &resource_type, access_policy::Interaction::Create)?;
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
-    let body = read_fhir_resource(&state, &req, payload).await?;
     let if_none_exist = header(&req, "If-None-Exist");
+    let _turn = match if_none_exist {
+        Some(_) => caller.take_turn(&state).await?,
+        None => None,
+    };
+    let body = read_fhir_resource(&state, &req, payload).await?;
     let (version, outcome) = fhir::atomically(&state, async |tx| {
         fhir::conditional::create(
             &state,
@@ -234,6 +238,18 @@ impl Target {
             Target::Condition(req.query_string().to_string()),
         )
     }
+
+    /// A conditional write searches first: it takes a turn, as searches do.
+    async fn turn(
+        &self,
+        caller: &Caller,
+        state: &AppState,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        match self {
+            Target::Id(_) => Ok(None),
+            Target::Condition(_) => caller.take_turn(state).await,
+        }
+    }
 }
 
 async fn update_target(
@@ -246,6 +262,7 @@ async fn update_target(
     fhir::authorize(&caller, &resource_type, access_policy::Interaction::Update)?;
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
+    let _turn = target.turn(&caller, &state).await?;
     let body = read_fhir_resource(&state, &req, payload).await?;
     let if_match = if_match(&req);
     let (version, outcome) = fhir::atomically(&state, async |tx| match &target {
@@ -336,6 +353,7 @@ async fn patch_target(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     fhir::authorize(&caller, &resource_type, access_policy::Interaction::Patch)?;
+    let _turn = target.turn(&caller, &state).await?;
     let operations = patch_body(&req, &state, payload).await?;
     let if_match = if_match(&req);
     let (version, outcome) = fhir::atomically(&state, async |tx| match &target {
@@ -396,6 +414,7 @@ async fn delete_target(
     (resource_type, target): (String, Target),
 ) -> Result<HttpResponse> {
     check_accept(&req)?;
+    let _turn = target.turn(&caller, &state).await?;
     let message = fhir::atomically(&state, async |tx| match &target {
         Target::Id(id) => {
             fhir::delete(&state, tx, &caller, &resource_type, id).await?;
@@ -450,6 +469,7 @@ async fn bundle(
 ) -> Result<HttpResponse> {
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
+    let _turn = caller.take_turn(&state).await?;
     // Before the body is read: waiting Bundles hold no memory but their
     // connection's (a Bundle's entries as JSON trees are megabytes).
     let _permit = state
@@ -480,6 +500,7 @@ async fn run_search(
     self_path: &str,
 ) -> Result<HttpResponse> {
     check_accept(&req)?;
+    let _turn = caller.take_turn(&state).await?;
     let body =
         fhir::search::search(&state, &caller, &scope, &query, lenient(&req), self_path).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
@@ -579,6 +600,7 @@ async fn history(
     id: Option<&str>,
 ) -> Result<HttpResponse> {
     check_accept(&req)?;
+    let _turn = caller.take_turn(&state).await?;
     let query = query_pairs(&req)?;
     let params = bundle::HistoryParams::parse(&query)?;
     let request = HistoryRequest {
