@@ -269,7 +269,7 @@ async fn store_prepared(
             content: Some(&prepared.content),
         },
         is_new,
-        &fhir_model::search::extract(fhir_model::search::Registry::get(), &prepared.value),
+        fhir_model::search::extract(fhir_model::search::Registry::get(), &prepared.value),
     )
     .await?;
     for (kind, hash) in &prepared.secrets {
@@ -740,7 +740,7 @@ pub async fn remove(tx: &Tx, current: &Version) -> Result<()> {
             content: None,
         },
         false,
-        &[],
+        Vec::new(),
     )
     .await
 }

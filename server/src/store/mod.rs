@@ -963,7 +963,7 @@ impl Tx {
         &self,
         w: &Write<'_>,
         is_new: bool,
-        index: &[fhir_model::search::IndexValue],
+        index: Vec<fhir_model::search::IndexValue>,
     ) -> Result<()> {
         if let Some(change) = Change::of(w.resource_type, w.id) {
             self.changes
@@ -983,7 +983,7 @@ impl Tx {
                         version_id: w.version_id,
                         last_updated: w.last_updated,
                         content: content.to_string(),
-                        index: index.to_vec(),
+                        index,
                     });
                     pending.len() >= MAX_PENDING_INSERTS
                 };
@@ -998,7 +998,7 @@ impl Tx {
             ))),
             (false, _) => {
                 let mut rows = index::IndexRows::default();
-                rows.add(w.project_id, w.resource_type, w.id, index);
+                rows.add(w.project_id, w.resource_type, w.id, &index);
                 let mut params: Vec<&(dyn ToSql + Sync)> = vec![
                     &w.project_id,
                     &w.resource_type,
