@@ -4,6 +4,7 @@
 //! Tests talk to it over HTTP only, as clients do.
 
 pub mod smtp;
+pub mod walk;
 
 use std::sync::OnceLock;
 

@@ -57,6 +57,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use fhirgate_tests::walk::{env_number, Rng};
 use fhirgate_tests::{
     count, pkce_pair, smtp::SmtpServer, status_json, Credentials, Session, TestApp, TEST_PASSWORD,
 };
@@ -1342,38 +1343,6 @@ async fn a_deleted_bots_tokens_stop_at_once() {
     assert_eq!(token.get("Patient").await.status(), 200);
     assert_eq!(project.admin.delete(&bot_ref).await.status(), 200);
     assert_eq!(token.get("Patient").await.status(), 401);
-}
-
-/// SplitMix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Entries a random AccessPolicy draws from: admin types among them.

@@ -32,37 +32,10 @@
 //! Fixed seed in CI; `FHIRGATE_ISOLATION_SEED` and `FHIRGATE_ISOLATION_STEPS`
 //! run other or longer walks.
 
+use fhirgate_tests::walk::{env_number, Rng};
 use fhirgate_tests::{status_json, Session, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// SplitMix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const TYPES: [&str; 3] = ["Patient", "Observation", "Encounter"];
 
@@ -207,7 +180,7 @@ impl World {
             for n in 0..4 {
                 let created = admin
                     .create(json!({"resourceType": "Patient",
-                        "name": [{"family": format!("Fam{p}x{n}x{}", rng.next() % 10_000)}],
+                        "name": [{"family": format!("Fam{p}x{n}x{}", rng.next_u64() % 10_000)}],
                         "birthDate": format!("19{:02}-01-{:02}", 10 + p * 10 + n, 1 + n)}))
                     .await;
                 patients.push(created["id"].as_str().unwrap().to_string());
@@ -625,7 +598,7 @@ impl World {
         };
         let body = match t {
             "Patient" => json!({"resourceType": "Patient",
-                "name": [{"family": format!("Created{}", rng.next() % 1_000_000)}]}),
+                "name": [{"family": format!("Created{}", rng.next_u64() % 1_000_000)}]}),
             "Observation" => json!({"resourceType": "Observation",
                 "status": *rng.pick(&["final", "preliminary"]), "code": {"text": "new"},
                 "subject": {"reference": format!("Patient/{subject}")}}),
@@ -1627,7 +1600,7 @@ impl World {
         let last_a = self.twins.resources[index].a.clone();
         let mut body: Value = serde_json::from_str(&self.twins.labelled(&last_a, Side::A)).unwrap();
         body.as_object_mut().unwrap().remove("meta");
-        let mark = format!("recreated {}", rng.next() % 1_000_000);
+        let mark = format!("recreated {}", rng.next_u64() % 1_000_000);
         match t.as_str() {
             "Patient" => {
                 body["name"][0]["family"] = json!(mark);
