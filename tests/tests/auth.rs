@@ -40,6 +40,57 @@ async fn oauth2_client_gets_a_token_with_basic_auth() {
     assert_eq!(response.status(), 200);
 }
 
+/// What `@medplum/core` 5.0.x (Medplum's command-line tool) sends: the
+/// client id and secret in an `Authorization: Basic` header and again in
+/// the form body. Identical sets are taken; differing ones are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_sent_both_as_basic_and_in_the_body_must_agree() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = (
+        app.admin.client_id.as_str(),
+        app.admin.client_secret.as_str(),
+    );
+    let send = |form: Vec<(&'static str, String)>| {
+        app.http
+            .post(app.url("oauth2/token"))
+            .basic_auth(id, Some(secret))
+            .form(&form)
+            .send()
+    };
+    let both = vec![
+        ("grant_type", "client_credentials".to_string()),
+        ("client_id", id.to_string()),
+        ("client_secret", secret.to_string()),
+    ];
+    let (status, body) = status_json(send(both).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let response = app
+        .http
+        .get(app.url("fhir/R4/Patient"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    for (field, value) in [
+        ("client_secret", format!("{secret}x")),
+        ("client_id", uuid::Uuid::new_v4().to_string()),
+    ] {
+        let mut form = vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", id.to_string()),
+            ("client_secret", secret.to_string()),
+        ];
+        form.retain(|(name, _)| *name != field);
+        form.push((field, value));
+        let (status, body) = status_json(send(form).await.unwrap()).await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn token_is_an_es256_jwt_verifiable_with_the_published_jwks() {
     let app = TestApp::spawn().await;
@@ -208,11 +259,15 @@ async fn token_endpoint_errors_follow_rfc_6749() {
         (status, body["error"].as_str()),
         (400, Some("invalid_request"))
     );
+    // The secret in the body as well as in Basic is taken when it is the
+    // same one (credentials_sent_both_as_basic_and_in_the_body_must_agree),
+    // refused when it is another.
+    let other_secret = format!("{}x", app.admin.client_secret);
     let (status, body, _) = token_error(
         &app,
         &[
             ("grant_type", "client_credentials"),
-            ("client_secret", &app.admin.client_secret),
+            ("client_secret", &other_secret),
         ],
         Some((id, &app.admin.client_secret)),
     )

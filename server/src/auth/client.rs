@@ -147,46 +147,67 @@ fn invalid_client(description: impl Into<String>, basic: bool) -> Error {
     }
 }
 
+/// `client_id:client_secret` of a Basic header, each form-urlencoded
+/// before the base64 (RFC 6749 §2.3.1).
+fn basic_credentials(encoded: &str) -> Result<(String, String)> {
+    let malformed = || {
+        invalid_client(
+            "The Basic credentials are not valid base64 of 'client_id:client_secret'",
+            true,
+        )
+    };
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let unescape = |s: &str| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}"))
+            .ok()
+            .and_then(|mut v| v.pop())
+            .map(|(_, v)| v)
+    };
+    Ok((
+        unescape(id).ok_or_else(malformed)?,
+        unescape(secret).ok_or_else(malformed)?,
+    ))
+}
+
 impl ClientAuth {
-    /// From `Authorization: Basic` or the form body; using two methods is an
-    /// error (RFC 6749 §2.3: a client uses only one).
+    /// From `Authorization: Basic` or the form body. A client uses one method
+    /// (RFC 6749 §2.3), but `@medplum/core` sends its id and secret both in
+    /// the Basic header and in the body: that is taken when the two sets are
+    /// identical, and refused when they differ.
     pub fn from_request(
         authorization: Option<&str>,
         form: &HashMap<String, String>,
     ) -> Result<ClientAuth> {
-        let basic = authorization.and_then(|h| h.strip_prefix("Basic "));
-        let methods = [
-            basic.is_some(),
-            form.contains_key("client_secret"),
-            form.contains_key("client_assertion"),
-        ];
-        if methods.iter().filter(|m| **m).count() > 1 {
-            return Err(Error::oauth(
+        let basic = authorization
+            .and_then(|h| h.strip_prefix("Basic "))
+            .map(basic_credentials)
+            .transpose()?;
+        let one_method = || {
+            Error::oauth(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "Use one client authentication method: HTTP Basic, client_secret or client_assertion",
-            ));
+            )
+        };
+        if form.contains_key("client_assertion")
+            && (basic.is_some() || form.contains_key("client_secret"))
+        {
+            return Err(one_method());
         }
-        if let Some(encoded) = basic {
-            let malformed = || {
-                invalid_client(
-                    "The Basic credentials are not valid base64 of 'client_id:client_secret'",
-                    true,
-                )
-            };
-            let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
-            let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
-            let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
-            // RFC 6749 §2.3.1: both parts are form-urlencoded before encoding.
-            let unescape = |s: &str| {
-                serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}"))
-                    .ok()
-                    .and_then(|mut v| v.pop())
-                    .map(|(_, v)| v)
-            };
+        if let Some((client_id, secret)) = basic {
+            let same = |name: &str, value: &str| form.get(name).is_none_or(|v| v == value);
+            if !same("client_id", &client_id) || !same("client_secret", &secret) {
+                return Err(Error::oauth(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "The client credentials in the Authorization header and in the body differ; send one set",
+                ));
+            }
             return Ok(ClientAuth::Secret {
-                client_id: unescape(id).ok_or_else(malformed)?,
-                secret: unescape(secret).ok_or_else(malformed)?,
+                client_id,
+                secret,
                 basic: true,
             });
         }
