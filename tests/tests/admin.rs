@@ -1698,3 +1698,63 @@ async fn the_email_check_is_held_to_the_sign_in_rate_limit() {
     assert!(limited.headers().contains_key("retry-after"));
     assert_outcome(limited, 429, "Too many").await;
 }
+
+/// The user-management guide's own examples: flags sent as strings, and a
+/// member promoted with a JSON Patch of its membership.
+#[tokio::test]
+async fn the_user_management_guides_examples_run_as_written() {
+    let (app, smtp) = spawn_with_mail().await;
+    let project = app.project("Guide").await;
+    let mut body = invitation("Practitioner", "guide@example.com");
+    body["sendEmail"] = json!("false");
+    body["admin"] = json!("false");
+    let membership = invite_ok(&project.admin, &project.id, &body).await;
+    assert_eq!(membership["admin"], false, "{membership}");
+    smtp.assert_none(std::time::Duration::from_millis(300))
+        .await;
+    let mut bad = invitation("Practitioner", "other@example.com");
+    bad["sendEmail"] = json!("no");
+    let (status, outcome) = invite(&project.admin, &project.id, &bad).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert_eq!(outcome["issue"][0]["expression"][0], "sendEmail");
+
+    let path = format!(
+        "admin/projects/{}/members/{}",
+        project.id,
+        membership["id"].as_str().unwrap()
+    );
+    let patch = |operations: Value| {
+        project
+            .admin
+            .request(reqwest::Method::PATCH, &path)
+            .header("Content-Type", "application/json-patch+json")
+            .body(operations.to_string())
+            .send()
+    };
+    let (status, promoted) = status_json(
+        patch(json!([{"op": "replace", "path": "/admin", "value": true}]))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(promoted["admin"], true);
+    // The same rules as the POST that replaces a membership.
+    let (status, outcome) = status_json(
+        patch(json!([{"op": "replace", "path": "/user", "value": {"reference": "User/00000000-0000-0000-0000-000000000001"}}]))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{outcome}");
+    let stored = search(
+        &project.admin,
+        &format!(
+            "ProjectMembership?_id={}",
+            membership["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(stored[0]["user"], membership["user"]);
+    assert_eq!(stored[0]["admin"], true);
+}

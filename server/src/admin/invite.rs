@@ -37,6 +37,17 @@ const TEMPLATE_FIELDS: &[&str] = &[
     "userConfiguration",
 ];
 
+/// A boolean as JSON `true`/`false`, or as the strings `"true"`/`"false"`
+/// that Medplum's user-management guide sends in its examples.
+fn boolean(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s == "true" => Some(true),
+        Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// A validated invitation.
 #[derive(Debug)]
 pub struct InviteRequest {
@@ -105,11 +116,10 @@ impl InviteRequest {
         };
         let mut flag = |name: &str, default: bool| match &body[name] {
             Value::Null => default,
-            Value::Bool(b) => *b,
-            _ => {
+            value => boolean(value).unwrap_or_else(|| {
                 issues.push(field_issue(name, format!("{name} must be true or false")));
                 default
-            }
+            }),
         };
         let send_email = flag("sendEmail", true);
         let upsert = flag("upsert", false);
@@ -129,6 +139,12 @@ impl InviteRequest {
         for legacy in ["admin", "accessPolicy"] {
             if !body[legacy].is_null() && !membership.contains_key(legacy) {
                 membership.insert(legacy.into(), body[legacy].clone());
+            }
+        }
+        if let Some(admin) = membership.get_mut("admin") {
+            match boolean(admin) {
+                Some(b) => *admin = Value::Bool(b),
+                None => issues.push(field_issue("admin", "admin must be true or false")),
             }
         }
         for key in membership.keys() {
@@ -628,5 +644,26 @@ mod tests {
         ] {
             assert!(fields.iter().any(|f| f == field), "{field} in {fields:?}");
         }
+    }
+
+    /// The user-management guide sends its flags as strings.
+    #[test]
+    fn flags_may_be_the_strings_true_and_false() {
+        let request = parse(json!({
+            "resourceType": "Practitioner", "firstName": "A", "lastName": "B",
+            "email": "a@example.com", "sendEmail": "false", "admin": "true", "upsert": "true"
+        }))
+        .unwrap();
+        assert!(!request.send_email);
+        assert!(request.upsert);
+        assert_eq!(request.membership["admin"], json!(true));
+        let Err(Error::Invalid(issues)) = parse(json!({
+            "resourceType": "Practitioner", "firstName": "A", "lastName": "B",
+            "email": "a@example.com", "sendEmail": "no", "membership": {"admin": 1}
+        })) else {
+            panic!("expected invalid");
+        };
+        let fields: Vec<String> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert_eq!(fields, vec!["sendEmail", "admin"]);
     }
 }

@@ -52,26 +52,45 @@ pub async fn read(state: &AppState, project: &AdminProject, id: &str) -> Result<
         .ok_or_else(|| missing(id))
 }
 
-/// Replaces the membership with `body`; its project and user stay.
+/// How an admin changes a membership: a whole new one (`POST`), or a JSON
+/// Patch of the stored one (`PATCH`, as Medplum's user-management guide
+/// promotes a member).
+pub enum MembershipChange {
+    Replace(Value),
+    Patch(crate::fhir::patch::PatchDocument),
+}
+
+/// Changes the membership; its project and user stay, and so do the
+/// caller's own privileges (the floor).
 pub async fn update(
     state: &AppState,
     caller: &Caller,
     project: &AdminProject,
     id: &str,
-    body: Value,
+    change: MembershipChange,
 ) -> Result<Version> {
-    if body["resourceType"] != "ProjectMembership" {
-        return Err(Error::BadRequest(
-            "The body must be a ProjectMembership".into(),
-        ));
-    }
-    if body["id"].as_str().is_some_and(|body_id| body_id != id) {
-        return Err(Error::BadRequest(format!(
-            "The body's id does not match the URL's membership id '{id}'"
-        )));
+    if let MembershipChange::Replace(body) = &change {
+        if body["resourceType"] != "ProjectMembership" {
+            return Err(Error::BadRequest(
+                "The body must be a ProjectMembership".into(),
+            ));
+        }
+        if body["id"].as_str().is_some_and(|body_id| body_id != id) {
+            return Err(Error::BadRequest(format!(
+                "The body's id does not match the URL's membership id '{id}'"
+            )));
+        }
     }
     fhir::atomically(state, async |tx| {
         let current = locked(tx, project, id).await?;
+        let body = match change {
+            MembershipChange::Replace(body) => body,
+            MembershipChange::Patch(operations) => {
+                operations
+                    .apply_to("ProjectMembership", current.value.clone())
+                    .await?
+            }
+        };
         for field in ["project", "user"] {
             if body[field]["reference"] != current.value[field]["reference"] {
                 return Err(Error::BadRequest(format!(

@@ -4,7 +4,7 @@
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use super::{informational, parse_resource, read_body, FHIR_JSON};
+use super::{informational, parse_json, parse_resource, read_body, FHIR_JSON};
 use crate::{
     admin::{admin_project, clients, invite, members, tokens},
     app::AppState,
@@ -29,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::resource("/{project}/members/{membership}")
                     .get(read_member)
                     .post(update_member)
+                    .patch(patch_member)
                     .delete(delete_member),
             )
             .service(
@@ -133,8 +134,30 @@ async fn update_member(
 ) -> Result<HttpResponse> {
     let (project, membership) = path.into_inner();
     let project = admin_project(&state, &caller, &project).await?;
-    let body = body(&req, payload).await?;
-    let version = members::update(&state, &caller, &project, &membership, body).await?;
+    let change = members::MembershipChange::Replace(body(&req, payload).await?);
+    let version = members::update(&state, &caller, &project, &membership, change).await?;
+    Ok(json(
+        StatusCode::OK,
+        version.content.as_deref().unwrap_or_default(),
+    ))
+}
+
+/// `PATCH /admin/projects/{p}/members/{m}` with a JSON Patch.
+async fn patch_member(
+    caller: Caller,
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let (project, membership) = path.into_inner();
+    let project = admin_project(&state, &caller, &project).await?;
+    let operations = crate::fhir::patch::PatchDocument::parse(
+        parse_json(&read_body(&req, payload, ADMIN_BODY_LIMIT).await?)?,
+        state.config.limits.max_patch_operations,
+    )?;
+    let change = members::MembershipChange::Patch(operations);
+    let version = members::update(&state, &caller, &project, &membership, change).await?;
     Ok(json(
         StatusCode::OK,
         version.content.as_deref().unwrap_or_default(),
