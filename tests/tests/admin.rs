@@ -1758,3 +1758,37 @@ async fn the_user_management_guides_examples_run_as_written() {
     assert_eq!(stored[0]["user"], membership["user"]);
     assert_eq!(stored[0]["admin"], true);
 }
+
+/// An admin's Users are its project's: one naming another project is
+/// refused and nothing is written; one naming none becomes the project's.
+#[tokio::test]
+async fn admins_create_users_only_in_their_own_project() {
+    let app = TestApp::spawn().await;
+    let project = app.project("Mine").await;
+    let other = app.project("Theirs").await;
+    let response = project
+        .admin
+        .post(
+            "User",
+            &json!({"resourceType": "User", "email": "x@example.com", "firstName": "X", "lastName": "Y",
+                "project": {"reference": format!("Project/{}", other.id)}}),
+        )
+        .await;
+    assert_outcome(response, 403, "belongs to your project").await;
+    let db = app.db().await;
+    let users = fhirgate_tests::count(
+        &db,
+        "SELECT count(*) FROM resource WHERE resource_type = 'User' AND content::jsonb ->> 'email' = 'x@example.com'",
+        &[],
+    )
+    .await;
+    assert_eq!(users, 0, "nothing written");
+    let created = project
+        .admin
+        .create(json!({"resourceType": "User", "email": "x@example.com", "firstName": "X", "lastName": "Y"}))
+        .await;
+    assert_eq!(
+        created["project"]["reference"],
+        format!("Project/{}", project.id)
+    );
+}
