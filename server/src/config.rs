@@ -43,6 +43,9 @@ pub struct Config {
     pub allow_http_jwks_uri: bool,
     /// Most resources one conditional delete may remove.
     pub max_conditional_delete: usize,
+    /// How long a client's previous secret keeps working after
+    /// `$rotate-secret` (zero: not at all).
+    pub retiring_secret: Duration,
     /// Most entries in one batch or transaction Bundle.
     pub max_bundle_entries: usize,
     /// Batch and transaction Bundles processed at once per instance; more
@@ -258,6 +261,9 @@ impl Config {
             auth_rate_limit: number("FHIRGATE_AUTH_RATE_LIMIT", 600)?.clamp(1, 1_000_000) as u32,
             allow_http_jwks_uri: number("FHIRGATE_ALLOW_HTTP_JWKS_URI", 0)? != 0,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
+            retiring_secret: Duration::from_secs(
+                number("FHIRGATE_RETIRING_SECRET_SECONDS", 3600)? as u64
+            ),
             max_bundle_entries: number("FHIRGATE_MAX_BUNDLE_ENTRIES", 10_000)?.max(1),
             bundle_concurrency: number("FHIRGATE_BUNDLE_CONCURRENCY", cores)?.max(1),
             analyze_after: number(
@@ -297,6 +303,7 @@ impl Config {
             auth_rate_limit: 600,
             allow_http_jwks_uri: false,
             max_conditional_delete: 100,
+            retiring_secret: Duration::from_secs(3600),
             max_bundle_entries: 10_000,
             bundle_concurrency: 4,
             analyze_after: crate::store::DEFAULT_ANALYZE_AFTER,

@@ -899,6 +899,8 @@ async fn clients_get_a_secret_once_and_can_rotate_it_bots_get_a_membership() {
     assert_eq!(status, 200, "{rotated}");
     let new_secret = rotated["secret"].as_str().unwrap().to_string();
     assert_ne!(new_secret, secret);
+    // The replaced secret keeps working for FHIRGATE_RETIRING_SECRET_SECONDS
+    // (an hour by default), so running clients are not cut off.
     let old = app
         .http
         .post(app.url("oauth2/token"))
@@ -910,7 +912,7 @@ async fn clients_get_a_secret_once_and_can_rotate_it_bots_get_a_membership() {
         .send()
         .await
         .unwrap();
-    assert_eq!(old.status(), 401);
+    assert_eq!(old.status(), 200);
     app.session(&Credentials {
         client_id: id,
         client_secret: new_secret,
@@ -1791,4 +1793,70 @@ async fn admins_create_users_only_in_their_own_project() {
         created["project"]["reference"],
         format!("Project/{}", project.id)
     );
+}
+
+/// The replaced secret retires: after `FHIRGATE_RETIRING_SECRET_SECONDS`
+/// (here one second) only the new one works; a rotation before that keeps
+/// the secret it replaces, not older ones.
+#[tokio::test]
+async fn a_rotated_secret_retires_after_its_grace_period() {
+    let app = TestApp::spawn_with(|config| {
+        config.retiring_secret = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let project = app.project("P").await;
+    let (status, client) = status_json(
+        project
+            .admin
+            .post_json(
+                &format!("admin/projects/{}/client", project.id),
+                &json!({"name": "rotating"}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{client}");
+    let id = client["id"].as_str().unwrap().to_string();
+    let first = client["secret"].as_str().unwrap().to_string();
+    let token_status = |secret: String| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.http
+                .post(app.url("oauth2/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", id.as_str()),
+                    ("client_secret", secret.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let rotate = format!("fhir/R4/ClientApplication/{id}/$rotate-secret");
+    let rotate_once = || async {
+        let (status, rotated) =
+            status_json(project.admin.post_json(&rotate, &json!({})).await).await;
+        assert_eq!(status, 200, "{rotated}");
+        rotated["secret"].as_str().unwrap().to_string()
+    };
+    let second = rotate_once().await;
+    assert_eq!(
+        token_status(first.clone()).await,
+        200,
+        "within the grace period"
+    );
+    let third = rotate_once().await;
+    assert_eq!(
+        token_status(first.clone()).await,
+        401,
+        "only the last replaced secret retires"
+    );
+    assert_eq!(token_status(second.clone()).await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(token_status(second).await, 401, "after the grace period");
+    assert_eq!(token_status(third).await, 200);
 }

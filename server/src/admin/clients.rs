@@ -11,7 +11,11 @@ use super::{
 };
 use crate::{
     app::AppState,
-    auth::{secrets::random_token, Caller},
+    auth::{
+        client::{CLIENT_SECRET, RETIRING_CLIENT_SECRET},
+        secrets::random_token,
+        Caller,
+    },
     error::{Error, Result},
     fhir::{self, parse_id, resource::Stamp},
 };
@@ -102,7 +106,7 @@ async fn create_with_membership(
 }
 
 /// `POST /fhir/R4/ClientApplication/:id/$rotate-secret`: a new secret, shown
-/// once; the old one stops working at once.
+/// once; the old one keeps working for `FHIRGATE_RETIRING_SECRET_SECONDS`.
 pub async fn rotate_secret(state: &AppState, caller: &Caller, id: &str) -> Result<Value> {
     caller.require_full_access()?;
     fhir::authorize(caller, "ClientApplication", Interaction::Update)?;
@@ -118,13 +122,29 @@ pub async fn rotate_secret(state: &AppState, caller: &Caller, id: &str) -> Resul
             .await?
             .filter(|v| !v.is_deleted())
             .ok_or_else(missing)?;
+        // The secret being replaced keeps working a while, so running
+        // clients are not cut off before they are given the new one.
+        if let Some(previous) = state
+            .store
+            .secret_hash("ClientApplication", uuid, CLIENT_SECRET)
+            .await?
+        {
+            tx.set_secret(
+                current.project_id,
+                "ClientApplication",
+                uuid,
+                RETIRING_CLIENT_SECRET,
+                &previous,
+            )
+            .await?;
+        }
         let secret = random_token(32);
         let hash = crate::auth::secrets::hash_client_secret(&secret);
         tx.set_secret(
             current.project_id,
             "ClientApplication",
             uuid,
-            "client_secret",
+            CLIENT_SECRET,
             &hash,
         )
         .await?;

@@ -108,7 +108,7 @@ pub async fn find_client(state: &AppState, id: &str) -> Result<Option<Client>> {
     }
     let has_secret = state
         .store
-        .secret_hash("ClientApplication", id, "client_secret")
+        .secret_hash("ClientApplication", id, CLIENT_SECRET)
         .await?
         .is_some();
     Ok(Some(Client {
@@ -137,6 +137,12 @@ pub enum ClientAuth {
     },
     Absent,
 }
+
+/// `resource_secret.kind` of a client's secret, and of the one
+/// `$rotate-secret` replaced, which keeps working for
+/// `FHIRGATE_RETIRING_SECRET_SECONDS` after the rotation.
+pub const CLIENT_SECRET: &str = "client_secret";
+pub const RETIRING_CLIENT_SECRET: &str = "client_secret_retiring";
 
 fn invalid_client(description: impl Into<String>, basic: bool) -> Error {
     Error::OAuth {
@@ -260,17 +266,29 @@ impl ClientAuth {
                 basic,
             } => {
                 let client = find_client(state, client_id).await?;
-                let stored = match &client {
-                    Some(c) => {
+                let (stored, retiring) = match &client {
+                    Some(c) => (
                         state
                             .store
-                            .secret_hash("ClientApplication", c.id, "client_secret")
-                            .await?
-                    }
-                    None => None,
+                            .secret_hash("ClientApplication", c.id, CLIENT_SECRET)
+                            .await?,
+                        state
+                            .store
+                            .secret_hash_since(
+                                "ClientApplication",
+                                c.id,
+                                RETIRING_CLIENT_SECRET,
+                                chrono::Utc::now() - state.config.retiring_secret,
+                            )
+                            .await?,
+                    ),
+                    None => (None, None),
                 };
-                // Always compare, so unknown clients take as long as wrong secrets.
-                if !client_secret_matches(secret, stored.as_deref()) {
+                // Always compare both, so unknown clients take as long as
+                // wrong secrets, and a retiring secret as long as the current.
+                let current = client_secret_matches(secret, stored.as_deref());
+                let previous = client_secret_matches(secret, retiring.as_deref());
+                if !(current || previous) {
                     return Err(invalid_client("Invalid client id or secret", *basic));
                 }
                 Ok(client)

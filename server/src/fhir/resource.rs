@@ -179,7 +179,7 @@ fn take_secrets(
         Some(Value::String(secret)) if secret.chars().count() >= MIN_CLIENT_SECRET_LEN => {
             let hash = hash_client_secret(secret);
             fields.remove("secret");
-            Ok(vec![("client_secret", hash)])
+            Ok(vec![(crate::auth::client::CLIENT_SECRET, hash)])
         }
         Some(Value::String(_)) => Err(Error::Invalid(vec![Issue::error(
             IssueCode::Value,

@@ -484,6 +484,25 @@ impl Store {
         Ok(self.query(&q).await?.first().map(|row| row.get(0)))
     }
 
+    /// A secret's hash if it was set after `since`.
+    pub async fn secret_hash_since(
+        &self,
+        resource_type: &str,
+        id: Uuid,
+        kind: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>> {
+        let mut q = Query::new("SELECT hash FROM resource_secret WHERE resource_type = ");
+        q.bind(resource_type.to_string())
+            .push(" AND resource_id = ")
+            .bind(id)
+            .push(" AND kind = ")
+            .bind(kind.to_string())
+            .push(" AND updated_at > ")
+            .bind(since);
+        Ok(self.query(&q).await?.first().map(|row| row.get(0)))
+    }
+
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>> {
         let q = Query::new(
             "SELECT kid, private_pem, public_jwk, created_at FROM signing_key WHERE active ORDER BY created_at DESC, kid",
