@@ -19,11 +19,29 @@ use crate::{Interaction, Role};
 /// (JsonWebKey): super admins only, whatever a policy says.
 pub const SUPER_ADMIN_ONLY: &[&str] = &["JsonWebKey", "Login"];
 
+/// Ordinary types that `*` still leaves out: lifecycle AuditEvents tell
+/// sign-in addresses and who invited whom, so a member sees AuditEvents
+/// only where a policy names the type (project admins always do).
+const NAMED_ONLY: &[&str] = &["AuditEvent"];
+
+/// Whether `*` covers `resource_type`.
+pub fn star_covers(resource_type: &str) -> bool {
+    !is_admin_resource_type(resource_type) && !NAMED_ONLY.contains(&resource_type)
+}
+
+/// The types `*` leaves out (for the SQL of [`Types::Ordinary`]).
+pub fn outside_star() -> impl Iterator<Item = &'static str> {
+    fhir_model::resource_types::ADMIN_RESOURCE_TYPES
+        .iter()
+        .chain(NAMED_ONLY)
+        .copied()
+}
+
 /// Which types an entry covers.
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
     Type(String),
-    /// `*`: every type but the administrative ones.
+    /// `*`: every type but the administrative ones and AuditEvent.
     Ordinary,
     /// Every type (super admins).
     All,
@@ -33,7 +51,7 @@ impl Target {
     fn covers(&self, resource_type: &str) -> bool {
         match self {
             Target::Type(t) => t == resource_type,
-            Target::Ordinary => !is_admin_resource_type(resource_type),
+            Target::Ordinary => star_covers(resource_type),
             Target::All => true,
         }
     }
@@ -44,7 +62,7 @@ impl Target {
             (Target::All, t) | (t, Target::All) => Some(t.clone()),
             (Target::Ordinary, Target::Ordinary) => Some(Target::Ordinary),
             (Target::Type(t), Target::Ordinary) | (Target::Ordinary, Target::Type(t)) => {
-                (!is_admin_resource_type(t)).then(|| Target::Type(t.clone()))
+                star_covers(t).then(|| Target::Type(t.clone()))
             }
             (Target::Type(a), Target::Type(b)) => (a == b).then(|| Target::Type(a.clone())),
         }
@@ -161,6 +179,7 @@ fn project_admin_rules() -> Vec<Rule> {
         Rule::open(Target::Type("ClientApplication".into()), ALL),
         Rule::open(Target::Type("Bot".into()), ALL),
         Rule::open(Target::Type("AccessPolicy".into()), ALL),
+        Rule::open(Target::Type("AuditEvent".into()), mask(&Interaction::READS)),
     ]
 }
 
@@ -206,7 +225,7 @@ pub enum Types<'a> {
     /// No type condition (the statement has one already, or any type).
     Any,
     One(&'a str),
-    /// Every type but the administrative ones.
+    /// Every type `*` covers (not the administrative ones, not AuditEvent).
     Ordinary,
 }
 

@@ -20,7 +20,10 @@ pub mod scopes;
 
 use std::fmt;
 
-pub use compile::{Branch, CompiledPolicy, MembershipPolicy, PolicyInput, RowFilter, Types};
+pub use compile::{
+    outside_star, star_covers, Branch, CompiledPolicy, MembershipPolicy, PolicyInput, RowFilter,
+    Types,
+};
 pub use error::PolicyError;
 pub use ip::IpRule;
 pub use model::{validate, AccessPolicy, ResourceRule};

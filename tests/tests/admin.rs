@@ -141,12 +141,14 @@ async fn a_new_practitioner_is_invited_by_mail_and_sets_a_password_once() {
     .await;
     assert_eq!(hashes, 1);
 
-    // The project's admins find what happened.
+    // The project's admins find what happened; its members do not, unless a
+    // policy names AuditEvent (sign-in addresses, who invited whom).
     let events = search(
         &project.admin,
         "AuditEvent?subtype=https://fhirgate.dev/fhir/CodeSystem/lifecycle|",
     )
     .await;
+    assert_outcome(project.member.get("AuditEvent").await, 403, "AuditEvent").await;
     let codes: Vec<&str> = events
         .iter()
         .map(|e| e["subtype"][0]["code"].as_str().unwrap())

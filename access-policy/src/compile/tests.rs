@@ -459,3 +459,23 @@ fn a_protected_choice_form_protects_the_element() {
         json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01", "gender": "male"})
     );
 }
+
+#[test]
+fn audit_events_are_named_not_starred() {
+    let starred = compile(
+        Role::Member,
+        vec![json!({"resource": [{"resourceType": "*"}]})],
+    );
+    assert!(!starred.allows("AuditEvent", Interaction::Search));
+    assert!(starred.allows("Observation", Interaction::Search));
+    let named = compile(
+        Role::Member,
+        vec![json!({"resource": [{"resourceType": "AuditEvent", "readonly": true}]})],
+    );
+    assert!(named.allows("AuditEvent", Interaction::Search));
+    let admin = compile(Role::ProjectAdmin, vec![]);
+    assert!(admin.allows("AuditEvent", Interaction::Read));
+    assert!(!admin.allows("AuditEvent", Interaction::Update));
+    let none = compile(Role::Member, vec![]);
+    assert!(!none.allows("AuditEvent", Interaction::Read));
+}

@@ -279,13 +279,11 @@ impl Compiler<'_> {
                         .bind(t.to_string());
                 }
                 Types::Ordinary => {
-                    let admin: Vec<String> = fhir_model::resource_types::ADMIN_RESOURCE_TYPES
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect();
+                    let outside: Vec<String> =
+                        access_policy::outside_star().map(str::to_string).collect();
                     self.q
                         .push(&format!(" AND {row}.resource_type <> ALL("))
-                        .bind(admin)
+                        .bind(outside)
                         .push(")");
                 }
             }
