@@ -332,21 +332,62 @@ async fn project_scoped_users_are_found_only_through_their_project() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pkce_is_required_and_plain_is_refused() {
+async fn pkce_is_checked_when_given_and_plain_is_refused() {
     let app = TestApp::spawn().await;
     let project = app.project("clinic").await;
     let user = app
         .user(&project.id, "doctor@example.com", "Practitioner", false)
         .await;
     let base = json!({"email": user.email, "password": user.password, "scope": "openid"});
+    // As in Medplum, /auth/login may go without a challenge: the code comes
+    // back in the body, and is redeemed without a verifier.
+    let (status, body) = app.login(&base).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, token) = app
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", body["code"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(status, 200, "{token}");
+    // A challenge that is given binds the code: no verifier, no token.
+    let (_, challenge) = fhirgate_tests::pkce_pair();
+    let mut with_challenge = base.clone();
+    with_challenge["codeChallenge"] = json!(challenge);
+    with_challenge["codeChallengeMethod"] = json!("S256");
+    let (status, body) = app.login(&with_challenge).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, error) = app
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", body["code"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"], "invalid_request", "{error}");
+    // /oauth2/authorize, whose code travels through a redirect, still
+    // requires a challenge.
+    let strict = app.public_client(&project.id, REDIRECT, json!({})).await;
     let response = app
         .http
-        .post(app.url("auth/login"))
-        .json(&base)
+        .get(app.url(&format!(
+            "oauth2/authorize?response_type=code&scope=openid&client_id={strict}&redirect_uri={}",
+            urlencode(REDIRECT)
+        )))
         .send()
         .await
         .unwrap();
-    assert_outcome(response, 400, "codeChallenge (PKCE, RFC 7636) is required").await;
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        location.starts_with(REDIRECT) && location.contains("error=invalid_request"),
+        "{} {location}",
+        response.status()
+    );
     let mut plain = base.clone();
     plain["codeChallenge"] = json!("a".repeat(43));
     plain["codeChallengeMethod"] = json!("plain");
@@ -536,4 +577,8 @@ async fn expired_code_and_expired_access_token_are_refused() {
         )
         .await;
     assert_outcome(response, 401, "Invalid or expired access token").await;
+}
+
+fn urlencode(value: &str) -> String {
+    serde_urlencoded::to_string([("v", value)]).unwrap()[2..].to_string()
 }

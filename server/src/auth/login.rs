@@ -115,7 +115,11 @@ fn bad(message: impl Into<String>) -> Error {
 }
 
 impl LoginRequest {
-    /// Checks the client, PKCE and scope of the request.
+    /// Checks the client, PKCE and scope of the request. `/auth/login` and
+    /// `/auth/newuser` answer with the code itself, not through a redirect,
+    /// so, as in Medplum, they may go without a challenge; one that is given
+    /// is checked, and its verifier is then required at the token endpoint.
+    /// (`/oauth2/authorize` requires PKCE itself, unless the client opts out.)
     pub async fn params(&self, state: &AppState, auth_method: &'static str) -> Result<LoginParams> {
         let client = match &self.client_id {
             Some(id) if !id.is_empty() => Some(
@@ -126,11 +130,13 @@ impl LoginRequest {
             _ => None,
         };
         let context = &self.context;
-        check_pkce(
-            client.as_ref(),
-            context.code_challenge.as_deref(),
-            context.code_challenge_method.as_deref(),
-        )?;
+        if context.code_challenge.is_some() || context.code_challenge_method.is_some() {
+            check_pkce(
+                client.as_ref(),
+                context.code_challenge.as_deref(),
+                context.code_challenge_method.as_deref(),
+            )?;
+        }
         if let (Some(uri), Some(client)) = (&context.redirect_uri, &client) {
             if !client.allows_redirect(uri) {
                 return Err(bad("redirect_uri is not registered for this client"));
