@@ -53,6 +53,8 @@ pub struct AppState {
     pub admission: crate::auth::admission::Admission,
     /// Outgoing HTTP (clients' `jwksUri`).
     pub http_client: reqwest::Client,
+    /// Key sets fetched from clients' `jwksUri`s.
+    pub jwks: crate::auth::client::JwksCache,
 }
 
 impl AppState {
@@ -141,6 +143,7 @@ impl Application {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| Error::Startup(format!("HTTP client: {e}")))?,
+            jwks: Default::default(),
             capability: capability_statement(&base_url).to_string(),
             base_url: base_url.clone(),
             store,

@@ -824,15 +824,39 @@ async fn scopes_are_granted_only_as_far_as_the_client_allows_and_old_grants_are_
     }
 }
 
-/// Serves `body` as JSON to every HTTP request, on a random local port.
-async fn serve_json(body: Value) -> String {
+/// A JSON document served over HTTP on a random local port: what it serves
+/// can change, and it counts the requests it answered.
+struct Served {
+    uri: String,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Served {
+    fn set(&self, body: Value) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Serves `body` as JSON to every HTTP request.
+async fn serve_json(body: Value) -> Served {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let body = body.to_string();
+    let served = Served {
+        uri: format!("http://{address}/jwks.json"),
+        body: std::sync::Arc::new(std::sync::Mutex::new(body.to_string())),
+        requests: Default::default(),
+    };
+    let (body, requests) = (served.body.clone(), served.requests.clone());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let body = body.clone();
+            let body = body.lock().unwrap().clone();
+            requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
                 let _ = socket.read(&mut request).await;
@@ -844,13 +868,14 @@ async fn serve_json(body: Value) -> String {
             });
         }
     });
-    format!("http://{address}/jwks.json")
+    served
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn private_key_jwt_with_keys_from_the_clients_jwks_uri() {
     let (pem, jwk) = client_key("remote-1");
-    let jwks_uri = serve_json(json!({"keys": [jwk]})).await;
+    let served = serve_json(json!({"keys": [jwk]})).await;
+    let jwks_uri = served.uri.clone();
     for allow_http in [true, false] {
         let app = TestApp::spawn_with(|config| config.allow_http_jwks_uri = allow_http).await;
         let project = app.project("clinic").await;
@@ -892,4 +917,61 @@ async fn private_key_jwt_with_keys_from_the_clients_jwks_uri() {
                 .contains("must be https"));
         }
     }
+}
+
+/// A client's `jwksUri` is fetched once and remembered: further assertions
+/// do not wait on it, and a new `kid` (a rotated key) fetches it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_jwks_uri_is_remembered_and_fetched_again_for_a_new_kid() {
+    let (pem, jwk) = client_key("first");
+    let served = serve_json(json!({"keys": [jwk]})).await;
+    let app = TestApp::spawn_with(|config| config.allow_http_jwks_uri = true).await;
+    let project = app.project("clinic").await;
+    let root = app.super_admin().await;
+    let client = root
+        .create(
+            json!({"resourceType": "ClientApplication", "name": "remote keys",
+            "meta": {"project": project.id}, "jwksUri": served.uri}),
+        )
+        .await;
+    let client_id = client["id"].as_str().unwrap().to_string();
+    let client_ref = format!("ClientApplication/{client_id}");
+    root.create(
+        json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
+        "project": {"reference": format!("Project/{}", project.id)},
+        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
+    )
+    .await;
+    let token_url = app.url("oauth2/token");
+    for jti in ["c-1", "c-2", "c-3"] {
+        let (status, body) = assertion_grant(
+            &app,
+            &assertion(&pem, "first", &client_id, &token_url, jti, 60),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(served.requests(), 1, "fetched once for three assertions");
+    // The client rotates its key: the new kid is not remembered, so the
+    // set is fetched again (once the last fetch is ten seconds old).
+    let (new_pem, new_jwk) = client_key("second");
+    served.set(json!({"keys": [new_jwk]}));
+    let (status, body) = assertion_grant(
+        &app,
+        &assertion(&new_pem, "second", &client_id, &token_url, "c-4", 60),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "too soon to fetch again: {body}");
+    assert_eq!(served.requests(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(10_200)).await;
+    let (status, body) = assertion_grant(
+        &app,
+        &assertion(&new_pem, "second", &client_id, &token_url, "c-5", 60),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served.requests(), 2);
 }

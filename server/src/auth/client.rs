@@ -5,6 +5,8 @@
 
 use access_policy::RowFilter;
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use access_policy::scopes::ScopeSet;
 use actix_web::http::StatusCode;
@@ -365,7 +367,9 @@ pub async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, S
         .await?
         .ok_or_else(|| bad("unknown client"))?;
     let jwks = match client.content["jwksUri"].as_str() {
-        Some(uri) if client.content.get("jwks").is_none() => fetch_jwks(state, uri).await?,
+        Some(uri) if client.content.get("jwks").is_none() => {
+            remote_jwks(state, uri, header.kid.as_deref()).await?
+        }
         _ => client.content["jwks"].clone(),
     };
     let keys: Vec<Jwk> = jwks["keys"]
@@ -405,6 +409,58 @@ pub async fn verify_client_jwt(state: &AppState, jwt: &str) -> Result<(Client, S
         return Err(bad("this jti was used before (replayed assertion)"));
     }
     Ok((client, claims.sub))
+}
+
+/// How long a key set fetched from a `jwksUri` is used before it is
+/// fetched again, and how soon an unknown `kid` may fetch it again (so a
+/// client can rotate keys, but no stream of made-up kids makes every
+/// sign-in wait on its URL).
+const JWKS_TTL: Duration = Duration::from_secs(300);
+const JWKS_REFETCH_AFTER: Duration = Duration::from_secs(10);
+
+/// Key sets fetched from clients' `jwksUri`s, by URI: one slow or hostile
+/// URL is fetched once per [`JWKS_TTL`], not on every sign-in.
+#[derive(Default)]
+pub struct JwksCache {
+    fetched: Mutex<HashMap<String, (Instant, Value)>>,
+}
+
+impl JwksCache {
+    fn get(&self, uri: &str) -> Option<(Instant, Value)> {
+        self.fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uri)
+            .cloned()
+    }
+
+    fn put(&self, uri: &str, keys: Value) {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: forget what expired once the map grows.
+        if fetched.len() >= 10_000 {
+            fetched.retain(|_, (at, _)| at.elapsed() < JWKS_TTL);
+        }
+        fetched.insert(uri.to_string(), (Instant::now(), keys));
+    }
+}
+
+/// The key set at `uri`: remembered, unless it is older than [`JWKS_TTL`],
+/// or lacks `kid` and was fetched more than [`JWKS_REFETCH_AFTER`] ago.
+async fn remote_jwks(state: &AppState, uri: &str, kid: Option<&str>) -> Result<Value> {
+    if let Some((at, keys)) = state.jwks.get(uri) {
+        let knows_kid = kid.is_none_or(|kid| {
+            keys["keys"]
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|k| k["kid"] == kid))
+        });
+        let age = at.elapsed();
+        if age < JWKS_TTL && (knows_kid || age < JWKS_REFETCH_AFTER) {
+            return Ok(keys);
+        }
+    }
+    let keys = fetch_jwks(state, uri).await?;
+    state.jwks.put(uri, keys.clone());
+    Ok(keys)
 }
 
 /// Largest JWKS document fetched from a client's `jwksUri`.
