@@ -24,9 +24,15 @@ fn return_freed_memory_at_once() {
     }
 }
 
+/// Logs to stdout. A log line that cannot be written (the reader of a pipe
+/// went away) is dropped without a word: tracing-subscriber would otherwise
+/// report it on stderr, and `eprintln!` panics when stderr is that same
+/// broken pipe, so logging could take the server down.
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

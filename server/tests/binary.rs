@@ -26,17 +26,33 @@ struct Running {
 
 /// Starts the binary on a free port with JSON logs and waits until it listens.
 fn start(database_url: &str) -> Running {
+    start_logging(database_url, Logs::Read)
+}
+
+/// What becomes of the log once the server listens.
+#[derive(PartialEq)]
+enum Logs {
+    Read,
+    /// The reader goes away: stdout and stderr are broken pipes.
+    Abandoned,
+}
+
+fn start_logging(database_url: &str, logs: Logs) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("FHIRGATE_BIND", "127.0.0.1:0")
         .env("FHIRGATE_LOG_FORMAT", "json")
+        .env("FHIRGATE_LOG_LEVEL", "debug")
         .env("FHIRGATE_WORKERS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run fhirgate");
+    if logs == Logs::Abandoned {
+        drop(child.stderr.take());
+    }
     let stdout = child.stdout.take().unwrap();
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
@@ -57,8 +73,14 @@ fn start(database_url: &str) -> Running {
         startup_log.push(line);
         if parsed["fields"]["message"] == "fhirgate listening" {
             let address = parsed["fields"]["address"].as_str().unwrap().to_string();
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || while receiver.recv().is_ok() {});
+            match logs {
+                // Keep draining so the child never blocks on a full pipe.
+                Logs::Read => {
+                    std::thread::spawn(move || while receiver.recv().is_ok() {});
+                }
+                // The reading thread's next send fails, and it drops stdout.
+                Logs::Abandoned => drop(receiver),
+            }
             return Running {
                 child,
                 address,
@@ -162,6 +184,36 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+    drop_database(&database).await;
+}
+
+/// When whoever reads the log goes away (a pipe to a log shipper that
+/// died), logging fails quietly: the server keeps answering and stops
+/// cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_reader_that_goes_away_takes_nothing_down() {
+    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{database}", postgres_server());
+    let mut running = start_logging(&url, Logs::Abandoned);
+    let http = reqwest::Client::new();
+    // Debug logs: every request writes to the broken pipes.
+    for _ in 0..50 {
+        let health = http
+            .get(format!("http://{}/healthcheck", running.address))
+            .send()
+            .await
+            .expect("the server still answers");
+        assert_eq!(health.status(), 200);
+        let refused = http
+            .get(format!("http://{}/fhir/R4/Patient", running.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+    }
+    terminate(&running.child);
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
     drop_database(&database).await;
 }
 
