@@ -39,6 +39,9 @@ pub struct Config {
     pub lockout_period: Duration,
     /// Requests per minute one client address may make to `/auth/*` and `/oauth2/*`.
     pub auth_rate_limit: u32,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` name the client
+    /// (`FHIRGATE_TRUSTED_PROXIES`); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether a client's `jwksUri` may be plain `http://` (development only).
     pub allow_http_jwks_uri: bool,
     /// Most resources one conditional delete may remove.
@@ -259,6 +262,7 @@ impl Config {
                 number("FHIRGATE_LOCKOUT_SECONDS", 60)?.max(1) as u64
             ),
             auth_rate_limit: number("FHIRGATE_AUTH_RATE_LIMIT", 600)?.clamp(1, 1_000_000) as u32,
+            trusted_proxies: trusted_proxies(var("FHIRGATE_TRUSTED_PROXIES").as_deref())?,
             allow_http_jwks_uri: number("FHIRGATE_ALLOW_HTTP_JWKS_URI", 0)? != 0,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             retiring_secret: Duration::from_secs(
@@ -301,6 +305,7 @@ impl Config {
             lockout_threshold: 5,
             lockout_period: Duration::from_secs(60),
             auth_rate_limit: 600,
+            trusted_proxies: Vec::new(),
             allow_http_jwks_uri: false,
             max_conditional_delete: 100,
             retiring_secret: Duration::from_secs(3600),
@@ -312,6 +317,26 @@ impl Config {
             limits: Limits::default(),
         }
     }
+}
+
+/// `FHIRGATE_TRUSTED_PROXIES`: CIDR ranges or addresses, separated by
+/// commas or spaces.
+fn trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, Error> {
+    value
+        .unwrap_or_default()
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "FHIRGATE_TRUSTED_PROXIES: '{item}' is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn with_trailing_slash(mut url: String) -> String {

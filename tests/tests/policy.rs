@@ -446,3 +446,87 @@ async fn ip_rules_and_scopes() {
     .await;
     assert_outcome(reader.get("Observation").await, 403, "Observation").await;
 }
+
+/// Behind a reverse proxy listed in FHIRGATE_TRUSTED_PROXIES, the client it
+/// names in X-Forwarded-For or Forwarded is the address for IP rules, the
+/// sign-in rate limit and sessions; from anyone else those headers are
+/// ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    for trusted in [true, false] {
+        let app = TestApp::spawn_with(|config| {
+            config.auth_rate_limit = 12;
+            if trusted {
+                config.trusted_proxies =
+                    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+            }
+        })
+        .await;
+        let project = app.project("proxied").await;
+        let root = app.super_admin().await;
+        let blocked = policy(
+            &project.admin,
+            json!({"resourceType": "AccessPolicy", "resource": [{"resourceType": "Patient"}],
+                "ipAccessRule": [{"value": "203.0.113.0/24", "action": "block"}]}),
+        )
+        .await;
+        let member = app
+            .client_with(
+                &root,
+                &project.id,
+                json!({"accessPolicy": {"reference": blocked}}),
+                None,
+            )
+            .await;
+        let from = |header: &'static str, value: &'static str| {
+            member
+                .fhir(reqwest::Method::GET, "Patient")
+                .header(header, value)
+                .send()
+        };
+        let via_xff = from("X-Forwarded-For", "203.0.113.9")
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let via_forwarded = from("Forwarded", "for=203.0.113.9;proto=https")
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let elsewhere = from("X-Forwarded-For", "198.51.100.1")
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if trusted {
+            assert_eq!((via_xff, via_forwarded, elsewhere), (403, 403, 200));
+        } else {
+            // A client naming any address it likes is not believed.
+            assert_eq!((via_xff, via_forwarded, elsewhere), (200, 200, 200));
+        }
+        // The sign-in rate limit counts per client: behind the proxy, two
+        // clients have a budget each; without trust, one budget for all.
+        let attempt = |address: &'static str| {
+            app.http
+                .post(app.url("auth/login"))
+                .header("X-Forwarded-For", address)
+                .json(&json!({"email": "nobody@example.com", "password": "wrong password here"}))
+                .send()
+        };
+        let mut spent = false;
+        for _ in 0..30 {
+            if attempt("192.0.2.1").await.unwrap().status() == 429 {
+                spent = true;
+                break;
+            }
+        }
+        assert!(spent, "the limit of 12 a minute was never reached");
+        let other_client = attempt("192.0.2.2").await.unwrap().status();
+        assert_eq!(
+            other_client,
+            if trusted { 400 } else { 429 },
+            "trusted: {trusted}"
+        );
+    }
+}

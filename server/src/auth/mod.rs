@@ -388,8 +388,14 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        // The connection's address: headers a client sets are not trusted.
-        let address = req.peer_addr().map(|a| a.ip());
+        // The connection's address, or the client a trusted proxy names.
+        let address = state.as_ref().and_then(|state| {
+            crate::http::client_address::client_address(
+                req.headers(),
+                req.peer_addr(),
+                &state.config.trusted_proxies,
+            )
+        });
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)

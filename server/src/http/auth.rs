@@ -56,10 +56,20 @@ struct LoginBody {
     remember: bool,
 }
 
-/// Where a sign-in comes from: the peer address and (capped) User-Agent.
+/// The client's address as text (the peer's, or the one a trusted proxy names).
+pub fn remote_address(req: &HttpRequest) -> Option<String> {
+    let trusted = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.config.trusted_proxies.as_slice())
+        .unwrap_or_default();
+    super::client_address::client_address(req.headers(), req.peer_addr(), trusted)
+        .map(|address| address.to_string())
+}
+
+/// Where a sign-in comes from: the client's address and (capped) User-Agent.
 pub fn request_context(req: &HttpRequest) -> LoginContext {
     LoginContext {
-        remote_address: req.peer_addr().map(|a| a.ip().to_string()),
+        remote_address: remote_address(req),
         user_agent: req
             .headers()
             .get(actix_web::http::header::USER_AGENT)

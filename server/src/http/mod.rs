@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod auth_lifecycle;
 pub mod authorize;
+pub mod client_address;
 pub mod fhir;
 pub mod oauth;
 pub mod ratelimit;

@@ -101,7 +101,7 @@ async fn token(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let form = read_form(&req, payload).await?;
-    let remote = req.peer_addr().map(|a| a.ip().to_string());
+    let remote = super::auth::remote_address(&req);
     let response = token::token(&state, &form, authorization(&req), remote).await?;
     Ok(no_store(HttpResponse::Ok(), response))
 }

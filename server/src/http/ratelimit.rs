@@ -48,7 +48,7 @@ impl AuthLimiter {
     }
 }
 
-/// The middleware: counts requests to the identity routes per peer address.
+/// The middleware: counts requests to the identity routes per client address.
 pub async fn limit_auth(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -56,8 +56,15 @@ pub async fn limit_auth(
     let path = req.path();
     if path.starts_with("/auth/") || path.starts_with("/oauth2/") {
         let state = req.app_data::<web::Data<AppState>>();
-        if let (Some(state), Some(peer)) = (state, req.peer_addr()) {
-            state.auth_limiter.check(peer.ip())?;
+        if let Some(state) = state {
+            let client = super::client_address::client_address(
+                req.headers(),
+                req.peer_addr(),
+                &state.config.trusted_proxies,
+            );
+            if let Some(client) = client {
+                state.auth_limiter.check(client)?;
+            }
         }
     }
     next.call(req).await
