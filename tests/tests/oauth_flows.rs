@@ -871,6 +871,28 @@ async fn serve_json(body: Value) -> Served {
     served
 }
 
+/// A ClientApplication of a new project whose keys are at `jwks_uri`, with
+/// a membership there; its id.
+async fn remote_keys_client(app: &TestApp, jwks_uri: &str) -> String {
+    let project = app.project("clinic").await;
+    let root = app.super_admin().await;
+    let client = root
+        .create(
+            json!({"resourceType": "ClientApplication", "name": "remote keys",
+            "meta": {"project": project.id}, "jwksUri": jwks_uri}),
+        )
+        .await;
+    let client_id = client["id"].as_str().unwrap().to_string();
+    let client_ref = format!("ClientApplication/{client_id}");
+    root.create(
+        json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
+        "project": {"reference": format!("Project/{}", project.id)},
+        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
+    )
+    .await;
+    client_id
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn private_key_jwt_with_keys_from_the_clients_jwks_uri() {
     let (pem, jwk) = client_key("remote-1");
@@ -878,22 +900,7 @@ async fn private_key_jwt_with_keys_from_the_clients_jwks_uri() {
     let jwks_uri = served.uri.clone();
     for allow_http in [true, false] {
         let app = TestApp::spawn_with(|config| config.allow_http_jwks_uri = allow_http).await;
-        let project = app.project("clinic").await;
-        let root = app.super_admin().await;
-        let client = root
-            .create(
-                json!({"resourceType": "ClientApplication", "name": "remote keys",
-                "meta": {"project": project.id}, "jwksUri": jwks_uri}),
-            )
-            .await;
-        let client_id = client["id"].as_str().unwrap().to_string();
-        let client_ref = format!("ClientApplication/{client_id}");
-        root.create(
-            json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
-            "project": {"reference": format!("Project/{}", project.id)},
-            "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
-        )
-        .await;
+        let client_id = remote_keys_client(&app, &jwks_uri).await;
         let (status, body) = assertion_grant(
             &app,
             &assertion(
@@ -926,22 +933,7 @@ async fn a_clients_jwks_uri_is_remembered_and_fetched_again_for_a_new_kid() {
     let (pem, jwk) = client_key("first");
     let served = serve_json(json!({"keys": [jwk]})).await;
     let app = TestApp::spawn_with(|config| config.allow_http_jwks_uri = true).await;
-    let project = app.project("clinic").await;
-    let root = app.super_admin().await;
-    let client = root
-        .create(
-            json!({"resourceType": "ClientApplication", "name": "remote keys",
-            "meta": {"project": project.id}, "jwksUri": served.uri}),
-        )
-        .await;
-    let client_id = client["id"].as_str().unwrap().to_string();
-    let client_ref = format!("ClientApplication/{client_id}");
-    root.create(
-        json!({"resourceType": "ProjectMembership", "meta": {"project": project.id},
-        "project": {"reference": format!("Project/{}", project.id)},
-        "user": {"reference": client_ref}, "profile": {"reference": client_ref}}),
-    )
-    .await;
+    let client_id = remote_keys_client(&app, &served.uri).await;
     let token_url = app.url("oauth2/token");
     for jti in ["c-1", "c-2", "c-3"] {
         let (status, body) = assertion_grant(

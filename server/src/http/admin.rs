@@ -125,6 +125,7 @@ async fn read_member(
     ))
 }
 
+/// `POST /admin/projects/{p}/members/{m}` with a whole membership.
 async fn update_member(
     caller: Caller,
     state: Data,
@@ -132,14 +133,8 @@ async fn update_member(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let (project, membership) = path.into_inner();
-    let project = admin_project(&state, &caller, &project).await?;
     let change = members::MembershipChange::Replace(body(&req, payload).await?);
-    let version = members::update(&state, &caller, &project, &membership, change).await?;
-    Ok(json(
-        StatusCode::OK,
-        version.content.as_deref().unwrap_or_default(),
-    ))
+    change_member(&caller, &state, path, change).await
 }
 
 /// `PATCH /admin/projects/{p}/members/{m}` with a JSON Patch.
@@ -150,14 +145,23 @@ async fn patch_member(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    let (project, membership) = path.into_inner();
-    let project = admin_project(&state, &caller, &project).await?;
     let operations = crate::fhir::patch::PatchDocument::parse(
         parse_json(&read_body(&req, payload, ADMIN_BODY_LIMIT).await?)?,
         state.config.limits.max_patch_operations,
     )?;
     let change = members::MembershipChange::Patch(operations);
-    let version = members::update(&state, &caller, &project, &membership, change).await?;
+    change_member(&caller, &state, path, change).await
+}
+
+async fn change_member(
+    caller: &Caller,
+    state: &Data,
+    path: web::Path<(String, String)>,
+    change: members::MembershipChange,
+) -> Result<HttpResponse> {
+    let (project, membership) = path.into_inner();
+    let project = admin_project(state, caller, &project).await?;
+    let version = members::update(state, caller, &project, &membership, change).await?;
     Ok(json(
         StatusCode::OK,
         version.content.as_deref().unwrap_or_default(),
