@@ -1743,6 +1743,16 @@ async fn the_user_management_guides_examples_run_as_written() {
     .await;
     assert_eq!(status, 200, "{promoted}");
     assert_eq!(promoted["admin"], true);
+    // A plain member of the project may not patch memberships.
+    let response = project
+        .member
+        .request(reqwest::Method::PATCH, &path)
+        .header("Content-Type", "application/json-patch+json")
+        .body(json!([{"op": "replace", "path": "/admin", "value": false}]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 403, "Only project admins").await;
     // The same rules as the POST that replaces a membership.
     let (status, outcome) = status_json(
         patch(json!([{"op": "replace", "path": "/user", "value": {"reference": "User/00000000-0000-0000-0000-000000000001"}}]))
