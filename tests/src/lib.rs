@@ -606,3 +606,78 @@ impl TestApp {
             .expect("login request")
     }
 }
+
+/// A browser on fhirgate's sign-in pages: it keeps the anti-forgery cookie
+/// the first page sets and posts each page's form with its hidden fields,
+/// as a real browser does.
+pub struct Browser {
+    http: reqwest::Client,
+    authorize_url: String,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    pub fn new(app: &TestApp) -> Browser {
+        Browser {
+            http: app.http.clone(),
+            authorize_url: app.url("oauth2/authorize"),
+            cookie: None,
+        }
+    }
+
+    fn keep_cookie(&mut self, response: &Response) {
+        if let Some(set) = response.headers().get("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            self.cookie = Some(pair.to_string());
+        }
+    }
+
+    /// `GET url` (an authorization request).
+    pub async fn open(&mut self, url: &str) -> Response {
+        let mut request = self.http.get(url);
+        if let Some(cookie) = &self.cookie {
+            request = request.header("Cookie", cookie);
+        }
+        let response = request.send().await.expect("GET authorize");
+        self.keep_cookie(&response);
+        response
+    }
+
+    /// Posts the form of the page `html` with `fields` filled in.
+    pub async fn submit(&mut self, html: &str, fields: &[(&str, &str)]) -> Response {
+        let mut form = hidden_fields(html);
+        form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.post(&form).await
+    }
+
+    /// Posts `form` as it is, with the cookie.
+    pub async fn post(&mut self, form: &[(String, String)]) -> Response {
+        let mut request = self.http.post(&self.authorize_url).form(form);
+        if let Some(cookie) = &self.cookie {
+            request = request.header("Cookie", cookie);
+        }
+        let response = request.send().await.expect("POST authorize");
+        self.keep_cookie(&response);
+        response
+    }
+}
+
+/// The hidden inputs of a page's form, unescaped.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let attribute = |tag: &str, name: &str| {
+        tag.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    html.split("<input type=\"hidden\" ")
+        .skip(1)
+        .map(|tag| tag.split('>').next().unwrap_or_default())
+        .map(|tag| (attribute(tag, "name"), attribute(tag, "value")))
+        .collect()
+}

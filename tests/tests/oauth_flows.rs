@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use fhirgate_tests::{assert_outcome, status_json, TestApp, TEST_PASSWORD};
+use fhirgate_tests::{assert_outcome, hidden_fields, status_json, Browser, TestApp, TEST_PASSWORD};
 use oauth2::{
     basic::BasicClient, AuthType, AuthUrl, AuthorizationCode, ClientId, CsrfToken,
     PkceCodeChallenge, RedirectUrl, Scope, TokenResponse, TokenUrl,
@@ -27,20 +27,22 @@ fn location(response: &Response) -> String {
     response.headers()["location"].to_str().unwrap().to_string()
 }
 
-/// Opens the authorize URL, checks the page, posts the credentials; returns
-/// the response to the sign-in.
-async fn sign_in(app: &TestApp, authorize_url: &str, email: &str, password: &str) -> Response {
-    let page = app.http.get(authorize_url).send().await.unwrap();
+/// Opens the authorize URL in a new browser, posts the page's form with the
+/// credentials; returns the browser and the response to the sign-in.
+async fn sign_in(
+    app: &TestApp,
+    authorize_url: &str,
+    email: &str,
+    password: &str,
+) -> (Browser, Response) {
+    let mut browser = Browser::new(app);
+    let page = browser.open(authorize_url).await;
     assert_eq!(page.status(), 200);
-    let mut form = query_of(authorize_url);
-    form.insert("email".into(), email.into());
-    form.insert("password".into(), password.into());
-    app.http
-        .post(app.url("oauth2/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
+    let html = page.text().await.unwrap();
+    let response = browser
+        .submit(&html, &[("email", email), ("password", password)])
+        .await;
+    (browser, response)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,7 +86,7 @@ async fn browser_flow_with_the_sign_in_page_and_pkce() {
     );
     assert!(!html.contains("<script"));
 
-    let response = sign_in(&app, url.as_str(), &user.email, TEST_PASSWORD).await;
+    let (_, response) = sign_in(&app, url.as_str(), &user.email, TEST_PASSWORD).await;
     assert_eq!(response.status(), 303);
     let target = location(&response);
     assert!(target.starts_with(REDIRECT), "{target}");
@@ -99,7 +101,7 @@ async fn browser_flow_with_the_sign_in_page_and_pkce() {
     assert!(token.refresh_token().is_some());
 
     // Wrong password: the page again, with the reason, and no redirect.
-    let response = sign_in(&app, url.as_str(), &user.email, "wrong password here").await;
+    let (_, response) = sign_in(&app, url.as_str(), &user.email, "wrong password here").await;
     assert_eq!(response.status(), 400);
     let html = response.text().await.unwrap();
     assert!(html.contains("Email or password is invalid"));
@@ -128,39 +130,26 @@ async fn the_chooser_picks_one_of_several_memberships() {
         urlencode(REDIRECT),
         challenge.as_str()
     );
-    let response = sign_in(&app, &url, &user.email, TEST_PASSWORD).await;
+    let (mut browser, response) = sign_in(&app, &url, &user.email, TEST_PASSWORD).await;
     assert_eq!(response.status(), 200);
     let html = response.text().await.unwrap();
     assert!(html.contains("Choose a project"));
     assert!(html.contains(&second));
-    let login = html
-        .split("name=\"login\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
+    let login = hidden_fields(&html)
+        .into_iter()
+        .find(|(name, _)| name == "login")
         .unwrap()
-        .to_string();
-    let mut form = query_of(&url);
-    form.insert("login".into(), login);
-    form.insert("membership".into(), second);
-    // The login cannot be finished through another client.
+        .1;
+    // The login cannot be finished through another client, even with a
+    // valid form of that client's own page.
     let other = app.public_client(&project.id, REDIRECT, json!({})).await;
-    let mut through_other = form.clone();
-    through_other.insert("client_id".into(), other);
-    let response = app
-        .http
-        .post(app.url("oauth2/authorize"))
-        .form(&through_other)
-        .send()
-        .await
-        .unwrap();
+    let other_url = url.replace(&client_id, &other);
+    let other_page = browser.open(&other_url).await.text().await.unwrap();
+    let response = browser
+        .submit(&other_page, &[("login", &login), ("membership", &second)])
+        .await;
     assert_eq!(response.status(), 400);
-    let response = app
-        .http
-        .post(app.url("oauth2/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let response = browser.submit(&html, &[("membership", &second)]).await;
     assert_eq!(response.status(), 303);
     let query = query_of(&location(&response));
     assert_eq!(query["state"], "xyz");
@@ -966,4 +955,92 @@ async fn a_clients_jwks_uri_is_remembered_and_fetched_again_for_a_new_kid() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(served.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sign_in_form_needs_the_anti_forgery_token_of_this_browser_and_request() {
+    let app = TestApp::spawn().await;
+    let fhirgate_tests::Clinic {
+        user, client_id, ..
+    } = app.clinic().await;
+    let (_, challenge) = fhirgate_tests::pkce_pair();
+    let url = format!(
+        "{}?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid&state=s1&code_challenge={challenge}&code_challenge_method=S256",
+        app.url("oauth2/authorize"),
+        urlencode(REDIRECT)
+    );
+    let credentials = [("email", user.email.as_str()), ("password", TEST_PASSWORD)];
+    let mut victim = Browser::new(&app);
+    let page = victim.open(&url).await;
+    let set_cookie = page.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    let html = page.text().await.unwrap();
+    let form = |html: &str| {
+        let mut form = hidden_fields(html);
+        form.extend(
+            credentials
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        form
+    };
+    let refused = |response: Response| async move {
+        assert_eq!(response.status(), 403);
+        assert!(response.headers().get("location").is_none());
+        let html = response.text().await.unwrap();
+        assert!(
+            html.contains("expired or did not come from this server"),
+            "{html}"
+        );
+    };
+
+    // A cross-site POST: the attacker's page has no cookie of this browser
+    // and no token, or a token of the attacker's own browser.
+    let bare: Vec<(String, String)> = query_of(&url)
+        .into_iter()
+        .chain(
+            credentials
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .collect();
+    refused(
+        app.http
+            .post(app.url("oauth2/authorize"))
+            .form(&bare)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut attacker = Browser::new(&app);
+    let attacker_page = attacker.open(&url).await.text().await.unwrap();
+    refused(victim.post(&form(&attacker_page)).await).await;
+    // The victim's token without the victim's cookie (SameSite keeps it home).
+    refused(attacker.post(&form(&html)).await).await;
+    // The victim's token for another authorization request.
+    let mut other_request = form(&html);
+    for (name, value) in other_request.iter_mut() {
+        if name == "state" {
+            *value = "changed".into();
+        }
+    }
+    refused(victim.post(&other_request).await).await;
+    // A forged token.
+    let mut forged = form(&html);
+    for (name, value) in forged.iter_mut() {
+        if name == "form_token" {
+            let (issued, _) = value.split_once('.').unwrap();
+            *value = format!("{issued}.{}", "0".repeat(64));
+        }
+    }
+    refused(victim.post(&forged).await).await;
+
+    // The page's own form in the browser that opened it signs in.
+    let response = victim.post(&form(&html)).await;
+    assert_eq!(response.status(), 303);
+    assert!(location(&response).starts_with(REDIRECT));
 }

@@ -29,6 +29,9 @@ pub enum Event {
     PasswordReset,
     EmailVerified,
     UserDeleted,
+    MfaEnrolled,
+    MfaRecoveryCodeUsed,
+    MfaDisabled,
 }
 
 impl Event {
@@ -45,13 +48,18 @@ impl Event {
             Event::PasswordReset => "password-reset",
             Event::EmailVerified => "email-verified",
             Event::UserDeleted => "user-deleted",
+            Event::MfaEnrolled => "mfa-enrolled",
+            Event::MfaRecoveryCodeUsed => "mfa-recovery-code-used",
+            Event::MfaDisabled => "mfa-disabled",
         }
     }
 
     /// The DICOM event type: authentication, role changes, or user changes.
     fn event_type(self) -> (&'static str, &'static str) {
         match self {
-            Event::LoginSucceeded | Event::LoginFailed => ("110114", "User Authentication"),
+            Event::LoginSucceeded | Event::LoginFailed | Event::MfaRecoveryCodeUsed => {
+                ("110114", "User Authentication")
+            }
             Event::MembershipAdded | Event::MembershipChanged | Event::MembershipRemoved => {
                 ("110136", "Security Roles Changed")
             }
@@ -64,7 +72,7 @@ impl Event {
         match self {
             Event::UserCreated | Event::MembershipAdded => "C",
             Event::MembershipRemoved | Event::UserDeleted => "D",
-            Event::LoginSucceeded | Event::LoginFailed => "E",
+            Event::LoginSucceeded | Event::LoginFailed | Event::MfaRecoveryCodeUsed => "E",
             _ => "U",
         }
     }
@@ -106,7 +114,7 @@ pub async fn record(
 /// it could sign in to.
 pub async fn record_login(
     state: &AppState,
-    user: &crate::store::Version,
+    user_id: Uuid,
     projects: &[Uuid],
     succeeded: bool,
 ) -> Result<()> {
@@ -115,10 +123,20 @@ pub async fn record_login(
     } else {
         Event::LoginFailed
     };
-    let user_ref = format!("User/{}", user.id);
+    record_in_projects(state, projects, event, &format!("User/{user_id}")).await
+}
+
+/// `event`, done by and to `user_ref`, recorded in each of `projects` in one
+/// transaction of its own.
+pub async fn record_in_projects(
+    state: &AppState,
+    projects: &[Uuid],
+    event: Event,
+    user_ref: &str,
+) -> Result<()> {
     crate::fhir::atomically(state, async |tx| {
         for project_id in projects {
-            record(state, tx, *project_id, event, &user_ref, &user_ref).await?;
+            record(state, tx, *project_id, event, user_ref, user_ref).await?;
         }
         Ok(())
     })

@@ -60,6 +60,10 @@ struct KeySet {
     verifying: HashMap<String, DecodingKey>,
     /// The JWKS document, rendered once per load.
     jwks: String,
+    /// HMAC keys for the sign-in page's anti-forgery tokens, derived from
+    /// the trusted keys' private parts (newest first): shared by every
+    /// instance through the database, replaced with the signing keys.
+    form_keys: Vec<[u8; 32]>,
 }
 
 impl Keys {
@@ -108,6 +112,22 @@ impl Keys {
         header.kid = Some(set.signing_kid.clone());
         jsonwebtoken::encode(&header, claims, &set.signing)
             .map_err(|e| Error::Internal(format!("signing token: {e}")))
+    }
+
+    /// HMAC-SHA-256 of `message` with the newest form key, hex.
+    pub fn form_mac(&self, message: &[u8]) -> String {
+        let set = self.read();
+        form_mac(&set.form_keys[0], message)
+    }
+
+    /// Whether `mac` is `message`'s under any trusted form key (constant time).
+    pub fn form_mac_matches(&self, message: &[u8], mac: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let set = self.read();
+        set.form_keys.iter().fold(false, |found, key| {
+            let expected = form_mac(key, message);
+            found | bool::from(expected.as_bytes().ct_eq(mac.as_bytes()))
+        })
     }
 
     /// Checks signature, algorithm, issuer and expiry. Any failure is one
@@ -171,6 +191,13 @@ impl Keys {
     }
 }
 
+fn form_mac(key: &[u8; 32], message: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message);
+    super::secrets::hex(&mac.finalize().into_bytes())
+}
+
 async fn generate(store: &Store) -> Result<String> {
     let secret = SecretKey::random(&mut OsRng);
     let kid = uuid::Uuid::new_v4().to_string();
@@ -223,10 +250,20 @@ async fn key_set(store: &Store, retain: Duration) -> Result<KeySet> {
         verifying.insert(row.kid.clone(), key);
     }
     let jwks = json!({ "keys": kept.iter().map(|r| &r.public_jwk).collect::<Vec<_>>() });
+    let form_keys = kept
+        .iter()
+        .map(|row| {
+            let mut digest = Sha256::new();
+            digest.update(b"fhirgate sign-in form\0");
+            digest.update(row.private_pem.as_bytes());
+            digest.finalize().into()
+        })
+        .collect();
     Ok(KeySet {
         signing_kid: newest.kid.clone(),
         signing,
         verifying,
         jwks: jwks.to_string(),
+        form_keys,
     })
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{
     client::{find_client, Client},
+    mfa::{self, Enrolment, SecondFactor},
     password,
     secrets::{hash_client_secret, random_token},
 };
@@ -85,6 +86,13 @@ pub enum LoginOutcome {
         login_id: Uuid,
         memberships: Vec<Membership>,
     },
+    /// The password was right; a second factor comes next
+    /// (`/auth/mfa/verify`), or enrolment first when `enrolment` is given
+    /// (`/auth/mfa/login-enroll`).
+    SecondFactor {
+        login_id: Uuid,
+        enrolment: Option<Enrolment>,
+    },
 }
 
 impl LoginOutcome {
@@ -92,6 +100,19 @@ impl LoginOutcome {
     pub fn to_json(&self, projects: &[(Uuid, String)]) -> Value {
         match self {
             LoginOutcome::Code { login_id, code } => json!({"login": login_id, "code": code}),
+            LoginOutcome::SecondFactor {
+                login_id,
+                enrolment: None,
+            } => json!({"login": login_id, "mfaRequired": true}),
+            LoginOutcome::SecondFactor {
+                login_id,
+                enrolment: Some(enrolment),
+            } => json!({
+                "login": login_id,
+                "mfaEnrollRequired": true,
+                "enrollUri": enrolment.uri,
+                "enrollQrCode": enrolment.qr_code,
+            }),
             LoginOutcome::Choose {
                 login_id,
                 memberships,
@@ -226,10 +247,16 @@ pub async fn password_login(
         return Err(locked(until));
     }
     let user = find_user(state, email, project_id).await?;
-    let stored = match &user {
-        Some(user) => state.store.secret_hash("User", user.id, "password").await?,
-        None => None,
-    };
+    // The same statements whether or not the email is known: an unknown one
+    // looks up the nil id's password and verifies against a dummy hash.
+    let stored = state
+        .store
+        .secret_hash(
+            "User",
+            user.as_ref().map_or(Uuid::nil(), |u| u.id),
+            "password",
+        )
+        .await?;
     let verified = password::verify(&request.password, stored).await?;
     let user = match user {
         Some(user) if verified.ok => user,
@@ -244,20 +271,9 @@ pub async fn password_login(
                     }
                 });
             }
-            let policy = LockoutPolicy {
-                threshold: state.config.lockout_threshold as i32,
-                base_seconds: state.config.lockout_period.as_secs_f64(),
-                max_seconds: MAX_LOCKOUT_SECONDS,
-            };
-            return Err(
-                match state.store.record_login_failure(&key, policy).await? {
-                    Some(until) => locked(until),
-                    None => bad(INVALID_CREDENTIALS),
-                },
-            );
+            return Err(count_failure(state, &key).await);
         }
     };
-    state.store.clear_login_failures(&key).await?;
     if let Some(rehash) = verified.rehash {
         let tx = state.store.begin().await?;
         tx.set_secret(user.project_id, "User", user.id, "password", &rehash)
@@ -265,10 +281,158 @@ pub async fn password_login(
         tx.commit().await?;
     }
     let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
+    if memberships.is_empty() {
+        return Err(no_membership());
+    }
+    match mfa::required(state, user.id, email, &memberships).await? {
+        SecondFactor::NotNeeded => {}
+        // The lockout count stands until the second factor is proven: a
+        // password alone must not reset what wrong codes added up.
+        SecondFactor::Verify => {
+            return second_factor_login(state, &user, &params, project_id, None).await
+        }
+        SecondFactor::Enrol(enrolment) => {
+            return second_factor_login(state, &user, &params, project_id, Some(enrolment)).await
+        }
+    }
+    state.store.clear_login_failures(&key).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
     let outcome = start_login(state, &user, memberships, &params).await?;
-    audit::record_login(state, &user, &projects, true).await?;
+    audit::record_login(state, user.id, &projects, true).await?;
     Ok(outcome)
+}
+
+/// Counts a failed proof (password or code) against `key`: the error to
+/// answer, a lockout once there are too many.
+async fn count_failure(state: &AppState, key: &str) -> Error {
+    let policy = LockoutPolicy {
+        threshold: state.config.lockout_threshold as i32,
+        base_seconds: state.config.lockout_period.as_secs_f64(),
+        max_seconds: MAX_LOCKOUT_SECONDS,
+    };
+    match state.store.record_login_failure(key, policy).await {
+        Ok(Some(until)) => locked(until),
+        Ok(None) => bad(INVALID_CREDENTIALS),
+        Err(e) => e,
+    }
+}
+
+fn no_membership() -> Error {
+    bad("This user has no active project membership; ask a project admin to invite them")
+}
+
+/// A Login waiting for the second factor: no membership and no code until
+/// `/auth/mfa/verify` (or `login-enroll`) proves it. It remembers the project
+/// the sign-in was limited to, which also scopes the lockout.
+async fn second_factor_login(
+    state: &AppState,
+    user: &Version,
+    params: &LoginParams,
+    project_id: Option<Uuid>,
+    enrolment: Option<Enrolment>,
+) -> Result<LoginOutcome> {
+    let (login_id, stamp, mut login) = new_login(user, params);
+    login["mfaRequired"] = Value::Bool(true);
+    if let Some(project_id) = project_id {
+        login["project"] = json!({"reference": format!("Project/{project_id}")});
+    }
+    fhir::atomically(state, async |tx| {
+        fhir::insert(&state.validator, tx, login, &stamp).await
+    })
+    .await?;
+    Ok(LoginOutcome::SecondFactor {
+        login_id,
+        enrolment,
+    })
+}
+
+/// `POST /auth/mfa/verify` (`enrol` false) and `POST /auth/mfa/login-enroll`
+/// (`enrol` true), and the authorize page's code step: proves the second
+/// factor of a Login that waits for it, then continues the sign-in as a
+/// password alone would have. Wrong codes count toward the password lockout.
+pub async fn verify_second_factor(
+    state: &AppState,
+    login_id: &str,
+    token: &str,
+    enrol: bool,
+    client: Option<&Client>,
+    redirect_uri: Option<&str>,
+) -> Result<(LoginOutcome, Option<Vec<String>>)> {
+    let invalid_login = || bad("Login not found, already used or expired; sign in again");
+    let login_id = fhir::parse_id(login_id).ok_or_else(invalid_login)?;
+    if token.trim().is_empty() {
+        return Err(bad(
+            "token (the code from the authenticator app) is required",
+        ));
+    }
+    let tx = state.store.begin().await?;
+    let mut login = lock_login(&tx, login_id).await?.ok_or_else(invalid_login)?;
+    let other_client = client.is_some_and(|c| {
+        login.content["client"]["reference"].as_str() != Some(c.reference().as_str())
+    });
+    if !is_pending(&login.content) || !awaits_second_factor(&login.content) || other_client {
+        return Err(invalid_login());
+    }
+    let user_ref = login.content["user"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let user_id = super::reference_id(&login.content["user"], "User").ok_or_else(invalid_login)?;
+    let user = super::read_live(state, Tenant::AllProjects, "User", user_id)
+        .await?
+        .ok_or_else(invalid_login)?;
+    let restrict = login.content["project"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Project/"))
+        .and_then(fhir::parse_id);
+    let key = lockout_key(restrict, user["email"].as_str().unwrap_or_default());
+    if let Some(until) = state.store.locked_until(&key).await? {
+        return Err(locked(until));
+    }
+    let (proven, recovery_codes) = if enrol {
+        match mfa::enrol(state, user_id, token).await {
+            Ok(codes) => (true, Some(codes)),
+            Err(Error::BadRequest(_)) => (false, None),
+            Err(e) => return Err(e),
+        }
+    } else {
+        (mfa::check_code(state, user_id, token).await?, None)
+    };
+    if !proven {
+        return Err(match count_failure(state, &key).await {
+            Error::BadRequest(_) => bad("Invalid code: enter the six digits the authenticator app shows, or a recovery code"),
+            other => other,
+        });
+    }
+    state.store.clear_login_failures(&key).await?;
+    login.content["mfaVerified"] = Value::Bool(true);
+    let memberships = memberships_of(state, &user_ref, restrict).await?;
+    let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
+    let project_id = login.project_id;
+    let outcome = match memberships.as_slice() {
+        [] => return Err(no_membership()),
+        [membership] => {
+            set_membership(&mut login.content, membership);
+            save_login(state, &tx, login_id, login).await?;
+            let code = issue_code(state, &tx, project_id, login_id, redirect_uri).await?;
+            LoginOutcome::Code { login_id, code }
+        }
+        _ => {
+            save_login(state, &tx, login_id, login).await?;
+            LoginOutcome::Choose {
+                login_id,
+                memberships,
+            }
+        }
+    };
+    tx.commit().await?;
+    audit::record_login(state, user_id, &projects, true).await?;
+    Ok((outcome, recovery_codes))
+}
+
+/// Whether a Login still needs its second factor proven.
+fn awaits_second_factor(login: &Value) -> bool {
+    login["mfaRequired"] == Value::Bool(true) && login["mfaVerified"] != Value::Bool(true)
 }
 
 /// A `login-failed` AuditEvent in each project the user is a member of.
@@ -279,7 +443,7 @@ async fn record_failed_login(
 ) -> Result<()> {
     let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
-    audit::record_login(state, user, &projects, false).await
+    audit::record_login(state, user.id, &projects, false).await
 }
 
 /// Lockout is keyed by where the email is looked up and the email itself,
@@ -321,24 +485,19 @@ pub async fn find_user(
     } else {
         format!("{},{}", escaped(email), escaped(&lower))
     };
-    if let Some(project_id) = project_id {
-        let project_ref = format!("Project/{project_id}");
-        let found = fhir::search::find(
-            state,
-            Tenant::Project(project_id),
-            "User",
-            &[("email", &emails), ("project", &project_ref)],
-        )
-        .await?;
-        if let Some(user) = found.into_iter().next() {
-            return Ok(Some(user));
-        }
-    }
+    // One statement whatever the scope and whether or not the email is
+    // known, so the time taken tells nothing.
     let found =
         fhir::search::find(state, Tenant::AllProjects, "User", &[("email", &emails)]).await?;
+    let scoped_to = |user: &Version, project: Option<&str>| {
+        parse(user).is_some_and(|v| v["project"]["reference"].as_str() == project)
+    };
+    let in_project = project_id.map(|p| format!("Project/{p}"));
     Ok(found
-        .into_iter()
-        .find(|u| parse(u).is_some_and(|v| v.get("project").is_none())))
+        .iter()
+        .find(|u| in_project.is_some() && scoped_to(u, in_project.as_deref()))
+        .or_else(|| found.iter().find(|u| scoped_to(u, None)))
+        .cloned())
 }
 
 fn parse(version: &Version) -> Option<Value> {
@@ -379,9 +538,7 @@ pub async fn start_login(
     params: &LoginParams,
 ) -> Result<LoginOutcome> {
     if memberships.is_empty() {
-        return Err(bad(
-            "This user has no active project membership; ask a project admin to invite them",
-        ));
+        return Err(no_membership());
     }
     let (login_id, stamp, mut login) = new_login(user, params);
     let tx = state.store.begin().await?;
@@ -544,7 +701,7 @@ pub async fn choose_membership(
     let other_client = client.is_some_and(|c| {
         login.content["client"]["reference"].as_str() != Some(c.reference().as_str())
     });
-    if !is_pending(&login.content) || other_client {
+    if !is_pending(&login.content) || awaits_second_factor(&login.content) || other_client {
         return Err(invalid_login());
     }
     let user_ref = login.content["user"]["reference"]

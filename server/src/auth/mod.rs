@@ -5,10 +5,12 @@ pub mod admission;
 pub mod client;
 pub mod keys;
 pub mod login;
+pub mod mfa;
 pub mod password;
 pub mod secrets;
 pub mod sessions;
 pub mod token;
+pub mod totp;
 
 use std::future::Future;
 use std::net::IpAddr;

@@ -79,7 +79,7 @@ pub fn client_secret_matches(presented: &str, stored: Option<&str>) -> bool {
     bool::from(same) && stored.is_some()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

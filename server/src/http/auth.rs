@@ -11,10 +11,10 @@ use crate::{
     app::AppState,
     auth::{
         login::{
-            choose_membership, password_login, revoke_login, sessions_of, LoginContext,
-            LoginOutcome, LoginRequest,
+            choose_membership, password_login, revoke_login, sessions_of, verify_second_factor,
+            LoginContext, LoginOutcome, LoginRequest,
         },
-        read_live, reference_id, Caller,
+        mfa, read_live, reference_id, Caller,
     },
     error::{Error, Result},
     fhir::parse_id,
@@ -25,7 +25,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/login", web::post().to(login))
         .route("/auth/profile", web::post().to(profile))
         .route("/auth/me", web::get().to(me))
-        .route("/auth/revoke", web::post().to(revoke_session));
+        .route("/auth/revoke", web::post().to(revoke_session))
+        .route("/auth/mfa/status", web::get().to(mfa_status))
+        .route("/auth/mfa/enroll", web::post().to(mfa_enroll))
+        .route("/auth/mfa/disable", web::post().to(mfa_disable))
+        .route("/auth/mfa/verify", web::post().to(mfa_verify))
+        .route("/auth/mfa/login-enroll", web::post().to(mfa_login_enroll));
 }
 
 /// Sign-in bodies are small.
@@ -226,9 +231,11 @@ async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> 
             "resourceType": "User", "id": user["id"], "email": user["email"],
             "identifier": user["identifier"],
         });
-        body["security"] = serde_json::json!({
-            "mfaEnrolled": user["mfaEnrolled"] == Value::Bool(true),
-        });
+        let enrolled = match reference_id(&membership["user"], "User") {
+            Some(id) => state.store.mfa(id).await?.is_some_and(|row| row.enrolled),
+            None => false,
+        };
+        body["security"] = serde_json::json!({ "mfaEnrolled": enrolled });
         // The user's sessions are shown only to a session of the user's own.
         if caller.require_own_session().is_ok() {
             body["security"]["sessions"] = Value::Array(sessions_of(&state, &caller.user).await?);
@@ -279,4 +286,111 @@ async fn revoke_session(
     revoke_login(&state, &tx, login_id).await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+struct MfaBody {
+    login: Option<String>,
+    token: Option<String>,
+}
+
+impl MfaBody {
+    fn token(&self) -> Result<&str> {
+        self.token
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                Error::BadRequest("token (the code from the authenticator app) is required".into())
+            })
+    }
+
+    fn login(&self) -> Result<&str> {
+        self.login
+            .as_deref()
+            .ok_or_else(|| Error::BadRequest("login is required".into()))
+    }
+}
+
+/// The signed-in user's id and email; second factors belong to users
+/// signed in themselves, not to clients or minted tokens.
+async fn own_user(state: &AppState, caller: &Caller) -> Result<(uuid::Uuid, String)> {
+    caller.require_own_session()?;
+    let id = caller
+        .user
+        .strip_prefix("User/")
+        .and_then(parse_id)
+        .ok_or_else(|| Error::Forbidden("Only a user has a second factor".into()))?;
+    let user = read_live(state, Tenant::AllProjects, "User", id)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("The signed-in user no longer exists".into()))?;
+    Ok((id, user["email"].as_str().unwrap_or_default().to_string()))
+}
+
+/// Medplum's `GET /auth/mfa/status`: enrolled, or the key to enrol.
+async fn mfa_status(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+    let (id, email) = own_user(&state, &caller).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(mfa::status(&state, id, &email).await?))
+}
+
+/// `POST /auth/mfa/enroll {token}`: the answer lists the recovery codes, once.
+async fn mfa_enroll(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let (id, _) = own_user(&state, &caller).await?;
+    let body: MfaBody = json_body(&req, payload).await?;
+    let codes = mfa::enrol(&state, id, body.token()?).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(serde_json::json!({"enrolled": true, "recoveryCodes": codes})))
+}
+
+/// `POST /auth/mfa/disable {token}`: a current code (or a recovery code) turns it off.
+async fn mfa_disable(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let (id, _) = own_user(&state, &caller).await?;
+    let body: MfaBody = json_body(&req, payload).await?;
+    if !mfa::disable(&state, id, body.token()?).await? {
+        return Err(Error::BadRequest("Invalid code".into()));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"enrolled": false})))
+}
+
+/// Medplum's `POST /auth/mfa/verify {login, token}`: the second step of a
+/// sign-in; answers as `/auth/login` would have without a second factor.
+async fn mfa_verify(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body: MfaBody = json_body(&req, payload).await?;
+    let (outcome, _) =
+        verify_second_factor(&state, body.login()?, body.token()?, false, None, None).await?;
+    outcome_response(&state, &outcome).await
+}
+
+/// `POST /auth/mfa/login-enroll {login, token}`: a member of a project that
+/// requires MFA enrols during sign-in; the answer adds the recovery codes.
+async fn mfa_login_enroll(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
+    let body: MfaBody = json_body(&req, payload).await?;
+    let (outcome, codes) =
+        verify_second_factor(&state, body.login()?, body.token()?, true, None, None).await?;
+    let names = project_names(&state, &outcome).await?;
+    let mut answer = outcome.to_json(&names);
+    answer["recoveryCodes"] = serde_json::json!(codes);
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(answer))
 }

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod identity;
 mod index;
 pub mod lifecycle;
+pub mod mfa;
 pub mod search;
 mod statistics;
 
