@@ -437,3 +437,80 @@ async fn the_authorize_page_asks_for_the_code() {
         "{location}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_authorize_page_enrols_a_member_of_a_project_that_requires_it() {
+    let app = TestApp::spawn().await;
+    let Clinic {
+        project,
+        user,
+        client_id,
+    } = app.clinic().await;
+    let root = app.super_admin().await;
+    let path = format!("Project/{}", project.id);
+    let (_, mut stored) = status_json(root.get(&path).await).await;
+    stored["setting"] = json!([{"name": "requireMfa", "valueBoolean": true}]);
+    assert_eq!(root.put(&path, &stored).await.status(), 200);
+
+    let (_, challenge) = pkce_pair();
+    let url = format!(
+        "{}?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid&state=s2&code_challenge={challenge}&code_challenge_method=S256",
+        app.url("oauth2/authorize"),
+        fhirgate_tests::REDIRECT_URI
+    );
+    let mut browser = Browser::new(&app);
+    let page = browser.open(&url).await.text().await.unwrap();
+    let response = browser
+        .submit(
+            &page,
+            &[("email", &user.email), ("password", TEST_PASSWORD)],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains("<img src=\"data:image/svg+xml;base64,"),
+        "{html}"
+    );
+    let uri = fhirgate_tests::hidden_fields(&html)
+        .into_iter()
+        .find(|(name, _)| name == "mfa_uri")
+        .unwrap()
+        .1;
+    let key = key_of(&uri);
+    assert!(html.contains(&key), "the key is shown for typing by hand");
+
+    let response = browser
+        .submit(&html, &[("mfa_code", &code(&key, now_step()))])
+        .await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert_eq!(
+        html.matches("<li>").count(),
+        10,
+        "the recovery codes: {html}"
+    );
+    let next = html
+        .split("<a href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        next.starts_with(fhirgate_tests::REDIRECT_URI)
+            && next.contains("code=")
+            && next.contains("state=s2"),
+        "{next}"
+    );
+    let (status, body) = status_json(
+        project
+            .admin
+            .get("AuditEvent?subtype=https://fhirgate.dev/fhir/CodeSystem/lifecycle|mfa-enrolled")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["entry"].as_array().map_or(0, Vec::len), 1, "{body}");
+}
