@@ -91,6 +91,8 @@ pub struct Application {
     base_url: String,
     address: std::net::SocketAddr,
     server: Server,
+    /// The metrics listener's address and server, when configured.
+    metrics: Option<(std::net::SocketAddr, Server)>,
 }
 
 impl Application {
@@ -153,12 +155,16 @@ impl Application {
             config: config.clone(),
         });
         spawn_maintenance(Arc::downgrade(&state.clone().into_inner()));
+        // Installed before the first request, so that every one is counted.
+        crate::metrics::handle();
+        let metrics_state = state.clone();
         let server = HttpServer::new(move || {
             // Runs on each worker thread.
             state.store.adopt_worker_thread();
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(http::ratelimit::limit_auth))
+                .wrap(from_fn(crate::metrics::record))
                 .wrap(from_fn(log_request))
                 .route("/healthcheck", web::get().to(healthcheck))
                 .configure(http::auth::routes)
@@ -179,11 +185,21 @@ impl Application {
         .map_err(|e| Error::Startup(format!("cannot start the HTTP server: {e}")))?
         .run();
         tracing::info!(%address, %base_url, "fhirgate listening");
+        let metrics = match config.metrics_bind {
+            Some(bind) => Some(metrics_server(bind, metrics_state)?),
+            None => None,
+        };
         Ok(Application {
             base_url,
             address,
             server,
+            metrics,
         })
+    }
+
+    /// Where `/metrics` listens, when `FHIRGATE_METRICS_BIND` is set.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|(address, _)| *address)
     }
 
     pub fn base_url(&self) -> &str {
@@ -202,11 +218,19 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let handle = self.server.handle();
+        let metrics = self.metrics.map(|(_, server)| server);
+        let metrics_handle = metrics.as_ref().map(Server::handle);
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down gracefully");
+            if let Some(metrics) = metrics_handle {
+                metrics.stop(true).await;
+            }
             handle.stop(true).await;
         });
+        if let Some(metrics) = metrics {
+            tokio::spawn(metrics);
+        }
         self.server.await
     }
 }
@@ -251,20 +275,140 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
     )))
 }
 
+/// The metrics listener: `/metrics` only, on its own address and one worker.
+fn metrics_server(
+    bind: std::net::SocketAddr,
+    state: web::Data<AppState>,
+) -> Result<(std::net::SocketAddr, Server)> {
+    let listener = TcpListener::bind(bind).map_err(|e| {
+        Error::Startup(format!(
+            "cannot listen on {bind}: {e}; set FHIRGATE_METRICS_BIND"
+        ))
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(format!("metrics listener address: {e}")))?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(crate::metrics::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|e| Error::Startup(format!("cannot start the metrics server: {e}")))?
+    .run();
+    tracing::info!(%address, "metrics listening");
+    Ok((address, server))
+}
+
+/// Every request gets an id: the client's `X-Request-Id` when it is a short
+/// token, else a new UUID. It is answered in `X-Request-Id` and carried by
+/// every log line of the request, with the W3C `traceparent` trace id when
+/// one came. A request slower than `FHIRGATE_SLOW_REQUEST_MS` is logged as
+/// a warning with its SQL statement count and time.
 async fn log_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> std::result::Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let response = next.call(req).await?;
-    tracing::info!(
-        %method,
-        %path,
-        status = response.status().as_u16(),
-        elapsed_ms = start.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_request_id(id))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let trace_id = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id_of)
+        .unwrap_or_default();
+    let slow = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.config.slow_request);
+    let span = tracing::info_span!("request", id = %request_id, trace_id = %trace_id);
+    let tally = Arc::new(crate::store::StatementTally::default());
+    let mut response = crate::store::STATEMENTS
+        .scope(tally.clone(), next.call(req))
+        .instrument(span.clone())
+        .await?;
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+            value,
+        );
+    }
+    let elapsed = start.elapsed();
+    let _entered = span.enter();
+    let status = response.status().as_u16();
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    if slow.is_some_and(|slow| elapsed > slow) {
+        tracing::warn!(
+            %method,
+            %path,
+            status,
+            elapsed_ms,
+            statements = tally.count(),
+            statement_ms = tally.millis(),
+            "slow request"
+        );
+    } else {
+        tracing::info!(%method, %path, status, elapsed_ms, "request");
+    }
     Ok(response)
+}
+
+/// A client's request id is kept when it is 1 to 128 visible ASCII
+/// characters without spaces (it goes into logs and a header).
+fn is_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// unless it is malformed or all zeros.
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [version, trace, parent, flags, ..]
+            if hex(version, 2)
+                && *version != "ff"
+                && hex(trace, 32)
+                && hex(parent, 16)
+                && hex(flags, 2)
+                && trace.bytes().any(|b| b != b'0') =>
+        {
+            Some(trace.to_ascii_lowercase())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_and_trace_ids_are_checked() {
+        assert!(is_request_id("abc-123"));
+        assert!(!is_request_id("has space"));
+        assert!(!is_request_id(&"x".repeat(129)));
+        assert_eq!(
+            trace_id_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id_of("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("garbage"), None);
+    }
 }

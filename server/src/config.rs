@@ -58,6 +58,11 @@ pub struct Config {
     /// search tables, then ten times as many, and so on; 0: never
     /// (`store::statistics`).
     pub analyze_after: u64,
+    /// Where `/metrics` listens (`FHIRGATE_METRICS_BIND`); `None`: nowhere.
+    pub metrics_bind: Option<SocketAddr>,
+    /// Requests slower than this are logged with their SQL statement count
+    /// and time (`FHIRGATE_SLOW_REQUEST_MS`).
+    pub slow_request: Duration,
     pub admin: AdminBootstrap,
     pub lifecycle: Lifecycle,
     pub limits: Limits,
@@ -274,6 +279,10 @@ impl Config {
                 "FHIRGATE_ANALYZE_AFTER",
                 crate::store::DEFAULT_ANALYZE_AFTER as usize,
             )? as u64,
+            metrics_bind: var("FHIRGATE_METRICS_BIND")
+                .map(|v| parse("FHIRGATE_METRICS_BIND", &v))
+                .transpose()?,
+            slow_request: Duration::from_millis(number("FHIRGATE_SLOW_REQUEST_MS", 1000)? as u64),
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -312,6 +321,8 @@ impl Config {
             max_bundle_entries: 10_000,
             bundle_concurrency: 4,
             analyze_after: crate::store::DEFAULT_ANALYZE_AFTER,
+            metrics_bind: None,
+            slow_request: Duration::from_secs(1),
             admin: AdminBootstrap::default(),
             lifecycle: Lifecycle::default(),
             limits: Limits::default(),

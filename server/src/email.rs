@@ -98,6 +98,7 @@ impl Mailer {
             },
             Err(e) => Delivery::Failed(e),
         };
+        crate::metrics::job("mail", !matches!(delivery, Delivery::Failed(_)));
         let error = match &delivery {
             Delivery::Failed(reason) => {
                 tracing::warn!(to = %email.to, %reason, "sending mail failed");

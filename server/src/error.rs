@@ -185,6 +185,15 @@ impl ResponseError for Error {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
+        let database_failure = match self {
+            Error::Database(e) if is_statement_timeout(e) => Some("timeout"),
+            Error::Database(_) => Some("error"),
+            Error::Pool(_) => Some("pool"),
+            _ => None,
+        };
+        if let Some(kind) = database_failure {
+            metrics::counter!(crate::metrics::DATABASE_FAILURES, "kind" => kind).increment(1);
+        }
         if let Error::OAuth {
             error,
             description,

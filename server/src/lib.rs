@@ -10,6 +10,7 @@ pub mod email;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod metrics;
 pub mod store;
 
 pub use app::{prepare_database, Application};

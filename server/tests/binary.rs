@@ -22,11 +22,13 @@ struct Running {
     address: String,
     /// Every log line printed up to "listening".
     startup_log: Vec<String>,
+    /// The lines after it, with [`Logs::Kept`].
+    log: Option<mpsc::Receiver<String>>,
 }
 
 /// Starts the binary on a free port with JSON logs and waits until it listens.
 fn start(database_url: &str) -> Running {
-    start_logging(database_url, Logs::Read)
+    start_logging(database_url, Logs::Read, &[])
 }
 
 /// What becomes of the log once the server listens.
@@ -35,11 +37,14 @@ enum Logs {
     Read,
     /// The reader goes away: stdout and stderr are broken pipes.
     Abandoned,
+    /// The test reads the lines after start-up ([`Running::log`]).
+    Kept,
 }
 
-fn start_logging(database_url: &str, logs: Logs) -> Running {
+fn start_logging(database_url: &str, logs: Logs, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .env_clear()
+        .envs(env.iter().copied())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("FHIRGATE_BIND", "127.0.0.1:0")
@@ -73,18 +78,24 @@ fn start_logging(database_url: &str, logs: Logs) -> Running {
         startup_log.push(line);
         if parsed["fields"]["message"] == "fhirgate listening" {
             let address = parsed["fields"]["address"].as_str().unwrap().to_string();
-            match logs {
+            let log = match logs {
                 // Keep draining so the child never blocks on a full pipe.
                 Logs::Read => {
                     std::thread::spawn(move || while receiver.recv().is_ok() {});
+                    None
                 }
                 // The reading thread's next send fails, and it drops stdout.
-                Logs::Abandoned => drop(receiver),
-            }
+                Logs::Abandoned => {
+                    drop(receiver);
+                    None
+                }
+                Logs::Kept => Some(receiver),
+            };
             return Running {
                 child,
                 address,
                 startup_log,
+                log,
             };
         }
     }
@@ -194,7 +205,7 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
 async fn a_log_reader_that_goes_away_takes_nothing_down() {
     let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
     let url = format!("{}/{database}", postgres_server());
-    let mut running = start_logging(&url, Logs::Abandoned);
+    let mut running = start_logging(&url, Logs::Abandoned, &[]);
     let http = reqwest::Client::new();
     // Debug logs: every request writes to the broken pipes.
     for _ in 0..50 {
@@ -235,4 +246,62 @@ fn unreachable_database_exits_with_a_clear_message() {
         stderr.lines().count() <= 2,
         "the message should be short: {stderr}"
     );
+}
+
+/// Each log line of a request names its id (the client's `X-Request-Id`)
+/// and the W3C trace id; a slow request is logged with its SQL statements.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_carry_the_request_id_and_slow_requests_their_sql() {
+    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{database}", postgres_server());
+    // Every request counts as slow.
+    let mut running = start_logging(&url, Logs::Kept, &[("FHIRGATE_SLOW_REQUEST_MS", "0")]);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/oauth2/token", running.address))
+        .header("X-Request-Id", "req-under-test-7")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "00000000-0000-0000-0000-000000000001"),
+            ("client_secret", "wrong"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-request-id"], "req-under-test-7");
+    let log = running.log.take().unwrap();
+    let mut ours = Vec::new();
+    while let Ok(line) = log.recv_timeout(Duration::from_secs(2)) {
+        if line.contains("req-under-test-7") {
+            ours.push(serde_json::from_str::<Value>(&line).unwrap());
+        }
+        if line.contains("slow request") {
+            break;
+        }
+    }
+    let slow = ours
+        .iter()
+        .find(|l| l["fields"]["message"] == "slow request")
+        .unwrap_or_else(|| panic!("no slow-request line: {ours:#?}"));
+    assert_eq!(slow["span"]["id"], "req-under-test-7", "{slow}");
+    assert_eq!(slow["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(slow["fields"]["status"], 401);
+    assert!(
+        slow["fields"]["statements"].as_u64().unwrap() >= 1,
+        "the client lookup ran SQL: {slow}"
+    );
+    assert!(slow["fields"]["statement_ms"].as_f64().unwrap() > 0.0);
+    // Debug lines written while the request ran carry its id too.
+    assert!(ours.len() >= 2, "{ours:#?}");
+    assert!(ours.iter().all(|l| l["span"]["id"] == "req-under-test-7"
+        || l["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["id"] == "req-under-test-7"))));
+    terminate(&running.child);
+    running.child.wait().unwrap();
+    drop_database(&database).await;
 }

@@ -36,6 +36,8 @@ pub struct TestApp {
     pub database: String,
     /// The bootstrapped super-admin client.
     pub admin: Credentials,
+    /// `http://…/metrics` when the configuration set `metrics_bind`.
+    pub metrics_url: Option<String>,
 }
 
 /// A signed-in caller: a bearer token and the base URL.
@@ -105,6 +107,9 @@ impl TestApp {
         let app = Application::build(config).await.expect("server starts");
         let base_url = app.base_url().to_string();
         let local_url = format!("http://{}/", app.address());
+        let metrics_url = app
+            .metrics_address()
+            .map(|address| format!("http://{address}/metrics"));
         tokio::spawn(app.run_until(std::future::pending()));
         TestApp {
             base_url,
@@ -112,6 +117,7 @@ impl TestApp {
             http: http_client(),
             database,
             admin,
+            metrics_url,
         }
     }
 

@@ -244,6 +244,7 @@ pub async fn password_login(
     }
     let key = lockout_key(project_id, email);
     if let Some(until) = state.store.locked_until(&key).await? {
+        crate::metrics::login("locked");
         return Err(locked(until));
     }
     let user = find_user(state, email, project_id).await?;
@@ -285,7 +286,7 @@ pub async fn password_login(
         return Err(no_membership());
     }
     match mfa::required(state, user.id, email, &memberships).await? {
-        SecondFactor::NotNeeded => {}
+        SecondFactor::NotNeeded => crate::metrics::login("succeeded"),
         // The lockout count stands until the second factor is proven: a
         // password alone must not reset what wrong codes added up.
         SecondFactor::Verify => {
@@ -310,8 +311,12 @@ async fn count_failure(state: &AppState, key: &str) -> Error {
         base_seconds: state.config.lockout_period.as_secs_f64(),
         max_seconds: MAX_LOCKOUT_SECONDS,
     };
+    crate::metrics::login("failed");
     match state.store.record_login_failure(key, policy).await {
-        Ok(Some(until)) => locked(until),
+        Ok(Some(until)) => {
+            metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
+            locked(until)
+        }
         Ok(None) => bad(INVALID_CREDENTIALS),
         Err(e) => e,
     }
@@ -340,6 +345,7 @@ async fn second_factor_login(
         fhir::insert(&state.validator, tx, login, &stamp).await
     })
     .await?;
+    crate::metrics::login("second_factor_asked");
     Ok(LoginOutcome::SecondFactor {
         login_id,
         enrolment,
@@ -387,6 +393,7 @@ pub async fn verify_second_factor(
         .and_then(fhir::parse_id);
     let key = lockout_key(restrict, user["email"].as_str().unwrap_or_default());
     if let Some(until) = state.store.locked_until(&key).await? {
+        crate::metrics::login("locked");
         return Err(locked(until));
     }
     let (proven, recovery_codes) = if enrol {
@@ -405,6 +412,7 @@ pub async fn verify_second_factor(
         });
     }
     state.store.clear_login_failures(&key).await?;
+    crate::metrics::login("succeeded");
     login.content["mfaVerified"] = Value::Bool(true);
     let memberships = memberships_of(state, &user_ref, restrict).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();

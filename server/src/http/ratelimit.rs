@@ -36,6 +36,7 @@ impl AuthLimiter {
 
     fn check(&self, address: IpAddr) -> Result<(), Error> {
         self.limiter.check_key(&address).map_err(|not_until| {
+            metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             Error::TooManyRequests {

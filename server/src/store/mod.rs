@@ -178,6 +178,15 @@ const VERSION_COLUMNS: &str =
     "project_id, resource_type, id, version_id, last_updated, CASE WHEN deleted THEN NULL ELSE content END AS content";
 const HISTORY_COLUMNS: &str = "project_id, resource_type, id, version_id, last_updated, content";
 
+/// Connection counts across a store's pools.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolStatus {
+    pub max: usize,
+    pub size: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+}
+
 #[derive(Clone)]
 pub struct Store {
     /// For threads that are not HTTP workers: start-up, maintenance.
@@ -246,8 +255,47 @@ async fn run_on(
     client: &Object,
     query: &Query,
 ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    let statement = client.prepare_cached(&query.sql).await?;
-    client.query(&statement, &query.values()).await
+    timed(async {
+        let statement = client.prepare_cached(&query.sql).await?;
+        client.query(&statement, &query.values()).await
+    })
+    .await
+}
+
+tokio::task_local! {
+    /// The SQL statements of the request this task serves, for the log line
+    /// of a slow request (`FHIRGATE_SLOW_REQUEST_MS`).
+    pub static STATEMENTS: Arc<StatementTally>;
+}
+
+/// How many statements a request ran and how long they took in all.
+#[derive(Debug, Default)]
+pub struct StatementTally {
+    count: std::sync::atomic::AtomicU64,
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl StatementTally {
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn millis(&self) -> f64 {
+        self.micros.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// Runs a statement, adding it to the request's tally when there is one.
+async fn timed<T>(statement: impl std::future::Future<Output = T>) -> T {
+    let start = std::time::Instant::now();
+    let output = statement.await;
+    let _ = STATEMENTS.try_with(|tally| {
+        tally.count.fetch_add(1, Ordering::Relaxed);
+        tally
+            .micros
+            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    });
+    output
 }
 
 impl Executor for Store {
@@ -324,6 +372,19 @@ impl Store {
 
     fn pool(&self) -> &Pool {
         self.worker_pool().unwrap_or(&self.pool)
+    }
+
+    /// The connections of every pool of this store, summed (`/metrics`).
+    pub fn pool_status(&self) -> PoolStatus {
+        let mut total = PoolStatus::default();
+        for pool in std::iter::once(&self.pool).chain(&self.worker_pools.pools) {
+            let status = pool.status();
+            total.max += status.max_size;
+            total.size += status.size;
+            total.in_use += status.size.saturating_sub(status.available);
+            total.waiting += status.waiting;
+        }
+        total
     }
 
     /// The pool this HTTP worker thread adopted, if it is one of this store's.
@@ -848,25 +909,28 @@ impl Tx {
         commit: bool,
     ) -> Result<Vec<tokio_postgres::Row>> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
+        let statement = timed(client.prepare_cached(sql)).await?;
         let begin = !self.begun.swap(true, Ordering::AcqRel);
-        let (_, rows, _) = tokio::try_join!(
-            async {
-                if begin {
-                    client.batch_execute("BEGIN").await
-                } else {
-                    Ok(())
+        let (_, rows, _) = timed(async {
+            tokio::try_join!(
+                async {
+                    if begin {
+                        client.batch_execute("BEGIN").await
+                    } else {
+                        Ok(())
+                    }
+                },
+                client.query(&statement, params),
+                async {
+                    if commit {
+                        client.batch_execute("COMMIT").await
+                    } else {
+                        Ok(())
+                    }
                 }
-            },
-            client.query(&statement, params),
-            async {
-                if commit {
-                    client.batch_execute("COMMIT").await
-                } else {
-                    Ok(())
-                }
-            }
-        )?;
+            )
+        })
+        .await?;
         Ok(rows)
     }
 

@@ -173,6 +173,7 @@ impl Statistics {
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
+                crate::metrics::job("statistics", result.is_ok());
                 match result {
                     Ok(()) => {
                         // The next search reads what this ANALYZE found.
