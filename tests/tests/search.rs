@@ -706,6 +706,130 @@ async fn search_errors_name_the_parameter() {
     );
 }
 
+/// The date prefixes on ranges as the R4 search page defines them: `gt` the
+/// range above the value overlaps the target, `lt` the range below it does,
+/// `ge`/`le` that or the value contains the target, `eq` it contains it, `sa`
+/// and `eb` the target lies wholly after or before it; for instants, dates,
+/// periods open at either end, values of a year or a month, and zones.
+#[tokio::test(flavor = "multi_thread")]
+async fn date_prefixes_compare_ranges_as_the_specification_says() {
+    let app = TestApp::spawn().await;
+    let s = app.project("date-prefixes").await.member;
+    let observation = |effective: Value| {
+        let mut o =
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+        o.as_object_mut()
+            .unwrap()
+            .extend(effective.as_object().unwrap().clone());
+        o
+    };
+    // Across midnight into 2021-01-01 (UTC).
+    let across = id_of(
+        &s,
+        observation(json!({"effectivePeriod":
+        {"start": "2020-12-31T23:00:00Z", "end": "2021-01-01T01:00:00Z"}})),
+    )
+    .await;
+    let instant = id_of(
+        &s,
+        observation(json!({"effectiveInstant": "2021-01-01T12:00:00Z"})),
+    )
+    .await;
+    let day = id_of(&s, observation(json!({"effectiveDateTime": "2021-01-01"}))).await;
+    let open_end = id_of(
+        &s,
+        observation(json!({"effectivePeriod": {"start": "2021-01-01T10:00:00Z"}})),
+    )
+    .await;
+    let open_start = id_of(
+        &s,
+        observation(json!({"effectivePeriod": {"end": "2020-06-01"}})),
+    )
+    .await;
+    let month = id_of(&s, observation(json!({"effectiveDateTime": "2021-01"}))).await;
+    // 2020-12-31T22:30:00Z.
+    let zoned = id_of(
+        &s,
+        observation(json!({"effectiveDateTime": "2021-01-01T00:30:00+02:00"})),
+    )
+    .await;
+    let (a, i, d, oe, os, m, z) = (
+        &across,
+        &instant,
+        &day,
+        &open_end,
+        &open_start,
+        &month,
+        &zoned,
+    );
+
+    // A day.
+    check(&s, "Observation?date=ge2021-01-01", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=gt2021-01-01", &[oe, m]).await;
+    check(&s, "Observation?date=le2021-01-01", &[a, i, d, os, z]).await;
+    check(&s, "Observation?date=lt2021-01-01", &[a, os, z]).await;
+    check(&s, "Observation?date=eq2021-01-01", &[i, d]).await;
+    check(&s, "Observation?date=ne2021-01-01", &[a, oe, os, m, z]).await;
+    check(&s, "Observation?date=sa2020-12-31", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=eb2021-01-01", &[os, z]).await;
+    check(&s, "Observation?date=ap2021-01-01", &[a, i, d, oe, m]).await;
+    // A year and a month.
+    check(&s, "Observation?date=ge2021", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=le2020", &[os, z]).await;
+    check(&s, "Observation?date=ge2021-01", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=le2021-01", &[a, i, d, os, m, z]).await;
+    // Instants, one with a zone: a second is a range too.
+    check(
+        &s,
+        "Observation?date=ge2021-01-01T00:30:00%2B02:00",
+        &[a, i, d, oe, m, z],
+    )
+    .await;
+    check(&s, "Observation?date=lt2021-01-01T00:30:00%2B02:00", &[os]).await;
+    check(&s, "Observation?date=le2021-01-01T00:00:00Z", &[a, os, z]).await;
+    check(
+        &s,
+        "Observation?date=gt2021-01-01T11:59:59Z",
+        &[i, d, oe, m],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?date=ge2021-01-01T12:00:00Z",
+        &[i, d, oe, m],
+    )
+    .await;
+    check(&s, "Observation?date=gt2021-01-01T12:00:00Z", &[d, oe, m]).await;
+    // A range of both: within the day, by either of its prefixes.
+    check(
+        &s,
+        "Observation?date=ge2021-01-01&date=le2021-01-01",
+        &[i, d],
+    )
+    .await;
+    // `_lastUpdated` is an instant, within the second it names.
+    let created = s.create(observation(json!({}))).await;
+    let (id, updated) = (
+        created["id"].as_str().unwrap(),
+        created["meta"]["lastUpdated"].as_str().unwrap(),
+    );
+    let second = format!("{}Z", &updated[..19]);
+    let id = id.to_string();
+    for (prefix, expected) in [
+        ("ge", vec![&id]),
+        ("le", vec![&id]),
+        ("gt", vec![]),
+        ("lt", vec![]),
+    ] {
+        check(
+            &s,
+            &format!("Observation?_lastUpdated={prefix}{second}&_id={id}"),
+            &expected,
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn boundaries_identifiers_uris_meta_composites_and_offsets() {
     let app = TestApp::spawn().await;
@@ -725,8 +849,11 @@ async fn boundaries_identifiers_uris_meta_composites_and_offsets() {
     .await;
     check(&s, "Encounter?date=2021", &[]).await;
     check(&s, "Encounter?date=2020-12-31", &[]).await;
-    check(&s, "Encounter?date=ge2021-01-01", &[&straddle]).await;
-    check(&s, "Encounter?date=le2020-12-31", &[&straddle]).await;
+    // It neither lies within those days nor reaches beyond them.
+    check(&s, "Encounter?date=ge2021-01-01", &[]).await;
+    check(&s, "Encounter?date=le2020-12-31", &[]).await;
+    check(&s, "Encounter?date=ge2020-12-31", &[&straddle]).await;
+    check(&s, "Encounter?date=le2021-01-01", &[&straddle]).await;
     check(&s, "Encounter?date=ap2021-01-01", &[&straddle]).await;
     check(&s, "Encounter?date=sa2020-12-30", &[&straddle]).await;
     check(&s, "Encounter?date=eb2021-01-02", &[&straddle]).await;

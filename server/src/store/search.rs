@@ -692,7 +692,8 @@ impl Compiler<'_> {
     }
 
     /// Range semantics of the date prefixes (R4 search §3.1.1.4.5): the
-    /// indexed range [`low_col`, `high_col`] against the searched [low, high].
+    /// indexed range [`low_col`, `high_col`] against the searched [low, high],
+    /// both inclusive; a point when the two columns are one (`_lastUpdated`).
     fn range<T: Clone + Send + Sync + tokio_postgres::types::ToSql + 'static>(
         &mut self,
         low_col: &str,
@@ -730,10 +731,40 @@ impl Compiler<'_> {
                 cmp(q, high_col, "<=", high.clone());
                 q.push(")");
             }
+            // The range above the value overlaps the target's.
             Prefix::Gt => cmp(q, high_col, ">", high),
+            // The range below the value overlaps the target's.
             Prefix::Lt => cmp(q, low_col, "<", low),
-            Prefix::Ge => cmp(q, high_col, ">=", low),
-            Prefix::Le => cmp(q, low_col, "<=", high),
+            // `gt`, or the value contains the target: the target ends after
+            // the value's start, and either after its end or starts within
+            // it. The first part is a range of the index on the end
+            // (`idx_date_high`, which carries the start, migration 0024).
+            Prefix::Ge => {
+                q.push("(");
+                cmp(q, high_col, ">=", low.clone());
+                if low_col != high_col {
+                    q.push(" AND (");
+                    cmp(q, high_col, ">", high);
+                    q.push(" OR ");
+                    cmp(q, low_col, ">=", low);
+                    q.push(")");
+                }
+                q.push(")");
+            }
+            // `lt`, or the value contains the target, mirrored: a range of
+            // the index on the start (`idx_date_value`, which carries the end).
+            Prefix::Le => {
+                q.push("(");
+                cmp(q, low_col, "<=", high.clone());
+                if low_col != high_col {
+                    q.push(" AND (");
+                    cmp(q, low_col, "<", low);
+                    q.push(" OR ");
+                    cmp(q, high_col, "<=", high);
+                    q.push(")");
+                }
+                q.push(")");
+            }
             Prefix::Sa => cmp(q, low_col, ">", high),
             Prefix::Eb => cmp(q, high_col, "<", low),
         }
