@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::{
     app::AppState,
     error::{Error, Result},
-    store::Tenant,
+    store::{Reads, Tenant},
 };
 
 /// `Login.authMethod` of a token minted by `/auth/tokens` or an admin.

@@ -1562,10 +1562,6 @@ impl Store {
         }
         Ok(plans.join("\n"))
     }
-
-    pub async fn search(&self, sq: &SearchQuery<'_>) -> Result<SearchPage> {
-        run(self, sq).await
-    }
 }
 
 /// Runs a page's statements in turn until they found `count` rows and one
