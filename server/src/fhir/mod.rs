@@ -251,8 +251,15 @@ async fn store_prepared(
     is_new: bool,
 ) -> Result<(Version, Value)> {
     check_consistency(&prepared.value, stamp.project_id)?;
-    if prepared.value["resourceType"] == "User" {
-        crate::admin::users::check_email_free(tx, &prepared.value, stamp.id).await?;
+    match prepared.value["resourceType"].as_str() {
+        Some("User") => {
+            crate::admin::users::check_email_free(tx, &prepared.value, stamp.id).await?;
+        }
+        Some("AccessPolicy") => {
+            crate::auth::policies::check_bases(tx, stamp.project_id, stamp.id, &prepared.value)
+                .await?;
+        }
+        _ => {}
     }
     let resource_type = prepared.value["resourceType"]
         .as_str()
