@@ -123,13 +123,15 @@ impl Query {
     }
 
     /// `project` as `estimate` says to name it: `$n`, or `(SELECT $n::uuid)`,
-    /// a value the planner does not see and so estimates as an average one.
+    /// a value the planner does not see and so estimates as an average one,
+    /// or the column of the walk over every project (`project` unused).
     fn bind_project(&mut self, project: Uuid, estimate: statistics::ProjectEstimate) -> &mut Query {
         match estimate {
             statistics::ProjectEstimate::Known => self.bind(project),
             statistics::ProjectEstimate::Unknown => {
                 self.push("(SELECT ").bind(project).push("::uuid)")
             }
+            statistics::ProjectEstimate::EachProject => self.push(search::EACH_PROJECT),
         }
     }
 

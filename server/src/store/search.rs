@@ -1406,6 +1406,9 @@ enum Segment<'s> {
 /// the resources with a value and those without, from the cursor's side
 /// on; and the number of sort keys the rows carry (`k0`, `k1`, …).
 fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<Query>, usize)> {
+    if let Some(q) = each_project_page(sq)? {
+        return Ok((vec![q], 0));
+    }
     let Some(sorted) = sort_driver(sq) else {
         let q = page_query(sq, estimate, Segment::Matches, sq.cursor.as_ref())?;
         return Ok((vec![q], sq.request.sort.len()));
@@ -1428,6 +1431,50 @@ fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<
         })
         .collect::<Result<_>>()?;
     Ok((queries, 1))
+}
+
+/// The project column of [`each_project_page`]'s walk over the projects.
+pub(super) const EACH_PROJECT: &str = "each_project.project_id";
+
+/// A super admin's page in the default order (by id, from the first page
+/// or a cursor): each project's page, found as a project's own search finds
+/// it (driven by a filter's index, or its ids from the indexes first), then
+/// the first of them all by id. Every index leads with `project_id`, so the
+/// same statement without a project condition cannot range-scan them and
+/// walks whole tables instead. The projects come from a skip scan of
+/// `resource`'s primary key, one probe each. `None` for the other searches
+/// (sorted, `_offset`, or in one project).
+fn each_project_page(sq: &SearchQuery<'_>) -> Result<Option<Query>> {
+    let request = sq.request;
+    if sq.tenant != Tenant::AllProjects || !request.sort.is_empty() || request.offset > 0 {
+        return Ok(None);
+    }
+    let one_project = SearchQuery {
+        request,
+        // Named as EACH_PROJECT in the statement; the id is not used.
+        tenant: Tenant::Project(Uuid::nil()),
+        policy: sq.policy,
+        cursor: sq.cursor.clone(),
+    };
+    let mut q = page_query(
+        &one_project,
+        ProjectEstimate::EachProject,
+        Segment::Matches,
+        one_project.cursor.as_ref(),
+    )?;
+    let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+    q.sql = format!(
+        "WITH RECURSIVE projects (project_id) AS (\
+         (SELECT project_id FROM resource ORDER BY project_id LIMIT 1) \
+         UNION ALL SELECT (SELECT r.project_id FROM resource r WHERE r.project_id > p.project_id \
+         ORDER BY r.project_id LIMIT 1) FROM projects p WHERE p.project_id IS NOT NULL) \
+         SELECT page.* FROM projects each_project CROSS JOIN LATERAL ({}) page \
+         WHERE each_project.project_id IS NOT NULL ORDER BY page.id {} LIMIT ",
+        q.sql,
+        if backwards { "DESC" } else { "ASC" }
+    );
+    q.bind(request.count as i64 + 1);
+    Ok(Some(q))
 }
 
 /// The statement that fetches one page of `segment`: the matches in sort
