@@ -77,30 +77,13 @@ async fn common_searches_use_index_scans_on_100k_resources() {
         .get(0);
     assert!(resources >= 2 * (PATIENTS + FRESH_PATIENTS));
 
-    let store = Store::new(
-        connect(
-            &format!("{}/{}", postgres_server(), app.database),
-            2,
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .unwrap(),
-    );
+    let store = store_of(&app).await;
     let mut pages = Vec::new();
     for (project, tag) in [(project, ""), (fresh, "fresh")] {
         // Patient 4321 and its Observation (code 1320), which every policy
         // below lets the caller see, so that the `_include` search has a
         // page to include from.
-        let patient = Uuid::parse_str(
-            &db.query_one(
-                &format!("SELECT md5('{tag}patient' || 4321)::uuid::text"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        )
-        .unwrap();
+        let patient = patient_4321(&db, tag).await;
         pages.push(check_plans(&store, project, patient).await);
     }
     // A page of twenty and what it includes, found through indexes, reads
@@ -113,6 +96,27 @@ async fn common_searches_use_index_scans_on_100k_resources() {
             "{what} reads {fresh} pages in the project ANALYZE has not seen, {known} in the large one"
         );
     }
+}
+
+/// A store of its own on `app`'s database, as the server's.
+async fn store_of(app: &TestApp) -> Store {
+    Store::new(
+        connect(
+            &format!("{}/{}", postgres_server(), app.database),
+            2,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// The id of [`synthetic`]'s Patient 4321 of the load tagged `tag`.
+async fn patient_4321(db: &tokio_postgres::Client, tag: &str) -> Uuid {
+    db.query_one(&format!("SELECT md5('{tag}patient' || 4321)::uuid"), &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// The common searches, as (type, query, what): of Patient 4321 where a
@@ -385,22 +389,8 @@ async fn a_super_admins_search_reads_each_projects_indexes_on_100k_patients() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let store = Store::new(
-        connect(
-            &format!("{}/{}", postgres_server(), app.database),
-            2,
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .unwrap(),
-    );
-    let patient = Uuid::parse_str(
-        &db.query_one("SELECT md5('patient' || 4321)::uuid::text", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-    )
-    .unwrap();
+    let store = store_of(&app).await;
+    let patient = patient_4321(&db, "").await;
     let policy = CompiledPolicy::unrestricted();
     for (resource_type, query, what) in common_searches(patient)
         .into_iter()

@@ -1618,3 +1618,44 @@ async fn parameters_with_one_expression_share_their_rows() {
     assert_eq!(rows("idx_uri", &code_system, "url").await, 0);
     assert_eq!(rows("idx_uri", &code_system, "system").await, 1);
 }
+
+/// A super admin's search crosses projects, each project's page found
+/// through its own indexes (`store::search::each_project_page`): the pages,
+/// forwards and back, hold every project's matches once, in id order,
+/// whether a filter's index drives them or their ids come first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_super_admin_pages_through_every_projects_matches_in_id_order() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (
+        app.project("across-a").await.member,
+        app.project("across-b").await.member,
+    );
+    let mut expected = Vec::new();
+    for (n, s) in [&a, &b, &a, &b, &b].into_iter().enumerate() {
+        let patient = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:across", "value": "shared"}],
+            "name": [{"family": format!("Across{n}")}]});
+        expected.push(id_of(s, patient).await);
+    }
+    id_of(&a, json!({"resourceType": "Patient", "identifier": [{"system": "urn:across", "value": "other"}]})).await;
+    expected.sort();
+    let root = app.super_admin().await;
+    for query in [
+        "Patient?identifier=urn:across%7Cshared&_count=2",
+        "Patient?family=across&_count=2",
+        "Patient?name:missing=false&_count=2",
+    ] {
+        let (found, pages) = walk_pages(&root, query).await;
+        assert_eq!(found, expected, "{query}");
+        let mut back = Vec::new();
+        let mut page = pages.last().unwrap().clone();
+        while let Some(previous) = follow(&root, &page, "previous").await {
+            back.splice(0..0, page_ids(&previous));
+            page = previous;
+        }
+        assert_eq!(back, expected[..4], "{query}, back from the last page");
+    }
+    // Each member still sees its own project only.
+    let (mine, _) = walk_pages(&a, "Patient?identifier=urn:across%7Cshared").await;
+    assert_eq!(mine.len(), 2);
+}

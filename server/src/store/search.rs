@@ -708,6 +708,21 @@ impl Compiler<'_> {
             q.push(&format!("{column} {op} "));
             bind(q, v);
         };
+        // `(reach AND (beyond OR inside))`: the target reaches the value,
+        // and passes its far end or lies within it. A point (one column)
+        // that reaches the value does one or the other.
+        let or_within = |q: &mut Query, [reach, beyond, inside]: [(&str, &str, T); 3]| {
+            q.push("(");
+            cmp(q, reach.0, reach.1, reach.2);
+            if low_col != high_col {
+                q.push(" AND (");
+                cmp(q, beyond.0, beyond.1, beyond.2);
+                q.push(" OR ");
+                cmp(q, inside.0, inside.1, inside.2);
+                q.push(")");
+            }
+            q.push(")");
+        };
         match prefix {
             Prefix::Ap => {
                 // Approximately: the ranges overlap.
@@ -735,36 +750,28 @@ impl Compiler<'_> {
             Prefix::Gt => cmp(q, high_col, ">", high),
             // The range below the value overlaps the target's.
             Prefix::Lt => cmp(q, low_col, "<", low),
-            // `gt`, or the value contains the target: the target ends after
-            // the value's start, and either after its end or starts within
-            // it. The first part is a range of the index on the end
+            // `gt`, or the value contains the target: the target ends at or
+            // after the value's start, and either after its end or starts
+            // within it; the first part is a range of the index on the end
             // (`idx_date_high`, which carries the start, migration 0024).
-            Prefix::Ge => {
-                q.push("(");
-                cmp(q, high_col, ">=", low.clone());
-                if low_col != high_col {
-                    q.push(" AND (");
-                    cmp(q, high_col, ">", high);
-                    q.push(" OR ");
-                    cmp(q, low_col, ">=", low);
-                    q.push(")");
-                }
-                q.push(")");
-            }
+            Prefix::Ge => or_within(
+                q,
+                [
+                    (high_col, ">=", low.clone()),
+                    (high_col, ">", high),
+                    (low_col, ">=", low),
+                ],
+            ),
             // `lt`, or the value contains the target, mirrored: a range of
             // the index on the start (`idx_date_value`, which carries the end).
-            Prefix::Le => {
-                q.push("(");
-                cmp(q, low_col, "<=", high.clone());
-                if low_col != high_col {
-                    q.push(" AND (");
-                    cmp(q, low_col, "<", low);
-                    q.push(" OR ");
-                    cmp(q, high_col, "<=", high);
-                    q.push(")");
-                }
-                q.push(")");
-            }
+            Prefix::Le => or_within(
+                q,
+                [
+                    (low_col, "<=", high.clone()),
+                    (low_col, "<", low),
+                    (high_col, "<=", high),
+                ],
+            ),
             Prefix::Sa => cmp(q, low_col, ">", high),
             Prefix::Eb => cmp(q, high_col, "<", low),
         }
