@@ -708,4 +708,21 @@ async fn based_on_policies_merge_their_entries_and_cycles_are_refused() {
     );
     let (_, seen) = status_json(them.get("Observation").await).await;
     assert_eq!(seen["entry"].as_array().map_or(0, Vec::len), 2, "{seen}");
+    // A deleted link of the chain still binds: bringing it back with a PUT
+    // is a change like any other.
+    let (_, middle_body) = status_json(admin.get(&middle).await).await;
+    assert_eq!(admin.delete(&middle).await.status(), 200);
+    assert_outcome(me.get(&reference(&org)).await, 403, "Organization").await;
+    assert_outcome(
+        bound.put(&middle, &middle_body).await,
+        403,
+        "your own membership",
+    )
+    .await;
+    assert_eq!(admin.put(&middle, &middle_body).await.status(), 200);
+    assert_eq!(
+        me.get(&reference(&org)).await.status(),
+        200,
+        "back in the chain"
+    );
 }
