@@ -1621,32 +1621,45 @@ async fn parameters_with_one_expression_share_their_rows() {
 
 /// A super admin's search crosses projects, each project's page found
 /// through its own indexes (`store::search::each_project_page`): the pages,
-/// forwards and back, hold every project's matches once, in id order,
-/// whether a filter's index drives them or their ids come first.
+/// forwards and back, hold every project's matches once, in the search's
+/// order, whether a filter's index drives them, their ids come first, or a
+/// sort orders them.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_super_admin_pages_through_every_projects_matches_in_id_order() {
+async fn a_super_admin_pages_through_every_projects_matches_in_order() {
     let app = TestApp::spawn().await;
     let (a, b) = (
         app.project("across-a").await.member,
         app.project("across-b").await.member,
     );
-    let mut expected = Vec::new();
+    // Created in turn, so in order of family name and of last update.
+    let mut created = Vec::new();
     for (n, s) in [&a, &b, &a, &b, &b].into_iter().enumerate() {
         let patient = json!({"resourceType": "Patient",
             "identifier": [{"system": "urn:across", "value": "shared"}],
             "name": [{"family": format!("Across{n}")}]});
-        expected.push(id_of(s, patient).await);
+        created.push(id_of(s, patient).await);
     }
     id_of(&a, json!({"resourceType": "Patient", "identifier": [{"system": "urn:across", "value": "other"}]})).await;
-    expected.sort();
+    let mut by_id = created.clone();
+    by_id.sort();
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
     let root = app.super_admin().await;
-    for query in [
-        "Patient?identifier=urn:across%7Cshared&_count=2",
-        "Patient?family=across&_count=2",
-        "Patient?name:missing=false&_count=2",
+    for (query, expected) in [
+        ("Patient?identifier=urn:across%7Cshared&_count=2", &by_id),
+        ("Patient?family=across&_count=2", &by_id),
+        ("Patient?name:missing=false&_count=2", &by_id),
+        ("Patient?name:missing=false&_sort=family&_count=2", &created),
+        (
+            "Patient?identifier=urn:across%7Cshared&_sort=-family&_count=2",
+            &newest_first,
+        ),
+        (
+            "Patient?name:missing=false&_sort=-_lastUpdated&_count=2",
+            &newest_first,
+        ),
     ] {
         let (found, pages) = walk_pages(&root, query).await;
-        assert_eq!(found, expected, "{query}");
+        assert_eq!(&found, expected, "{query}");
         let mut back = Vec::new();
         let mut page = pages.last().unwrap().clone();
         while let Some(previous) = follow(&root, &page, "previous").await {

@@ -1414,10 +1414,10 @@ enum Segment<'s> {
 /// on; and the number of sort keys the rows carry (`k0`, `k1`, …).
 fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<Query>, usize)> {
     if let Some(q) = each_project_page(sq)? {
-        return Ok((vec![q], 0));
+        return Ok((vec![q], sq.request.sort.len()));
     }
     let Some(sorted) = sort_driver(sq) else {
-        let q = page_query(sq, estimate, Segment::Matches, sq.cursor.as_ref())?;
+        let (q, _) = page_query(sq, estimate, Segment::Matches, sq.cursor.as_ref())?;
         return Ok((vec![q], sq.request.sort.len()));
     };
     let (valued, unvalued) = (Segment::Valued(&sorted), Segment::Unvalued(&sorted));
@@ -1434,7 +1434,7 @@ fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<
         .into_iter()
         .map(|(segment, from_cursor)| {
             let cursor = sq.cursor.as_ref().filter(|_| from_cursor);
-            page_query(sq, estimate, segment, cursor)
+            page_query(sq, estimate, segment, cursor).map(|(q, _)| q)
         })
         .collect::<Result<_>>()?;
     Ok((queries, 1))
@@ -1443,17 +1443,19 @@ fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<
 /// The project column of [`each_project_page`]'s walk over the projects.
 pub(super) const EACH_PROJECT: &str = "each_project.project_id";
 
-/// A super admin's page in the default order (by id, from the first page
-/// or a cursor): each project's page, found as a project's own search finds
-/// it (driven by a filter's index, or its ids from the indexes first), then
-/// the first of them all by id. Every index leads with `project_id`, so the
-/// same statement without a project condition cannot range-scan them and
-/// walks whole tables instead. The projects come from a skip scan of
-/// `resource`'s primary key, one probe each. `None` for the other searches
-/// (sorted, `_offset`, or in one project).
+/// A super admin's page (from the first page or a cursor): each project's
+/// page, found as a project's own search finds it (driven by a filter's
+/// index, its ids from the indexes first, or sorted: by `_id` and
+/// `_lastUpdated` in their index's order, by a parameter with each match's
+/// key computed), then the first of them all in the page's order, each key
+/// read back from its text (`k0`, …) as its type. Every index leads with
+/// `project_id`, so the same statement without a project condition cannot
+/// range-scan them and walks whole tables instead. The projects come from a
+/// skip scan of `resource`'s primary key, one probe each. `None` with
+/// `_offset` (which counts across projects) or in one project.
 fn each_project_page(sq: &SearchQuery<'_>) -> Result<Option<Query>> {
     let request = sq.request;
-    if sq.tenant != Tenant::AllProjects || !request.sort.is_empty() || request.offset > 0 {
+    if sq.tenant != Tenant::AllProjects || request.offset > 0 {
         return Ok(None);
     }
     let one_project = SearchQuery {
@@ -1463,22 +1465,28 @@ fn each_project_page(sq: &SearchQuery<'_>) -> Result<Option<Query>> {
         policy: sq.policy,
         cursor: sq.cursor.clone(),
     };
-    let mut q = page_query(
+    let (mut q, keys) = page_query(
         &one_project,
         ProjectEstimate::EachProject,
         Segment::Matches,
         one_project.cursor.as_ref(),
     )?;
     let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+    let order = page_order(
+        &keys,
+        ids_descending(&keys),
+        backwards,
+        |n, key| format!("page.k{n}::{}", key.sql_type),
+        "page.id",
+    );
     q.sql = format!(
         "WITH RECURSIVE projects (project_id) AS (\
          (SELECT project_id FROM resource ORDER BY project_id LIMIT 1) \
          UNION ALL SELECT (SELECT r.project_id FROM resource r WHERE r.project_id > p.project_id \
          ORDER BY r.project_id LIMIT 1) FROM projects p WHERE p.project_id IS NOT NULL) \
          SELECT page.* FROM projects each_project CROSS JOIN LATERAL ({}) page \
-         WHERE each_project.project_id IS NOT NULL ORDER BY page.id {} LIMIT ",
+         WHERE each_project.project_id IS NOT NULL ORDER BY {order} LIMIT ",
         q.sql,
-        if backwards { "DESC" } else { "ASC" }
     );
     q.bind(request.count as i64 + 1);
     Ok(Some(q))
@@ -1500,7 +1508,7 @@ fn page_query(
     estimate: ProjectEstimate,
     segment: Segment<'_>,
     cursor: Option<&Cursor>,
-) -> Result<Query> {
+) -> Result<(Query, Vec<SortKey>)> {
     const COLUMNS: &str =
         "r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content";
     let request = sq.request;
@@ -1565,35 +1573,52 @@ fn page_query(
     } else if let Some(cursor) = cursor {
         keyset_condition(&mut q, &keys, cursor)?;
     }
-    q.push(" ORDER BY ");
-    for key in &keys {
-        let descending = key.descending != backwards;
-        let nulls = match (key.nullable, backwards) {
-            (false, _) => "",
-            (true, false) => " NULLS LAST",
-            (true, true) => " NULLS FIRST",
-        };
-        q.push(&format!(
-            "{} {}{nulls}, ",
-            key.expression,
-            direction(descending, key.bytewise),
-        ));
-    }
-    let id_order = if ids_desc != backwards {
-        "r.id DESC"
-    } else {
-        "r.id ASC"
-    };
-    q.push(id_order);
+    q.push(" ORDER BY ").push(&page_order(
+        &keys,
+        ids_desc,
+        backwards,
+        |_, key| key.expression.clone(),
+        "r.id",
+    ));
     let limit = request.count as i64 + 1;
     q.push(" LIMIT ").bind(limit);
     if request.offset > 0 && sq.cursor.is_none() {
         q.push(" OFFSET ").bind(request.offset as i64);
     }
     if ids_first {
+        let id_order = page_order(&[], ids_desc, backwards, |_, _| String::new(), "r.id");
         q.push(&format!(") ORDER BY {id_order}"));
     }
-    Ok(q)
+    Ok((q, keys))
+}
+
+/// A page's order: each key, written as `expression` makes it (from its
+/// position and itself), in its direction, then `id`, ascending unless the
+/// ids go descending (`ids_desc`); all reversed on the way `backwards`.
+fn page_order(
+    keys: &[SortKey],
+    ids_desc: bool,
+    backwards: bool,
+    expression: impl Fn(usize, &SortKey) -> String,
+    id: &str,
+) -> String {
+    let mut order = String::new();
+    for (n, key) in keys.iter().enumerate() {
+        let descending = key.descending != backwards;
+        let nulls = match (key.nullable, backwards) {
+            (false, _) => "",
+            (true, false) => " NULLS LAST",
+            (true, true) => " NULLS FIRST",
+        };
+        order.push_str(&format!(
+            "{} {}{nulls}, ",
+            expression(n, key),
+            direction(descending, key.bytewise),
+        ));
+    }
+    let id_direction = if ids_desc != backwards { "DESC" } else { "ASC" };
+    order.push_str(&format!("{id} {id_direction}"));
+    order
 }
 
 impl Store {
