@@ -268,9 +268,8 @@ impl Executor for Store {
     /// on 2 cores: PostgreSQL's CPU per read by id 35–46 → 21–27 µs, reads
     /// +30%). Searches keep a connection each: their cost varies too much to
     /// queue others behind them (shared, name-search p99 went from 15 to
-    /// 20–28 ms). A lookup only
-    /// reads, so one whose connection was closed under it is retried once on
-    /// another.
+    /// 20–28 ms). A lookup only reads, so one whose connection was closed
+    /// under it is retried once on another.
     async fn lookup(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
         let Some(pool) = self.worker_pool() else {
             return self.query(query).await;
