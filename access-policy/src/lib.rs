@@ -7,6 +7,7 @@
 //! interaction), the row filter every statement carries (criteria as search
 //! filters), hidden and readonly fields, write constraints and IP rules.
 
+pub mod based_on;
 mod compile;
 mod error;
 pub mod fields;

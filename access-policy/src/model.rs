@@ -299,6 +299,7 @@ fn check_field(field: &str) -> Result<(), String> {
 
 /// Checks an AccessPolicy before it is saved, naming the first element at fault.
 pub fn validate(policy: &Value) -> Result<(), PolicyError> {
+    crate::based_on::check_shape(policy)?;
     let parsed = AccessPolicy::from_json(policy)?;
     for (n, rule) in parsed.resources.iter().enumerate() {
         let path = format!("AccessPolicy.resource[{n}]");

@@ -208,6 +208,90 @@ async fn a_failed_transaction_leaves_no_trace() {
     );
 }
 
+/// A transaction's GET and HEAD entries run inside it, after its writes:
+/// they see what it wrote before it commits, and one that fails rolls the
+/// writes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_reads_see_its_writes_and_a_failed_read_undoes_them() {
+    let app = TestApp::spawn().await;
+    let s = app.project("transaction-reads").await.member;
+    let existing = s
+        .create(json!({"resourceType": "Patient", "gender": "female"}))
+        .await;
+    let existing_id = existing["id"].as_str().unwrap().to_string();
+    let patient = |mrn: &str| json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]});
+    let mut changed = existing.clone();
+    changed["gender"] = json!("male");
+    let update = json!({"resource": changed, "request": {"method": "PUT", "url": format!("Patient/{existing_id}")}});
+
+    // Listed first, run last: the new Patient by its fullUrl, by search, and
+    // the updated one's new version.
+    let request = bundle(
+        "transaction",
+        vec![
+            json!({"request": {"method": "GET", "url": "urn:uuid:5d1c1f3e-0d5a-4a43-9a43-1b1f0e3c7a01"}}),
+            json!({"request": {"method": "HEAD", "url": "Patient?identifier=urn:mrn|read-1"}}),
+            json!({"request": {"method": "GET", "url": format!("Patient/{existing_id}")}}),
+            post(
+                "urn:uuid:5d1c1f3e-0d5a-4a43-9a43-1b1f0e3c7a01",
+                patient("read-1"),
+            ),
+            update.clone(),
+        ],
+    );
+    let (status, response) = send(&s, &request).await;
+    assert_eq!(status, 200, "{response}");
+    let entries = response["entry"].as_array().unwrap();
+    let created = id_from_location(&entries[3]);
+    assert_eq!(entries[0]["response"]["status"], "200 OK");
+    assert_eq!(entries[0]["resource"]["id"], json!(created), "{response}");
+    assert_eq!(entries[1]["response"]["status"], "200 OK");
+    assert!(
+        entries[1].get("resource").is_none(),
+        "HEAD has no body: {response}"
+    );
+    assert_eq!(entries[2]["resource"]["gender"], "male", "{response}");
+    assert_eq!(
+        entries[2]["resource"]["meta"]["versionId"], entries[4]["resource"]["meta"]["versionId"],
+        "the read sees the version the transaction wrote: {response}"
+    );
+
+    // A read of a missing resource, or a search that is refused, fails the
+    // transaction: neither the create nor the update stays.
+    let missing = format!("Patient/{}", uuid::Uuid::new_v4());
+    let (_, mut changed_again) = status_json(s.get(&format!("Patient/{existing_id}")).await).await;
+    changed_again["gender"] = json!("other");
+    let update = json!({"resource": changed_again, "request": {"method": "PUT", "url": format!("Patient/{existing_id}")}});
+    for (read, status, needle) in [
+        (missing.as_str(), 404, "Bundle.entry[0]"),
+        ("Patient?no-such-parameter=1", 400, "no-such-parameter"),
+    ] {
+        let request = bundle(
+            "transaction",
+            vec![
+                json!({"request": {"method": "GET", "url": read}}),
+                post(
+                    "urn:uuid:5d1c1f3e-0d5a-4a43-9a43-1b1f0e3c7a02",
+                    patient("read-2"),
+                ),
+                update.clone(),
+            ],
+        );
+        let outcome = assert_outcome(s.post("", &request).await, status, needle).await;
+        assert!(outcome.to_string().contains("Bundle.entry[0]"), "{outcome}");
+        assert_eq!(
+            count(&s, "Patient?identifier=urn:mrn|read-2").await,
+            0,
+            "{read}"
+        );
+        let (_, stored) = status_json(s.get(&format!("Patient/{existing_id}")).await).await;
+        assert_eq!(
+            stored["gender"], "male",
+            "{read}: the update was rolled back"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_entries_succeed_or_fail_on_their_own() {
     let app = TestApp::spawn().await;

@@ -77,30 +77,13 @@ async fn common_searches_use_index_scans_on_100k_resources() {
         .get(0);
     assert!(resources >= 2 * (PATIENTS + FRESH_PATIENTS));
 
-    let store = Store::new(
-        connect(
-            &format!("{}/{}", postgres_server(), app.database),
-            2,
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .unwrap(),
-    );
+    let store = store_of(&app).await;
     let mut pages = Vec::new();
     for (project, tag) in [(project, ""), (fresh, "fresh")] {
         // Patient 4321 and its Observation (code 1320), which every policy
         // below lets the caller see, so that the `_include` search has a
         // page to include from.
-        let patient = Uuid::parse_str(
-            &db.query_one(
-                &format!("SELECT md5('{tag}patient' || 4321)::uuid::text"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-        )
-        .unwrap();
+        let patient = patient_4321(&db, tag).await;
         pages.push(check_plans(&store, project, patient).await);
     }
     // A page of twenty and what it includes, found through indexes, reads
@@ -115,11 +98,31 @@ async fn common_searches_use_index_scans_on_100k_resources() {
     }
 }
 
-/// Every common search in `project`, by callers with each kind of policy,
-/// with the pages the statements of each read.
-async fn check_plans(store: &Store, project: Uuid, patient: Uuid) -> Vec<(String, u64)> {
-    let mut pages = Vec::new();
-    let searches = [
+/// A store of its own on `app`'s database, as the server's.
+async fn store_of(app: &TestApp) -> Store {
+    Store::new(
+        connect(
+            &format!("{}/{}", postgres_server(), app.database),
+            2,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// The id of [`synthetic`]'s Patient 4321 of the load tagged `tag`.
+async fn patient_4321(db: &tokio_postgres::Client, tag: &str) -> Uuid {
+    db.query_one(&format!("SELECT md5('{tag}patient' || 4321)::uuid"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The common searches, as (type, query, what): of Patient 4321 where a
+/// search names a patient.
+fn common_searches(patient: Uuid) -> Vec<(&'static str, String, &'static str)> {
+    vec![
         ("Patient", "identifier=urn:mrn|MRN4321".to_string(), "token"),
         ("Patient", "family=family432".to_string(), "string prefix"),
         (
@@ -172,7 +175,14 @@ async fn check_plans(store: &Store, project: Uuid, patient: Uuid) -> Vec<(String
             "_sort=family&_count=20".to_string(),
             "by family name",
         ),
-    ];
+    ]
+}
+
+/// Every common search in `project`, by callers with each kind of policy,
+/// with the pages the statements of each read.
+async fn check_plans(store: &Store, project: Uuid, patient: Uuid) -> Vec<(String, u64)> {
+    let mut pages = Vec::new();
+    let searches = common_searches(patient);
     // The same searches by callers whose policy is a patient's compartment
     // or a criteria: the row filter must be index-driven too.
     let profile = format!("Patient/{patient}");
@@ -351,4 +361,114 @@ async fn generic_plan_of_an_identifier_search_expects_one_match() {
         "generic plan expects {rows} matches:\n{}",
         plan.join("\n")
     );
+}
+
+/// The Patients (and as many Observations) of the super admin's test.
+const SUPER_ADMIN_PATIENTS: i64 = 100_000;
+
+/// A super admin's default-order searches cross projects through each
+/// project's own indexes (`store::search::each_project_page`): on 100,000
+/// Patients, no sequential scan, a page equal to the first by id of every
+/// project's pages, and about as many pages read as the same search in the
+/// project that holds nine tenths of the data, plus a few per project. Run
+/// with `--nocapture` for the plans and their execution times.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_super_admins_search_reads_each_projects_indexes_on_100k_patients() {
+    let app = TestApp::spawn().await;
+    let db = app.db().await;
+    let project = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    let load = synthetic("", SUPER_ADMIN_PATIENTS, |n| {
+        format!("CASE WHEN {n} % 10 = 0 THEN '{other}'::uuid ELSE '{project}'::uuid END")
+    }) + "ANALYZE;";
+    db.batch_execute(&load).await.expect("bulk load");
+    let projects: Vec<Uuid> = db
+        .query("SELECT DISTINCT project_id FROM resource", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let store = store_of(&app).await;
+    let patient = patient_4321(&db, "").await;
+    let policy = CompiledPolicy::unrestricted();
+    // Sorted by a column every row has, a project's page reads its index in
+    // order; by a parameter, it computes every match's key, as before.
+    let across_projects = |query: &str| {
+        !query.contains("_sort=") || query.contains("_lastUpdated") || query.contains("_id")
+    };
+    for (resource_type, query, what) in common_searches(patient)
+        .into_iter()
+        .filter(|(_, query, _)| across_projects(query))
+    {
+        let pairs = query_pairs(&query);
+        let request = parse_search(Registry::get(), Some(resource_type), &pairs, false).unwrap();
+        let search = |tenant| SearchQuery {
+            request: &request,
+            tenant,
+            policy: &policy,
+            cursor: None,
+        };
+        let across = store.explain(&search(Tenant::AllProjects)).await.unwrap();
+        let within = store
+            .explain(&search(Tenant::Project(project)))
+            .await
+            .unwrap();
+        println!(
+            "--- {what}, super admin: {resource_type}?{query} ({:.2} ms; in one project {:.2} ms)\n{across}\n",
+            execution_ms(&across),
+            execution_ms(&within)
+        );
+        assert!(
+            !across.contains("Seq Scan"),
+            "{what} scans a whole table:\n{across}"
+        );
+        assert!(
+            across.contains("CTE Scan on projects each_project"),
+            "{what} walks the projects:\n{across}"
+        );
+        assert!(!across.contains("JIT:"), "{what} is compiled:\n{across}");
+        // A page from each project's indexes: a few pages per project more
+        // than the project's own search (whose plan knows the project's
+        // statistics), never a walk of the data.
+        let (read_across, read_within) = (pages_read(&across), pages_read(&within));
+        assert!(
+            read_across <= 2 * read_within + 100 * projects.len() as u64,
+            "{what} reads {read_across} pages across {} projects, {read_within} in one:\n{across}",
+            projects.len()
+        );
+        // The page is the first of every project's own pages, in the order
+        // the search asks for.
+        let mut expected = Vec::new();
+        for project in &projects {
+            let page = store.search(&search(Tenant::Project(*project))).await;
+            expected.extend(page.unwrap().matches);
+        }
+        match query.split_once("_sort=").map(|(_, sort)| sort) {
+            None => expected.sort_by_key(|v| v.id),
+            Some(sort) if sort.starts_with("-_id") => {
+                expected.sort_by_key(|v| std::cmp::Reverse(v.id))
+            }
+            Some(_) => expected.sort_by_key(|v| std::cmp::Reverse((v.last_updated, v.id))),
+        }
+        let expected: Vec<Uuid> = expected
+            .into_iter()
+            .take(request.count)
+            .map(|v| v.id)
+            .collect();
+        let ids = |page: fhirgate_server::store::search::SearchPage| {
+            page.matches.into_iter().map(|v| v.id).collect::<Vec<_>>()
+        };
+        let found = ids(store.search(&search(Tenant::AllProjects)).await.unwrap());
+        assert_eq!(found, expected, "{what}");
+        assert!(!found.is_empty(), "{what} finds something");
+    }
+}
+
+/// The execution times of `plan`'s statements, summed, in milliseconds.
+fn execution_ms(plan: &str) -> f64 {
+    plan.lines()
+        .filter_map(|line| line.trim().strip_prefix("Execution Time: "))
+        .filter_map(|rest| rest.trim_end_matches(" ms").parse::<f64>().ok())
+        .sum()
 }

@@ -530,3 +530,199 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         );
     }
 }
+
+/// `AccessPolicy.basedOn`: a policy's entries are merged with those of the
+/// policies it is based on, recursively, each with the parameters of the
+/// membership that names it; a cycle or a base outside the project is
+/// refused when saved, by every kind of write; a changed base takes effect
+/// at once; and no admin changes a base of its own policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn based_on_policies_merge_their_entries_and_cycles_are_refused() {
+    let app = TestApp::spawn().await;
+    let project = app.project("based-on").await;
+    let admin = &project.admin;
+    let root = app.super_admin().await;
+    let mine = admin
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Mine"}]}))
+        .await;
+    let theirs = admin
+        .create(json!({"resourceType": "Patient", "name": [{"family": "Theirs"}]}))
+        .await;
+    let observation = |subject: &Value| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": reference(subject)}})
+    };
+    let my_observation = admin.create(observation(&mine)).await;
+    let their_observation = admin.create(observation(&theirs)).await;
+    let org = admin
+        .create(json!({"resourceType": "Organization", "name": "Clinic"}))
+        .await;
+    let encounter = admin
+        .create(
+            json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"}}),
+        )
+        .await;
+
+    // base <- middle <- top: Observations of a parameter, Organizations to
+    // read, Patients.
+    let base_body = json!({"resourceType": "AccessPolicy", "name": "base", "resource": [
+        {"resourceType": "Observation", "criteria": "Observation?subject=%subject"}]});
+    let base = policy(admin, base_body.clone()).await;
+    let middle = policy(
+        admin,
+        json!({"resourceType": "AccessPolicy", "name": "middle",
+        "resource": [{"resourceType": "Organization", "readonly": true}],
+        "basedOn": [{"reference": base}]}),
+    )
+    .await;
+    let top = policy(
+        admin,
+        json!({"resourceType": "AccessPolicy", "name": "top",
+        "resource": [{"resourceType": "Patient"}],
+        "basedOn": [{"reference": middle}]}),
+    )
+    .await;
+    let member_for = |subject: &Value| {
+        json!({"access": [{"policy": {"reference": top},
+            "parameter": [{"name": "subject", "valueReference": {"reference": reference(subject)}}]}]})
+    };
+    let me = app
+        .client_with(&root, &project.id, member_for(&mine), None)
+        .await;
+    let them = app
+        .client_with(&root, &project.id, member_for(&theirs), None)
+        .await;
+    let (_, seen) = status_json(me.get("Observation").await).await;
+    assert_eq!(
+        ids(&seen),
+        vec![reference(&my_observation)],
+        "the base's entry, with my parameter"
+    );
+    let (_, seen) = status_json(them.get("Observation").await).await;
+    assert_eq!(
+        ids(&seen),
+        vec![reference(&their_observation)],
+        "the same base, with theirs"
+    );
+    assert_eq!(
+        me.get(&reference(&org)).await.status(),
+        200,
+        "the middle policy's entry"
+    );
+    assert_outcome(me.put(&reference(&org), &org).await, 403, "Organization").await;
+    assert_eq!(
+        me.get(&reference(&theirs)).await.status(),
+        200,
+        "the top policy's own entry"
+    );
+    assert_outcome(me.get(&reference(&encounter)).await, 403, "Encounter").await;
+
+    // A cycle is refused by create, update, patch and transaction, naming it;
+    // the policy stays as it was.
+    let base_id = base.trim_start_matches("AccessPolicy/");
+    let mut cyclic = base_body.clone();
+    cyclic["id"] = json!(base_id);
+    cyclic["basedOn"] = json!([{"reference": top}]);
+    let outcome = assert_outcome(admin.put(&base, &cyclic).await, 400, "cycle").await;
+    let text = outcome.to_string();
+    for named in [&base, &top, &middle] {
+        assert!(
+            text.contains(named.as_str()),
+            "the cycle names {named}: {text}"
+        );
+    }
+    assert_eq!(outcome["issue"][0]["expression"][0], "AccessPolicy.basedOn");
+    let patch = json!([{"op": "add", "path": "/basedOn", "value": [{"reference": middle}]}]);
+    assert_outcome(admin.patch(&base, &patch).await, 400, "cycle").await;
+    let mut itself = base_body.clone();
+    itself["id"] = json!(base_id);
+    itself["basedOn"] = json!([{"reference": base}]);
+    assert_outcome(admin.put(&base, &itself).await, 400, "cycle").await;
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": cyclic, "request": {"method": "PUT", "url": base}}]});
+    assert_outcome(admin.post("", &transaction).await, 400, "cycle").await;
+    let (_, stored) = status_json(admin.get(&base).await).await;
+    assert!(stored.get("basedOn").is_none(), "nothing written: {stored}");
+    let (_, patients) = status_json(admin.get("Patient").await).await;
+    assert_eq!(ids(&patients).len(), 2, "the transaction wrote nothing");
+    // A base that is not one of the project's policies.
+    let other = app.project("based-on-elsewhere").await;
+    let elsewhere = policy(
+        &other.admin,
+        json!({"resourceType": "AccessPolicy", "resource": [
+        {"resourceType": "Encounter"}]}),
+    )
+    .await;
+    let outcome = assert_outcome(
+        admin
+            .post(
+                "AccessPolicy",
+                &json!({"resourceType": "AccessPolicy",
+            "basedOn": [{"reference": base}, {"reference": elsewhere}]}),
+            )
+            .await,
+        400,
+        "not an AccessPolicy of this project",
+    )
+    .await;
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "AccessPolicy.basedOn[1]"
+    );
+    assert_outcome(
+        admin
+            .post(
+                "AccessPolicy",
+                &json!({"resourceType": "AccessPolicy",
+            "basedOn": [{"reference": reference(&mine)}]}),
+            )
+            .await,
+        400,
+        "AccessPolicy/<id>",
+    )
+    .await;
+
+    // A project admin bound by the top policy may change none of the chain;
+    // another admin may, and the change to the base holds at once.
+    let bound = app
+        .client_with(
+            &root,
+            &project.id,
+            json!({"admin": true, "accessPolicy": {"reference": top}}),
+            None,
+        )
+        .await;
+    let mut wider = base_body.clone();
+    wider["id"] = json!(base_id);
+    wider["resource"] = json!([{"resourceType": "Observation"}, {"resourceType": "Encounter"}]);
+    for chained in [&base, &middle] {
+        assert_outcome(bound.delete(chained).await, 403, "your own membership").await;
+    }
+    assert_outcome(bound.put(&base, &wider).await, 403, "your own membership").await;
+    assert_eq!(admin.put(&base, &wider).await.status(), 200);
+    assert_eq!(
+        me.get(&reference(&encounter)).await.status(),
+        200,
+        "the wider base holds"
+    );
+    let (_, seen) = status_json(them.get("Observation").await).await;
+    assert_eq!(seen["entry"].as_array().map_or(0, Vec::len), 2, "{seen}");
+    // A deleted link of the chain still binds: bringing it back with a PUT
+    // is a change like any other.
+    let (_, middle_body) = status_json(admin.get(&middle).await).await;
+    assert_eq!(admin.delete(&middle).await.status(), 200);
+    assert_outcome(me.get(&reference(&org)).await, 403, "Organization").await;
+    assert_outcome(
+        bound.put(&middle, &middle_body).await,
+        403,
+        "your own membership",
+    )
+    .await;
+    assert_eq!(admin.put(&middle, &middle_body).await.status(), 200);
+    assert_eq!(
+        me.get(&reference(&org)).await.status(),
+        200,
+        "back in the chain"
+    );
+}

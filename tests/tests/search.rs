@@ -706,6 +706,130 @@ async fn search_errors_name_the_parameter() {
     );
 }
 
+/// The date prefixes on ranges as the R4 search page defines them: `gt` the
+/// range above the value overlaps the target, `lt` the range below it does,
+/// `ge`/`le` that or the value contains the target, `eq` it contains it, `sa`
+/// and `eb` the target lies wholly after or before it; for instants, dates,
+/// periods open at either end, values of a year or a month, and zones.
+#[tokio::test(flavor = "multi_thread")]
+async fn date_prefixes_compare_ranges_as_the_specification_says() {
+    let app = TestApp::spawn().await;
+    let s = app.project("date-prefixes").await.member;
+    let observation = |effective: Value| {
+        let mut o =
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+        o.as_object_mut()
+            .unwrap()
+            .extend(effective.as_object().unwrap().clone());
+        o
+    };
+    // Across midnight into 2021-01-01 (UTC).
+    let across = id_of(
+        &s,
+        observation(json!({"effectivePeriod":
+        {"start": "2020-12-31T23:00:00Z", "end": "2021-01-01T01:00:00Z"}})),
+    )
+    .await;
+    let instant = id_of(
+        &s,
+        observation(json!({"effectiveInstant": "2021-01-01T12:00:00Z"})),
+    )
+    .await;
+    let day = id_of(&s, observation(json!({"effectiveDateTime": "2021-01-01"}))).await;
+    let open_end = id_of(
+        &s,
+        observation(json!({"effectivePeriod": {"start": "2021-01-01T10:00:00Z"}})),
+    )
+    .await;
+    let open_start = id_of(
+        &s,
+        observation(json!({"effectivePeriod": {"end": "2020-06-01"}})),
+    )
+    .await;
+    let month = id_of(&s, observation(json!({"effectiveDateTime": "2021-01"}))).await;
+    // 2020-12-31T22:30:00Z.
+    let zoned = id_of(
+        &s,
+        observation(json!({"effectiveDateTime": "2021-01-01T00:30:00+02:00"})),
+    )
+    .await;
+    let (a, i, d, oe, os, m, z) = (
+        &across,
+        &instant,
+        &day,
+        &open_end,
+        &open_start,
+        &month,
+        &zoned,
+    );
+
+    // A day.
+    check(&s, "Observation?date=ge2021-01-01", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=gt2021-01-01", &[oe, m]).await;
+    check(&s, "Observation?date=le2021-01-01", &[a, i, d, os, z]).await;
+    check(&s, "Observation?date=lt2021-01-01", &[a, os, z]).await;
+    check(&s, "Observation?date=eq2021-01-01", &[i, d]).await;
+    check(&s, "Observation?date=ne2021-01-01", &[a, oe, os, m, z]).await;
+    check(&s, "Observation?date=sa2020-12-31", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=eb2021-01-01", &[os, z]).await;
+    check(&s, "Observation?date=ap2021-01-01", &[a, i, d, oe, m]).await;
+    // A year and a month.
+    check(&s, "Observation?date=ge2021", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=le2020", &[os, z]).await;
+    check(&s, "Observation?date=ge2021-01", &[i, d, oe, m]).await;
+    check(&s, "Observation?date=le2021-01", &[a, i, d, os, m, z]).await;
+    // Instants, one with a zone: a second is a range too.
+    check(
+        &s,
+        "Observation?date=ge2021-01-01T00:30:00%2B02:00",
+        &[a, i, d, oe, m, z],
+    )
+    .await;
+    check(&s, "Observation?date=lt2021-01-01T00:30:00%2B02:00", &[os]).await;
+    check(&s, "Observation?date=le2021-01-01T00:00:00Z", &[a, os, z]).await;
+    check(
+        &s,
+        "Observation?date=gt2021-01-01T11:59:59Z",
+        &[i, d, oe, m],
+    )
+    .await;
+    check(
+        &s,
+        "Observation?date=ge2021-01-01T12:00:00Z",
+        &[i, d, oe, m],
+    )
+    .await;
+    check(&s, "Observation?date=gt2021-01-01T12:00:00Z", &[d, oe, m]).await;
+    // A range of both: within the day, by either of its prefixes.
+    check(
+        &s,
+        "Observation?date=ge2021-01-01&date=le2021-01-01",
+        &[i, d],
+    )
+    .await;
+    // `_lastUpdated` is an instant, within the second it names.
+    let created = s.create(observation(json!({}))).await;
+    let (id, updated) = (
+        created["id"].as_str().unwrap(),
+        created["meta"]["lastUpdated"].as_str().unwrap(),
+    );
+    let second = format!("{}Z", &updated[..19]);
+    let id = id.to_string();
+    for (prefix, expected) in [
+        ("ge", vec![&id]),
+        ("le", vec![&id]),
+        ("gt", vec![]),
+        ("lt", vec![]),
+    ] {
+        check(
+            &s,
+            &format!("Observation?_lastUpdated={prefix}{second}&_id={id}"),
+            &expected,
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn boundaries_identifiers_uris_meta_composites_and_offsets() {
     let app = TestApp::spawn().await;
@@ -725,8 +849,11 @@ async fn boundaries_identifiers_uris_meta_composites_and_offsets() {
     .await;
     check(&s, "Encounter?date=2021", &[]).await;
     check(&s, "Encounter?date=2020-12-31", &[]).await;
-    check(&s, "Encounter?date=ge2021-01-01", &[&straddle]).await;
-    check(&s, "Encounter?date=le2020-12-31", &[&straddle]).await;
+    // It neither lies within those days nor reaches beyond them.
+    check(&s, "Encounter?date=ge2021-01-01", &[]).await;
+    check(&s, "Encounter?date=le2020-12-31", &[]).await;
+    check(&s, "Encounter?date=ge2020-12-31", &[&straddle]).await;
+    check(&s, "Encounter?date=le2021-01-01", &[&straddle]).await;
     check(&s, "Encounter?date=ap2021-01-01", &[&straddle]).await;
     check(&s, "Encounter?date=sa2020-12-30", &[&straddle]).await;
     check(&s, "Encounter?date=eb2021-01-02", &[&straddle]).await;
@@ -1490,4 +1617,58 @@ async fn parameters_with_one_expression_share_their_rows() {
     assert_eq!(rows("idx_string", &patient, "name").await, 2);
     assert_eq!(rows("idx_uri", &code_system, "url").await, 0);
     assert_eq!(rows("idx_uri", &code_system, "system").await, 1);
+}
+
+/// A super admin's search crosses projects, each project's page found
+/// through its own indexes (`store::search::each_project_page`): the pages,
+/// forwards and back, hold every project's matches once, in the search's
+/// order, whether a filter's index drives them, their ids come first, or a
+/// sort orders them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_super_admin_pages_through_every_projects_matches_in_order() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (
+        app.project("across-a").await.member,
+        app.project("across-b").await.member,
+    );
+    // Created in turn, so in order of family name and of last update.
+    let mut created = Vec::new();
+    for (n, s) in [&a, &b, &a, &b, &b].into_iter().enumerate() {
+        let patient = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:across", "value": "shared"}],
+            "name": [{"family": format!("Across{n}")}]});
+        created.push(id_of(s, patient).await);
+    }
+    id_of(&a, json!({"resourceType": "Patient", "identifier": [{"system": "urn:across", "value": "other"}]})).await;
+    let mut by_id = created.clone();
+    by_id.sort();
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    let root = app.super_admin().await;
+    for (query, expected) in [
+        ("Patient?identifier=urn:across%7Cshared&_count=2", &by_id),
+        ("Patient?family=across&_count=2", &by_id),
+        ("Patient?name:missing=false&_count=2", &by_id),
+        ("Patient?name:missing=false&_sort=family&_count=2", &created),
+        (
+            "Patient?identifier=urn:across%7Cshared&_sort=-family&_count=2",
+            &newest_first,
+        ),
+        (
+            "Patient?name:missing=false&_sort=-_lastUpdated&_count=2",
+            &newest_first,
+        ),
+    ] {
+        let (found, pages) = walk_pages(&root, query).await;
+        assert_eq!(&found, expected, "{query}");
+        let mut back = Vec::new();
+        let mut page = pages.last().unwrap().clone();
+        while let Some(previous) = follow(&root, &page, "previous").await {
+            back.splice(0..0, page_ids(&previous));
+            page = previous;
+        }
+        assert_eq!(back, expected[..4], "{query}, back from the last page");
+    }
+    // Each member still sees its own project only.
+    let (mine, _) = walk_pages(&a, "Patient?identifier=urn:across%7Cshared").await;
+    assert_eq!(mine.len(), 2);
 }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod login;
 pub mod mfa;
 pub mod password;
+pub mod policies;
 pub mod secrets;
 pub mod sessions;
 pub mod token;
@@ -17,7 +18,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use access_policy::{CompiledPolicy, MembershipPolicy, Parameter, PolicyInput, Role};
+use access_policy::{CompiledPolicy, PolicyInput, Role};
 use actix_web::{web, FromRequest, HttpRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -76,8 +77,8 @@ pub struct Caller {
     /// The membership's access policies, project settings and login scopes,
     /// compiled once for this request.
     pub policy: Arc<CompiledPolicy>,
-    /// The AccessPolicies the caller's own membership names: a caller may
-    /// not rewrite the rules that bind it.
+    /// The AccessPolicies the caller's own membership names and those they
+    /// are based on: a caller may not rewrite the rules that bind it.
     pub own_policies: Vec<Uuid>,
 }
 
@@ -224,11 +225,12 @@ impl Caller {
             .unwrap_or_default()
             .to_string();
         let scopes = access_policy::parse_scope(&claims.scope);
-        let own_policies = policy_references(&membership);
+        let (policies, own_policies) =
+            policies::membership_policies(&state.store, project_id, &membership).await?;
         let policy = CompiledPolicy::compile(&PolicyInput {
             role,
             profile: &profile,
-            policies: membership_policies(state, project_id, &membership, &own_policies).await?,
+            policies,
             policy_required: setting_is_true(&project, "policyRequired"),
             scopes: &scopes,
         });
@@ -263,72 +265,6 @@ fn setting_is_true(project: &Value, name: &str) -> bool {
             .iter()
             .any(|s| s["name"] == name && s["valueBoolean"] == Value::Bool(true))
     })
-}
-
-/// The policies of a membership: `accessPolicy`, then each `access[]` entry
-/// with its parameters. A policy that cannot be loaded still counts, and
-/// grants nothing.
-async fn membership_policies(
-    state: &AppState,
-    project_id: Uuid,
-    membership: &Value,
-    ids: &[Uuid],
-) -> Result<Vec<MembershipPolicy>> {
-    let mut wanted: Vec<(&Value, Vec<Parameter>)> = Vec::new();
-    if !membership["accessPolicy"].is_null() {
-        wanted.push((&membership["accessPolicy"], Vec::new()));
-    }
-    for access in membership["access"].as_array().into_iter().flatten() {
-        let parameters = access["parameter"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                let value = p["valueReference"]["reference"]
-                    .as_str()
-                    .or(p["valueString"].as_str())?;
-                Some(Parameter::new(p["name"].as_str()?, value))
-            })
-            .collect();
-        wanted.push((&access["policy"], parameters));
-    }
-    let mut found = std::collections::HashMap::new();
-    if !ids.is_empty() {
-        for (id, content) in state
-            .store
-            .read_live_many(Tenant::Project(project_id), "AccessPolicy", ids)
-            .await?
-        {
-            let policy = serde_json::from_str::<Value>(&content).map_err(|e| {
-                Error::Internal(format!("stored AccessPolicy/{id} is not JSON: {e}"))
-            })?;
-            found.insert(id, policy);
-        }
-    }
-    let policies = wanted
-        .into_iter()
-        .map(|(reference, parameters)| MembershipPolicy {
-            policy: reference_id(reference, "AccessPolicy")
-                .and_then(|id| found.get(&id).cloned())
-                .unwrap_or_else(|| serde_json::json!({})),
-            parameters,
-        })
-        .collect();
-    Ok(policies)
-}
-
-/// The AccessPolicies a membership names (`accessPolicy`, `access[].policy`).
-fn policy_references(membership: &Value) -> Vec<Uuid> {
-    std::iter::once(&membership["accessPolicy"])
-        .chain(
-            membership["access"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|access| &access["policy"]),
-        )
-        .filter_map(|reference| reference_id(reference, "AccessPolicy"))
-        .collect()
 }
 
 /// A live (not deleted) resource's parsed content.

@@ -14,7 +14,7 @@ use crate::{
     auth::Caller,
     config::Limits,
     error::{Error, Result},
-    store::{search::SearchQuery, Tenant, Tx, Version},
+    store::{search::SearchQuery, Reads, Tenant, Tx, Version},
 };
 
 /// The live resources of `resource_type` that match `query` (a search query

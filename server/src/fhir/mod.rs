@@ -20,7 +20,7 @@ use crate::{
     app::AppState,
     auth::Caller,
     error::{Error, Result},
-    store::{HistoryFilter, Tenant, Tx, Version, Write},
+    store::{HistoryFilter, Reads, Tenant, Tx, Version, Write},
 };
 use resource::{prepare, same_content, Prepared, Stamp};
 
@@ -104,8 +104,9 @@ pub fn parse_stored(version: &Version) -> Result<Value> {
     })
 }
 
+/// Reads one resource through `db`: the pool, or a transaction's own view.
 pub async fn read(
-    state: &AppState,
+    db: &impl Reads,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -114,8 +115,7 @@ pub async fn read(
     let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
     let types = [resource_type.to_string()];
     let filter = caller.policy.row_filter(&types, Interaction::Read);
-    let version = state
-        .store
+    let version = db
         .read(caller.tenant(), resource_type, uuid, &filter)
         .await?
         .ok_or_else(|| not_found(resource_type, id))?;
@@ -126,7 +126,7 @@ pub async fn read(
 }
 
 pub async fn vread(
-    state: &AppState,
+    db: &impl Reads,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -141,8 +141,7 @@ pub async fn vread(
     let (uuid, vid) = parse_id(id).zip(parse_id(version_id)).ok_or_else(missing)?;
     let types = [resource_type.to_string()];
     let filter = caller.policy.row_filter(&types, Interaction::Vread);
-    let version = state
-        .store
+    let version = db
         .vread(caller.tenant(), resource_type, uuid, vid, &filter)
         .await?
         .ok_or_else(missing)?;
@@ -252,8 +251,15 @@ async fn store_prepared(
     is_new: bool,
 ) -> Result<(Version, Value)> {
     check_consistency(&prepared.value, stamp.project_id)?;
-    if prepared.value["resourceType"] == "User" {
-        crate::admin::users::check_email_free(tx, &prepared.value, stamp.id).await?;
+    match prepared.value["resourceType"].as_str() {
+        Some("User") => {
+            crate::admin::users::check_email_free(tx, &prepared.value, stamp.id).await?;
+        }
+        Some("AccessPolicy") => {
+            crate::auth::policies::check_bases(tx, stamp.project_id, stamp.id, &prepared.value)
+                .await?;
+        }
+        _ => {}
     }
     let resource_type = prepared.value["resourceType"]
         .as_str()

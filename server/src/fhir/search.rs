@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     store::{
         search::{Cursor, SearchQuery},
-        Tenant, Tx, Version,
+        Reads, Tenant, Tx, Version,
     },
 };
 
@@ -37,8 +37,10 @@ impl From<SearchError> for Error {
     }
 }
 
+/// A search through `db`: the pool, or a transaction's own view.
 pub async fn search(
     state: &AppState,
+    db: &impl Reads,
     caller: &Caller,
     scope: &SearchScope<'_>,
     query: &[(String, String)],
@@ -71,8 +73,7 @@ pub async fn search(
         let types = [compartment_type.to_string()];
         let readable = caller.policy.row_filter(&types, Interaction::Read);
         let exists = match parse_id(id) {
-            Some(uuid) => state
-                .store
+            Some(uuid) => db
                 .read(caller.tenant(), compartment_type, uuid, &readable)
                 .await?
                 .is_some_and(|v| !v.is_deleted()),
@@ -92,8 +93,7 @@ pub async fn search(
     }
     check_hidden_conditions(caller, &request)?;
     let cursor = request.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let page = state
-        .store
+    let page = db
         .search(&SearchQuery {
             request: &request,
             tenant: caller.tenant(),

@@ -23,7 +23,7 @@ use crate::{
     auth::Caller,
     config::Limits,
     error::{Error, Result},
-    store::{Tx, Version},
+    store::{Reads, Tx, Version},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,7 +290,7 @@ async fn run_batch(state: &AppState, caller: &Caller, entries: Vec<Entry>) -> Ve
     let mut results = Vec::with_capacity(entries.len());
     for entry in &entries {
         let result = if entry.method.is_read() {
-            read_entry(state, caller, entry).await
+            read_entry(state, &state.store, caller, entry).await
         } else {
             super::atomically(state, async |tx| {
                 write_entry(state, tx, caller, entry, entry.resource.clone(), None).await
@@ -355,16 +355,16 @@ async fn run_transaction(
         .map_err(|e| entry_error(entry, e))?;
         results[i] = Some(Ok(done));
     }
-    tx.commit().await?;
-    // Reads come last, after the writes are visible.
+    // Reads come last, inside the transaction: they see its writes, and
+    // one that fails rolls them back like a failed write.
     for &i in order.iter().filter(|&&i| entries[i].method.is_read()) {
         let entry = &entries[i];
-        results[i] = Some(
-            read_entry(state, caller, entry)
-                .await
-                .map_err(|e| entry_error(entry, e)),
-        );
+        let done = read_entry(state, &tx, caller, entry)
+            .await
+            .map_err(|e| entry_error(entry, e))?;
+        results[i] = Some(Ok(done));
     }
+    tx.commit().await?;
     Ok(results
         .into_iter()
         .map(|r| r.expect("every entry processed"))
@@ -760,10 +760,17 @@ async fn write_entry(
     }
 }
 
-async fn read_entry(state: &AppState, caller: &Caller, entry: &Entry) -> Result<Done> {
+/// A GET or HEAD entry, read through `db`: the pool in a batch, the open
+/// transaction in a transaction.
+async fn read_entry(
+    state: &AppState,
+    db: &impl Reads,
+    caller: &Caller,
+    entry: &Entry,
+) -> Result<Done> {
     let mut done = match parse_target(state, &entry.url)? {
         Target::Instance { resource_type, id } => {
-            let version = super::read(state, caller, &resource_type, &id).await?;
+            let version = super::read(db, caller, &resource_type, &id).await?;
             if not_modified(entry, &version) {
                 return Ok(Done {
                     status: StatusCode::NOT_MODIFIED,
@@ -779,7 +786,7 @@ async fn read_entry(state: &AppState, caller: &Caller, entry: &Entry) -> Result<
             version,
         } => Done::version(
             StatusCode::OK,
-            super::vread(state, caller, &resource_type, &id, &version).await?,
+            super::vread(db, caller, &resource_type, &id, &version).await?,
         ),
         Target::Type {
             resource_type,
@@ -798,6 +805,7 @@ async fn read_entry(state: &AppState, caller: &Caller, entry: &Entry) -> Result<
             };
             let body = super::search::search(
                 state,
+                db,
                 caller,
                 &scope,
                 &pairs,

@@ -164,7 +164,7 @@ async fn read(
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
     check_accept(&req)?;
-    let version = fhir::read(&state, &caller, &resource_type, &id).await?;
+    let version = fhir::read(&state.store, &caller, &resource_type, &id).await?;
     Ok(version_response(
         StatusCode::OK,
         &version,
@@ -181,7 +181,7 @@ async fn vread(
 ) -> Result<HttpResponse> {
     let (resource_type, id, vid) = path.into_inner();
     check_accept(&req)?;
-    let version = fhir::vread(&state, &caller, &resource_type, &id, &vid).await?;
+    let version = fhir::vread(&state.store, &caller, &resource_type, &id, &vid).await?;
     Ok(version_response(
         StatusCode::OK,
         &version,
@@ -501,8 +501,16 @@ async fn run_search(
 ) -> Result<HttpResponse> {
     check_accept(&req)?;
     let _turn = caller.take_turn(&state).await?;
-    let body =
-        fhir::search::search(&state, &caller, &scope, &query, lenient(&req), self_path).await?;
+    let body = fhir::search::search(
+        &state,
+        &state.store,
+        &caller,
+        &scope,
+        &query,
+        lenient(&req),
+        self_path,
+    )
+    .await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
 }
 

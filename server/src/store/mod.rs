@@ -124,13 +124,15 @@ impl Query {
     }
 
     /// `project` as `estimate` says to name it: `$n`, or `(SELECT $n::uuid)`,
-    /// a value the planner does not see and so estimates as an average one.
+    /// a value the planner does not see and so estimates as an average one,
+    /// or the column of the walk over every project (`project` unused).
     fn bind_project(&mut self, project: Uuid, estimate: statistics::ProjectEstimate) -> &mut Query {
         match estimate {
             statistics::ProjectEstimate::Known => self.bind(project),
             statistics::ProjectEstimate::Unknown => {
                 self.push("(SELECT ").bind(project).push("::uuid)")
             }
+            statistics::ProjectEstimate::EachProject => self.push(search::EACH_PROJECT),
         }
     }
 
@@ -169,6 +171,11 @@ impl Query {
 /// transaction (reads that must see the transaction's own writes).
 trait Executor {
     async fn query(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>>;
+
+    /// A read by primary key ([`Store`] pipelines them).
+    async fn lookup(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
+        self.query(query).await
+    }
 
     /// How statements name `project` to the planner (`store::statistics`).
     async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate;
@@ -303,6 +310,28 @@ impl Executor for Store {
         Ok(run_on(&self.pool().get().await?, query).await?)
     }
 
+    /// Runs a primary-key lookup. On an HTTP worker thread it shares a
+    /// connection with the thread's other lookups, and tokio-postgres
+    /// pipelines them: one backend answers a burst of lookups from one read
+    /// of its socket instead of each waking a backend of its own (measured
+    /// on 2 cores: PostgreSQL's CPU per read by id 35–46 → 21–27 µs, reads
+    /// +30%). Searches keep a connection each: their cost varies too much to
+    /// queue others behind them (shared, name-search p99 went from 15 to
+    /// 20–28 ms). A lookup only reads, so one whose connection was closed
+    /// under it is retried once on another.
+    async fn lookup(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
+        let Some(pool) = self.worker_pool() else {
+            return self.query(query).await;
+        };
+        let connection = lookup_connection(pool).await?;
+        match run_on(&connection, query).await {
+            Err(_) if connection.is_closed() => {
+                Ok(run_on(&*lookup_connection(pool).await?, query).await?)
+            }
+            result => Ok(result?),
+        }
+    }
+
     async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate {
         self.statistics.estimate(project).await
     }
@@ -315,6 +344,99 @@ impl Executor for Tx {
 
     async fn project_estimate(&self, project: Uuid) -> statistics::ProjectEstimate {
         self.statistics.estimate(project).await
+    }
+}
+
+/// Reads by id and searches: on the pool ([`Store`]), or inside an open
+/// write transaction ([`Tx`]), which sees its own writes (a transaction
+/// Bundle's GET entries run after its writes, before its commit).
+#[allow(async_fn_in_trait)] // Their futures run on the worker that made them (actix): none needs Send.
+pub trait Reads {
+    /// The current version (deleted ones included, so the caller can say
+    /// 410), if `filter` admits it.
+    async fn read(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+        filter: &RowFilter<'_>,
+    ) -> Result<Option<Version>>;
+
+    /// One version, current or superseded, if `filter` admits its resource.
+    async fn vread(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+        version_id: Uuid,
+        filter: &RowFilter<'_>,
+    ) -> Result<Option<Version>>;
+
+    /// The live resources of one type with these ids, in one tenant.
+    async fn read_live_many(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, String)>>;
+
+    /// One page of a search, with what it includes.
+    async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage>;
+}
+
+impl<E: Executor> Reads for E {
+    async fn read(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+        filter: &RowFilter<'_>,
+    ) -> Result<Option<Version>> {
+        let q = current_query(tenant, resource_type, id, filter)?;
+        Ok(self.lookup(&q).await?.first().map(Version::from_row))
+    }
+
+    async fn vread(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        id: Uuid,
+        version_id: Uuid,
+        filter: &RowFilter<'_>,
+    ) -> Result<Option<Version>> {
+        let q = versions_query(tenant, filter, |q| {
+            q.push(" AND resource_type = ")
+                .bind(resource_type.to_string())
+                .push(" AND id = ")
+                .bind(id)
+                .push(" AND version_id = ")
+                .bind(version_id);
+        })?;
+        Ok(self.lookup(&q).await?.first().map(Version::from_row))
+    }
+
+    async fn read_live_many(
+        &self,
+        tenant: Tenant,
+        resource_type: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, String)>> {
+        let mut q = Query::new("SELECT id, content FROM resource WHERE resource_type = ");
+        q.bind(resource_type.to_string())
+            .push(" AND id = ANY(")
+            .bind(ids.to_vec())
+            .push(") AND NOT deleted")
+            .tenant(tenant);
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+
+    async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
+        search::run(self, sq).await
     }
 }
 
@@ -397,29 +519,6 @@ impl Store {
         }
     }
 
-    /// Runs a primary-key lookup. On an HTTP worker thread it shares a
-    /// connection with the thread's other lookups, and tokio-postgres
-    /// pipelines them: one backend answers a burst of lookups from one read
-    /// of its socket instead of each waking a backend of its own (measured
-    /// on 2 cores: PostgreSQL's CPU per read by id 35–46 → 21–27 µs, reads
-    /// +30%). Searches keep a connection each: their cost varies too much to
-    /// queue others behind them (shared, name-search p99 went from 15 to
-    /// 20–28 ms). A lookup only
-    /// reads, so one whose connection was closed under it is retried once on
-    /// another.
-    async fn lookup(&self, query: &Query) -> Result<Vec<tokio_postgres::Row>> {
-        let Some(pool) = self.worker_pool() else {
-            return self.query(query).await;
-        };
-        let connection = lookup_connection(pool).await?;
-        match run_on(&connection, query).await {
-            Err(_) if connection.is_closed() => {
-                Ok(run_on(&*lookup_connection(pool).await?, query).await?)
-            }
-            result => Ok(result?),
-        }
-    }
-
     /// The same store, telling `observer` of this instance's committed
     /// changes the moment they commit.
     pub fn observed_by(self, observer: Arc<dyn ChangeObserver>) -> Store {
@@ -435,8 +534,7 @@ impl Store {
         Ok(())
     }
 
-    /// The current version (deleted ones included, so the caller can say
-    /// 410), if `filter` admits it.
+    /// [`Reads::read`] on the pool, callable without the trait in scope.
     pub async fn read(
         &self,
         tenant: Tenant,
@@ -444,48 +542,12 @@ impl Store {
         id: Uuid,
         filter: &RowFilter<'_>,
     ) -> Result<Option<Version>> {
-        let q = current_query(tenant, resource_type, id, filter)?;
-        Ok(self.lookup(&q).await?.first().map(Version::from_row))
+        Reads::read(self, tenant, resource_type, id, filter).await
     }
 
-    /// The live resources of one type with these ids, in one tenant.
-    pub async fn read_live_many(
-        &self,
-        tenant: Tenant,
-        resource_type: &str,
-        ids: &[Uuid],
-    ) -> Result<Vec<(Uuid, String)>> {
-        let mut q = Query::new("SELECT id, content FROM resource WHERE resource_type = ");
-        q.bind(resource_type.to_string())
-            .push(" AND id = ANY(")
-            .bind(ids.to_vec())
-            .push(") AND NOT deleted")
-            .tenant(tenant);
-        Ok(self
-            .query(&q)
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect())
-    }
-
-    pub async fn vread(
-        &self,
-        tenant: Tenant,
-        resource_type: &str,
-        id: Uuid,
-        version_id: Uuid,
-        filter: &RowFilter<'_>,
-    ) -> Result<Option<Version>> {
-        let q = versions_query(tenant, filter, |q| {
-            q.push(" AND resource_type = ")
-                .bind(resource_type.to_string())
-                .push(" AND id = ")
-                .bind(id)
-                .push(" AND version_id = ")
-                .bind(version_id);
-        })?;
-        Ok(self.lookup(&q).await?.first().map(Version::from_row))
+    /// [`Reads::search`] on the pool, callable without the trait in scope.
+    pub async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
+        Reads::search(self, sq).await
     }
 
     /// Versions newest first, at most `filter.limit`.
@@ -975,11 +1037,6 @@ impl Tx {
             .await
             .map_err(conflict_on_duplicate)?;
         Ok(())
-    }
-
-    /// Searches inside the transaction, seeing its own writes.
-    pub async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
-        search::run(self, sq).await
     }
 
     /// Serialises writers that decide on the same condition (conditional

@@ -692,7 +692,8 @@ impl Compiler<'_> {
     }
 
     /// Range semantics of the date prefixes (R4 search §3.1.1.4.5): the
-    /// indexed range [`low_col`, `high_col`] against the searched [low, high].
+    /// indexed range [`low_col`, `high_col`] against the searched [low, high],
+    /// both inclusive; a point when the two columns are one (`_lastUpdated`).
     fn range<T: Clone + Send + Sync + tokio_postgres::types::ToSql + 'static>(
         &mut self,
         low_col: &str,
@@ -706,6 +707,21 @@ impl Compiler<'_> {
         let cmp = |q: &mut Query, column: &str, op: &str, v: T| {
             q.push(&format!("{column} {op} "));
             bind(q, v);
+        };
+        // `(reach AND (beyond OR inside))`: the target reaches the value,
+        // and passes its far end or lies within it. A point (one column)
+        // that reaches the value does one or the other.
+        let or_within = |q: &mut Query, [reach, beyond, inside]: [(&str, &str, T); 3]| {
+            q.push("(");
+            cmp(q, reach.0, reach.1, reach.2);
+            if low_col != high_col {
+                q.push(" AND (");
+                cmp(q, beyond.0, beyond.1, beyond.2);
+                q.push(" OR ");
+                cmp(q, inside.0, inside.1, inside.2);
+                q.push(")");
+            }
+            q.push(")");
         };
         match prefix {
             Prefix::Ap => {
@@ -730,10 +746,32 @@ impl Compiler<'_> {
                 cmp(q, high_col, "<=", high.clone());
                 q.push(")");
             }
+            // The range above the value overlaps the target's.
             Prefix::Gt => cmp(q, high_col, ">", high),
+            // The range below the value overlaps the target's.
             Prefix::Lt => cmp(q, low_col, "<", low),
-            Prefix::Ge => cmp(q, high_col, ">=", low),
-            Prefix::Le => cmp(q, low_col, "<=", high),
+            // `gt`, or the value contains the target: the target ends at or
+            // after the value's start, and either after its end or starts
+            // within it; the first part is a range of the index on the end
+            // (`idx_date_high`, which carries the start, migration 0024).
+            Prefix::Ge => or_within(
+                q,
+                [
+                    (high_col, ">=", low.clone()),
+                    (high_col, ">", high),
+                    (low_col, ">=", low),
+                ],
+            ),
+            // `lt`, or the value contains the target, mirrored: a range of
+            // the index on the start (`idx_date_value`, which carries the end).
+            Prefix::Le => or_within(
+                q,
+                [
+                    (low_col, "<=", high.clone()),
+                    (low_col, "<", low),
+                    (high_col, "<=", high),
+                ],
+            ),
             Prefix::Sa => cmp(q, low_col, ">", high),
             Prefix::Eb => cmp(q, high_col, "<", low),
         }
@@ -1375,8 +1413,11 @@ enum Segment<'s> {
 /// the resources with a value and those without, from the cursor's side
 /// on; and the number of sort keys the rows carry (`k0`, `k1`, …).
 fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<Query>, usize)> {
+    if let Some(q) = each_project_page(sq)? {
+        return Ok((vec![q], sq.request.sort.len()));
+    }
     let Some(sorted) = sort_driver(sq) else {
-        let q = page_query(sq, estimate, Segment::Matches, sq.cursor.as_ref())?;
+        let (q, _) = page_query(sq, estimate, Segment::Matches, sq.cursor.as_ref())?;
         return Ok((vec![q], sq.request.sort.len()));
     };
     let (valued, unvalued) = (Segment::Valued(&sorted), Segment::Unvalued(&sorted));
@@ -1393,10 +1434,62 @@ fn page_queries(sq: &SearchQuery<'_>, estimate: ProjectEstimate) -> Result<(Vec<
         .into_iter()
         .map(|(segment, from_cursor)| {
             let cursor = sq.cursor.as_ref().filter(|_| from_cursor);
-            page_query(sq, estimate, segment, cursor)
+            page_query(sq, estimate, segment, cursor).map(|(q, _)| q)
         })
         .collect::<Result<_>>()?;
     Ok((queries, 1))
+}
+
+/// The project column of [`each_project_page`]'s walk over the projects.
+pub(super) const EACH_PROJECT: &str = "each_project.project_id";
+
+/// A super admin's page (from the first page or a cursor): each project's
+/// page, found as a project's own search finds it (driven by a filter's
+/// index, its ids from the indexes first, or sorted: by `_id` and
+/// `_lastUpdated` in their index's order, by a parameter with each match's
+/// key computed), then the first of them all in the page's order, each key
+/// read back from its text (`k0`, …) as its type. Every index leads with
+/// `project_id`, so the same statement without a project condition cannot
+/// range-scan them and walks whole tables instead. The projects come from a
+/// skip scan of `resource`'s primary key, one probe each. `None` with
+/// `_offset` (which counts across projects) or in one project.
+fn each_project_page(sq: &SearchQuery<'_>) -> Result<Option<Query>> {
+    let request = sq.request;
+    if sq.tenant != Tenant::AllProjects || request.offset > 0 {
+        return Ok(None);
+    }
+    let one_project = SearchQuery {
+        request,
+        // Named as EACH_PROJECT in the statement; the id is not used.
+        tenant: Tenant::Project(Uuid::nil()),
+        policy: sq.policy,
+        cursor: sq.cursor.clone(),
+    };
+    let (mut q, keys) = page_query(
+        &one_project,
+        ProjectEstimate::EachProject,
+        Segment::Matches,
+        one_project.cursor.as_ref(),
+    )?;
+    let backwards = sq.cursor.as_ref().is_some_and(|c| c.backwards);
+    let order = page_order(
+        &keys,
+        ids_descending(&keys),
+        backwards,
+        |n, key| format!("page.k{n}::{}", key.sql_type),
+        "page.id",
+    );
+    q.sql = format!(
+        "WITH RECURSIVE projects (project_id) AS (\
+         (SELECT project_id FROM resource ORDER BY project_id LIMIT 1) \
+         UNION ALL SELECT (SELECT r.project_id FROM resource r WHERE r.project_id > p.project_id \
+         ORDER BY r.project_id LIMIT 1) FROM projects p WHERE p.project_id IS NOT NULL) \
+         SELECT page.* FROM projects each_project CROSS JOIN LATERAL ({}) page \
+         WHERE each_project.project_id IS NOT NULL ORDER BY {order} LIMIT ",
+        q.sql,
+    );
+    q.bind(request.count as i64 + 1);
+    Ok(Some(q))
 }
 
 /// The statement that fetches one page of `segment`: the matches in sort
@@ -1415,7 +1508,7 @@ fn page_query(
     estimate: ProjectEstimate,
     segment: Segment<'_>,
     cursor: Option<&Cursor>,
-) -> Result<Query> {
+) -> Result<(Query, Vec<SortKey>)> {
     const COLUMNS: &str =
         "r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content";
     let request = sq.request;
@@ -1480,35 +1573,52 @@ fn page_query(
     } else if let Some(cursor) = cursor {
         keyset_condition(&mut q, &keys, cursor)?;
     }
-    q.push(" ORDER BY ");
-    for key in &keys {
-        let descending = key.descending != backwards;
-        let nulls = match (key.nullable, backwards) {
-            (false, _) => "",
-            (true, false) => " NULLS LAST",
-            (true, true) => " NULLS FIRST",
-        };
-        q.push(&format!(
-            "{} {}{nulls}, ",
-            key.expression,
-            direction(descending, key.bytewise),
-        ));
-    }
-    let id_order = if ids_desc != backwards {
-        "r.id DESC"
-    } else {
-        "r.id ASC"
-    };
-    q.push(id_order);
+    q.push(" ORDER BY ").push(&page_order(
+        &keys,
+        ids_desc,
+        backwards,
+        |_, key| key.expression.clone(),
+        "r.id",
+    ));
     let limit = request.count as i64 + 1;
     q.push(" LIMIT ").bind(limit);
     if request.offset > 0 && sq.cursor.is_none() {
         q.push(" OFFSET ").bind(request.offset as i64);
     }
     if ids_first {
+        let id_order = page_order(&[], ids_desc, backwards, |_, _| String::new(), "r.id");
         q.push(&format!(") ORDER BY {id_order}"));
     }
-    Ok(q)
+    Ok((q, keys))
+}
+
+/// A page's order: each key, written as `expression` makes it (from its
+/// position and itself), in its direction, then `id`, ascending unless the
+/// ids go descending (`ids_desc`); all reversed on the way `backwards`.
+fn page_order(
+    keys: &[SortKey],
+    ids_desc: bool,
+    backwards: bool,
+    expression: impl Fn(usize, &SortKey) -> String,
+    id: &str,
+) -> String {
+    let mut order = String::new();
+    for (n, key) in keys.iter().enumerate() {
+        let descending = key.descending != backwards;
+        let nulls = match (key.nullable, backwards) {
+            (false, _) => "",
+            (true, false) => " NULLS LAST",
+            (true, true) => " NULLS FIRST",
+        };
+        order.push_str(&format!(
+            "{} {}{nulls}, ",
+            expression(n, key),
+            direction(descending, key.bytewise),
+        ));
+    }
+    let id_direction = if ids_desc != backwards { "DESC" } else { "ASC" };
+    order.push_str(&format!("{id} {id_direction}"));
+    order
 }
 
 impl Store {
@@ -1530,10 +1640,6 @@ impl Store {
             plans.extend(rows.iter().map(|row| row.get::<_, String>(0)));
         }
         Ok(plans.join("\n"))
-    }
-
-    pub async fn search(&self, sq: &SearchQuery<'_>) -> Result<SearchPage> {
-        run(self, sq).await
     }
 }
 

@@ -71,6 +71,9 @@ pub(crate) enum ProjectEstimate {
     /// As a value unknown when planning: the statistics have not seen it,
     /// and by value it would be estimated at one row.
     Unknown,
+    /// As each project of a walk over all of them, in turn: a super admin's
+    /// page (`store::search::each_project_page`).
+    EachProject,
 }
 
 impl Statistics {
