@@ -119,7 +119,10 @@ async fn metrics_are_scraped_from_their_own_listener() {
             ("status", "200"),
         ],
     );
-    assert!(reads >= 3.0, "reads counted by route template: {reads}\n{text}");
+    assert!(
+        reads >= 3.0,
+        "reads counted by route template: {reads}\n{text}"
+    );
     assert!(
         !text.contains(id),
         "a resource id became a label (unbounded series)"

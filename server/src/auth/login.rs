@@ -481,31 +481,19 @@ pub async fn find_user(
     email: &str,
     project_id: Option<Uuid>,
 ) -> Result<Option<Version>> {
-    let escaped = |e: &str| {
-        e.replace('\\', "\\\\")
-            .replace(',', "\\,")
-            .replace('|', "\\|")
-            .replace('$', "\\$")
-    };
-    let lower = email.to_lowercase();
-    let emails = if lower == email {
-        escaped(email)
-    } else {
-        format!("{},{}", escaped(email), escaped(&lower))
-    };
     // One statement whatever the scope and whether or not the email is
     // known, so the time taken tells nothing.
-    let found =
-        fhir::search::find(state, Tenant::AllProjects, "User", &[("email", &emails)]).await?;
-    let scoped_to = |user: &Version, project: Option<&str>| {
-        parse(user).is_some_and(|v| v["project"]["reference"].as_str() == project)
-    };
-    let in_project = project_id.map(|p| format!("Project/{p}"));
-    Ok(found
-        .iter()
-        .find(|u| in_project.is_some() && scoped_to(u, in_project.as_deref()))
-        .or_else(|| found.iter().find(|u| scoped_to(u, None)))
-        .cloned())
+    let mut scopes: Vec<String> = project_id
+        .map(|p| format!("Project/{p}"))
+        .into_iter()
+        .collect();
+    scopes.push(String::new());
+    Ok(state
+        .store
+        .users_by_email(&scopes, email)
+        .await?
+        .into_iter()
+        .next())
 }
 
 fn parse(version: &Version) -> Option<Value> {

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Executor, Query, Store, Tx};
+use super::{Executor, Query, Store, Tx, Version, VERSION_COLUMNS};
 use crate::error::Result;
 
 /// What a login secret is.
@@ -237,5 +237,34 @@ impl Store {
                 client_live: row.get::<_, Option<bool>>(5).unwrap_or(false),
             }
         }))
+    }
+}
+
+impl Store {
+    /// The live Users with this email (compared as the unique index of
+    /// `migrations/0021_user_email_unique.sql` does) in each of `scopes`
+    /// (`Project/<id>` for project-scoped Users, `""` for server-scoped
+    /// ones), in the order of `scopes`: one probe of that index per scope,
+    /// however many projects there are.
+    pub async fn users_by_email(&self, scopes: &[String], email: &str) -> Result<Vec<Version>> {
+        let mut q = Query::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resource r \
+             JOIN unnest("
+        ));
+        q.bind(scopes.to_vec())
+            .push(
+                "::text[]) WITH ORDINALITY AS scope(reference, position) \
+                 ON COALESCE(r.content::jsonb #>> '{project,reference}', '') = scope.reference \
+                 WHERE r.resource_type = 'User' AND NOT r.deleted \
+                 AND lower(btrim(r.content::jsonb ->> 'email')) = lower(btrim(",
+            )
+            .bind(email.to_string())
+            .push(")) ORDER BY scope.position");
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(Version::from_row)
+            .collect())
     }
 }
