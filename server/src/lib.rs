@@ -11,6 +11,7 @@ pub mod error;
 pub mod fhir;
 pub mod http;
 pub mod store;
+pub mod subscriptions;
 
 pub use app::{prepare_database, Application};
 pub use config::Config;

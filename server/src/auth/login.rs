@@ -234,27 +234,30 @@ pub async fn password_login(
     let user = match user {
         Some(user) if verified.ok => user,
         known => {
-            if let Some(user) = known {
-                // Recorded after the answer, so that a known email's failure
-                // takes as long as an unknown one's.
-                let state = state.clone();
-                actix_web::rt::spawn(async move {
-                    if let Err(e) = record_failed_login(&state, &user, project_id).await {
-                        tracing::warn!(user = %user.id, "could not record a failed sign-in: {e}");
-                    }
-                });
-            }
             let policy = LockoutPolicy {
                 threshold: state.config.lockout_threshold as i32,
                 base_seconds: state.config.lockout_period.as_secs_f64(),
                 max_seconds: MAX_LOCKOUT_SECONDS,
             };
-            return Err(
-                match state.store.record_login_failure(&key, policy).await? {
-                    Some(until) => locked(until),
-                    None => bad(INVALID_CREDENTIALS),
-                },
-            );
+            let locked_until = state.store.record_login_failure(&key, policy).await?;
+            if let Some(user) = known {
+                // Recorded after the answer, so that a known email's failure
+                // takes as long as an unknown one's.
+                let state = state.clone();
+                let events = match locked_until {
+                    Some(_) => vec![audit::Event::LoginFailed, audit::Event::LoginLocked],
+                    None => vec![audit::Event::LoginFailed],
+                };
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = record_failed_login(&state, &user, project_id, &events).await {
+                        tracing::warn!(user = %user.id, "could not record a failed sign-in: {e}");
+                    }
+                });
+            }
+            return Err(match locked_until {
+                Some(until) => locked(until),
+                None => bad(INVALID_CREDENTIALS),
+            });
         }
     };
     state.store.clear_login_failures(&key).await?;
@@ -267,19 +270,21 @@ pub async fn password_login(
     let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
     let outcome = start_login(state, &user, memberships, &params).await?;
-    audit::record_login(state, &user, &projects, true).await?;
+    audit::record_login(state, &user, &projects, &[audit::Event::LoginSucceeded]).await?;
     Ok(outcome)
 }
 
-/// A `login-failed` AuditEvent in each project the user is a member of.
+/// `login-failed` (and `login-locked`) AuditEvents in each project the user
+/// is a member of.
 async fn record_failed_login(
     state: &AppState,
     user: &Version,
     project_id: Option<Uuid>,
+    events: &[audit::Event],
 ) -> Result<()> {
     let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
-    audit::record_login(state, user, &projects, false).await
+    audit::record_login(state, user, &projects, events).await
 }
 
 /// Lockout is keyed by where the email is looked up and the email itself,
@@ -592,7 +597,20 @@ pub async fn revoke_login(state: &AppState, tx: &Tx, login_id: Uuid) -> Result<(
     tx.spend_login_secrets(project_id, login_id).await?;
     if login.content["revoked"] != Value::Bool(true) {
         login.content["revoked"] = Value::Bool(true);
+        let user = login.content["user"]["reference"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         save_login(state, tx, login_id, login).await?;
+        audit::record(
+            state,
+            tx,
+            project_id,
+            audit::Event::TokenRevoked,
+            &user,
+            &format!("Login/{login_id}"),
+        )
+        .await?;
     }
     Ok(())
 }

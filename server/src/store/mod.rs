@@ -9,6 +9,7 @@ mod index;
 pub mod lifecycle;
 pub mod search;
 mod statistics;
+pub mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

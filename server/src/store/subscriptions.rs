@@ -1,0 +1,470 @@
+//! SQL of subscriptions: the events the triggers of
+//! `migrations/0025_subscriptions.sql` record in the writing transaction,
+//! their fan-out into one delivery per matching subscription, and the
+//! delivery queues the workers of every instance share.
+
+use std::time::Duration;
+
+use access_policy::{Branch, RowFilter, Types};
+use chrono::{DateTime, Utc};
+use fhir_model::search::Filter;
+use uuid::Uuid;
+
+use super::{search, Query, Store, Tx, Write};
+use crate::error::Result;
+
+/// The channel the triggers notify when they record an event.
+pub const CHANNEL: &str = "fhirgate_subscriptions";
+
+/// `pg_try_advisory_xact_lock` key of the fan-out: one instance at a time
+/// turns events into deliveries, so each queue gets them in event order.
+const FANOUT_LOCK: i64 = 0x6668_6972_7375_6273;
+
+/// A write to a watched type, as the trigger recorded it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seq: i64,
+    pub project_id: Uuid,
+    pub resource_type: String,
+    pub resource_id: Uuid,
+    pub version_id: Uuid,
+    pub previous_version_id: Option<Uuid>,
+    pub interaction: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// An active Subscription watching a type.
+pub struct Watcher {
+    pub id: Uuid,
+    pub content: String,
+}
+
+/// A notification to deliver: which version of which resource.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub seq: i64,
+    pub subscription_id: Uuid,
+    pub project_id: Uuid,
+    pub resource_type: String,
+    pub resource_id: Uuid,
+    pub version_id: Uuid,
+    pub interaction: String,
+    pub recorded_at: DateTime<Utc>,
+    pub attempts: i32,
+}
+
+/// A delivery's result.
+pub enum Attempted {
+    Delivered,
+    /// Try again after the delay.
+    Retry(Duration, String),
+    /// No more tries: `outcome` is `failed` or `dropped`.
+    Finished(&'static str, String),
+}
+
+impl Tx {
+    /// Takes the fan-out turn for this transaction; false when another
+    /// instance has it.
+    pub async fn take_fanout_turn(&self) -> Result<bool> {
+        let rows = self
+            .run("SELECT pg_try_advisory_xact_lock($1)", &[&FANOUT_LOCK])
+            .await?;
+        Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
+    }
+
+    /// The oldest events, locked until this transaction ends.
+    pub async fn claim_events(&self, limit: i64) -> Result<Vec<Event>> {
+        let rows = self
+            .run(
+                "SELECT seq, project_id, resource_type, resource_id, version_id, previous_version_id,
+                        interaction, recorded_at
+                 FROM subscription_event ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Event {
+                seq: row.get(0),
+                project_id: row.get(1),
+                resource_type: row.get(2),
+                resource_id: row.get(3),
+                version_id: row.get(4),
+                previous_version_id: row.get(5),
+                interaction: row.get(6),
+                recorded_at: row.get(7),
+            })
+            .collect())
+    }
+
+    /// The active Subscriptions of a project watching a type.
+    pub async fn watchers(&self, project_id: Uuid, resource_type: &str) -> Result<Vec<Watcher>> {
+        let rows = self
+            .run(
+                "SELECT r.id, r.content FROM subscription_target t
+                 JOIN resource r ON r.project_id = t.project_id AND r.resource_type = 'Subscription'
+                                AND r.id = t.subscription_id AND NOT r.deleted
+                 WHERE t.project_id = $1 AND t.resource_type = $2
+                 ORDER BY r.id",
+                &[&project_id, &resource_type],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Watcher {
+                id: row.get(0),
+                content: row.get(1),
+            })
+            .collect())
+    }
+
+    /// The content of one version (current or superseded); `None` for a
+    /// deletion or a version that is gone.
+    pub async fn version_content(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        version_id: Uuid,
+    ) -> Result<Option<String>> {
+        let rows = self
+            .run(
+                "SELECT content FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3
+                   AND version_id = $4 AND NOT deleted
+                 UNION ALL
+                 SELECT content FROM resource_history WHERE project_id = $1 AND resource_type = $2
+                   AND id = $3 AND version_id = $4 AND content IS NOT NULL
+                 LIMIT 1",
+                &[&project_id, &resource_type, &id, &version_id],
+            )
+            .await?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    /// Which of `criteria` (each the filters of one search, ANDed) the
+    /// resource's current row matches, if it is still `version_id`: `None`
+    /// when a later version replaced it. One statement, compiled by the
+    /// search engine as searches are.
+    pub async fn current_matches(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        id: Uuid,
+        version_id: Uuid,
+        criteria: &[&[Filter]],
+    ) -> Result<Option<Vec<bool>>> {
+        let mut q = Query::new("SELECT ARRAY[true");
+        let project = q.placeholder(project_id);
+        let kind = q.placeholder(resource_type.to_string());
+        let row_id = q.placeholder(id);
+        for filters in criteria {
+            q.push(&format!(
+                ", EXISTS (SELECT 1 FROM resource m WHERE m.project_id = {project} AND m.resource_type = {kind} AND m.id = {row_id}"
+            ));
+            search::row_condition(&mut q, "m", &one_branch(filters))?;
+            q.push(")");
+        }
+        q.push("] FROM resource WHERE project_id = ")
+            .push(&project)
+            .push(" AND resource_type = ")
+            .push(&kind)
+            .push(" AND id = ")
+            .push(&row_id)
+            .push(" AND version_id = ")
+            .bind(version_id)
+            .push(" AND NOT deleted");
+        let rows = self.run(&q.sql, &q.values()).await?;
+        Ok(rows.first().map(|row| {
+            let mut matched: Vec<bool> = row.get(0);
+            matched.remove(0);
+            matched
+        }))
+    }
+
+    /// Which of `criteria` a version that is no longer current would match:
+    /// it is written again, at a scratch id, with its index rows, matched as
+    /// [`Tx::current_matches`] matches, and rolled back.
+    pub async fn past_matches(
+        &self,
+        project_id: Uuid,
+        resource_type: &str,
+        content: &str,
+        index: Vec<fhir_model::search::IndexValue>,
+        criteria: &[&[Filter]],
+    ) -> Result<Vec<bool>> {
+        self.run("SAVEPOINT past_version", &[]).await?;
+        let kept = self.bookkeeping_len();
+        let scratch = Uuid::new_v4();
+        let version_id = Uuid::new_v4();
+        let matched = async {
+            self.write(
+                &Write {
+                    project_id,
+                    resource_type,
+                    id: scratch,
+                    version_id,
+                    last_updated: Utc::now(),
+                    content: Some(content),
+                },
+                true,
+                index,
+            )
+            .await?;
+            self.current_matches(project_id, resource_type, scratch, version_id, criteria)
+                .await
+        }
+        .await;
+        // The scratch version (and the event its trigger recorded) goes.
+        self.run("ROLLBACK TO SAVEPOINT past_version", &[]).await?;
+        self.truncate_bookkeeping(kept);
+        Ok(matched?.unwrap_or_else(|| vec![false; criteria.len()]))
+    }
+
+    /// Queues one delivery of `version_id` (whose content goes out) per
+    /// matched subscription and its channel type, in the order given.
+    pub async fn queue_deliveries(
+        &self,
+        event: &Event,
+        version_id: Uuid,
+        subscriptions: &[(Uuid, &str)],
+    ) -> Result<()> {
+        if subscriptions.is_empty() {
+            return Ok(());
+        }
+        let (ids, channels): (Vec<Uuid>, Vec<&str>) = subscriptions.iter().copied().unzip();
+        self.run(
+            "INSERT INTO subscription_delivery
+                (subscription_id, channel, project_id, resource_type, resource_id, version_id, interaction, recorded_at)
+             SELECT s, c, $3, $4, $5, $8, $6, $7 FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS x (s, c, n)
+             ORDER BY n",
+            &[
+                &ids,
+                &channels,
+                &event.project_id,
+                &event.resource_type,
+                &event.resource_id,
+                &event.interaction,
+                &event.recorded_at,
+                &version_id,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Wakes the delivery workers of every instance at this transaction's
+    /// commit.
+    pub async fn announce_deliveries(&self) -> Result<()> {
+        self.run("SELECT pg_notify($1, 'deliveries')", &[&CHANNEL])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn forget_events(&self, seqs: &[i64]) -> Result<()> {
+        self.run(
+            "DELETE FROM subscription_event WHERE seq = ANY($1)",
+            &[&seqs],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The oldest due notification that heads its subscription's queue
+    /// (none older is pending) and that no other worker holds, with up to
+    /// `limit - 1` that follow it in the same queue; all locked until this
+    /// transaction ends, so no other worker of any instance takes them.
+    /// rest-hooks any instance delivers; websocket notifications only an
+    /// instance where a client is bound to the subscription (`sockets`).
+    pub async fn claim_deliveries(&self, limit: i64, sockets: &[Uuid]) -> Result<Vec<Delivery>> {
+        let rows = self
+            .run(
+                "WITH head AS (
+                    SELECT d.subscription_id FROM subscription_delivery d
+                    WHERE d.finished_at IS NULL AND d.next_attempt_at <= now()
+                      AND (d.channel = 'rest-hook' OR d.subscription_id = ANY($2))
+                      AND NOT EXISTS (SELECT 1 FROM subscription_delivery e
+                                      WHERE e.subscription_id = d.subscription_id
+                                        AND e.finished_at IS NULL AND e.seq < d.seq)
+                    ORDER BY d.seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                 )
+                 SELECT seq, subscription_id, project_id, resource_type, resource_id, version_id,
+                        interaction, recorded_at, attempts
+                 FROM subscription_delivery
+                 WHERE subscription_id = (SELECT subscription_id FROM head) AND finished_at IS NULL
+                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&limit, &sockets],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Delivery {
+                seq: row.get(0),
+                subscription_id: row.get(1),
+                project_id: row.get(2),
+                resource_type: row.get(3),
+                resource_id: row.get(4),
+                version_id: row.get(5),
+                interaction: row.get(6),
+                recorded_at: row.get(7),
+                attempts: row.get(8),
+            })
+            .collect())
+    }
+
+    /// Records an attempt (or, for `Finished("dropped", …)`, none).
+    pub async fn record_attempt(&self, seq: i64, attempted: &Attempted) -> Result<()> {
+        let (outcome, retry_in, error, counts): (Option<&str>, Option<f64>, Option<&str>, i32) =
+            match attempted {
+                Attempted::Delivered => (Some("delivered"), None, None, 1),
+                Attempted::Retry(delay, error) => {
+                    (None, Some(delay.as_secs_f64()), Some(error.as_str()), 1)
+                }
+                Attempted::Finished(outcome, error) => (
+                    Some(*outcome),
+                    None,
+                    Some(error.as_str()),
+                    i32::from(*outcome == "failed"),
+                ),
+            };
+        self.run(
+            "UPDATE subscription_delivery SET attempts = attempts + $2,
+                finished_at = CASE WHEN $3::text IS NULL THEN NULL ELSE clock_timestamp() END,
+                outcome = $3, last_error = $4,
+                next_attempt_at = clock_timestamp() + make_interval(secs => coalesce($5::float8, 0))
+             WHERE seq = $1",
+            &[&seq, &counts, &outcome, &error, &retry_in],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Drops every pending notification of a subscription (it stopped).
+    pub async fn drop_pending(&self, subscription_id: Uuid, reason: &str) -> Result<()> {
+        self.run(
+            "UPDATE subscription_delivery SET finished_at = clock_timestamp(), outcome = 'dropped',
+                last_error = $2
+             WHERE subscription_id = $1 AND finished_at IS NULL",
+            &[&subscription_id, &reason],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Ends this transaction without a trace, its connection back to the
+    /// pool (dropping a `Tx` closes it instead).
+    pub async fn rollback(mut self) -> Result<()> {
+        if let Some(client) = self.client.get() {
+            if self.begun.load(std::sync::atomic::Ordering::Acquire) {
+                client.batch_execute("ROLLBACK").await?;
+            }
+        }
+        drop(self.client.take());
+        Ok(())
+    }
+
+    /// How much this transaction has noted for its commit (changes, creates,
+    /// unsent resources).
+    fn bookkeeping_len(&self) -> (usize, usize, usize) {
+        (
+            super::lock(&self.changes).len(),
+            super::lock(&self.created).len(),
+            super::lock(&self.pending).len(),
+        )
+    }
+
+    /// Forgets what was noted after [`Tx::bookkeeping_len`] said `kept`.
+    fn truncate_bookkeeping(&self, kept: (usize, usize, usize)) {
+        super::lock(&self.changes).truncate(kept.0);
+        super::lock(&self.created).truncate(kept.1);
+        super::lock(&self.pending).truncate(kept.2);
+    }
+}
+
+impl Store {
+    /// Forgets finished deliveries older than `age`, and drops websocket
+    /// notifications no client came for within `age`; how many.
+    pub async fn clean_deliveries(&self, age: Duration) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let dropped = client
+            .execute(
+                "UPDATE subscription_delivery SET finished_at = clock_timestamp(), outcome = 'dropped',
+                    last_error = 'no websocket client was bound to the subscription'
+                 WHERE finished_at IS NULL AND channel = 'websocket'
+                   AND recorded_at < now() - make_interval(secs => $1)",
+                &[&age.as_secs_f64()],
+            )
+            .await?;
+        let forgotten = client
+            .execute(
+                "DELETE FROM subscription_delivery
+                 WHERE finished_at < now() - make_interval(secs => $1)",
+                &[&age.as_secs_f64()],
+            )
+            .await?;
+        Ok(dropped + forgotten)
+    }
+
+    /// A live membership of a project whose profile is `profile`, with its
+    /// project: `(project, membership)` contents.
+    pub async fn membership_of_profile(
+        &self,
+        project_id: Uuid,
+        profile: &str,
+    ) -> Result<Option<(String, String)>> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT p.content, m.content FROM resource m
+                 JOIN resource p ON p.project_id = m.project_id AND p.resource_type = 'Project'
+                                AND p.id = m.project_id AND NOT p.deleted
+                 WHERE m.project_id = $1 AND m.resource_type = 'ProjectMembership' AND NOT m.deleted
+                   AND m.content::jsonb -> 'profile' ->> 'reference' = $2
+                 ORDER BY m.id LIMIT 1",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&project_id, &profile]).await?;
+        Ok(rows.first().map(|row| (row.get(0), row.get(1))))
+    }
+}
+
+/// A search's filters as a row filter: every one must hold.
+fn one_branch(filters: &[Filter]) -> RowFilter<'_> {
+    if filters.is_empty() {
+        return RowFilter::All;
+    }
+    RowFilter::AnyOf(vec![Branch {
+        types: Types::Any,
+        filters,
+    }])
+}
+
+/// `application_name` of the listening connection.
+const LISTENER_NAME: &str = "fhirgate subscription listener";
+
+/// Listens on [`CHANNEL`] and bumps `wake` at each notification (and once
+/// listening, for what was recorded before), until `wake` is gone;
+/// reconnects after a second when the connection fails (the workers poll
+/// meanwhile).
+pub fn spawn_listener(
+    config: tokio_postgres::Config,
+    wake: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+) {
+    tokio::spawn(async move {
+        let bump = || match wake.upgrade() {
+            Some(wake) => {
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+                true
+            }
+            None => false,
+        };
+        loop {
+            let reason =
+                super::changes::listen_on(&config, CHANNEL, LISTENER_NAME, bump, |_| bump()).await;
+            if wake.strong_count() == 0 {
+                return;
+            }
+            tracing::warn!(%reason, "not hearing subscription events; workers poll until the listener reconnects");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}

@@ -1,0 +1,593 @@
+//! FHIR R4 Subscriptions, durable on PostgreSQL alone (docs/subscriptions.md).
+//!
+//! 1. A write to a watched type records an event in its own transaction
+//!    (triggers, `migrations/0025_subscriptions.sql`).
+//! 2. The fan-out (one instance at a time) matches each event against the
+//!    project's active Subscriptions with the search engine's SQL, and the
+//!    FHIRPath condition, and queues one delivery per match.
+//! 3. Delivery workers on every instance take the head of a subscription's
+//!    queue with `FOR UPDATE SKIP LOCKED`, check the author's access as it is
+//!    now, and POST it (rest-hook) or send it to bound clients (websocket),
+//!    recording each attempt as an AuditEvent; failures retry with
+//!    exponential backoff.
+//!
+//! `NOTIFY` wakes the workers at each commit; they also poll every second.
+
+pub mod resthook;
+pub mod spec;
+pub mod websocket;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use access_policy::{CompiledPolicy, Interaction};
+use chrono::Utc;
+use fhir_model::search::{Filter, Registry};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    error::{Error, Result},
+    fhir::{self, resource::Stamp},
+    store::{
+        subscriptions::{Attempted, Delivery, Event},
+        Tenant, Tx,
+    },
+};
+use spec::{Channel, Spec};
+
+/// Delivery workers per instance: each delivers one subscription's queue at
+/// a time, so this many subscriptions are served at once.
+const DELIVERY_WORKERS: usize = 4;
+/// How often workers look for work when no notification woke them.
+const POLL: Duration = Duration::from_secs(1);
+/// Notifications of one subscription one worker takes at once.
+const DELIVERY_BATCH: i64 = 50;
+/// Events one fan-out transaction matches.
+const FANOUT_BATCH: i64 = 500;
+/// The first retry's delay; each further one doubles it, up to an hour.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_MOST: Duration = Duration::from_secs(3600);
+/// How long finished deliveries are kept (and websocket notifications wait
+/// for a client).
+pub const KEEP_DELIVERIES: Duration = Duration::from_secs(24 * 3600);
+
+/// fhirgate's codes for the AuditEvents of subscriptions.
+pub const AUDIT_SYSTEM: &str = "https://fhirgate.dev/fhir/CodeSystem/subscription";
+const DELIVERY_ATTEMPT: &str = "delivery-attempt";
+
+/// The subscription machinery of one instance.
+pub struct Hub {
+    /// Bumped whenever there may be work: a notification from PostgreSQL.
+    wake: Arc<watch::Sender<u64>>,
+    http: reqwest::Client,
+    allow_private: bool,
+    pub sockets: websocket::Sockets,
+}
+
+impl Hub {
+    pub fn new(allow_private: bool) -> Result<Hub> {
+        Ok(Hub {
+            wake: Arc::new(watch::Sender::new(0)),
+            http: resthook::client(allow_private)
+                .map_err(|e| Error::Startup(format!("subscription HTTP client: {e}")))?,
+            allow_private,
+            sockets: websocket::Sockets::default(),
+        })
+    }
+
+    fn woken(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    /// Wakes this instance's workers (a client bound a websocket).
+    pub fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Starts the listener, the fan-out and the delivery workers; they stop
+/// when the state is dropped.
+pub fn spawn(state: &Arc<AppState>, pg: tokio_postgres::Config) {
+    crate::store::subscriptions::spawn_listener(pg, Arc::downgrade(&state.subscriptions.wake));
+    spawn_worker(Arc::downgrade(state), Work::FanOut);
+    for _ in 0..DELIVERY_WORKERS {
+        spawn_worker(Arc::downgrade(state), Work::Delivery);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    FanOut,
+    Delivery,
+}
+
+/// Does `work` while it says more may be waiting, then waits for a wake-up
+/// or the poll interval; a failure is logged and retried after the interval.
+fn spawn_worker(state: Weak<AppState>, work: Work) {
+    tokio::spawn(async move {
+        let Some(mut woken) = state.upgrade().map(|s| s.subscriptions.woken()) else {
+            return;
+        };
+        loop {
+            woken.mark_unchanged();
+            let Some(current) = state.upgrade() else {
+                return;
+            };
+            let done = match work {
+                Work::FanOut => fan_out(&current).await,
+                Work::Delivery => deliver(&current).await,
+            };
+            drop(current);
+            let more = done.unwrap_or_else(|e| {
+                tracing::warn!(?work, error = %e, "subscription worker failed; retrying");
+                false
+            });
+            if !more {
+                let _ = tokio::time::timeout(POLL, woken.changed()).await;
+            }
+        }
+    });
+}
+
+/// Matches the oldest events and queues their deliveries; true if more
+/// events may be waiting.
+async fn fan_out(state: &AppState) -> Result<bool> {
+    let tx = state.store.begin().await?;
+    if !tx.take_fanout_turn().await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let events = tx.claim_events(FANOUT_BATCH).await?;
+    if events.is_empty() {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let mut watchers: HashMap<(Uuid, String), Vec<(Uuid, Spec)>> = HashMap::new();
+    let mut queued = false;
+    for event in &events {
+        let key = (event.project_id, event.resource_type.clone());
+        if !watchers.contains_key(&key) {
+            let specs = tx
+                .watchers(event.project_id, &event.resource_type)
+                .await?
+                .into_iter()
+                .filter_map(|w| {
+                    let value = serde_json::from_str::<Value>(&w.content).ok()?;
+                    Some((w.id, Spec::parse(&value).ok()?))
+                })
+                .collect();
+            watchers.insert(key.clone(), specs);
+        }
+        let listening: Vec<&(Uuid, Spec)> = watchers[&key]
+            .iter()
+            .filter(|(_, spec)| spec.listens(&event.interaction, event.recorded_at))
+            .collect();
+        if listening.is_empty() {
+            continue;
+        }
+        if let Some((version_id, matched)) = matching(&tx, event, &listening).await? {
+            if !matched.is_empty() {
+                tx.queue_deliveries(event, version_id, &matched).await?;
+                queued = true;
+            }
+        }
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    tx.forget_events(&seqs).await?;
+    if queued {
+        tx.announce_deliveries().await?;
+    }
+    tx.commit().await?;
+    Ok(events.len() as i64 == FANOUT_BATCH)
+}
+
+/// The version whose content a notification of `event` carries (the
+/// deleted version for a delete) and the subscriptions whose criteria and
+/// condition it meets, with their channel types.
+async fn matching<'s>(
+    tx: &Tx,
+    event: &Event,
+    listening: &[&'s (Uuid, Spec)],
+) -> Result<Option<(Uuid, Vec<(Uuid, &'static str)>)>> {
+    let deleted = event.interaction == "delete";
+    let Some(version_id) = (if deleted {
+        event.previous_version_id
+    } else {
+        Some(event.version_id)
+    }) else {
+        return Ok(None);
+    };
+    let Some(content) = tx
+        .version_content(
+            event.project_id,
+            &event.resource_type,
+            event.resource_id,
+            version_id,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let current = parse(&content, event)?;
+    if is_delivery_audit(&current) {
+        // It would notify about the notification it records, without end.
+        return Ok(None);
+    }
+    let criteria: Vec<&[Filter]> = listening
+        .iter()
+        .map(|(_, s)| s.filters.as_slice())
+        .collect();
+    let matched = if criteria.iter().all(|filters| filters.is_empty()) {
+        vec![true; criteria.len()]
+    } else {
+        let still_current = if deleted {
+            None
+        } else {
+            tx.current_matches(
+                event.project_id,
+                &event.resource_type,
+                event.resource_id,
+                event.version_id,
+                &criteria,
+            )
+            .await?
+        };
+        match still_current {
+            Some(matched) => matched,
+            None => {
+                let index = fhir_model::search::extract(Registry::get(), &current);
+                tx.past_matches(
+                    event.project_id,
+                    &event.resource_type,
+                    &content,
+                    index,
+                    &criteria,
+                )
+                .await?
+            }
+        }
+    };
+    let previous = match event.previous_version_id {
+        Some(previous) if !deleted && listening.iter().any(|(_, s)| s.fhirpath.is_some()) => tx
+            .version_content(
+                event.project_id,
+                &event.resource_type,
+                event.resource_id,
+                previous,
+            )
+            .await?
+            .map(|content| parse(&content, event))
+            .transpose()?,
+        _ => None,
+    };
+    let subscriptions = listening
+        .iter()
+        .zip(matched)
+        .filter(|((_, spec), matched)| {
+            *matched && spec.condition_holds(&current, previous.as_ref())
+        })
+        .map(|((id, spec), _)| {
+            let channel = match spec.channel {
+                Channel::RestHook { .. } => "rest-hook",
+                Channel::Websocket => "websocket",
+            };
+            (*id, channel)
+        })
+        .collect();
+    Ok(Some((version_id, subscriptions)))
+}
+
+fn parse(content: &str, event: &Event) -> Result<Value> {
+    serde_json::from_str(content).map_err(|e| {
+        Error::Internal(format!(
+            "stored {}/{} is not JSON: {e}",
+            event.resource_type, event.resource_id
+        ))
+    })
+}
+
+fn is_delivery_audit(resource: &Value) -> bool {
+    resource["resourceType"] == "AuditEvent"
+        && resource["subtype"].as_array().is_some_and(|codes| {
+            codes
+                .iter()
+                .any(|c| c["system"] == AUDIT_SYSTEM && c["code"] == DELIVERY_ATTEMPT)
+        })
+}
+
+/// A subscription as a delivery worker sees it now.
+struct Current {
+    spec: Spec,
+    /// `meta.author`: whose access the notifications are filtered by.
+    author: String,
+    /// `None`: the author has no usable membership in the project.
+    policy: Option<CompiledPolicy>,
+}
+
+/// Delivers the head of one subscription's queue and what follows it, in
+/// order, stopping at the first failure; true if it found work.
+async fn deliver(state: &AppState) -> Result<bool> {
+    let tx = state.store.begin().await?;
+    let batch = tx
+        .claim_deliveries(DELIVERY_BATCH, &state.subscriptions.sockets.bound())
+        .await?;
+    let Some(first) = batch.first() else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    let (subscription_id, project_id) = (first.subscription_id, first.project_id);
+    let current = match load_current(state, project_id, subscription_id).await? {
+        Ok(current) => current,
+        Err(reason) => {
+            tx.drop_pending(subscription_id, &reason).await?;
+            tx.commit().await?;
+            return Ok(true);
+        }
+    };
+    let Some(policy) = &current.policy else {
+        tx.drop_pending(
+            subscription_id,
+            "the subscription's author has no active membership in the project",
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(true);
+    };
+    for delivery in &batch {
+        let Some(body) = readable_content(state, &tx, policy, delivery).await? else {
+            tx.record_attempt(
+                delivery.seq,
+                &Attempted::Finished(
+                    "dropped",
+                    "the subscription's author may not read this resource".into(),
+                ),
+            )
+            .await?;
+            continue;
+        };
+        let result = match &current.spec.channel {
+            Channel::RestHook {
+                endpoint,
+                headers,
+                payload,
+            } => {
+                let reference = format!("{}/{}", delivery.resource_type, delivery.resource_id);
+                let result = resthook::send(
+                    &state.subscriptions.http,
+                    state.subscriptions.allow_private,
+                    &resthook::Post {
+                        endpoint,
+                        headers,
+                        subscription_id: &subscription_id.to_string(),
+                        interaction: &delivery.interaction,
+                        reference: &reference,
+                        body: payload.is_some().then_some(body.as_str()),
+                        secret: current.spec.secret.as_deref(),
+                    },
+                )
+                .await;
+                record_audit(state, &tx, delivery, &current.author, &result).await?;
+                result
+            }
+            Channel::Websocket => {
+                if !state.subscriptions.sockets.send(
+                    subscription_id,
+                    &websocket::notification(&state.base_url, delivery, &body),
+                ) {
+                    // The client went away: the next one bound takes it.
+                    break;
+                }
+                Ok(0)
+            }
+        };
+        match result {
+            Ok(_) => {
+                tx.record_attempt(delivery.seq, &Attempted::Delivered)
+                    .await?
+            }
+            Err(error) if delivery.attempts + 1 >= current.spec.max_attempts as i32 => {
+                let reason = format!(
+                    "delivery of {}/{} failed {} times, the last with: {error}",
+                    delivery.resource_type,
+                    delivery.resource_id,
+                    delivery.attempts + 1
+                );
+                tx.record_attempt(delivery.seq, &Attempted::Finished("failed", error))
+                    .await?;
+                stop_with_error(state, &tx, delivery, &current.author, &reason).await?;
+                break;
+            }
+            Err(error) => {
+                let delay = RETRY_BASE
+                    .saturating_mul(1u32 << delivery.attempts.clamp(0, 20) as u32)
+                    .min(RETRY_MOST);
+                tx.record_attempt(delivery.seq, &Attempted::Retry(delay, error))
+                    .await?;
+                break;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The subscription now, or why its notifications are dropped.
+async fn load_current(
+    state: &AppState,
+    project_id: Uuid,
+    subscription_id: Uuid,
+) -> Result<std::result::Result<Current, String>> {
+    let Some(subscription) = crate::auth::read_live(
+        state,
+        Tenant::Project(project_id),
+        "Subscription",
+        subscription_id,
+    )
+    .await?
+    else {
+        return Ok(Err("the subscription was deleted".into()));
+    };
+    let spec = match Spec::parse(&subscription) {
+        Ok(spec) if spec.listens_at_all(Utc::now()) => spec,
+        Ok(_) => return Ok(Err("the subscription is no longer active".into())),
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let author = subscription["meta"]["author"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let policy = author_policy(state, project_id, &author).await?;
+    Ok(Ok(Current {
+        spec,
+        author,
+        policy,
+    }))
+}
+
+/// The author's access as it is now: its membership in the project (none,
+/// ended or deactivated: `None`) and that membership's policies.
+async fn author_policy(
+    state: &AppState,
+    project_id: Uuid,
+    author: &str,
+) -> Result<Option<CompiledPolicy>> {
+    let Some((project, membership)) = state
+        .store
+        .membership_of_profile(project_id, author)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let parse = |content: &str| {
+        serde_json::from_str::<Value>(content)
+            .map_err(|e| Error::Internal(format!("stored membership is not JSON: {e}")))
+    };
+    let (project, membership) = (parse(&project)?, parse(&membership)?);
+    if !crate::auth::membership_usable(&membership, Utc::now()) {
+        return Ok(None);
+    }
+    let (_, policy) =
+        crate::auth::membership_access(state, project_id, &project, &membership, &[]).await?;
+    Ok(Some(policy))
+}
+
+/// The notified version as the author may read it (hidden fields removed),
+/// if the author may read the resource (as it is now) at all.
+async fn readable_content(
+    state: &AppState,
+    tx: &Tx,
+    policy: &CompiledPolicy,
+    delivery: &Delivery,
+) -> Result<Option<String>> {
+    let kind = &delivery.resource_type;
+    if !policy.allows(kind, Interaction::Read) {
+        return Ok(None);
+    }
+    let types = [kind.clone()];
+    let filter = policy.row_filter(&types, Interaction::Read);
+    if state
+        .store
+        .read(
+            Tenant::Project(delivery.project_id),
+            kind,
+            delivery.resource_id,
+            &filter,
+        )
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let Some(content) = tx
+        .version_content(
+            delivery.project_id,
+            kind,
+            delivery.resource_id,
+            delivery.version_id,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    if !policy.hides_fields(kind) {
+        return Ok(Some(content));
+    }
+    let mut value: Value = serde_json::from_str(&content)
+        .map_err(|e| Error::Internal(format!("stored {kind} is not JSON: {e}")))?;
+    policy.redact(&mut value);
+    Ok(Some(value.to_string()))
+}
+
+/// One attempt as an AuditEvent in the subscription's project, as Medplum
+/// records them: the subscription, the resource, and the HTTP status or
+/// error.
+async fn record_audit(
+    state: &AppState,
+    tx: &Tx,
+    delivery: &Delivery,
+    author: &str,
+    result: &std::result::Result<u16, String>,
+) -> Result<()> {
+    let stamp = Stamp::new(fhir::resource::new_id(), delivery.project_id, author);
+    let subscription = format!("Subscription/{}", delivery.subscription_id);
+    let (outcome, description) = match result {
+        Ok(status) => ("0", format!("HTTP {status}")),
+        Err(error) => ("4", error.clone()),
+    };
+    let audit = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "transmit", "display": "Transmit Record"},
+        "subtype": [{"system": AUDIT_SYSTEM, "code": DELIVERY_ATTEMPT}],
+        "action": "E",
+        "recorded": fhir::resource::instant(&stamp.last_updated),
+        "outcome": outcome,
+        "outcomeDesc": description,
+        "agent": [{"who": {"reference": subscription}, "requestor": false}],
+        "source": {"observer": {"reference": subscription}},
+        "entity": [
+            {"what": {"reference": format!("{}/{}", delivery.resource_type, delivery.resource_id)}},
+            {"what": {"reference": subscription}}
+        ]
+    });
+    fhir::insert(&state.validator, tx, audit, &stamp).await?;
+    Ok(())
+}
+
+/// After the last attempt failed: the subscription's status is `error`,
+/// with the reason, and what was queued behind it is dropped.
+async fn stop_with_error(
+    state: &AppState,
+    tx: &Tx,
+    delivery: &Delivery,
+    author: &str,
+    reason: &str,
+) -> Result<()> {
+    fhir::modify(
+        state,
+        tx,
+        Tenant::Project(delivery.project_id),
+        "Subscription",
+        delivery.subscription_id,
+        author,
+        |subscription| {
+            subscription["status"] = json!("error");
+            subscription["error"] = json!(reason);
+            Ok(())
+        },
+    )
+    .await?;
+    tx.drop_pending(delivery.subscription_id, reason).await
+}
+
+/// Forgets old deliveries; run by the instance's maintenance.
+pub async fn clean(state: &AppState) {
+    match state.store.clean_deliveries(KEEP_DELIVERIES).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(rows = n, "old subscription deliveries cleaned up"),
+        Err(e) => tracing::warn!(error = %e, "cleaning up subscription deliveries failed"),
+    }
+}
