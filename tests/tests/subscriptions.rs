@@ -648,3 +648,90 @@ where
         .await
         .unwrap();
 }
+
+const LIFECYCLE: &str = "https://fhirgate.dev/fhir/CodeSystem/lifecycle";
+
+fn subtypes(audit: &Value) -> Vec<String> {
+    audit["subtype"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["system"], LIFECYCLE);
+            c["code"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_events_are_subscribable_by_their_codes() {
+    let app = app().await;
+    let project = app.project("subscriptions-lifecycle").await;
+    let admin = &project.admin;
+    let enlisted = Receiver::start().await;
+    let revoked = Receiver::start().await;
+    admin
+        .create(rest_hook(
+            &format!("AuditEvent?subtype={LIFECYCLE}|patient-enlisted"),
+            &enlisted,
+            json!([]),
+        ))
+        .await;
+    admin
+        .create(rest_hook(
+            &format!("AuditEvent?subtype={LIFECYCLE}|token-revoked"),
+            &revoked,
+            json!([]),
+        ))
+        .await;
+
+    // A Practitioner's invitation is no enlistment; a Patient's is.
+    for (resource_type, email) in [
+        ("Practitioner", "doctor@example.com"),
+        ("Patient", "patient@example.com"),
+    ] {
+        let (status, membership) = status_json(
+            admin
+                .post_json(
+                    &format!("admin/projects/{}/invite", project.id),
+                    &json!({"resourceType": resource_type, "firstName": "Ada",
+                        "lastName": "Lovelace", "email": email, "sendEmail": false}),
+                )
+                .await,
+        )
+        .await;
+        assert_eq!(status, 200, "{membership}");
+    }
+    enlisted.wait_for(1, WITHIN).await;
+    let received = enlisted.settle(QUIET).await;
+    assert_eq!(received.len(), 1, "{received:#?}");
+    let audit = received[0].json();
+    assert_eq!(subtypes(&audit), ["membership-added", "patient-enlisted"]);
+    let entities: Vec<&str> = audit["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"]["reference"].as_str().unwrap())
+        .collect();
+    assert!(
+        entities[0].starts_with("ProjectMembership/") && entities[1].starts_with("Patient/"),
+        "{audit}"
+    );
+
+    // Signing out revokes the member's Login.
+    let response = app
+        .http
+        .post(app.url("oauth2/logout"))
+        .bearer_auth(&project.member.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    revoked.wait_for(1, WITHIN).await;
+    let audit = revoked.settle(QUIET).await[0].json();
+    assert_eq!(subtypes(&audit), ["token-revoked"]);
+    assert!(audit["entity"][0]["what"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Login/"));
+}
