@@ -14,7 +14,7 @@ mod subscription;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde_json::json;
 
 use crate::{

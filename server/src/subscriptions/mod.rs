@@ -188,10 +188,10 @@ async fn fan_out(state: &AppState) -> Result<bool> {
 /// The version whose content a notification of `event` carries (the
 /// deleted version for a delete) and the subscriptions whose criteria and
 /// condition it meets, with their channel types.
-async fn matching<'s>(
+async fn matching(
     tx: &Tx,
     event: &Event,
-    listening: &[&'s (Uuid, Spec)],
+    listening: &[&(Uuid, Spec)],
 ) -> Result<Option<(Uuid, Vec<(Uuid, &'static str)>)>> {
     let deleted = event.interaction == "delete";
     let Some(version_id) = (if deleted {

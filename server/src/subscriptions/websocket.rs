@@ -48,17 +48,18 @@ struct BindingClaims {
     project_id: String,
 }
 
+/// A socket's number and where its outgoing messages go.
+type Socket = (u64, mpsc::UnboundedSender<String>);
+
 /// The sockets of this instance, by the subscriptions they are bound to.
 #[derive(Default)]
 pub struct Sockets {
-    bound: Mutex<HashMap<Uuid, Vec<(u64, mpsc::UnboundedSender<String>)>>>,
+    bound: Mutex<HashMap<Uuid, Vec<Socket>>>,
     next_socket: AtomicU64,
 }
 
 impl Sockets {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<(u64, mpsc::UnboundedSender<String>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Socket>>> {
         self.bound.lock().unwrap_or_else(|e| e.into_inner())
     }
 
