@@ -174,7 +174,7 @@ impl Application {
                 .configure(http::auth_lifecycle::routes)
                 // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
                 .configure(http::admin::routes)
-                .configure(crate::subscriptions::websocket::routes)
+                .configure(http::subscriptions::routes)
                 .configure(http::fhir::routes)
                 .default_service(web::to(not_found))
         })

@@ -61,6 +61,44 @@ fn hmac_hex(secret: &str, body: &str) -> String {
         .collect()
 }
 
+/// The AuditEvents of a subscription's attempts, oldest first, once there
+/// are `count` (they commit just after the receiver has answered).
+async fn attempts(session: &Session, subscription: &Value, count: usize) -> Vec<Value> {
+    let path = format!(
+        "AuditEvent?entity=Subscription/{}&_sort=_lastUpdated",
+        id(subscription)
+    );
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let (status, bundle) = status_json(session.get(&path).await).await;
+        assert_eq!(status, 200, "{bundle}");
+        let audits: Vec<Value> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"].clone())
+            .collect();
+        if audits.len() >= count || std::time::Instant::now() > deadline {
+            assert_eq!(audits.len(), count, "{audits:#?}");
+            return audits;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Subscription once its status is `error` (as it is after `WITHIN`).
+async fn in_error(session: &Session, subscription: &Value) -> Value {
+    let path = format!("Subscription/{}", id(subscription));
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let (_, stored) = status_json(session.get(&path).await).await;
+        if stored["status"] == "error" || std::time::Instant::now() > deadline {
+            return stored;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn interactions(received: &[Received]) -> Vec<String> {
     received
         .iter()
@@ -143,22 +181,10 @@ async fn rest_hooks_notify_matching_writes_with_headers_and_signature() {
     );
 
     // Each attempt is an AuditEvent of the subscription's project.
-    let (status, audits) = status_json(
-        admin
-            .get(&format!(
-                "AuditEvent?entity=Subscription/{}",
-                id(&subscription)
-            ))
-            .await,
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(audits["entry"].as_array().unwrap().len(), 3, "{audits}");
-    assert!(audits["entry"]
-        .as_array()
-        .unwrap()
+    let audits = attempts(admin, &subscription, 3).await;
+    assert!(audits
         .iter()
-        .all(|e| e["resource"]["outcome"] == "0" && e["resource"]["outcomeDesc"] == "HTTP 200"));
+        .all(|a| a["outcome"] == "0" && a["outcomeDesc"] == "HTTP 200"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,22 +300,12 @@ async fn failures_retry_with_backoff_then_the_status_says_why() {
         "exponential backoff: {gaps:?}"
     );
     assert!(received.iter().all(|r| r.body == received[0].body));
-    let (_, audits) = status_json(
-        admin
-            .get(&format!(
-                "AuditEvent?entity=Subscription/{}&_sort=_lastUpdated",
-                id(&subscription)
-            ))
-            .await,
-    )
-    .await;
-    let outcomes: Vec<&str> = audits["entry"]
-        .as_array()
-        .unwrap()
+    let audits = attempts(admin, &subscription, 3).await;
+    let outcomes: Vec<&str> = audits
         .iter()
-        .map(|e| e["resource"]["outcome"].as_str().unwrap())
+        .map(|a| a["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["4", "4", "0"], "{audits}");
+    assert_eq!(outcomes, ["4", "4", "0"], "{audits:#?}");
     let (_, subscription) = status_json(
         admin
             .get(&format!("Subscription/{}", id(&subscription)))
@@ -308,15 +324,7 @@ async fn failures_retry_with_backoff_then_the_status_says_why() {
         .await;
     admin.create(observation("1")).await;
     dead.wait_for(2, WITHIN).await;
-    let path = format!("Subscription/{}", id(&doomed));
-    let deadline = std::time::Instant::now() + WITHIN;
-    let doomed = loop {
-        let (_, doomed) = status_json(admin.get(&path).await).await;
-        if doomed["status"] == "error" || std::time::Instant::now() > deadline {
-            break doomed;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let doomed = in_error(admin, &doomed).await;
     assert_eq!(doomed["status"], "error", "{doomed}");
     assert!(
         doomed["error"].as_str().unwrap().contains("failed 2 times")
@@ -496,15 +504,7 @@ async fn private_endpoints_are_refused_without_the_variable() {
     admin
         .create(json!({"resourceType": "Patient", "name": [{"family": "x"}]}))
         .await;
-    let path = format!("Subscription/{}", id(&subscription));
-    let deadline = std::time::Instant::now() + WITHIN;
-    let stored = loop {
-        let (_, stored) = status_json(admin.get(&path).await).await;
-        if stored["status"] == "error" || std::time::Instant::now() > deadline {
-            break stored;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let stored = in_error(admin, &subscription).await;
     assert_eq!(stored["status"], "error", "{stored}");
     assert!(
         stored["error"]

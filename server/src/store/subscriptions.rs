@@ -3,6 +3,7 @@
 //! their fan-out into one delivery per matching subscription, and the
 //! delivery queues the workers of every instance share.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use access_policy::{Branch, RowFilter, Types};
@@ -39,6 +40,22 @@ pub struct Watcher {
     pub content: String,
 }
 
+/// Which version of which resource.
+pub struct VersionKey {
+    pub project_id: Uuid,
+    pub resource_type: String,
+    pub id: Uuid,
+    pub version_id: Uuid,
+}
+
+/// A delivery to queue: of `event`, carrying `version_id`'s content.
+pub struct NewDelivery<'a> {
+    pub subscription_id: Uuid,
+    pub channel: &'static str,
+    pub event: &'a Event,
+    pub version_id: Uuid,
+}
+
 /// A notification to deliver: which version of which resource.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -53,9 +70,8 @@ pub struct Delivery {
     pub attempts: i32,
 }
 
-/// A delivery's result.
+/// A delivery that did not succeed.
 pub enum Attempted {
-    Delivered,
     /// Try again after the delay.
     Retry(Duration, String),
     /// No more tries: `outcome` is `failed` or `dropped`.
@@ -118,27 +134,29 @@ impl Tx {
             .collect())
     }
 
-    /// The content of one version (current or superseded); `None` for a
-    /// deletion or a version that is gone.
-    pub async fn version_content(
-        &self,
-        project_id: Uuid,
-        resource_type: &str,
-        id: Uuid,
-        version_id: Uuid,
-    ) -> Result<Option<String>> {
+    /// The contents of versions (current or superseded), by version id;
+    /// deletions and versions that are gone are absent. One statement.
+    pub async fn version_contents(&self, versions: &[VersionKey]) -> Result<HashMap<Uuid, String>> {
+        if versions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let projects: Vec<Uuid> = versions.iter().map(|v| v.project_id).collect();
+        let types: Vec<&str> = versions.iter().map(|v| v.resource_type.as_str()).collect();
+        let ids: Vec<Uuid> = versions.iter().map(|v| v.id).collect();
+        let version_ids: Vec<Uuid> = versions.iter().map(|v| v.version_id).collect();
         let rows = self
             .run(
-                "SELECT content FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3
-                   AND version_id = $4 AND NOT deleted
+                "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[])
+                            AS v (project_id, resource_type, id, version_id))
+                 SELECT r.version_id, r.content FROM resource r
+                 JOIN v USING (project_id, resource_type, id, version_id) WHERE NOT r.deleted
                  UNION ALL
-                 SELECT content FROM resource_history WHERE project_id = $1 AND resource_type = $2
-                   AND id = $3 AND version_id = $4 AND content IS NOT NULL
-                 LIMIT 1",
-                &[&project_id, &resource_type, &id, &version_id],
+                 SELECT h.version_id, h.content FROM resource_history h
+                 JOIN v USING (project_id, resource_type, id, version_id) WHERE h.content IS NOT NULL",
+                &[&projects, &types, &ids, &version_ids],
             )
             .await?;
-        Ok(rows.first().map(|row| row.get(0)))
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Which of `criteria` (each the filters of one search, ANDed) the
@@ -220,32 +238,43 @@ impl Tx {
         Ok(matched?.unwrap_or_else(|| vec![false; criteria.len()]))
     }
 
-    /// Queues one delivery of `version_id` (whose content goes out) per
-    /// matched subscription and its channel type, in the order given.
-    pub async fn queue_deliveries(
-        &self,
-        event: &Event,
-        version_id: Uuid,
-        subscriptions: &[(Uuid, &str)],
-    ) -> Result<()> {
-        if subscriptions.is_empty() {
+    /// Queues deliveries, in the order given (each queue's order).
+    pub async fn queue_deliveries(&self, deliveries: &[NewDelivery<'_>]) -> Result<()> {
+        if deliveries.is_empty() {
             return Ok(());
         }
-        let (ids, channels): (Vec<Uuid>, Vec<&str>) = subscriptions.iter().copied().unzip();
+        let column =
+            |f: fn(&NewDelivery<'_>) -> Uuid| deliveries.iter().map(f).collect::<Vec<Uuid>>();
+        let subscriptions = column(|d| d.subscription_id);
+        let projects = column(|d| d.event.project_id);
+        let resources = column(|d| d.event.resource_id);
+        let versions = column(|d| d.version_id);
+        let channels: Vec<&str> = deliveries.iter().map(|d| d.channel).collect();
+        let types: Vec<&str> = deliveries
+            .iter()
+            .map(|d| d.event.resource_type.as_str())
+            .collect();
+        let interactions: Vec<&str> = deliveries
+            .iter()
+            .map(|d| d.event.interaction.as_str())
+            .collect();
+        let recorded: Vec<DateTime<Utc>> = deliveries.iter().map(|d| d.event.recorded_at).collect();
         self.run(
             "INSERT INTO subscription_delivery
                 (subscription_id, channel, project_id, resource_type, resource_id, version_id, interaction, recorded_at)
-             SELECT s, c, $3, $4, $5, $8, $6, $7 FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS x (s, c, n)
+             SELECT s, c, p, t, r, v, i, a
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::uuid[], $6::uuid[], $7::text[], $8::timestamptz[])
+                  WITH ORDINALITY AS x (s, c, p, t, r, v, i, a, n)
              ORDER BY n",
             &[
-                &ids,
+                &subscriptions,
                 &channels,
-                &event.project_id,
-                &event.resource_type,
-                &event.resource_id,
-                &event.interaction,
-                &event.recorded_at,
-                &version_id,
+                &projects,
+                &types,
+                &resources,
+                &versions,
+                &interactions,
+                &recorded,
             ],
         )
         .await?;
@@ -311,11 +340,10 @@ impl Tx {
             .collect())
     }
 
-    /// Records an attempt (or, for `Finished("dropped", …)`, none).
+    /// Records a failed attempt (or, for `Finished("dropped", …)`, none).
     pub async fn record_attempt(&self, seq: i64, attempted: &Attempted) -> Result<()> {
         let (outcome, retry_in, error, counts): (Option<&str>, Option<f64>, Option<&str>, i32) =
             match attempted {
-                Attempted::Delivered => (Some("delivered"), None, None, 1),
                 Attempted::Retry(delay, error) => {
                     (None, Some(delay.as_secs_f64()), Some(error.as_str()), 1)
                 }
@@ -333,6 +361,21 @@ impl Tx {
                 next_attempt_at = clock_timestamp() + make_interval(secs => coalesce($5::float8, 0))
              WHERE seq = $1",
             &[&seq, &counts, &outcome, &error, &retry_in],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records successful attempts.
+    pub async fn record_delivered(&self, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.run(
+            "UPDATE subscription_delivery SET attempts = attempts + 1, finished_at = clock_timestamp(),
+                outcome = 'delivered', last_error = NULL
+             WHERE seq = ANY($1)",
+            &[&seqs],
         )
         .await?;
         Ok(())

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use access_policy::{CompiledPolicy, Interaction};
+use access_policy::{CompiledPolicy, Interaction, RowFilter};
 use chrono::Utc;
 use fhir_model::search::{Filter, Registry};
 use serde_json::{json, Value};
@@ -33,7 +33,7 @@ use crate::{
     error::{Error, Result},
     fhir::{self, resource::Stamp},
     store::{
-        subscriptions::{Attempted, Delivery, Event},
+        subscriptions::{Attempted, Delivery, Event, NewDelivery, VersionKey},
         Tenant, Tx,
     },
 };
@@ -134,7 +134,9 @@ fn spawn_worker(state: Weak<AppState>, work: Work) {
 }
 
 /// Matches the oldest events and queues their deliveries; true if more
-/// events may be waiting.
+/// events may be waiting. The versions' contents come in one statement, the
+/// deliveries go in one; matching is one statement per event whose
+/// subscriptions have search criteria.
 async fn fan_out(state: &AppState) -> Result<bool> {
     let tx = state.store.begin().await?;
     if !tx.take_fanout_turn().await? {
@@ -147,7 +149,6 @@ async fn fan_out(state: &AppState) -> Result<bool> {
         return Ok(false);
     }
     let mut watchers: HashMap<(Uuid, String), Vec<(Uuid, Spec)>> = HashMap::new();
-    let mut queued = false;
     for event in &events {
         let key = (event.project_id, event.resource_type.clone());
         if !watchers.contains_key(&key) {
@@ -160,62 +161,84 @@ async fn fan_out(state: &AppState) -> Result<bool> {
                     Some((w.id, Spec::parse(&value).ok()?))
                 })
                 .collect();
-            watchers.insert(key.clone(), specs);
+            watchers.insert(key, specs);
         }
-        let listening: Vec<&(Uuid, Spec)> = watchers[&key]
-            .iter()
-            .filter(|(_, spec)| spec.listens(&event.interaction, event.recorded_at))
-            .collect();
+    }
+    let listening: Vec<Vec<&(Uuid, Spec)>> = events
+        .iter()
+        .map(|event| {
+            watchers[&(event.project_id, event.resource_type.clone())]
+                .iter()
+                .filter(|(_, spec)| spec.listens(&event.interaction, event.recorded_at))
+                .collect()
+        })
+        .collect();
+    let mut wanted = Vec::new();
+    for (event, listening) in events.iter().zip(&listening) {
         if listening.is_empty() {
             continue;
         }
-        if let Some((version_id, matched)) = matching(&tx, event, &listening).await? {
-            if !matched.is_empty() {
-                tx.queue_deliveries(event, version_id, &matched).await?;
-                queued = true;
-            }
+        let key = |version_id| VersionKey {
+            project_id: event.project_id,
+            resource_type: event.resource_type.clone(),
+            id: event.resource_id,
+            version_id,
+        };
+        wanted.extend(notified_version(event).map(key));
+        if needs_previous(event, listening) {
+            wanted.extend(event.previous_version_id.map(key));
         }
     }
+    let contents = tx.version_contents(&wanted).await?;
+    let mut queued = Vec::new();
+    for (event, listening) in events.iter().zip(&listening) {
+        if !listening.is_empty() {
+            queued.extend(matching(&tx, event, listening, &contents).await?);
+        }
+    }
+    tx.queue_deliveries(&queued).await?;
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     tx.forget_events(&seqs).await?;
-    if queued {
+    if !queued.is_empty() {
         tx.announce_deliveries().await?;
     }
     tx.commit().await?;
     Ok(events.len() as i64 == FANOUT_BATCH)
 }
 
-/// The version whose content a notification of `event` carries (the
-/// deleted version for a delete) and the subscriptions whose criteria and
-/// condition it meets, with their channel types.
-async fn matching(
-    tx: &Tx,
-    event: &Event,
-    listening: &[&(Uuid, Spec)],
-) -> Result<Option<(Uuid, Vec<(Uuid, &'static str)>)>> {
-    let deleted = event.interaction == "delete";
-    let Some(version_id) = (if deleted {
+/// The version whose content a notification of `event` carries: the
+/// written one, or for a delete the one deleted.
+fn notified_version(event: &Event) -> Option<Uuid> {
+    if event.interaction == "delete" {
         event.previous_version_id
     } else {
         Some(event.version_id)
-    }) else {
-        return Ok(None);
+    }
+}
+
+/// Whether a FHIRPath condition needs `%previous` (an update's).
+fn needs_previous(event: &Event, listening: &[&(Uuid, Spec)]) -> bool {
+    event.interaction != "delete" && listening.iter().any(|(_, s)| s.fhirpath.is_some())
+}
+
+/// The deliveries of `event`: one per subscription whose criteria and
+/// condition it meets.
+async fn matching<'e>(
+    tx: &Tx,
+    event: &'e Event,
+    listening: &[&(Uuid, Spec)],
+    contents: &HashMap<Uuid, String>,
+) -> Result<Vec<NewDelivery<'e>>> {
+    let Some(version_id) = notified_version(event) else {
+        return Ok(Vec::new());
     };
-    let Some(content) = tx
-        .version_content(
-            event.project_id,
-            &event.resource_type,
-            event.resource_id,
-            version_id,
-        )
-        .await?
-    else {
-        return Ok(None);
+    let Some(content) = contents.get(&version_id) else {
+        return Ok(Vec::new());
     };
-    let current = parse(&content, event)?;
+    let current = parse(content, event)?;
     if is_delivery_audit(&current) {
         // It would notify about the notification it records, without end.
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let criteria: Vec<&[Filter]> = listening
         .iter()
@@ -224,7 +247,7 @@ async fn matching(
     let matched = if criteria.iter().all(|filters| filters.is_empty()) {
         vec![true; criteria.len()]
     } else {
-        let still_current = if deleted {
+        let still_current = if event.interaction == "delete" {
             None
         } else {
             tx.current_matches(
@@ -243,7 +266,7 @@ async fn matching(
                 tx.past_matches(
                     event.project_id,
                     &event.resource_type,
-                    &content,
+                    content,
                     index,
                     &criteria,
                 )
@@ -252,33 +275,28 @@ async fn matching(
         }
     };
     let previous = match event.previous_version_id {
-        Some(previous) if !deleted && listening.iter().any(|(_, s)| s.fhirpath.is_some()) => tx
-            .version_content(
-                event.project_id,
-                &event.resource_type,
-                event.resource_id,
-                previous,
-            )
-            .await?
-            .map(|content| parse(&content, event))
+        Some(previous) if needs_previous(event, listening) => contents
+            .get(&previous)
+            .map(|content| parse(content, event))
             .transpose()?,
         _ => None,
     };
-    let subscriptions = listening
+    Ok(listening
         .iter()
         .zip(matched)
         .filter(|((_, spec), matched)| {
             *matched && spec.condition_holds(&current, previous.as_ref())
         })
-        .map(|((id, spec), _)| {
-            let channel = match spec.channel {
+        .map(|((id, spec), _)| NewDelivery {
+            subscription_id: *id,
+            channel: match spec.channel {
                 Channel::RestHook { .. } => "rest-hook",
                 Channel::Websocket => "websocket",
-            };
-            (*id, channel)
+            },
+            event,
+            version_id,
         })
-        .collect();
-    Ok(Some((version_id, subscriptions)))
+        .collect())
 }
 
 fn parse(content: &str, event: &Event) -> Result<Value> {
@@ -337,8 +355,19 @@ async fn deliver(state: &AppState) -> Result<bool> {
         tx.commit().await?;
         return Ok(true);
     };
+    let versions: Vec<VersionKey> = batch
+        .iter()
+        .map(|d| VersionKey {
+            project_id: d.project_id,
+            resource_type: d.resource_type.clone(),
+            id: d.resource_id,
+            version_id: d.version_id,
+        })
+        .collect();
+    let contents = tx.version_contents(&versions).await?;
+    let mut delivered = Vec::new();
     for delivery in &batch {
-        let Some(body) = readable_content(state, &tx, policy, delivery).await? else {
+        let Some(body) = readable_content(state, policy, delivery, &contents).await? else {
             tx.record_attempt(
                 delivery.seq,
                 &Attempted::Finished(
@@ -385,10 +414,7 @@ async fn deliver(state: &AppState) -> Result<bool> {
             }
         };
         match result {
-            Ok(_) => {
-                tx.record_attempt(delivery.seq, &Attempted::Delivered)
-                    .await?
-            }
+            Ok(_) => delivered.push(delivery.seq),
             Err(error) if delivery.attempts + 1 >= current.spec.max_attempts as i32 => {
                 let reason = format!(
                     "delivery of {}/{} failed {} times, the last with: {error}",
@@ -411,6 +437,7 @@ async fn deliver(state: &AppState) -> Result<bool> {
             }
         }
     }
+    tx.record_delivered(&delivered).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -479,44 +506,34 @@ async fn author_policy(
 /// if the author may read the resource (as it is now) at all.
 async fn readable_content(
     state: &AppState,
-    tx: &Tx,
     policy: &CompiledPolicy,
     delivery: &Delivery,
+    contents: &HashMap<Uuid, String>,
 ) -> Result<Option<String>> {
     let kind = &delivery.resource_type;
+    let Some(content) = contents.get(&delivery.version_id) else {
+        return Ok(None);
+    };
     if !policy.allows(kind, Interaction::Read) {
         return Ok(None);
     }
     let types = [kind.clone()];
     let filter = policy.row_filter(&types, Interaction::Read);
-    if state
-        .store
-        .read(
-            Tenant::Project(delivery.project_id),
-            kind,
-            delivery.resource_id,
-            &filter,
-        )
-        .await?
-        .is_none()
-    {
-        return Ok(None);
+    // Without criteria, the gate above decided.
+    if filter != RowFilter::All {
+        let tenant = Tenant::Project(delivery.project_id);
+        let readable = state
+            .store
+            .read(tenant, kind, delivery.resource_id, &filter)
+            .await?;
+        if readable.is_none() {
+            return Ok(None);
+        }
     }
-    let Some(content) = tx
-        .version_content(
-            delivery.project_id,
-            kind,
-            delivery.resource_id,
-            delivery.version_id,
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
     if !policy.hides_fields(kind) {
-        return Ok(Some(content));
+        return Ok(Some(content.clone()));
     }
-    let mut value: Value = serde_json::from_str(&content)
+    let mut value: Value = serde_json::from_str(content)
         .map_err(|e| Error::Internal(format!("stored {kind} is not JSON: {e}")))?;
     policy.redact(&mut value);
     Ok(Some(value.to_string()))

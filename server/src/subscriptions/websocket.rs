@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::web;
 use actix_ws::Message;
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -102,14 +102,10 @@ impl Sockets {
     }
 }
 
-/// `GET /fhir/R4/Subscription/{id}/$get-ws-binding-token`: a token that
+/// `Subscription/{id}/$get-ws-binding-token`: Parameters with a token that
 /// binds a websocket to a Subscription the caller may read.
-pub async fn binding_token(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse> {
-    let version = fhir::read(&state, &caller, "Subscription", &path).await?;
+pub async fn binding_token(state: &AppState, caller: &Caller, id: &str) -> Result<Value> {
+    let version = fhir::read(state, caller, "Subscription", id).await?;
     let subscription = fhir::parse_stored(&version)?;
     if subscription["channel"]["type"] != "websocket" {
         return Err(Error::BadRequest(format!(
@@ -137,7 +133,7 @@ pub async fn binding_token(
             .trim_end_matches('/'),
         PATH
     );
-    let parameters = json!({
+    Ok(json!({
         "resourceType": "Parameters",
         "parameter": [
             {"name": "token", "valueString": token},
@@ -145,24 +141,11 @@ pub async fn binding_token(
             {"name": "subscription", "valueString": version.id.to_string()},
             {"name": "websocket-url", "valueUrl": websocket_url}
         ]
-    });
-    Ok(HttpResponse::Ok()
-        .content_type(crate::http::FHIR_JSON)
-        .body(parameters.to_string()))
+    }))
 }
 
-/// `GET /ws/subscriptions-r4`: the websocket.
-pub async fn connect(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> std::result::Result<HttpResponse, actix_web::Error> {
-    let (response, session, messages) = actix_ws::handle(&req, body)?;
-    actix_web::rt::spawn(serve(state, session, messages));
-    Ok(response)
-}
-
-async fn serve(
+/// Serves one connected client until it goes away.
+pub async fn serve(
     state: web::Data<AppState>,
     mut session: actix_ws::Session,
     mut messages: actix_ws::MessageStream,
@@ -321,14 +304,4 @@ pub fn notification(base_url: &str, delivery: &Delivery, content: &str) -> Strin
         ]
     })
     .to_string()
-}
-
-/// The binding-token operation (before the FHIR routes, which would take it
-/// for a compartment search) and the websocket.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/fhir/R4/Subscription/{id}/$get-ws-binding-token",
-        web::get().to(binding_token),
-    )
-    .route(PATH, web::get().to(connect));
 }
