@@ -159,44 +159,42 @@ impl Tx {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
-    /// Which of `criteria` (each the filters of one search, ANDed) the
-    /// resource's current row matches, if it is still `version_id`: `None`
-    /// when a later version replaced it. One statement, compiled by the
-    /// search engine as searches are.
+    /// Which of `criteria` (each the filters of one search, ANDed) each of
+    /// `versions` (resource id, version id) of one project and type matches,
+    /// by version id; a version a later one has replaced is absent. One
+    /// statement, compiled by the search engine as searches are.
     pub async fn current_matches(
         &self,
         project_id: Uuid,
         resource_type: &str,
-        id: Uuid,
-        version_id: Uuid,
+        versions: &[(Uuid, Uuid)],
         criteria: &[&[Filter]],
-    ) -> Result<Option<Vec<bool>>> {
-        let mut q = Query::new("SELECT ARRAY[true");
-        let project = q.placeholder(project_id);
-        let kind = q.placeholder(resource_type.to_string());
-        let row_id = q.placeholder(id);
+    ) -> Result<HashMap<Uuid, Vec<bool>>> {
+        let mut q = Query::new("SELECT r.version_id, ARRAY[true");
         for filters in criteria {
-            q.push(&format!(
-                ", EXISTS (SELECT 1 FROM resource m WHERE m.project_id = {project} AND m.resource_type = {kind} AND m.id = {row_id}"
-            ));
-            search::row_condition(&mut q, "m", &one_branch(filters))?;
+            q.push(", (TRUE");
+            search::row_condition(&mut q, "r", &one_branch(filters))?;
             q.push(")");
         }
-        q.push("] FROM resource WHERE project_id = ")
-            .push(&project)
-            .push(" AND resource_type = ")
-            .push(&kind)
-            .push(" AND id = ")
-            .push(&row_id)
-            .push(" AND version_id = ")
-            .bind(version_id)
-            .push(" AND NOT deleted");
+        let (ids, version_ids): (Vec<Uuid>, Vec<Uuid>) = versions.iter().copied().unzip();
+        q.push("] FROM resource r WHERE r.project_id = ")
+            .bind(project_id)
+            .push(" AND r.resource_type = ")
+            .bind(resource_type.to_string())
+            .push(" AND (r.id, r.version_id) IN (SELECT * FROM UNNEST(")
+            .bind(ids)
+            .push("::uuid[], ")
+            .bind(version_ids)
+            .push("::uuid[])) AND NOT r.deleted");
         let rows = self.run(&q.sql, &q.values()).await?;
-        Ok(rows.first().map(|row| {
-            let mut matched: Vec<bool> = row.get(0);
-            matched.remove(0);
-            matched
-        }))
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let mut matched: Vec<bool> = row.get(1);
+                matched.remove(0);
+                (row.get(0), matched)
+            })
+            .collect())
     }
 
     /// Which of `criteria` a version that is no longer current would match:
@@ -228,14 +226,21 @@ impl Tx {
                 index,
             )
             .await?;
-            self.current_matches(project_id, resource_type, scratch, version_id, criteria)
-                .await
+            self.current_matches(
+                project_id,
+                resource_type,
+                &[(scratch, version_id)],
+                criteria,
+            )
+            .await
         }
         .await;
         // The scratch version (and the event its trigger recorded) goes.
         self.run("ROLLBACK TO SAVEPOINT past_version", &[]).await?;
         self.truncate_bookkeeping(kept);
-        Ok(matched?.unwrap_or_else(|| vec![false; criteria.len()]))
+        Ok(matched?
+            .remove(&version_id)
+            .unwrap_or_else(|| vec![false; criteria.len()]))
     }
 
     /// Queues deliveries, in the order given (each queue's order).
@@ -445,28 +450,6 @@ impl Store {
             )
             .await?;
         Ok(dropped + forgotten)
-    }
-
-    /// A live membership of a project whose profile is `profile`, with its
-    /// project: `(project, membership)` contents.
-    pub async fn membership_of_profile(
-        &self,
-        project_id: Uuid,
-        profile: &str,
-    ) -> Result<Option<(String, String)>> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT p.content, m.content FROM resource m
-                 JOIN resource p ON p.project_id = m.project_id AND p.resource_type = 'Project'
-                                AND p.id = m.project_id AND NOT p.deleted
-                 WHERE m.project_id = $1 AND m.resource_type = 'ProjectMembership' AND NOT m.deleted
-                   AND m.content::jsonb -> 'profile' ->> 'reference' = $2
-                 ORDER BY m.id LIMIT 1",
-            )
-            .await?;
-        let rows = client.query(&statement, &[&project_id, &profile]).await?;
-        Ok(rows.first().map(|row| (row.get(0), row.get(1))))
     }
 }
 

@@ -133,10 +133,13 @@ fn spawn_worker(state: Weak<AppState>, work: Work) {
     });
 }
 
+/// The active Subscriptions of one project on one type.
+type Watchers = Vec<(Uuid, Spec)>;
+
 /// Matches the oldest events and queues their deliveries; true if more
-/// events may be waiting. The versions' contents come in one statement, the
-/// deliveries go in one; matching is one statement per event whose
-/// subscriptions have search criteria.
+/// events may be waiting. One statement reads the versions' contents, one
+/// per project and type matches the versions still current against every
+/// criteria there, one queues the deliveries.
 async fn fan_out(state: &AppState) -> Result<bool> {
     let tx = state.store.begin().await?;
     if !tx.take_fanout_turn().await? {
@@ -148,10 +151,10 @@ async fn fan_out(state: &AppState) -> Result<bool> {
         tx.rollback().await?;
         return Ok(false);
     }
-    let mut watchers: HashMap<(Uuid, String), Vec<(Uuid, Spec)>> = HashMap::new();
+    let key = |event: &Event| (event.project_id, event.resource_type.clone());
+    let mut watchers: HashMap<(Uuid, String), Watchers> = HashMap::new();
     for event in &events {
-        let key = (event.project_id, event.resource_type.clone());
-        if !watchers.contains_key(&key) {
+        if !watchers.contains_key(&key(event)) {
             let specs = tx
                 .watchers(event.project_id, &event.resource_type)
                 .await?
@@ -161,39 +164,66 @@ async fn fan_out(state: &AppState) -> Result<bool> {
                     Some((w.id, Spec::parse(&value).ok()?))
                 })
                 .collect();
-            watchers.insert(key, specs);
+            watchers.insert(key(event), specs);
         }
     }
-    let listening: Vec<Vec<&(Uuid, Spec)>> = events
+    // For each event, the subscriptions (indexes into its watchers) it may notify.
+    let listening: Vec<Vec<usize>> = events
         .iter()
         .map(|event| {
-            watchers[&(event.project_id, event.resource_type.clone())]
+            watchers[&key(event)]
                 .iter()
-                .filter(|(_, spec)| spec.listens(&event.interaction, event.recorded_at))
+                .enumerate()
+                .filter(|(_, (_, spec))| spec.listens(&event.interaction, event.recorded_at))
+                .map(|(n, _)| n)
                 .collect()
         })
         .collect();
     let mut wanted = Vec::new();
+    let mut current: HashMap<(Uuid, String), Vec<(Uuid, Uuid)>> = HashMap::new();
     for (event, listening) in events.iter().zip(&listening) {
         if listening.is_empty() {
             continue;
         }
-        let key = |version_id| VersionKey {
+        let version = |version_id| VersionKey {
             project_id: event.project_id,
             resource_type: event.resource_type.clone(),
             id: event.resource_id,
             version_id,
         };
-        wanted.extend(notified_version(event).map(key));
-        if needs_previous(event, listening) {
-            wanted.extend(event.previous_version_id.map(key));
+        wanted.extend(notified_version(event).map(version));
+        if needs_previous(event, &watchers[&key(event)], listening) {
+            wanted.extend(event.previous_version_id.map(version));
+        }
+        if event.interaction != "delete" {
+            current
+                .entry(key(event))
+                .or_default()
+                .push((event.resource_id, event.version_id));
         }
     }
     let contents = tx.version_contents(&wanted).await?;
+    let mut matched_now = HashMap::new();
+    for ((project_id, resource_type), versions) in &current {
+        let specs = &watchers[&(*project_id, resource_type.clone())];
+        if specs.iter().all(|(_, spec)| spec.filters.is_empty()) {
+            continue;
+        }
+        let criteria = criteria_of(specs);
+        matched_now.extend(
+            tx.current_matches(*project_id, resource_type, versions, &criteria)
+                .await?,
+        );
+    }
     let mut queued = Vec::new();
     for (event, listening) in events.iter().zip(&listening) {
         if !listening.is_empty() {
-            queued.extend(matching(&tx, event, listening, &contents).await?);
+            let specs = &watchers[&key(event)];
+            let found = Found {
+                contents: &contents,
+                matched_now: &matched_now,
+            };
+            queued.extend(matching(&tx, event, specs, listening, &found).await?);
         }
     }
     tx.queue_deliveries(&queued).await?;
@@ -204,6 +234,10 @@ async fn fan_out(state: &AppState) -> Result<bool> {
     }
     tx.commit().await?;
     Ok(events.len() as i64 == FANOUT_BATCH)
+}
+
+fn criteria_of(specs: &[(Uuid, Spec)]) -> Vec<&[Filter]> {
+    specs.iter().map(|(_, s)| s.filters.as_slice()).collect()
 }
 
 /// The version whose content a notification of `event` carries: the
@@ -217,22 +251,31 @@ fn notified_version(event: &Event) -> Option<Uuid> {
 }
 
 /// Whether a FHIRPath condition needs `%previous` (an update's).
-fn needs_previous(event: &Event, listening: &[&(Uuid, Spec)]) -> bool {
-    event.interaction != "delete" && listening.iter().any(|(_, s)| s.fhirpath.is_some())
+fn needs_previous(event: &Event, specs: &[(Uuid, Spec)], listening: &[usize]) -> bool {
+    event.interaction != "delete" && listening.iter().any(|&n| specs[n].1.fhirpath.is_some())
 }
 
-/// The deliveries of `event`: one per subscription whose criteria and
-/// condition it meets.
+/// What the fan-out read for a batch of events: versions' contents, and
+/// the criteria matched by versions still current (by version id, one
+/// result per watcher of their project and type).
+struct Found<'a> {
+    contents: &'a HashMap<Uuid, String>,
+    matched_now: &'a HashMap<Uuid, Vec<bool>>,
+}
+
+/// The deliveries of `event`: one per listening subscription (indexes into
+/// `specs`) whose criteria and condition it meets.
 async fn matching<'e>(
     tx: &Tx,
     event: &'e Event,
-    listening: &[&(Uuid, Spec)],
-    contents: &HashMap<Uuid, String>,
+    specs: &[(Uuid, Spec)],
+    listening: &[usize],
+    found: &Found<'_>,
 ) -> Result<Vec<NewDelivery<'e>>> {
     let Some(version_id) = notified_version(event) else {
         return Ok(Vec::new());
     };
-    let Some(content) = contents.get(&version_id) else {
+    let Some(content) = found.contents.get(&version_id) else {
         return Ok(Vec::new());
     };
     let current = parse(content, event)?;
@@ -240,42 +283,25 @@ async fn matching<'e>(
         // It would notify about the notification it records, without end.
         return Ok(Vec::new());
     }
-    let criteria: Vec<&[Filter]> = listening
-        .iter()
-        .map(|(_, s)| s.filters.as_slice())
-        .collect();
-    let matched = if criteria.iter().all(|filters| filters.is_empty()) {
-        vec![true; criteria.len()]
+    let matched = if specs.iter().all(|(_, spec)| spec.filters.is_empty()) {
+        vec![true; specs.len()]
+    } else if let Some(matched) = found.matched_now.get(&event.version_id) {
+        matched.clone()
     } else {
-        let still_current = if event.interaction == "delete" {
-            None
-        } else {
-            tx.current_matches(
-                event.project_id,
-                &event.resource_type,
-                event.resource_id,
-                event.version_id,
-                &criteria,
-            )
-            .await?
-        };
-        match still_current {
-            Some(matched) => matched,
-            None => {
-                let index = fhir_model::search::extract(Registry::get(), &current);
-                tx.past_matches(
-                    event.project_id,
-                    &event.resource_type,
-                    content,
-                    index,
-                    &criteria,
-                )
-                .await?
-            }
-        }
+        // A delete, or a version a later write replaced already.
+        let index = fhir_model::search::extract(Registry::get(), &current);
+        tx.past_matches(
+            event.project_id,
+            &event.resource_type,
+            content,
+            index,
+            &criteria_of(specs),
+        )
+        .await?
     };
     let previous = match event.previous_version_id {
-        Some(previous) if needs_previous(event, listening) => contents
+        Some(previous) if needs_previous(event, specs, listening) => found
+            .contents
             .get(&previous)
             .map(|content| parse(content, event))
             .transpose()?,
@@ -283,7 +309,8 @@ async fn matching<'e>(
     };
     Ok(listening
         .iter()
-        .zip(matched)
+        .map(|&n| &specs[n])
+        .zip(listening.iter().map(|&n| matched[n]))
         .filter(|((_, spec), matched)| {
             *matched && spec.condition_holds(&current, previous.as_ref())
         })
@@ -482,21 +509,22 @@ async fn author_policy(
     project_id: Uuid,
     author: &str,
 ) -> Result<Option<CompiledPolicy>> {
-    let Some((project, membership)) = state
-        .store
-        .membership_of_profile(project_id, author)
-        .await?
+    let tenant = Tenant::Project(project_id);
+    let memberships =
+        crate::fhir::search::find(state, tenant, "ProjectMembership", &[("profile", author)])
+            .await?;
+    let Some(membership) = memberships
+        .iter()
+        .map(fhir::parse_stored)
+        .collect::<Result<Vec<Value>>>()?
+        .into_iter()
+        .find(|m| crate::auth::membership_usable(m, Utc::now()))
     else {
         return Ok(None);
     };
-    let parse = |content: &str| {
-        serde_json::from_str::<Value>(content)
-            .map_err(|e| Error::Internal(format!("stored membership is not JSON: {e}")))
-    };
-    let (project, membership) = (parse(&project)?, parse(&membership)?);
-    if !crate::auth::membership_usable(&membership, Utc::now()) {
+    let Some(project) = crate::auth::read_live(state, tenant, "Project", project_id).await? else {
         return Ok(None);
-    }
+    };
     let (_, policy) =
         crate::auth::membership_access(state, project_id, &project, &membership, &[]).await?;
     Ok(Some(policy))

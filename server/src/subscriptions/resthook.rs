@@ -33,6 +33,7 @@ pub fn client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(TIMEOUT)
+        .tcp_nodelay(true)
         .dns_resolver(Arc::new(PublicOnly { allow_private }))
         .build()
 }
