@@ -91,6 +91,13 @@ CREATE TRIGGER resource_subscription_delete AFTER DELETE ON resource FOR EACH RO
     WHEN (OLD.resource_type = 'Subscription')
     EXECUTE FUNCTION subscription_target_sync();
 
+-- Whether an active Subscription watches a project's type.
+CREATE FUNCTION subscription_watched(project uuid, kind text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM subscription_target t
+                   WHERE t.project_id = project AND t.resource_type = kind)
+$$;
+
 -- Statement triggers see a statement's rows at once (a batch of creates is
 -- one statement): one probe of the small target table per row.
 CREATE FUNCTION record_subscription_creates() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -98,8 +105,7 @@ BEGIN
     INSERT INTO subscription_event (project_id, resource_type, resource_id, version_id, interaction)
     SELECT n.project_id, n.resource_type, n.id, n.version_id, 'create'
     FROM new_rows n
-    WHERE EXISTS (SELECT 1 FROM subscription_target t
-                  WHERE t.project_id = n.project_id AND t.resource_type = n.resource_type)
+    WHERE subscription_watched(n.project_id, n.resource_type)
     ORDER BY n.id;
     IF FOUND THEN
         PERFORM pg_notify('fhirgate_subscriptions', '');
@@ -118,8 +124,7 @@ BEGIN
     JOIN old_rows o ON o.project_id = n.project_id AND o.resource_type = n.resource_type AND o.id = n.id
     WHERE n.version_id <> o.version_id
       AND NOT (n.deleted AND o.deleted)
-      AND EXISTS (SELECT 1 FROM subscription_target t
-                  WHERE t.project_id = n.project_id AND t.resource_type = n.resource_type)
+      AND subscription_watched(n.project_id, n.resource_type)
     ORDER BY n.id;
     IF FOUND THEN
         PERFORM pg_notify('fhirgate_subscriptions', '');

@@ -154,7 +154,7 @@ async fn fan_out(state: &AppState) -> Result<bool> {
     let key = |event: &Event| (event.project_id, event.resource_type.clone());
     let mut watchers: HashMap<(Uuid, String), Watchers> = HashMap::new();
     for event in &events {
-        if !watchers.contains_key(&key(event)) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(key(event)) {
             let specs = tx
                 .watchers(event.project_id, &event.resource_type)
                 .await?
@@ -164,7 +164,7 @@ async fn fan_out(state: &AppState) -> Result<bool> {
                     Some((w.id, Spec::parse(&value).ok()?))
                 })
                 .collect();
-            watchers.insert(key(event), specs);
+            slot.insert(specs);
         }
     }
     // For each event, the subscriptions (indexes into its watchers) it may notify.
