@@ -10,10 +10,11 @@ mod policy;
 mod report;
 mod scenarios;
 mod stats;
+mod subscription;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde_json::json;
 
 use crate::{
@@ -132,11 +133,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     if !growth {
         sizes.push(args.patients as usize);
     }
-    let default_scenarios: &[Scenario] = if growth {
-        &scenarios::GROWTH
-    } else {
-        Scenario::value_variants()
-    };
+    let all = Scenario::defaults();
+    let default_scenarios: &[Scenario] = if growth { &scenarios::GROWTH } else { &all };
     if growth && !args.analyze {
         eprintln!(
             "growth: without --analyze the larger sizes may run on stale planner statistics \
@@ -172,6 +170,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     // The client given, and the restricted callers once the first size is loaded.
     let mut callers: Vec<(Policy, Arc<Api>)> = vec![(Policy::Unrestricted, api.clone())];
     let mut runs: Vec<SizeRun> = Vec::new();
+    let mut rounds: Vec<subscription::Round> = Vec::new();
     for &size in &sizes {
         let delta = size - generator.generated();
         eprintln!(
@@ -236,6 +235,13 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             .collect();
         let mut results = Vec::new();
         for &scenario in &selected {
+            if scenario == Scenario::Subscription {
+                let (rows, subscription_rounds) =
+                    subscription::run(&ctxs[0].1, concurrency, duration).await;
+                results.extend(rows);
+                rounds = subscription_rounds;
+                continue;
+            }
             for (p, ctx) in &ctxs {
                 if wanted(scenario, *p, &policies) {
                     results.push(run_scenario(ctx, scenario, *p, concurrency, duration).await);
@@ -248,6 +254,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             println!("\n{size} patients, {} resources loaded", loader.resources);
         }
         report::print_table(&results);
+        subscription::print(&rounds);
         runs.push(SizeRun {
             patients: size,
             resources: loader.resources,
@@ -283,6 +290,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         if !restricted.is_empty() {
             report["policies"] = json!(policies.iter().map(|p| p.as_str()).collect::<Vec<_>>());
             report["project"] = json!({"id": api.project, "created": own_project});
+        }
+        if !rounds.is_empty() {
+            report["subscription"] = subscription::to_json(&rounds);
         }
         if growth {
             report["sizes"] = json!(report::sizes_json(&runs));

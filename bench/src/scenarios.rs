@@ -30,6 +30,9 @@ pub enum Scenario {
     Update,
     Transaction,
     Mixed,
+    /// Creates with 0, 1, 10 and 100 matching rest-hook Subscriptions
+    /// (`crate::subscription`); only when asked for.
+    Subscription,
 }
 
 /// What a `--sizes` run measures unless told otherwise.
@@ -41,6 +44,16 @@ pub const GROWTH: [Scenario; 4] = [
 ];
 
 impl Scenario {
+    /// What runs when no scenario is named: all but `subscription`, which
+    /// needs a server that may call this tool's receiver.
+    pub fn defaults() -> Vec<Scenario> {
+        Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|&s| s != Scenario::Subscription)
+            .collect()
+    }
+
     /// Reads and searches: only these run as the policy-restricted callers.
     pub fn is_read(self) -> bool {
         matches!(
@@ -256,6 +269,9 @@ async fn step(
                     rec.resources += resources.len() as u64;
                 }
             }
+        }
+        Scenario::Subscription => {
+            rec.error("the subscription scenario runs in rounds of its own".into());
         }
         Scenario::Mixed => {
             // Medplum's load test loop: create a Patient, read it, search by its family.

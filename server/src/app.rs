@@ -55,6 +55,8 @@ pub struct AppState {
     pub http_client: reqwest::Client,
     /// Key sets fetched from clients' `jwksUri`s.
     pub jwks: crate::auth::client::JwksCache,
+    /// Subscription delivery: its workers and this instance's websockets.
+    pub subscriptions: crate::subscriptions::Hub,
 }
 
 impl AppState {
@@ -146,6 +148,7 @@ impl Application {
                 .build()
                 .map_err(|e| Error::Startup(format!("HTTP client: {e}")))?,
             jwks: Default::default(),
+            subscriptions: crate::subscriptions::Hub::new(config.subscription_allow_private)?,
             capability: capability_statement(&base_url).to_string(),
             base_url: base_url.clone(),
             store,
@@ -158,6 +161,10 @@ impl Application {
         // Installed before the first request, so that every one is counted.
         crate::metrics::handle();
         let metrics_state = state.clone();
+        crate::subscriptions::spawn(
+            &state.clone().into_inner(),
+            connect::pg_config(&config.database_url)?,
+        );
         let server = HttpServer::new(move || {
             // Runs on each worker thread.
             state.store.adopt_worker_thread();
@@ -173,6 +180,7 @@ impl Application {
                 .configure(http::auth_lifecycle::routes)
                 // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
                 .configure(http::admin::routes)
+                .configure(http::subscriptions::routes)
                 .configure(http::fhir::routes)
                 .default_service(web::to(not_found))
         })
@@ -246,6 +254,7 @@ fn spawn_maintenance(state: std::sync::Weak<AppState>) {
             tick.tick().await;
             let Some(state) = state.upgrade() else { break };
             state.auth_limiter.prune();
+            crate::subscriptions::clean(&state).await;
             if let Err(e) = state.keys.reload().await {
                 tracing::warn!(error = %e, "reloading signing keys failed");
             }

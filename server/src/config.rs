@@ -44,6 +44,9 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether a client's `jwksUri` may be plain `http://` (development only).
     pub allow_http_jwks_uri: bool,
+    /// Whether subscription endpoints may be loopback, link-local or private
+    /// addresses (`FHIRGATE_SUBSCRIPTION_ALLOW_PRIVATE`; development and tests).
+    pub subscription_allow_private: bool,
     /// Most resources one conditional delete may remove.
     pub max_conditional_delete: usize,
     /// How long a client's previous secret keeps working after
@@ -269,6 +272,7 @@ impl Config {
             auth_rate_limit: number("FHIRGATE_AUTH_RATE_LIMIT", 600)?.clamp(1, 1_000_000) as u32,
             trusted_proxies: trusted_proxies(var("FHIRGATE_TRUSTED_PROXIES").as_deref())?,
             allow_http_jwks_uri: number("FHIRGATE_ALLOW_HTTP_JWKS_URI", 0)? != 0,
+            subscription_allow_private: number("FHIRGATE_SUBSCRIPTION_ALLOW_PRIVATE", 0)? != 0,
             max_conditional_delete: number("FHIRGATE_MAX_CONDITIONAL_DELETE", 100)?.max(1),
             retiring_secret: Duration::from_secs(
                 number("FHIRGATE_RETIRING_SECRET_SECONDS", 3600)? as u64
@@ -316,6 +320,7 @@ impl Config {
             auth_rate_limit: 600,
             trusted_proxies: Vec::new(),
             allow_http_jwks_uri: false,
+            subscription_allow_private: false,
             max_conditional_delete: 100,
             retiring_secret: Duration::from_secs(3600),
             max_bundle_entries: 10_000,

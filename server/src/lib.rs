@@ -12,6 +12,7 @@ pub mod fhir;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod subscriptions;
 
 pub use app::{prepare_database, Application};
 pub use config::Config;

@@ -41,6 +41,7 @@ enum Logs {
     Kept,
 }
 
+/// Starts the binary with `env` besides the defaults.
 fn start_logging(database_url: &str, logs: Logs, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .env_clear()
@@ -51,6 +52,7 @@ fn start_logging(database_url: &str, logs: Logs, env: &[(&str, &str)]) -> Runnin
         .env("FHIRGATE_LOG_FORMAT", "json")
         .env("FHIRGATE_LOG_LEVEL", "debug")
         .env("FHIRGATE_WORKERS", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -303,5 +305,178 @@ async fn log_lines_carry_the_request_id_and_slow_requests_their_sql() {
             .is_some_and(|s| s.iter().any(|s| s["id"] == "req-under-test-7"))));
     terminate(&running.child);
     running.child.wait().unwrap();
+    drop_database(&database).await;
+}
+
+/// A receiver of rest-hook notifications that records every body and
+/// leaves the first request unanswered, so that delivery is in flight when
+/// the server is killed.
+struct HoldingReceiver {
+    address: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HoldingReceiver {
+    async fn start() -> HoldingReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = bodies.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let body = read_request(&mut stream).await;
+                let first = {
+                    let mut bodies = recorded.lock().unwrap();
+                    bodies.push(body);
+                    bodies.len() == 1
+                };
+                if first {
+                    held.push(stream);
+                } else {
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+            }
+        });
+        HoldingReceiver { address, bodies }
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<String> {
+        for _ in 0..600 {
+            let bodies = self.bodies.lock().unwrap().clone();
+            if bodies.len() >= count {
+                return bodies;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "expected {count} notifications, got {:?}",
+            self.bodies.lock().unwrap()
+        );
+    }
+}
+
+/// One HTTP/1.1 request's body (by its Content-Length).
+async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).await.unwrap_or(0);
+        if read == 0 {
+            return String::new();
+        }
+        data.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&data).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&data[end + 4..end + 4 + length]).to_string();
+            }
+        }
+    }
+}
+
+/// A write committed while its notification could not go out yet (the
+/// receiver holds the one before it), then SIGKILL: after a restart on the
+/// same database both notifications are delivered, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_survive_sigkill_between_commit_and_delivery() {
+    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{database}", postgres_server());
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let env = [
+        ("FHIRGATE_SUBSCRIPTION_ALLOW_PRIVATE", "1"),
+        ("FHIRGATE_ADMIN_CLIENT_ID", client_id.as_str()),
+        ("FHIRGATE_ADMIN_CLIENT_SECRET", secret.as_str()),
+    ];
+    let receiver = HoldingReceiver::start().await;
+    let mut first = start_logging(&url, Logs::Read, &env);
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", first.address);
+    let token: Value = http
+        .post(format!("{base}/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id.as_str()),
+            ("client_secret", secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let create = async |body: Value| -> Value {
+        let response = http
+            .post(format!(
+                "{base}/fhir/R4/{}",
+                body["resourceType"].as_str().unwrap()
+            ))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    };
+    create(
+        serde_json::json!({"resourceType": "Subscription", "status": "active",
+        "reason": "crash test", "criteria": "Patient",
+        "channel": {"type": "rest-hook", "endpoint": format!("http://{}/hook", receiver.address),
+            "payload": "application/fhir+json"}}),
+    )
+    .await;
+    let held =
+        create(serde_json::json!({"resourceType": "Patient", "name": [{"family": "Held"}]})).await;
+    receiver.wait_for(1).await;
+    let queued =
+        create(serde_json::json!({"resourceType": "Patient", "name": [{"family": "Queued"}]}))
+            .await;
+
+    let status = Command::new("kill")
+        .args(["-KILL", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    first.child.wait().unwrap();
+    assert_eq!(
+        receiver.bodies.lock().unwrap().len(),
+        1,
+        "the second notification waited behind the first"
+    );
+
+    let mut second = start_logging(&url, Logs::Read, &env);
+    let bodies = receiver.wait_for(3).await;
+    let ids: Vec<Value> = bodies
+        .iter()
+        .map(|body| serde_json::from_str::<Value>(body).unwrap()["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [held["id"].clone(), held["id"].clone(), queued["id"].clone()],
+        "the unacknowledged notification again, then the queued one"
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
     drop_database(&database).await;
 }

@@ -3,6 +3,7 @@
 //! (created by the server itself, as on a first start), and dropped after.
 //! Tests talk to it over HTTP only, as clients do.
 
+pub mod receiver;
 pub mod smtp;
 pub mod walk;
 
@@ -38,6 +39,9 @@ pub struct TestApp {
     pub admin: Credentials,
     /// `http://…/metrics` when the configuration set `metrics_bind`.
     pub metrics_url: Option<String>,
+    /// Whether dropping this app drops its database (not for a second
+    /// instance on another's database).
+    owns_database: bool,
 }
 
 /// A signed-in caller: a bearer token and the base URL.
@@ -92,13 +96,27 @@ impl TestApp {
 
     /// Starts a server on a new database; `configure` may change its config.
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-        init_logging();
         let database = format!("fhirgate_test_{}", Uuid::new_v4().simple());
-        let mut config = Config::for_database(&format!("{}/{database}", postgres_server()));
         let admin = Credentials {
             client_id: Uuid::new_v4().to_string(),
             client_secret: random_secret(),
         };
+        TestApp::start(database, admin, true, configure).await
+    }
+
+    /// Another instance on this app's database (it stays this app's).
+    pub async fn another_instance(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::start(self.database.clone(), self.admin.clone(), false, configure).await
+    }
+
+    async fn start(
+        database: String,
+        admin: Credentials,
+        owns_database: bool,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        init_logging();
+        let mut config = Config::for_database(&format!("{}/{database}", postgres_server()));
         config.admin.client_id = Some(admin.client_id.clone());
         config.admin.client_secret = Some(admin.client_secret.clone());
         config.admin.email = Some("admin@example.com".into());
@@ -118,6 +136,7 @@ impl TestApp {
             database,
             admin,
             metrics_url,
+            owns_database,
         }
     }
 
@@ -241,6 +260,9 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if !self.owns_database {
+            return;
+        }
         let database = self.database.clone();
         // Dropping needs async I/O; do it on a thread of its own.
         let _ = std::thread::spawn(move || {

@@ -434,13 +434,9 @@ fn claims_of(token: &str) -> Value {
 /// A second instance on `app`'s database, behind the same public URL (the
 /// tokens' issuer), as instances behind one load balancer are.
 async fn second_instance(app: &TestApp) -> TestApp {
-    let database = app.database.clone();
     let base_url = app.base_url.clone();
-    TestApp::spawn_with(move |config| {
-        config.database_url = format!("{}/{database}", fhirgate_tests::postgres_server());
-        config.base_url = Some(base_url);
-    })
-    .await
+    app.another_instance(move |config| config.base_url = Some(base_url))
+        .await
 }
 
 /// Polls `GET path` until it answers 401, for at most five seconds; returns

@@ -262,17 +262,22 @@ pub async fn password_login(
     let user = match user {
         Some(user) if verified.ok => user,
         known => {
+            let locked_until = count_failure(state, &key).await?;
             if let Some(user) = known {
                 // Recorded after the answer, so that a known email's failure
                 // takes as long as an unknown one's.
                 let state = state.clone();
+                let events = match locked_until {
+                    Some(_) => vec![audit::Event::LoginFailed, audit::Event::LoginLocked],
+                    None => vec![audit::Event::LoginFailed],
+                };
                 actix_web::rt::spawn(async move {
-                    if let Err(e) = record_failed_login(&state, &user, project_id).await {
+                    if let Err(e) = record_failed_login(&state, &user, project_id, &events).await {
                         tracing::warn!(user = %user.id, "could not record a failed sign-in: {e}");
                     }
                 });
             }
-            return Err(count_failure(state, &key).await);
+            return Err(failure_answer(locked_until, INVALID_CREDENTIALS));
         }
     };
     if let Some(rehash) = verified.rehash {
@@ -299,26 +304,31 @@ pub async fn password_login(
     state.store.clear_login_failures(&key).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
     let outcome = start_login(state, &user, memberships, &params).await?;
-    audit::record_login(state, user.id, &projects, true).await?;
+    audit::record_login(state, user.id, &projects, &[audit::Event::LoginSucceeded]).await?;
     Ok(outcome)
 }
 
-/// Counts a failed proof (password or code) against `key`: the error to
-/// answer, a lockout once there are too many.
-async fn count_failure(state: &AppState, key: &str) -> Error {
+/// Counts a failed proof (password or code) against `key`; when that locks
+/// it, until when.
+async fn count_failure(state: &AppState, key: &str) -> Result<Option<chrono::DateTime<Utc>>> {
     let policy = LockoutPolicy {
         threshold: state.config.lockout_threshold as i32,
         base_seconds: state.config.lockout_period.as_secs_f64(),
         max_seconds: MAX_LOCKOUT_SECONDS,
     };
     crate::metrics::login("failed");
-    match state.store.record_login_failure(key, policy).await {
-        Ok(Some(until)) => {
-            metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
-            locked(until)
-        }
-        Ok(None) => bad(INVALID_CREDENTIALS),
-        Err(e) => e,
+    let locked_until = state.store.record_login_failure(key, policy).await?;
+    if locked_until.is_some() {
+        metrics::counter!(crate::metrics::LOCKOUTS).increment(1);
+    }
+    Ok(locked_until)
+}
+
+/// The answer to a failed proof: the lockout, or `message`.
+fn failure_answer(locked_until: Option<chrono::DateTime<Utc>>, message: &str) -> Error {
+    match locked_until {
+        Some(until) => locked(until),
+        None => bad(message),
     }
 }
 
@@ -406,10 +416,10 @@ pub async fn verify_second_factor(
         (mfa::check_code(state, user_id, token).await?, None)
     };
     if !proven {
-        return Err(match count_failure(state, &key).await {
-            Error::BadRequest(_) => bad("Invalid code: enter the six digits the authenticator app shows, or a recovery code"),
-            other => other,
-        });
+        return Err(failure_answer(
+            count_failure(state, &key).await?,
+            "Invalid code: enter the six digits the authenticator app shows, or a recovery code",
+        ));
     }
     state.store.clear_login_failures(&key).await?;
     crate::metrics::login("succeeded");
@@ -434,7 +444,7 @@ pub async fn verify_second_factor(
         }
     };
     tx.commit().await?;
-    audit::record_login(state, user_id, &projects, true).await?;
+    audit::record_login(state, user_id, &projects, &[audit::Event::LoginSucceeded]).await?;
     Ok((outcome, recovery_codes))
 }
 
@@ -443,15 +453,17 @@ fn awaits_second_factor(login: &Value) -> bool {
     login["mfaRequired"] == Value::Bool(true) && login["mfaVerified"] != Value::Bool(true)
 }
 
-/// A `login-failed` AuditEvent in each project the user is a member of.
+/// `login-failed` (and `login-locked`) AuditEvents in each project the user
+/// is a member of.
 async fn record_failed_login(
     state: &AppState,
     user: &Version,
     project_id: Option<Uuid>,
+    events: &[audit::Event],
 ) -> Result<()> {
     let memberships = memberships_of(state, &format!("User/{}", user.id), project_id).await?;
     let projects: Vec<Uuid> = memberships.iter().map(|m| m.project_id).collect();
-    audit::record_login(state, user.id, &projects, false).await
+    audit::record_login(state, user.id, &projects, events).await
 }
 
 /// Lockout is keyed by where the email is looked up and the email itself,
@@ -745,7 +757,20 @@ pub async fn revoke_login(state: &AppState, tx: &Tx, login_id: Uuid) -> Result<(
     tx.spend_login_secrets(project_id, login_id).await?;
     if login.content["revoked"] != Value::Bool(true) {
         login.content["revoked"] = Value::Bool(true);
+        let user = login.content["user"]["reference"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         save_login(state, tx, login_id, login).await?;
+        audit::record(
+            state,
+            tx,
+            project_id,
+            audit::Event::TokenRevoked,
+            &user,
+            &format!("Login/{login_id}"),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -188,7 +188,7 @@ async fn record(state: &AppState, user_id: Uuid, event: Event) -> Result<()> {
         .iter()
         .map(|m| m.project_id)
         .collect();
-    audit::record_in_projects(state, &projects, event, &user_ref).await
+    audit::record_in_projects(state, &projects, &[event], &user_ref).await
 }
 
 /// Letters and digits of a recovery code, without separators.

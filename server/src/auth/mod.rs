@@ -213,30 +213,13 @@ impl Caller {
             .unwrap_or_default()
             .to_string();
         let project = parse(session.project.as_deref().ok_or_else(revoked)?)?;
-        let role = if project["superAdmin"] == Value::Bool(true) {
-            Role::SuperAdmin
-        } else if membership["admin"] == Value::Bool(true) {
-            Role::ProjectAdmin
-        } else {
-            Role::Member
-        };
         let profile = membership["profile"]["reference"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let scopes = access_policy::parse_scope(&claims.scope);
-        let (policies, own_policies) =
-            policies::membership_policies(&state.store, project_id, &membership).await?;
-        let policy = CompiledPolicy::compile(&PolicyInput {
-            role,
-            profile: &profile,
-            policies,
-            policy_required: setting_is_true(&project, "policyRequired"),
-            scopes: &scopes,
-        });
-        for problem in policy.problems() {
-            tracing::warn!(membership = %membership_id, "access policy entry grants nothing: {problem}");
-        }
+        let (role, policy, own_policies) =
+            membership_access(state, project_id, &project, &membership, &scopes).await?;
         let caller = Caller {
             project_id,
             role,
@@ -252,6 +235,40 @@ impl Caller {
         };
         Ok((caller, membership_end(&membership)))
     }
+}
+
+/// What a membership of `project` may do: its role, its compiled policies
+/// (narrowed by SMART `scopes`, if any), and the policies it may not edit.
+pub async fn membership_access(
+    state: &AppState,
+    project_id: Uuid,
+    project: &Value,
+    membership: &Value,
+    scopes: &[access_policy::ScopeGrant],
+) -> Result<(Role, CompiledPolicy, Vec<Uuid>)> {
+    let role = if project["superAdmin"] == Value::Bool(true) {
+        Role::SuperAdmin
+    } else if membership["admin"] == Value::Bool(true) {
+        Role::ProjectAdmin
+    } else {
+        Role::Member
+    };
+    let profile = membership["profile"]["reference"]
+        .as_str()
+        .unwrap_or_default();
+    let (policies, own_policies) =
+        policies::membership_policies(&state.store, project_id, membership).await?;
+    let policy = CompiledPolicy::compile(&PolicyInput {
+        role,
+        profile,
+        policies,
+        policy_required: setting_is_true(project, "policyRequired"),
+        scopes,
+    });
+    for problem in policy.problems() {
+        tracing::warn!(membership = %membership["id"], "access policy entry grants nothing: {problem}");
+    }
+    Ok((role, policy, own_policies))
 }
 
 fn revoked() -> Error {

@@ -115,6 +115,9 @@ pub async fn prepare(validator: &Validator, resource: Value, stamp: &Stamp) -> R
         .unwrap_or_default()
         .to_string();
     let secrets = take_secrets(&resource_type, &mut fields)?;
+    if resource_type == "Subscription" {
+        crate::subscriptions::spec::settle_status(&mut fields);
+    }
     fields.insert("id".into(), json!(stamp.id.to_string()));
     let mut meta = match fields.remove("meta") {
         Some(Value::Object(meta)) => meta,

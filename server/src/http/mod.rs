@@ -9,6 +9,7 @@ pub mod client_address;
 pub mod fhir;
 pub mod oauth;
 pub mod ratelimit;
+pub mod subscriptions;
 
 use actix_web::{
     http::{header, StatusCode},

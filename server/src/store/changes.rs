@@ -84,8 +84,41 @@ pub fn spawn_listener(config: PgConfig, observer: Weak<dyn ChangeObserver>) {
 
 /// One listening connection; returns why it ended.
 async fn listen(config: &PgConfig, observer: &Weak<dyn ChangeObserver>) -> String {
+    listen_on(
+        config,
+        CHANNEL,
+        LISTENER_NAME,
+        // Whatever changed before LISTEN took effect was not heard.
+        || {
+            observer
+                .upgrade()
+                .map(|current| current.hearing(true))
+                .is_some()
+        },
+        |payload| match observer.upgrade() {
+            Some(current) => {
+                current.changed(Change::of_payload(payload));
+                true
+            }
+            None => false,
+        },
+    )
+    .await
+}
+
+/// Listens on `channel` on a connection of its own (`application_name`
+/// `name`): `listening` once LISTEN took effect, then `heard` with each
+/// notification's payload, until either returns false (the listener's owner
+/// is gone) or the connection fails. Returns why it ended.
+pub(super) async fn listen_on(
+    config: &PgConfig,
+    channel: &str,
+    name: &str,
+    listening: impl FnOnce() -> bool,
+    mut heard: impl FnMut(&str) -> bool,
+) -> String {
     let mut config = config.clone();
-    config.application_name(LISTENER_NAME);
+    config.application_name(name);
     let (client, mut connection) = match config.connect(NoTls).await {
         Ok(pair) => pair,
         Err(e) => return format!("cannot connect: {e}"),
@@ -98,7 +131,7 @@ async fn listen(config: &PgConfig, observer: &Weak<dyn ChangeObserver>) -> Strin
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if notifications.send(Change::of_payload(n.payload())).is_err() {
+                    if notifications.send(n.payload().to_string()).is_err() {
                         return "listener stopped".to_string();
                     }
                 }
@@ -108,20 +141,17 @@ async fn listen(config: &PgConfig, observer: &Weak<dyn ChangeObserver>) -> Strin
         }
         "connection closed".to_string()
     });
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+    if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
         driver.abort();
         return format!("LISTEN failed: {e}");
     }
-    match observer.upgrade() {
-        // Whatever changed before LISTEN took effect was not heard.
-        Some(current) => current.hearing(true),
-        None => return "server stopped".into(),
+    if !listening() {
+        return "server stopped".into();
     }
-    while let Some(change) = received.recv().await {
-        let Some(current) = observer.upgrade() else {
+    while let Some(payload) = received.recv().await {
+        if !heard(&payload) {
             return "server stopped".into();
-        };
-        current.changed(change);
+        }
     }
     drop(client);
     driver

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod mfa;
 pub mod search;
 mod statistics;
+pub mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
