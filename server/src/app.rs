@@ -153,6 +153,9 @@ impl Application {
             config: config.clone(),
         });
         spawn_maintenance(Arc::downgrade(&state.clone().into_inner()));
+        if config.export_worker {
+            crate::export::worker::spawn(Arc::downgrade(&state.clone().into_inner()));
+        }
         let server = HttpServer::new(move || {
             // Runs on each worker thread.
             state.store.adopt_worker_thread();
@@ -167,6 +170,8 @@ impl Application {
                 .configure(http::auth_lifecycle::routes)
                 // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
                 .configure(http::admin::routes)
+                // Before the FHIR routes, which would take `$export` for a type or an id.
+                .configure(http::export::routes)
                 .configure(http::fhir::routes)
                 .default_service(web::to(not_found))
         })

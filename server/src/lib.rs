@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod email;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod http;
 pub mod store;

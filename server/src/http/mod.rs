@@ -5,7 +5,9 @@ pub mod admin;
 pub mod auth;
 pub mod auth_lifecycle;
 pub mod authorize;
+pub mod binary;
 pub mod client_address;
+pub mod export;
 pub mod fhir;
 pub mod oauth;
 pub mod ratelimit;
@@ -244,9 +246,7 @@ pub fn version_response(
     message: &str,
 ) -> HttpResponse {
     let mut response = HttpResponseBuilder::new(status);
-    response
-        .insert_header((header::ETAG, format!("W/\"{}\"", version.version_id)))
-        .insert_header((header::LAST_MODIFIED, http_date(version)));
+    version_headers(&mut response, version);
     match prefer {
         Return::Minimal => response.finish(),
         Return::Representation => response
@@ -256,6 +256,13 @@ pub fn version_response(
             .content_type(FHIR_JSON)
             .body(informational(message).to_string()),
     }
+}
+
+/// `ETag` and `Last-Modified` of a version.
+pub fn version_headers(response: &mut HttpResponseBuilder, version: &Version) {
+    response
+        .insert_header((header::ETAG, format!("W/\"{}\"", version.version_id)))
+        .insert_header((header::LAST_MODIFIED, http_date(version)));
 }
 
 fn http_date(version: &Version) -> String {
