@@ -9,6 +9,7 @@ pub mod export;
 pub mod identity;
 mod index;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod mfa;
 pub mod search;
 mod statistics;
