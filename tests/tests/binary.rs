@@ -3,9 +3,9 @@
 //! `securityContext`.
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use fhirgate_tests::{assert_outcome, count, status_json, Session, TestApp};
+use fhirgate_tests::{assert_outcome, count, status_json, Session, TestApp, TestProject};
 use reqwest::{Method, Response};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// PNG-like bytes: the PNG signature, then `len - 8` bytes that vary.
 fn png(len: usize, seed: u8) -> Vec<u8> {
@@ -50,6 +50,23 @@ async fn stored_rows(app: &TestApp) -> (i64, i64) {
         )
         .await,
     )
+}
+
+/// A client of `project` bound by an AccessPolicy with these `resource` entries.
+async fn client_with_policy(app: &TestApp, project: &TestProject, resources: Value) -> Session {
+    let policy = project
+        .admin
+        .create(json!({"resourceType": "AccessPolicy", "resource": resources}))
+        .await;
+    let reference = format!("AccessPolicy/{}", policy["id"].as_str().unwrap());
+    let root = app.super_admin().await;
+    app.client_with(
+        &root,
+        &project.id,
+        json!({"accessPolicy": {"reference": reference}}),
+        None,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -304,18 +321,7 @@ async fn security_context_and_access_policy_decide_who_reads() {
     let open = created_id(upload(admin, "image/png", png(100, 6)).await).await;
 
     // A caller whose policy reads Binary but not DocumentReference.
-    let policy = admin
-        .create(json!({"resourceType": "AccessPolicy", "resource": [{"resourceType": "Binary"}]}))
-        .await;
-    let root = app.super_admin().await;
-    let viewer = app
-        .client_with(
-            &root,
-            &project.id,
-            json!({"accessPolicy": {"reference": format!("AccessPolicy/{}", policy["id"].as_str().unwrap())}}),
-            None,
-        )
-        .await;
+    let viewer = client_with_policy(&app, &project, json!([{"resourceType": "Binary"}])).await;
     assert_eq!(download(&viewer, &open).await.status(), 200);
     assert_outcome(download(&viewer, &guarded).await, 404, &guarded).await;
     assert_eq!(download(admin, &guarded).await.status(), 200);
@@ -331,17 +337,7 @@ async fn security_context_and_access_policy_decide_who_reads() {
     assert_outcome(response, 400, "securityContext").await;
 
     // A caller without Binary in its policy may neither upload nor read.
-    let patients_only = admin
-        .create(json!({"resourceType": "AccessPolicy", "resource": [{"resourceType": "Patient"}]}))
-        .await;
-    let clerk = app
-        .client_with(
-            &root,
-            &project.id,
-            json!({"accessPolicy": {"reference": format!("AccessPolicy/{}", patients_only["id"].as_str().unwrap())}}),
-            None,
-        )
-        .await;
+    let clerk = client_with_policy(&app, &project, json!([{"resourceType": "Patient"}])).await;
     assert_outcome(
         upload(&clerk, "image/png", png(100, 8)).await,
         403,

@@ -10,7 +10,7 @@ use base64::{engine::general_purpose::STANDARD, Engine};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{check_accept, read_fhir_resource, version_headers, FHIR_JSON};
+use super::{check_accept, check_declared_length, read_fhir_resource, version_headers, FHIR_JSON};
 use crate::{
     app::AppState,
     auth::Caller,
@@ -85,20 +85,6 @@ async fn upload(
     Ok((resource, bytes))
 }
 
-/// 413 before reading a byte when `Content-Length` says the body is too large.
-fn check_declared_length(state: &AppState, req: &HttpRequest) -> Result<()> {
-    let limit = state.config.max_binary_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(Error::PayloadTooLarge(limit));
-    }
-    Ok(())
-}
-
 pub async fn create(
     caller: Caller,
     state: web::Data<AppState>,
@@ -107,7 +93,7 @@ pub async fn create(
 ) -> Result<HttpResponse> {
     fhir::authorize(&caller, "Binary", access_policy::Interaction::Create)?;
     check_accept(&req)?;
-    check_declared_length(&state, &req)?;
+    check_declared_length(&req, state.config.max_binary_bytes)?;
     let (resource, bytes) = upload(&state, &req, payload).await?;
     let version = fhir::binary::create(&state, &caller, resource, bytes).await?;
     super::fhir::created_response(&state, &req, &version)
@@ -122,7 +108,7 @@ pub async fn update(
 ) -> Result<HttpResponse> {
     fhir::authorize(&caller, "Binary", access_policy::Interaction::Update)?;
     check_accept(&req)?;
-    check_declared_length(&state, &req)?;
+    check_declared_length(&req, state.config.max_binary_bytes)?;
     let (resource, bytes) = upload(&state, &req, payload).await?;
     let if_match = req
         .headers()

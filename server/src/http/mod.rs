@@ -102,12 +102,8 @@ pub fn check_content_type(req: &HttpRequest, allowed: &[&str]) -> Result<()> {
     }
 }
 
-/// Reads the whole body, refusing with 413 as soon as it passes `limit`.
-pub async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes> {
+/// 413 before reading a byte when `Content-Length` says the body passes `limit`.
+pub fn check_declared_length(req: &HttpRequest, limit: usize) -> Result<()> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -116,6 +112,16 @@ pub async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(Error::PayloadTooLarge(limit));
     }
+    Ok(())
+}
+
+/// Reads the whole body, refusing with 413 as soon as it passes `limit`.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes> {
+    check_declared_length(req, limit)?;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
