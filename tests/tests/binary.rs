@@ -81,6 +81,8 @@ async fn bytes_round_trip_unchanged_in_both_forms() {
     assert_eq!(created["contentType"], "image/png");
     assert!(created.get("data").is_none(), "{created}");
     let id = created["id"].as_str().unwrap();
+    // Where the bytes are, as Medplum's createAttachment expects.
+    assert_eq!(created["url"], app.url(&format!("fhir/R4/Binary/{id}")));
 
     let response = download(member, id).await;
     assert_eq!(response.status(), 200);

@@ -96,7 +96,7 @@ pub async fn create(
     check_declared_length(&req, state.config.max_binary_bytes)?;
     let (resource, bytes) = upload(&state, &req, payload).await?;
     let version = fhir::binary::create(&state, &caller, resource, bytes).await?;
-    super::fhir::created_response(&state, &req, &version)
+    super::fhir::created_response(&state, &req, &with_url(&state, version)?)
 }
 
 pub async fn update(
@@ -116,7 +116,21 @@ pub async fn update(
         .and_then(|v| v.to_str().ok());
     let (version, outcome): (Version, WriteOutcome) =
         fhir::binary::update(&state, &caller, &id, resource, bytes, if_match).await?;
-    Ok(super::fhir::write_response(&req, &version, outcome))
+    Ok(super::fhir::write_response(
+        &req,
+        &with_url(&state, version)?,
+        outcome,
+    ))
+}
+
+/// The answer to an upload names where the bytes are (`url`, as Medplum
+/// answers: `@medplum/core`'s `createAttachment` makes the attachment's URL
+/// from it). Not stored: R4's Binary has no `url`.
+fn with_url(state: &AppState, mut version: Version) -> Result<Version> {
+    let mut value = fhir::parse_stored(&version)?;
+    value["url"] = json!(format!("{}fhir/R4/Binary/{}", state.base_url, version.id));
+    version.content = Some(value.to_string());
+    Ok(version)
 }
 
 /// Whether the client asks for the FHIR JSON form (`Accept` or `_format`
