@@ -185,6 +185,20 @@ async fn put_replaces_the_bytes_and_same_bytes_change_nothing() {
         1
     );
 
+    // Deleted, its bytes go with it.
+    let before_delete = count(&db, "SELECT count(*) FROM binary_chunk", &[]).await;
+    let other = created_id(upload(admin, "image/png", png(10, 9)).await).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM binary_chunk", &[]).await,
+        before_delete + 1
+    );
+    assert_eq!(admin.delete(&format!("Binary/{other}")).await.status(), 200);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM binary_chunk", &[]).await,
+        before_delete
+    );
+    assert_eq!(download(admin, &other).await.status(), 410);
+
     // The same bytes again: no new version.
     let (status, same) = status_json(put(replacement.clone(), "image/jpeg").await.unwrap()).await;
     assert_eq!(status, 200);
