@@ -251,11 +251,41 @@ async fn system_patient_and_group_levels_with_type_and_since() {
     )
     .await;
     assert_outcome(
-        kick_off(admin, "$export?_typeFilter=Patient%3Factive%3Dtrue").await,
+        kick_off(admin, "$export?_typeFilter=Patient%3Fnosuch%3Dtrue").await,
         400,
         "_typeFilter",
     )
     .await;
+    assert_outcome(
+        kick_off(admin, "$export?_elements=id").await,
+        400,
+        "_elements",
+    )
+    .await;
+
+    // _typeFilter: only the matching resources of its type; others whole.
+    let typed = manifest(
+        admin,
+        &start(
+            admin,
+            &format!(
+                "$export?_type=Patient,Practitioner&_typeFilter=Patient%3Ffamily%3DP1,Patient%3F_id%3D{}",
+                id(&patients[2])
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        exported(admin, &typed).await,
+        vec![
+            (
+                "Patient".to_string(),
+                sorted(vec![id(&patients[1]), id(&patients[2])])
+            ),
+            ("Practitioner".to_string(), vec![id(&practitioner)]),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

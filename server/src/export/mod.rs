@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use fhir_model::resource_types::{
     all_resource_types, is_admin_resource_type, is_known_resource_type,
 };
+use fhir_model::search::{Filter, Registry};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -34,6 +35,53 @@ pub struct ExportParams {
     pub since: Option<DateTime<Utc>>,
     /// `None`: the whole project; `Some(None)`: every patient; `Some(Some(ids))`: a Group's.
     pub patients: Option<Option<Vec<Uuid>>>,
+    /// `_typeFilter` queries (`Observation?status=final`): a type with
+    /// some exports the resources that match any of its own.
+    pub type_filters: Vec<String>,
+}
+
+/// A `_typeFilter` query's type and filters; only search parameters
+/// (no sorting, includes or `_elements`).
+fn type_filter(query: &str) -> Result<(String, Vec<Filter>)> {
+    let bad = |why: String| Error::BadRequest(format!("_typeFilter '{query}': {why}"));
+    let (resource_type, search) = query
+        .split_once('?')
+        .ok_or_else(|| bad("expected Type?parameters".into()))?;
+    if !is_known_resource_type(resource_type) {
+        return Err(bad(format!("'{resource_type}' is not a resource type")));
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(search).map_err(|e| bad(e.to_string()))?;
+    let request =
+        fhir_model::search::parse_search(Registry::get(), Some(resource_type), &pairs, false)
+            .map_err(|e| bad(e.to_string()))?;
+    if !request.sort.is_empty()
+        || !request.include.is_empty()
+        || !request.revinclude.is_empty()
+        || !request.elements.is_empty()
+    {
+        return Err(bad("only search parameters may narrow an export".into()));
+    }
+    Ok((resource_type.to_string(), request.filters))
+}
+
+/// The queries of one `_typeFilter` value: split at commas that start a
+/// new `Type?` (a comma inside a query separates values of a parameter).
+fn split_type_filters(value: &str) -> Vec<String> {
+    let mut queries: Vec<String> = Vec::new();
+    for segment in value.split(',') {
+        let starts_query = segment
+            .split_once('?')
+            .is_some_and(|(t, _)| is_known_resource_type(t.trim()));
+        match queries.last_mut() {
+            Some(last) if !starts_query => {
+                last.push(',');
+                last.push_str(segment);
+            }
+            _ => queries.push(segment.trim().to_string()),
+        }
+    }
+    queries
 }
 
 impl ExportParams {
@@ -44,6 +92,7 @@ impl ExportParams {
             types: None,
             since: None,
             patients: None,
+            type_filters: Vec::new(),
         };
         for (name, value) in query {
             match name.as_str() {
@@ -66,6 +115,12 @@ impl ExportParams {
                     }
                     params.types = Some(types);
                 }
+                "_typeFilter" => {
+                    for query in split_type_filters(value) {
+                        type_filter(&query)?;
+                        params.type_filters.push(query);
+                    }
+                }
                 "_since" => {
                     let since = DateTime::parse_from_rfc3339(value).map_err(|_| {
                         Error::BadRequest(format!(
@@ -76,7 +131,7 @@ impl ExportParams {
                 }
                 other => {
                     return Err(Error::BadRequest(format!(
-                        "The $export parameter '{other}' is not supported here; supported: _type, _since, _outputFormat"
+                        "The $export parameter '{other}' is not supported here; supported: _type, _since, _typeFilter, _outputFormat"
                     )))
                 }
             }
@@ -95,6 +150,7 @@ impl ExportParams {
                 Some(Some(_)) => "group",
             },
             "patients": self.patients,
+            "typeFilters": self.type_filters,
         })
     }
 
@@ -120,6 +176,8 @@ impl ExportParams {
                 )),
                 _ => return Err(bad("level")),
             },
+            type_filters: serde_json::from_value(value["typeFilters"].clone())
+                .map_err(|_| bad("typeFilters"))?,
         })
     }
 
@@ -136,6 +194,18 @@ impl ExportParams {
             .into_iter()
             .filter(|t| caller.policy.allows(t, Interaction::Search))
             .collect()
+    }
+
+    /// Each `_typeFilter` of `resource_type`, as filters.
+    fn filters_of(&self, resource_type: &str) -> Result<Vec<Vec<Filter>>> {
+        let mut filters = Vec::new();
+        for query in &self.type_filters {
+            let (t, query_filters) = type_filter(query)?;
+            if t == resource_type {
+                filters.push(query_filters);
+            }
+        }
+        Ok(filters)
     }
 
     fn scope(&self) -> ExportScope {
@@ -252,8 +322,16 @@ mod tests {
         let query = vec![
             ("_type".to_string(), "Patient,Observation".to_string()),
             ("_since".to_string(), "2026-01-02T03:04:05.678Z".to_string()),
+            (
+                "_typeFilter".to_string(),
+                "Observation?status=final,amended,Patient?gender=female".to_string(),
+            ),
         ];
         let parsed = ExportParams::parse(&query).unwrap();
+        assert_eq!(
+            parsed.type_filters,
+            ["Observation?status=final,amended", "Patient?gender=female"]
+        );
         let group = Uuid::new_v4();
         for patients in [None, Some(None), Some(Some(vec![group]))] {
             let params = ExportParams {

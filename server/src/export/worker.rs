@@ -8,7 +8,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use access_policy::Interaction;
+use access_policy::{Branch, Interaction, RowFilter, Types};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -138,6 +138,19 @@ async fn export(state: &AppState, runner: Uuid, job: &ExportJob) -> Result<Optio
     for resource_type in params.types_for(&caller) {
         let types = [resource_type.clone()];
         let filter = caller.policy.row_filter(&types, Interaction::Search);
+        let type_filters = params.filters_of(&resource_type)?;
+        let narrowing = match type_filters.is_empty() {
+            true => RowFilter::All,
+            false => RowFilter::AnyOf(
+                type_filters
+                    .iter()
+                    .map(|filters| Branch {
+                        types: Types::Any,
+                        filters,
+                    })
+                    .collect(),
+            ),
+        };
         let hides = caller.policy.hides_fields(&resource_type);
         let mut output = Output {
             state,
@@ -156,7 +169,7 @@ async fn export(state: &AppState, runner: Uuid, job: &ExportJob) -> Result<Optio
                     &resource_type,
                     &scope,
                     params.since,
-                    &filter,
+                    &[&filter, &narrowing],
                     after,
                     PAGE,
                 )

@@ -306,7 +306,8 @@ impl ExportSnapshot {
     }
 
     /// Up to `limit` live resources of one type of `project_id` in `scope`,
-    /// changed after `since`, that pass `filter`, in id order after `after`.
+    /// changed after `since`, that pass every one of `filters` (the
+    /// caller's policy, `_typeFilter`), in id order after `after`.
     #[allow(clippy::too_many_arguments)]
     pub async fn page(
         &self,
@@ -314,7 +315,7 @@ impl ExportSnapshot {
         resource_type: &str,
         scope: &ExportScope,
         since: Option<DateTime<Utc>>,
-        filter: &RowFilter<'_>,
+        filters: &[&RowFilter<'_>],
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<(Uuid, String)>> {
@@ -342,7 +343,9 @@ impl ExportSnapshot {
                 q.push(")");
             }
         }
-        search::row_condition(&mut q, "r", filter)?;
+        for filter in filters {
+            search::row_condition(&mut q, "r", filter)?;
+        }
         if let Some(after) = after {
             q.push(" AND id > ").bind(after);
         }
