@@ -434,20 +434,37 @@ fn transaction_entry(
     }
     resource["meta"]["tag"] = Value::Array(tags);
     // The server assigns ids: a source's `PUT Type/id` becomes a create.
-    let mut request = match &entry.request {
+    let request = match &entry.request {
         Some(request) if request["url"].as_str().is_some_and(|u| u.contains('?')) => {
             request.clone()
         }
         Some(request) if request["method"] == "POST" => request.clone(),
         _ => json!({"method": "POST", "url": resource_type}),
     };
-    if conditional && request["method"] == "POST" && request.get("ifNoneExist").is_none() {
+    let mut entry = json!({"fullUrl": full_url, "resource": resource, "request": request});
+    if conditional {
+        make_entry_conditional(&mut entry, tag);
+    }
+    Ok((entry, aliases))
+}
+
+/// Times a busy or unreachable server is asked again, waiting 0.4 s, 0.8 s, … between.
+const RETRIES: u32 = 5;
+
+/// A create that finds the resource its tag names instead of making another.
+fn make_entry_conditional(entry: &mut Value, tag: &str) {
+    let request = &mut entry["request"];
+    if request["method"] == "POST" && request.get("ifNoneExist").is_none() {
         request["ifNoneExist"] = json!(format!("_tag={IMPORT_TAG}|{tag}"));
     }
-    Ok((
-        json!({"fullUrl": full_url, "resource": resource, "request": request}),
-        aliases,
-    ))
+}
+
+fn make_conditional(bundle: &mut Value, tags: &[String]) {
+    if let Some(entries) = bundle["entry"].as_array_mut() {
+        for (entry, tag) in entries.iter_mut().zip(tags) {
+            make_entry_conditional(entry, tag);
+        }
+    }
 }
 
 /// Sends one batch, unless the journal says it is done.
@@ -555,10 +572,27 @@ async fn send_entries(
             rewrite_references(&mut entry["resource"], &resolve);
         }
     }
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": bundle_entries});
-    let (status, body) = shared.api.post_bundle(&bundle).await?;
+    let mut bundle =
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": bundle_entries});
+    let mut attempt = 0;
+    let (status, body) = loop {
+        let answer = shared.api.post_bundle(&bundle).await;
+        let busy = match &answer {
+            Ok((status, _)) => [429, 502, 503, 504].contains(&status.as_u16()),
+            Err(Error::Http(_)) => true,
+            Err(_) => false,
+        };
+        if !busy || attempt == RETRIES {
+            break answer?;
+        }
+        // The transaction may have gone in before the answer was lost:
+        // the retry's creates are conditional on their tags.
+        attempt += 1;
+        make_conditional(&mut bundle, tags);
+        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+    };
     if !status.is_success() {
-        if status.is_server_error() && status.as_u16() != 503 {
+        if status.is_server_error() {
             return Err(Error::Server(format!(
                 "the server failed ({status}): {}",
                 outcome_message(&body)
