@@ -136,24 +136,21 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        None | Some(Command::Serve) => serve().await,
-        Some(command) => match run_command(command).await {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("fhirgate: {message}");
-                ExitCode::FAILURE
-            }
-        },
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
+    match run_command(command).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("fhirgate: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// A subcommand other than `serve`; `Err` is the one line to print.
+/// Runs a subcommand; `Err` is the one line to print.
 async fn run_command(command: Command) -> Result<ExitCode, String> {
     use fhirgate_client::{export, import};
     match command {
-        Command::Serve => unreachable!("serve runs the server"),
+        Command::Serve => Ok(serve().await),
         Command::Import {
             paths,
             server,

@@ -24,6 +24,21 @@ async fn upload(session: &Session, content_type: &str, bytes: Vec<u8>) -> Respon
         .expect("POST Binary")
 }
 
+/// `pieces` pieces of 300,000 bytes sent without a `Content-Length`.
+async fn streamed(session: &Session, method: Method, path: &str, pieces: u8) -> Response {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..pieces).map(|i| Ok(png(300_000, i))).collect();
+    session
+        .fhir(method, path)
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .expect("streamed upload")
+}
+
 async fn download(session: &Session, id: &str) -> Response {
     session
         .fhir(Method::GET, &format!("Binary/{id}"))
@@ -229,30 +244,10 @@ async fn the_size_limit_refuses_larger_uploads_and_stores_nothing() {
     .await;
     // Streamed without a length: refused when the count passes the limit,
     // after chunks were written in the transaction that is rolled back.
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..5).map(|i| Ok(png(300_000, i))).collect();
-    let response = member
-        .fhir(Method::POST, "Binary")
-        .header("Content-Type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            pieces,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let response = streamed(member, Method::POST, "Binary", 5).await;
     assert_outcome(response, 413, "1000000").await;
     // Replacing with too much leaves the old bytes.
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..4).map(|i| Ok(png(300_000, i))).collect();
-    let response = member
-        .fhir(Method::PUT, &format!("Binary/{id}"))
-        .header("Content-Type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            pieces,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let response = streamed(member, Method::PUT, &format!("Binary/{id}"), 4).await;
     assert_outcome(response, 413, "1000000").await;
     assert_eq!(stored_rows(&app).await, before);
     assert_eq!(
