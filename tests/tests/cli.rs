@@ -351,4 +351,43 @@ async fn reindex_restores_deleted_index_rows_and_check_finds_the_difference() {
         .is_empty());
     // A completed run leaves no cursor: the next starts from the beginning.
     assert!(store.reindex_cursor(&scope).await.unwrap().is_none());
+
+    // A run stopped after some batches resumes after the last one it
+    // finished: rows of resources before its cursor stay as they are.
+    let ids: Vec<uuid::Uuid> = db
+        .query(
+            "SELECT id FROM resource WHERE project_id = $1 AND resource_type = 'Patient' ORDER BY id",
+            &[&project_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
+    db.execute(
+        "DELETE FROM idx_string WHERE project_id = $1 AND resource_id = ANY($2)",
+        &[&project_id, &vec![first, last]],
+    )
+    .await
+    .unwrap();
+    let patients = Scope {
+        project_id: Some(project_id),
+        resource_type: Some("Patient"),
+    };
+    let middle = ids.len() / 2;
+    store
+        .save_reindex_cursor(
+            &patients,
+            Some(&(project_id, "Patient".to_string(), ids[middle])),
+        )
+        .await
+        .unwrap();
+    let resumed = cli::walk(&store, &patients, false).await.unwrap();
+    assert_eq!(resumed.resources, (ids.len() - middle - 1) as u64);
+    let still_missing = cli::walk(&store, &everything, true).await.unwrap();
+    assert_eq!(
+        still_missing.differences,
+        vec![(project_id, "Patient".to_string(), first)]
+    );
 }
