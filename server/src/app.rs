@@ -165,6 +165,9 @@ impl Application {
             &state.clone().into_inner(),
             connect::pg_config(&config.database_url)?,
         );
+        if config.export_worker {
+            crate::export::worker::spawn(Arc::downgrade(&state.clone().into_inner()));
+        }
         let server = HttpServer::new(move || {
             // Runs on each worker thread.
             state.store.adopt_worker_thread();
@@ -181,6 +184,8 @@ impl Application {
                 // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
                 .configure(http::admin::routes)
                 .configure(http::subscriptions::routes)
+                // Before the FHIR routes, which would take `$export` for a type or an id.
+                .configure(http::export::routes)
                 .configure(http::fhir::routes)
                 .default_service(web::to(not_found))
         })

@@ -11,6 +11,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// A day to download an export's files.
+const DEFAULT_EXPORT_RETENTION_SECONDS: u64 = 24 * 3600;
+
+/// 100 MiB: scans and PDFs, not videos.
+const DEFAULT_MAX_BINARY_BYTES: usize = 100 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `postgres://user[:password]@host:port/database`.
@@ -21,6 +27,12 @@ pub struct Config {
     pub base_url: Option<String>,
     pub pool_size: usize,
     pub max_body_bytes: usize,
+    /// Largest Binary upload; larger ones get 413 and store nothing.
+    pub max_binary_bytes: usize,
+    /// Whether this instance runs `$export` jobs (any instance may).
+    pub export_worker: bool,
+    /// How long a finished export's files stay downloadable.
+    pub export_retention: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     /// HTTP worker threads.
@@ -251,6 +263,14 @@ impl Config {
             base_url: var("FHIRGATE_BASE_URL").map(with_trailing_slash),
             pool_size: number("FHIRGATE_DB_POOL_SIZE", 16)?.max(1),
             max_body_bytes: number("FHIRGATE_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
+            max_binary_bytes: number("FHIRGATE_MAX_BINARY_BYTES", DEFAULT_MAX_BINARY_BYTES)?
+                // The size is recorded as a FHIR integer.
+                .min(i32::MAX as usize),
+            export_worker: number("FHIRGATE_EXPORT_WORKER", 1)? != 0,
+            export_retention: Duration::from_secs(number(
+                "FHIRGATE_EXPORT_RETENTION_SECONDS",
+                DEFAULT_EXPORT_RETENTION_SECONDS as usize,
+            )? as u64),
             log_level: var("FHIRGATE_LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_format,
             workers: number("FHIRGATE_WORKERS", cores)?.max(1),
@@ -307,6 +327,9 @@ impl Config {
             base_url: None,
             pool_size: 8,
             max_body_bytes: 16 * 1024 * 1024,
+            max_binary_bytes: DEFAULT_MAX_BINARY_BYTES,
+            export_worker: true,
+            export_retention: Duration::from_secs(DEFAULT_EXPORT_RETENTION_SECONDS),
             log_level: "warn".into(),
             log_format: LogFormat::Human,
             workers: 1,

@@ -179,6 +179,29 @@ impl Caller {
         Ok(caller)
     }
 
+    /// The caller a Login stands for outside a request, with the scope and
+    /// client its token had: a background export reads as the caller who
+    /// asked would, and stops being able to once that Login is revoked.
+    pub async fn for_login(
+        state: &AppState,
+        login_id: Uuid,
+        scope: &str,
+        client_id: &str,
+    ) -> Result<Caller> {
+        let claims = AccessClaims {
+            iss: String::new(),
+            sub: String::new(),
+            aud: String::new(),
+            iat: 0,
+            exp: 0,
+            client_id: client_id.to_string(),
+            login_id: login_id.to_string(),
+            scope: scope.to_string(),
+            profile: String::new(),
+        };
+        Ok(Caller::load(state, claims, login_id).await?.0)
+    }
+
     /// Reads the token's Login, membership, Project and user (one statement)
     /// and the membership's AccessPolicies (one more), and compiles the
     /// policy. Also returns when the membership ends, if it does.

@@ -2,6 +2,7 @@
 //! HTTP: each takes the caller, checks the gate, and talks to the store with
 //! the caller's tenant.
 
+pub mod binary;
 pub mod bundle;
 pub mod capability;
 pub mod conditional;

@@ -107,6 +107,9 @@ async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let resource_type = path.into_inner();
+    if resource_type == "Binary" {
+        return super::binary::create(caller, state, req, payload).await;
+    }
     fhir::authorize(&caller, &resource_type, access_policy::Interaction::Create)?;
     check_accept(&req)?;
     check_content_type(&req, JSON_TYPES)?;
@@ -137,15 +140,24 @@ async fn create(
             "Found an existing match; nothing created",
         ));
     }
+    created_response(&state, &req, &version)
+}
+
+/// 201 with `Location` for a version just created.
+pub(super) fn created_response(
+    state: &AppState,
+    req: &HttpRequest,
+    version: &crate::store::Version,
+) -> Result<HttpResponse> {
     let location = format!(
         "{}fhir/R4/{}/{}/_history/{}",
         state.base_url, version.resource_type, version.id, version.version_id
     );
     let mut response = version_response(
         StatusCode::CREATED,
-        &version,
-        prefer_return(&req),
-        &format!("Created {resource_type}/{}", version.id),
+        version,
+        prefer_return(req),
+        &format!("Created {}/{}", version.resource_type, version.id),
     );
     response.headers_mut().insert(
         actix_web::http::header::LOCATION,
@@ -163,6 +175,9 @@ async fn read(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
+    if resource_type == "Binary" {
+        return super::binary::read(caller, state, req, id).await;
+    }
     check_accept(&req)?;
     let version = fhir::read(&state.store, &caller, &resource_type, &id).await?;
     Ok(version_response(
@@ -202,7 +217,7 @@ fn if_match(req: &HttpRequest) -> Option<String> {
 }
 
 /// The response to an update or patch: 201 when it created, 200 otherwise.
-fn write_response(
+pub(super) fn write_response(
     req: &HttpRequest,
     version: &crate::store::Version,
     outcome: WriteOutcome,
@@ -303,6 +318,10 @@ async fn update(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
+    if path.0 == "Binary" {
+        let (_, id) = path.into_inner();
+        return super::binary::update(caller, state, req, id, payload).await;
+    }
     update_target(caller, state, req, Target::instance(path), payload).await
 }
 

@@ -5,7 +5,9 @@ pub mod admin;
 pub mod auth;
 pub mod auth_lifecycle;
 pub mod authorize;
+pub mod binary;
 pub mod client_address;
+pub mod export;
 pub mod fhir;
 pub mod oauth;
 pub mod ratelimit;
@@ -101,12 +103,8 @@ pub fn check_content_type(req: &HttpRequest, allowed: &[&str]) -> Result<()> {
     }
 }
 
-/// Reads the whole body, refusing with 413 as soon as it passes `limit`.
-pub async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes> {
+/// 413 before reading a byte when `Content-Length` says the body passes `limit`.
+pub fn check_declared_length(req: &HttpRequest, limit: usize) -> Result<()> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -115,6 +113,16 @@ pub async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(Error::PayloadTooLarge(limit));
     }
+    Ok(())
+}
+
+/// Reads the whole body, refusing with 413 as soon as it passes `limit`.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes> {
+    check_declared_length(req, limit)?;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
@@ -245,9 +253,7 @@ pub fn version_response(
     message: &str,
 ) -> HttpResponse {
     let mut response = HttpResponseBuilder::new(status);
-    response
-        .insert_header((header::ETAG, format!("W/\"{}\"", version.version_id)))
-        .insert_header((header::LAST_MODIFIED, http_date(version)));
+    version_headers(&mut response, version);
     match prefer {
         Return::Minimal => response.finish(),
         Return::Representation => response
@@ -257,6 +263,13 @@ pub fn version_response(
             .content_type(FHIR_JSON)
             .body(informational(message).to_string()),
     }
+}
+
+/// `ETag` and `Last-Modified` of a version.
+pub fn version_headers(response: &mut HttpResponseBuilder, version: &Version) {
+    response
+        .insert_header((header::ETAG, format!("W/\"{}\"", version.version_id)))
+        .insert_header((header::LAST_MODIFIED, http_date(version)));
 }
 
 fn http_date(version: &Version) -> String {

@@ -357,7 +357,7 @@ fn composite_part(value: &IndexValue) -> Value {
 
 /// Each index table with its value columns and their array types, in the
 /// order of [`IndexRows::params`].
-const TABLES: [(&str, &[(&str, &str)]); 10] = [
+pub(super) const TABLES: [(&str, &[(&str, &str)]); 10] = [
     (
         "idx_token",
         &[

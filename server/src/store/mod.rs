@@ -2,14 +2,18 @@
 //! caller's [`Tenant`], and every statement filters by it, so no query can
 //! forget the project.
 
+pub mod binary;
 pub mod changes;
 pub mod connect;
+pub mod export;
 pub mod identity;
 mod index;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod mfa;
 pub mod search;
 mod statistics;
+mod stream;
 pub mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
