@@ -2,7 +2,10 @@
 //! type) over a fixed set of sample resources. Run in release, alternating
 //! builds, to compare the FHIRPath engine before and after a change:
 //!
-//! `cargo run --release -p fhir-model --example extract_speed`
+//! `cargo run --release -p fhir-model --example extract_speed [rounds]`
+//!
+//! On a busy machine, count instructions instead of time (deterministic):
+//! `valgrind --tool=callgrind target/release/examples/extract_speed 20`
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -51,7 +54,10 @@ fn main() {
     for i in 0..10 {
         resources.extend(synthetic(i));
     }
-    let rounds = 2_000;
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
     let mut rows = 0;
     // Warm up.
     for resource in &resources {

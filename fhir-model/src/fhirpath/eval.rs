@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 
 use super::functions::call;
-use super::model::{model, Element};
+use super::model::{model, Definition, Element};
 use super::parser::{BinOp, Expr, Literal};
 use super::types::{choice_type, has_type, Prim, TypeTest};
 use super::value::{ucum_calendar, Decimal, Quantity, Temporal, TemporalKind};
@@ -22,11 +22,12 @@ pub struct Frame<'f, 'a> {
 }
 
 impl<'a> Env<'a> {
-    /// Counts `n` items produced against the evaluation's budget.
-    pub fn spend(&self, n: usize) -> Result<()> {
-        let left = self.budget.get().checked_sub(n as u64 + 1);
+    /// Counts `produced` items (and one step) against the evaluation's
+    /// budget, for a collection now `size` long.
+    pub fn spend(&self, produced: usize, size: usize) -> Result<()> {
+        let left = self.budget.get().checked_sub(produced as u64 + 1);
         match left {
-            Some(left) if n <= MAX_COLLECTION => {
+            Some(left) if size <= MAX_COLLECTION => {
                 self.budget.set(left);
                 Ok(())
             }
@@ -45,7 +46,7 @@ pub fn eval<'a>(
     env: &Env<'a>,
 ) -> Result<Vec<Node<'a>>> {
     let out = eval_inner(expr, input, frame, env)?;
-    env.spend(out.len())?;
+    env.spend(out.len(), out.len())?;
     Ok(out)
 }
 
@@ -56,7 +57,7 @@ fn literal<'a>(literal: &Literal) -> Node<'a> {
         Literal::Decimal(d) => Val::Decimal(*d),
         Literal::String(s) => Val::String(s.clone()),
         Literal::Temporal(t) => Val::Temporal(*t),
-        Literal::Quantity(q) => Val::Quantity(q.clone()),
+        Literal::Quantity(q) => Val::Quantity(Box::new(q.clone())),
     })
 }
 
@@ -115,7 +116,11 @@ fn eval_inner<'a>(
                 spec.name
             )))
         }
-        Expr::Member { base, name } => {
+        Expr::Member {
+            base,
+            name,
+            resolved,
+        } => {
             let base_items;
             let items = match base {
                 Some(base) => {
@@ -126,7 +131,13 @@ fn eval_inner<'a>(
             };
             let mut out = Vec::new();
             for item in items {
-                member(item, name, &mut out);
+                let known = resolved
+                    .filter(|r| item.definition.is_some_and(|d| std::ptr::eq(d, r.0)))
+                    .map(|r| r.1);
+                match known {
+                    Some(element) => typed_member(item, name, element, env.extras, &mut out),
+                    None => member(item, name, env.extras, &mut out),
+                }
             }
             out
         }
@@ -160,7 +171,7 @@ fn eval_inner<'a>(
             vec![Node::computed(match item.prim() {
                 Some(Prim::Integer(n)) => Val::Integer(n.checked_neg().ok_or_else(overflow)?),
                 Some(Prim::Decimal(d)) => Val::Decimal(d.negated()),
-                Some(Prim::Quantity(q)) => Val::Quantity(Quantity {
+                Some(Prim::Quantity(q)) => Val::quantity(Quantity {
                     value: q.value.negated(),
                     unit: q.unit,
                 }),
@@ -240,15 +251,32 @@ pub fn integer_arg(items: &[Node<'_>]) -> Result<Option<i64>> {
 
 // ---------------------------------------------------------------- navigation
 
+/// Nodes for `value` (each item of a list), of type `definition`; a
+/// resource in place is typed by its `resourceType`.
 fn child<'a>(
     value: &'a Value,
     extras: Option<&'a Value>,
-    fhir_type: Option<&'a str>,
+    definition: Option<&'static Definition>,
     out: &mut Vec<Node<'a>>,
 ) {
-    let typed = |value: &'a Value, fhir_type: Option<&'a str>| match value.get("resourceType") {
-        Some(Value::String(t)) if value.is_object() => Some(t.as_str()),
-        _ => fhir_type.filter(|t| *t != "ResourceList"),
+    let node = |value: &'a Value, extras: Option<&'a Value>| {
+        let known = definition.filter(|d| d.name != "ResourceList");
+        match known {
+            Some(d) => Node {
+                value: Val::Json(value),
+                fhir_type: Some(d.name),
+                extras,
+                definition: Some(d),
+            },
+            None if value.is_object() => Node {
+                extras,
+                ..Node::resource(value)
+            },
+            None => Node {
+                extras,
+                ..Node::json(value, None)
+            },
+        }
     };
     match value {
         Value::Array(items) => {
@@ -258,32 +286,26 @@ fn child<'a>(
                 if item.is_null() && extra.is_none() {
                     continue;
                 }
-                out.push(Node {
-                    value: Val::Json(item),
-                    fhir_type: typed(item, fhir_type),
-                    extras: extra,
-                });
+                out.push(node(item, extra));
             }
         }
         Value::Null if extras.is_none() => {}
-        _ => out.push(Node {
-            value: Val::Json(value),
-            fhir_type: typed(value, fhir_type),
-            extras,
-        }),
+        _ => out.push(node(value, extras)),
     }
 }
 
 const NULL: Value = Value::Null;
 
-/// `map[key]` with its `_key` sibling, when the element is a primitive.
+/// `map[key]`, with its `_key` sibling when the element is a primitive and
+/// `extras` asks for it.
 fn element<'a>(
     map: &'a Map<String, Value>,
     key: &str,
-    fhir_type: Option<&'a str>,
+    definition: Option<&'static Definition>,
+    extras: bool,
     out: &mut Vec<Node<'a>>,
 ) {
-    let primitive = fhir_type.is_none_or(|t| t.starts_with(|c: char| c.is_ascii_lowercase()));
+    let primitive = extras && definition.is_none_or(|d| d.is_primitive());
     let extras = if primitive {
         let mut buffer = [0u8; 64];
         match key.len() < buffer.len() {
@@ -299,13 +321,13 @@ fn element<'a>(
         None
     };
     match map.get(key) {
-        Some(value) => child(value, extras, fhir_type, out),
+        Some(value) => child(value, extras, definition, out),
         None => {
             if let Some(extras) = extras {
                 match extras {
                     // Items of a list of primitives that only have extensions.
-                    Value::Array(_) => child(extras, Some(extras), fhir_type, out),
-                    _ => child(&NULL, Some(extras), fhir_type, out),
+                    Value::Array(_) => child(extras, Some(extras), definition, out),
+                    _ => child(&NULL, Some(extras), definition, out),
                 }
             }
         }
@@ -313,15 +335,23 @@ fn element<'a>(
 }
 
 /// Child `name` of `node`, typed by the schema: a plain element, each
-/// present form of a choice element (`value` finds `valueQuantity`), or at
-/// the start of a path a type name naming the node's own type.
-pub fn member<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
+/// present form of a choice element (`value` finds `valueQuantity`), or a
+/// type name naming the node's own resource type (`Patient.name`).
+///
+/// `extras` attaches a primitive's `_name` sibling (its extensions) and
+/// finds primitives that have only that; expressions that cannot observe
+/// either skip the lookup (see [`super::parser::observes_extensions`]).
+pub fn member<'a>(node: &Node<'a>, name: &str, extras: bool, out: &mut Vec<Node<'a>>) {
     let map = match &node.value {
         Val::Json(Value::Object(map)) => map,
         Val::Json(_) => {
             // A primitive's `id` and `extension` live in its `_name` sibling.
-            if let (Some(Value::Object(extras)), "id" | "extension") = (node.extras, name) {
-                element(extras, name, None, out);
+            if let (Some(Value::Object(sibling)), "id" | "extension") = (node.extras, name) {
+                let definition = model().definition("Element");
+                match definition.and_then(|d| d.element(name)) {
+                    Some(Element::Plain(t)) => element(sibling, name, Some(t), extras, out),
+                    _ => element(sibling, name, None, extras, out),
+                }
             }
             return;
         }
@@ -346,38 +376,62 @@ pub fn member<'a>(node: &Node<'a>, name: &str, out: &mut Vec<Node<'a>>) {
             return;
         }
     }
-    if let Some(definition) = node.fhir_type {
-        match model().element(definition, name) {
-            Some(Element::Plain(t)) => return element(map, name, Some(t), out),
-            Some(Element::Choice(forms)) => {
-                for (form, t) in forms {
-                    element(map, form, Some(t), out);
-                }
-                return;
-            }
-            None if model().is_definition(definition) => {
-                // Not an element of this type; a choice form by its full
-                // name (`valueQuantity`) is still found as data.
+    if let Some(definition) = node.definition {
+        match definition.element(name) {
+            Some(found) => typed_member(node, name, found, extras, out),
+            // Not an element of this type: data the schema does not know.
+            None => {
                 if let Some(value) = map.get(name) {
                     child(value, None, None, out);
                 }
-                return;
             }
-            None => {}
+        }
+        return;
+    }
+    untyped_member(map, name, extras, out);
+}
+
+/// Child `name` of an object node whose type has `element` by that name.
+fn typed_member<'a>(
+    node: &Node<'a>,
+    name: &str,
+    element_type: &'static Element,
+    extras: bool,
+    out: &mut Vec<Node<'a>>,
+) {
+    let Val::Json(Value::Object(map)) = &node.value else {
+        return member(node, name, extras, out);
+    };
+    match element_type {
+        Element::Plain(t) => element(map, name, Some(t), extras, out),
+        Element::Choice(forms) => {
+            // An object holds a few of a choice's many forms (Observation's
+            // `value` has eleven): scan its keys rather than look each up.
+            for key in map.keys() {
+                if key.len() > name.len() && key.starts_with(name) {
+                    if let Some((form, t)) = forms.iter().find(|(f, _)| f == key) {
+                        element(map, form, Some(t), extras, out);
+                    }
+                }
+            }
         }
     }
-    untyped_member(map, name, out);
 }
 
 /// A child where the schema does not say: by name, or as a choice form by suffix.
-fn untyped_member<'a>(map: &'a Map<String, Value>, name: &str, out: &mut Vec<Node<'a>>) {
+fn untyped_member<'a>(
+    map: &'a Map<String, Value>,
+    name: &str,
+    extras: bool,
+    out: &mut Vec<Node<'a>>,
+) {
     if map.contains_key(name) {
-        return element(map, name, None, out);
+        return element(map, name, None, extras, out);
     }
     for (key, value) in map {
         if let Some(suffix) = key.strip_prefix(name) {
             if let Some(t) = choice_type(suffix) {
-                child(value, None, Some(t), out);
+                child(value, None, model().definition(t), out);
             }
         }
     }
@@ -457,6 +511,8 @@ fn binary<'a>(
                 .collect()
         }
         BinOp::Equiv | BinOp::NotEquiv => {
+            // Each item of one side is compared with each of the other.
+            env.spend(l.len().saturating_mul(r.len()), 0)?;
             let e = collections_equivalent(&l, &r);
             vec![Node::boolean(e == (op == BinOp::Equiv))]
         }
@@ -491,7 +547,9 @@ fn binary<'a>(
                     Some(_) => return Err(FhirPathError::eval("& joins strings")),
                 })
             };
-            vec![Node::computed(Val::String(text(&l)? + &text(&r)?))]
+            vec![Node::computed(Val::String(bounded(
+                text(&l)? + &text(&r)?,
+            )?))]
         }
         _ => {
             let (Some(a), Some(b)) = (singleton(&l)?, singleton(&r)?) else {
@@ -502,23 +560,94 @@ fn binary<'a>(
     })
 }
 
-/// `a | b`: both, without duplicates.
-pub fn union<'a>(left: Vec<Node<'a>>, right: Vec<Node<'a>>) -> Vec<Node<'a>> {
-    let mut out: Vec<Node<'a>> = Vec::with_capacity(left.len() + right.len());
-    for node in left.into_iter().chain(right) {
-        if !out.iter().any(|seen| same(seen, &node)) {
-            out.push(node);
-        }
+/// Longest string an expression may build (`aggregate($total & $this)`
+/// would otherwise copy ever longer strings).
+pub const MAX_STRING: usize = 1 << 20;
+
+pub fn bounded(s: String) -> Result<String> {
+    if s.len() > MAX_STRING {
+        return Err(FhirPathError::eval(format!(
+            "a string longer than {MAX_STRING} bytes"
+        )));
     }
-    out
+    Ok(s)
 }
 
-/// The same element reached twice (by address), or equal values.
-pub fn same(a: &Node<'_>, b: &Node<'_>) -> bool {
+/// `a | b`: both, without duplicates.
+pub fn union<'a>(left: Vec<Node<'a>>, right: Vec<Node<'a>>) -> Vec<Node<'a>> {
+    let total = left.len() + right.len();
+    if total <= 16 {
+        // Few items (search parameters' unions): compare without building keys.
+        let mut out: Vec<Node<'a>> = Vec::with_capacity(total);
+        for node in left.into_iter().chain(right) {
+            if !out.iter().any(|seen| same(seen, &node)) {
+                out.push(node);
+            }
+        }
+        return out;
+    }
+    let mut seen = Seen::default();
+    left.into_iter()
+        .chain(right)
+        .filter(|node| seen.insert(node))
+        .collect()
+}
+
+/// What makes two items the same for `|`, `distinct()`, `repeat()` and
+/// the set functions, as a hashable key so they stay linear: an object
+/// of the resource by its address, any other value by its `=` identity
+/// (numbers by their value, so `1` and `1.0` are one).
+#[derive(Hash, PartialEq, Eq)]
+enum Key {
+    Element(usize),
+    Value(String),
+}
+
+fn key(node: &Node<'_>) -> Key {
+    if let Val::Json(value @ (Value::Object(_) | Value::Array(_))) = node.value {
+        return Key::Element(value as *const Value as usize);
+    }
+    Key::Value(match node.prim() {
+        Some(Prim::Integer(n)) => format!("n{}", Decimal::from_i64(n)),
+        Some(Prim::Decimal(d)) => format!("n{}", d.trimmed()),
+        Some(Prim::String(s)) => format!("s{s}"),
+        Some(Prim::Boolean(b)) => format!("b{b}"),
+        Some(Prim::Temporal(t)) => format!("t{t}"),
+        Some(Prim::Quantity(q)) => format!("q{q}"),
+        None => format!("{:?}", node.value),
+    })
+}
+
+/// [`key`] equality without the key.
+fn same(a: &Node<'_>, b: &Node<'_>) -> bool {
     match (&a.value, &b.value) {
         (Val::Json(x), Val::Json(y)) if std::ptr::eq(*x, *y) => true,
-        (Val::Json(x), Val::Json(y)) if x.is_object() || y.is_object() => x == y,
+        (Val::Json(Value::Object(_) | Value::Array(_)), _)
+        | (_, Val::Json(Value::Object(_) | Value::Array(_))) => false,
         _ => equal(a, b) == Some(true),
+    }
+}
+
+/// Keys met so far.
+#[derive(Default)]
+pub struct Seen(std::collections::HashSet<Key>);
+
+impl Seen {
+    /// Whether `node` is new (and now seen).
+    pub fn insert(&mut self, node: &Node<'_>) -> bool {
+        self.0.insert(key(node))
+    }
+
+    pub fn contains(&self, node: &Node<'_>) -> bool {
+        self.0.contains(&key(node))
+    }
+
+    pub fn of(nodes: &[Node<'_>]) -> Seen {
+        let mut seen = Seen::default();
+        for node in nodes {
+            seen.insert(node);
+        }
+        seen
     }
 }
 
@@ -711,7 +840,7 @@ fn arithmetic<'a>(op: BinOp, a: &Node<'a>, b: &Node<'a>) -> Result<Option<Node<'
             _ => return Err(unsupported()),
         },
         (Prim::String(x), Prim::String(y)) if op == BinOp::Add => {
-            Some(Val::String(format!("{x}{y}")))
+            Some(Val::String(bounded(format!("{x}{y}"))?))
         }
         (Prim::Temporal(t), Prim::Quantity(q)) if matches!(op, BinOp::Add | BinOp::Sub) => {
             let unit = super::value::calendar_unit(&q.unit)
@@ -730,7 +859,7 @@ fn arithmetic<'a>(op: BinOp, a: &Node<'a>, b: &Node<'a>) -> Result<Option<Node<'
                 };
                 if x.unit == y.unit {
                     x.value.plus(y_value).map(|v| {
-                        Val::Quantity(Quantity {
+                        Val::quantity(Quantity {
                             value: v,
                             unit: x.unit.clone(),
                         })
@@ -739,7 +868,7 @@ fn arithmetic<'a>(op: BinOp, a: &Node<'a>, b: &Node<'a>) -> Result<Option<Node<'
                     return Ok(None);
                 }
             }
-            BinOp::Mul | BinOp::Div => quantity_product(op, x, y).map(Val::Quantity),
+            BinOp::Mul | BinOp::Div => quantity_product(op, x, y).map(Val::quantity),
             _ => return Err(unsupported()),
         },
         (Prim::Quantity(q), n) | (n, Prim::Quantity(q))
@@ -756,7 +885,7 @@ fn arithmetic<'a>(op: BinOp, a: &Node<'a>, b: &Node<'a>) -> Result<Option<Node<'
             } else {
                 (q, &scalar)
             };
-            quantity_product(op, x, y).map(Val::Quantity)
+            quantity_product(op, x, y).map(Val::quantity)
         }
         _ => {
             let (Some(x), Some(y)) = (as_decimal(&pa), as_decimal(&pb)) else {

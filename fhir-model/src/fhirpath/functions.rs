@@ -6,8 +6,8 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::eval::{
-    cast, equal, eval, integer_arg, member, same, singleton, singleton_boolean, union, Frame,
-    Result,
+    bounded, cast, eval, integer_arg, member, singleton, singleton_boolean, union, Frame, Result,
+    Seen,
 };
 use super::parser::{Expr, Func};
 use super::types::{has_type, split_reference, Prim, TypeTest};
@@ -60,17 +60,8 @@ fn text<'n>(items: &'n [Node<'_>]) -> Result<Option<std::borrow::Cow<'n, str>>> 
 }
 
 fn distinct<'a>(items: &[Node<'a>]) -> Vec<Node<'a>> {
-    let mut out: Vec<Node<'a>> = Vec::new();
-    for item in items {
-        if !out.iter().any(|seen| same(seen, item)) {
-            out.push(item.clone());
-        }
-    }
-    out
-}
-
-fn contains(collection: &[Node<'_>], item: &Node<'_>) -> bool {
-    collection.iter().any(|c| equal(item, c) == Some(true))
+    let mut seen = Seen::default();
+    items.iter().filter(|i| seen.insert(i)).cloned().collect()
 }
 
 pub fn call<'a>(
@@ -127,7 +118,8 @@ pub fn call<'a>(
             } else {
                 (&other[..], items)
             };
-            boolean(small.iter().all(|i| contains(big, i)))
+            let big = Seen::of(big);
+            boolean(small.iter().all(|i| big.contains(i)))
         }
         Func::Count => one(Val::Integer(items.len() as i64)),
         Func::Distinct => Ok(distinct(items)),
@@ -145,19 +137,20 @@ pub fn call<'a>(
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 out.extend(on_item(&args[0], item, i, env)?);
-                env.spend(0)?;
+                env.spend(0, out.len())?;
             }
             Ok(out)
         }
         Func::Repeat => {
             let mut out: Vec<Node<'a>> = Vec::new();
+            let mut seen = Seen::default();
             let mut current = items.to_vec();
             while !current.is_empty() {
                 let mut next = Vec::new();
                 for (i, item) in current.iter().enumerate() {
                     for found in on_item(&args[0], item, i, env)? {
-                        if !out.iter().any(|seen| same(seen, &found)) {
-                            env.spend(out.len())?;
+                        if seen.insert(&found) {
+                            env.spend(1, out.len() + 1)?;
                             out.push(found.clone());
                             next.push(found);
                         }
@@ -207,17 +200,17 @@ pub fn call<'a>(
             })
         }
         Func::Intersect => {
-            let other = arg(0)?;
+            let other = Seen::of(&arg(0)?);
             Ok(distinct(items)
                 .into_iter()
-                .filter(|i| contains(&other, i))
+                .filter(|i| other.contains(i))
                 .collect())
         }
         Func::Exclude => {
-            let other = arg(0)?;
+            let other = Seen::of(&arg(0)?);
             Ok(items
                 .iter()
-                .filter(|i| !contains(&other, i))
+                .filter(|i| !other.contains(i))
                 .cloned()
                 .collect())
         }
@@ -276,8 +269,8 @@ pub fn call<'a>(
             convert(func, items, |p| {
                 let q = to_quantity(p)?;
                 match &unit {
-                    None => Some(Val::Quantity(q)),
-                    Some(unit) => q.convert_to(unit).map(Val::Quantity),
+                    None => Some(Val::quantity(q)),
+                    Some(unit) => q.convert_to(unit).map(Val::quantity),
                 }
             })
         }
@@ -349,7 +342,7 @@ pub fn call<'a>(
             } else {
                 s.replace(&pattern, &with)
             };
-            one(Val::String(replaced))
+            one(Val::String(bounded(replaced)?))
         }
         Func::Matches | Func::MatchesFull | Func::ReplaceMatches => {
             let (Some(s), Some(pattern)) = (text(items)?, string_arg(0)?) else {
@@ -374,9 +367,9 @@ pub fn call<'a>(
             let Some(with) = string_arg(1)? else {
                 return none();
             };
-            one(Val::String(
+            one(Val::String(bounded(
                 regex.replace_all(&s, with.as_str()).into_owned(),
-            ))
+            )?))
         }
         Func::Split => {
             let (Some(s), Some(separator)) = (text(items)?, string_arg(0)?) else {
@@ -395,7 +388,7 @@ pub fn call<'a>(
             for item in items {
                 parts.push(text(std::slice::from_ref(item))?.unwrap_or_default());
             }
-            one(Val::String(parts.join(&separator)))
+            one(Val::String(bounded(parts.join(&separator))?))
         }
         Func::Encode | Func::Decode | Func::Escape | Func::Unescape => {
             let (Some(s), Some(format)) = (text(items)?, string_arg(0)?) else {
@@ -424,7 +417,7 @@ pub fn call<'a>(
                 for item in &current {
                     children(item, &mut next);
                 }
-                env.spend(out.len() + next.len())?;
+                env.spend(next.len(), out.len() + next.len())?;
                 if next.is_empty() || func == Func::Children {
                     out.extend(next);
                     return Ok(out);
@@ -456,7 +449,10 @@ pub fn call<'a>(
             .iter()
             .map(|item| {
                 let (namespace, name) = item.type_name();
-                Node::computed(Val::TypeInfo { namespace, name })
+                Node::computed(Val::TypeInfo {
+                    namespace,
+                    name: name.into_owned(),
+                })
             })
             .collect()),
         Func::Not => Ok(singleton_boolean(items)?
@@ -470,7 +466,7 @@ pub fn call<'a>(
             let mut out = Vec::new();
             for item in items {
                 let mut extensions = Vec::new();
-                member(item, "extension", &mut extensions);
+                member(item, "extension", true, &mut extensions);
                 out.extend(extensions.into_iter().filter(|ext| match ext.value {
                     Val::Json(value) => value.get("url").and_then(Value::as_str) == Some(&url),
                     _ => false,
@@ -704,7 +700,7 @@ fn math<'a>(
         Some(Prim::Integer(n)) => Decimal::from_i64(*n),
         Some(Prim::Decimal(d)) => *d,
         Some(Prim::Quantity(q)) if func == Func::Abs => {
-            return one(Val::Quantity(Quantity {
+            return one(Val::quantity(Quantity {
                 value: if q.value.compare(Decimal::from_i64(0)) == Ordering::Less {
                     q.value.negated()
                 } else {
@@ -799,7 +795,7 @@ fn children<'a>(item: &Node<'a>, out: &mut Vec<Node<'a>>) {
             continue;
         }
         let mut found = Vec::new();
-        member(item, key, &mut found);
+        member(item, key, true, &mut found);
         if found.is_empty() {
             // A choice form by its full name, or data the schema does not know.
             if let Some(value) = map.get(key) {
@@ -829,8 +825,8 @@ fn resolve<'a>(node: &Node<'a>, env: &Env<'a>) -> Option<Node<'a>> {
     let Val::Json(value) = node.value else {
         return None;
     };
-    if let Some(Value::String(resource_type)) = value.get("resourceType") {
-        return Some(Node::json(value, Some(resource_type.as_str())));
+    if value.get("resourceType").is_some() {
+        return Some(Node::resource(value));
     }
     let reference = match value {
         Value::String(s) => Some(s.as_str()),
@@ -903,7 +899,7 @@ fn boundary<'a>(item: &Node<'a>, precision: Option<i64>, high: bool) -> Option<V
         Prim::Integer(n) => Some(Val::Decimal(
             Decimal::from_i64(n).boundary(precision.unwrap_or(8).try_into().ok()?, high)?,
         )),
-        Prim::Quantity(q) => Some(Val::Quantity(Quantity {
+        Prim::Quantity(q) => Some(Val::quantity(Quantity {
             value: q
                 .value
                 .boundary(precision.unwrap_or(8).try_into().ok()?, high)?,

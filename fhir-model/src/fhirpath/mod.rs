@@ -70,7 +70,8 @@ pub enum Val<'a> {
     String(String),
     /// A date, dateTime or time.
     Temporal(Temporal),
-    Quantity(Quantity),
+    /// Boxed: quantities are rare, and every node is as large as its largest value.
+    Quantity(Box<Quantity>),
     /// The result of `type()`.
     TypeInfo {
         namespace: &'static str,
@@ -90,6 +91,14 @@ pub struct Node<'a> {
     pub fhir_type: Option<&'a str>,
     /// A primitive's `_name` sibling: its id and extensions.
     pub(crate) extras: Option<&'a Value>,
+    /// The schema definition navigation continues in.
+    pub(crate) definition: Option<&'static model::Definition>,
+}
+
+impl Val<'_> {
+    pub(crate) fn quantity(q: Quantity) -> Self {
+        Val::Quantity(Box::new(q))
+    }
 }
 
 impl<'a> Node<'a> {
@@ -98,6 +107,7 @@ impl<'a> Node<'a> {
             value: Val::Json(value),
             fhir_type,
             extras: None,
+            definition: None,
         }
     }
 
@@ -106,6 +116,7 @@ impl<'a> Node<'a> {
             value,
             fhir_type: None,
             extras: None,
+            definition: None,
         }
     }
 
@@ -113,9 +124,13 @@ impl<'a> Node<'a> {
         Node::computed(Val::Boolean(b))
     }
 
-    /// The resource node: typed by its `resourceType`.
-    fn resource(value: &'a Value) -> Self {
-        Node::json(value, value.get("resourceType").and_then(Value::as_str))
+    /// A resource: typed by its `resourceType`.
+    pub(crate) fn resource(value: &'a Value) -> Self {
+        let resource_type = value.get("resourceType").and_then(Value::as_str);
+        Node {
+            definition: resource_type.and_then(|t| model::model().definition(t)),
+            ..Node::json(value, resource_type)
+        }
     }
 
     /// The value as JSON: borrowed for an element of the resource, built
@@ -148,6 +163,8 @@ impl<'a> Node<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expression {
     root: Expr,
+    /// Whether evaluation must look for primitives' extensions (`_name`).
+    extras: bool,
 }
 
 /// What an evaluation can refer to besides its input.
@@ -155,14 +172,18 @@ pub(crate) struct Env<'a> {
     resource: &'a Value,
     context: Node<'a>,
     variables: &'a [(&'a str, &'a Value)],
+    extras: bool,
     /// Items left to produce before the evaluation is stopped.
     budget: Cell<u64>,
 }
 
 impl Expression {
     pub fn parse(source: &str) -> Result<Expression, FhirPathError> {
+        let mut root = parser::parse(source)?;
+        parser::annotate(&mut root, None);
         Ok(Expression {
-            root: parser::parse(source)?,
+            extras: parser::observes_extensions(&root),
+            root,
         })
     }
 
@@ -201,6 +222,7 @@ impl Expression {
             resource,
             context: context.clone(),
             variables,
+            extras: self.extras,
             budget: Cell::new(MAX_WORK),
         };
         eval::eval(&self.root, &[context], &eval::Frame::default(), &env)

@@ -32,19 +32,58 @@ impl Hasher for Fnv {
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
+/// A schema definition: a resource, a data type, a primitive, or a
+/// backbone element (`Patient_Contact`).
+pub struct Definition {
+    pub name: &'static str,
+    /// Set once, after every definition exists (elements refer to each other).
+    elements: OnceLock<FastMap<&'static str, Element>>,
+}
+
+impl std::fmt::Debug for Definition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for Definition {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Definition {
+    /// Element `name`.
+    pub fn element(&'static self, name: &str) -> Option<&'static Element> {
+        self.elements.get()?.get(name)
+    }
+
+    /// Every element, for walks over the schema.
+    pub fn elements(&'static self) -> impl Iterator<Item = (&'static str, &'static Element)> {
+        self.elements
+            .get()
+            .into_iter()
+            .flat_map(|elements| elements.iter().map(|(k, v)| (*k, v)))
+    }
+
+    /// A primitive type (`string`, `dateTime`): its values are JSON scalars.
+    pub fn is_primitive(&self) -> bool {
+        self.name.starts_with(|c: char| c.is_ascii_lowercase())
+    }
+}
+
 /// What an element of a definition holds.
 #[derive(Debug)]
 pub enum Element {
-    /// One type: a definition name (`HumanName`, `Patient_Contact`,
-    /// `code`, or `ResourceList` for a resource in place).
-    Plain(&'static str),
+    /// One type (`ResourceList` for a resource in place).
+    Plain(&'static Definition),
     /// A choice element's JSON names with their types (`valueQuantity`, `Quantity`).
-    Choice(Vec<(&'static str, &'static str)>),
+    Choice(Vec<(&'static str, &'static Definition)>),
 }
 
 #[derive(Default)]
 pub struct Model {
-    definitions: FastMap<&'static str, FastMap<&'static str, Element>>,
+    definitions: FastMap<&'static str, &'static Definition>,
 }
 
 const CHOICE_ELEMENTS: &str = include_str!("../../data/choice-elements.json");
@@ -55,14 +94,14 @@ fn leak(s: &str) -> &'static str {
 }
 
 /// A choice form's type from its suffix: `valueDateTime` of `value` is `dateTime`.
-fn form_type(form: &str, element: &str, model: &Model) -> Option<&'static str> {
+fn form_type(form: &str, element: &str, model: &Model) -> Option<&'static Definition> {
     let suffix = form.strip_prefix(element)?;
     let mut chars = suffix.chars();
     let first = chars.next()?;
     let primitive = format!("{}{}", first.to_ascii_lowercase(), chars.as_str());
     let found = [primitive.as_str(), suffix]
         .into_iter()
-        .find_map(|name| model.definitions.get_key_value(name).map(|(k, _)| *k));
+        .find_map(|name| model.definition(name));
     found
 }
 
@@ -76,8 +115,14 @@ pub fn model() -> &'static Model {
             .cloned()
             .unwrap_or_default();
         for name in definitions.keys() {
-            model.definitions.insert(leak(name), FastMap::default());
+            let name = leak(name);
+            let definition: &'static Definition = Box::leak(Box::new(Definition {
+                name,
+                elements: OnceLock::new(),
+            }));
+            model.definitions.insert(name, definition);
         }
+        let choices: Value = serde_json::from_str(CHOICE_ELEMENTS).unwrap_or_default();
         for (name, definition) in &definitions {
             let mut elements = FastMap::default();
             for (element, property) in definition["properties"].as_object().into_iter().flatten() {
@@ -87,35 +132,22 @@ pub fn model() -> &'static Model {
                 } else {
                     item["$ref"].as_str().and_then(|r| r.rsplit('/').next())
                 };
-                let Some(type_name) = type_name else {
-                    continue;
-                };
-                let Some((type_name, _)) = model.definitions.get_key_value(type_name) else {
-                    continue;
-                };
-                elements.insert(leak(element), Element::Plain(type_name));
+                if let Some(target) = type_name.and_then(|t| model.definition(t)) {
+                    elements.insert(leak(element), Element::Plain(target));
+                }
             }
-            let key = model
-                .definitions
-                .get_key_value(name.as_str())
-                .map(|(k, _)| *k);
-            if let Some(key) = key {
-                model.definitions.insert(key, elements);
-            }
-        }
-        let choices: Value = serde_json::from_str(CHOICE_ELEMENTS).unwrap_or_default();
-        for (name, elements) in choices.as_object().into_iter().flatten() {
-            for (element, forms) in elements.as_object().into_iter().flatten() {
-                let forms: Vec<_> = forms
+            for (element, forms) in choices[name.as_str()].as_object().into_iter().flatten() {
+                let forms = forms
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
                     .filter_map(|form| Some((leak(form), form_type(form, element, &model)?)))
                     .collect();
-                if let Some(definition) = model.definitions.get_mut(name.as_str()) {
-                    definition.insert(leak(element), Element::Choice(forms));
-                }
+                elements.insert(leak(element), Element::Choice(forms));
+            }
+            if let Some(definition) = model.definition(name) {
+                let _ = definition.elements.set(elements);
             }
         }
         model
@@ -123,23 +155,11 @@ pub fn model() -> &'static Model {
 }
 
 impl Model {
-    /// Element `name` of `definition`.
-    pub fn element(&'static self, definition: &str, name: &str) -> Option<&'static Element> {
-        self.definitions.get(definition)?.get(name)
+    pub fn definition(&self, name: &str) -> Option<&'static Definition> {
+        self.definitions.get(name).copied()
     }
 
     pub fn is_definition(&self, name: &str) -> bool {
         self.definitions.contains_key(name)
-    }
-
-    /// A definition's elements, for walks over the schema.
-    pub fn elements(
-        &'static self,
-        definition: &str,
-    ) -> impl Iterator<Item = (&'static str, &'static Element)> {
-        self.definitions
-            .get(definition)
-            .into_iter()
-            .flat_map(|elements| elements.iter().map(|(k, v)| (*k, v)))
     }
 }

@@ -2,12 +2,17 @@
 //! precedence and every function's arity checked at parse time.
 
 use super::lexer::{lex, syntax, Spanned, Token};
+use super::model::{model, Definition, Element};
 use super::value::{calendar_unit, Decimal, Quantity, Temporal, TemporalKind};
 use super::FhirPathError;
 
-/// Deepest nesting an expression may have: deeper is a syntax error, so
-/// neither parsing nor evaluation can exhaust the stack.
+/// Deepest nesting of parentheses and arguments an expression may have,
+/// the longest expression, and the deepest tree it may parse into: beyond
+/// them is a syntax error, so neither parsing nor evaluation (which recurse
+/// over the tree) can exhaust the stack.
 pub const MAX_NESTING: usize = 64;
+pub const MAX_LENGTH: usize = 8192;
+pub const MAX_DEPTH: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
@@ -67,6 +72,8 @@ pub enum Expr {
     Member {
         base: Option<Box<Expr>>,
         name: String,
+        /// The element, when the parent's type is known from the expression.
+        resolved: Option<Resolved>,
     },
     Call {
         base: Option<Box<Expr>>,
@@ -139,8 +146,14 @@ functions! {
 }
 
 pub fn parse(source: &str) -> Result<Expr, FhirPathError> {
-    let tokens = lex(source)?;
     let end = source.chars().count();
+    if end > MAX_LENGTH {
+        return Err(syntax(
+            MAX_LENGTH,
+            format!("longer than {MAX_LENGTH} characters"),
+        ));
+    }
+    let tokens = lex(source)?;
     let mut parser = Parser {
         tokens,
         pos: 0,
@@ -154,7 +167,31 @@ pub fn parse(source: &str) -> Result<Expr, FhirPathError> {
             format!("unexpected {}", describe(&extra.token)),
         ));
     }
+    if depth(&expr) > MAX_DEPTH {
+        return Err(syntax(0, format!("more than {MAX_DEPTH} steps deep")));
+    }
     Ok(expr)
+}
+
+/// The depth of the tree, without recursion (the tree may be deep: that
+/// is what is being checked).
+fn depth(root: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1)];
+    while let Some((expr, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        let children: Vec<&Expr> = match expr {
+            Expr::Member { base, .. } => base.iter().map(|b| b.as_ref()).collect(),
+            Expr::Call { base, args, .. } => {
+                base.iter().map(|b| b.as_ref()).chain(args.iter()).collect()
+            }
+            Expr::Indexer(a, b) | Expr::Binary(_, a, b) => vec![a, b],
+            Expr::Negate(inner) | Expr::Is(inner, _) | Expr::As(inner, _) => vec![inner],
+            _ => Vec::new(),
+        };
+        stack.extend(children.into_iter().map(|child| (child, level + 1)));
+    }
+    deepest
 }
 
 fn describe(token: &Token) -> String {
@@ -462,7 +499,11 @@ impl Parser {
         let name = self.identifier()?;
         let base = base.map(Box::new);
         if quoted || !self.is_symbol("(") {
-            return Ok(Expr::Member { base, name });
+            return Ok(Expr::Member {
+                base,
+                name,
+                resolved: None,
+            });
         }
         self.pos += 1;
         let mut args = Vec::new();
@@ -508,17 +549,21 @@ impl Parser {
 /// `Quantity`, `FHIR.Quantity` or `` FHIR.`Patient` `` written as an argument.
 fn type_argument(arg: &Expr) -> Option<TypeSpec> {
     match arg {
-        Expr::Member { base: None, name } => Some(TypeSpec {
+        Expr::Member {
+            base: None, name, ..
+        } => Some(TypeSpec {
             namespace: None,
             name: name.clone(),
         }),
         Expr::Member {
             base: Some(namespace),
             name,
+            ..
         } => match namespace.as_ref() {
             Expr::Member {
                 base: None,
                 name: ns,
+                ..
             } => Some(TypeSpec {
                 namespace: Some(ns.clone()),
                 name: name.clone(),
@@ -526,5 +571,154 @@ fn type_argument(arg: &Expr) -> Option<TypeSpec> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Whether evaluating `expr` can tell a primitive's extensions (its `_name`
+/// sibling) apart: it asks for extensions or ids, walks all children, or
+/// counts items (a primitive with only extensions is an item without a
+/// value). Search parameters mostly do not, and skip the lookups.
+pub fn observes_extensions(expr: &Expr) -> bool {
+    match expr {
+        Expr::Member { base, name, .. } => {
+            name == "extension" || name == "id" || base.as_deref().is_some_and(observes_extensions)
+        }
+        Expr::Call { base, func, args } => {
+            matches!(
+                func,
+                Func::Extension
+                    | Func::HasValue
+                    | Func::GetValue
+                    | Func::Children
+                    | Func::Descendants
+                    | Func::Exists
+                    | Func::Empty
+                    | Func::Count
+                    | Func::Single
+                    | Func::IsDistinct
+                    | Func::Trace
+            ) || base.as_deref().is_some_and(observes_extensions)
+                || args.iter().any(observes_extensions)
+        }
+        Expr::Indexer(a, b) | Expr::Binary(_, a, b) => {
+            observes_extensions(a) || observes_extensions(b)
+        }
+        Expr::Negate(inner) | Expr::Is(inner, _) | Expr::As(inner, _) => observes_extensions(inner),
+        Expr::Empty
+        | Expr::Literal(_)
+        | Expr::This
+        | Expr::Index
+        | Expr::Total
+        | Expr::External(_)
+        | Expr::Type(_) => false,
+    }
+}
+
+/// A member step's element, found while parsing: `(parent, element)`.
+#[derive(Clone, Copy)]
+pub struct Resolved(pub &'static Definition, pub &'static Element);
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}.{:?}", self.0, self.1)
+    }
+}
+
+impl PartialEq for Resolved {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0) && std::ptr::eq(self.1, other.1)
+    }
+}
+
+/// Types what it can of `expr` from the expression alone (a path starting
+/// with a resource type, `Patient.name.given`), recording each member
+/// step's element so evaluation need not look it up; returns the type of
+/// the result where known. Evaluation checks the recorded parent against
+/// the node's actual type, so a wrong guess only costs a lookup.
+pub fn annotate(
+    expr: &mut Expr,
+    context: Option<&'static Definition>,
+) -> Option<&'static Definition> {
+    match expr {
+        Expr::Member {
+            base,
+            name,
+            resolved,
+        } => {
+            let parent = match base {
+                Some(base) => annotate(base, context),
+                None if name.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                    return model().definition(name);
+                }
+                None => context,
+            }?;
+            let element = parent.element(name)?;
+            *resolved = Some(Resolved(parent, element));
+            match element {
+                Element::Plain(d) if d.name != "ResourceList" => Some(d),
+                _ => None,
+            }
+        }
+        Expr::Call { base, func, args } => {
+            let input = match base {
+                Some(base) => annotate(base, context),
+                None => context,
+            };
+            let lambda = matches!(
+                func,
+                Func::Where
+                    | Func::Select
+                    | Func::Exists
+                    | Func::All
+                    | Func::Repeat
+                    | Func::Aggregate
+                    | Func::Sort
+            );
+            for arg in args.iter_mut() {
+                annotate(arg, if lambda { input } else { context });
+            }
+            match func {
+                Func::Where
+                | Func::First
+                | Func::Last
+                | Func::Single
+                | Func::Tail
+                | Func::Skip
+                | Func::Take
+                | Func::Distinct
+                | Func::Trace
+                | Func::Intersect
+                | Func::Exclude => input,
+                Func::OfType | Func::As => match args.first() {
+                    Some(Expr::Type(spec)) => model().definition(&spec.name),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        Expr::Indexer(base, index) => {
+            annotate(index, context);
+            annotate(base, context)
+        }
+        Expr::As(inner, spec) => {
+            annotate(inner, context);
+            model().definition(&spec.name)
+        }
+        Expr::Is(inner, _) | Expr::Negate(inner) => {
+            annotate(inner, context);
+            None
+        }
+        Expr::Binary(_, left, right) => {
+            annotate(left, context);
+            annotate(right, context);
+            None
+        }
+        Expr::This => context,
+        Expr::Empty
+        | Expr::Literal(_)
+        | Expr::Index
+        | Expr::Total
+        | Expr::External(_)
+        | Expr::Type(_) => None,
     }
 }

@@ -73,7 +73,7 @@ fn reach(expr: &Expr, focus: &[String], reads: &mut Vec<String>) -> Vec<String> 
             _ => Vec::new(),
         },
         Expr::This => focus.to_vec(),
-        Expr::Member { base, name } => {
+        Expr::Member { base, name, .. } => {
             let from = match base {
                 Some(base) => reach(base, focus, reads),
                 None => focus.to_vec(),

@@ -295,3 +295,63 @@ fn variables_and_implies() {
     assert_eq!(test("%nothing.exists()"), Some(false));
     assert!(Expression::parse("%").is_err());
 }
+
+#[test]
+fn subscription_condition_on_current_and_previous() {
+    let expr =
+        Expression::parse("%current.effective > @2024-01-01 and %previous.status != 'final'")
+            .unwrap();
+    let current = json!({"resourceType": "Observation", "status": "final",
+        "effectiveDateTime": "2024-03-01T10:00:00Z"});
+    let test = |previous: &Value, current: &Value| {
+        let vars = [("current", current), ("previous", previous)];
+        expr.test(current, &vars).unwrap()
+    };
+    let preliminary = json!({"resourceType": "Observation", "status": "preliminary"});
+    let final_before = json!({"resourceType": "Observation", "status": "final"});
+    assert_eq!(test(&preliminary, &current), Some(true));
+    assert_eq!(test(&final_before, &current), Some(false));
+    let earlier = json!({"resourceType": "Observation", "effectiveDateTime": "2023-12-31"});
+    assert_eq!(test(&preliminary, &earlier), Some(false));
+    // A period is not comparable with a date: an error rather than a guess.
+    let period = json!({"resourceType": "Observation", "effectivePeriod": {"start": "2024-02-01"}});
+    let vars = [("current", &period), ("previous", &preliminary)];
+    assert!(expr.test(&period, &vars).is_err());
+    // On create there is no %previous: the condition has no answer.
+    let vars = [("current", &current)];
+    assert_eq!(expr.test(&current, &vars).unwrap(), None);
+}
+
+#[test]
+fn typed_values_and_errors() {
+    let p = patient();
+    let one = |expr: &str| {
+        Expression::parse(expr)
+            .unwrap()
+            .evaluate(&p)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.value)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(one("1 + 2"), vec![Val::Integer(3)]);
+    assert_eq!(
+        one("(1.50 + 1).toString()"),
+        vec![Val::String("2.50".into())]
+    );
+    assert_eq!(one("Patient.deceased is boolean"), vec![Val::Boolean(true)]);
+    assert_eq!(
+        one("Patient.deceased is Boolean"),
+        vec![Val::Boolean(false)]
+    );
+    assert_eq!(one("@2024-01 < @2024-02-03"), vec![Val::Boolean(true)]);
+    assert!(one("@2024-01 < @2024-01-03").is_empty());
+    assert!(matches!(
+        Expression::parse("(1 | 2).not()").unwrap().evaluate(&p),
+        Err(FhirPathError::Evaluation(_))
+    ));
+    match Expression::parse("Patient.name.where(given = 'x'") {
+        Err(FhirPathError::Syntax { position, .. }) => assert_eq!(position, 30),
+        other => panic!("{other:?}"),
+    }
+}

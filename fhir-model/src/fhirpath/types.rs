@@ -2,6 +2,8 @@
 //! types of computed values, `is`/`as`/`ofType`, and the System value a
 //! FHIR primitive stands for.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::model::model;
@@ -96,18 +98,18 @@ impl<'a> Node<'a> {
             Val::Decimal(d) => Prim::Decimal(*d),
             Val::String(s) => Prim::String(s),
             Val::Temporal(t) => Prim::Temporal(*t),
-            Val::Quantity(q) => Prim::Quantity(q.clone()),
+            Val::Quantity(q) => Prim::Quantity((**q).clone()),
             Val::TypeInfo { .. } => return None,
         })
     }
 
     /// `(namespace, name)` of the node's type.
-    pub(crate) fn type_name(&self) -> (&'static str, String) {
-        let system = |name: &str| ("System", name.to_string());
+    pub(crate) fn type_name(&self) -> (&'static str, Cow<'a, str>) {
+        let system = |name: &'static str| ("System", Cow::Borrowed(name));
         match &self.value {
             Val::Json(value) => {
                 if let Some(t) = self.fhir_type {
-                    return ("FHIR", display_type(t).to_string());
+                    return ("FHIR", Cow::Borrowed(display_type(t)));
                 }
                 match value {
                     Value::Bool(_) => system("Boolean"),
@@ -117,10 +119,10 @@ impl<'a> Node<'a> {
                     },
                     Value::String(_) => system("String"),
                     Value::Object(map) => match map.get("resourceType").and_then(Value::as_str) {
-                        Some(t) => ("FHIR", t.to_string()),
+                        Some(t) => ("FHIR", Cow::Borrowed(t)),
                         None => (
                             "FHIR",
-                            infer_complex_type(value).unwrap_or("Element").to_string(),
+                            Cow::Borrowed(infer_complex_type(value).unwrap_or("Element")),
                         ),
                     },
                     _ => system("Any"),
@@ -217,6 +219,7 @@ pub enum TypeTest {
 /// Whether `node` is of the type `spec` names; an unknown type is an error.
 pub fn has_type(node: &Node<'_>, spec: &TypeSpec, test: TypeTest) -> Result<bool, FhirPathError> {
     let name = spec.name.as_str();
+    let fhir = is_fhir_type(name);
     let namespace = match spec.namespace.as_deref() {
         Some(ns @ ("FHIR" | "System")) => ns,
         Some(other) => {
@@ -224,13 +227,11 @@ pub fn has_type(node: &Node<'_>, spec: &TypeSpec, test: TypeTest) -> Result<bool
                 "unknown type namespace {other}"
             )))
         }
-        None if is_fhir_type(name) => "FHIR",
+        None if fhir => "FHIR",
         None if SYSTEM_TYPES.contains(&name) => "System",
         None => return Err(FhirPathError::eval(format!("unknown type {name}"))),
     };
-    if namespace == "FHIR" && !is_fhir_type(name)
-        || namespace == "System" && !SYSTEM_TYPES.contains(&name)
-    {
+    if namespace == "FHIR" && !fhir || namespace == "System" && !SYSTEM_TYPES.contains(&name) {
         return Ok(false);
     }
     let (actual_ns, actual) = node.type_name();
@@ -244,7 +245,7 @@ pub fn has_type(node: &Node<'_>, spec: &TypeSpec, test: TypeTest) -> Result<bool
     if namespace == "System" {
         return Ok(actual == name || name == "Any");
     }
-    let mut current = actual.as_str();
+    let mut current: &str = &actual;
     let mut primitive_step = false;
     loop {
         if current == name {

@@ -23,6 +23,8 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    // Typed once, evaluated on by every parameter.
+    let root = Node::resource(resource);
     for param in registry.params_for(resource_type) {
         // A union of other parameters is found through their rows.
         if param.code == "_id" || param.code == "_lastUpdated" || !param.is_stored() {
@@ -39,7 +41,9 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
             continue;
         };
         // An expression that fails on this resource indexes nothing for its parameter.
-        let nodes = expression.evaluate(resource).unwrap_or_default();
+        let nodes = expression
+            .evaluate_on(root.clone(), resource)
+            .unwrap_or_default();
         if param.kind == ParamType::Composite {
             for node in nodes {
                 composite(param, node, resource, &mut out);

@@ -10,15 +10,15 @@
 
 use serde_json::Value;
 
-use crate::fhirpath::model::{model, Element};
+use crate::fhirpath::model::{model, Definition, Element};
 use crate::{Issue, IssueCode};
 
 /// The definition of the values of `element` in `definition` (a contained
 /// resource's by its `resourceType`).
 fn child_definition<'a>(definition: &str, element: &str, value: &'a Value) -> Option<&'a str> {
-    match model().element(definition, element)? {
-        Element::Plain("ResourceList") => value["resourceType"].as_str(),
-        Element::Plain(other) => Some(other),
+    match model().definition(definition)?.element(element)? {
+        Element::Plain(d) if d.name == "ResourceList" => value["resourceType"].as_str(),
+        Element::Plain(other) => Some(other.name),
         Element::Choice(_) => None,
     }
 }
@@ -26,9 +26,11 @@ fn child_definition<'a>(definition: &str, element: &str, value: &'a Value) -> Op
 /// The choice elements of `definition` with their JSON names and types.
 fn choices(
     definition: &str,
-) -> impl Iterator<Item = (&'static str, &'static [(&'static str, &'static str)])> {
+) -> impl Iterator<Item = (&'static str, &'static [(&'static str, &'static Definition)])> {
     model()
-        .elements(definition)
+        .definition(definition)
+        .into_iter()
+        .flat_map(Definition::elements)
         .filter_map(|(name, element)| match element {
             Element::Choice(forms) => Some((name, forms.as_slice())),
             Element::Plain(_) => None,
@@ -45,8 +47,8 @@ pub fn forms(resource_type: &str, path: &str) -> Vec<String> {
         None => (None, path),
     };
     for step in parent.into_iter().flat_map(|p| p.split('.')) {
-        match model().element(definition, step) {
-            Some(Element::Plain(next)) => definition = next,
+        match model().definition(definition).and_then(|d| d.element(step)) {
+            Some(Element::Plain(next)) => definition = next.name,
             _ => return Vec::new(),
         }
     }
