@@ -21,7 +21,7 @@ pub struct Frame<'f, 'a> {
     pub total: Option<&'f [Node<'a>]>,
 }
 
-impl<'a> Env<'a> {
+impl<'a> Env<'_, 'a> {
     /// Counts `produced` items (and one step) against the evaluation's
     /// budget, for a collection now `size` long.
     pub fn spend(&self, produced: usize, size: usize) -> Result<()> {
@@ -43,10 +43,13 @@ pub fn eval<'a>(
     expr: &Expr,
     input: &[Node<'a>],
     frame: &Frame<'_, 'a>,
-    env: &Env<'a>,
+    env: &Env<'_, 'a>,
 ) -> Result<Vec<Node<'a>>> {
     let out = eval_inner(expr, input, frame, env)?;
-    env.spend(out.len(), out.len())?;
+    // Only collections that grow can multiply work: single items are free.
+    if out.len() > 1 {
+        env.spend(out.len(), out.len())?;
+    }
     Ok(out)
 }
 
@@ -65,7 +68,7 @@ fn string_node<'a>(s: &str) -> Node<'a> {
     Node::computed(Val::String(s.to_string()))
 }
 
-fn external<'a>(name: &str, env: &Env<'a>) -> Vec<Node<'a>> {
+fn external<'a>(name: &str, env: &Env<'_, 'a>) -> Vec<Node<'a>> {
     match name {
         "resource" | "rootResource" => vec![Node::resource(env.resource)],
         "context" => vec![env.context.clone()],
@@ -94,7 +97,7 @@ fn eval_inner<'a>(
     expr: &Expr,
     input: &[Node<'a>],
     frame: &Frame<'_, 'a>,
-    env: &Env<'a>,
+    env: &Env<'_, 'a>,
 ) -> Result<Vec<Node<'a>>> {
     Ok(match expr {
         Expr::Empty => Vec::new(),
@@ -260,7 +263,7 @@ fn child<'a>(
     out: &mut Vec<Node<'a>>,
 ) {
     let node = |value: &'a Value, extras: Option<&'a Value>| {
-        let known = definition.filter(|d| d.name != "ResourceList");
+        let known = definition.filter(|d| !d.holds_resources);
         match known {
             Some(d) => Node {
                 value: Val::Json(value),
@@ -445,7 +448,7 @@ fn binary<'a>(
     right: &Expr,
     input: &[Node<'a>],
     frame: &Frame<'_, 'a>,
-    env: &Env<'a>,
+    env: &Env<'_, 'a>,
 ) -> Result<Vec<Node<'a>>> {
     let l = eval(left, input, frame, env)?;
     // `and`/`or`/`implies` decide on the left alone when they can.

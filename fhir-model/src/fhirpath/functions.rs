@@ -31,7 +31,12 @@ fn err<T>(message: impl Into<String>) -> Result<T> {
 }
 
 /// Evaluates a function's argument `expr` on one item, as `$this`.
-fn on_item<'a>(expr: &Expr, item: &Node<'a>, index: usize, env: &Env<'a>) -> Result<Vec<Node<'a>>> {
+fn on_item<'a>(
+    expr: &Expr,
+    item: &Node<'a>,
+    index: usize,
+    env: &Env<'_, 'a>,
+) -> Result<Vec<Node<'a>>> {
     let frame = Frame {
         this: Some(item),
         index: Some(index),
@@ -40,7 +45,7 @@ fn on_item<'a>(expr: &Expr, item: &Node<'a>, index: usize, env: &Env<'a>) -> Res
     eval(expr, std::slice::from_ref(item), &frame, env)
 }
 
-fn passes<'a>(expr: &Expr, item: &Node<'a>, index: usize, env: &Env<'a>) -> Result<bool> {
+fn passes<'a>(expr: &Expr, item: &Node<'a>, index: usize, env: &Env<'_, 'a>) -> Result<bool> {
     Ok(singleton_boolean(&on_item(expr, item, index, env)?)? == Some(true))
 }
 
@@ -70,7 +75,7 @@ pub fn call<'a>(
     args: &[Expr],
     input: &[Node<'a>],
     frame: &Frame<'_, 'a>,
-    env: &Env<'a>,
+    env: &Env<'_, 'a>,
 ) -> Result<Vec<Node<'a>>> {
     let arg = |i: usize| eval(&args[i], input, frame, env);
     let string_arg =
@@ -821,7 +826,7 @@ fn has_value(node: &Node<'_>) -> bool {
 /// evaluated, or a stand-in typed with the resource type the reference
 /// names (the Reference itself), so `resolve() is Patient` works without
 /// a server.
-fn resolve<'a>(node: &Node<'a>, env: &Env<'a>) -> Option<Node<'a>> {
+fn resolve<'a>(node: &Node<'a>, env: &Env<'_, 'a>) -> Option<Node<'a>> {
     let Val::Json(value) = node.value else {
         return None;
     };
@@ -955,7 +960,7 @@ fn codec(func: Func, s: &str, format: &str) -> Option<String> {
 
 /// `sort(key, ...)`: by each key in turn, `-key` descending; no key sorts
 /// the items themselves.
-fn sort<'a>(items: &[Node<'a>], args: &[Expr], env: &Env<'a>) -> Result<Vec<Node<'a>>> {
+fn sort<'a>(items: &[Node<'a>], args: &[Expr], env: &Env<'_, 'a>) -> Result<Vec<Node<'a>>> {
     let keys: Vec<(&Expr, bool)> = args
         .iter()
         .map(|arg| match arg {

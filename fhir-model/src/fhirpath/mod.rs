@@ -168,9 +168,9 @@ pub struct Expression {
 }
 
 /// What an evaluation can refer to besides its input.
-pub(crate) struct Env<'a> {
+pub(crate) struct Env<'e, 'a> {
     resource: &'a Value,
-    context: Node<'a>,
+    context: &'e Node<'a>,
     variables: &'a [(&'a str, &'a Value)],
     extras: bool,
     /// Items left to produce before the evaluation is stopped.
@@ -189,14 +189,14 @@ impl Expression {
 
     /// Evaluates with `resource` as both the root resource and the context.
     pub fn evaluate<'a>(&self, resource: &'a Value) -> Result<Vec<Node<'a>>, FhirPathError> {
-        self.evaluate_on(Node::resource(resource), resource)
+        self.evaluate_on(&Node::resource(resource), resource)
     }
 
     /// Evaluates relative to `context` (e.g. a composite's element), with
     /// `resource` as `%resource`.
     pub fn evaluate_on<'a>(
         &self,
-        context: Node<'a>,
+        context: &Node<'a>,
         resource: &'a Value,
     ) -> Result<Vec<Node<'a>>, FhirPathError> {
         self.run(context, resource, &[])
@@ -209,23 +209,28 @@ impl Expression {
         resource: &'a Value,
         variables: &'a [(&'a str, &'a Value)],
     ) -> Result<Vec<Node<'a>>, FhirPathError> {
-        self.run(Node::resource(resource), resource, variables)
+        self.run(&Node::resource(resource), resource, variables)
     }
 
     fn run<'a>(
         &self,
-        context: Node<'a>,
+        context: &Node<'a>,
         resource: &'a Value,
         variables: &'a [(&'a str, &'a Value)],
     ) -> Result<Vec<Node<'a>>, FhirPathError> {
         let env = Env {
             resource,
-            context: context.clone(),
+            context,
             variables,
             extras: self.extras,
             budget: Cell::new(MAX_WORK),
         };
-        eval::eval(&self.root, &[context], &eval::Frame::default(), &env)
+        eval::eval(
+            &self.root,
+            std::slice::from_ref(context),
+            &eval::Frame::default(),
+            &env,
+        )
     }
 
     /// Evaluates to a boolean as FHIRPath does for a condition: `Ok(None)`

@@ -36,6 +36,9 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 /// backbone element (`Patient_Contact`).
 pub struct Definition {
     pub name: &'static str,
+    /// `ResourceList`: any resource, typed by its `resourceType`.
+    pub holds_resources: bool,
+    primitive: bool,
     /// Set once, after every definition exists (elements refer to each other).
     elements: OnceLock<FastMap<&'static str, Element>>,
 }
@@ -68,7 +71,7 @@ impl Definition {
 
     /// A primitive type (`string`, `dateTime`): its values are JSON scalars.
     pub fn is_primitive(&self) -> bool {
-        self.name.starts_with(|c: char| c.is_ascii_lowercase())
+        self.primitive
     }
 }
 
@@ -118,6 +121,8 @@ pub fn model() -> &'static Model {
             let name = leak(name);
             let definition: &'static Definition = Box::leak(Box::new(Definition {
                 name,
+                holds_resources: name == "ResourceList",
+                primitive: name.starts_with(|c: char| c.is_ascii_lowercase()),
                 elements: OnceLock::new(),
             }));
             model.definitions.insert(name, definition);

@@ -655,7 +655,7 @@ pub fn annotate(
             let element = parent.element(name)?;
             *resolved = Some(Resolved(parent, element));
             match element {
-                Element::Plain(d) if d.name != "ResourceList" => Some(d),
+                Element::Plain(d) if !d.holds_resources => Some(d),
                 _ => None,
             }
         }

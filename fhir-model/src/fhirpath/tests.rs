@@ -241,7 +241,7 @@ fn unions_extensions_and_variables() {
     let expr = Expression::parse("family | %resource.id").unwrap();
     let name = &p["name"][1];
     let got: Vec<Value> = expr
-        .evaluate_on(Node::json(name, None), &p)
+        .evaluate_on(&Node::json(name, None), &p)
         .unwrap()
         .into_iter()
         .map(|n| n.to_json().into_owned())

@@ -297,7 +297,7 @@ fn digits(text: &str, n: usize) -> Option<(u32, &str)> {
     Some((text[..n].parse().ok()?, &text[n..]))
 }
 
-pub fn days_in_month(year: i32, month: u32) -> u32 {
+pub(crate) fn days_in_month(year: i64, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -307,8 +307,8 @@ pub fn days_in_month(year: i32, month: u32) -> u32 {
 }
 
 /// Days since 1970-01-01 (proleptic Gregorian).
-fn days_from_civil(year: i32, month: u32, day: u32) -> i64 {
-    let y = i64::from(year) - i64::from(month <= 2);
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = year - i64::from(month <= 2);
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let m = i64::from(month);
@@ -365,7 +365,10 @@ impl Temporal {
                 rest = r;
             }
         }
-        if !(1..=12).contains(&t.month) || t.day < 1 || t.day > days_in_month(t.year, t.month) {
+        if !(1..=12).contains(&t.month)
+            || t.day < 1
+            || t.day > days_in_month(i64::from(t.year), t.month)
+        {
             return None;
         }
         if let Some(r) = rest.strip_prefix('T') {
@@ -380,8 +383,6 @@ impl Temporal {
             if !rest.is_empty() {
                 rest = t.parse_offset(rest)?;
             }
-        } else if kind == TemporalKind::DateTime && t.precision == Precision::Day {
-            // `2014-01-25+02:00` is not allowed, but a plain date is a dateTime too.
         }
         rest.is_empty().then_some(t)
     }
@@ -441,7 +442,7 @@ impl Temporal {
 
     /// Milliseconds since the epoch of the fields as written (no offset applied).
     fn local_millis(&self) -> i64 {
-        let days = days_from_civil(self.year, self.month, self.day);
+        let days = days_from_civil(i64::from(self.year), self.month, self.day);
         ((days * 24 + i64::from(self.hour)) * 60 + i64::from(self.minute)) * 60_000
             + i64::from(self.second) * 1000
             + i64::from(self.millisecond)
@@ -533,13 +534,13 @@ impl Temporal {
         match unit {
             "year" => {
                 t.year = i32::try_from(i64::from(t.year) + amount).ok()?;
-                t.day = t.day.min(days_in_month(t.year, t.month));
+                t.day = t.day.min(days_in_month(i64::from(t.year), t.month));
             }
             "month" => {
                 let total = i64::from(t.year) * 12 + i64::from(t.month) - 1 + amount;
                 t.year = i32::try_from(total.div_euclid(12)).ok()?;
                 t.month = total.rem_euclid(12) as u32 + 1;
-                t.day = t.day.min(days_in_month(t.year, t.month));
+                t.day = t.day.min(days_in_month(i64::from(t.year), t.month));
             }
             _ => {
                 let millis = match unit {
@@ -554,10 +555,11 @@ impl Temporal {
                 let delta = amount.checked_mul(millis)?;
                 if t.kind == TemporalKind::Time {
                     let day = 86_400_000;
-                    let base = t.local_millis() - days_from_civil(t.year, t.month, t.day) * day;
+                    let base =
+                        t.local_millis() - days_from_civil(i64::from(t.year), t.month, t.day) * day;
                     let shifted = (base + delta).rem_euclid(day);
                     let (y, m, d) = (t.year, t.month, t.day);
-                    t.set_from_millis(days_from_civil(y, m, d) * day + shifted);
+                    t.set_from_millis(days_from_civil(i64::from(y), m, d) * day + shifted);
                 } else {
                     t.set_from_millis(t.local_millis().checked_add(delta)?);
                 }
@@ -616,7 +618,7 @@ impl Temporal {
         }
         if p < Precision::Day {
             t.day = if high {
-                days_in_month(t.year, t.month)
+                days_in_month(i64::from(t.year), t.month)
             } else {
                 1
             };

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::fhirpath::{infer_complex_type, split_reference, Node, Val};
 use super::{IndexValue, ParamType, Registry, SearchParam};
+use crate::fhirpath::value::{days_from_civil, days_in_month};
 
 /// Most combinations one composite element may yield.
 const MAX_COMPOSITE_COMBINATIONS: usize = 64;
@@ -41,9 +42,7 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
             continue;
         };
         // An expression that fails on this resource indexes nothing for its parameter.
-        let nodes = expression
-            .evaluate_on(root.clone(), resource)
-            .unwrap_or_default();
+        let nodes = expression.evaluate_on(&root, resource).unwrap_or_default();
         if param.kind == ParamType::Composite {
             for node in nodes {
                 composite(param, node, resource, &mut out);
@@ -105,7 +104,7 @@ fn composite<'a>(
     for ((kind, _), expression) in param.components.iter().zip(param.compiled_components()) {
         let mut values = Vec::new();
         for node in expression
-            .evaluate_on(element.clone(), resource)
+            .evaluate_on(&element, resource)
             .unwrap_or_default()
         {
             values_of(*kind, &param.code, &node, &mut values);
@@ -712,25 +711,6 @@ fn content(resource: &Value) -> String {
 }
 
 // ---------------------------------------------------------------- dates
-
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;

@@ -17,7 +17,7 @@ use crate::{Issue, IssueCode};
 /// resource's by its `resourceType`).
 fn child_definition<'a>(definition: &str, element: &str, value: &'a Value) -> Option<&'a str> {
     match model().definition(definition)?.element(element)? {
-        Element::Plain(d) if d.name == "ResourceList" => value["resourceType"].as_str(),
+        Element::Plain(d) if d.holds_resources => value["resourceType"].as_str(),
         Element::Plain(other) => Some(other.name),
         Element::Choice(_) => None,
     }
