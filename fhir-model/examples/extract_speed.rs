@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release -p fhir-model --example extract_speed [rounds]`
 //!
+//! `extract_speed dump` prints the rows instead, to compare two builds' output.
+//!
 //! On a busy machine, count instructions instead of time (deterministic):
 //! `valgrind --tool=callgrind target/release/examples/extract_speed 20`
 
@@ -53,6 +55,14 @@ fn main() {
         .collect();
     for i in 0..10 {
         resources.extend(synthetic(i));
+    }
+    if std::env::args().nth(1).as_deref() == Some("dump") {
+        for resource in &resources {
+            for row in extract(registry, resource) {
+                println!("{row:?}");
+            }
+        }
+        return;
     }
     let rounds: usize = std::env::args()
         .nth(1)
