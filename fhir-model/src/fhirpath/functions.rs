@@ -988,21 +988,22 @@ fn sort<'a>(items: &[Node<'a>], args: &[Expr], env: &Env<'_, 'a>) -> Result<Vec<
             return order(a, b);
         }
         for ((x, y), (_, descending)) in ka.iter().zip(kb).zip(&keys) {
+            // Items without the key come first, in either direction.
             let ordering = match (x.first(), y.first()) {
                 (Some(x), Some(y)) => {
                     if super::eval::compare(x, y).is_err() {
                         failure = Some(());
                     }
-                    order(x, y)
+                    let ordering = order(x, y);
+                    if *descending {
+                        ordering.reverse()
+                    } else {
+                        ordering
+                    }
                 }
                 (None, Some(_)) => Ordering::Less,
                 (Some(_), None) => Ordering::Greater,
                 (None, None) => Ordering::Equal,
-            };
-            let ordering = if *descending {
-                ordering.reverse()
-            } else {
-                ordering
             };
             if ordering != Ordering::Equal {
                 return ordering;
