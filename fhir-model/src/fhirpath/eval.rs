@@ -677,7 +677,7 @@ pub fn equal(a: &Node<'_>, b: &Node<'_>) -> Option<bool> {
     let (pa, pb) = (a.prim(), b.prim());
     let (Some(pa), Some(pb)) = (pa, pb) else {
         return Some(match (&a.value, &b.value) {
-            (Val::Json(x), Val::Json(y)) => x == y,
+            (Val::Json(x), Val::Json(y)) => std::ptr::eq(*x, *y) || x == y,
             (Val::TypeInfo { .. }, Val::TypeInfo { .. }) => a.value == b.value,
             _ => false,
         });
