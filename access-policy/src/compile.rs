@@ -159,9 +159,10 @@ impl Rule {
         if let Some(after) = after {
             variables.push(("after", after));
         }
+        // A constraint that cannot be evaluated on this change does not hold.
         self.constraints
             .iter()
-            .all(|c| c.test(context, &variables) == Some(true))
+            .all(|c| matches!(c.test(context, &variables), Ok(Some(true))))
     }
 }
 

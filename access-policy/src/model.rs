@@ -457,4 +457,19 @@ mod tests {
             assert_eq!(error_of(policy).path, path);
         }
     }
+
+    #[test]
+    fn a_write_constraint_that_does_not_parse_names_the_position() {
+        let error = error_of(json!({"resource": [{"resourceType": "Observation",
+            "writeConstraint": [{"expression": "%after.status = 'final' and (status"}]}]}));
+        assert_eq!(
+            error.path,
+            "AccessPolicy.resource[0].writeConstraint[0].expression"
+        );
+        assert!(
+            error.message.contains("at character 35"),
+            "{}",
+            error.message
+        );
+    }
 }

@@ -585,6 +585,8 @@ impl Cursor {
 }
 
 fn parse_path(text: &str) -> Result<Path, String> {
+    // Not FHIRPath at all: the engine's message says where.
+    crate::fhirpath::Expression::parse(text).map_err(|e| e.to_string())?;
     let mut cursor = Cursor {
         chars: text.chars().collect(),
         pos: 0,
@@ -1400,6 +1402,18 @@ mod tests {
             json!({ "name": "value", "valueDate": "2000", "valueString": "x" })
         ])]))
         .contains("more than one value"));
+    }
+
+    #[test]
+    fn fhirpath_patch_path_syntax_errors_name_the_position() {
+        let message = invalid(&patch(vec![op(vec![
+            kind("delete"),
+            path("Patient.name.where(use = 'old'"),
+        ])]));
+        assert!(
+            message.contains("FHIRPath syntax error at character 30"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Pure: the schemas are compiled into the crate and nothing here does I/O.
 
 mod error;
+pub mod fhirpath;
 pub mod fhirpath_patch;
 pub mod json_bounds;
 mod outcome;

@@ -136,7 +136,7 @@ fn resource_type_of(resource: &Value) -> Result<&str, Issue> {
 }
 
 /// The R4 definitions with the administrative ones merged in, tightened where R4 is loose.
-fn schema_document() -> Result<Value, Error> {
+pub(crate) fn schema_document() -> Result<Value, Error> {
     let mut document = parse(R4_SCHEMA)?;
     let admin = parse(ADMIN_SCHEMA)?;
     let (Some(definitions), Some(admin_definitions)) = (

@@ -55,6 +55,24 @@ async fn criteria_fields_and_constraints() {
         outcome["issue"][0]["expression"][0],
         "AccessPolicy.resource[0].criteria"
     );
+    // So is a write constraint that is not FHIRPath, saying where it goes wrong.
+    let outcome = assert_outcome(
+        admin
+            .post(
+                "AccessPolicy",
+                &json!({"resourceType": "AccessPolicy", "resource": [
+                    {"resourceType": "Observation", "writeConstraint": [{"language": "text/fhirpath",
+                        "expression": "%after.status = 'final' and (status"}]}]}),
+            )
+            .await,
+        400,
+        "FHIRPath syntax error at character 35",
+    )
+    .await;
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "AccessPolicy.resource[0].writeConstraint[0].expression"
+    );
     let doctor_policy = policy(
         admin,
         json!({"resourceType": "AccessPolicy", "name": "doctor", "resource": [

@@ -479,6 +479,18 @@ async fn json_patch() {
         .await
         .unwrap();
     assert_outcome(response, 400, "managed by the server").await;
+    // A path that is not FHIRPath: 400 saying where it goes wrong.
+    let unclosed = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "delete"},
+        {"name": "path", "valueString": "Patient.name.where(use = 'old'"}]}]});
+    let response = user
+        .fhir(Method::PATCH, &path)
+        .header("Content-Type", "application/fhir+json")
+        .json(&unclosed)
+        .send()
+        .await
+        .unwrap();
+    assert_outcome(response, 400, "FHIRPath syntax error at character 30").await;
     assert_outcome(
         user.patch(&format!("Patient/{}", uuid::Uuid::new_v4()), &ops)
             .await,

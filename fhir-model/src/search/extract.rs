@@ -8,8 +8,9 @@
 
 use serde_json::Value;
 
-use super::fhirpath::{infer_complex_type, split_reference, Node};
+use super::fhirpath::{infer_complex_type, split_reference, Node, Val};
 use super::{IndexValue, ParamType, Registry, SearchParam};
+use crate::fhirpath::value::{days_from_civil, days_in_month};
 
 /// Most combinations one composite element may yield.
 const MAX_COMPOSITE_COMBINATIONS: usize = 64;
@@ -23,6 +24,8 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    // Typed once, evaluated on by every parameter.
+    let root = Node::resource(resource);
     for param in registry.params_for(resource_type) {
         // A union of other parameters is found through their rows.
         if param.code == "_id" || param.code == "_lastUpdated" || !param.is_stored() {
@@ -38,14 +41,15 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
             push_full_text(&param.code, &text, &mut out);
             continue;
         };
-        let nodes = expression.evaluate(resource);
+        // An expression that fails on this resource indexes nothing for its parameter.
+        let nodes = expression.evaluate_on(&root, resource).unwrap_or_default();
         if param.kind == ParamType::Composite {
             for node in nodes {
                 composite(param, node, resource, &mut out);
             }
         } else if resource_type == "ProjectMembership" && param.code == "profile-type" {
             for node in &nodes {
-                if let Some(target_type) = reference_target_type(&node.value) {
+                if let Some(target_type) = reference_target_type(&node.to_json()) {
                     out.push(IndexValue::Token {
                         param: param.code.clone(),
                         system: None,
@@ -56,7 +60,7 @@ pub fn extract(registry: &Registry, resource: &Value) -> Vec<IndexValue> {
             }
         } else if param.kind == ParamType::Special && param.code == "near" {
             for node in &nodes {
-                out.extend(position(&param.code, &node.value));
+                out.extend(position(&param.code, &node.to_json()));
             }
         } else {
             for node in &nodes {
@@ -99,7 +103,10 @@ fn composite<'a>(
     let mut combinations: Vec<Vec<IndexValue>> = vec![Vec::new()];
     for ((kind, _), expression) in param.components.iter().zip(param.compiled_components()) {
         let mut values = Vec::new();
-        for node in expression.evaluate_on(element.clone(), resource) {
+        for node in expression
+            .evaluate_on(&element, resource)
+            .unwrap_or_default()
+        {
             values_of(*kind, &param.code, &node, &mut values);
         }
         values.retain(|v| {
@@ -132,9 +139,9 @@ fn composite<'a>(
 
 /// The node's FHIR type: known, or inferred from the JSON.
 fn node_type<'a>(node: &Node<'a>) -> Option<&'a str> {
-    node.fhir_type.or_else(|| match &*node.value {
-        Value::Object(map) if map.contains_key("resourceType") => Some("Resource"),
-        Value::Object(_) => infer_complex_type(&node.value),
+    node.fhir_type.or_else(|| match node.value {
+        Val::Json(Value::Object(map)) if map.contains_key("resourceType") => Some("Resource"),
+        Val::Json(value @ Value::Object(_)) => infer_complex_type(value),
         _ => None,
     })
 }
@@ -159,7 +166,7 @@ fn values_of(kind: ParamType, param: &str, node: &Node<'_>, out: &mut Vec<IndexV
         ParamType::String => string(param, node, out),
         ParamType::Date => date(param, node, out),
         ParamType::Number => {
-            if let Some(value) = node.value.as_f64() {
+            if let Some(value) = node.to_json().as_f64() {
                 out.push(IndexValue::Number {
                     param: param.to_string(),
                     value,
@@ -169,7 +176,7 @@ fn values_of(kind: ParamType, param: &str, node: &Node<'_>, out: &mut Vec<IndexV
         ParamType::Quantity => quantity(param, node, out),
         ParamType::Reference => reference(param, node, out),
         ParamType::Uri => {
-            if let Some(value) = node.value.as_str().filter(|s| !s.is_empty()) {
+            if let Some(value) = node.to_json().as_str().filter(|s| !s.is_empty()) {
                 out.push(IndexValue::Uri {
                     param: param.to_string(),
                     value: value.to_string(),
@@ -187,7 +194,8 @@ fn token(param: &str, node: &Node<'_>, out: &mut Vec<IndexValue>) {
         code: Some(code),
         text: None,
     };
-    let value = &*node.value;
+    let json = node.to_json();
+    let value = &*json;
     match value {
         Value::Bool(b) => out.push(plain(b.to_string())),
         Value::String(s) if !s.is_empty() => out.push(plain(s.clone())),
@@ -306,7 +314,8 @@ fn push_strings(param: &str, value: &Value, key: &str, out: &mut Vec<IndexValue>
 }
 
 fn string(param: &str, node: &Node<'_>, out: &mut Vec<IndexValue>) {
-    let value = &*node.value;
+    let json = node.to_json();
+    let value = &*json;
     let keys: &[&str] = match value {
         Value::String(s) => return push_string(param, s, out),
         Value::Object(_) => match node_type(node) {
@@ -339,7 +348,8 @@ fn date(param: &str, node: &Node<'_>, out: &mut Vec<IndexValue>) {
             high,
         })
     };
-    let value = &*node.value;
+    let json = node.to_json();
+    let value = &*json;
     match value {
         Value::String(s) => {
             if let Some((low, high)) = date_range(s) {
@@ -394,7 +404,8 @@ fn quantity_value(param: &str, fhir_type: &str, value: &Value) -> Option<IndexVa
 }
 
 fn quantity(param: &str, node: &Node<'_>, out: &mut Vec<IndexValue>) {
-    let value = &*node.value;
+    let json = node.to_json();
+    let value = &*json;
     if let Some(number) = value.as_f64() {
         out.push(IndexValue::Quantity {
             param: param.to_string(),
@@ -420,7 +431,8 @@ fn quantity(param: &str, node: &Node<'_>, out: &mut Vec<IndexValue>) {
 }
 
 fn reference(param: &str, node: &Node<'_>, out: &mut Vec<IndexValue>) {
-    let value = &*node.value;
+    let json = node.to_json();
+    let value = &*json;
     match value {
         // canonical, uri: the URL alone.
         Value::String(url) if !url.is_empty() => out.push(IndexValue::Reference {
@@ -699,25 +711,6 @@ fn content(resource: &Value) -> String {
 }
 
 // ---------------------------------------------------------------- dates
-
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;

@@ -8,108 +8,58 @@
 //! another definition (Encounter's `reasonCode` and `reasonReference`) are
 //! left alone.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
 use serde_json::Value;
 
+use crate::fhirpath::model::{model, Definition, Element};
 use crate::{Issue, IssueCode};
-
-const CHOICE_ELEMENTS: &str = include_str!("../../data/choice-elements.json");
-
-/// One schema definition as the walk needs it.
-#[derive(Default)]
-struct Definition {
-    /// Element name → the definition of its values (arrays' items too).
-    children: HashMap<String, String>,
-    /// Choice element name → its JSON names.
-    choices: Vec<(String, Vec<String>)>,
-}
-
-fn definitions() -> &'static HashMap<String, Definition> {
-    static DEFINITIONS: OnceLock<HashMap<String, Definition>> = OnceLock::new();
-    DEFINITIONS.get_or_init(|| {
-        let schema = super::schema_document().unwrap_or_default();
-        let mut out: HashMap<String, Definition> = HashMap::new();
-        for (name, definition) in schema["definitions"].as_object().into_iter().flatten() {
-            let children = definition["properties"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(element, property)| {
-                    let reference = property["$ref"]
-                        .as_str()
-                        .or(property["items"]["$ref"].as_str())?;
-                    let target = reference.rsplit('/').next()?;
-                    Some((element.clone(), target.to_string()))
-                })
-                .collect();
-            out.insert(
-                name.clone(),
-                Definition {
-                    children,
-                    choices: Vec::new(),
-                },
-            );
-        }
-        let choices: Value = serde_json::from_str(CHOICE_ELEMENTS).unwrap_or_default();
-        for (name, elements) in choices.as_object().into_iter().flatten() {
-            let definition = out.entry(name.clone()).or_default();
-            for (element, forms) in elements.as_object().into_iter().flatten() {
-                let forms = forms
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|f| f.as_str().map(str::to_string))
-                    .collect();
-                definition.choices.push((element.clone(), forms));
-            }
-        }
-        out
-    })
-}
 
 /// The definition of the values of `element` in `definition` (a contained
 /// resource's by its `resourceType`).
 fn child_definition<'a>(definition: &str, element: &str, value: &'a Value) -> Option<&'a str> {
-    let target = definitions().get(definition)?.children.get(element)?;
-    match target.as_str() {
-        "ResourceList" => value["resourceType"].as_str(),
-        other => Some(other),
+    match model().definition(definition)?.element(element)? {
+        Element::Plain(d) if d.holds_resources => value["resourceType"].as_str(),
+        Element::Plain(other) => Some(other.name),
+        Element::Choice(_) => None,
     }
+}
+
+/// The choice elements of `definition` with their JSON names and types.
+fn choices(
+    definition: &str,
+) -> impl Iterator<Item = (&'static str, &'static [(&'static str, &'static Definition)])> {
+    model()
+        .definition(definition)
+        .into_iter()
+        .flat_map(Definition::elements)
+        .filter_map(|(name, element)| match element {
+            Element::Choice(forms) => Some((name, forms.as_slice())),
+            Element::Plain(_) => None,
+        })
 }
 
 /// Every form of the choice element that the element at `path` (dot path
 /// from `resource_type`, `component.valueQuantity`) is a form of, as the
 /// same path to each form; empty when it is not one.
 pub fn forms(resource_type: &str, path: &str) -> Vec<String> {
-    let mut definition = resource_type.to_string();
+    let mut definition = resource_type;
     let (parent, last) = match path.rsplit_once('.') {
         Some((parent, last)) => (Some(parent), last),
         None => (None, path),
     };
     for step in parent.into_iter().flat_map(|p| p.split('.')) {
-        match definitions()
-            .get(&definition)
-            .and_then(|d| d.children.get(step))
-        {
-            Some(next) => definition = next.clone(),
-            None => return Vec::new(),
+        match model().definition(definition).and_then(|d| d.element(step)) {
+            Some(Element::Plain(next)) => definition = next.name,
+            _ => return Vec::new(),
         }
     }
-    let Some(found) = definitions().get(&definition) else {
-        return Vec::new();
-    };
-    found
-        .choices
-        .iter()
-        .find(|(_, forms)| forms.iter().any(|f| f == last))
+    choices(definition)
+        .find(|(_, forms)| forms.iter().any(|(f, _)| *f == last))
         .map(|(_, forms)| {
             forms
                 .iter()
-                .map(|form| match parent {
+                .map(|(form, _)| match parent {
                     Some(parent) => format!("{parent}.{form}"),
-                    None => form.clone(),
+                    None => form.to_string(),
                 })
                 .collect()
         })
@@ -155,14 +105,11 @@ fn walk<'a>(value: &'a Value, definition: &str, path: &mut Vec<Step<'a>>, found:
     let Value::Object(map) = value else {
         return;
     };
-    let Some(known) = definitions().get(definition) else {
-        return;
-    };
-    for (element, forms) in &known.choices {
+    for (element, forms) in choices(definition) {
         let present: Vec<&str> = forms
             .iter()
-            .filter(|f| map.contains_key(f.as_str()))
-            .map(String::as_str)
+            .filter(|(f, _)| map.contains_key(*f))
+            .map(|(f, _)| *f)
             .collect();
         if present.len() > 1 {
             found.push(

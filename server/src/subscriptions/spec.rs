@@ -74,10 +74,7 @@ impl Spec {
             .find_map(|e| e["valueString"].as_str())
             .map(|source| {
                 Expression::parse(source).map_err(|e| {
-                    format!(
-                        "{FHIRPATH_CRITERIA} is not FHIRPath this server evaluates: {}",
-                        e.0
-                    )
+                    format!("{FHIRPATH_CRITERIA} is not FHIRPath this server evaluates: {e}")
                 })
             })
             .transpose()?;
@@ -128,7 +125,8 @@ impl Spec {
     }
 
     /// The FHIRPath condition on `%current` and `%previous` (an empty object
-    /// for a create, as Medplum gives it), true without one.
+    /// for a create, as Medplum gives it), true without one; an expression
+    /// that fails to evaluate on this resource does not hold.
     pub fn condition_holds(&self, current: &Value, previous: Option<&Value>) -> bool {
         let Some(expression) = &self.fhirpath else {
             return true;
@@ -136,7 +134,7 @@ impl Spec {
         let empty = json!({});
         let previous = previous.unwrap_or(&empty);
         let variables = [("current", current), ("previous", previous)];
-        expression.test(current, &variables) == Some(true)
+        matches!(expression.test(current, &variables), Ok(Some(true)))
     }
 }
 
