@@ -27,9 +27,9 @@ fn code(key: &str, step: u64) -> String {
     totp::code_at_step(key, step).unwrap()
 }
 
-/// Signs `user` in through `/auth/login` and the token endpoint, MFA or not
-/// (`second` gives the code when asked); returns the access token.
-async fn user_session(app: &TestApp, user: &TestUser, client_id: &str) -> String {
+/// `POST /auth/login` with the right password through the public client, as
+/// an app does (PKCE); returns the status, the answer and the verifier.
+async fn sign_in(app: &TestApp, user: &TestUser, client_id: &str) -> (u16, Value, String) {
     let (verifier, challenge) = pkce_pair();
     let (status, body) = app
         .login(
@@ -37,6 +37,33 @@ async fn user_session(app: &TestApp, user: &TestUser, client_id: &str) -> String
             "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
         )
         .await;
+    (status, body, verifier)
+}
+
+/// Sets the project's `requireMfa` setting as its super admin.
+async fn require_mfa(app: &TestApp, project_id: &str) {
+    let root = app.super_admin().await;
+    let path = format!("Project/{project_id}");
+    let (_, mut stored) = status_json(root.get(&path).await).await;
+    stored["setting"] = json!([{"name": "requireMfa", "valueBoolean": true}]);
+    let (status, body) = status_json(root.put(&path, &stored).await).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// An authorization request of the public client with PKCE and `state`.
+fn authorize_url(app: &TestApp, client_id: &str, state: &str) -> String {
+    let (_, challenge) = pkce_pair();
+    format!(
+        "{}?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid&state={state}&code_challenge={challenge}&code_challenge_method=S256",
+        app.url("oauth2/authorize"),
+        fhirgate_tests::REDIRECT_URI
+    )
+}
+
+/// Signs `user` (not enrolled) in through `/auth/login` and the token
+/// endpoint; returns the access token.
+async fn user_session(app: &TestApp, user: &TestUser, client_id: &str) -> String {
+    let (status, body, verifier) = sign_in(app, user, client_id).await;
     assert_eq!(status, 200, "{body}");
     let (status, token) = app
         .redeem(
@@ -103,13 +130,7 @@ async fn enrol(app: &TestApp, token: &str) -> (String, Vec<String>) {
 }
 
 async fn password_step(app: &TestApp, user: &TestUser, client_id: &str) -> (String, String) {
-    let (verifier, challenge) = pkce_pair();
-    let (status, body) = app
-        .login(
-            &json!({"email": user.email, "password": TEST_PASSWORD, "clientId": client_id,
-            "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
-        )
-        .await;
+    let (status, body, verifier) = sign_in(app, user, client_id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["mfaRequired"], true, "{body}");
     assert!(
@@ -332,12 +353,7 @@ async fn wrong_codes_count_toward_the_password_lockout() {
     )
     .await;
     assert_eq!(status, 429);
-    let (status, body) = app
-        .login(
-            &json!({"email": user.email, "password": TEST_PASSWORD, "clientId": client_id,
-            "scope": "openid", "codeChallenge": pkce_pair().1, "codeChallengeMethod": "S256"}),
-        )
-        .await;
+    let (status, body, _) = sign_in(&app, &user, &client_id).await;
     assert_eq!(status, 429, "{body}");
 }
 
@@ -349,20 +365,9 @@ async fn a_project_that_requires_mfa_leads_its_members_to_enrol_at_sign_in() {
         user,
         client_id,
     } = app.clinic().await;
-    let root = app.super_admin().await;
-    let (_, mut stored) = status_json(root.get(&format!("Project/{}", project.id)).await).await;
-    stored["setting"] = json!([{"name": "requireMfa", "valueBoolean": true}]);
-    let (status, body) =
-        status_json(root.put(&format!("Project/{}", project.id), &stored).await).await;
-    assert_eq!(status, 200, "{body}");
+    require_mfa(&app, &project.id).await;
 
-    let (verifier, challenge) = pkce_pair();
-    let (status, body) = app
-        .login(
-            &json!({"email": user.email, "password": TEST_PASSWORD, "clientId": client_id,
-            "scope": "openid", "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
-        )
-        .await;
+    let (status, body, verifier) = sign_in(&app, &user, &client_id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["mfaEnrollRequired"], true, "{body}");
     assert!(body.get("code").is_none());
@@ -403,12 +408,7 @@ async fn the_authorize_page_asks_for_the_code() {
     let token = user_session(&app, &user, &client_id).await;
     let (key, _) = enrol(&app, &token).await;
 
-    let (_, challenge) = pkce_pair();
-    let url = format!(
-        "{}?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid&state=s1&code_challenge={challenge}&code_challenge_method=S256",
-        app.url("oauth2/authorize"),
-        fhirgate_tests::REDIRECT_URI
-    );
+    let url = authorize_url(&app, &client_id, "s1");
     let mut browser = Browser::new(&app);
     let page = browser.open(&url).await.text().await.unwrap();
     let response = browser
@@ -446,18 +446,8 @@ async fn the_authorize_page_enrols_a_member_of_a_project_that_requires_it() {
         user,
         client_id,
     } = app.clinic().await;
-    let root = app.super_admin().await;
-    let path = format!("Project/{}", project.id);
-    let (_, mut stored) = status_json(root.get(&path).await).await;
-    stored["setting"] = json!([{"name": "requireMfa", "valueBoolean": true}]);
-    assert_eq!(root.put(&path, &stored).await.status(), 200);
-
-    let (_, challenge) = pkce_pair();
-    let url = format!(
-        "{}?response_type=code&client_id={client_id}&redirect_uri={}&scope=openid&state=s2&code_challenge={challenge}&code_challenge_method=S256",
-        app.url("oauth2/authorize"),
-        fhirgate_tests::REDIRECT_URI
-    );
+    require_mfa(&app, &project.id).await;
+    let url = authorize_url(&app, &client_id, "s2");
     let mut browser = Browser::new(&app);
     let page = browser.open(&url).await.text().await.unwrap();
     let response = browser
