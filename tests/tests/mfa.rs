@@ -60,6 +60,32 @@ fn authorize_url(app: &TestApp, client_id: &str, state: &str) -> String {
     )
 }
 
+/// Opens the sign-in page of an authorization request (`state`) in a new
+/// browser and posts the right password: the browser and the next page.
+async fn past_the_password(
+    app: &TestApp,
+    user: &TestUser,
+    client_id: &str,
+    state: &str,
+) -> (Browser, String) {
+    let mut browser = Browser::new(app);
+    let page = browser
+        .open(&authorize_url(app, client_id, state))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let response = browser
+        .submit(
+            &page,
+            &[("email", &user.email), ("password", TEST_PASSWORD)],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    (browser, html)
+}
+
 /// Signs `user` (not enrolled) in through `/auth/login` and the token
 /// endpoint; returns the access token.
 async fn user_session(app: &TestApp, user: &TestUser, client_id: &str) -> String {
@@ -408,17 +434,7 @@ async fn the_authorize_page_asks_for_the_code() {
     let token = user_session(&app, &user, &client_id).await;
     let (key, _) = enrol(&app, &token).await;
 
-    let url = authorize_url(&app, &client_id, "s1");
-    let mut browser = Browser::new(&app);
-    let page = browser.open(&url).await.text().await.unwrap();
-    let response = browser
-        .submit(
-            &page,
-            &[("email", &user.email), ("password", TEST_PASSWORD)],
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-    let html = response.text().await.unwrap();
+    let (mut browser, html) = past_the_password(&app, &user, &client_id, "s1").await;
     assert!(html.contains("name=\"mfa_code\""), "{html}");
 
     let response = browser.submit(&html, &[("mfa_code", "not-a-code")]).await;
@@ -447,17 +463,7 @@ async fn the_authorize_page_enrols_a_member_of_a_project_that_requires_it() {
         client_id,
     } = app.clinic().await;
     require_mfa(&app, &project.id).await;
-    let url = authorize_url(&app, &client_id, "s2");
-    let mut browser = Browser::new(&app);
-    let page = browser.open(&url).await.text().await.unwrap();
-    let response = browser
-        .submit(
-            &page,
-            &[("email", &user.email), ("password", TEST_PASSWORD)],
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-    let html = response.text().await.unwrap();
+    let (mut browser, html) = past_the_password(&app, &user, &client_id, "s2").await;
     assert!(
         html.contains("<img src=\"data:image/svg+xml;base64,"),
         "{html}"
