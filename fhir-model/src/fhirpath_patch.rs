@@ -36,18 +36,11 @@
 //!
 //! # Paths
 //!
-//! The FHIRPath subset understood here:
-//!
-//! * an optional leading resource type, which must be the patched resource's type
-//!   (`Patient.birthDate`), or a bare element name to start at the resource (`birthDate`);
-//! * `.name` steps into child elements (lists are flattened, as in FHIRPath), names may be
-//!   quoted with backticks;
-//! * indexers `[n]` and the functions `first()` and `last()`, which pick from the collection
-//!   built so far (`Patient.name[1]`, `Patient.identifier.last()`);
-//! * `where(field = literal)` and `where(field != literal)` filters, where `field` is a dotted
-//!   path below the item (`system`, `code.text`) or `$this` (optionally followed by a dotted
-//!   path), and the literal is a `'string'` (with FHIRPath escapes), a number, `true` or
-//!   `false`. As in FHIRPath, a comparison is true only when `field` gives exactly one value.
+//! A path is any FHIRPath expression (the engine of [`crate::fhirpath`]) that selects elements of
+//! the resource: `Patient.identifier.where(system = 'urn:a').value`, `name.given.last()`,
+//! `telecom.where(value.startsWith('555')).skip(1)`. A leading resource type must be the patched
+//! resource's. A path that computes a value instead (`name.exists()`) is an error. `insert` and
+//! `move` need the path to end in an element name, the list they change.
 //!
 //! # Errors
 //!
@@ -57,11 +50,13 @@
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+use crate::fhirpath::{Expression, Val};
+
 /// Why a FHIRPath Patch could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
     /// The patch document itself is malformed: not a `Parameters` resource, a missing or
-    /// mistyped part, an unknown operation type, a path outside the supported FHIRPath subset.
+    /// mistyped part, an unknown operation type, a path that is not FHIRPath.
     #[error("invalid FHIRPath Patch: {0}")]
     Invalid(String),
     /// The patch is well formed but cannot be applied to this resource: a path that matches
@@ -98,7 +93,7 @@ const PART_NAMES: [&str; 7] = [
 struct Operation {
     /// "operation N (type path)", the start of every message about this operation.
     label: String,
-    path: Path,
+    path: Expression,
     action: Action,
 }
 
@@ -189,7 +184,8 @@ fn parse_operation(number: usize, parameter: &Value) -> Result<Operation, PatchE
 
     let label = format!("operation {number} ({type_code} {path_text})");
     let invalid = |msg: String| PatchError::Invalid(format!("{label}: {msg}"));
-    let path = parse_path(path_text).map_err(|e| invalid(format!("cannot read the path: {e}")))?;
+    let path =
+        Expression::parse(path_text).map_err(|e| invalid(format!("cannot read the path: {e}")))?;
     let value = || -> Result<Value, PatchError> {
         let part = found
             .get("value")
@@ -212,9 +208,9 @@ fn parse_operation(number: usize, parameter: &Value) -> Result<Operation, PatchE
         }
     };
     let list_path = || -> Result<(), PatchError> {
-        match path.steps.last() {
-            Some(Step::Name(_)) => Ok(()),
-            _ => Err(invalid(
+        match path.split_last_name() {
+            Some(_) => Ok(()),
+            None => Err(invalid(
                 "the path must name a list, ending in an element name (like Patient.identifier)"
                     .into(),
             )),
@@ -323,311 +319,6 @@ fn part_value(part: &Value) -> Result<Value, String> {
 }
 
 // ----------------------------------------------------------------------------------------------
-// Paths
-// ----------------------------------------------------------------------------------------------
-
-struct Path {
-    resource_type: Option<String>,
-    steps: Vec<Step>,
-}
-
-enum Step {
-    Name(String),
-    Index(usize),
-    First,
-    Last,
-    Where(Filter),
-}
-
-/// `where(field = literal)` or, with `negate`, `where(field != literal)`.
-struct Filter {
-    field: Vec<String>,
-    negate: bool,
-    literal: Literal,
-}
-
-enum Literal {
-    String(String),
-    Number(f64),
-    Boolean(bool),
-}
-
-impl Literal {
-    fn equals(&self, value: &Value) -> bool {
-        match (self, value) {
-            (Literal::String(s), Value::String(v)) => s == v,
-            (Literal::Number(n), Value::Number(v)) => v.as_f64() == Some(*n),
-            (Literal::Boolean(b), Value::Bool(v)) => b == v,
-            _ => false,
-        }
-    }
-}
-
-impl Filter {
-    fn matches(&self, item: &Value) -> bool {
-        let mut values = vec![item];
-        for name in &self.field {
-            values = values
-                .into_iter()
-                .filter_map(|v| v.get(name.as_str()))
-                .flat_map(|v| match v {
-                    Value::Array(list) => list.iter().collect(),
-                    other => vec![other],
-                })
-                .filter(|v| !v.is_null())
-                .collect();
-        }
-        match values.as_slice() {
-            [only] => self.literal.equals(only) != self.negate,
-            _ => false,
-        }
-    }
-}
-
-struct Cursor {
-    chars: Vec<char>,
-    pos: usize,
-}
-
-impl Cursor {
-    fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
-    }
-
-    fn skip_whitespace(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
-            self.pos += 1;
-        }
-    }
-
-    fn expect(&mut self, wanted: char) -> Result<(), String> {
-        self.skip_whitespace();
-        match self.peek() {
-            Some(c) if c == wanted => {
-                self.pos += 1;
-                Ok(())
-            }
-            Some(c) => Err(format!(
-                "expected '{wanted}' at position {} but found '{c}'",
-                self.pos + 1
-            )),
-            None => Err(format!("expected '{wanted}' but the path ends")),
-        }
-    }
-
-    fn identifier(&mut self) -> Result<String, String> {
-        self.skip_whitespace();
-        let start = self.pos;
-        if self.peek() == Some('`') {
-            self.pos += 1;
-            let name: String = self.chars[self.pos..]
-                .iter()
-                .take_while(|c| **c != '`')
-                .collect();
-            self.pos += name.chars().count();
-            self.expect('`')?;
-            return Ok(name);
-        }
-        while self
-            .peek()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            self.pos += 1;
-        }
-        let name: String = self.chars[start..self.pos].iter().collect();
-        match name.chars().next() {
-            Some(c) if !c.is_ascii_digit() => Ok(name),
-            _ => Err(match self.chars.get(start) {
-                Some(c) => format!(
-                    "expected an element name at position {} but found '{c}'",
-                    start + 1
-                ),
-                None => "expected an element name but the path ends".into(),
-            }),
-        }
-    }
-
-    fn index(&mut self) -> Result<usize, String> {
-        self.skip_whitespace();
-        let start = self.pos;
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-        }
-        let digits: String = self.chars[start..self.pos].iter().collect();
-        digits.parse().map_err(|_| {
-            format!(
-                "expected a non-negative whole number at position {}",
-                start + 1
-            )
-        })
-    }
-
-    fn literal(&mut self) -> Result<Literal, String> {
-        self.skip_whitespace();
-        let start = self.pos;
-        match self.peek() {
-            Some('\'') => {
-                self.pos += 1;
-                let mut text = String::new();
-                loop {
-                    let c = self.peek().ok_or("a string literal is not closed with '")?;
-                    self.pos += 1;
-                    match c {
-                        '\'' => return Ok(Literal::String(text)),
-                        '\\' => {
-                            let escaped = self.peek().ok_or("a string literal ends in \\")?;
-                            self.pos += 1;
-                            text.push(match escaped {
-                                'n' => '\n',
-                                't' => '\t',
-                                'r' => '\r',
-                                'f' => '\u{c}',
-                                '\'' | '"' | '`' | '\\' | '/' => escaped,
-                                other => {
-                                    return Err(format!(
-                                        "unsupported escape \\{other} at position {}",
-                                        self.pos - 1
-                                    ))
-                                }
-                            });
-                        }
-                        other => text.push(other),
-                    }
-                }
-            }
-            Some(c) if c.is_ascii_digit() || c == '-' => {
-                self.pos += 1;
-                while self.peek().is_some_and(|c| c.is_ascii_digit() || c == '.') {
-                    self.pos += 1;
-                }
-                let text: String = self.chars[start..self.pos].iter().collect();
-                text.parse()
-                    .map(Literal::Number)
-                    .map_err(|_| format!("'{text}' at position {} is not a number", start + 1))
-            }
-            Some(c) if c.is_ascii_alphabetic() => match self.identifier()?.as_str() {
-                "true" => Ok(Literal::Boolean(true)),
-                "false" => Ok(Literal::Boolean(false)),
-                other => Err(format!(
-                    "expected a literal at position {} but found '{other}'; \
-                     where() compares an element with a 'string', a number, true or false",
-                    start + 1
-                )),
-            },
-            Some(c) => Err(format!(
-                "expected a literal at position {} but found '{c}'",
-                start + 1
-            )),
-            None => Err("expected a literal but the path ends".into()),
-        }
-    }
-
-    /// The inside of `where(...)`, after the opening parenthesis.
-    fn filter(&mut self) -> Result<Filter, String> {
-        self.skip_whitespace();
-        let mut field = Vec::new();
-        if self.peek() == Some('$') {
-            let this: String = self.chars[self.pos..].iter().take(5).collect();
-            if this != "$this" {
-                return Err(format!(
-                    "unsupported variable at position {}; only $this is understood",
-                    self.pos + 1
-                ));
-            }
-            self.pos += 5;
-        } else {
-            field.push(self.identifier()?);
-        }
-        loop {
-            self.skip_whitespace();
-            if self.peek() != Some('.') {
-                break;
-            }
-            self.pos += 1;
-            field.push(self.identifier()?);
-        }
-        self.skip_whitespace();
-        let negate = match self.peek() {
-            Some('=') => false,
-            Some('!') if self.chars.get(self.pos + 1) == Some(&'=') => {
-                self.pos += 1;
-                true
-            }
-            _ => {
-                return Err(format!(
-                    "expected = or != at position {}; where() supports only \
-                     where(element = literal) and where(element != literal)",
-                    self.pos + 1
-                ))
-            }
-        };
-        self.pos += 1;
-        let literal = self.literal()?;
-        self.expect(')')?;
-        Ok(Filter {
-            field,
-            negate,
-            literal,
-        })
-    }
-
-    /// The rest of a call to `name`, after the opening parenthesis.
-    fn function(&mut self, name: &str) -> Result<Step, String> {
-        match name {
-            "first" => self.expect(')').map(|()| Step::First),
-            "last" => self.expect(')').map(|()| Step::Last),
-            "where" => self.filter().map(Step::Where),
-            other => Err(format!(
-                "unsupported function {other}(); a patch path may use where(), first() and last()"
-            )),
-        }
-    }
-}
-
-fn parse_path(text: &str) -> Result<Path, String> {
-    // Not FHIRPath at all: the engine's message says where.
-    crate::fhirpath::Expression::parse(text).map_err(|e| e.to_string())?;
-    let mut cursor = Cursor {
-        chars: text.chars().collect(),
-        pos: 0,
-    };
-    let first = cursor.identifier()?;
-    let mut path = Path {
-        resource_type: None,
-        steps: Vec::new(),
-    };
-    if first.starts_with(|c: char| c.is_ascii_uppercase()) {
-        path.resource_type = Some(first);
-    } else {
-        path.steps.push(Step::Name(first));
-    }
-    loop {
-        cursor.skip_whitespace();
-        match cursor.peek() {
-            None => return Ok(path),
-            Some('[') => {
-                cursor.pos += 1;
-                let index = cursor.index()?;
-                cursor.expect(']')?;
-                path.steps.push(Step::Index(index));
-            }
-            Some('.') => {
-                cursor.pos += 1;
-                let name = cursor.identifier()?;
-                cursor.skip_whitespace();
-                if cursor.peek() == Some('(') {
-                    cursor.pos += 1;
-                    path.steps.push(cursor.function(&name)?);
-                } else {
-                    path.steps.push(Step::Name(name));
-                }
-            }
-            Some(c) => return Err(format!("unexpected '{c}' at position {}", cursor.pos + 1)),
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------------------------
 // Locations and resolution
 // ----------------------------------------------------------------------------------------------
 
@@ -654,42 +345,59 @@ fn get_mut<'a>(root: &'a mut Value, location: &[Seg]) -> Option<&'a mut Value> {
     })
 }
 
-/// The locations of the items `steps` select, starting from the resource itself.
-fn resolve(root: &Value, steps: &[Step]) -> Vec<Location> {
-    let mut current: Vec<Location> = vec![Vec::new()];
-    for step in steps {
-        current = match step {
-            Step::Name(name) => current
-                .into_iter()
-                .flat_map(|location| children(root, location, name))
-                .collect(),
-            Step::Index(i) => current.into_iter().nth(*i).into_iter().collect(),
-            Step::First => current.into_iter().take(1).collect(),
-            Step::Last => current.pop().into_iter().collect(),
-            Step::Where(filter) => current
-                .into_iter()
-                .filter(|location| get(root, location).is_some_and(|item| filter.matches(item)))
-                .collect(),
-        };
+/// The locations of the elements `path` selects, in its order. The FHIRPath
+/// engine answers references into the resource; each is found again by its
+/// address, so that the patch can change it. A path that computes a value
+/// (`name.exists()`, `'x'`) selects no element and is an error.
+fn resolve(root: &Value, path: &Expression) -> Result<Vec<Location>, String> {
+    let mut wanted: Vec<*const Value> = Vec::new();
+    for node in path.evaluate(root).map_err(|e| e.to_string())? {
+        match node.value {
+            Val::Json(element) => wanted.push(element),
+            _ => {
+                return Err(
+                    "the path computes a value instead of selecting elements of the resource"
+                        .into(),
+                )
+            }
+        }
     }
-    current
+    let mut found: Vec<Option<Location>> = vec![None; wanted.len()];
+    if !wanted.is_empty() {
+        find_addresses(root, &mut Vec::new(), &wanted, &mut found);
+    }
+    // An element without a place in the resource (a primitive known only by
+    // its `_name` extension) cannot be changed here.
+    Ok(found.into_iter().flatten().collect())
 }
 
-fn children(root: &Value, location: Location, name: &str) -> Vec<Location> {
-    let child = |mut location: Location, index: Option<usize>| {
-        location.push(Seg::Key(name.to_owned()));
-        location.extend(index.map(Seg::Index));
-        location
-    };
-    match get(root, &location).and_then(|value| value.get(name)) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .filter(|(_, item)| !item.is_null())
-            .map(|(i, _)| child(location.clone(), Some(i)))
-            .collect(),
-        None | Some(Value::Null) => Vec::new(),
-        Some(_) => vec![child(location, None)],
+fn find_addresses(
+    value: &Value,
+    location: &mut Location,
+    wanted: &[*const Value],
+    found: &mut [Option<Location>],
+) {
+    for (i, address) in wanted.iter().enumerate() {
+        if std::ptr::eq(*address, value) {
+            found[i] = Some(location.clone());
+        }
+    }
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object {
+                location.push(Seg::Key(key.clone()));
+                find_addresses(child, location, wanted, found);
+                location.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                location.push(Seg::Index(i));
+                find_addresses(child, location, wanted, found);
+                location.pop();
+            }
+        }
+        _ => {}
     }
 }
 
@@ -745,8 +453,8 @@ impl Operation {
         let Some(resource_type) = root.as_object().map(|o| o.get("resourceType")) else {
             return Err(self.fail("the resource to patch is not a JSON object"));
         };
-        if let Some(wanted) = &self.path.resource_type {
-            if resource_type.and_then(Value::as_str) != Some(wanted.as_str()) {
+        if let Some(wanted) = self.path.leading_type() {
+            if resource_type.and_then(Value::as_str) != Some(wanted) {
                 return Err(self.fail(format!(
                     "the path starts with {wanted}, but the resource is {}",
                     resource_type
@@ -776,9 +484,13 @@ impl Operation {
         }
     }
 
+    fn resolve(&self, root: &Value, path: &Expression) -> Result<Vec<Location>, PatchError> {
+        resolve(root, path).map_err(|e| self.fail(e))
+    }
+
     /// The one location the path matches.
     fn single(&self, root: &Value) -> Result<Location, PatchError> {
-        let mut locations = resolve(root, &self.path.steps);
+        let mut locations = self.resolve(root, &self.path)?;
         match locations.len() {
             0 => Err(self.fail("the path matches no element")),
             1 => Ok(locations.remove(0)),
@@ -812,7 +524,7 @@ impl Operation {
     }
 
     fn delete(&self, root: &mut Value) -> Result<(), PatchError> {
-        let locations = resolve(root, &self.path.steps);
+        let locations = self.resolve(root, &self.path)?;
         match locations.as_slice() {
             [] => Ok(()),
             [location] if location.is_empty() => {
@@ -835,10 +547,13 @@ impl Operation {
         &self,
         root: &'a mut Value,
     ) -> Result<(&'a mut Map<String, Value>, &str), PatchError> {
-        let Some((Step::Name(name), owner_steps)) = self.path.steps.split_last() else {
+        let Some((owner_path, name)) = self.path.split_last_name() else {
             return Err(self.fail("the path must end in the name of a list"));
         };
-        let mut owners = resolve(root, owner_steps);
+        let mut owners = match &owner_path {
+            Some(owner_path) => self.resolve(root, owner_path)?,
+            None => vec![Vec::new()],
+        };
         let owner = match owners.len() {
             0 => {
                 return Err(self.fail(format!(
@@ -854,7 +569,7 @@ impl Operation {
             }
         };
         match get_mut(root, &owner) {
-            Some(Value::Object(object)) => Ok((object, name.as_str())),
+            Some(Value::Object(object)) => Ok((object, name)),
             _ => Err(self.fail(format!(
                 "the element that should hold the list '{name}' is a primitive value"
             ))),
@@ -1329,10 +1044,23 @@ mod tests {
             wrong_type.to_string().contains("the resource is a Patient"),
             "{wrong_type}"
         );
-        let unsupported = replace("Patient.name.exists()").unwrap_err();
+        let computed = replace("Patient.name.exists()").unwrap_err();
         assert!(
-            matches!(unsupported, PatchError::Invalid(ref m) if m.contains("exists()")),
-            "{unsupported}"
+            matches!(computed, PatchError::Unprocessable(ref m) if m.contains("computes a value")),
+            "{computed}"
+        );
+        // The whole FHIRPath language selects, not only a subset.
+        assert_eq!(
+            replace(
+                "Patient.identifier.where(value.startsWith('2') or system = 'urn:c').skip(1).value"
+            )
+            .unwrap()["identifier"][2]["value"],
+            "X"
+        );
+        assert_eq!(
+            replace("Patient.name.given.where($this.length() > 3 and $this != 'Bess')").unwrap()
+                ["name"][0]["given"][1],
+            "X"
         );
         assert!(matches!(
             replace("Patient.name[").unwrap_err(),

@@ -181,10 +181,53 @@ impl Expression {
     pub fn parse(source: &str) -> Result<Expression, FhirPathError> {
         let mut root = parser::parse(source)?;
         parser::annotate(&mut root, None);
-        Ok(Expression {
+        Ok(Expression::from_root(root))
+    }
+
+    fn from_root(root: Expr) -> Expression {
+        Expression {
             extras: parser::observes_extensions(&root),
             root,
-        })
+        }
+    }
+
+    /// For a path that ends in an element name (`Patient.name[0].given`):
+    /// the expression for the element holding it (`None`: the input itself)
+    /// and that name. FHIRPath Patch names the list of `insert` and `move`
+    /// this way.
+    pub fn split_last_name(&self) -> Option<(Option<Expression>, &str)> {
+        match &self.root {
+            Expr::Member {
+                base: Some(base),
+                name,
+                ..
+            } => Some((Some(Expression::from_root((**base).clone())), name)),
+            // A leading capitalised name is a type filter, not an element.
+            Expr::Member {
+                base: None, name, ..
+            } if !name.starts_with(|c: char| c.is_ascii_uppercase()) => Some((None, name)),
+            _ => None,
+        }
+    }
+
+    /// The type a path starts with (`Patient` in `Patient.name.given`).
+    pub fn leading_type(&self) -> Option<&str> {
+        let mut expr = &self.root;
+        loop {
+            expr = match expr {
+                Expr::Member {
+                    base: Some(base), ..
+                }
+                | Expr::Call {
+                    base: Some(base), ..
+                }
+                | Expr::Indexer(base, _) => base,
+                Expr::Member {
+                    base: None, name, ..
+                } if name.starts_with(|c: char| c.is_ascii_uppercase()) => return Some(name),
+                _ => return None,
+            }
+        }
     }
 
     /// Evaluates with `resource` as both the root resource and the context.
