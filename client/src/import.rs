@@ -640,8 +640,13 @@ impl Journal {
             done: HashSet::new(),
             ids: HashMap::new(),
         };
-        let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io(path))?);
-        for line in reader.lines() {
+        let text = std::fs::read(path).map_err(io(path))?;
+        // A crash can cut the last line off; what is appended now starts on
+        // a line of its own, so that it is not lost with the cut one.
+        if text.last().is_some_and(|&byte| byte != b'\n') {
+            journal.record_raw("")?;
+        }
+        for line in text.as_slice().lines() {
             let line = line.map_err(io(path))?;
             // A line cut off by a crash is ignored: its batch is not done.
             let Ok(record) = serde_json::from_str::<Value>(&line) else {
@@ -672,8 +677,12 @@ impl Journal {
 
     /// Appends one line, flushed before the next step.
     fn record(&self, record: &Value) -> Result<()> {
+        self.record_raw(&record.to_string())
+    }
+
+    fn record_raw(&self, line: &str) -> Result<()> {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        writeln!(file, "{record}")
+        writeln!(file, "{line}")
             .and_then(|_| file.flush())
             .map_err(|source| Error::Io {
                 path: "import journal".into(),
@@ -685,6 +694,22 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_journal_cut_off_by_a_crash_keeps_what_is_appended_after() {
+        let path = std::env::temp_dir().join(format!("journal-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "{\"started\":\"a\"}\n{\"done\":\"a\",\"ids\":[[\"x").unwrap();
+        let journal = Journal::open(&path).unwrap();
+        assert!(journal.was_started("a") && !journal.is_done("a"));
+        journal.record(&json!({"started": "b"})).unwrap();
+        let reopened = Journal::open(&path).unwrap();
+        assert!(
+            reopened.was_started("b"),
+            "{}",
+            std::fs::read_to_string(&path).unwrap()
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn locations_name_the_resource() {
