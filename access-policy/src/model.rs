@@ -327,7 +327,13 @@ pub fn validate(policy: &Value) -> Result<(), PolicyError> {
             }
         }
         for (k, expression) in rule.write_constraints.iter().enumerate() {
-            Expression::parse(expression).map_err(|e| {
+            let parsed = match rule.resource_type.as_str() {
+                "*" => Expression::parse(expression),
+                resource_type => {
+                    Expression::parse_strict(expression, resource_type, &["before", "after"])
+                }
+            };
+            parsed.map_err(|e| {
                 PolicyError::new(
                     format!("{path}.writeConstraint[{k}].expression"),
                     format!("'{expression}' is not a FHIRPath expression fhirgate evaluates: {e}"),
@@ -456,6 +462,21 @@ mod tests {
         ] {
             assert_eq!(error_of(policy).path, path);
         }
+    }
+
+    #[test]
+    fn a_write_constraint_is_checked_against_its_resource_type() {
+        let error = error_of(json!({"resource": [{"resourceType": "Observation",
+            "writeConstraint": [{"expression": "%after.stauts = 'final'"}]}]}));
+        assert_eq!(
+            error.message,
+            "'%after.stauts = 'final'' is not a FHIRPath expression fhirgate evaluates: FHIRPath \
+             error: Observation has no element 'stauts'"
+        );
+        assert!(validate(&json!({"resourceType": "AccessPolicy", "resource": [{
+            "resourceType": "Observation",
+            "writeConstraint": [{"expression": "%before.status = 'final' implies %after.status = 'final'"}]}]}))
+        .is_ok());
     }
 
     #[test]

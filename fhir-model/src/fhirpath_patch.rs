@@ -94,6 +94,8 @@ struct Operation {
     /// "operation N (type path)", the start of every message about this operation.
     label: String,
     path: Expression,
+    /// The path as written, for the check against the resource's type.
+    source: String,
     action: Action,
 }
 
@@ -255,6 +257,7 @@ fn parse_operation(number: usize, parameter: &Value) -> Result<Operation, PatchE
     Ok(Operation {
         label,
         path,
+        source: path_text.to_owned(),
         action,
     })
 }
@@ -462,6 +465,12 @@ impl Operation {
                         .map_or_else(|| "of unknown type".to_owned(), |t| format!("a {t}"))
                 )));
             }
+        }
+        // Checked against the resource's type: a misspelt element is a
+        // mistake in the patch, not a path that happens to match nothing.
+        if let Some(resource_type) = resource_type.and_then(Value::as_str) {
+            Expression::parse_strict(&self.source, resource_type, &[])
+                .map_err(|e| PatchError::Invalid(format!("{}: {e}", self.label)))?;
         }
         match &self.action {
             Action::Add { name, value } => self.add(root, name, value),
@@ -1070,6 +1079,29 @@ mod tests {
             replace("Patient.name.where(use = )").unwrap_err(),
             PatchError::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn fhirpath_patch_paths_are_checked_against_the_resource_type() {
+        let mut resource = patient();
+        let misspelt = apply(
+            &mut resource,
+            &patch(vec![op(vec![
+                kind("replace"),
+                path("Patient.birthdate"),
+                part("value", "valueDate", json!("2000-01-01")),
+            ])]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            misspelt,
+            PatchError::Invalid(
+                "operation 1 (replace Patient.birthdate): FHIRPath error: Patient has no element \
+                 'birthdate'"
+                    .into()
+            )
+        );
+        assert_eq!(resource, patient());
     }
 
     #[test]

@@ -15,14 +15,6 @@ use serde_json::Value;
 
 /// Cases that fail, with why.
 const EXPECTED_FAILURES: &[(&str, &str)] = &[
-    // Strict mode (static checks against the model before evaluation) is not
-    // implemented: these are valid in the default mode fhirgate evaluates in.
-    ("testSimpleFail", "strict mode: unknown element given1 (empty without strict mode)"),
-    ("testSimpleWithWrongContext", "strict mode: Encounter on a Patient (empty without strict mode)"),
-    ("testPolymorphismB", "strict mode: valueQuantity by its JSON name"),
-    ("testPolymorphismAsB", "strict mode: unit is not an element of Period"),
-    ("testDollarOrderNotAllowed", "strict mode: skip() after the unordered children()"),
-    ("testIif6", "strict mode: a string as iif()'s criterion"),
     ("testPolymorphicsB", "a choice form by its JSON name (valueQuantity) is found, as search parameters written that way expect"),
     ("testQuantity9", "UCUM unit algebra (cm.m = m2 with conversion) is not implemented"),
     ("LowBoundaryDecimal15", "the suite's -0.0 for (-0.0034).lowBoundary(1) contradicts its own floor rule (-1.587 gives -1.59)"),
@@ -169,7 +161,13 @@ fn run(case: &Case) -> Option<String> {
         .as_deref()
         .map(input)
         .unwrap_or_else(|| serde_json::json!({}));
-    let result = Expression::parse(&case.expression).and_then(|e| e.evaluate(&resource));
+    let parsed = if case.strict {
+        let context_type = resource["resourceType"].as_str().unwrap_or_default();
+        Expression::parse_strict(&case.expression, context_type, &[])
+    } else {
+        Expression::parse(&case.expression)
+    };
+    let result = parsed.and_then(|e| e.evaluate(&resource));
     if case.invalid {
         return match result {
             Err(_) => None,
@@ -227,11 +225,8 @@ fn official_r4_suite() {
     let mut names = BTreeSet::new();
     for case in &cases {
         names.insert(case.name.as_str());
-        let failure = if case.strict {
-            Some("strict mode".to_string())
-        } else {
-            std::panic::catch_unwind(|| run(case)).unwrap_or_else(|_| Some("panicked".into()))
-        };
+        let failure =
+            std::panic::catch_unwind(|| run(case)).unwrap_or_else(|_| Some("panicked".into()));
         let entry = by_group.entry(case.group.as_str()).or_default();
         entry.1 += 1;
         match (&failure, expected.contains_key(case.name.as_str())) {

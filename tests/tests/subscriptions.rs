@@ -238,6 +238,21 @@ async fn default_interactions_empty_payload_and_criteria_errors() {
             .contains("no-such-parameter"),
         "{broken}"
     );
+    let misspelt = admin
+        .create(rest_hook(
+            "Patient",
+            &receiver,
+            json!([{"url": FHIRPATH, "valueString": "%current.actve = true"}]),
+        ))
+        .await;
+    assert_eq!(misspelt["status"], "error");
+    assert!(
+        misspelt["error"]
+            .as_str()
+            .unwrap()
+            .contains("Patient has no element 'actve'"),
+        "{misspelt}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

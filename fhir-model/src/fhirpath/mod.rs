@@ -41,6 +41,9 @@ pub enum FhirPathError {
     /// Not FHIRPath: `position` is the character offset of the problem.
     #[error("FHIRPath syntax error at character {position}: {message}")]
     Syntax { position: usize, message: String },
+    /// Valid syntax that strict mode refuses for the type it is meant for.
+    #[error("FHIRPath error: {0}")]
+    Semantic(String),
     /// Valid FHIRPath that cannot be evaluated on this input.
     #[error("FHIRPath evaluation error: {0}")]
     Evaluation(String),
@@ -180,8 +183,33 @@ pub(crate) struct Env<'e, 'a> {
 impl Expression {
     pub fn parse(source: &str) -> Result<Expression, FhirPathError> {
         let mut root = parser::parse(source)?;
-        parser::annotate(&mut root, None);
+        parser::annotate(&mut root, None, &mut parser::Checks::default());
         Ok(Expression::from_root(root))
+    }
+
+    /// Parses in FHIRPath's strict mode, for an expression that will be
+    /// evaluated on a `context_type` (a resource type), where the
+    /// `variables` (`current`, `before`, ...) hold resources of that type:
+    /// what cannot be right for that type (an element it does not have, a
+    /// choice element by its JSON name, another resource type) is an error
+    /// now rather than an empty result later.
+    pub fn parse_strict(
+        source: &str,
+        context_type: &str,
+        variables: &[&str],
+    ) -> Result<Expression, FhirPathError> {
+        let mut root = parser::parse(source)?;
+        let context = model::model().definition(context_type);
+        let mut checks = parser::Checks {
+            typed_variables: variables,
+            variable_type: context,
+            problems: Vec::new(),
+        };
+        parser::annotate(&mut root, context, &mut checks);
+        match checks.problems.into_iter().next() {
+            Some(problem) => Err(FhirPathError::Semantic(problem)),
+            None => Ok(Expression::from_root(root)),
+        }
     }
 
     fn from_root(root: Expr) -> Expression {

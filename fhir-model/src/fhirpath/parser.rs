@@ -103,6 +103,13 @@ macro_rules! functions {
                     _ => None,
                 }
             }
+
+            /// The function's name as FHIRPath writes it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Func::$variant => $name,)*
+                }
+            }
         }
     };
 }
@@ -630,14 +637,28 @@ impl PartialEq for Resolved {
     }
 }
 
+/// What strict mode knows while annotating (variables typed like the
+/// context, e.g. `%current` and `%previous`), and the problems it finds:
+/// elements a type does not have, a choice element by its JSON name, a
+/// path on the wrong resource type, an ordered function on `children()`,
+/// a literal that is not a boolean as `iif()`'s criterion.
+#[derive(Default)]
+pub struct Checks<'v> {
+    pub typed_variables: &'v [&'v str],
+    pub variable_type: Option<&'static Definition>,
+    pub problems: Vec<String>,
+}
+
 /// Types what it can of `expr` from the expression alone (a path starting
-/// with a resource type, `Patient.name.given`), recording each member
-/// step's element so evaluation need not look it up; returns the type of
-/// the result where known. Evaluation checks the recorded parent against
-/// the node's actual type, so a wrong guess only costs a lookup.
+/// with a resource type, `Patient.name.given`, or the `context` type given),
+/// recording each member step's element so evaluation need not look it up,
+/// and noting what strict mode refuses in `checks`; returns the type of the
+/// result where known. Evaluation checks the recorded parent against the
+/// node's actual type, so a wrong guess only costs a lookup.
 pub fn annotate(
     expr: &mut Expr,
     context: Option<&'static Definition>,
+    checks: &mut Checks,
 ) -> Option<&'static Definition> {
     match expr {
         Expr::Member {
@@ -646,13 +667,34 @@ pub fn annotate(
             resolved,
         } => {
             let parent = match base {
-                Some(base) => annotate(base, context),
+                Some(base) => annotate(base, context, checks),
                 None if name.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                    if let Some(context) = context.filter(|c| c.name != name.as_str()) {
+                        if context.element(name).is_none() {
+                            checks.problems.push(format!(
+                                "the expression starts with {name}, but it is evaluated on {}",
+                                context.name
+                            ));
+                        }
+                    }
                     return model().definition(name);
                 }
                 None => context,
             }?;
-            let element = parent.element(name)?;
+            let Some(element) = parent.element(name) else {
+                if !parent.is_primitive() && !parent.holds_resources {
+                    checks
+                        .problems
+                        .push(format!("{} has no element '{name}'", parent.name));
+                }
+                return None;
+            };
+            if let Some(choice) = choice_of_form(parent, name) {
+                checks.problems.push(format!(
+                    "'{name}' is how JSON spells the choice element '{choice}'; FHIRPath writes \
+                     {choice}.ofType(...)"
+                ));
+            }
             *resolved = Some(Resolved(parent, element));
             match element {
                 Element::Plain(d) if !d.holds_resources => Some(d),
@@ -661,9 +703,27 @@ pub fn annotate(
         }
         Expr::Call { base, func, args } => {
             let input = match base {
-                Some(base) => annotate(base, context),
+                Some(base) => annotate(base, context, checks),
                 None => context,
             };
+            if matches!(
+                func,
+                Func::First | Func::Last | Func::Tail | Func::Skip | Func::Take
+            ) && base.as_deref().is_some_and(is_unordered)
+            {
+                checks.problems.push(format!(
+                    "{}() needs an ordered collection, and children() and descendants() are not \
+                     ordered",
+                    func.name()
+                ));
+            }
+            if *func == Func::Iif
+                && matches!(args.first(), Some(Expr::Literal(l)) if !matches!(l, Literal::Boolean(_)))
+            {
+                checks
+                    .problems
+                    .push("iif()'s criterion must be a boolean".into());
+            }
             let lambda = matches!(
                 func,
                 Func::Where
@@ -675,7 +735,7 @@ pub fn annotate(
                     | Func::Sort
             );
             for arg in args.iter_mut() {
-                annotate(arg, if lambda { input } else { context });
+                annotate(arg, if lambda { input } else { context }, checks);
             }
             match func {
                 Func::Where
@@ -697,23 +757,33 @@ pub fn annotate(
             }
         }
         Expr::Indexer(base, index) => {
-            annotate(index, context);
-            annotate(base, context)
+            annotate(index, context, checks);
+            if is_unordered(base) {
+                checks.problems.push(
+                    "an indexer needs an ordered collection, and children() and descendants() \
+                     are not ordered"
+                        .into(),
+                );
+            }
+            annotate(base, context, checks)
         }
         Expr::As(inner, spec) => {
-            annotate(inner, context);
+            annotate(inner, context, checks);
             model().definition(&spec.name)
         }
         Expr::Is(inner, _) | Expr::Negate(inner) => {
-            annotate(inner, context);
+            annotate(inner, context, checks);
             None
         }
         Expr::Binary(_, left, right) => {
-            annotate(left, context);
-            annotate(right, context);
+            annotate(left, context, checks);
+            annotate(right, context, checks);
             None
         }
         Expr::This => context,
+        Expr::External(name) if checks.typed_variables.contains(&name.as_str()) => {
+            checks.variable_type
+        }
         Expr::Empty
         | Expr::Literal(_)
         | Expr::Index
@@ -721,4 +791,23 @@ pub fn annotate(
         | Expr::External(_)
         | Expr::Type(_) => None,
     }
+}
+
+/// `children()` or `descendants()`, whose order FHIRPath leaves undefined.
+fn is_unordered(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Call {
+            func: Func::Children | Func::Descendants,
+            ..
+        }
+    )
+}
+
+/// The choice element `form` is a JSON name of (`value` for `valueQuantity`).
+fn choice_of_form(parent: &'static Definition, form: &str) -> Option<&'static str> {
+    parent.elements().find_map(|(name, element)| match element {
+        Element::Choice(forms) if forms.iter().any(|(f, _)| *f == form) => Some(name),
+        _ => None,
+    })
 }

@@ -73,9 +73,9 @@ impl Spec {
         let fhirpath = values(FHIRPATH_CRITERIA)
             .find_map(|e| e["valueString"].as_str())
             .map(|source| {
-                Expression::parse(source).map_err(|e| {
-                    format!("{FHIRPATH_CRITERIA} is not FHIRPath this server evaluates: {e}")
-                })
+                Expression::parse_strict(source, &resource_type, &["current", "previous"]).map_err(
+                    |e| format!("{FHIRPATH_CRITERIA} is not FHIRPath this server evaluates: {e}"),
+                )
             })
             .transpose()?;
         let secret = values(SECRET)
