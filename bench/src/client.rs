@@ -237,11 +237,13 @@ impl Api {
     }
 }
 
-/// The `Prefer` header of every Bundle posted (the load and `transaction`):
+/// The `Prefer` header of the Bundles posted (the load and `transaction`):
 /// an ingesting client needs each entry's status and location, not its
 /// resource echoed back (FHIR 3.1.0.8.1 applies it to each write entry; a
 /// server that ignores it answers with the resources, which the tool reads
-/// the ids from as well).
+/// the ids from as well). A server may also answer with no entries at all
+/// (Medplum: an empty body); the load then finds the ids by search and
+/// sends its later Bundles without the header (`load::post_bundle`).
 pub const BUNDLE_PREFER: &str = "return=minimal";
 
 /// Percent-encodes a search parameter value (RFC 3986 unreserved kept).

@@ -14,8 +14,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::{
-    client::{Api, BUNDLE_PREFER},
-    data::{self, Generator, Group, Res},
+    client::{encode, Api, BUNDLE_PREFER},
+    data::{self, Generator, Group, Res, MRN_SYSTEM},
 };
 
 /// A Patient of the loaded data set.
@@ -41,6 +41,10 @@ pub struct Loader {
     /// `Ok` when the server took a transaction Bundle, else why not; `None`
     /// until the first Bundle was tried.
     pub transactions: Option<Result<(), String>>,
+    /// Whether the load's Bundles still go with `Prefer: return=minimal`:
+    /// until a server answers one with no entries to read the ids from (as
+    /// Medplum does), after which they go without it.
+    minimal: Arc<AtomicBool>,
 }
 
 /// Target entries per load Bundle (groups are never split).
@@ -59,6 +63,7 @@ impl Loader {
             errors: 0,
             seconds: 0.0,
             transactions: None,
+            minimal: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -105,8 +110,10 @@ impl Loader {
             api: self.api.clone(),
             groups,
             done: done.clone(),
+            loaded: AtomicUsize::new(0),
             errors: AtomicUsize::new(0),
             map: RwLock::new(HashMap::new()),
+            minimal: self.minimal.clone(),
         });
         match self.transactions {
             Some(Err(_)) => post_each(&chunk, self.concurrency).await,
@@ -128,7 +135,7 @@ impl Loader {
         }
         let map = chunk.map.read().unwrap();
         self.patients.extend(loaded_patients(&chunk.groups, &map));
-        self.resources += map.len();
+        self.resources += chunk.loaded.load(Ordering::Relaxed);
         self.errors += chunk.errors.load(Ordering::Relaxed);
         Ok(())
     }
@@ -138,18 +145,24 @@ impl Loader {
 struct Chunk {
     api: Arc<Api>,
     groups: Vec<Group>,
-    /// Resources loaded, for the progress line.
+    /// Resources loaded, for the progress line, over the whole load.
     done: Arc<AtomicUsize>,
+    /// Resources of this chunk loaded.
+    loaded: AtomicUsize,
     /// Resources that failed to load.
     errors: AtomicUsize,
-    /// `urn:uuid:` fullUrl → `Type/id` of what was created.
+    /// `urn:uuid:` fullUrl → `Type/id` of what was created (of the
+    /// Patients only, when a transaction's ids had to be searched for).
     map: RwLock<HashMap<String, String>>,
+    /// [`Loader::minimal`].
+    minimal: Arc<AtomicBool>,
 }
 
 impl Chunk {
-    fn created(&self, map: HashMap<String, String>) {
-        self.done.fetch_add(map.len(), Ordering::Relaxed);
-        self.map.write().unwrap().extend(map);
+    fn created(&self, created: Created) {
+        self.done.fetch_add(created.resources, Ordering::Relaxed);
+        self.loaded.fetch_add(created.resources, Ordering::Relaxed);
+        self.map.write().unwrap().extend(created.ids);
     }
 
     /// Counts `n` failed resources; the first failure is shown.
@@ -208,7 +221,7 @@ async fn post_bundles(
         bundles.push(current);
     }
     if probe {
-        chunk.created(post_bundle(&chunk.api, &chunk.groups, &bundles.remove(0)).await?);
+        chunk.created(post_bundle(chunk, &bundles.remove(0)).await?);
     }
     in_parallel(
         chunk,
@@ -216,7 +229,7 @@ async fn post_bundles(
         concurrency,
         |chunk, bundles, i| async move {
             let bundle = &bundles[i];
-            match post_bundle(&chunk.api, &chunk.groups, bundle).await {
+            match post_bundle(&chunk, bundle).await {
                 Ok(map) => chunk.created(map),
                 Err(e) => {
                     let n = bundle
@@ -279,37 +292,130 @@ pub struct BundleError {
     pub message: String,
 }
 
-/// Posts the groups as one transaction; answers `fullUrl → Type/id`.
-async fn post_bundle(
-    api: &Api,
-    groups: &[Group],
-    which: &[usize],
-) -> Result<HashMap<String, String>, BundleError> {
+/// What one Bundle or POST created.
+struct Created {
+    /// `fullUrl → Type/id` of what is known.
+    ids: HashMap<String, String>,
+    /// Resources created.
+    resources: usize,
+}
+
+/// Posts the groups as one transaction and finds what it created: from the
+/// response's entries, or, when the server answered `return=minimal` with
+/// none (a transaction is all or nothing, so every resource is there),
+/// the Patients by identifier; later Bundles then go without the header.
+async fn post_bundle(chunk: &Chunk, which: &[usize]) -> Result<Created, BundleError> {
+    let groups = &chunk.groups;
     let resources: Vec<&Res> = which
         .iter()
         .flat_map(|&g| groups[g].resources.iter())
         .collect();
     let bundle = data::transaction_bundle(resources.iter().copied());
     let body = serde_json::to_vec(&bundle).expect("JSON");
-    let reply = api
-        .send(Method::POST, "", Some(&body), Some(BUNDLE_PREFER))
+    let minimal = chunk.minimal.load(Ordering::Relaxed);
+    let failed = |message| BundleError {
+        unsupported: false,
+        message,
+    };
+    let reply = chunk
+        .api
+        .send(
+            Method::POST,
+            "",
+            Some(&body),
+            minimal.then_some(BUNDLE_PREFER),
+        )
         .await
-        .map_err(|message| BundleError {
-            unsupported: false,
-            message,
-        })?;
+        .map_err(failed)?;
     if !reply.ok() {
         return Err(BundleError {
             unsupported: reply.status.is_client_error(),
             message: format!("POST fhir/R4 (transaction) answered {}", reply.describe()),
         });
     }
-    transaction_ids(&reply.json().unwrap_or(Value::Null), &resources).map_err(|message| {
-        BundleError {
-            unsupported: false,
-            message,
+    let response = reply.json().unwrap_or(Value::Null);
+    if minimal && !has_entries(&response) {
+        if chunk.minimal.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "load: the server answered a transaction with no entries under \
+                 Prefer: {BUNDLE_PREFER}; finding its Patients by identifier and \
+                 sending the other Bundles without the header"
+            );
         }
+        let ids = patients_by_identifier(&chunk.api, groups, which)
+            .await
+            .map_err(failed)?;
+        return Ok(Created {
+            ids,
+            resources: resources.len(),
+        });
+    }
+    let ids = transaction_ids(&response, &resources).map_err(failed)?;
+    Ok(Created {
+        resources: ids.len(),
+        ids,
     })
+}
+
+fn has_entries(response: &Value) -> bool {
+    response.get("entry").is_some_and(Value::is_array)
+}
+
+/// Whether a successful transaction-response accounts for all `resources`:
+/// an entry for each, or none at all where the server took
+/// `return=minimal` to leave them out.
+pub fn transaction_accounted(response: &Value, resources: &[&Res]) -> bool {
+    !has_entries(response) || transaction_ids(response, resources).is_ok()
+}
+
+/// `fullUrl → Patient/id` of the Patients of `groups[which]`, searched by
+/// their identifiers in one request.
+async fn patients_by_identifier(
+    api: &Api,
+    groups: &[Group],
+    which: &[usize],
+) -> Result<HashMap<String, String>, String> {
+    let values: Vec<String> = which
+        .iter()
+        .map(|&g| encode(&format!("{MRN_SYSTEM}|{}", groups[g].mrn)))
+        .collect();
+    let path = format!(
+        "Patient?identifier={}&_count={}&_elements=identifier",
+        values.join(","),
+        values.len() * 2
+    );
+    let found = api.get_json(&path).await?;
+    let mut by_mrn = HashMap::new();
+    for patient in found["entry"].as_array().into_iter().flatten() {
+        let Some(id) = patient.pointer("/resource/id").and_then(Value::as_str) else {
+            continue;
+        };
+        for identifier in patient
+            .pointer("/resource/identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if identifier["system"] == MRN_SYSTEM {
+                if let Some(mrn) = identifier["value"].as_str() {
+                    by_mrn.entry(mrn.to_string()).or_insert(id.to_string());
+                }
+            }
+        }
+    }
+    which
+        .iter()
+        .map(|&g| {
+            let group = &groups[g];
+            let id = by_mrn.get(&group.mrn).ok_or_else(|| {
+                format!(
+                    "the transaction answered no entries and no Patient has the identifier {MRN_SYSTEM}|{}",
+                    group.mrn
+                )
+            })?;
+            Ok((group.resources[0].full_url.clone(), format!("Patient/{id}")))
+        })
+        .collect()
 }
 
 /// Maps each request entry's fullUrl to `Type/id` from a transaction-response.
@@ -374,10 +480,13 @@ async fn post_each(chunk: &Arc<Chunk>, concurrency: usize) {
             let (g, r) = items[i];
             let res = &chunk.groups[g].resources[r];
             match post_one(&chunk, res).await {
-                Ok(id) => chunk.created(HashMap::from([(
-                    res.full_url.clone(),
-                    format!("{}/{id}", res.resource_type),
-                )])),
+                Ok(id) => chunk.created(Created {
+                    ids: HashMap::from([(
+                        res.full_url.clone(),
+                        format!("{}/{id}", res.resource_type),
+                    )]),
+                    resources: 1,
+                }),
                 Err(e) => chunk.failed(1, &e),
             }
         })

@@ -95,6 +95,53 @@ struct Args {
     /// planner knows the loaded data even where autovacuum is off or has not run yet.
     #[arg(long, requires = "baseline_postgres")]
     analyze: bool,
+    /// Another server to run the same scenarios against after this one, in
+    /// the same invocation: BASE_URL,CLIENT_ID,CLIENT_SECRET[,PID]; ends with
+    /// one table of both and their ratio.
+    #[arg(long, value_name = "BASE_URL,ID,SECRET[,PID]", value_parser = parse_other,
+          conflicts_with_all = ["sizes", "policies"])]
+    compare: Option<Server>,
+}
+
+/// A server to measure and how to reach it.
+#[derive(Debug, Clone)]
+struct Server {
+    base_url: String,
+    client_id: String,
+    client_secret: String,
+    pid: Option<u32>,
+    /// Its PostgreSQL, when it is fhirgate's (baselines and `--analyze`).
+    postgres: Option<String>,
+}
+
+fn parse_other(value: &str) -> Result<Server, String> {
+    let parts: Vec<&str> = value.split(',').collect();
+    let (base_url, client_id, client_secret, pid) = match parts.as_slice() {
+        [base, id, secret] => (base, id, secret, None),
+        [base, id, secret, pid] => (
+            base,
+            id,
+            secret,
+            Some(
+                pid.parse::<u32>()
+                    .map_err(|_| format!("'{pid}' is not a process id"))?,
+            ),
+        ),
+        _ => return Err("expected BASE_URL,CLIENT_ID,CLIENT_SECRET[,PID]".into()),
+    };
+    if [base_url, client_id, client_secret]
+        .iter()
+        .any(|s| s.is_empty())
+    {
+        return Err("BASE_URL, CLIENT_ID and CLIENT_SECRET must not be empty".into());
+    }
+    Ok(Server {
+        base_url: base_url.to_string(),
+        client_id: client_id.to_string(),
+        client_secret: client_secret.to_string(),
+        pid,
+        postgres: None,
+    })
 }
 
 #[tokio::main]
@@ -124,6 +171,57 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         return Err("--duration must be a positive number of seconds".into());
     }
+    let server = Server {
+        base_url: args.base_url.clone(),
+        client_id: args.client_id.clone(),
+        client_secret: args.client_secret.clone(),
+        pid: args.server_pid,
+        postgres: args.baseline_postgres.clone(),
+    };
+    let mut measured = vec![measure(&args, &server).await?];
+    if let Some(other) = &args.compare {
+        eprintln!("compare: the same scenarios against {}", other.base_url);
+        measured.push(measure(&args, other).await?);
+    }
+    let mut report = measured[0].report.clone();
+    if let (Some(other), [first, second]) = (&args.compare, measured.as_slice()) {
+        let rows = report::comparison(&first.last()?.results, &second.last()?.results);
+        report::print_comparison(&server.base_url, &other.base_url, &rows);
+        report["compare"] = second.report.clone();
+        report["comparison"] = json!(rows);
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).expect("JSON");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let failed = measured
+        .iter()
+        .flat_map(|m| &m.runs)
+        .flat_map(|r| &r.results)
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    if failed > 0 {
+        eprintln!("fhirgate-bench: {failed} scenario(s) failed");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One server's run: its results at each size and its JSON report.
+struct Measured {
+    runs: Vec<SizeRun>,
+    report: serde_json::Value,
+}
+
+impl Measured {
+    fn last(&self) -> Result<&SizeRun, String> {
+        self.runs.last().ok_or_else(|| "no size to measure".into())
+    }
+}
+
+/// Loads the data set into `server` and runs the scenarios at each size.
+async fn measure(args: &Args, server: &Server) -> Result<Measured, String> {
     let concurrency = args.concurrency as usize;
     let duration = Duration::from_secs_f64(args.duration);
     let growth = !args.sizes.is_empty();
@@ -149,19 +247,22 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         .filter(|&p| p != Policy::Unrestricted)
         .collect();
 
-    let mut watch = ServerWatch::start(args.server_pid)?;
+    let mut watch = ServerWatch::start(server.pid)?;
     let mut api = Api::connect(
-        &args.base_url,
-        &args.client_id,
-        &args.client_secret,
+        &server.base_url,
+        &server.client_id,
+        &server.client_secret,
         concurrency,
     )
     .await?;
-    eprintln!("auth: token from {}oauth2/token", api_base(&args.base_url));
+    eprintln!(
+        "auth: token from {}oauth2/token",
+        api_base(&server.base_url)
+    );
     let mut own_project = false;
     if !restricted.is_empty() || args.own_project {
         (api, own_project) =
-            policy::own_project(api, &args.base_url, args.seed, concurrency).await?;
+            policy::own_project(api, &server.base_url, args.seed, concurrency).await?;
     }
     let api = Arc::new(api);
 
@@ -181,11 +282,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         if loader.patients.is_empty() {
             return Err("no Patient could be loaded; nothing to measure".into());
         }
-        if args.analyze {
-            let url = args
-                .baseline_postgres
-                .as_deref()
-                .ok_or("--analyze needs --baseline-postgres")?;
+        let postgres = server.postgres.as_deref();
+        if args.analyze && postgres.is_some() {
+            let url = postgres.ok_or("--analyze needs --baseline-postgres")?;
             eprintln!("analyze: VACUUM (ANALYZE) on fhirgate's tables");
             baseline::analyze(url).await?;
         }
@@ -193,7 +292,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         // scenarios after it, and while the server is idle (outside its CPU
         // accounting).
         let mut baseline_results = Vec::new();
-        if let Some(url) = &args.baseline_postgres {
+        if let Some(url) = postgres {
             eprintln!(
                 "run: baseline SQL for {:.1} s each at concurrency {concurrency}",
                 args.duration
@@ -204,7 +303,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             for &p in &restricted {
                 let client = policy::restricted_client(
                     &api,
-                    &args.base_url,
+                    &server.base_url,
                     p,
                     &loader.patients[0],
                     concurrency,
@@ -261,57 +360,43 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             results,
         });
     }
-    let server = watch.finish().await?;
-    report::print_server(&server);
+    let server_report = watch.finish().await?;
+    report::print_server(&server_report);
     if growth {
         report::print_growth(&runs);
     }
 
     let last = runs.last().ok_or("no size to measure")?;
-    if let Some(path) = &args.json {
-        let mut report = json!({
-            "base_url": args.base_url,
-            "concurrency": concurrency,
-            "duration_seconds": args.duration,
-            "patients": last.patients,
-            "resources_per_patient": args.resources_per_patient,
-            "seed": args.seed,
-            "load": {
-                "resources": loader.resources,
-                "errors": loader.errors,
-                "seconds": loader.seconds,
-                "resources_per_second": loader.resources as f64 / loader.seconds.max(1e-9),
-                "transactions": matches!(loader.transactions, Some(Ok(()))),
-                "analyzed": args.analyze,
-            },
-            "scenarios": report::scenarios_json(&last.results),
-            "server": server,
-        });
-        if !restricted.is_empty() {
-            report["policies"] = json!(policies.iter().map(|p| p.as_str()).collect::<Vec<_>>());
-            report["project"] = json!({"id": api.project, "created": own_project});
-        }
-        if !rounds.is_empty() {
-            report["subscription"] = subscription::to_json(&rounds);
-        }
-        if growth {
-            report["sizes"] = json!(report::sizes_json(&runs));
-            report["growth"] = json!(report::growth_json(&runs));
-        }
-        let text = serde_json::to_string_pretty(&report).expect("JSON");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let mut report = json!({
+        "base_url": server.base_url,
+        "concurrency": concurrency,
+        "duration_seconds": args.duration,
+        "patients": last.patients,
+        "resources_per_patient": args.resources_per_patient,
+        "seed": args.seed,
+        "load": {
+            "resources": loader.resources,
+            "errors": loader.errors,
+            "seconds": loader.seconds,
+            "resources_per_second": loader.resources as f64 / loader.seconds.max(1e-9),
+            "transactions": matches!(loader.transactions, Some(Ok(()))),
+            "analyzed": args.analyze && server.postgres.is_some(),
+        },
+        "scenarios": report::scenarios_json(&last.results),
+        "server": server_report,
+    });
+    if !restricted.is_empty() {
+        report["policies"] = json!(policies.iter().map(|p| p.as_str()).collect::<Vec<_>>());
+        report["project"] = json!({"id": api.project, "created": own_project});
     }
-    let failed = runs
-        .iter()
-        .flat_map(|r| &r.results)
-        .filter(|r| r.status == Status::Failed)
-        .count();
-    if failed > 0 {
-        eprintln!("fhirgate-bench: {failed} scenario(s) failed");
-        return Ok(ExitCode::from(1));
+    if !rounds.is_empty() {
+        report["subscription"] = subscription::to_json(&rounds);
     }
-    Ok(ExitCode::SUCCESS)
+    if growth {
+        report["sizes"] = json!(report::sizes_json(&runs));
+        report["growth"] = json!(report::growth_json(&runs));
+    }
+    Ok(Measured { runs, report })
 }
 
 /// Whether `scenario` runs as the caller with `policy`: reads and searches

@@ -177,6 +177,53 @@ pub fn print_growth(sizes: &[SizeRun]) {
     }
 }
 
+/// Each scenario both servers ran, with their throughput (resources/s
+/// for `transaction`, else req/s), p99 and the ratio of the first's
+/// throughput to the second's.
+pub fn comparison(first: &[ScenarioResult], second: &[ScenarioResult]) -> Vec<Value> {
+    first
+        .iter()
+        .filter(|a| a.status == Status::Ok)
+        .filter_map(|a| {
+            let b = find(second, &a.name)?;
+            let unit = if a.resources_per_second.is_some() {
+                "resources/s"
+            } else {
+                "req/s"
+            };
+            Some(json!({
+                "name": a.name,
+                "unit": unit,
+                "first": a.throughput(),
+                "first_p99_ms": a.p99_ms,
+                "second": b.throughput(),
+                "second_p99_ms": b.p99_ms,
+                "ratio": ratio(a.throughput(), b.throughput()),
+            }))
+        })
+        .collect()
+}
+
+pub fn print_comparison(first: &str, second: &str, rows: &[Value]) {
+    println!("\ncomparison: 1 = {first}, 2 = {second}");
+    println!(
+        "{:<28} {:>12} {:>9} {:>12} {:>9} {:>8}  unit",
+        "scenario", "1", "1 p99 ms", "2", "2 p99 ms", "1 / 2"
+    );
+    for row in rows {
+        println!(
+            "{:<28} {:>12.1} {:>9} {:>12.1} {:>9} {:>8.2}  {}",
+            row["name"].as_str().unwrap_or_default(),
+            row["first"].as_f64().unwrap_or(0.0),
+            ms(row["first_p99_ms"].as_f64()),
+            row["second"].as_f64().unwrap_or(0.0),
+            ms(row["second_p99_ms"].as_f64()),
+            row["ratio"].as_f64().unwrap_or(0.0),
+            row["unit"].as_str().unwrap_or_default(),
+        );
+    }
+}
+
 pub fn print_server(server: &Value) {
     if server["cpu_seconds"].is_null() {
         return;
@@ -226,6 +273,18 @@ mod tests {
         assert_eq!(growth[0]["sizes"][1]["patients"], 100);
         assert_eq!(growth[0]["sizes"][1]["requests_per_second"], 300.0);
         assert_eq!(growth[0]["throughput_ratio"], 0.75);
+    }
+
+    #[test]
+    fn comparison_pairs_the_scenarios_both_ran() {
+        let rows = comparison(
+            &[result("read", 400, 1.0), result("create", 50, 1.0)],
+            &[result("read", 100, 1.0)],
+        );
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0]["name"], "read");
+        assert_eq!(rows[0]["ratio"], 4.0);
+        assert_eq!(rows[0]["unit"], "req/s");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::{
 pub enum Scenario {
     Read,
     SearchName,
+    SearchExact,
     SearchToken,
     SearchReferenceDate,
     SearchInclude,
@@ -60,6 +61,7 @@ impl Scenario {
             self,
             Scenario::Read
                 | Scenario::SearchName
+                | Scenario::SearchExact
                 | Scenario::SearchToken
                 | Scenario::SearchReferenceDate
                 | Scenario::SearchInclude
@@ -197,6 +199,14 @@ async fn step(
             )
             .await;
         }
+        Scenario::SearchExact => {
+            get(
+                ctx,
+                rec,
+                &format!("Patient?family:exact={}", encode(&patient.family)),
+            )
+            .await;
+        }
         Scenario::SearchToken => {
             let value = encode(&format!("{MRN_SYSTEM}|{}", patient.mrn));
             get(ctx, rec, &format!("Patient?identifier={value}")).await;
@@ -265,7 +275,7 @@ async fn step(
                 send_json(ctx, rec, Method::POST, "", &bundle, Some(BUNDLE_PREFER)).await
             {
                 // Count the resources only if the response accounts for them all.
-                if load::transaction_ids(&reply.json().unwrap_or(Value::Null), &resources).is_ok() {
+                if load::transaction_accounted(&reply.json().unwrap_or(Value::Null), &resources) {
                     rec.resources += resources.len() as u64;
                 }
             }

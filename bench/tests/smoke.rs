@@ -1,23 +1,40 @@
 //! The benchmark's smoke runs, part of the test suite so they keep working:
-//! every scenario and the SQL baseline, a growth run over two sizes and the
-//! policy-restricted callers, briefly, on tiny data sets, each against a real
-//! fhirgate on its own database. Real measurements are run by hand (see
-//! bench/README.md).
+//! every scenario and the SQL baseline, a growth run over two sizes, the
+//! policy-restricted callers, a server that answers `return=minimal`
+//! transactions with no entries, and a comparison of two servers, briefly,
+//! on tiny data sets, each against a real fhirgate on its own database. Real
+//! measurements are run by hand (see bench/README.md).
 
-use std::process::Command;
+use std::{
+    process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
+use actix_web::{http::StatusCode, web, App, HttpRequest, HttpResponse, HttpServer};
 use fhirgate_tests::{postgres_server, TestApp};
 use serde_json::Value;
+
+fn spawn_app() -> impl std::future::Future<Output = TestApp> {
+    TestApp::spawn_with(|config| config.workers = 2)
+}
 
 /// Runs fhirgate-bench against a new server as its super-admin client with
 /// `args` (plus `--baseline-postgres` for the app's database when
 /// `baseline`), asserts it succeeded and answers its JSON report.
 async fn run_bench(args: &[&str], baseline: bool) -> Value {
-    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let app = spawn_app().await;
+    run_bench_on(&app, &app.base_url, args, baseline).await
+}
+
+/// [`run_bench`] against `app` reached at `base_url`.
+async fn run_bench_on(app: &TestApp, base_url: &str, args: &[&str], baseline: bool) -> Value {
     let report = std::env::temp_dir().join(format!("fhirgate-bench-smoke-{}.json", app.database));
     let mut command = Command::new(env!("CARGO_BIN_EXE_fhirgate-bench"));
     command
-        .args(["--base-url", &app.base_url])
+        .args(["--base-url", base_url])
         .args(["--client-id", &app.admin.client_id])
         .args(["--client-secret", &app.admin.client_secret])
         .args(["--duration", "0.2", "--concurrency", "2", "--seed", "7"])
@@ -112,6 +129,7 @@ async fn every_scenario_runs_against_fhirgate() {
         &[
             "read",
             "search-name",
+            "search-exact",
             "search-token",
             "search-reference-date",
             "search-include",
@@ -231,4 +249,214 @@ async fn policy_scenarios_run_as_restricted_clients() {
         .collect();
     // Writes run as the admin client only.
     assert!(!names.contains(&"create[compartment]"), "{names:?}");
+}
+
+/// A proxy in front of a server that answers a transaction sent with
+/// `Prefer: return=minimal` with its status and an empty body, as Medplum
+/// does, and passes everything else through.
+struct StrippingProxy {
+    base_url: String,
+    counts: Arc<ProxyCounts>,
+}
+
+#[derive(Default)]
+struct ProxyCounts {
+    /// Transactions answered with an empty body.
+    stripped: AtomicUsize,
+    /// Transactions answered as the server answered them.
+    whole: AtomicUsize,
+}
+
+struct Upstream {
+    url: String,
+    http: reqwest::Client,
+    counts: Arc<ProxyCounts>,
+}
+
+impl StrippingProxy {
+    async fn start(upstream: &str) -> StrippingProxy {
+        let counts = Arc::new(ProxyCounts::default());
+        let state = web::Data::new(Upstream {
+            url: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            counts: counts.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .default_service(web::to(forward))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let base_url = format!("http://{}/", server.addrs()[0]);
+        tokio::spawn(server.run());
+        StrippingProxy { base_url, counts }
+    }
+
+    fn stripped(&self) -> usize {
+        self.counts.stripped.load(Ordering::SeqCst)
+    }
+
+    fn whole(&self) -> usize {
+        self.counts.whole.load(Ordering::SeqCst)
+    }
+}
+
+async fn forward(
+    req: HttpRequest,
+    body: web::Bytes,
+    upstream: web::Data<Upstream>,
+) -> HttpResponse {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+    let mut request = upstream
+        .http
+        .request(method, format!("{}{path}", upstream.url))
+        .body(body.to_vec());
+    for (name, value) in req.headers() {
+        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let response = request.send().await.unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let mut reply = HttpResponse::build(status);
+    for (name, value) in response.headers() {
+        if matches!(name.as_str(), "content-type" | "location" | "etag") {
+            reply.insert_header((name.as_str(), value.as_bytes()));
+        }
+    }
+    let bytes = response.bytes().await.unwrap();
+    let transaction = req.method() == actix_web::http::Method::POST
+        && matches!(req.path(), "/fhir/R4" | "/fhir/R4/");
+    let minimal = req
+        .headers()
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("return=minimal"));
+    if transaction && minimal && status.is_success() {
+        upstream.counts.stripped.fetch_add(1, Ordering::SeqCst);
+        return reply.finish();
+    }
+    if transaction {
+        upstream.counts.whole.fetch_add(1, Ordering::SeqCst);
+    }
+    reply.body(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loads_a_server_that_answers_minimal_transactions_with_no_entries() {
+    let app = spawn_app().await;
+    let proxy = StrippingProxy::start(&app.base_url).await;
+    let report = run_bench_on(
+        &app,
+        &proxy.base_url,
+        &[
+            "--patients",
+            "30",
+            "--scenario",
+            "read,search-token,transaction",
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(report["load"]["errors"], 0, "{}", report["load"]);
+    assert_eq!(report["load"]["transactions"], true);
+    let rows = ran(
+        &report["scenarios"],
+        &["read", "search-token", "transaction"],
+    );
+    assert!(
+        rows[2]["resources_per_second"].as_f64().unwrap() > 0.0,
+        "{}",
+        rows[2]
+    );
+    // The first Bundle of the load came back empty; the load's other
+    // Bundles went without the header and came back whole; the
+    // transaction scenario kept it (it needs no ids).
+    let transactions = rows[2]["requests"].as_u64().unwrap() as usize;
+    assert_eq!(proxy.stripped(), 1 + transactions);
+    assert!(
+        proxy.whole() >= 1,
+        "the load sent every Bundle with return=minimal"
+    );
+    // Every resource loaded is counted, those of the empty answer too: what
+    // the database holds of the data set's types, less what the
+    // transaction scenario added (100 a Bundle).
+    let db = app.db().await;
+    let stored: i64 = db
+        .query_one(
+            "SELECT count(*) FROM resource WHERE resource_type IN \
+             ('Patient', 'Encounter', 'Observation', 'Condition')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        report["load"]["resources"].as_u64().unwrap() + 100 * transactions as u64,
+        stored as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_runs_every_scenario_against_both_servers() {
+    let (first, second) = tokio::join!(spawn_app(), spawn_app());
+    // The second as Medplum answers transactions.
+    let proxy = StrippingProxy::start(&second.base_url).await;
+    let other = format!(
+        "{},{},{}",
+        proxy.base_url, second.admin.client_id, second.admin.client_secret
+    );
+    let scenarios = ["read", "search-token", "create", "transaction"];
+    let report = run_bench_on(
+        &first,
+        &first.base_url,
+        &[
+            "--patients",
+            "5",
+            "--scenario",
+            &scenarios.join(","),
+            "--compare",
+            &other,
+        ],
+        false,
+    )
+    .await;
+    ran(&report["scenarios"], &scenarios);
+    assert_eq!(report["compare"]["base_url"], proxy.base_url.as_str());
+    ran(&report["compare"]["scenarios"], &scenarios);
+    assert!(proxy.stripped() >= 1);
+    let rows = report["comparison"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, scenarios);
+    for row in rows {
+        let (a, b) = (
+            row["first"].as_f64().unwrap(),
+            row["second"].as_f64().unwrap(),
+        );
+        assert!(a > 0.0 && b > 0.0, "{row}");
+        assert!(
+            (row["ratio"].as_f64().unwrap() - a / b).abs() < 1e-3,
+            "{row}"
+        );
+    }
+    assert_eq!(rows[3]["unit"], "resources/s");
+    // Each server holds its own copy of the data set.
+    for app in [&first, &second] {
+        let patients: i64 = app
+            .db()
+            .await
+            .query_one(
+                "SELECT count(*) FROM resource WHERE resource_type = 'Patient'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(patients >= 5, "{patients}");
+    }
 }

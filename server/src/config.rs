@@ -69,9 +69,9 @@ pub struct Config {
     /// Batch and transaction Bundles processed at once per instance; more
     /// wait, unread, so the memory they take is bounded.
     pub bundle_concurrency: usize,
-    /// Resources created in one project before this instance analyzes the
-    /// search tables, then ten times as many, and so on; 0: never
-    /// (`store::statistics`).
+    /// Resources created in one project, by all instances together, before
+    /// the search tables are analyzed, then ten times as many, and so on;
+    /// 0: never (`store::statistics`).
     pub analyze_after: u64,
     /// Where `/metrics` listens (`FHIRGATE_METRICS_BIND`); `None`: nowhere.
     pub metrics_bind: Option<SocketAddr>,

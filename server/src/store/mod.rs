@@ -213,7 +213,7 @@ pub struct Store {
 
 /// Creates in one project before the first `ANALYZE` they start
 /// ([`Store::analyzing_after`]).
-pub const DEFAULT_ANALYZE_AFTER: u64 = 10_000;
+pub const DEFAULT_ANALYZE_AFTER: u64 = 1_000;
 
 #[derive(Default)]
 struct WorkerPools {
@@ -459,9 +459,10 @@ impl Store {
         }
     }
 
-    /// The same store, analyzing the search tables when a project it creates
-    /// resources in reaches `first_step` of them, then ten times as many, and
-    /// so on (0: never); see `store::statistics`.
+    /// The same store, analyzing the search tables when a project reaches
+    /// `first_step` resources created (by every instance, counted in
+    /// PostgreSQL), then ten times as many, and so on (0: never); see
+    /// `store::statistics`.
     pub fn analyzing_after(self, first_step: u64) -> Store {
         Store {
             statistics: Arc::new(statistics::Statistics::new(self.pool.clone(), first_step)),

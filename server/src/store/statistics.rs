@@ -13,8 +13,17 @@
 //! large table may never reach. Estimating every project alike (no
 //! statistics on `project_id`) fixed new projects but cost large ones: a
 //! `value-quantity=gt100` page over 73,000 matches went from 2.7 to 479 ms.
-//! So the statistics stay, and each instance analyzes when a project it
-//! creates resources in has grown tenfold since the last step.
+//! So the statistics stay, and the search tables are analyzed when a project
+//! has grown tenfold since the last step.
+//!
+//! The count is shared, in PostgreSQL (`project_growth`, migration 0046):
+//! each instance counts its creates and adds them to the project's row every
+//! [`FLUSH_BATCH`] creates or after [`FLUSH_EVERY`], and the instance whose
+//! addition passes a step claims it there and analyzes. A count kept by each
+//! instance alone never reached a step when a load was spread over
+//! instances or restarts: 12,100 Patients loaded through several instances
+//! left `Patient?family:exact=…` at 127 s, planned from statistics that
+//! counted the new project's rows as one.
 //!
 //! Until then (and for every project below the first step) a search names a
 //! project the statistics do not list as a value unknown at planning time
@@ -26,7 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -37,8 +46,11 @@ const ANALYZED: &str = "ANALYZE resource, resource_compartment, idx_token, idx_s
     idx_number, idx_quantity, idx_reference, idx_uri, idx_composite, idx_text";
 
 pub(crate) struct Statistics {
-    /// Resources this instance created per project since it started.
-    created: Mutex<HashMap<Uuid, u64>>,
+    /// Resources this instance created per project and has not yet added
+    /// to the shared count.
+    pending: Mutex<Pending>,
+    /// One addition to the shared count at a time.
+    flushing: AtomicBool,
     /// Creates in one project before its first `ANALYZE`; each further step
     /// is ten times the last. 0: never.
     first_step: u64,
@@ -52,6 +64,20 @@ pub(crate) struct Statistics {
     /// last read (none yet: every project unknown, the safe side).
     reading: tokio::sync::Mutex<()>,
 }
+
+struct Pending {
+    counts: HashMap<Uuid, u64>,
+    total: u64,
+    /// When the counts were last added to the shared ones.
+    flushed_at: Instant,
+}
+
+/// Creates an instance counts before it adds them to the shared count, or
+/// the time after which it adds what it has at its next create: so few
+/// statements that they cost nothing beside the creates, and an instance
+/// that stops loses at most that many.
+const FLUSH_BATCH: u64 = 500;
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Known {
@@ -79,7 +105,12 @@ pub(crate) enum ProjectEstimate {
 impl Statistics {
     pub(crate) fn new(pool: Pool, first_step: u64) -> Statistics {
         Statistics {
-            created: Mutex::default(),
+            pending: Mutex::new(Pending {
+                counts: HashMap::new(),
+                total: 0,
+                flushed_at: Instant::now(),
+            }),
+            flushing: AtomicBool::new(false),
             first_step,
             running: AtomicBool::new(false),
             again: AtomicBool::new(false),
@@ -137,31 +168,119 @@ impl Statistics {
         known.read_at.is_none_or(|at| at.elapsed() >= KNOWN_FOR)
     }
 
-    /// Counts committed creates, one project id per resource; when a
-    /// project passes a step, analyzes in the background.
-    pub(crate) fn created(self: &std::sync::Arc<Self>, projects: &[Uuid]) {
+    /// Counts committed creates, one project id per resource, and adds
+    /// them to the shared count when enough have gathered.
+    pub(crate) fn created(self: &Arc<Self>, projects: &[Uuid]) {
         // Most commits (updates, deletes) create nothing: no lock for them.
         if self.first_step == 0 || projects.is_empty() {
             return;
         }
-        let stepped = {
-            let mut created = super::lock(&self.created);
-            let mut stepped = false;
+        let (due, first) = {
+            let mut pending = super::lock(&self.pending);
+            let first = pending.total == 0;
             for project in projects {
-                let count = created.entry(*project).or_default();
-                *count += 1;
-                stepped |= is_step(*count, self.first_step);
+                *pending.counts.entry(*project).or_default() += 1;
             }
-            stepped
+            pending.total += projects.len() as u64;
+            let due = pending.total >= FLUSH_BATCH || pending.flushed_at.elapsed() >= FLUSH_EVERY;
+            (due, first)
         };
-        if stepped {
-            self.analyze();
+        if due {
+            self.flush();
+        } else if first {
+            // The last creates of a load are added too, with no create after them.
+            let statistics = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FLUSH_EVERY).await;
+                statistics.flush();
+            });
         }
+    }
+
+    /// Adds the pending counts to the shared ones in the background (unless
+    /// an addition is running: the counts wait for the next); analyzes when
+    /// this instance claimed a step.
+    fn flush(self: &Arc<Self>) {
+        if self.flushing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let counts = {
+            let mut pending = super::lock(&self.pending);
+            pending.total = 0;
+            pending.flushed_at = Instant::now();
+            std::mem::take(&mut pending.counts)
+        };
+        if counts.is_empty() {
+            self.flushing.store(false, Ordering::SeqCst);
+            return;
+        }
+        let statistics = self.clone();
+        tokio::spawn(async move {
+            let result = statistics.add_to_shared(&counts).await;
+            statistics.flushing.store(false, Ordering::SeqCst);
+            match result {
+                Ok(true) => statistics.analyze(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("counting a project's growth failed: {e}");
+                    // Counted again with the next addition.
+                    let mut pending = super::lock(&statistics.pending);
+                    for (project, n) in counts {
+                        *pending.counts.entry(project).or_default() += n;
+                        pending.total += n;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Adds `counts` to the projects' shared counts; answers whether this
+    /// instance claimed a step one of them passed, and so is to analyze.
+    async fn add_to_shared(&self, counts: &HashMap<Uuid, u64>) -> Result<bool, String> {
+        // In project order, so two instances adding at once wait for each
+        // other rather than deadlock.
+        let mut counts: Vec<(Uuid, i64)> = counts
+            .iter()
+            .map(|(project, n)| (*project, *n as i64))
+            .collect();
+        counts.sort_unstable();
+        let (projects, added): (Vec<Uuid>, Vec<i64>) = counts.into_iter().unzip();
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let rows = client
+            .query(
+                "INSERT INTO project_growth AS g (project_id, created) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[]) \
+                 ON CONFLICT (project_id) DO UPDATE SET created = g.created + EXCLUDED.created \
+                 RETURNING project_id, created, analyzed_at",
+                &[&projects, &added],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut claimed = false;
+        for row in rows {
+            let (project, created, analyzed_at): (Uuid, i64, i64) =
+                (row.get(0), row.get(1), row.get(2));
+            let step = step_reached(created as u64, self.first_step);
+            if step <= analyzed_at as u64 {
+                continue;
+            }
+            // Of the instances that see the step passed, one claims it.
+            claimed |= client
+                .execute(
+                    "UPDATE project_growth SET analyzed_at = $2 \
+                     WHERE project_id = $1 AND analyzed_at < $2",
+                    &[&project, &(step as i64)],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                == 1;
+        }
+        Ok(claimed)
     }
 
     /// One `ANALYZE` at a time per instance; one asked for while it runs
     /// follows it, since the rows it sampled may predate the step.
-    fn analyze(self: &std::sync::Arc<Self>) {
+    fn analyze(self: &Arc<Self>) {
         self.again.store(true, Ordering::SeqCst);
         if self.running.swap(true, Ordering::SeqCst) {
             return;
@@ -199,27 +318,32 @@ impl Statistics {
     }
 }
 
-/// Whether `count` is a step: `first`, ten times it, a hundred times, …
-fn is_step(count: u64, first: u64) -> bool {
-    let mut step = first;
-    while step < count {
-        match step.checked_mul(10) {
-            Some(next) => step = next,
-            None => return false,
-        }
+/// The largest step `count` has reached: `first`, ten times it, a hundred
+/// times, …; 0 below the first (or when `first` is 0: never).
+fn step_reached(count: u64, first: u64) -> u64 {
+    if first == 0 || count < first {
+        return 0;
     }
-    step == count
+    let mut step = first;
+    while let Some(next) = step.checked_mul(10).filter(|next| *next <= count) {
+        step = next;
+    }
+    step
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_step;
+    use super::step_reached;
 
     #[test]
     fn steps_are_tenfold_from_the_first() {
-        let steps: Vec<u64> = (1..=200_000).filter(|&n| is_step(n, 20)).collect();
-        assert_eq!(steps, [20, 200, 2_000, 20_000, 200_000]);
-        assert!(!is_step(u64::MAX, 20));
-        assert!(is_step(1, 1));
+        let steps: Vec<u64> = [19, 20, 199, 200, 1_999, 2_000, 25_000, 200_000]
+            .iter()
+            .map(|&n| step_reached(n, 20))
+            .collect();
+        assert_eq!(steps, [0, 20, 20, 200, 200, 2_000, 20_000, 200_000]);
+        assert_eq!(step_reached(u64::MAX, 20), 2 * 10u64.pow(18));
+        assert_eq!(step_reached(1, 1), 1);
+        assert_eq!(step_reached(5_000, 0), 0);
     }
 }
