@@ -24,6 +24,7 @@ use changes::{Change, ChangeObserver};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::ToSql;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -1246,10 +1247,15 @@ impl Tx {
             // request is dropped.
             (false, false) => {
                 let group = self.group.clone();
-                tokio::spawn(async move {
-                    group.commit(&self, pending).await?;
-                    self.finish()
-                })
+                // In the request's span, so that its log lines (and its
+                // statements, `fhirgate::sql`) name the request.
+                tokio::spawn(
+                    async move {
+                        group.commit(&self, pending).await?;
+                        self.finish()
+                    }
+                    .in_current_span(),
+                )
                 .await
                 .map_err(|e| Error::Internal(format!("committing new resources: {e}")))?
             }
