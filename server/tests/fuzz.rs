@@ -243,37 +243,13 @@ async fn random_requests_to_every_route_never_fail_the_server() {
     env.extend(admin.env());
     let mut running = start_logging(&database.url, Logs::Kept, &env);
     let root = Api::sign_in(&running, &admin.client_id, &admin.client_secret).await;
-    let project = root
-        .create(json!({"resourceType": "Project", "name": "fuzz"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let project = root.new_project("fuzz").await;
     let mut callers = vec![None];
     for admin_flag in [false, true] {
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let client = root
-            .create(
-                json!({"resourceType": "ClientApplication", "secret": secret,
-                "meta": {"project": project}}),
-            )
+        let member = root
+            .project_client(&running, &project, json!({"admin": admin_flag}))
             .await;
-        let reference = format!("ClientApplication/{}", client["id"].as_str().unwrap());
-        root.create(
-            json!({"resourceType": "ProjectMembership", "meta": {"project": project},
-            "project": {"reference": format!("Project/{project}")}, "admin": admin_flag,
-            "user": {"reference": reference}, "profile": {"reference": reference}}),
-        )
-        .await;
-        callers.push(Some(
-            Api::sign_in(&running, client["id"].as_str().unwrap(), &secret)
-                .await
-                .token,
-        ));
+        callers.push(Some(member.api.token));
     }
     // Something to find, read, patch and delete.
     for _ in 0..3 {

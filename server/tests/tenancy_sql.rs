@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{start_logging, Admin, Api, Logs, TestDatabase};
+use common::{start_logging, Admin, Api, Logs, Member, TestDatabase};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -89,31 +89,14 @@ async fn every_statement_of_a_project_caller_names_its_project() {
     env.extend(admin.env());
     let mut running = start_logging(&database.url, Logs::Kept, &env);
     let root = Api::sign_in(&running, &admin.client_id, &admin.client_secret).await;
-    let project = root
-        .create(json!({"resourceType": "Project", "name": "clinic"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let client = root
-        .create(
-            json!({"resourceType": "ClientApplication", "secret": secret,
-            "meta": {"project": project}}),
-        )
-        .await;
-    let client_id = client["id"].as_str().unwrap().to_string();
-    let reference = format!("ClientApplication/{client_id}");
-    let membership = root
-        .create(
-            json!({"resourceType": "ProjectMembership", "meta": {"project": project},
-            "project": {"reference": format!("Project/{project}")}, "admin": true,
-            "user": {"reference": reference}, "profile": {"reference": reference}}),
-        )
+    let project = root.new_project("clinic").await;
+    let Member {
+        membership,
+        client_id,
+        secret,
+        ..
+    } = root
+        .project_client(&running, &project, json!({"admin": true}))
         .await;
 
     // From here on every request is the project admin's, tagged so that
