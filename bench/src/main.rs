@@ -85,6 +85,10 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Seconds between progress lines of each scenario (req/s, p99, errors and, with
+    /// --server-pid, the server's resident memory in that interval): a soak's stability.
+    #[arg(long)]
+    interval: Option<f64>,
     /// The server's process id (same machine): report its peak RSS and CPU seconds.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -224,6 +228,13 @@ impl Measured {
 async fn measure(args: &Args, server: &Server) -> Result<Measured, String> {
     let concurrency = args.concurrency as usize;
     let duration = Duration::from_secs_f64(args.duration);
+    if args.interval.is_some_and(|i| !(i > 0.0 && i.is_finite())) {
+        return Err("--interval must be a positive number of seconds".into());
+    }
+    let progress = Progress {
+        interval: args.interval.map(Duration::from_secs_f64),
+        server_pid: args.server_pid,
+    };
     let growth = !args.sizes.is_empty();
     let mut sizes: Vec<usize> = args.sizes.iter().map(|&n| n as usize).collect();
     sizes.sort_unstable();
@@ -343,7 +354,9 @@ async fn measure(args: &Args, server: &Server) -> Result<Measured, String> {
             }
             for (p, ctx) in &ctxs {
                 if wanted(scenario, *p, &policies) {
-                    results.push(run_scenario(ctx, scenario, *p, concurrency, duration).await);
+                    results.push(
+                        run_scenario(ctx, scenario, *p, concurrency, duration, &progress).await,
+                    );
                 }
             }
         }
@@ -409,6 +422,31 @@ fn wanted(scenario: Scenario, policy: Policy, policies: &[Policy]) -> bool {
     }
 }
 
+/// Progress lines of a long run (`--interval`).
+struct Progress {
+    interval: Option<Duration>,
+    server_pid: Option<u32>,
+}
+
+impl Progress {
+    fn print(&self, at: Duration, window: &ScenarioResult) {
+        let rss = self
+            .server_pid
+            .and_then(|pid| stats::proc_sample(pid).ok())
+            .map_or_else(String::new, |s| {
+                format!(", server RSS {:.1} MiB", s.rss_bytes as f64 / 1048576.0)
+            });
+        eprintln!(
+            "progress: {:>6.0} s {}: {:.1} req/s, p99 {} ms, {} errors{rss}",
+            at.as_secs_f64(),
+            window.name,
+            window.requests as f64 / window.seconds.max(f64::EPSILON),
+            window.p99_ms.map_or("-".into(), |p| format!("{p:.1}")),
+            window.errors,
+        );
+    }
+}
+
 /// One scenario as one caller; a restricted caller's row is named
 /// `scenario[policy]`.
 async fn run_scenario(
@@ -417,6 +455,7 @@ async fn run_scenario(
     policy: Policy,
     concurrency: usize,
     duration: Duration,
+    progress: &Progress,
 ) -> ScenarioResult {
     let mut name = scenario.name();
     if policy != Policy::Unrestricted {
@@ -432,7 +471,13 @@ async fn run_scenario(
             "run: {name} for {:.1} s at concurrency {concurrency}",
             duration.as_secs_f64()
         );
-        scenarios::run(ctx, scenario, concurrency, duration).await
+        let window = progress.interval.unwrap_or(duration);
+        scenarios::run_in_windows(ctx, scenario, concurrency, duration, window, |at, r| {
+            if progress.interval.is_some() {
+                progress.print(at, r);
+            }
+        })
+        .await
     };
     result.name = name;
     result.policy = Some(policy.as_str());

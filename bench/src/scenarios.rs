@@ -94,11 +94,17 @@ pub struct Ctx {
     pub transactions: Result<(), String>,
 }
 
-pub async fn run(
+/// Runs `scenario` for `duration` as windows of `window` back to back (the
+/// last may be shorter), `on_window` told of each one's result as it ends
+/// (a soak's req/s, p99 and the server's memory over time); the result is
+/// over all of them.
+pub async fn run_in_windows(
     ctx: &Arc<Ctx>,
     scenario: Scenario,
     concurrency: usize,
     duration: Duration,
+    window: Duration,
+    mut on_window: impl FnMut(Duration, &ScenarioResult),
 ) -> ScenarioResult {
     let name = scenario.name();
     if scenario == Scenario::Transaction {
@@ -107,13 +113,45 @@ pub async fn run(
         }
     }
     let start = Instant::now();
+    let mut total = Recorder::default();
+    let mut index = 0;
+    while start.elapsed() < duration {
+        let length = window.min(duration - start.elapsed());
+        let window_start = Instant::now();
+        let rec = run_window(ctx, scenario, concurrency, length, index).await;
+        index += 1;
+        let seconds = window_start.elapsed().as_secs_f64();
+        let result = ScenarioResult::from_recorder(
+            &name,
+            rec.clone(),
+            seconds,
+            scenario == Scenario::Transaction,
+        );
+        on_window(start.elapsed(), &result);
+        total.merge(rec);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    ScenarioResult::from_recorder(&name, total, seconds, scenario == Scenario::Transaction)
+}
+
+async fn run_window(
+    ctx: &Arc<Ctx>,
+    scenario: Scenario,
+    concurrency: usize,
+    duration: Duration,
+    window: u64,
+) -> Recorder {
+    let start = Instant::now();
     let deadline = start + duration;
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..concurrency {
         let ctx = ctx.clone();
         workers.spawn(async move {
             // Distinct, reproducible streams per scenario and worker.
-            let stream = ctx.seed ^ ((scenario as u64 + 1) << 48) ^ ((worker as u64 + 1) << 32);
+            let stream = ctx.seed
+                ^ ((scenario as u64 + 1) << 48)
+                ^ ((worker as u64 + 1) << 32)
+                ^ (window << 16);
             let mut rng = StdRng::seed_from_u64(stream);
             let mut rec = Recorder::default();
             let mut n = 0u64;
@@ -124,9 +162,7 @@ pub async fn run(
             rec
         });
     }
-    let total = Recorder::join(workers).await;
-    let seconds = start.elapsed().as_secs_f64();
-    ScenarioResult::from_recorder(&name, total, seconds, scenario == Scenario::Transaction)
+    Recorder::join(workers).await
 }
 
 /// Records the reply: 2xx is a success, anything else an error. Answers the

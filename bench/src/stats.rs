@@ -11,7 +11,7 @@ use std::{
 use serde_json::{json, Value};
 
 /// What one worker recorded.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Recorder {
     pub requests: u64,
     pub errors: u64,

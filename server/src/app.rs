@@ -37,7 +37,7 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub validator: Validator,
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     pub mailer: Mailer,
     /// Public base URL ending in `/`.
     pub base_url: String,
@@ -46,6 +46,8 @@ pub struct AppState {
     pub auth_limiter: AuthLimiter,
     /// Callers remembered between requests.
     pub sessions: Arc<SessionCache>,
+    /// Told of other instances' changes; the listener runs while it lives.
+    _remembered: Arc<dyn ChangeObserver>,
     /// Permits to process a batch or transaction Bundle
     /// (`Config::bundle_concurrency`).
     pub bundle_permits: tokio::sync::Semaphore,
@@ -66,6 +68,30 @@ impl AppState {
     }
 }
 
+/// What this instance remembers from the database: callers and signing
+/// keys, both told of every change another instance commits.
+struct Remembered {
+    sessions: Arc<SessionCache>,
+    keys: Arc<Keys>,
+}
+
+impl ChangeObserver for Remembered {
+    fn changed(&self, change: changes::Change) {
+        match change {
+            changes::Change::SigningKeys => self.keys.reload_soon(),
+            other => self.sessions.changed(other),
+        }
+    }
+
+    fn hearing(&self, hearing: bool) {
+        self.sessions.hearing(hearing);
+        // A rotation while nobody listened was missed.
+        if hearing {
+            self.keys.reload_soon();
+        }
+    }
+}
+
 /// Connects (creating the database if needed), applies migrations, makes sure
 /// a signing key exists and bootstraps the super admin on an empty database.
 /// Instances that start together do this one at a time.
@@ -75,6 +101,7 @@ pub async fn prepare_database(config: &Config, validator: &Validator) -> Result<
             &config.database_url,
             config.pool_size,
             config.statement_timeout,
+            config.queue_timeout,
         )
         .await?,
     )
@@ -111,15 +138,19 @@ impl Application {
                 &config.database_url,
                 worker_pool_size,
                 config.statement_timeout,
+                config.queue_timeout,
                 config.workers,
             )?)
             .observed_by(sessions.clone());
-        let observer: Arc<dyn ChangeObserver> = sessions.clone();
+        let keys = Arc::new(Keys::load(&store, config.access_token_lifetime).await?);
+        let remembered: Arc<dyn ChangeObserver> = Arc::new(Remembered {
+            sessions: sessions.clone(),
+            keys: keys.clone(),
+        });
         changes::spawn_listener(
             connect::pg_config(&config.database_url)?,
-            Arc::downgrade(&observer),
+            Arc::downgrade(&remembered),
         );
-        let keys = Keys::load(&store, config.access_token_lifetime).await?;
         let mailer = Mailer::new(&config.lifecycle)?;
         let listener = TcpListener::bind(config.bind).map_err(|e| {
             Error::Startup(format!(
@@ -137,6 +168,7 @@ impl Application {
         let state = web::Data::new(AppState {
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
             sessions,
+            _remembered: remembered,
             bundle_permits: tokio::sync::Semaphore::new(config.bundle_concurrency),
             admission: crate::auth::admission::Admission::new(
                 config.limits.concurrent_per_caller(config.pool_size),

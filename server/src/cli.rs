@@ -23,7 +23,13 @@ const BATCH: i64 = 500;
 /// A store for a command: the configured database, a few connections.
 pub async fn store(config: &Config) -> Result<Store> {
     Ok(Store::new(
-        connect::connect(&config.database_url, 4, config.statement_timeout).await?,
+        connect::connect(
+            &config.database_url,
+            4,
+            config.statement_timeout,
+            config.queue_timeout,
+        )
+        .await?,
     ))
 }
 

@@ -17,6 +17,10 @@ const DEFAULT_EXPORT_RETENTION_SECONDS: u64 = 24 * 3600;
 /// 100 MiB: scans and PDFs, not videos.
 const DEFAULT_MAX_BINARY_BYTES: usize = 100 * 1024 * 1024;
 
+/// Seconds a request waits for a database connection: long enough for a
+/// burst to drain, short enough that a client retries rather than hangs.
+const DEFAULT_QUEUE_TIMEOUT_SECONDS: usize = 5;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `postgres://user[:password]@host:port/database`.
@@ -40,6 +44,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Longest a single SQL statement may run.
     pub statement_timeout: Duration,
+    /// Longest a request waits for a database connection before it is
+    /// answered 503 with `Retry-After` (`FHIRGATE_QUEUE_TIMEOUT`).
+    pub queue_timeout: Duration,
     pub access_token_lifetime: Duration,
     /// How long an authorization code may wait to be redeemed.
     pub code_lifetime: Duration,
@@ -278,6 +285,9 @@ impl Config {
             statement_timeout: Duration::from_secs(
                 number("FHIRGATE_STATEMENT_TIMEOUT", 30)?.max(1) as u64,
             ),
+            queue_timeout: Duration::from_secs(
+                number("FHIRGATE_QUEUE_TIMEOUT", DEFAULT_QUEUE_TIMEOUT_SECONDS)?.max(1) as u64,
+            ),
             access_token_lifetime: Duration::from_secs(
                 number("FHIRGATE_ACCESS_TOKEN_LIFETIME", 3600)?.max(1) as u64,
             ),
@@ -335,6 +345,7 @@ impl Config {
             workers: 1,
             shutdown_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(DEFAULT_QUEUE_TIMEOUT_SECONDS as u64),
             access_token_lifetime: Duration::from_secs(3600),
             code_lifetime: Duration::from_secs(120),
             refresh_token_lifetime: Duration::from_secs(14 * 24 * 3600),

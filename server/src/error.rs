@@ -79,6 +79,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `Retry-After` when no database connection was free: a burst drains
+/// within seconds (`FHIRGATE_QUEUE_TIMEOUT` bounds each wait).
+const POOL_RETRY_AFTER_SECS: u64 = 2;
+
 fn is_statement_timeout(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
@@ -99,6 +103,18 @@ impl Error {
             error,
             description: description.into(),
             basic_challenge: false,
+        }
+    }
+
+    /// When a client should try again: after the rate limit or lockout
+    /// says, or soon when every database connection was busy.
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Error::Pool(_) => Some(POOL_RETRY_AFTER_SECS),
+            _ => None,
         }
     }
 
@@ -135,7 +151,7 @@ impl Error {
                 "Internal server error; the cause has been logged".into()
             }
             Error::Pool(deadpool_postgres::PoolError::Timeout(_)) => {
-                "The server is busy: no database connection became free in time; try again shortly".into()
+                "The server is busy: no database connection became free within FHIRGATE_QUEUE_TIMEOUT; try again shortly".into()
             }
             Error::Pool(_) => "The database is not available right now; try again shortly".into(),
             other => other.to_string(),
@@ -214,11 +230,8 @@ impl ResponseError for Error {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"fhirgate\""));
         }
-        if let Error::TooManyRequests {
-            retry_after_secs, ..
-        } = self
-        {
-            response.insert_header(("Retry-After", retry_after_secs.to_string()));
+        if let Some(seconds) = self.retry_after_secs() {
+            response.insert_header(("Retry-After", seconds.to_string()));
         }
         response.body(self.outcome().to_string())
     }

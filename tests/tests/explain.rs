@@ -105,6 +105,7 @@ async fn store_of(app: &TestApp) -> Store {
             &format!("{}/{}", postgres_server(), app.database),
             2,
             std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(5),
         )
         .await
         .unwrap(),

@@ -199,6 +199,10 @@ async fn one_member_flooding_does_not_starve_other_projects() {
         config.pool_size = 8;
         config.limits.max_concurrent_per_caller = 2;
         config.statement_timeout = Duration::from_secs(10);
+        // Fairness, not overload, is under test: another project's search
+        // may wait as long as one flood search runs (on a loaded 2-core
+        // machine, more than the default 5 s) without being refused.
+        config.queue_timeout = Duration::from_secs(10);
     })
     .await;
     let flooder = app.project("flooder").await;

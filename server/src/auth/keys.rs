@@ -6,7 +6,10 @@
 //! from then on; an older key stays published and trusted until every token
 //! it signed has expired (one token lifetime after it was superseded). An
 //! instance that meets a token signed with a key it does not know yet (made
-//! by another instance) reloads the keys from the database.
+//! by another instance) reloads the keys from the database, and every
+//! instance reloads them when another announces a rotation
+//! ([`crate::store::changes::Change::SigningKeys`]), so each publishes the
+//! new key at once.
 //!
 //! Verifying an ES256 signature is most of the CPU a small request costs, so
 //! a token whose signature was checked once is remembered (by its SHA-256)
@@ -15,7 +18,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 
@@ -41,6 +47,8 @@ pub struct Keys {
     retain: Duration,
     current: RwLock<KeySet>,
     verified: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    /// Another instance changed the keys since they were loaded.
+    stale: AtomicBool,
 }
 
 /// Tokens remembered at most; when full, the cache starts over (tokens are
@@ -81,6 +89,7 @@ impl Keys {
             store: store.clone(),
             retain,
             verified: Mutex::new(HashMap::new()),
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -98,11 +107,39 @@ impl Keys {
         Ok(())
     }
 
+    /// Another instance changed the keys: reload them now, in the
+    /// background, and before the next JWKS is served.
+    pub fn reload_soon(self: &Arc<Self>) {
+        self.stale.store(true, Ordering::Release);
+        let keys = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = keys.reload_if_stale().await {
+                tracing::warn!(error = %e, "reloading signing keys failed");
+            }
+        });
+    }
+
+    async fn reload_if_stale(&self) -> Result<()> {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.reload().await {
+                self.stale.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The JWKS document, with any key another instance announced.
+    pub async fn current_jwks(&self) -> Result<String> {
+        self.reload_if_stale().await?;
+        Ok(self.jwks())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
         self.current.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn jwks(&self) -> String {
+    fn jwks(&self) -> String {
         self.read().jwks.clone()
     }
 

@@ -120,6 +120,9 @@ impl ChangeObserver for SessionCache {
                 state.entries.retain(|key, _| key.login_id != login_id);
             }
             Change::Everything => self.forget_everything(),
+            // Callers do not depend on the keys: a token's signature is
+            // checked before its caller is looked up.
+            Change::SigningKeys => {}
         }
     }
 

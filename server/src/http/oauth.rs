@@ -214,11 +214,11 @@ async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     Ok(no_store(HttpResponse::Ok(), json!({"ok": true})))
 }
 
-async fn jwks(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header(("Cache-Control", "public, max-age=300"))
-        .body(state.keys.jwks())
+        .body(state.keys.current_jwks().await?))
 }
 
 /// Scopes fhirgate understands (SMART v1 and v2 forms of the resource scopes).

@@ -28,11 +28,16 @@ const SESSION_TYPES: [&str; 7] = [
     "Bot",
 ];
 
+/// The payload `migrations/0040_signing_key_changes.sql` announces.
+const SIGNING_KEYS_PAYLOAD: &str = "SigningKey";
+
 /// What a committed write may have changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// One Login (signed in, refreshed, revoked).
     Login(Uuid),
+    /// The signing keys (another instance rotated).
+    SigningKeys,
     /// Anything else sessions depend on (membership, user, project, policy,
     /// client), or changes may have been missed.
     Everything,
@@ -50,6 +55,9 @@ impl Change {
 
     /// The change a notification's payload (`Type/id`, or `*`) announces.
     fn of_payload(payload: &str) -> Change {
+        if payload == SIGNING_KEYS_PAYLOAD {
+            return Change::SigningKeys;
+        }
         payload
             .split_once('/')
             .and_then(|(kind, id)| Change::of(kind, Uuid::parse_str(id).ok()?))
@@ -175,6 +183,7 @@ mod tests {
             Change::Everything
         );
         assert_eq!(Change::of_payload("*"), Change::Everything);
+        assert_eq!(Change::of_payload("SigningKey"), Change::SigningKeys);
         assert_eq!(Change::of_payload("Login/not-a-uuid"), Change::Everything);
         assert_eq!(Change::of("Patient", id), None);
     }

@@ -22,13 +22,16 @@ pub const STARTUP_LOCK: i64 = 0x6668_6972_6761_7465;
 
 /// Opens the pool, creating the database first if PostgreSQL says it does
 /// not exist. Fails with a message that says what was tried and how to fix it.
+/// A request waits at most `queue_timeout` for a connection (then
+/// [`deadpool_postgres::PoolError::Timeout`], a 503).
 pub async fn connect(
     database_url: &str,
     pool_size: usize,
     statement_timeout: Duration,
+    queue_timeout: Duration,
 ) -> Result<Pool> {
     let config = pool_config(database_url, statement_timeout)?;
-    let pool = build_pool(config.clone(), pool_size)?;
+    let pool = build_pool(config.clone(), pool_size, queue_timeout)?;
     match pool.get().await {
         Ok(_) => Ok(pool),
         Err(e) if is_missing_database(&e) => {
@@ -46,11 +49,12 @@ pub fn more_pools(
     database_url: &str,
     pool_size: usize,
     statement_timeout: Duration,
+    queue_timeout: Duration,
     count: usize,
 ) -> Result<Vec<Pool>> {
     let config = pool_config(database_url, statement_timeout)?;
     (0..count)
-        .map(|_| build_pool(config.clone(), pool_size))
+        .map(|_| build_pool(config.clone(), pool_size, queue_timeout))
         .collect()
 }
 
@@ -77,7 +81,7 @@ pub fn pg_config(database_url: &str) -> Result<PgConfig> {
     })
 }
 
-fn build_pool(config: PgConfig, size: usize) -> Result<Pool> {
+fn build_pool(config: PgConfig, size: usize, queue_timeout: Duration) -> Result<Pool> {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -89,7 +93,7 @@ fn build_pool(config: PgConfig, size: usize) -> Result<Pool> {
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(Duration::from_secs(5)))
-        .wait_timeout(Some(Duration::from_secs(10)))
+        .wait_timeout(Some(queue_timeout))
         .build()
         .map_err(|e| Error::Config(format!("database pool: {e}")))
 }

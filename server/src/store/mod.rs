@@ -24,6 +24,7 @@ use changes::{Change, ChangeObserver};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::ToSql;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -238,9 +239,13 @@ const LOOKUP_CONNECTIONS_PER_WORKER: usize = 2;
 /// The least busy of this thread's lookup connections (busy: how many
 /// lookups hold it), opening them from `pool` until there are enough.
 async fn lookup_connection(pool: &Pool) -> Result<Arc<Object>> {
+    // A small pool keeps a connection for everything else: lookups that
+    // held all of them would leave searches and writes waiting until
+    // FHIRGATE_QUEUE_TIMEOUT, every time.
+    let kept = LOOKUP_CONNECTIONS_PER_WORKER.min(pool.status().max_size.saturating_sub(1));
     let least_busy = LOOKUP_CONNECTIONS.with_borrow_mut(|connections| {
         connections.retain(|c| !c.is_closed());
-        (connections.len() >= LOOKUP_CONNECTIONS_PER_WORKER)
+        (connections.len() >= kept.max(1))
             .then(|| {
                 connections
                     .iter()
@@ -256,17 +261,26 @@ async fn lookup_connection(pool: &Pool) -> Result<Arc<Object>> {
     // Lookups that asked at once all opened one; the extras serve their
     // lookup and go back to the pool.
     LOOKUP_CONNECTIONS.with_borrow_mut(|connections| {
-        if connections.len() < LOOKUP_CONNECTIONS_PER_WORKER {
+        if connections.len() < kept {
             connections.push(connection.clone());
         }
     });
     Ok(connection)
 }
 
+/// Logs a statement's text (never its values) at trace level under the
+/// target `fhirgate::sql`, inside the request's span: with
+/// `FHIRGATE_LOG_LEVEL=info,fhirgate::sql=trace` the log shows every
+/// statement each request runs (`server/tests/tenancy_sql.rs` checks them).
+fn trace_statement(sql: &str) {
+    tracing::trace!(target: "fhirgate::sql", sql, "statement");
+}
+
 async fn run_on(
     client: &Object,
     query: &Query,
 ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    trace_statement(&query.sql);
     timed(async {
         let statement = client.prepare_cached(&query.sql).await?;
         client.query(&statement, &query.values()).await
@@ -535,8 +549,11 @@ impl Store {
     }
 
     /// `SELECT 1`: whether the database answers.
+    /// Whether PostgreSQL answers, on the start-up and maintenance pool, so
+    /// that the answer does not wait behind requests queued for the
+    /// workers' connections (`/healthcheck` under overload).
     pub async fn ping(&self) -> Result<()> {
-        self.pool().get().await?.simple_query("SELECT 1").await?;
+        self.pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())
     }
 
@@ -977,6 +994,7 @@ impl Tx {
         commit: bool,
     ) -> Result<Vec<tokio_postgres::Row>> {
         let client = self.client().await?;
+        trace_statement(sql);
         let statement = timed(client.prepare_cached(sql)).await?;
         let begin = !self.begun.swap(true, Ordering::AcqRel);
         let (_, rows, _) = timed(async {
@@ -1230,10 +1248,15 @@ impl Tx {
             // request is dropped.
             (false, false) => {
                 let group = self.group.clone();
-                tokio::spawn(async move {
-                    group.commit(&self, pending).await?;
-                    self.finish()
-                })
+                // In the request's span, so that its log lines (and its
+                // statements, `fhirgate::sql`) name the request.
+                tokio::spawn(
+                    async move {
+                        group.commit(&self, pending).await?;
+                        self.finish()
+                    }
+                    .in_current_span(),
+                )
                 .await
                 .map_err(|e| Error::Internal(format!("committing new resources: {e}")))?
             }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// The PostgreSQL server the tests use; override with FHIRGATE_TEST_POSTGRES.
@@ -305,6 +305,47 @@ impl Api {
             .expect("request")
     }
 
+    /// A new Project (as a super admin); its id.
+    pub async fn new_project(&self, name: &str) -> String {
+        self.create(json!({"resourceType": "Project", "name": name}))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A ClientApplication of `project_id` with a membership of `fields`
+    /// (`admin`, `accessPolicy`, …; as a super admin), signed in to `running`.
+    pub async fn project_client(
+        &self,
+        running: &Running,
+        project_id: &str,
+        fields: Value,
+    ) -> Member {
+        let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let client = self
+            .create(
+                json!({"resourceType": "ClientApplication", "name": "app", "secret": secret,
+                "meta": {"project": project_id}}),
+            )
+            .await;
+        let client_id = client["id"].as_str().unwrap().to_string();
+        let reference = format!("ClientApplication/{client_id}");
+        let mut membership = json!({"resourceType": "ProjectMembership", "meta": {"project": project_id},
+            "project": {"reference": format!("Project/{project_id}")},
+            "user": {"reference": reference}, "profile": {"reference": reference}});
+        for (key, value) in fields.as_object().unwrap() {
+            membership[key] = value.clone();
+        }
+        let membership = self.create(membership).await;
+        Member {
+            api: Api::sign_in(running, &client_id, &secret).await,
+            membership,
+            client_id,
+            secret,
+        }
+    }
+
     /// Creates `resource` under `fhir/R4/<type>`; panics unless 201.
     pub async fn create(&self, resource: Value) -> Value {
         let path = format!("fhir/R4/{}", resource["resourceType"].as_str().unwrap());
@@ -316,4 +357,13 @@ impl Api {
         assert_eq!(status, 201, "create {path}: {body}");
         body
     }
+}
+
+/// A project's client with its membership ([`Api::project_client`]).
+pub struct Member {
+    /// Signed in.
+    pub api: Api,
+    pub membership: Value,
+    pub client_id: String,
+    pub secret: String,
 }
