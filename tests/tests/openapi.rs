@@ -64,6 +64,10 @@ async fn the_document_is_valid_openapi_3_1() {
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
     assert!(errors.is_empty(), "not OpenAPI 3.1: {errors:#?}");
+    // The schema does catch a broken document.
+    let mut broken = document.clone();
+    broken["paths"]["/healthcheck"]["get"]["responses"] = serde_json::json!("none");
+    assert!(!validator.is_valid(&broken));
 
     // The schema cannot check references, ids or path parameters: do.
     let mut refs = Vec::new();
