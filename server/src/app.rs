@@ -43,6 +43,8 @@ pub struct AppState {
     pub base_url: String,
     /// The CapabilityStatement, rendered once.
     pub capability: String,
+    /// The OpenAPI document, rendered once.
+    pub openapi: String,
     pub auth_limiter: AuthLimiter,
     /// Callers remembered between requests.
     pub sessions: Arc<SessionCache>,
@@ -182,6 +184,9 @@ impl Application {
             jwks: Default::default(),
             subscriptions: crate::subscriptions::Hub::new(config.subscription_allow_private)?,
             capability: capability_statement(&base_url).to_string(),
+            openapi: http::openapi::document(http::routes(), &base_url)
+                .to_json()
+                .map_err(|e| Error::Startup(format!("OpenAPI document: {e}")))?,
             base_url: base_url.clone(),
             store,
             validator,
@@ -208,17 +213,7 @@ impl Application {
                 .wrap(from_fn(http::ratelimit::limit_auth))
                 .wrap(from_fn(crate::metrics::record))
                 .wrap(from_fn(log_request))
-                .route("/healthcheck", web::get().to(healthcheck))
-                .configure(http::auth::routes)
-                .configure(http::authorize::routes)
-                .configure(http::oauth::routes)
-                .configure(http::auth_lifecycle::routes)
-                // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
-                .configure(http::admin::routes)
-                .configure(http::subscriptions::routes)
-                // Before the FHIR routes, which would take `$export` for a type or an id.
-                .configure(http::export::routes)
-                .configure(http::fhir::routes)
+                .configure(|cfg| http::routes().install(cfg))
                 .default_service(web::to(not_found))
         })
         .workers(config.workers)
@@ -299,8 +294,17 @@ fn spawn_maintenance(state: std::sync::Weak<AppState>) {
     });
 }
 
-/// `GET /healthcheck`: 200 when PostgreSQL answers, 503 when it does not.
-async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
+/// 200 when PostgreSQL answers, 503 when it does not.
+#[utoipa::path(
+    get,
+    path = "/healthcheck",
+    security(()),
+    responses(
+        (status = 200, description = "PostgreSQL answers", body = crate::http::openapi::Health),
+        (status = 503, description = "PostgreSQL does not answer", body = crate::http::openapi::Health),
+    )
+)]
+pub(crate) async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let postgres = tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping())
         .await
         .is_ok_and(|result| result.is_ok());

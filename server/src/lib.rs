@@ -19,3 +19,10 @@ pub mod subscriptions;
 pub use app::{prepare_database, Application};
 pub use config::Config;
 pub use error::Error;
+
+/// Every routed method and path (lowercase method, actix pattern), taken
+/// from the same registration the server uses: the OpenAPI test checks
+/// that the document lists each.
+pub fn routed_paths() -> Vec<(String, String)> {
+    http::routes().routed()
+}

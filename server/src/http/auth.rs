@@ -1,6 +1,7 @@
 //! Medplum's `/auth/*` routes: password sign-in, choosing a profile.
 //! Bodies and answers are JSON in Medplum's shapes; errors are OperationOutcomes.
 
+use super::{openapi::JsonOk, routes::Routes};
 use access_policy::RowFilter;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -21,16 +22,17 @@ use crate::{
     store::Tenant,
 };
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/login", web::post().to(login))
-        .route("/auth/profile", web::post().to(profile))
-        .route("/auth/me", web::get().to(me))
-        .route("/auth/revoke", web::post().to(revoke_session))
-        .route("/auth/mfa/status", web::get().to(mfa_status))
-        .route("/auth/mfa/enroll", web::post().to(mfa_enroll))
-        .route("/auth/mfa/disable", web::post().to(mfa_disable))
-        .route("/auth/mfa/verify", web::post().to(mfa_verify))
-        .route("/auth/mfa/login-enroll", web::post().to(mfa_login_enroll));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_login, login)
+        .add(__path_profile, profile)
+        .add(__path_me, me)
+        .add(__path_revoke_session, revoke_session)
+        .add(__path_mfa_status, mfa_status)
+        .add(__path_mfa_enroll, mfa_enroll)
+        .add(__path_mfa_disable, mfa_disable)
+        .add(__path_mfa_verify, mfa_verify)
+        .add(__path_mfa_login_enroll, mfa_login_enroll);
 }
 
 /// Sign-in bodies are small.
@@ -46,7 +48,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
         .map_err(|e| Error::BadRequest(format!("Invalid request body: {e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct LoginBody {
     email: Option<String>,
@@ -84,6 +86,7 @@ pub fn request_context(req: &HttpRequest) -> LoginContext {
     }
 }
 
+#[utoipa::path(post, path = "/auth/login", security(()), request_body = LoginBody, responses(JsonOk))]
 async fn login(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -108,12 +111,13 @@ async fn login(
     outcome_response(&state, &outcome).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ProfileBody {
     login: Option<String>,
     profile: Option<String>,
 }
 
+#[utoipa::path(post, path = "/auth/profile", security(()), request_body = ProfileBody, responses(JsonOk))]
 async fn profile(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -166,6 +170,7 @@ async fn outcome_response(state: &AppState, outcome: &LoginOutcome) -> Result<Ht
 
 /// Medplum's `GET /auth/me`: who the caller is, in which project, and (for
 /// users) their active sessions.
+#[utoipa::path(get, path = "/auth/me", responses(JsonOk))]
 async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
     let read = |resource_type: &'static str, reference: &Value| {
         let state = state.clone();
@@ -255,13 +260,14 @@ fn strip_nulls(value: &mut Value) {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RevokeBody {
     login_id: Option<String>,
 }
 
 /// Medplum's `POST /auth/revoke {loginId}`: a user ends one of their own sessions.
+#[utoipa::path(post, path = "/auth/revoke", request_body = RevokeBody, responses(JsonOk))]
 async fn revoke_session(
     state: web::Data<AppState>,
     caller: Caller,
@@ -288,7 +294,7 @@ async fn revoke_session(
     Ok(HttpResponse::Ok().json(serde_json::json!({"ok": true})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct MfaBody {
     login: Option<String>,
     token: Option<String>,
@@ -327,6 +333,7 @@ async fn own_user(state: &AppState, caller: &Caller) -> Result<(uuid::Uuid, Stri
 }
 
 /// Medplum's `GET /auth/mfa/status`: enrolled, or the key to enrol.
+#[utoipa::path(get, path = "/auth/mfa/status", responses(JsonOk))]
 async fn mfa_status(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
     let (id, email) = own_user(&state, &caller).await?;
     Ok(HttpResponse::Ok()
@@ -335,6 +342,7 @@ async fn mfa_status(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
 }
 
 /// `POST /auth/mfa/enroll {token}`: the answer lists the recovery codes, once.
+#[utoipa::path(post, path = "/auth/mfa/enroll", request_body = MfaBody, responses(JsonOk))]
 async fn mfa_enroll(
     state: web::Data<AppState>,
     caller: Caller,
@@ -350,6 +358,7 @@ async fn mfa_enroll(
 }
 
 /// `POST /auth/mfa/disable {token}`: a current code (or a recovery code) turns it off.
+#[utoipa::path(post, path = "/auth/mfa/disable", request_body = MfaBody, responses(JsonOk))]
 async fn mfa_disable(
     state: web::Data<AppState>,
     caller: Caller,
@@ -366,6 +375,7 @@ async fn mfa_disable(
 
 /// Medplum's `POST /auth/mfa/verify {login, token}`: the second step of a
 /// sign-in; answers as `/auth/login` would have without a second factor.
+#[utoipa::path(post, path = "/auth/mfa/verify", security(()), request_body = MfaBody, responses(JsonOk))]
 async fn mfa_verify(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -379,6 +389,7 @@ async fn mfa_verify(
 
 /// `POST /auth/mfa/login-enroll {login, token}`: a member of a project that
 /// requires MFA enrols during sign-in; the answer adds the recovery codes.
+#[utoipa::path(post, path = "/auth/mfa/login-enroll", security(()), request_body = MfaBody, responses(JsonOk))]
 async fn mfa_login_enroll(
     state: web::Data<AppState>,
     req: HttpRequest,

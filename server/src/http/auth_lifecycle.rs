@@ -1,6 +1,10 @@
 //! `/auth/*` routes of the user lifecycle: sign-up, password reset, links,
 //! email verification and change, password change, personal tokens.
 
+use super::{
+    openapi::{JsonObject, JsonOk, OutcomeOk},
+    routes::Routes,
+};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
@@ -23,21 +27,19 @@ use crate::{
 
 type Data = web::Data<AppState>;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/resetpassword", web::post().to(reset_password))
-        .route("/auth/setpassword", web::post().to(set_password))
-        .route("/auth/verifyemail", web::post().to(verify_email))
-        .route(
-            "/auth/verifyemail/resend",
-            web::post().to(resend_verification),
-        )
-        .route("/auth/emailavailable", web::post().to(email_available))
-        .route("/auth/newuser", web::post().to(new_user))
-        .route("/auth/newproject", web::post().to(new_project))
-        .route("/auth/newpatient", web::post().to(new_patient))
-        .route("/auth/changepassword", web::post().to(change_password))
-        .route("/auth/changeemail", web::post().to(change_email))
-        .route("/auth/tokens", web::post().to(own_token));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_reset_password, reset_password)
+        .add(__path_set_password, set_password)
+        .add(__path_verify_email, verify_email)
+        .add(__path_resend_verification, resend_verification)
+        .add(__path_email_available, email_available)
+        .add(__path_new_user, new_user)
+        .add(__path_new_project, new_project)
+        .add(__path_new_patient, new_patient)
+        .add(__path_change_password, change_password)
+        .add(__path_change_email, change_email)
+        .add(__path_own_token, own_token);
 }
 
 /// These bodies hold a few short strings.
@@ -89,6 +91,7 @@ fn mail_request(body: &Value) -> Result<MailRequest> {
 }
 
 /// Always 200: whether the email has an account is not revealed.
+#[utoipa::path(post, path = "/auth/resetpassword", security(()), request_body(content = JsonObject, description = "{email, projectId?}"), responses(OutcomeOk))]
 async fn reset_password(
     state: Data,
     req: HttpRequest,
@@ -101,6 +104,7 @@ async fn reset_password(
     ))
 }
 
+#[utoipa::path(post, path = "/auth/verifyemail/resend", security(()), request_body(content = JsonObject, description = "{email, projectId?}"), responses(OutcomeOk))]
 async fn resend_verification(
     state: Data,
     req: HttpRequest,
@@ -113,6 +117,7 @@ async fn resend_verification(
     ))
 }
 
+#[utoipa::path(post, path = "/auth/setpassword", security(()), request_body(content = JsonObject, description = "{id, secret, password}"), responses(OutcomeOk))]
 async fn set_password(
     state: Data,
     req: HttpRequest,
@@ -124,6 +129,7 @@ async fn set_password(
     Ok(ok("Password set; sign in with it"))
 }
 
+#[utoipa::path(post, path = "/auth/verifyemail", security(()), request_body(content = JsonObject, description = "{id, secret}"), responses(OutcomeOk))]
 async fn verify_email(
     state: Data,
     req: HttpRequest,
@@ -137,6 +143,7 @@ async fn verify_email(
 
 /// For sign-up forms. It tells whether an address is taken, so it sits under
 /// `/auth/`, whose per-address rate limit bounds how fast anyone can probe.
+#[utoipa::path(post, path = "/auth/emailavailable", security(()), request_body(content = JsonObject, description = "{email}"), responses(JsonOk))]
 async fn email_available(
     state: Data,
     req: HttpRequest,
@@ -149,6 +156,7 @@ async fn email_available(
 
 /// `POST /auth/newuser`: Medplum's sign-up; answers `{login}` for
 /// `/auth/newproject` or `/auth/newpatient`.
+#[utoipa::path(post, path = "/auth/newuser", security(()), request_body(content = JsonObject, description = "{firstName, lastName, email, password, projectId?, clientId?, scope?, remember?}"), responses(JsonOk))]
 async fn new_user(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
     account::check_registration_open(&state)?;
     let body = body(&req, payload).await?;
@@ -171,6 +179,7 @@ async fn new_user(state: Data, req: HttpRequest, payload: web::Payload) -> Resul
     Ok(HttpResponse::Ok().json(serde_json::json!({ "login": login })))
 }
 
+#[utoipa::path(post, path = "/auth/newproject", security(()), request_body(content = JsonObject, description = "{login, projectName}"), responses(JsonOk))]
 async fn new_project(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
     account::check_registration_open(&state)?;
     let body = body(&req, payload).await?;
@@ -180,6 +189,7 @@ async fn new_project(state: Data, req: HttpRequest, payload: web::Payload) -> Re
     Ok(HttpResponse::Ok().json(outcome.to_json(&[])))
 }
 
+#[utoipa::path(post, path = "/auth/newpatient", security(()), request_body(content = JsonObject, description = "{login, projectId}"), responses(JsonOk))]
 async fn new_patient(state: Data, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
     account::check_registration_open(&state)?;
     let body = body(&req, payload).await?;
@@ -188,6 +198,7 @@ async fn new_patient(state: Data, req: HttpRequest, payload: web::Payload) -> Re
     Ok(HttpResponse::Ok().json(outcome.to_json(&[])))
 }
 
+#[utoipa::path(post, path = "/auth/changepassword", request_body(content = JsonObject, description = "{oldPassword, newPassword}"), responses(OutcomeOk))]
 async fn change_password(
     caller: Caller,
     state: Data,
@@ -198,6 +209,7 @@ async fn change_password(
     Ok(ok("Password changed; your other sessions are signed out"))
 }
 
+#[utoipa::path(post, path = "/auth/changeemail", request_body(content = JsonObject, description = "{email, password}"), responses(OutcomeOk))]
 async fn change_email(
     caller: Caller,
     state: Data,
@@ -211,6 +223,7 @@ async fn change_email(
 }
 
 /// A personal access token for the caller's own membership.
+#[utoipa::path(post, path = "/auth/tokens", request_body(content = JsonObject, description = "{scope?, lifetime?}"), responses(JsonOk))]
 async fn own_token(
     caller: Caller,
     state: Data,

@@ -12,6 +12,7 @@
 //! neither read that cookie nor make the token, so it cannot sign a victim
 //! into the attacker's account (login CSRF) or post a second step for them.
 
+use super::{openapi::JsonObject, routes::Routes};
 use std::collections::HashMap;
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
@@ -34,9 +35,10 @@ use crate::{
     error::{Error, Result},
 };
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/oauth2/authorize", web::get().to(authorize_get))
-        .route("/oauth2/authorize", web::post().to(authorize_post));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_authorize_get, authorize_get)
+        .add(__path_authorize_post, authorize_post);
 }
 
 const FORM_LIMIT: usize = 16 * 1024;
@@ -132,6 +134,7 @@ fn check_request(
     Ok(())
 }
 
+#[utoipa::path(get, path = "/oauth2/authorize", security(()), responses((status = 200, description = "The sign-in page", content_type = "text/html"), (status = 302, description = "Back to the redirect URI with `code` and `state`, or an `error`")))]
 async fn authorize_get(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
     let pairs = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| Error::BadRequest(format!("The query string is not valid: {e}")))?;
@@ -144,6 +147,7 @@ async fn authorize_get(state: web::Data<AppState>, req: HttpRequest) -> Result<H
     Ok(sign_in_page(&params, &checked, &form, None, StatusCode::OK))
 }
 
+#[utoipa::path(post, path = "/oauth2/authorize", security(()), request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "The authorization request's parameters with the sign-in form's"), responses((status = 200, description = "The sign-in page again, or the membership choice", content_type = "text/html"), (status = 302, description = "Back to the redirect URI with `code` and `state`, or an `error`")))]
 async fn authorize_post(
     state: web::Data<AppState>,
     req: HttpRequest,

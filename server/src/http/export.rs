@@ -2,6 +2,10 @@
 //! (202 with progress, then the manifest; `DELETE` cancels), and the NDJSON
 //! files, streamed from PostgreSQL to those who asked for them only.
 
+use super::{
+    openapi::{JsonObject, OperationOutcome},
+    routes::Routes,
+};
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 
 use super::{informational, query_pairs, FHIR_JSON};
@@ -14,24 +18,14 @@ use crate::{
 
 type Data = web::Data<AppState>;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/fhir/R4/$export").get(system).post(system))
-        .service(
-            web::resource("/fhir/R4/Patient/$export")
-                .get(patient)
-                .post(patient),
-        )
-        .service(
-            web::resource("/fhir/R4/Group/{id}/$export")
-                .get(group)
-                .post(group),
-        )
-        .service(
-            web::resource("/fhir/R4/$export-status/{job}")
-                .get(status)
-                .delete(cancel),
-        )
-        .service(web::resource("/fhir/R4/$export-output/{job}/{file}").get(download));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_system, system)
+        .add(__path_patient, patient)
+        .add(__path_group, group)
+        .add(__path_status, status)
+        .add(__path_cancel, cancel)
+        .add(__path_download, download);
 }
 
 /// `Prefer: respond-async` is required: an export is never answered inline.
@@ -75,14 +69,17 @@ async fn kick_off(
         .body(informational(&format!("Export {id} accepted")).to_string()))
 }
 
+#[utoipa::path(method(get, post), path = "/fhir/R4/$export", responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json")))]
 async fn system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     kick_off(caller, state, req, Level::System).await
 }
 
+#[utoipa::path(method(get, post), path = "/fhir/R4/Patient/$export", responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json")))]
 async fn patient(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     kick_off(caller, state, req, Level::Patient).await
 }
 
+#[utoipa::path(method(get, post), path = "/fhir/R4/Group/{id}/$export", responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json")))]
 async fn group(
     caller: Caller,
     state: Data,
@@ -92,6 +89,7 @@ async fn group(
     kick_off(caller, state, req, Level::Group(&path)).await
 }
 
+#[utoipa::path(get, path = "/fhir/R4/$export-status/{job}", responses((status = 200, description = "Complete: the manifest listing the output files", body = JsonObject), (status = 202, description = "Still running; `X-Progress` says how far")))]
 async fn status(caller: Caller, state: Data, path: web::Path<String>) -> Result<HttpResponse> {
     let job = export::job_of(&state, &caller, &path).await?;
     match job.status.as_str() {
@@ -123,6 +121,7 @@ async fn status(caller: Caller, state: Data, path: web::Path<String>) -> Result<
     }
 }
 
+#[utoipa::path(delete, path = "/fhir/R4/$export-status/{job}", responses((status = 202, description = "Cancelled", body = OperationOutcome, content_type = "application/fhir+json")))]
 async fn cancel(caller: Caller, state: Data, path: web::Path<String>) -> Result<HttpResponse> {
     let job = export::job_of(&state, &caller, &path).await?;
     state
@@ -138,6 +137,7 @@ async fn cancel(caller: Caller, state: Data, path: web::Path<String>) -> Result<
     ))
 }
 
+#[utoipa::path(get, path = "/fhir/R4/$export-output/{job}/{file}", responses((status = 200, description = "One file of the export: one resource per line", content_type = "application/fhir+ndjson")))]
 async fn download(
     caller: Caller,
     state: Data,

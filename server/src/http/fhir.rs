@@ -2,6 +2,13 @@
 //! (so an unauthenticated request learns nothing), then negotiates, then
 //! calls the interaction in `crate::fhir`.
 
+use super::{
+    openapi::{
+        Bundle, BundleOk, Created, JsonObject, OutcomeOk, Parameters, Resource, ResourceOk,
+        SearchQuery,
+    },
+    routes::Routes,
+};
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 
 use super::{
@@ -17,81 +24,31 @@ use crate::{
 
 type Data = web::Data<AppState>;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let method_not_allowed = || {
-        web::route().to(|req: HttpRequest| async move {
-            Err::<HttpResponse, _>(Error::MethodNotAllowed(format!(
-                "{} is not supported on {}",
-                req.method(),
-                req.path()
-            )))
-        })
-    };
-    cfg.service(
-        web::resource("/fhir/R4/metadata")
-            .get(metadata)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource(["/fhir/R4", "/fhir/R4/"])
-            .get(search_system)
-            .post(bundle)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/_search")
-            .post(search_system_post)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/_history")
-            .get(history_system)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{type}/_search")
-            .post(search_type_post)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{type}/_history")
-            .get(history_type)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{type}/{id}/_history/{vid}")
-            .get(vread)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{type}/{id}/_history")
-            .get(history_instance)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{compartment}/{id}/{type}")
-            .get(search_compartment)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{type}/{id}")
-            .get(read)
-            .put(update)
-            .patch(patch)
-            .delete(delete)
-            .default_service(method_not_allowed()),
-    )
-    .service(
-        web::resource("/fhir/R4/{type}")
-            .post(create)
-            .get(search_type)
-            .put(conditional_update)
-            .patch(conditional_patch)
-            .delete(conditional_delete)
-            .default_service(method_not_allowed()),
-    );
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_metadata, metadata)
+        .add(__path_search_system, search_system)
+        .add(__path_bundle, bundle)
+        .alias("/fhir/R4", "/fhir/R4/")
+        .add(__path_search_system_post, search_system_post)
+        .add(__path_history_system, history_system)
+        .add(__path_search_type_post, search_type_post)
+        .add(__path_history_type, history_type)
+        .add(__path_vread, vread)
+        .add(__path_history_instance, history_instance)
+        .add(__path_search_compartment, search_compartment)
+        .add(__path_read, read)
+        .add(__path_update, update)
+        .add(__path_patch, patch)
+        .add(__path_delete, delete)
+        .add(__path_create, create)
+        .add(__path_search_type, search_type)
+        .add(__path_conditional_update, conditional_update)
+        .add(__path_conditional_patch, conditional_patch)
+        .add(__path_conditional_delete, conditional_delete);
 }
 
+#[utoipa::path(get, path = "/fhir/R4/metadata", security(()), responses(ResourceOk))]
 async fn metadata(state: Data, req: HttpRequest) -> Result<HttpResponse> {
     check_accept(&req)?;
     Ok(HttpResponse::Ok()
@@ -99,6 +56,7 @@ async fn metadata(state: Data, req: HttpRequest) -> Result<HttpResponse> {
         .body(state.capability.clone()))
 }
 
+#[utoipa::path(post, path = "/fhir/R4/{type}", request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(Created, ResourceOk))]
 async fn create(
     caller: Caller,
     state: Data,
@@ -168,6 +126,7 @@ pub(super) fn created_response(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/fhir/R4/{type}/{id}", responses(ResourceOk))]
 async fn read(
     caller: Caller,
     state: Data,
@@ -188,6 +147,11 @@ async fn read(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/{type}/{id}/_history/{vid}",
+    responses(ResourceOk)
+)]
 async fn vread(
     caller: Caller,
     state: Data,
@@ -311,6 +275,7 @@ async fn update_target(
     Ok(write_response(&req, &version, outcome))
 }
 
+#[utoipa::path(put, path = "/fhir/R4/{type}/{id}", request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(ResourceOk, Created))]
 async fn update(
     caller: Caller,
     state: Data,
@@ -325,6 +290,7 @@ async fn update(
     update_target(caller, state, req, Target::instance(path), payload).await
 }
 
+#[utoipa::path(put, path = "/fhir/R4/{type}", params(SearchQuery), request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(ResourceOk, Created))]
 async fn conditional_update(
     caller: Caller,
     state: Data,
@@ -405,6 +371,7 @@ async fn patch_target(
     Ok(write_response(&req, &version, outcome))
 }
 
+#[utoipa::path(patch, path = "/fhir/R4/{type}/{id}", request_body(content((Vec<JsonObject> = "application/json-patch+json"), (Parameters = "application/fhir+json")), description = "A JSON Patch, or a FHIRPath Patch Parameters resource"), responses(ResourceOk))]
 async fn patch(
     caller: Caller,
     state: Data,
@@ -415,6 +382,7 @@ async fn patch(
     patch_target(caller, state, req, Target::instance(path), payload).await
 }
 
+#[utoipa::path(patch, path = "/fhir/R4/{type}", params(SearchQuery), request_body(content((Vec<JsonObject> = "application/json-patch+json"), (Parameters = "application/fhir+json")), description = "A JSON Patch, or a FHIRPath Patch Parameters resource"), responses(ResourceOk))]
 async fn conditional_patch(
     caller: Caller,
     state: Data,
@@ -460,6 +428,7 @@ async fn delete_target(
         .body(super::informational(&message).to_string()))
 }
 
+#[utoipa::path(delete, path = "/fhir/R4/{type}/{id}", responses(OutcomeOk))]
 async fn delete(
     caller: Caller,
     state: Data,
@@ -469,6 +438,12 @@ async fn delete(
     delete_target(caller, state, req, Target::instance(path)).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/fhir/R4/{type}",
+    params(SearchQuery),
+    responses(OutcomeOk)
+)]
 async fn conditional_delete(
     caller: Caller,
     state: Data,
@@ -480,6 +455,7 @@ async fn conditional_delete(
 }
 
 /// `POST /fhir/R4` with a batch or transaction Bundle.
+#[utoipa::path(post, path = "/fhir/R4", request_body(content = Bundle, content_type = "application/fhir+json", description = "A batch or transaction Bundle"), responses(BundleOk))]
 async fn bundle(
     caller: Caller,
     state: Data,
@@ -548,6 +524,12 @@ async fn post_query(
     fhir::search::without_nul(query)
 }
 
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/{type}",
+    params(SearchQuery),
+    responses(BundleOk)
+)]
 async fn search_type(
     caller: Caller,
     state: Data,
@@ -563,6 +545,7 @@ async fn search_type(
     run_search(caller, state, req, scope, query, &self_path).await
 }
 
+#[utoipa::path(post, path = "/fhir/R4/{type}/_search", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "Search parameters"), responses(BundleOk))]
 async fn search_type_post(
     caller: Caller,
     state: Data,
@@ -580,6 +563,7 @@ async fn search_type_post(
     run_search(caller, state, req, scope, query, &self_path).await
 }
 
+#[utoipa::path(get, path = "/fhir/R4", params(SearchQuery), responses(BundleOk))]
 async fn search_system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     let query = query_pairs(&req)?;
     let scope = SearchScope {
@@ -589,6 +573,7 @@ async fn search_system(caller: Caller, state: Data, req: HttpRequest) -> Result<
     run_search(caller, state, req, scope, query, "fhir/R4").await
 }
 
+#[utoipa::path(post, path = "/fhir/R4/_search", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "Search parameters"), responses(BundleOk))]
 async fn search_system_post(
     caller: Caller,
     state: Data,
@@ -603,6 +588,12 @@ async fn search_system_post(
     run_search(caller, state, req, scope, query, "fhir/R4").await
 }
 
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/{compartment}/{id}/{type}",
+    params(SearchQuery),
+    responses(BundleOk)
+)]
 async fn search_compartment(
     caller: Caller,
     state: Data,
@@ -651,10 +642,12 @@ async fn history(
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
 }
 
+#[utoipa::path(get, path = "/fhir/R4/_history", responses(BundleOk))]
 async fn history_system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     history(caller, state, req, None, None).await
 }
 
+#[utoipa::path(get, path = "/fhir/R4/{type}/_history", responses(BundleOk))]
 async fn history_type(
     caller: Caller,
     state: Data,
@@ -664,6 +657,7 @@ async fn history_type(
     history(caller, state, req, Some(&path), None).await
 }
 
+#[utoipa::path(get, path = "/fhir/R4/{type}/{id}/_history", responses(BundleOk))]
 async fn history_instance(
     caller: Caller,
     state: Data,

@@ -10,7 +10,9 @@ pub mod client_address;
 pub mod export;
 pub mod fhir;
 pub mod oauth;
+pub mod openapi;
 pub mod ratelimit;
+pub mod routes;
 pub mod subscriptions;
 
 use actix_web::{
@@ -26,6 +28,24 @@ use crate::{
     error::{Error, Result},
     store::Version,
 };
+
+/// Every route, in matching order.
+pub fn routes() -> routes::Routes {
+    let mut routes = routes::Routes::default();
+    routes.add(crate::app::__path_healthcheck, crate::app::healthcheck);
+    openapi::routes(&mut routes);
+    auth::routes(&mut routes);
+    authorize::routes(&mut routes);
+    oauth::routes(&mut routes);
+    auth_lifecycle::routes(&mut routes);
+    // Before the FHIR routes, which would take `$rotate-secret` for a compartment.
+    admin::routes(&mut routes);
+    subscriptions::routes(&mut routes);
+    // Before the FHIR routes, which would take `$export` for a type or an id.
+    export::routes(&mut routes);
+    fhir::routes(&mut routes);
+    routes
+}
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 

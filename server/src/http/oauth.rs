@@ -2,6 +2,10 @@
 //! discovery documents. Errors of the token, introspection and revocation
 //! endpoints use RFC 6749's `{error, error_description}` shape.
 
+use super::{
+    openapi::{JsonObject, JsonOk},
+    routes::Routes,
+};
 use std::collections::HashMap;
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
@@ -20,28 +24,18 @@ use crate::{
     store::Tenant,
 };
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/oauth2/token", web::post().to(token))
-        .route("/oauth2/userinfo", web::get().to(userinfo))
-        .route("/oauth2/userinfo", web::post().to(userinfo))
-        .route("/oauth2/introspect", web::post().to(introspect))
-        .route("/oauth2/revoke", web::post().to(revoke))
-        .route("/oauth2/logout", web::get().to(logout))
-        .route("/oauth2/logout", web::post().to(logout))
-        .route("/.well-known/jwks.json", web::get().to(jwks))
-        .route(
-            "/.well-known/openid-configuration",
-            web::get().to(openid_configuration),
-        )
-        .route(
-            "/.well-known/oauth-authorization-server",
-            web::get().to(authorization_server),
-        )
-        .route(
-            "/.well-known/smart-configuration",
-            web::get().to(smart_configuration),
-        )
-        .route("/admin/super/keys/rotate", web::post().to(rotate_keys));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_token, token)
+        .add(__path_userinfo, userinfo)
+        .add(__path_introspect, introspect)
+        .add(__path_revoke, revoke)
+        .add(__path_logout, logout)
+        .add(__path_jwks, jwks)
+        .add(__path_openid_configuration, openid_configuration)
+        .add(__path_authorization_server, authorization_server)
+        .add(__path_smart_configuration, smart_configuration)
+        .add(__path_rotate_keys, rotate_keys);
 }
 
 /// Token requests are small; a tight limit keeps this unauthenticated route cheap.
@@ -95,6 +89,7 @@ fn no_store(mut response: actix_web::HttpResponseBuilder, body: Value) -> HttpRe
         .json(body)
 }
 
+#[utoipa::path(post, path = "/oauth2/token", security(()), request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "grant_type authorization_code (with code_verifier), refresh_token or client_credentials; client authentication by HTTP Basic, client_secret or client_assertion"), responses(JsonOk))]
 async fn token(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -108,6 +103,7 @@ async fn token(
 
 /// OpenID Connect UserInfo: `sub` and `fhirUser` always, names with the
 /// `profile` scope, the email with the `email` scope.
+#[utoipa::path(method(get, post), path = "/oauth2/userinfo", responses(JsonOk))]
 async fn userinfo(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
     let subject = caller
         .user
@@ -138,6 +134,7 @@ async fn userinfo(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 /// RFC 7662. The caller authenticates as a client (or with a bearer token)
 /// and learns only about tokens of its own project; anything else is
 /// `{"active": false}`.
+#[utoipa::path(post, path = "/oauth2/introspect", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "token"), responses(JsonOk))]
 async fn introspect(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -184,6 +181,7 @@ async fn requester_project(
 /// RFC 7009: revokes the Login behind an access or refresh token, which
 /// ends every token of that sign-in. Answers 200 whether or not the token
 /// was valid; a token of another client is left alone.
+#[utoipa::path(post, path = "/oauth2/revoke", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "token"), responses((status = 200, description = "Revoked, or nothing to revoke")))]
 async fn revoke(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -207,6 +205,7 @@ async fn revoke(
 }
 
 /// Ends the caller's sign-in (Medplum's `/oauth2/logout`).
+#[utoipa::path(method(get, post), path = "/oauth2/logout", responses(JsonOk))]
 async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
     let tx = state.store.begin().await?;
     revoke_login(&state, &tx, caller.login_id).await?;
@@ -214,6 +213,7 @@ async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     Ok(no_store(HttpResponse::Ok(), json!({"ok": true})))
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", security(()), responses(JsonOk))]
 async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok()
         .content_type("application/json")
@@ -222,7 +222,7 @@ async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse> {
 }
 
 /// Scopes fhirgate understands (SMART v1 and v2 forms of the resource scopes).
-const SCOPES: &[&str] = &[
+pub(crate) const SCOPES: &[&str] = &[
     "openid",
     "profile",
     "email",
@@ -274,10 +274,12 @@ fn discovery(body: Value) -> HttpResponse {
         .json(body)
 }
 
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", security(()), responses(JsonOk))]
 async fn authorization_server(state: web::Data<AppState>) -> HttpResponse {
     discovery(authorization_server_metadata(&state.base_url))
 }
 
+#[utoipa::path(get, path = "/.well-known/openid-configuration", security(()), responses(JsonOk))]
 async fn openid_configuration(state: web::Data<AppState>) -> HttpResponse {
     let base = &state.base_url;
     let mut body = authorization_server_metadata(base);
@@ -305,6 +307,7 @@ async fn openid_configuration(state: web::Data<AppState>) -> HttpResponse {
 
 /// SMART App Launch 2.0 §2.1: the required fields and the capabilities
 /// fhirgate implements.
+#[utoipa::path(get, path = "/.well-known/smart-configuration", security(()), responses(JsonOk))]
 async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
     let base = &state.base_url;
     let mut body = authorization_server_metadata(base);
@@ -329,6 +332,7 @@ async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
 
 /// Adds a signing key that signs from now on; older keys stay published
 /// until their tokens expire. Super admins only.
+#[utoipa::path(post, path = "/admin/super/keys/rotate", responses(JsonOk))]
 async fn rotate_keys(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
     caller.require_full_access()?;
     if !caller.is_super_admin() {

@@ -1,26 +1,25 @@
 //! Subscription routes: the websocket binding token and the websocket
 //! itself (`crate::subscriptions::websocket` speaks the protocol).
 
+use super::{openapi::ParametersOk, routes::Routes};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::FHIR_JSON;
-use crate::{
-    app::AppState,
-    auth::Caller,
-    error::Result,
-    subscriptions::websocket::{self, PATH},
-};
+use crate::{app::AppState, auth::Caller, error::Result, subscriptions::websocket};
 
 /// Before the FHIR routes, which would take the operation for a
 /// compartment search.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/fhir/R4/Subscription/{id}/$get-ws-binding-token",
-        web::get().to(binding_token),
-    )
-    .route(PATH, web::get().to(connect));
+pub fn routes(routes: &mut Routes) {
+    routes
+        .add(__path_binding_token, binding_token)
+        .add(__path_connect, connect);
 }
 
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/Subscription/{id}/$get-ws-binding-token",
+    responses(ParametersOk)
+)]
 async fn binding_token(
     caller: Caller,
     state: web::Data<AppState>,
@@ -33,6 +32,7 @@ async fn binding_token(
 }
 
 /// The websocket: upgraded here, served on this worker thread.
+#[utoipa::path(get, path = "/ws/subscriptions-r4", security(()), responses((status = 101, description = "A websocket: send `bind-with-token` with a token from `$get-ws-binding-token`; notifications are Bundles")))]
 async fn connect(
     req: HttpRequest,
     body: web::Payload,
