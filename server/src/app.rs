@@ -57,6 +57,17 @@ pub struct AppState {
     pub jwks: crate::auth::client::JwksCache,
     /// Subscription delivery: its workers and this instance's websockets.
     pub subscriptions: crate::subscriptions::Hub,
+    /// The console's client, when the console is on.
+    pub console_client: Option<crate::console::ConsoleClient>,
+}
+
+impl AppState {
+    /// Whether `client` signs people in to any of their projects: the
+    /// console's does; every other client only to its own project.
+    pub fn signs_in_to_any_project(&self, client: &crate::auth::client::Client) -> bool {
+        self.console_client
+            .is_some_and(|console| console.is(client))
+    }
 }
 
 impl AppState {
@@ -134,7 +145,14 @@ impl Application {
             .base_url
             .clone()
             .unwrap_or_else(|| format!("http://{address}/"));
+        let console_client = store
+            .with_startup_lock(async |_| {
+                crate::console::client::ensure(&store, &validator, &base_url, config.console).await
+            })
+            .await?;
+        let console = config.console;
         let state = web::Data::new(AppState {
+            console_client,
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
             sessions,
             bundle_permits: tokio::sync::Semaphore::new(config.bundle_concurrency),
@@ -177,6 +195,11 @@ impl Application {
                 .wrap(from_fn(crate::metrics::record))
                 .wrap(from_fn(log_request))
                 .route("/healthcheck", web::get().to(healthcheck))
+                .configure(|cfg| {
+                    if console {
+                        crate::console::routes(cfg);
+                    }
+                })
                 .configure(http::auth::routes)
                 .configure(http::authorize::routes)
                 .configure(http::oauth::routes)

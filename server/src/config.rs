@@ -78,6 +78,9 @@ pub struct Config {
     /// Requests slower than this are logged with their SQL statement count
     /// and time (`FHIRGATE_SLOW_REQUEST_MS`).
     pub slow_request: Duration,
+    /// Whether the browser console is served at `/console/` and its client
+    /// signs people in (`FHIRGATE_CONSOLE`).
+    pub console: bool,
     pub admin: AdminBootstrap,
     pub lifecycle: Lifecycle,
     pub limits: Limits,
@@ -307,6 +310,15 @@ impl Config {
                 .map(|v| parse("FHIRGATE_METRICS_BIND", &v))
                 .transpose()?,
             slow_request: Duration::from_millis(number("FHIRGATE_SLOW_REQUEST_MS", 1000)? as u64),
+            console: match var("FHIRGATE_CONSOLE").as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "FHIRGATE_CONSOLE must be 'on' or 'off', not '{other}'"
+                    )))
+                }
+            },
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -351,6 +363,7 @@ impl Config {
             analyze_after: crate::store::DEFAULT_ANALYZE_AFTER,
             metrics_bind: None,
             slow_request: Duration::from_secs(1),
+            console: true,
             admin: AdminBootstrap::default(),
             lifecycle: Lifecycle::default(),
             limits: Limits::default(),
