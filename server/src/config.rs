@@ -222,15 +222,11 @@ impl Config {
                 "FHIRGATE_VERIFY_LINK_LIFETIME",
                 defaults.verify_link_lifetime,
             )?,
-            registration_enabled: match var("FHIRGATE_REGISTRATION").as_deref() {
-                None | Some("open") => true,
-                Some("closed") => false,
-                Some(other) => {
-                    return Err(Error::Config(format!(
-                        "FHIRGATE_REGISTRATION must be 'open' or 'closed', not '{other}'"
-                    )))
-                }
-            },
+            registration_enabled: switch(
+                "FHIRGATE_REGISTRATION",
+                var("FHIRGATE_REGISTRATION"),
+                ("open", "closed"),
+            )?,
             max_personal_token_lifetime: seconds(
                 "FHIRGATE_MAX_PERSONAL_TOKEN_LIFETIME",
                 defaults.max_personal_token_lifetime,
@@ -310,15 +306,7 @@ impl Config {
                 .map(|v| parse("FHIRGATE_METRICS_BIND", &v))
                 .transpose()?,
             slow_request: Duration::from_millis(number("FHIRGATE_SLOW_REQUEST_MS", 1000)? as u64),
-            console: match var("FHIRGATE_CONSOLE").as_deref() {
-                None | Some("on") => true,
-                Some("off") => false,
-                Some(other) => {
-                    return Err(Error::Config(format!(
-                        "FHIRGATE_CONSOLE must be 'on' or 'off', not '{other}'"
-                    )))
-                }
-            },
+            console: switch("FHIRGATE_CONSOLE", var("FHIRGATE_CONSOLE"), ("on", "off"))?,
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -389,6 +377,18 @@ fn trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, Error> {
                 })
         })
         .collect()
+}
+
+/// A variable that is one of two words, `(on, off)`; unset means on.
+fn switch(name: &str, value: Option<String>, (on, off): (&str, &str)) -> Result<bool, Error> {
+    match value.as_deref() {
+        None => Ok(true),
+        Some(v) if v == on => Ok(true),
+        Some(v) if v == off => Ok(false),
+        Some(other) => Err(Error::Config(format!(
+            "{name} must be '{on}' or '{off}', not '{other}'"
+        ))),
+    }
 }
 
 fn with_trailing_slash(mut url: String) -> String {

@@ -266,6 +266,31 @@ async fn project_with_admin(app: &TestApp, name: &str, email: &str) -> (String, 
     (project.id, project.admin, user.membership_id)
 }
 
+/// A server with a project whose admin has signed in to the console.
+struct AdminConsole {
+    chrome: Chrome,
+    app: TestApp,
+    project_id: String,
+    /// The project's admin client, for setting up data.
+    admin: Session,
+    membership_id: String,
+}
+
+async fn admin_console(project: &str, email: &str) -> AdminConsole {
+    let app = TestApp::spawn().await;
+    let (project_id, admin, membership_id) = project_with_admin(&app, project, email).await;
+    let chrome = Chrome::start(&app).await;
+    chrome.sign_in(email, TEST_PASSWORD).await;
+    chrome.heading(project).await;
+    AdminConsole {
+        chrome,
+        app,
+        project_id,
+        admin,
+        membership_id,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn super_admin_creates_a_project_and_invites_its_admin() {
     let smtp = SmtpServer::start().await;
@@ -315,6 +340,10 @@ async fn super_admin_creates_a_project_and_invites_its_admin() {
     chrome
         .wait_text(".notice", "Invited rita@riverside.test as admin")
         .await;
+
+    chrome.click_link("Audit").await;
+    chrome.heading("Audit").await;
+    chrome.wait_text("main td", "user-invited").await;
 
     let mail = smtp.next().await;
     assert_eq!(mail.to, vec!["rita@riverside.test".to_string()]);
@@ -389,11 +418,12 @@ async fn invitee_sets_a_password_from_the_email_and_signs_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_invites_promotes_and_removes_members() {
-    let app = TestApp::spawn().await;
-    let (project_id, _, _) = project_with_admin(&app, "Oak Clinic", "boss@oak.test").await;
-    let chrome = Chrome::start(&app).await;
-    chrome.sign_in("boss@oak.test", TEST_PASSWORD).await;
-    chrome.heading("Oak Clinic").await;
+    let AdminConsole {
+        chrome,
+        app,
+        project_id,
+        ..
+    } = admin_console("Oak Clinic", "boss@oak.test").await;
     chrome.click_link("Invite").await;
     chrome.heading("Invite").await;
     chrome.fill("First name", "Paula").await;
@@ -480,11 +510,7 @@ async fn admin_invites_promotes_and_removes_members() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_created_clients_secret_works_with_client_credentials() {
-    let app = TestApp::spawn().await;
-    project_with_admin(&app, "Lab", "lab@lab.test").await;
-    let chrome = Chrome::start(&app).await;
-    chrome.sign_in("lab@lab.test", TEST_PASSWORD).await;
-    chrome.heading("Lab").await;
+    let AdminConsole { chrome, app, .. } = admin_console("Lab", "lab@lab.test").await;
     chrome.click_link("Clients").await;
     chrome.heading("Clients").await;
     chrome.fill("Name", "Results feed").await;
@@ -515,11 +541,7 @@ async fn a_created_clients_secret_works_with_client_credentials() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_access_policy_error_is_shown_inline_then_fixed() {
-    let app = TestApp::spawn().await;
-    project_with_admin(&app, "Policy Lab", "pol@lab.test").await;
-    let chrome = Chrome::start(&app).await;
-    chrome.sign_in("pol@lab.test", TEST_PASSWORD).await;
-    chrome.heading("Policy Lab").await;
+    let AdminConsole { chrome, app, .. } = admin_console("Policy Lab", "pol@lab.test").await;
     chrome.click_link("Access policies").await;
     chrome.click_link("New access policy").await;
     chrome.heading("New access policy").await;
@@ -546,8 +568,13 @@ async fn an_access_policy_error_is_shown_inline_then_fixed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resources_are_searched_and_opened() {
-    let app = TestApp::spawn().await;
-    let (_, admin, _) = project_with_admin(&app, "Records", "rec@records.test").await;
+    // Bound, not `..`: the server lives as long as the binding.
+    let AdminConsole {
+        chrome,
+        admin,
+        app: _app,
+        ..
+    } = admin_console("Records", "rec@records.test").await;
     for (given, family) in [("Anna", "Smith"), ("Ben", "Smith"), ("Cleo", "Jones")] {
         admin
             .create(
@@ -555,9 +582,6 @@ async fn resources_are_searched_and_opened() {
             )
             .await;
     }
-    let chrome = Chrome::start(&app).await;
-    chrome.sign_in("rec@records.test", TEST_PASSWORD).await;
-    chrome.heading("Records").await;
     chrome.click_link("Resources").await;
     chrome.heading("Resources").await;
     chrome.fill("Resource type", "Patient").await;
@@ -655,11 +679,12 @@ async fn a_patient_sees_only_the_account_page() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ended_session_says_so() {
-    let app = TestApp::spawn().await;
-    let (_, _, membership_id) = project_with_admin(&app, "Brief", "brief@brief.test").await;
-    let chrome = Chrome::start(&app).await;
-    chrome.sign_in("brief@brief.test", TEST_PASSWORD).await;
-    chrome.heading("Brief").await;
+    let AdminConsole {
+        chrome,
+        app,
+        membership_id,
+        ..
+    } = admin_console("Brief", "brief@brief.test").await;
     // The membership is switched off elsewhere: its tokens and refresh stop.
     let root = app.super_admin().await;
     let response = root
