@@ -61,6 +61,17 @@ pub struct AppState {
     pub jwks: crate::auth::client::JwksCache,
     /// Subscription delivery: its workers and this instance's websockets.
     pub subscriptions: crate::subscriptions::Hub,
+    /// The console's client, when the console is on.
+    pub console_client: Option<crate::console::ConsoleClient>,
+}
+
+impl AppState {
+    /// Whether `client` signs people in to any of their projects: the
+    /// console's does; every other client only to its own project.
+    pub fn signs_in_to_any_project(&self, client: &crate::auth::client::Client) -> bool {
+        self.console_client
+            .is_some_and(|console| console.is(client))
+    }
 }
 
 impl AppState {
@@ -167,7 +178,14 @@ impl Application {
             .base_url
             .clone()
             .unwrap_or_else(|| format!("http://{address}/"));
+        let console_client = store
+            .with_startup_lock(async |_| {
+                crate::console::client::ensure(&store, &validator, &base_url, config.console).await
+            })
+            .await?;
+        let console = config.console;
         let state = web::Data::new(AppState {
+            console_client,
             auth_limiter: AuthLimiter::new(config.auth_rate_limit),
             sessions,
             _remembered: remembered,
@@ -213,6 +231,11 @@ impl Application {
                 .wrap(from_fn(http::ratelimit::limit_auth))
                 .wrap(from_fn(crate::metrics::record))
                 .wrap(from_fn(log_request))
+                .configure(|cfg| {
+                    if console {
+                        crate::console::routes(cfg);
+                    }
+                })
                 .configure(|cfg| http::routes().install(cfg))
                 .default_service(web::to(not_found))
         })

@@ -85,6 +85,9 @@ pub struct Config {
     /// Requests slower than this are logged with their SQL statement count
     /// and time (`FHIRGATE_SLOW_REQUEST_MS`).
     pub slow_request: Duration,
+    /// Whether the browser console is served at `/console/` and its client
+    /// signs people in (`FHIRGATE_CONSOLE`).
+    pub console: bool,
     pub admin: AdminBootstrap,
     pub lifecycle: Lifecycle,
     pub limits: Limits,
@@ -226,15 +229,11 @@ impl Config {
                 "FHIRGATE_VERIFY_LINK_LIFETIME",
                 defaults.verify_link_lifetime,
             )?,
-            registration_enabled: match var("FHIRGATE_REGISTRATION").as_deref() {
-                None | Some("open") => true,
-                Some("closed") => false,
-                Some(other) => {
-                    return Err(Error::Config(format!(
-                        "FHIRGATE_REGISTRATION must be 'open' or 'closed', not '{other}'"
-                    )))
-                }
-            },
+            registration_enabled: switch(
+                "FHIRGATE_REGISTRATION",
+                var("FHIRGATE_REGISTRATION"),
+                ("open", "closed"),
+            )?,
             max_personal_token_lifetime: seconds(
                 "FHIRGATE_MAX_PERSONAL_TOKEN_LIFETIME",
                 defaults.max_personal_token_lifetime,
@@ -317,6 +316,7 @@ impl Config {
                 .map(|v| parse("FHIRGATE_METRICS_BIND", &v))
                 .transpose()?,
             slow_request: Duration::from_millis(number("FHIRGATE_SLOW_REQUEST_MS", 1000)? as u64),
+            console: switch("FHIRGATE_CONSOLE", var("FHIRGATE_CONSOLE"), ("on", "off"))?,
             admin: AdminBootstrap {
                 email: var("FHIRGATE_ADMIN_EMAIL"),
                 password: var("FHIRGATE_ADMIN_PASSWORD"),
@@ -362,6 +362,7 @@ impl Config {
             analyze_after: crate::store::DEFAULT_ANALYZE_AFTER,
             metrics_bind: None,
             slow_request: Duration::from_secs(1),
+            console: true,
             admin: AdminBootstrap::default(),
             lifecycle: Lifecycle::default(),
             limits: Limits::default(),
@@ -387,6 +388,18 @@ fn trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, Error> {
                 })
         })
         .collect()
+}
+
+/// A variable that is one of two words, `(on, off)`; unset means on.
+fn switch(name: &str, value: Option<String>, (on, off): (&str, &str)) -> Result<bool, Error> {
+    match value.as_deref() {
+        None => Ok(true),
+        Some(v) if v == on => Ok(true),
+        Some(v) if v == off => Ok(false),
+        Some(other) => Err(Error::Config(format!(
+            "{name} must be '{on}' or '{off}', not '{other}'"
+        ))),
+    }
 }
 
 fn with_trailing_slash(mut url: String) -> String {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod email;
 pub mod error;
 pub mod export;

@@ -162,7 +162,7 @@ impl Mail {
             .unwrap_or_else(|| panic!("no {page} link in {text}"));
         let rest: String = text[start + page.len() + 2..]
             .chars()
-            .take_while(|c| !c.is_whitespace())
+            .take_while(|c| !c.is_whitespace() && *c != '?')
             .collect();
         let (id, secret) = rest.split_once('/').expect("id/secret");
         (id.to_string(), secret.to_string())

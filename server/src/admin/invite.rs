@@ -585,7 +585,7 @@ async fn invitation_email(
             format!("You were added to {name}."),
             format!("The next time you sign in, you will see {name} as an option."),
         ],
-        Some(&format!("{app}signin")),
+        Some(&format!("{app}signin{}", links::project_query(user))),
     ))
 }
 

@@ -62,7 +62,22 @@ pub async fn create(
         RequestKind::Invite | RequestKind::Reset => "setpassword",
     };
     let app = lifecycle.app_base_url.as_deref().unwrap_or(&state.base_url);
-    Ok(format!("{app}{page}/{}/{secret}", request.id))
+    Ok(format!(
+        "{app}{page}/{}/{secret}{}",
+        request.id,
+        project_query(user)
+    ))
+}
+
+/// `?project=<id>` for a project-scoped user, whose sign-in names the
+/// project (the console's sign-in page passes it on); nothing for others.
+pub fn project_query(user: &Found) -> String {
+    let project = user.version.project_id;
+    if project.is_nil() {
+        String::new()
+    } else {
+        format!("?project={project}")
+    }
 }
 
 /// Checks a presented link. Unknown ids and wrong secrets get the same answer

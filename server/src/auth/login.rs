@@ -65,6 +65,9 @@ pub struct LoginParams {
     /// `password`, `external`, … (Login.authMethod).
     pub auth_method: &'static str,
     pub context: LoginContext,
+    /// The client signs people in to any of their projects (the console's),
+    /// not only to its own.
+    pub any_project: bool,
 }
 
 /// A membership a user can choose.
@@ -164,7 +167,11 @@ impl LoginRequest {
             }
         }
         let scope = grant_scope(&self.scope, client.as_ref())?;
+        let any_project = client
+            .as_ref()
+            .is_some_and(|c| state.signs_in_to_any_project(c));
         Ok(LoginParams {
+            any_project,
             client,
             scope,
             auth_method,
@@ -234,11 +241,11 @@ pub async fn password_login(
         (Some(p), _) if !p.is_empty() => {
             Some(fhir::parse_id(p).ok_or_else(|| bad("projectId is not a valid id"))?)
         }
-        (_, Some(client)) => Some(client.project_id),
+        (_, Some(client)) if !params.any_project => Some(client.project_id),
         _ => None,
     };
     if let (Some(p), Some(client)) = (project_id, &params.client) {
-        if client.project_id != p {
+        if client.project_id != p && !params.any_project {
             return Err(bad("The client does not belong to this project"));
         }
     }
@@ -602,7 +609,9 @@ fn new_login(user: &Version, params: &LoginParams) -> (Uuid, Stamp, Value) {
     }
     if let Some(client) = &params.client {
         login["client"] = json!({"reference": client.reference()});
-        login["project"] = json!({"reference": format!("Project/{}", client.project_id)});
+        if !params.any_project {
+            login["project"] = json!({"reference": format!("Project/{}", client.project_id)});
+        }
     }
     (login_id, stamp, login)
 }

@@ -53,6 +53,9 @@ const OAUTH_PARAMS: &[&str] = &[
     "nonce",
     "code_challenge",
     "code_challenge_method",
+    // fhirgate's: the project of a project-scoped user (a patient) signing in
+    // through the console, whose sign-ins are not limited to one project.
+    "project_id",
 ];
 
 type Params = HashMap<String, String>;
@@ -226,7 +229,7 @@ async fn authorize_post(
             let request = LoginRequest {
                 email: get("email").unwrap_or_default(),
                 password: get("password").unwrap_or_default(),
-                project_id: None,
+                project_id: get("project_id"),
                 client_id: Some(checked.client.id.to_string()),
                 scope: get("scope").unwrap_or_default(),
                 context: LoginContext {

@@ -616,6 +616,16 @@ impl Store {
         Ok(!self.query(&q).await?.is_empty())
     }
 
+    /// The super-admin Project (the first one bootstrapped), if any.
+    pub async fn super_admin_project(&self) -> Result<Option<Uuid>> {
+        let q = Query::new(
+            "SELECT id FROM resource WHERE resource_type = 'Project' AND project_id = id \
+             AND NOT deleted AND (content::jsonb) ->> 'superAdmin' = 'true' \
+             ORDER BY last_updated LIMIT 1",
+        );
+        Ok(self.query(&q).await?.first().map(|row| row.get(0)))
+    }
+
     pub async fn secret_hash(
         &self,
         resource_type: &str,
