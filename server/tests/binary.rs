@@ -2,137 +2,23 @@
 //! local PostgreSQL, credentials printed once, a clear message when the
 //! database is down, and a graceful stop on SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+#[allow(dead_code)] // Uses part of the shared harness.
+mod common;
 
+use std::{process::Command, time::Duration};
+
+use common::{client_token, start, start_logging, Admin, Logs, TestDatabase};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn postgres_server() -> String {
-    std::env::var("FHIRGATE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-struct Running {
-    child: Child,
-    address: String,
-    /// Every log line printed up to "listening".
-    startup_log: Vec<String>,
-    /// The lines after it, with [`Logs::Kept`].
-    log: Option<mpsc::Receiver<String>>,
-}
-
-/// Starts the binary on a free port with JSON logs and waits until it listens.
-fn start(database_url: &str) -> Running {
-    start_logging(database_url, Logs::Read, &[])
-}
-
-/// What becomes of the log once the server listens.
-#[derive(PartialEq)]
-enum Logs {
-    Read,
-    /// The reader goes away: stdout and stderr are broken pipes.
-    Abandoned,
-    /// The test reads the lines after start-up ([`Running::log`]).
-    Kept,
-}
-
-/// Starts the binary with `env` besides the defaults.
-fn start_logging(database_url: &str, logs: Logs, env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-        .env_clear()
-        .envs(env.iter().copied())
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("FHIRGATE_BIND", "127.0.0.1:0")
-        .env("FHIRGATE_LOG_FORMAT", "json")
-        .env("FHIRGATE_LOG_LEVEL", "debug")
-        .env("FHIRGATE_WORKERS", "1")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run fhirgate");
-    if logs == Logs::Abandoned {
-        drop(child.stderr.take());
-    }
-    let stdout = child.stdout.take().unwrap();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut startup_log = Vec::new();
-    loop {
-        let Ok(line) = receiver.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("fhirgate did not start ({status:?}); log so far: {startup_log:#?}");
-        };
-        let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        startup_log.push(line);
-        if parsed["fields"]["message"] == "fhirgate listening" {
-            let address = parsed["fields"]["address"].as_str().unwrap().to_string();
-            let log = match logs {
-                // Keep draining so the child never blocks on a full pipe.
-                Logs::Read => {
-                    std::thread::spawn(move || while receiver.recv().is_ok() {});
-                    None
-                }
-                // The reading thread's next send fails, and it drops stdout.
-                Logs::Abandoned => {
-                    drop(receiver);
-                    None
-                }
-                Logs::Kept => Some(receiver),
-            };
-            return Running {
-                child,
-                address,
-                startup_log,
-                log,
-            };
-        }
-    }
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn drop_database(name: &str) {
-    let (client, connection) = tokio_postgres::connect(
-        &format!("{}/postgres", postgres_server()),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_with_no_configuration_and_stops_gracefully() {
-    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{database}", postgres_server());
+    let database = TestDatabase::new();
+    let url = &database.url;
     let http = reqwest::Client::new();
 
     // First start: creates the database, bootstraps, prints credentials once.
-    let mut first = start(&url);
+    let mut first = start(url);
     let log = first.startup_log.join("\n");
     assert!(log.contains("created database"), "{log}");
     assert!(log.contains("shown once"), "{log}");
@@ -165,7 +51,7 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    terminate(&first.child);
+    first.terminate();
     tokio::time::sleep(Duration::from_millis(200)).await;
     stream.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut response = String::new();
@@ -179,7 +65,7 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     // Second start on the same database: no new credentials.
-    let second = start(&url);
+    let mut second = start(url);
     let log = second.startup_log.join("\n");
     assert!(
         !log.contains("shown once") && !log.contains("client secret"),
@@ -189,15 +75,9 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
         !log.contains("applied migration"),
         "migrations ran twice: {log}"
     );
-    terminate(&second.child);
-    let output = second.child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    drop_database(&database).await;
+    second.terminate();
+    let (status, stderr) = second.wait_with_stderr();
+    assert!(status.success(), "{status}: {stderr}");
 }
 
 /// When whoever reads the log goes away (a pipe to a log shipper that
@@ -205,9 +85,9 @@ async fn starts_with_no_configuration_and_stops_gracefully() {
 /// cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_reader_that_goes_away_takes_nothing_down() {
-    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{database}", postgres_server());
-    let mut running = start_logging(&url, Logs::Abandoned, &[]);
+    let database = TestDatabase::new();
+    let url = &database.url;
+    let mut running = start_logging(url, Logs::Abandoned, &[]);
     let http = reqwest::Client::new();
     // Debug logs: every request writes to the broken pipes.
     for _ in 0..50 {
@@ -224,10 +104,9 @@ async fn a_log_reader_that_goes_away_takes_nothing_down() {
             .unwrap();
         assert_eq!(refused.status(), 401);
     }
-    terminate(&running.child);
+    running.terminate();
     let status = running.child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
-    drop_database(&database).await;
 }
 
 #[test]
@@ -254,10 +133,10 @@ fn unreachable_database_exits_with_a_clear_message() {
 /// and the W3C trace id; a slow request is logged with its SQL statements.
 #[tokio::test(flavor = "multi_thread")]
 async fn log_lines_carry_the_request_id_and_slow_requests_their_sql() {
-    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{database}", postgres_server());
+    let database = TestDatabase::new();
+    let url = &database.url;
     // Every request counts as slow.
-    let mut running = start_logging(&url, Logs::Kept, &[("FHIRGATE_SLOW_REQUEST_MS", "0")]);
+    let mut running = start_logging(url, Logs::Kept, &[("FHIRGATE_SLOW_REQUEST_MS", "0")]);
     let response = reqwest::Client::new()
         .post(format!("http://{}/oauth2/token", running.address))
         .header("X-Request-Id", "req-under-test-7")
@@ -303,9 +182,8 @@ async fn log_lines_carry_the_request_id_and_slow_requests_their_sql() {
         || l["spans"]
             .as_array()
             .is_some_and(|s| s.iter().any(|s| s["id"] == "req-under-test-7"))));
-    terminate(&running.child);
+    running.terminate();
     running.child.wait().unwrap();
-    drop_database(&database).await;
 }
 
 /// A receiver of rest-hook notifications that records every body and
@@ -394,37 +272,16 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
 /// same database both notifications are delivered, in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_survive_sigkill_between_commit_and_delivery() {
-    let database = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{database}", postgres_server());
-    let client_id = uuid::Uuid::new_v4().to_string();
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let env = [
-        ("FHIRGATE_SUBSCRIPTION_ALLOW_PRIVATE", "1"),
-        ("FHIRGATE_ADMIN_CLIENT_ID", client_id.as_str()),
-        ("FHIRGATE_ADMIN_CLIENT_SECRET", secret.as_str()),
-    ];
+    let database = TestDatabase::new();
+    let url = &database.url;
+    let admin = Admin::generated();
+    let mut env = vec![("FHIRGATE_SUBSCRIPTION_ALLOW_PRIVATE", "1")];
+    env.extend(admin.env());
     let receiver = HoldingReceiver::start().await;
-    let mut first = start_logging(&url, Logs::Read, &env);
+    let mut first = start_logging(url, Logs::Read, &env);
     let http = reqwest::Client::new();
     let base = format!("http://{}", first.address);
-    let token: Value = http
-        .post(format!("{base}/oauth2/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id.as_str()),
-            ("client_secret", secret.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_string();
+    let token = client_token(&first, &admin.client_id, &admin.client_secret).await;
     let create = async |body: Value| -> Value {
         let response = http
             .post(format!(
@@ -453,19 +310,14 @@ async fn notifications_survive_sigkill_between_commit_and_delivery() {
         create(serde_json::json!({"resourceType": "Patient", "name": [{"family": "Queued"}]}))
             .await;
 
-    let status = Command::new("kill")
-        .args(["-KILL", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    first.child.wait().unwrap();
+    first.kill();
     assert_eq!(
         receiver.bodies.lock().unwrap().len(),
         1,
         "the second notification waited behind the first"
     );
 
-    let mut second = start_logging(&url, Logs::Read, &env);
+    let mut second = start_logging(url, Logs::Read, &env);
     let bodies = receiver.wait_for(3).await;
     let ids: Vec<Value> = bodies
         .iter()
@@ -476,7 +328,5 @@ async fn notifications_survive_sigkill_between_commit_and_delivery() {
         [held["id"].clone(), held["id"].clone(), queued["id"].clone()],
         "the unacknowledged notification again, then the queued one"
     );
-    second.child.kill().unwrap();
-    second.child.wait().unwrap();
-    drop_database(&database).await;
+    second.kill();
 }
