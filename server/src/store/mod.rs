@@ -846,8 +846,12 @@ impl Default for GroupCommit {
 struct Queued {
     ticket: u64,
     resources: Vec<NewResource>,
-    written: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+    written: tokio::sync::oneshot::Sender<BatchOutcome>,
 }
+
+/// What the writer of a batch tells each transaction in it: written, or
+/// why not.
+type BatchOutcome = std::result::Result<(), Arc<Error>>;
 
 impl GroupCommit {
     /// Commits `resources` with whatever else is queued; `tx` writes the
@@ -869,7 +873,7 @@ impl GroupCommit {
                 if let Some(batch) = self.batch_with(ticket) {
                     let resources: Vec<&NewResource> =
                         batch.iter().flat_map(|queued| &queued.resources).collect();
-                    let result = tx.send_new(&resources, true).await.map_err(|e| e.to_string());
+                    let result = tx.send_new(&resources, true).await.map_err(Arc::new);
                     for queued in batch {
                         // A requester that went away still had its resources written.
                         let _ = queued.written.send(result.clone());
@@ -883,16 +887,11 @@ impl GroupCommit {
     }
 
     fn reported(
-        outcome: std::result::Result<
-            std::result::Result<(), String>,
-            tokio::sync::oneshot::error::RecvError,
-        >,
+        outcome: std::result::Result<BatchOutcome, tokio::sync::oneshot::error::RecvError>,
     ) -> Result<()> {
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Internal(format!(
-                "writing a batch of new resources: {e}"
-            ))),
+            Ok(Err(e)) => Err(Error::Shared(e)),
             Err(_) => Err(Error::Internal(
                 "a batch of new resources was abandoned".into(),
             )),
@@ -978,7 +977,7 @@ impl Tx {
         let client = self.client().await?;
         let statement = timed(client.prepare_cached(sql)).await?;
         let begin = !self.begun.swap(true, Ordering::AcqRel);
-        let (_, rows, _) = timed(async {
+        let sent = timed(async {
             tokio::try_join!(
                 async {
                     if begin {
@@ -997,8 +996,12 @@ impl Tx {
                 }
             )
         })
-        .await?;
-        Ok(rows)
+        .await;
+        match sent {
+            Ok((_, rows, _)) => Ok(rows),
+            Err(e) if commit => Err(in_doubt(e)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends the new resources held back, all in one statement.
@@ -1242,7 +1245,11 @@ impl Tx {
                 self.finish()
             }
             (true, true) => {
-                self.client().await?.batch_execute("COMMIT").await?;
+                self.client()
+                    .await?
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(in_doubt)?;
                 self.finish()
             }
             // Without a statement, nothing was begun.
@@ -1269,6 +1276,16 @@ impl Drop for Tx {
             // Detach from the pool; dropping the connection rolls back.
             drop(Object::take(client));
         }
+    }
+}
+
+/// A failed `COMMIT` (or a statement sent with one): when the connection
+/// went away, PostgreSQL may have committed before it did.
+fn in_doubt(e: tokio_postgres::Error) -> Error {
+    if crate::error::is_unavailable(&e) {
+        Error::CommitInDoubt(e.to_string())
+    } else {
+        e.into()
     }
 }
 

@@ -169,12 +169,13 @@ impl Statistics {
         let statistics = self.clone();
         tokio::spawn(async move {
             while statistics.again.swap(false, Ordering::SeqCst) {
+                // Err: the cause, and whether the database was away.
                 let result = match statistics.pool.get().await {
                     Ok(client) => client
                         .batch_execute(ANALYZED)
                         .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                        .map_err(|e| (e.to_string(), crate::error::is_unavailable(&e))),
+                    Err(e) => Err((e.to_string(), true)),
                 };
                 crate::metrics::job("statistics", result.is_ok());
                 match result {
@@ -187,7 +188,14 @@ impl Statistics {
                             .read_at = None;
                         tracing::info!("analyzed the search tables after a project grew")
                     }
-                    Err(e) => tracing::warn!("ANALYZE after a project grew failed: {e}"),
+                    // The step has passed and will not come again: with the
+                    // database away, retried until it is back.
+                    Err((e, true)) => {
+                        tracing::warn!("ANALYZE after a project grew failed, retrying: {e}");
+                        tokio::time::sleep(ANALYZE_RETRY).await;
+                        statistics.again.store(true, Ordering::SeqCst);
+                    }
+                    Err((e, false)) => tracing::warn!("ANALYZE after a project grew failed: {e}"),
                 }
             }
             statistics.running.store(false, Ordering::SeqCst);
@@ -198,6 +206,9 @@ impl Statistics {
         });
     }
 }
+
+/// How long after a failed `ANALYZE` (the database away) it is tried again.
+const ANALYZE_RETRY: Duration = Duration::from_secs(10);
 
 /// Whether `count` is a step: `first`, ten times it, a hundred times, …
 fn is_step(count: u64, first: u64) -> bool {
