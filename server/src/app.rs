@@ -114,6 +114,19 @@ impl Application {
                 config.workers,
             )?)
             .observed_by(sessions.clone());
+        let store = match &config.read_database_url {
+            Some(url) => store.with_replica(crate::store::replica::Replica::new(
+                connect::more_pools(url, 2, config.statement_timeout, 1)?.remove(0),
+                connect::more_pools(
+                    url,
+                    worker_pool_size,
+                    config.statement_timeout,
+                    config.workers,
+                )?,
+                config.replica_wait,
+            )),
+            None => store,
+        };
         let observer: Arc<dyn ChangeObserver> = sessions.clone();
         changes::spawn_listener(
             connect::pg_config(&config.database_url)?,
@@ -174,6 +187,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(http::ratelimit::limit_auth))
+                .wrap(from_fn(http::read_your_writes::remember_writes))
                 .wrap(from_fn(crate::metrics::record))
                 .wrap(from_fn(log_request))
                 .route("/healthcheck", web::get().to(healthcheck))
@@ -267,13 +281,18 @@ fn spawn_maintenance(state: std::sync::Weak<AppState>) {
     });
 }
 
-/// `GET /healthcheck`: 200 when PostgreSQL answers, 503 when it does not.
+/// `GET /healthcheck`: 200 when PostgreSQL answers, 503 when it does not;
+/// with a read replica, whether it answers (reads go to the primary while
+/// it does not, so it does not decide `ok`).
 async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let postgres = tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping())
         .await
         .is_ok_and(|result| result.is_ok());
-    let body =
+    let mut body =
         json!({ "ok": postgres, "postgres": postgres, "version": env!("CARGO_PKG_VERSION") });
+    if let Some(replica) = state.store.replica() {
+        body["replica"] = json!(replica.is_up());
+    }
     if postgres {
         HttpResponse::Ok().json(body)
     } else {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod fhir;
 pub mod oauth;
 pub mod ratelimit;
+pub mod read_your_writes;
 pub mod subscriptions;
 
 use actix_web::{

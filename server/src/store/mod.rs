@@ -11,6 +11,7 @@ mod index;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod mfa;
+pub mod replica;
 pub mod search;
 mod statistics;
 mod stream;
@@ -209,6 +210,8 @@ pub struct Store {
     observer: Option<Arc<dyn ChangeObserver>>,
     group: Arc<GroupCommit>,
     statistics: Arc<statistics::Statistics>,
+    /// Where reads by id, searches and history may go (`store::replica`).
+    replica: Option<Arc<replica::Replica>>,
 }
 
 /// Creates in one project before the first `ANALYZE` they start
@@ -237,8 +240,11 @@ const LOOKUP_CONNECTIONS_PER_WORKER: usize = 2;
 
 /// The least busy of this thread's lookup connections (busy: how many
 /// lookups hold it), opening them from `pool` until there are enough.
-async fn lookup_connection(pool: &Pool) -> Result<Arc<Object>> {
-    let least_busy = LOOKUP_CONNECTIONS.with_borrow_mut(|connections| {
+async fn lookup_connection(
+    pool: &Pool,
+    shared: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Arc<Object>>>>,
+) -> Result<Arc<Object>> {
+    let least_busy = shared.with_borrow_mut(|connections| {
         connections.retain(|c| !c.is_closed());
         (connections.len() >= LOOKUP_CONNECTIONS_PER_WORKER)
             .then(|| {
@@ -255,7 +261,7 @@ async fn lookup_connection(pool: &Pool) -> Result<Arc<Object>> {
     let connection = Arc::new(pool.get().await?);
     // Lookups that asked at once all opened one; the extras serve their
     // lookup and go back to the pool.
-    LOOKUP_CONNECTIONS.with_borrow_mut(|connections| {
+    shared.with_borrow_mut(|connections| {
         if connections.len() < LOOKUP_CONNECTIONS_PER_WORKER {
             connections.push(connection.clone());
         }
@@ -328,10 +334,10 @@ impl Executor for Store {
         let Some(pool) = self.worker_pool() else {
             return self.query(query).await;
         };
-        let connection = lookup_connection(pool).await?;
+        let connection = lookup_connection(pool, &LOOKUP_CONNECTIONS).await?;
         match run_on(&connection, query).await {
             Err(_) if connection.is_closed() => {
-                Ok(run_on(&*lookup_connection(pool).await?, query).await?)
+                Ok(run_on(&*lookup_connection(pool, &LOOKUP_CONNECTIONS).await?, query).await?)
             }
             result => Ok(result?),
         }
@@ -387,6 +393,9 @@ pub trait Reads {
 
     /// One page of a search, with what it includes.
     async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage>;
+
+    /// Versions newest first, at most `filter.limit`.
+    async fn history(&self, tenant: Tenant, filter: &HistoryFilter<'_>) -> Result<Vec<Version>>;
 }
 
 impl<E: Executor> Reads for E {
@@ -443,6 +452,38 @@ impl<E: Executor> Reads for E {
     async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
         search::run(self, sq).await
     }
+
+    async fn history(&self, tenant: Tenant, filter: &HistoryFilter<'_>) -> Result<Vec<Version>> {
+        let mut q = versions_query(tenant, filter.policy, |q| {
+            if let Some(resource_type) = filter.resource_type {
+                q.push(" AND resource_type = ")
+                    .bind(resource_type.to_string());
+            }
+            if let Some(id) = filter.id {
+                q.push(" AND id = ").bind(id);
+            }
+            if let Some(since) = filter.since {
+                q.push(" AND last_updated >= ").bind(since);
+            }
+            if let Some((last_updated, version_id)) = filter.before {
+                q.push(" AND (last_updated, version_id) < (")
+                    .bind(last_updated)
+                    .push(", ")
+                    .bind(version_id)
+                    .push(")");
+            }
+            q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
+                .bind(filter.limit);
+        })?;
+        q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
+            .bind(filter.limit);
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(Version::from_row)
+            .collect())
+    }
 }
 
 impl Store {
@@ -456,6 +497,15 @@ impl Store {
             worker_pools: Arc::default(),
             observer: None,
             group: Arc::default(),
+            replica: None,
+        }
+    }
+
+    /// The same store, with a read replica.
+    pub fn with_replica(self, replica: Arc<replica::Replica>) -> Store {
+        Store {
+            replica: Some(replica),
+            ..self
         }
     }
 
@@ -516,9 +566,16 @@ impl Store {
 
     /// The pool this HTTP worker thread adopted, if it is one of this store's.
     fn worker_pool(&self) -> Option<&Pool> {
+        self.worker_index()
+            .map(|index| &self.worker_pools.pools[index])
+    }
+
+    /// The index of the pool this HTTP worker thread adopted, if it is one
+    /// of this store's.
+    fn worker_index(&self) -> Option<usize> {
         match WORKER_POOL.get() {
             Some((owner, index)) if owner == Arc::as_ptr(&self.worker_pools) as usize => {
-                Some(&self.worker_pools.pools[index])
+                Some(index)
             }
             _ => None,
         }
@@ -553,43 +610,6 @@ impl Store {
     /// [`Reads::search`] on the pool, callable without the trait in scope.
     pub async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
         Reads::search(self, sq).await
-    }
-
-    /// Versions newest first, at most `filter.limit`.
-    pub async fn history(
-        &self,
-        tenant: Tenant,
-        filter: &HistoryFilter<'_>,
-    ) -> Result<Vec<Version>> {
-        let mut q = versions_query(tenant, filter.policy, |q| {
-            if let Some(resource_type) = filter.resource_type {
-                q.push(" AND resource_type = ")
-                    .bind(resource_type.to_string());
-            }
-            if let Some(id) = filter.id {
-                q.push(" AND id = ").bind(id);
-            }
-            if let Some(since) = filter.since {
-                q.push(" AND last_updated >= ").bind(since);
-            }
-            if let Some((last_updated, version_id)) = filter.before {
-                q.push(" AND (last_updated, version_id) < (")
-                    .bind(last_updated)
-                    .push(", ")
-                    .bind(version_id)
-                    .push(")");
-            }
-            q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
-                .bind(filter.limit);
-        })?;
-        q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
-            .bind(filter.limit);
-        Ok(self
-            .query(&q)
-            .await?
-            .iter()
-            .map(Version::from_row)
-            .collect())
     }
 
     /// Whether any Project exists: false only on an empty database.
