@@ -2,8 +2,8 @@
 //! cluster is restarted, then stopped for 20 s, while requests keep coming.
 //! During the outage every request is answered 503 with an OperationOutcome
 //! and `Retry-After` within the statement timeout (no hang, no 500, no
-//! panic); afterwards the same process serves again within 2 s, and its
-//! background listeners reconnect.
+//! panic); afterwards the same process serves again within 2 s, its
+//! background listeners reconnect, an export runs and mail is recorded.
 
 #[allow(dead_code)] // Uses part of the shared harness.
 mod common;
@@ -151,6 +151,68 @@ async fn listeners_reconnect(cluster: &Cluster) {
     }
 }
 
+/// A system `$export` started now completes: the export worker survived.
+async fn export_completes(running: &Running, token: &str) {
+    let http = traffic::client(Duration::from_secs(30));
+    let kickoff = http
+        .get(running.url("fhir/R4/$export"))
+        .bearer_auth(token)
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kickoff.status(), 202);
+    let status_url = kickoff.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    loop {
+        let status = send(http.get(&status_url).bearer_auth(token)).await;
+        if status.status == Some(200) {
+            assert!(status.body["output"].is_array(), "{status:?}");
+            return;
+        }
+        assert_eq!(status.status, Some(202), "{status:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the export did not finish after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A password-reset request after the outage has its mail recorded in the outbox.
+async fn mail_is_recorded(running: &Running, cluster: &Cluster) {
+    let outbox = || async {
+        let count: i64 = cluster
+            .connect("fhirgate")
+            .await
+            .query_one("SELECT count(*) FROM email_outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        count
+    };
+    let before = outbox().await;
+    let reply = send(
+        traffic::client(Duration::from_secs(30))
+            .post(running.url("auth/resetpassword"))
+            .json(&serde_json::json!({ "email": "admin@example.com" })),
+    )
+    .await;
+    assert_eq!(reply.status, Some(200), "{reply:?}");
+    // The mail is made in the background (the answer's timing says nothing).
+    let start = Instant::now();
+    while outbox().await == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no mail recorded after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_during_a_database_outage_get_503_and_the_same_process_recovers() {
     let cluster = Cluster::start();
@@ -191,6 +253,8 @@ async fn requests_during_a_database_outage_get_503_and_the_same_process_recovers
     assert_eq!(status, 200, "{up_health}");
     assert_eq!(up_health["postgres"], true, "{up_health}");
     listeners_reconnect(&cluster).await;
+    export_completes(&running, &token).await;
+    mail_is_recorded(&running, &cluster).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
