@@ -155,6 +155,21 @@ impl Application {
                 config.workers,
             )?)
             .observed_by(sessions.clone());
+        let store = match &config.read_database_url {
+            Some(url) => store.with_replica(crate::store::replica::Replica::new(
+                connect::more_pools(url, 2, config.statement_timeout, config.queue_timeout, 1)?
+                    .remove(0),
+                connect::more_pools(
+                    url,
+                    worker_pool_size,
+                    config.statement_timeout,
+                    config.queue_timeout,
+                    config.workers,
+                )?,
+                config.replica_wait,
+            )),
+            None => store,
+        };
         let keys = Arc::new(Keys::load(&store, config.access_token_lifetime).await?);
         let remembered: Arc<dyn ChangeObserver> = Arc::new(Remembered {
             sessions: sessions.clone(),
@@ -229,6 +244,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(http::ratelimit::limit_auth))
+                .wrap(from_fn(http::read_your_writes::remember_writes))
                 .wrap(from_fn(crate::metrics::record))
                 .wrap(from_fn(log_request))
                 .configure(|cfg| {
@@ -317,7 +333,9 @@ fn spawn_maintenance(state: std::sync::Weak<AppState>) {
     });
 }
 
-/// 200 when PostgreSQL answers, 503 when it does not.
+/// 200 when PostgreSQL answers, 503 when it does not; with a read replica,
+/// whether it answers (reads go to the primary while it does not, so it
+/// does not decide `ok`).
 #[utoipa::path(
     get,
     path = "/healthcheck",
@@ -331,8 +349,11 @@ pub(crate) async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let postgres = tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping())
         .await
         .is_ok_and(|result| result.is_ok());
-    let body =
+    let mut body =
         json!({ "ok": postgres, "postgres": postgres, "version": env!("CARGO_PKG_VERSION") });
+    if let Some(replica) = state.store.replica() {
+        body["replica"] = json!(replica.is_up());
+    }
     if postgres {
         HttpResponse::Ok().json(body)
     } else {

@@ -14,6 +14,10 @@ pub enum LogFormat {
 /// A day to download an export's files.
 const DEFAULT_EXPORT_RETENTION_SECONDS: u64 = 24 * 3600;
 
+/// A replica on the same network replays a commit within milliseconds; a
+/// read waits this long at most before it goes to the primary.
+const DEFAULT_REPLICA_WAIT_MS: usize = 200;
+
 /// 100 MiB: scans and PDFs, not videos.
 const DEFAULT_MAX_BINARY_BYTES: usize = 100 * 1024 * 1024;
 
@@ -25,6 +29,12 @@ const DEFAULT_QUEUE_TIMEOUT_SECONDS: usize = 5;
 pub struct Config {
     /// `postgres://user[:password]@host:port/database`.
     pub database_url: String,
+    /// A streaming replica for reads by id, searches and history
+    /// (`FHIRGATE_READ_DATABASE_URL`; `store::replica`).
+    pub read_database_url: Option<String>,
+    /// How long a read waits for the replica to replay its caller's last
+    /// write before it goes to the primary.
+    pub replica_wait: Duration,
     pub bind: SocketAddr,
     /// Public base URL ending in `/`; links and the token issuer derive from
     /// it. `None`: `http://<bound address>/`, known once the socket is bound.
@@ -265,6 +275,11 @@ impl Config {
         };
         Ok(Config {
             database_url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            read_database_url: var("FHIRGATE_READ_DATABASE_URL"),
+            replica_wait: Duration::from_millis(number(
+                "FHIRGATE_READ_REPLICA_WAIT_MS",
+                DEFAULT_REPLICA_WAIT_MS,
+            )? as u64),
             bind,
             base_url: var("FHIRGATE_BASE_URL").map(with_trailing_slash),
             pool_size: number("FHIRGATE_DB_POOL_SIZE", 16)?.max(1),
@@ -333,6 +348,8 @@ impl Config {
     pub fn for_database(database_url: &str) -> Config {
         Config {
             database_url: database_url.into(),
+            read_database_url: None,
+            replica_wait: Duration::from_millis(DEFAULT_REPLICA_WAIT_MS as u64),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             base_url: None,
             pool_size: 8,

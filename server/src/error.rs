@@ -73,18 +73,51 @@ pub enum Error {
     Database(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// The connection went away while a `COMMIT` was on it: the write may or
+    /// may not have been saved, and only reading it back tells.
+    #[error("commit in doubt: {0}")]
+    CommitInDoubt(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// One failure that several requests share (a batch of creates written
+    /// together): each answers as the failure itself would.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `Retry-After` when no database connection was free: a burst drains
-/// within seconds (`FHIRGATE_QUEUE_TIMEOUT` bounds each wait).
-const POOL_RETRY_AFTER_SECS: u64 = 2;
-
 fn is_statement_timeout(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) when no database
+/// connection was free (a burst drains within seconds; `FHIRGATE_QUEUE_TIMEOUT`
+/// bounds each wait) or the database is unreachable (a restart takes a few).
+const RETRY_AFTER_UNAVAILABLE: u64 = 2;
+
+/// Whether PostgreSQL was unreachable or went away under the statement
+/// (restart, crash, shutdown, connection lost), as opposed to refusing it:
+/// the same request may succeed once the database is back.
+pub fn is_unavailable(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        // Class 08: connection exception.
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                ]
+                .contains(code)
+        }
+        None => std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>()),
+    }
 }
 
 /// tokio-postgres says only "db error"; the server's message is in the source.
@@ -106,20 +139,9 @@ impl Error {
         }
     }
 
-    /// When a client should try again: after the rate limit or lockout
-    /// says, or soon when every database connection was busy.
-    fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            Error::TooManyRequests {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
-            Error::Pool(_) => Some(POOL_RETRY_AFTER_SECS),
-            _ => None,
-        }
-    }
-
     fn issue_code(&self) -> IssueCode {
         match self {
+            Error::Shared(inner) => inner.issue_code(),
             Error::BadRequest(_) | Error::Invalid(_) | Error::Unprocessable(_) => {
                 IssueCode::Invalid
             }
@@ -134,7 +156,8 @@ impl Error {
             | Error::NotAcceptable(_)
             | Error::UnsupportedMediaType(_)
             | Error::NotImplemented(_) => IssueCode::NotSupported,
-            Error::Pool(_) => IssueCode::Transient,
+            Error::Pool(_) | Error::CommitInDoubt(_) => IssueCode::Transient,
+            Error::Database(e) if is_unavailable(e) => IssueCode::Transient,
             Error::Database(e) if is_statement_timeout(e) => IssueCode::TooCostly,
             _ => IssueCode::Exception,
         }
@@ -144,8 +167,15 @@ impl Error {
     /// sentence so that no SQL or internal detail leaks.
     fn public_message(&self) -> String {
         match self {
+            Error::Shared(inner) => inner.public_message(),
             Error::Database(e) if is_statement_timeout(e) => {
                 "The request took longer than the server allows (FHIRGATE_STATEMENT_TIMEOUT); narrow the search or try again".into()
+            }
+            Error::CommitInDoubt(_) => {
+                "The database connection was lost while the change was being committed: it may or may not have been saved; read it back before sending it again".into()
+            }
+            Error::Database(e) if is_unavailable(e) => {
+                "The database is not available right now; try again shortly".into()
             }
             Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
                 "Internal server error; the cause has been logged".into()
@@ -160,9 +190,23 @@ impl Error {
 }
 
 impl Error {
+    /// Seconds to wait before trying again, for a refusal that passes.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::Shared(inner) => inner.retry_after(),
+            Error::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Error::Pool(_) | Error::CommitInDoubt(_) => Some(RETRY_AFTER_UNAVAILABLE),
+            Error::Database(e) if is_unavailable(e) => Some(RETRY_AFTER_UNAVAILABLE),
+            _ => None,
+        }
+    }
+
     /// The OperationOutcome a client receives for this error.
     pub fn outcome(&self) -> serde_json::Value {
         let issues = match self {
+            Error::Shared(inner) => return inner.outcome(),
             Error::Invalid(issues) => issues.clone(),
             other => vec![Issue::error(other.issue_code(), other.public_message())],
         };
@@ -173,6 +217,7 @@ impl Error {
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
+            Error::Shared(inner) => inner.status_code(),
             Error::BadRequest(_) | Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -188,8 +233,10 @@ impl ResponseError for Error {
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::OAuth { status, .. } => *status,
-            Error::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(e) if is_statement_timeout(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Pool(_) | Error::CommitInDoubt(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(e) if is_unavailable(e) || is_statement_timeout(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -197,11 +244,16 @@ impl ResponseError for Error {
     }
 
     fn error_response(&self) -> HttpResponse {
+        if let Error::Shared(inner) = self {
+            return inner.error_response();
+        }
         let status = self.status_code();
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
         let database_failure = match self {
+            Error::Database(e) if is_unavailable(e) => Some("unavailable"),
+            Error::CommitInDoubt(_) => Some("unavailable"),
             Error::Database(e) if is_statement_timeout(e) => Some("timeout"),
             Error::Database(_) => Some("error"),
             Error::Pool(_) => Some("pool"),
@@ -230,7 +282,7 @@ impl ResponseError for Error {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"fhirgate\""));
         }
-        if let Some(seconds) = self.retry_after_secs() {
+        if let Some(seconds) = self.retry_after() {
             response.insert_header(("Retry-After", seconds.to_string()));
         }
         response.body(self.outcome().to_string())

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use access_policy::{CompiledPolicy, PolicyInput, Role};
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -379,6 +379,7 @@ impl FromRequest for Caller {
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| Error::Internal("application state missing".into()))?;
             let header = header.ok_or_else(|| {
@@ -396,7 +397,10 @@ impl FromRequest for Caller {
                         "The Authorization header must be 'Bearer <access token>'".into(),
                     )
                 })?;
-            Caller::from_bearer(&state, token, address).await
+            let caller = Caller::from_bearer(&state, token, address).await?;
+            req.extensions_mut()
+                .insert(crate::http::read_your_writes::Writer(caller.membership_id));
+            Ok(caller)
         })
     }
 }

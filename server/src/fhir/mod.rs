@@ -792,7 +792,7 @@ pub struct HistoryRequest<'a> {
 
 /// Versions newest first, one page (plus one row to know whether more exist).
 pub async fn history(
-    state: &AppState,
+    db: &impl Reads,
     caller: &Caller,
     request: &HistoryRequest<'_>,
 ) -> Result<Vec<Version>> {
@@ -809,8 +809,7 @@ pub async fn history(
         Some(id) => {
             let resource_type = request.resource_type.unwrap_or_default();
             let uuid = parse_id(id).ok_or_else(|| not_found(resource_type, id))?;
-            if state
-                .store
+            if db
                 .read(caller.tenant(), resource_type, uuid, &policy)
                 .await?
                 .is_none()
@@ -829,9 +828,7 @@ pub async fn history(
         policy: &policy,
         limit: request.params.count as i64 + 1,
     };
-    state
-        .store
-        .history(caller.tenant(), &filter)
+    db.history(caller.tenant(), &filter)
         .await?
         .into_iter()
         .map(|version| redact(caller, version))

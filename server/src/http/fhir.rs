@@ -138,7 +138,8 @@ async fn read(
         return super::binary::read(caller, state, req, id).await;
     }
     check_accept(&req)?;
-    let version = fhir::read(&state.store, &caller, &resource_type, &id).await?;
+    let db = super::read_your_writes::reads(&state, &caller, &req);
+    let version = fhir::read(&db, &caller, &resource_type, &id).await?;
     Ok(version_response(
         StatusCode::OK,
         &version,
@@ -160,7 +161,8 @@ async fn vread(
 ) -> Result<HttpResponse> {
     let (resource_type, id, vid) = path.into_inner();
     check_accept(&req)?;
-    let version = fhir::vread(&state.store, &caller, &resource_type, &id, &vid).await?;
+    let db = super::read_your_writes::reads(&state, &caller, &req);
+    let version = fhir::vread(&db, &caller, &resource_type, &id, &vid).await?;
     Ok(version_response(
         StatusCode::OK,
         &version,
@@ -498,7 +500,7 @@ async fn run_search(
     let _turn = caller.take_turn(&state).await?;
     let body = fhir::search::search(
         &state,
-        &state.store,
+        &super::read_your_writes::reads(&state, &caller, &req),
         &caller,
         &scope,
         &query,
@@ -626,7 +628,8 @@ async fn history(
         id,
         params,
     };
-    let versions = fhir::history(&state, &caller, &request).await?;
+    let db = super::read_your_writes::reads(&state, &caller, &req);
+    let versions = fhir::history(&db, &caller, &request).await?;
     let kept: Vec<(String, String)> = query.into_iter().filter(|(k, _)| k != "_cursor").collect();
     let mut self_url = format!("{}{}", state.base_url, req.path().trim_start_matches('/'));
     if !kept.is_empty() {

@@ -12,6 +12,7 @@ pub mod fhir;
 pub mod oauth;
 pub mod openapi;
 pub mod ratelimit;
+pub mod read_your_writes;
 pub mod routes;
 pub mod subscriptions;
 

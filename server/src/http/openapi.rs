@@ -290,5 +290,7 @@ fn with_errors(mut operation: Operation) -> Operation {
 pub struct Health {
     ok: bool,
     postgres: bool,
+    /// Only with `FHIRGATE_READ_DATABASE_URL`: whether the replica answers.
+    replica: Option<bool>,
     version: String,
 }

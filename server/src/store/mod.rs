@@ -11,6 +11,7 @@ mod index;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod mfa;
+pub mod replica;
 pub mod search;
 mod statistics;
 mod stream;
@@ -210,6 +211,8 @@ pub struct Store {
     observer: Option<Arc<dyn ChangeObserver>>,
     group: Arc<GroupCommit>,
     statistics: Arc<statistics::Statistics>,
+    /// Where reads by id, searches and history may go (`store::replica`).
+    replica: Option<Arc<replica::Replica>>,
 }
 
 /// Creates in one project before the first `ANALYZE` they start
@@ -238,12 +241,15 @@ const LOOKUP_CONNECTIONS_PER_WORKER: usize = 2;
 
 /// The least busy of this thread's lookup connections (busy: how many
 /// lookups hold it), opening them from `pool` until there are enough.
-async fn lookup_connection(pool: &Pool) -> Result<Arc<Object>> {
+async fn lookup_connection(
+    pool: &Pool,
+    shared: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Arc<Object>>>>,
+) -> Result<Arc<Object>> {
     // A small pool keeps a connection for everything else: lookups that
     // held all of them would leave searches and writes waiting until
     // FHIRGATE_QUEUE_TIMEOUT, every time.
     let kept = LOOKUP_CONNECTIONS_PER_WORKER.min(pool.status().max_size.saturating_sub(1));
-    let least_busy = LOOKUP_CONNECTIONS.with_borrow_mut(|connections| {
+    let least_busy = shared.with_borrow_mut(|connections| {
         connections.retain(|c| !c.is_closed());
         (connections.len() >= kept.max(1))
             .then(|| {
@@ -260,7 +266,7 @@ async fn lookup_connection(pool: &Pool) -> Result<Arc<Object>> {
     let connection = Arc::new(pool.get().await?);
     // Lookups that asked at once all opened one; the extras serve their
     // lookup and go back to the pool.
-    LOOKUP_CONNECTIONS.with_borrow_mut(|connections| {
+    shared.with_borrow_mut(|connections| {
         if connections.len() < kept {
             connections.push(connection.clone());
         }
@@ -342,10 +348,10 @@ impl Executor for Store {
         let Some(pool) = self.worker_pool() else {
             return self.query(query).await;
         };
-        let connection = lookup_connection(pool).await?;
+        let connection = lookup_connection(pool, &LOOKUP_CONNECTIONS).await?;
         match run_on(&connection, query).await {
             Err(_) if connection.is_closed() => {
-                Ok(run_on(&*lookup_connection(pool).await?, query).await?)
+                Ok(run_on(&*lookup_connection(pool, &LOOKUP_CONNECTIONS).await?, query).await?)
             }
             result => Ok(result?),
         }
@@ -401,6 +407,9 @@ pub trait Reads {
 
     /// One page of a search, with what it includes.
     async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage>;
+
+    /// Versions newest first, at most `filter.limit`.
+    async fn history(&self, tenant: Tenant, filter: &HistoryFilter<'_>) -> Result<Vec<Version>>;
 }
 
 impl<E: Executor> Reads for E {
@@ -457,6 +466,38 @@ impl<E: Executor> Reads for E {
     async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
         search::run(self, sq).await
     }
+
+    async fn history(&self, tenant: Tenant, filter: &HistoryFilter<'_>) -> Result<Vec<Version>> {
+        let mut q = versions_query(tenant, filter.policy, |q| {
+            if let Some(resource_type) = filter.resource_type {
+                q.push(" AND resource_type = ")
+                    .bind(resource_type.to_string());
+            }
+            if let Some(id) = filter.id {
+                q.push(" AND id = ").bind(id);
+            }
+            if let Some(since) = filter.since {
+                q.push(" AND last_updated >= ").bind(since);
+            }
+            if let Some((last_updated, version_id)) = filter.before {
+                q.push(" AND (last_updated, version_id) < (")
+                    .bind(last_updated)
+                    .push(", ")
+                    .bind(version_id)
+                    .push(")");
+            }
+            q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
+                .bind(filter.limit);
+        })?;
+        q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
+            .bind(filter.limit);
+        Ok(self
+            .query(&q)
+            .await?
+            .iter()
+            .map(Version::from_row)
+            .collect())
+    }
 }
 
 impl Store {
@@ -470,6 +511,15 @@ impl Store {
             worker_pools: Arc::default(),
             observer: None,
             group: Arc::default(),
+            replica: None,
+        }
+    }
+
+    /// The same store, with a read replica.
+    pub fn with_replica(self, replica: Arc<replica::Replica>) -> Store {
+        Store {
+            replica: Some(replica),
+            ..self
         }
     }
 
@@ -531,9 +581,16 @@ impl Store {
 
     /// The pool this HTTP worker thread adopted, if it is one of this store's.
     fn worker_pool(&self) -> Option<&Pool> {
+        self.worker_index()
+            .map(|index| &self.worker_pools.pools[index])
+    }
+
+    /// The index of the pool this HTTP worker thread adopted, if it is one
+    /// of this store's.
+    fn worker_index(&self) -> Option<usize> {
         match WORKER_POOL.get() {
             Some((owner, index)) if owner == Arc::as_ptr(&self.worker_pools) as usize => {
-                Some(&self.worker_pools.pools[index])
+                Some(index)
             }
             _ => None,
         }
@@ -571,43 +628,6 @@ impl Store {
     /// [`Reads::search`] on the pool, callable without the trait in scope.
     pub async fn search(&self, sq: &search::SearchQuery<'_>) -> Result<search::SearchPage> {
         Reads::search(self, sq).await
-    }
-
-    /// Versions newest first, at most `filter.limit`.
-    pub async fn history(
-        &self,
-        tenant: Tenant,
-        filter: &HistoryFilter<'_>,
-    ) -> Result<Vec<Version>> {
-        let mut q = versions_query(tenant, filter.policy, |q| {
-            if let Some(resource_type) = filter.resource_type {
-                q.push(" AND resource_type = ")
-                    .bind(resource_type.to_string());
-            }
-            if let Some(id) = filter.id {
-                q.push(" AND id = ").bind(id);
-            }
-            if let Some(since) = filter.since {
-                q.push(" AND last_updated >= ").bind(since);
-            }
-            if let Some((last_updated, version_id)) = filter.before {
-                q.push(" AND (last_updated, version_id) < (")
-                    .bind(last_updated)
-                    .push(", ")
-                    .bind(version_id)
-                    .push(")");
-            }
-            q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
-                .bind(filter.limit);
-        })?;
-        q.push(" ORDER BY last_updated DESC, version_id DESC LIMIT ")
-            .bind(filter.limit);
-        Ok(self
-            .query(&q)
-            .await?
-            .iter()
-            .map(Version::from_row)
-            .collect())
     }
 
     /// Whether any Project exists: false only on an empty database.
@@ -874,8 +894,12 @@ impl Default for GroupCommit {
 struct Queued {
     ticket: u64,
     resources: Vec<NewResource>,
-    written: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+    written: tokio::sync::oneshot::Sender<BatchOutcome>,
 }
+
+/// What the writer of a batch tells each transaction in it: written, or
+/// why not.
+type BatchOutcome = std::result::Result<(), Arc<Error>>;
 
 impl GroupCommit {
     /// Commits `resources` with whatever else is queued; `tx` writes the
@@ -897,7 +921,7 @@ impl GroupCommit {
                 if let Some(batch) = self.batch_with(ticket) {
                     let resources: Vec<&NewResource> =
                         batch.iter().flat_map(|queued| &queued.resources).collect();
-                    let result = tx.send_new(&resources, true).await.map_err(|e| e.to_string());
+                    let result = tx.send_new(&resources, true).await.map_err(Arc::new);
                     for queued in batch {
                         // A requester that went away still had its resources written.
                         let _ = queued.written.send(result.clone());
@@ -911,16 +935,11 @@ impl GroupCommit {
     }
 
     fn reported(
-        outcome: std::result::Result<
-            std::result::Result<(), String>,
-            tokio::sync::oneshot::error::RecvError,
-        >,
+        outcome: std::result::Result<BatchOutcome, tokio::sync::oneshot::error::RecvError>,
     ) -> Result<()> {
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Internal(format!(
-                "writing a batch of new resources: {e}"
-            ))),
+            Ok(Err(e)) => Err(Error::Shared(e)),
             Err(_) => Err(Error::Internal(
                 "a batch of new resources was abandoned".into(),
             )),
@@ -1007,7 +1026,7 @@ impl Tx {
         trace_statement(sql);
         let statement = timed(client.prepare_cached(sql)).await?;
         let begin = !self.begun.swap(true, Ordering::AcqRel);
-        let (_, rows, _) = timed(async {
+        let sent = timed(async {
             tokio::try_join!(
                 async {
                     if begin {
@@ -1026,8 +1045,12 @@ impl Tx {
                 }
             )
         })
-        .await?;
-        Ok(rows)
+        .await;
+        match sent {
+            Ok((_, rows, _)) => Ok(rows),
+            Err(e) if commit => Err(in_doubt(e)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends the new resources held back, all in one statement.
@@ -1276,7 +1299,11 @@ impl Tx {
                 self.finish()
             }
             (true, true) => {
-                self.client().await?.batch_execute("COMMIT").await?;
+                self.client()
+                    .await?
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(in_doubt)?;
                 self.finish()
             }
             // Without a statement, nothing was begun.
@@ -1303,6 +1330,16 @@ impl Drop for Tx {
             // Detach from the pool; dropping the connection rolls back.
             drop(Object::take(client));
         }
+    }
+}
+
+/// A failed `COMMIT` (or a statement sent with one): when the connection
+/// went away, PostgreSQL may have committed before it did.
+fn in_doubt(e: tokio_postgres::Error) -> Error {
+    if crate::error::is_unavailable(&e) {
+        Error::CommitInDoubt(e.to_string())
+    } else {
+        e.into()
     }
 }
 
