@@ -37,6 +37,14 @@ pub fn outside_star() -> impl Iterator<Item = &'static str> {
         .copied()
 }
 
+/// See [`CompiledPolicy::read_scope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadScope {
+    Everything,
+    Ordinary,
+    Less,
+}
+
 /// Which types an entry covers.
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
@@ -412,6 +420,19 @@ impl CompiledPolicy {
     }
 
     /// The rows of `types` (empty: of any type) that `interaction` may touch.
+    /// What the caller reads without criteria: every type, every ordinary
+    /// type (`*`), or less.
+    pub fn read_scope(&self) -> ReadScope {
+        let open = self.granting(Interaction::Read, &|rule| rule.filters.is_empty());
+        if open.iter().any(|r| r.target == Target::All) {
+            ReadScope::Everything
+        } else if open.iter().any(|r| r.target == Target::Ordinary) {
+            ReadScope::Ordinary
+        } else {
+            ReadScope::Less
+        }
+    }
+
     pub fn row_filter(&self, types: &[String], interaction: Interaction) -> RowFilter<'_> {
         self.filter_where(types, interaction, &|_| true)
     }

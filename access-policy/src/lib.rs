@@ -22,8 +22,8 @@ pub mod scopes;
 use std::fmt;
 
 pub use compile::{
-    outside_star, star_covers, Branch, CompiledPolicy, MembershipPolicy, PolicyInput, RowFilter,
-    Types,
+    outside_star, star_covers, Branch, CompiledPolicy, MembershipPolicy, PolicyInput, ReadScope,
+    RowFilter, Types,
 };
 pub use error::PolicyError;
 pub use ip::IpRule;

@@ -336,6 +336,24 @@ async fn security_context_and_access_policy_decide_who_reads() {
     assert_eq!(download(&viewer, &open).await.status(), 200);
     assert_outcome(download(&viewer, &guarded).await, 404, &guarded).await;
     assert_eq!(download(admin, &guarded).await.status(), 200);
+    // Nor does a search show it what its context hides; the admin finds both.
+    let found = |bundle: Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, bundle) = status_json(viewer.get("Binary").await).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(found(bundle), std::slice::from_ref(&open));
+    let (_, bundle) = status_json(admin.get("Binary?_count=10").await).await;
+    let mut both = found(bundle);
+    both.sort();
+    let mut expected = vec![open.clone(), guarded.clone()];
+    expected.sort();
+    assert_eq!(both, expected);
     // It cannot attach new bytes to what it cannot read either.
     let response = viewer
         .fhir(Method::POST, "Binary")

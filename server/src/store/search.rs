@@ -5,7 +5,7 @@
 //! Paging is keyset (cursor) paging on the sort keys plus the id, so a page
 //! never repeats or skips a resource that existed when paging began.
 
-use access_policy::{CompiledPolicy, Interaction, RowFilter, Types};
+use access_policy::{CompiledPolicy, Interaction, ReadScope, RowFilter, Types};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
 use fhir_model::search::{
@@ -1328,7 +1328,36 @@ fn where_clause(
     compiler.row_filter(
         "r",
         &sq.policy.row_filter(&sq.request.types, Interaction::Search),
-    )
+    )?;
+    // A Binary's securityContext decides who may read it (`fhir::binary`):
+    // a caller who may not read everything does not find the Binaries that
+    // have one, and reads them by id, where the context is checked.
+    let finds_binaries =
+        sq.request.types.is_empty() || sq.request.types.iter().any(|t| t == "Binary");
+    if finds_binaries {
+        let context = "r.content::jsonb #>> '{securityContext,reference}'";
+        match sq.policy.read_scope() {
+            ReadScope::Everything => {}
+            ReadScope::Ordinary => {
+                let outside: Vec<String> =
+                    access_policy::outside_star().map(str::to_string).collect();
+                compiler
+                    .q
+                    .push(&format!(
+                        " AND (r.resource_type <> 'Binary' OR {context} IS NULL \
+                         OR split_part({context}, '/', 1) <> ALL("
+                    ))
+                    .bind(outside)
+                    .push("))");
+            }
+            ReadScope::Less => {
+                compiler.q.push(&format!(
+                    " AND (r.resource_type <> 'Binary' OR {context} IS NULL)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// ` AND (…)`: the policy's row filter on the resource row `row`.
