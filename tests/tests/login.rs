@@ -582,3 +582,39 @@ async fn expired_code_and_expired_access_token_are_refused() {
 fn urlencode(value: &str) -> String {
     serde_urlencoded::to_string([("v", value)]).unwrap()[2..].to_string()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_console_client_signs_people_in_to_another_project() {
+    let app = TestApp::spawn().await;
+    let clinic = app.project("clinic").await;
+    let other = app.project("other").await;
+    let user = app
+        .user(&clinic.id, "both@example.com", "Practitioner", false)
+        .await;
+    let root = app.super_admin().await;
+    let profile = root
+        .create(json!({"resourceType": "Practitioner", "meta": {"project": other.id}}))
+        .await;
+    let profile = format!("Practitioner/{}", profile["id"].as_str().unwrap());
+    app.add_membership(&root, &other.id, &user.id, &profile)
+        .await;
+    let (_, challenge) = pkce_pair();
+    let login = |client_id: String| {
+        json!({"email": user.email, "password": user.password, "scope": "openid",
+            "projectId": other.id, "clientId": client_id,
+            "codeChallenge": challenge, "codeChallengeMethod": "S256"})
+    };
+    // A project's own client cannot be used to sign in to another project…
+    let clinic_client = app.public_client(&clinic.id, REDIRECT, json!({})).await;
+    let (status, body) = app.login(&login(clinic_client)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("does not belong to this project"),
+        "{body}"
+    );
+    // …the console's client can, for a project the user is a member of.
+    let console = fhirgate_server::console::client::CLIENT_ID.to_string();
+    let (status, body) = app.login(&login(console)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["code"].is_string(), "{body}");
+}
