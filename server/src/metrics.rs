@@ -85,8 +85,11 @@ pub async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = std::time::Instant::now();
     let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let response = next.call(req).await?;
+    let route = response
+        .request()
+        .app_data::<crate::http::routes::RouteTemplate>()
+        .map_or_else(|| "unmatched".to_string(), |route| route.0.clone());
     let status = response.status().as_u16().to_string();
     metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);

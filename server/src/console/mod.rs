@@ -15,6 +15,7 @@ use crate::{
     app::AppState,
     error::{Error, Result},
     http::authorize::escape,
+    http::routes::RouteTemplate,
 };
 
 pub use client::ConsoleClient;
@@ -84,13 +85,25 @@ const ASSETS: &[(&str, &str, &str)] = &[
 const JS: &str = "text/javascript; charset=utf-8";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(root))
-        .route("/console", web::get().to(to_console))
-        .route("/console/assets/{name:.*}", web::get().to(asset))
-        .route("/console/{tail:.*}", web::get().to(page))
-        .route("/setpassword/{id}/{secret}", web::get().to(page))
-        .route("/verifyemail/{id}/{secret}", web::get().to(page))
-        .route("/signin", web::get().to(page));
+    cfg.service(get("/", root))
+        .service(get("/console", to_console))
+        .service(get("/console/assets/{name:.*}", asset))
+        .service(get("/console/{tail:.*}", page))
+        .service(get("/setpassword/{id}/{secret}", page))
+        .service(get("/verifyemail/{id}/{secret}", page))
+        .service(get("/signin", page));
+}
+
+/// A GET route carrying its template for the request metrics.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .app_data(RouteTemplate(path.to_string()))
+        .route(web::get().to(handler))
 }
 
 /// `GET /`: a browser goes to the console; anything else finds nothing here.

@@ -14,6 +14,11 @@ use utoipa::openapi::{
 
 use crate::error::{Error, Result};
 
+/// The path template a request was routed by (`/fhir/R4/{type}/{id}`), in
+/// each resource's app data: found without matching the path again (actix's
+/// `match_pattern` runs every route's regex once more).
+pub struct RouteTemplate(pub String);
+
 /// One routed operation, as the document describes it.
 pub struct Documented {
     pub method: HttpMethod,
@@ -190,15 +195,14 @@ impl Resource {
     }
 
     fn into_actix(self, prefix: &str) -> actix_web::Resource {
-        let paths: Vec<String> = std::iter::once(self.path)
-            .chain(self.aliases)
+        let paths: Vec<String> = std::iter::once(&self.path)
+            .chain(&self.aliases)
             .map(|path| path[prefix.len()..].to_string())
             .collect();
+        let resource = web::resource(paths).app_data(RouteTemplate(self.path));
         self.routes
             .into_iter()
-            .fold(web::resource(paths), |resource, (_, route)| {
-                resource.route(route)
-            })
+            .fold(resource, |resource, (_, route)| resource.route(route))
             .default_service(web::to(method_not_allowed))
     }
 }
