@@ -12,12 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use access_policy::{CompiledPolicy, Interaction, PolicyInput, Role, RowFilter, Types};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{types::ToSql, Client, NoTls, Statement};
 use uuid::Uuid;
 
 use crate::{
-    data::{self, MRN_SYSTEM},
+    data::{self, INCLUDE_CODE, LOINC_SYSTEM, MRN_SYSTEM},
     stats::{Recorder, ScenarioResult},
 };
 
@@ -31,6 +32,74 @@ const TOKEN_SQL: &str = "SELECT r.project_id, r.resource_type, r.id, r.version_i
     AND d.param = 'identifier' AND d.system = $2 AND d.code = $3 ORDER BY d.resource_id ASC) d \
     JOIN resource r ON r.id = d.resource_id WHERE NOT r.deleted AND r.project_id = $1 \
     AND r.resource_type = 'Patient' ORDER BY r.id ASC LIMIT 21";
+
+/// `search-include`'s two statements (`Observation?code=…&_include=Observation:subject&_count=20`)
+/// as `store::search` builds them for a project admin once the statistics
+/// know the project (`--analyze`): the page, driven by the token index, one
+/// row more than a page to know there is a next; then the resources the
+/// page's matches reference, under the caller's row filter ([`admin_filter`]).
+const INCLUDE_PAGE_SQL: &str = "SELECT r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content \
+    FROM (SELECT DISTINCT d.resource_id FROM idx_token d WHERE d.project_id = $1 AND d.resource_type = $2 \
+    AND d.param = $3 AND d.system = $4 AND d.code = $5 ORDER BY d.resource_id ASC) d \
+    JOIN resource r ON r.id = d.resource_id WHERE NOT r.deleted AND r.project_id = $6 AND r.resource_type = $7 \
+    ORDER BY r.id ASC LIMIT $8";
+const INCLUDE_SQL: &str = "(SELECT t.project_id, t.resource_type, t.id, t.version_id, t.last_updated, t.content \
+    FROM idx_reference i JOIN resource t ON t.project_id = i.project_id AND t.resource_type = i.target_type \
+    AND t.id = i.target_id WHERE NOT t.deleted AND i.project_id = $1 AND ((TRUE AND t.resource_type <> ALL($2)) \
+    OR (TRUE AND t.resource_type = $3) OR (TRUE AND t.resource_type = $4) OR (TRUE AND t.resource_type = $5) \
+    OR (TRUE AND t.resource_type = $6) OR (TRUE AND t.resource_type = $7) OR (TRUE AND t.resource_type = $8) \
+    OR (TRUE AND t.resource_type = $9)) AND i.resource_type = $10 AND (i.param = $11) \
+    AND i.resource_id = ANY($12)) LIMIT $13";
+/// The most included resources `store::search` reads for one page.
+const MAX_INCLUDED: i64 = 1000;
+
+/// `search-chain`'s statement (`Observation?subject:Patient.identifier=system|value`)
+/// as `store::search` builds it for a project's caller once the statistics
+/// know the project: the page's ids from the indexes, the chain an `EXISTS`
+/// through the reference and token indexes, then the page's rows.
+const CHAIN_SQL: &str = "SELECT r.project_id, r.resource_type, r.id, r.version_id, r.last_updated, r.content \
+    FROM resource r WHERE (r.project_id, r.resource_type, r.id) IN (SELECT r.project_id, r.resource_type, r.id \
+    FROM resource r WHERE NOT r.deleted AND r.project_id = $1 AND r.resource_type = $2 \
+    AND EXISTS (SELECT 1 FROM idx_reference c1 JOIN resource t2 ON t2.project_id = c1.project_id \
+    AND t2.resource_type = c1.target_type AND t2.id = c1.target_id WHERE c1.project_id = r.project_id \
+    AND c1.resource_type = r.resource_type AND c1.resource_id = r.id AND (c1.param = $3) AND c1.target_type = $4 \
+    AND NOT t2.deleted AND EXISTS (SELECT 1 FROM idx_token i3 WHERE i3.project_id = t2.project_id \
+    AND i3.resource_type = t2.resource_type AND i3.resource_id = t2.id AND (i3.param = $5) \
+    AND ((i3.system = $6 AND i3.code = $7)))) ORDER BY r.id ASC LIMIT $8) ORDER BY r.id ASC";
+
+/// A search page's `LIMIT`: the scenarios' 20 (asked for, or the default) and one more.
+const PAGE_LIMIT: i64 = 21;
+
+/// The values a project admin's row filter binds in an include statement
+/// (whose types are not known in advance): the types `*` leaves out, then
+/// each administrative type its role grants, in the policy's order.
+fn admin_filter() -> Result<(Vec<String>, Vec<String>), String> {
+    let policy = CompiledPolicy::compile(&PolicyInput {
+        role: Role::ProjectAdmin,
+        profile: "ClientApplication/bench",
+        policies: Vec::new(),
+        policy_required: false,
+        scopes: &[],
+    });
+    let RowFilter::AnyOf(branches) = policy.row_filter(&[], Interaction::Search) else {
+        return Err("baseline-search-include: a project admin's row filter has no branches".into());
+    };
+    // INCLUDE_SQL's shape: the ordinary types' branch, then one a type.
+    let mut types = Vec::new();
+    for (n, branch) in branches.iter().enumerate() {
+        match (n, branch.types) {
+            (0, Types::Ordinary) => {}
+            (1.., Types::One(t)) => types.push(t.to_string()),
+            _ => {
+                return Err(format!(
+                    "baseline-search-include: a project admin's row filter is not INCLUDE_SQL's: {branches:?}"
+                ))
+            }
+        }
+    }
+    let outside = access_policy::outside_star().map(str::to_string).collect();
+    Ok((outside, types))
+}
 
 /// `resource`'s shape and primary key, without its search-index rows or
 /// secondary indexes: what one create costs PostgreSQL at the least (one row,
@@ -116,6 +185,17 @@ enum Kind {
         project: Uuid,
         codes: Vec<String>,
     },
+    /// The page, then what it includes, as `search-include` runs them;
+    /// the row filter's values from [`admin_filter`].
+    Include {
+        project: Uuid,
+        outside: Vec<String>,
+        admin_types: Vec<String>,
+    },
+    Chain {
+        project: Uuid,
+        codes: Vec<String>,
+    },
     Insert {
         project: Uuid,
         content: String,
@@ -129,7 +209,8 @@ enum Kind {
     },
 }
 
-/// Runs `baseline-read`, `baseline-search-token` and `baseline-insert`.
+/// Runs `baseline-read`, `baseline-search-token`, `baseline-search-include`,
+/// `baseline-search-chain`, `baseline-insert` and `baseline-ingest`.
 pub async fn run(
     url: &str,
     concurrency: usize,
@@ -167,34 +248,47 @@ pub async fn run(
         .collect();
     drop(client);
 
-    let read = measure(
-        url,
-        concurrency,
-        duration,
-        seed,
-        "baseline-read",
-        Arc::new(Kind::Read { project, ids }),
-    )
-    .await?;
-    let token = if codes.is_empty() {
+    // The token and chain searches look a loaded Patient up by identifier.
+    let no_codes = |name: &str| {
         ScenarioResult::skipped(
-            "baseline-search-token",
+            name,
             format!("no {MRN_SYSTEM} identifier in idx_token for project {project}"),
         )
+    };
+    let run = |name: &'static str, kind: Kind| {
+        measure(url, concurrency, duration, seed, name, Arc::new(kind))
+    };
+    let read = run("baseline-read", Kind::Read { project, ids }).await?;
+    let token = if codes.is_empty() {
+        no_codes("baseline-search-token")
     } else {
-        measure(
-            url,
-            concurrency,
-            duration,
-            seed,
+        run(
             "baseline-search-token",
-            Arc::new(Kind::Token { project, codes }),
+            Kind::Token {
+                project,
+                codes: codes.clone(),
+            },
         )
         .await?
     };
+    let (outside, admin_types) = admin_filter()?;
+    let include = run(
+        "baseline-search-include",
+        Kind::Include {
+            project,
+            outside,
+            admin_types,
+        },
+    )
+    .await?;
+    let chain = if codes.is_empty() {
+        no_codes("baseline-search-chain")
+    } else {
+        run("baseline-search-chain", Kind::Chain { project, codes }).await?
+    };
     let insert = measure_insert(url, concurrency, duration, seed, project).await?;
     let ingest = measure_ingest(url, concurrency, duration, seed, project).await?;
-    Ok(vec![read, token, insert, ingest])
+    Ok(vec![read, token, include, chain, insert, ingest])
 }
 
 /// Runs `sql` on the connection that makes and drops a baseline's scratch
@@ -364,6 +458,50 @@ fn content_read(rows: Vec<tokio_postgres::Row>) -> bool {
     !rows.is_empty()
 }
 
+/// `search-include`'s round trips: the page, then what its matches (not
+/// the row beyond the page) reference; whether both found rows.
+async fn include(
+    client: &Client,
+    statements: &[Statement],
+    project: &Uuid,
+    outside: &Vec<String>,
+    admin_types: &[String],
+) -> Result<bool, tokio_postgres::Error> {
+    let page = client
+        .query(
+            &statements[0],
+            &[
+                project,
+                &"Observation",
+                &"code",
+                &LOINC_SYSTEM,
+                &INCLUDE_CODE,
+                project,
+                &"Observation",
+                &PAGE_LIMIT,
+            ],
+        )
+        .await?;
+    let matches: Vec<Uuid> = page
+        .iter()
+        .take(PAGE_LIMIT as usize - 1)
+        .map(|row| row.get("id"))
+        .collect();
+    if !content_read(page) {
+        return Ok(false);
+    }
+    let mut values: Vec<&(dyn ToSql + Sync)> = vec![project, outside];
+    values.extend(admin_types.iter().map(|t| t as &(dyn ToSql + Sync)));
+    values.extend([
+        &"Observation" as &(dyn ToSql + Sync),
+        &"subject",
+        &matches,
+        &MAX_INCLUDED,
+    ]);
+    let included = client.query(&statements[1], &values).await?;
+    Ok(content_read(included))
+}
+
 async fn measure(
     url: &str,
     concurrency: usize,
@@ -377,21 +515,28 @@ async fn measure(
     for _ in 0..concurrency {
         let client = connect(url).await?;
         let sql = match &*kind {
-            Kind::Read { .. } => READ_SQL.to_string(),
-            Kind::Token { .. } => TOKEN_SQL.to_string(),
-            Kind::Insert { .. } => insert_sql(),
-            Kind::Ingest { sql, .. } => sql.clone(),
+            Kind::Read { .. } => vec![READ_SQL.to_string()],
+            Kind::Token { .. } => vec![TOKEN_SQL.to_string()],
+            Kind::Include { .. } => vec![INCLUDE_PAGE_SQL.to_string(), INCLUDE_SQL.to_string()],
+            Kind::Chain { .. } => vec![CHAIN_SQL.to_string()],
+            Kind::Insert { .. } => vec![insert_sql()],
+            Kind::Ingest { sql, .. } => vec![sql.clone()],
         };
-        let statement = client
-            .prepare(&sql)
-            .await
-            .map_err(|e| format!("{name}: prepare: {e}"))?;
-        clients.push((client, statement));
+        let mut statements = Vec::with_capacity(sql.len());
+        for sql in sql {
+            statements.push(
+                client
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| format!("{name}: prepare: {e}"))?,
+            );
+        }
+        clients.push((client, statements));
     }
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = tokio::task::JoinSet::new();
-    for (worker, (client, statement)) in clients.into_iter().enumerate() {
+    for (worker, (client, statements)) in clients.into_iter().enumerate() {
         let kind = kind.clone();
         workers.spawn(async move {
             let mut rng =
@@ -399,23 +544,48 @@ async fn measure(
             let mut rec = Recorder::default();
             while Instant::now() < deadline {
                 let t = Instant::now();
+                let statement = &statements[0];
                 let result = match &*kind {
                     Kind::Read { project, ids } => {
                         let id = &ids[rng.gen_range(0..ids.len())];
                         client
-                            .query(&statement, &[project, id])
+                            .query(statement, &[project, id])
                             .await
                             .map(content_read)
                     }
                     Kind::Token { project, codes } => {
                         let code = &codes[rng.gen_range(0..codes.len())];
                         client
-                            .query(&statement, &[project, &MRN_SYSTEM, code])
+                            .query(statement, &[project, &MRN_SYSTEM, code])
+                            .await
+                            .map(content_read)
+                    }
+                    Kind::Include {
+                        project,
+                        outside,
+                        admin_types,
+                    } => include(&client, &statements, project, outside, admin_types).await,
+                    Kind::Chain { project, codes } => {
+                        let code = &codes[rng.gen_range(0..codes.len())];
+                        client
+                            .query(
+                                statement,
+                                &[
+                                    project,
+                                    &"Observation",
+                                    &"subject",
+                                    &"Patient",
+                                    &"identifier",
+                                    &MRN_SYSTEM,
+                                    code,
+                                    &PAGE_LIMIT,
+                                ],
+                            )
                             .await
                             .map(content_read)
                     }
                     Kind::Insert { project, content } => client
-                        .execute(&statement, &[project, &Uuid::now_v7(), content])
+                        .execute(statement, &[project, &Uuid::now_v7(), content])
                         .await
                         .map(|inserted| inserted == 1),
                     Kind::Ingest {
@@ -423,7 +593,7 @@ async fn measure(
                     } => {
                         let ids: Vec<Uuid> = sample.iter().map(|_| Uuid::now_v7()).collect();
                         let written = client
-                            .query_one(&statement, &[sample, &ids, project])
+                            .query_one(statement, &[sample, &ids, project])
                             .await
                             .map(|row| row.get::<_, i64>(0) as u64);
                         if let Ok(n) = written {

@@ -10,6 +10,10 @@ pub const MRN_SYSTEM: &str = "urn:fhirgate-bench:mrn";
 /// Identifier system of the Patients the `mixed` scenario creates, so they
 /// never answer the token searches on the loaded data.
 pub const MIXED_SYSTEM: &str = "urn:fhirgate-bench:mixed";
+pub const LOINC_SYSTEM: &str = "http://loinc.org";
+/// The Observation code the `search-include` scenario (and its baseline)
+/// searches: one of those generated, so every search finds a page.
+pub const INCLUDE_CODE: &str = OBSERVATION_CODES[0].0;
 
 pub const FAMILIES: &[&str] = &[
     "Smith",
@@ -228,7 +232,7 @@ pub fn observation(
             "system": "http://terminology.hl7.org/CodeSystem/observation-category",
             "code": "vital-signs"
         }]}],
-        "code": { "coding": [{ "system": "http://loinc.org", "code": code, "display": display }] },
+        "code": { "coding": [{ "system": LOINC_SYSTEM, "code": code, "display": display }] },
         "subject": { "reference": subject },
         "effectiveDateTime": effective,
         "valueQuantity": {

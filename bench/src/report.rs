@@ -19,9 +19,11 @@ fn find<'a>(results: &'a [ScenarioResult], name: &str) -> Option<&'a ScenarioRes
 
 /// Each HTTP scenario with the baseline that is its floor in PostgreSQL
 /// alone, compared by [`ScenarioResult::throughput`].
-const BASELINES: [(&str, &str); 4] = [
+const BASELINES: [(&str, &str); 6] = [
     ("read", "baseline-read"),
     ("search-token", "baseline-search-token"),
+    ("search-include", "baseline-search-include"),
+    ("search-chain", "baseline-search-chain"),
     ("create", "baseline-insert"),
     ("transaction", "baseline-ingest"),
 ];

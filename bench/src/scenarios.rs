@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::{
     client::{encode, Api, Reply, BUNDLE_PREFER},
-    data::{self, Shape, MIXED_SYSTEM, MRN_SYSTEM},
+    data::{self, Shape, INCLUDE_CODE, LOINC_SYSTEM, MIXED_SYSTEM, MRN_SYSTEM},
     load::{self, LoadedPatient},
     stats::{Recorder, ScenarioResult},
 };
@@ -257,7 +257,7 @@ async fn step(
             .await;
         }
         Scenario::SearchInclude => {
-            let code = encode("http://loinc.org|8480-6");
+            let code = encode(&format!("{LOINC_SYSTEM}|{INCLUDE_CODE}"));
             get(
                 ctx,
                 rec,

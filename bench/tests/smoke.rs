@@ -140,6 +140,8 @@ async fn every_scenario_runs_against_fhirgate() {
             "mixed",
             "baseline-read",
             "baseline-search-token",
+            "baseline-search-include",
+            "baseline-search-chain",
             "baseline-insert",
             "baseline-ingest",
         ],
@@ -149,6 +151,8 @@ async fn every_scenario_runs_against_fhirgate() {
     for (name, floor) in [
         ("read", "baseline-read"),
         ("search-token", "baseline-search-token"),
+        ("search-include", "baseline-search-include"),
+        ("search-chain", "baseline-search-chain"),
         ("create", "baseline-insert"),
         ("transaction", "baseline-ingest"),
     ] {
@@ -159,6 +163,7 @@ async fn every_scenario_runs_against_fhirgate() {
                 .unwrap_or_else(|| row["requests_per_second"].as_f64().unwrap())
         };
         let fraction = rows[0]["fraction_of_baseline"].as_f64().unwrap();
+        assert!(fraction > 0.0, "{name} against {floor}: {}", rows[0]);
         assert!(
             (fraction - rps(rows[0]) / rps(rows[1])).abs() < 1e-3,
             "{name} against {floor}: {}",
