@@ -287,12 +287,7 @@ async fn serve(mut stream: tokio::net::TcpStream, deliveries: Arc<Mutex<Vec<Deli
         };
         let received = chrono::Utc::now();
         let at = Instant::now();
-        let latency_us = serde_json::from_slice::<Value>(&request)
-            .ok()
-            .and_then(|body| {
-                let updated = body["meta"]["lastUpdated"].as_str()?.to_string();
-                chrono::DateTime::parse_from_rfc3339(&updated).ok()
-            })
+        let latency_us = last_updated(&request)
             .map(|updated| {
                 (received - updated.to_utc())
                     .num_microseconds()
@@ -308,6 +303,17 @@ async fn serve(mut stream: tokio::net::TcpStream, deliveries: Arc<Mutex<Vec<Deli
             return;
         }
     }
+}
+
+/// `meta.lastUpdated` of a notified Patient, found without parsing the
+/// body (the receiver shares the machine's cores with the server it
+/// measures; a Patient has no other `lastUpdated`).
+fn last_updated(body: &[u8]) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    const KEY: &[u8] = b"\"lastUpdated\":\"";
+    let start = find(body, KEY)? + KEY.len();
+    let length = body[start..].iter().position(|&b| b == b'"')?;
+    let text = std::str::from_utf8(&body[start..start + length]).ok()?;
+    chrono::DateTime::parse_from_rfc3339(text).ok()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -326,4 +332,17 @@ fn content_length(head: &str) -> usize {
                 .flatten()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_updated_is_read_from_the_body_without_parsing_it() {
+        let body = br#"{"resourceType":"Patient","id":"x","meta":{"versionId":"v","lastUpdated":"2026-12-07T18:00:00.123Z"},"name":[{"family":"lastUpdated"}]}"#;
+        let expected = chrono::DateTime::parse_from_rfc3339("2026-12-07T18:00:00.123Z").unwrap();
+        assert_eq!(last_updated(body), Some(expected));
+        assert_eq!(last_updated(b"{}"), None);
+    }
 }

@@ -354,6 +354,51 @@ async fn failures_retry_with_backoff_then_the_status_says_why() {
     );
 }
 
+/// While a receiver takes its time, the worker sending to it holds no
+/// transaction open (nor the row locks of one): it holds a lease on the
+/// subscription's queue instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_receiver_holds_no_transaction_open() {
+    let app = app().await;
+    let project = app.project("subscriptions-slow-receiver").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/hook", listener.local_addr().unwrap());
+    project
+        .admin
+        .create(json!({"resourceType": "Subscription", "status": "active", "reason": "test",
+            "criteria": "Observation",
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}}))
+        .await;
+    project.admin.create(observation("8867-4")).await;
+    // The POST arrives and is never answered.
+    let (held, _) = tokio::time::timeout(WITHIN, listener.accept())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let db = app.db().await;
+    let open: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1
+               AND state LIKE 'idle in transaction%' AND now() - state_change > interval '500 ms'",
+            &[&app.database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "a transaction stayed open while the POST waited");
+    let leases: i64 = db
+        .query_one(
+            "SELECT count(*) FROM subscription_lease WHERE until > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leases, 1, "the queue is leased while its POST waits");
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolled_back_write_notifies_nothing() {
     let app = app().await;

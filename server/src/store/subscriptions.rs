@@ -70,6 +70,16 @@ pub struct Delivery {
     pub attempts: i32,
 }
 
+/// What a claim on a queue found.
+pub enum Claim {
+    /// No queue is waiting.
+    Nothing,
+    /// Another worker leased the queue first; others may be waiting.
+    Taken,
+    /// The queue's first notifications, in order, leased to the caller.
+    Leased(Vec<Delivery>),
+}
+
 /// A delivery that did not succeed.
 pub enum Attempted {
     /// Try again after the delay.
@@ -289,7 +299,7 @@ impl Tx {
     /// Wakes the delivery workers of every instance at this transaction's
     /// commit.
     pub async fn announce_deliveries(&self) -> Result<()> {
-        self.run("SELECT pg_notify($1, 'deliveries')", &[&CHANNEL])
+        self.run("SELECT pg_notify($1, $2)", &[&CHANNEL, &DELIVERIES])
             .await?;
         Ok(())
     }
@@ -303,13 +313,24 @@ impl Tx {
         Ok(())
     }
 
-    /// The oldest due notification that heads its subscription's queue
-    /// (none older is pending) and that no other worker holds, with up to
-    /// `limit - 1` that follow it in the same queue; all locked until this
-    /// transaction ends, so no other worker of any instance takes them.
-    /// rest-hooks any instance delivers; websocket notifications only an
-    /// instance where a client is bound to the subscription (`sockets`).
-    pub async fn claim_deliveries(&self, limit: i64, sockets: &[Uuid]) -> Result<Vec<Delivery>> {
+    /// Claims the queue of the subscription whose head is the oldest due
+    /// notification (none older pending) with no live lease: a lease row,
+    /// `holder`'s for `lease`, taken in this one statement, so no worker of
+    /// any instance takes that queue until it is given back
+    /// ([`Tx::release_lease`]) or expires. The head's row lock (`SKIP
+    /// LOCKED`) keeps concurrent claims off each other's heads, and the
+    /// upsert refuses a lease another claim took since this statement's
+    /// snapshot. rest-hooks any instance delivers; websocket notifications
+    /// only an instance where a client is bound to the subscription
+    /// (`sockets`). Returns up to `limit` of the queue's notifications, in
+    /// order.
+    pub async fn claim_deliveries(
+        &self,
+        limit: i64,
+        sockets: &[Uuid],
+        holder: Uuid,
+        lease: Duration,
+    ) -> Result<Claim> {
         let rows = self
             .run(
                 "WITH head AS (
@@ -319,30 +340,62 @@ impl Tx {
                       AND NOT EXISTS (SELECT 1 FROM subscription_delivery e
                                       WHERE e.subscription_id = d.subscription_id
                                         AND e.finished_at IS NULL AND e.seq < d.seq)
+                      AND NOT EXISTS (SELECT 1 FROM subscription_lease l
+                                      WHERE l.subscription_id = d.subscription_id
+                                        AND l.until > now())
                     ORDER BY d.seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                 ), leased AS (
+                    INSERT INTO subscription_lease (subscription_id, holder, until)
+                    SELECT subscription_id, $3, clock_timestamp() + make_interval(secs => $4)
+                    FROM head
+                    ON CONFLICT (subscription_id) DO UPDATE
+                        SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                        WHERE subscription_lease.until <= clock_timestamp()
+                    RETURNING subscription_id
                  )
-                 SELECT seq, subscription_id, project_id, resource_type, resource_id, version_id,
-                        interaction, recorded_at, attempts
-                 FROM subscription_delivery
-                 WHERE subscription_id = (SELECT subscription_id FROM head) AND finished_at IS NULL
-                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&limit, &sockets],
+                 SELECT d.seq, d.subscription_id, d.project_id, d.resource_type, d.resource_id,
+                        d.version_id, d.interaction, d.recorded_at, d.attempts
+                 FROM head LEFT JOIN leased ON true
+                 LEFT JOIN LATERAL (
+                    SELECT * FROM subscription_delivery q
+                    WHERE q.subscription_id = leased.subscription_id AND q.finished_at IS NULL
+                    ORDER BY q.seq LIMIT $1
+                 ) d ON true
+                 ORDER BY d.seq",
+                &[&limit, &sockets, &holder, &lease.as_secs_f64()],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Delivery {
-                seq: row.get(0),
-                subscription_id: row.get(1),
-                project_id: row.get(2),
-                resource_type: row.get(3),
-                resource_id: row.get(4),
-                version_id: row.get(5),
-                interaction: row.get(6),
-                recorded_at: row.get(7),
-                attempts: row.get(8),
-            })
-            .collect())
+        if rows.is_empty() {
+            return Ok(Claim::Nothing);
+        }
+        if rows[0].get::<_, Option<i64>>(0).is_none() {
+            return Ok(Claim::Taken);
+        }
+        Ok(Claim::Leased(
+            rows.iter()
+                .map(|row| Delivery {
+                    seq: row.get(0),
+                    subscription_id: row.get(1),
+                    project_id: row.get(2),
+                    resource_type: row.get(3),
+                    resource_id: row.get(4),
+                    version_id: row.get(5),
+                    interaction: row.get(6),
+                    recorded_at: row.get(7),
+                    attempts: row.get(8),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Gives a subscription's queue back (if the lease is still `holder`'s).
+    pub async fn release_lease(&self, subscription_id: Uuid, holder: Uuid) -> Result<()> {
+        self.run(
+            "DELETE FROM subscription_lease WHERE subscription_id = $1 AND holder = $2",
+            &[&subscription_id, &holder],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Records a failed attempt (or, for `Finished("dropped", …)`, none).
@@ -429,8 +482,9 @@ impl Tx {
 }
 
 impl Store {
-    /// Forgets finished deliveries older than `age`, and drops websocket
-    /// notifications no client came for within `age`; how many.
+    /// Forgets finished deliveries older than `age` and leases expired that
+    /// long, and drops websocket notifications no client came for within
+    /// `age`; how many.
     pub async fn clean_deliveries(&self, age: Duration) -> Result<u64> {
         let client = self.pool.get().await?;
         let dropped = client
@@ -449,7 +503,14 @@ impl Store {
                 &[&age.as_secs_f64()],
             )
             .await?;
-        Ok(dropped + forgotten)
+        // Leases of workers that died, on subscriptions no one claims again.
+        let expired = client
+            .execute(
+                "DELETE FROM subscription_lease WHERE until < now() - make_interval(secs => $1)",
+                &[&age.as_secs_f64()],
+            )
+            .await?;
+        Ok(dropped + forgotten + expired)
     }
 }
 
@@ -467,16 +528,22 @@ fn one_branch(filters: &[Filter]) -> RowFilter<'_> {
 /// `application_name` of the listening connection.
 const LISTENER_NAME: &str = "fhirgate subscription listener";
 
-/// Listens on [`CHANNEL`] and bumps `wake` at each notification (and once
-/// listening, for what was recorded before), until `wake` is gone;
+/// The payload of the fan-out's notification: deliveries were queued (the
+/// triggers' events notify with an empty payload).
+const DELIVERIES: &str = "deliveries";
+
+/// Listens on [`CHANNEL`] and bumps `events` at each event the triggers
+/// announce and `deliveries` at each batch the fan-out queued (both once
+/// listening, for what was recorded before), until they are gone;
 /// reconnects after a second when the connection fails (the workers poll
 /// meanwhile).
 pub fn spawn_listener(
     config: tokio_postgres::Config,
-    wake: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+    events: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+    deliveries: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
 ) {
     tokio::spawn(async move {
-        let bump = || match wake.upgrade() {
+        let bump = |wake: &std::sync::Weak<tokio::sync::watch::Sender<u64>>| match wake.upgrade() {
             Some(wake) => {
                 wake.send_modify(|n| *n = n.wrapping_add(1));
                 true
@@ -484,9 +551,21 @@ pub fn spawn_listener(
             None => false,
         };
         loop {
-            let reason =
-                super::changes::listen_on(&config, CHANNEL, LISTENER_NAME, bump, |_| bump()).await;
-            if wake.strong_count() == 0 {
+            let reason = super::changes::listen_on(
+                &config,
+                CHANNEL,
+                LISTENER_NAME,
+                || bump(&events) && bump(&deliveries),
+                |payload| {
+                    if payload == DELIVERIES {
+                        bump(&deliveries)
+                    } else {
+                        bump(&events)
+                    }
+                },
+            )
+            .await;
+            if events.strong_count() == 0 {
                 return;
             }
             tracing::warn!(%reason, "not hearing subscription events; workers poll until the listener reconnects");

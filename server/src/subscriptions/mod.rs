@@ -19,7 +19,7 @@ pub mod websocket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use access_policy::{CompiledPolicy, Interaction, RowFilter};
 use chrono::Utc;
@@ -33,21 +33,32 @@ use crate::{
     error::{Error, Result},
     fhir::{self, resource::Stamp},
     store::{
-        subscriptions::{Attempted, Delivery, Event, NewDelivery, VersionKey},
+        subscriptions::{Attempted, Claim, Delivery, Event, NewDelivery, VersionKey},
         Tenant, Tx,
     },
 };
 use spec::{Channel, Spec};
 
 /// Delivery workers per instance: each delivers one subscription's queue at
-/// a time, so this many subscriptions are served at once.
-const DELIVERY_WORKERS: usize = 4;
+/// a time, so this many subscriptions are served at once. They hold a
+/// database connection only to claim a queue and to record what they sent,
+/// never while they send, so they are cheap.
+const DELIVERY_WORKERS: usize = 16;
 /// How often workers look for work when no notification woke them.
 const POLL: Duration = Duration::from_secs(1);
 /// Notifications of one subscription one worker takes at once.
 const DELIVERY_BATCH: i64 = 50;
 /// Events one fan-out transaction matches.
 const FANOUT_BATCH: i64 = 500;
+/// How long a worker's claim on a queue lasts (a worker that dies leaves it
+/// to expire; then another worker takes the queue over).
+const LEASE: Duration = Duration::from_secs(20);
+/// No POST starts later than this after the claim, so that every POST ends
+/// (its timeout) before the lease can expire and another worker could send
+/// the same notification.
+const LAST_SEND: Duration = LEASE
+    .saturating_sub(resthook::TIMEOUT)
+    .saturating_sub(Duration::from_secs(2));
 /// The first retry's delay; each further one doubles it, up to an hour.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_MOST: Duration = Duration::from_secs(3600);
@@ -61,8 +72,13 @@ const DELIVERY_ATTEMPT: &str = "delivery-attempt";
 
 /// The subscription machinery of one instance.
 pub struct Hub {
-    /// Bumped whenever there may be work: a notification from PostgreSQL.
-    wake: Arc<watch::Sender<u64>>,
+    /// Bumped when events may be waiting for the fan-out (a notification
+    /// from the triggers).
+    events: Arc<watch::Sender<u64>>,
+    /// Bumped when deliveries may be waiting (the fan-out queued some, a
+    /// client bound a websocket), so the delivery workers do not wake at
+    /// every write.
+    deliveries: Arc<watch::Sender<u64>>,
     http: reqwest::Client,
     allow_private: bool,
     pub sockets: websocket::Sockets,
@@ -71,7 +87,8 @@ pub struct Hub {
 impl Hub {
     pub fn new(allow_private: bool) -> Result<Hub> {
         Ok(Hub {
-            wake: Arc::new(watch::Sender::new(0)),
+            events: Arc::new(watch::Sender::new(0)),
+            deliveries: Arc::new(watch::Sender::new(0)),
             http: resthook::client(allow_private)
                 .map_err(|e| Error::Startup(format!("subscription HTTP client: {e}")))?,
             allow_private,
@@ -79,20 +96,27 @@ impl Hub {
         })
     }
 
-    fn woken(&self) -> watch::Receiver<u64> {
-        self.wake.subscribe()
+    fn woken(&self, work: Work) -> watch::Receiver<u64> {
+        match work {
+            Work::FanOut => self.events.subscribe(),
+            Work::Delivery => self.deliveries.subscribe(),
+        }
     }
 
-    /// Wakes this instance's workers (a client bound a websocket).
+    /// Wakes this instance's delivery workers (a client bound a websocket).
     pub fn wake(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.deliveries.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
 /// Starts the listener, the fan-out and the delivery workers; they stop
 /// when the state is dropped.
 pub fn spawn(state: &Arc<AppState>, pg: tokio_postgres::Config) {
-    crate::store::subscriptions::spawn_listener(pg, Arc::downgrade(&state.subscriptions.wake));
+    crate::store::subscriptions::spawn_listener(
+        pg,
+        Arc::downgrade(&state.subscriptions.events),
+        Arc::downgrade(&state.subscriptions.deliveries),
+    );
     spawn_worker(Arc::downgrade(state), Work::FanOut);
     for _ in 0..DELIVERY_WORKERS {
         spawn_worker(Arc::downgrade(state), Work::Delivery);
@@ -109,7 +133,7 @@ enum Work {
 /// or the poll interval; a failure is logged and retried after the interval.
 fn spawn_worker(state: Weak<AppState>, work: Work) {
     tokio::spawn(async move {
-        let Some(mut woken) = state.upgrade().map(|s| s.subscriptions.woken()) else {
+        let Some(mut woken) = state.upgrade().map(|s| s.subscriptions.woken(work)) else {
             return;
         };
         loop {
@@ -349,38 +373,42 @@ struct Current {
     spec: Spec,
     /// `meta.author`: whose access the notifications are filtered by.
     author: String,
-    /// `None`: the author has no usable membership in the project.
-    policy: Option<CompiledPolicy>,
+    /// The author's access, as it is now.
+    policy: CompiledPolicy,
+}
+
+/// One notification's fate in a delivery round.
+enum Attempt {
+    /// Not sent: the author may not read the resource.
+    Unreadable,
+    /// Sent: the receiver's 2xx status, or what went wrong.
+    Sent(std::result::Result<u16, String>),
 }
 
 /// Delivers the head of one subscription's queue and what follows it, in
-/// order, stopping at the first failure; true if it found work.
+/// order, stopping at the first failure; true if it found work (or another
+/// worker took a queue first). Three short steps, so that no connection is
+/// held while the notifications go out: claim the queue (a lease) and read
+/// the versions; send; record every attempt and give the queue back, in
+/// one transaction.
 async fn deliver(state: &AppState) -> Result<bool> {
+    let claimed_at = Instant::now();
+    let holder = Uuid::new_v4();
     let tx = state.store.begin().await?;
-    let batch = tx
-        .claim_deliveries(DELIVERY_BATCH, &state.subscriptions.sockets.bound())
-        .await?;
-    let Some(first) = batch.first() else {
-        tx.rollback().await?;
-        return Ok(false);
-    };
-    let (subscription_id, project_id) = (first.subscription_id, first.project_id);
-    let current = match load_current(state, project_id, subscription_id).await? {
-        Ok(current) => current,
-        Err(reason) => {
-            tx.drop_pending(subscription_id, &reason).await?;
-            tx.commit().await?;
-            return Ok(true);
-        }
-    };
-    let Some(policy) = &current.policy else {
-        tx.drop_pending(
-            subscription_id,
-            "the subscription's author has no active membership in the project",
+    let claim = tx
+        .claim_deliveries(
+            DELIVERY_BATCH,
+            &state.subscriptions.sockets.bound(),
+            holder,
+            LEASE,
         )
         .await?;
-        tx.commit().await?;
-        return Ok(true);
+    let batch = match claim {
+        Claim::Nothing | Claim::Taken => {
+            tx.rollback().await?;
+            return Ok(matches!(claim, Claim::Taken));
+        }
+        Claim::Leased(batch) => batch,
     };
     let versions: Vec<VersionKey> = batch
         .iter()
@@ -392,19 +420,83 @@ async fn deliver(state: &AppState) -> Result<bool> {
         })
         .collect();
     let contents = tx.version_contents(&versions).await?;
+    tx.commit().await?;
+    let (subscription_id, project_id) = (batch[0].subscription_id, batch[0].project_id);
+    let current = match load_current(state, project_id, subscription_id).await? {
+        Ok(current) => current,
+        Err(reason) => {
+            let tx = state.store.begin().await?;
+            tx.drop_pending(subscription_id, &reason).await?;
+            tx.release_lease(subscription_id, holder).await?;
+            tx.commit().await?;
+            return Ok(true);
+        }
+    };
+    let attempts = send_in_order(state, &current, &batch, &contents, claimed_at).await?;
+    let tx = state.store.begin().await?;
     let mut delivered = Vec::new();
-    for delivery in &batch {
-        let Some(body) = readable_content(state, policy, delivery, &contents).await? else {
-            tx.record_attempt(
-                delivery.seq,
-                &Attempted::Finished(
-                    "dropped",
-                    "the subscription's author may not read this resource".into(),
-                ),
-            )
-            .await?;
+    for (delivery, attempt) in batch.iter().zip(&attempts) {
+        let result = match attempt {
+            Attempt::Unreadable => {
+                let reason = "the subscription's author may not read this resource";
+                tx.record_attempt(delivery.seq, &Attempted::Finished("dropped", reason.into()))
+                    .await?;
+                continue;
+            }
+            Attempt::Sent(result) => result,
+        };
+        if matches!(current.spec.channel, Channel::RestHook { .. }) {
+            // Held back and written with the batch's others in one statement.
+            record_audit(state, &tx, delivery, &current.author, result).await?;
+        }
+        match result {
+            Ok(_) => delivered.push(delivery.seq),
+            Err(error) if delivery.attempts + 1 >= current.spec.max_attempts as i32 => {
+                let reason = format!(
+                    "delivery of {}/{} failed {} times, the last with: {error}",
+                    delivery.resource_type,
+                    delivery.resource_id,
+                    delivery.attempts + 1
+                );
+                tx.record_attempt(delivery.seq, &Attempted::Finished("failed", error.clone()))
+                    .await?;
+                stop_with_error(state, &tx, delivery, &current.author, &reason).await?;
+            }
+            Err(error) => {
+                let delay = RETRY_BASE
+                    .saturating_mul(1u32 << delivery.attempts.clamp(0, 20) as u32)
+                    .min(RETRY_MOST);
+                tx.record_attempt(delivery.seq, &Attempted::Retry(delay, error.clone()))
+                    .await?;
+            }
+        }
+    }
+    tx.record_delivered(&delivered).await?;
+    tx.release_lease(subscription_id, holder).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Sends a claimed batch in order, up to the first failure (or until the
+/// lease taken at `claimed_at` nears its end): one attempt per
+/// notification it got to, in the batch's order.
+async fn send_in_order(
+    state: &AppState,
+    current: &Current,
+    batch: &[Delivery],
+    contents: &HashMap<Uuid, String>,
+    claimed_at: Instant,
+) -> Result<Vec<Attempt>> {
+    let mut attempts = Vec::new();
+    for delivery in batch {
+        if claimed_at.elapsed() > LAST_SEND {
+            break;
+        }
+        let Some(body) = readable_content(state, &current.policy, delivery, contents).await? else {
+            attempts.push(Attempt::Unreadable);
             continue;
         };
+        let subscription_id = delivery.subscription_id;
         let result = match &current.spec.channel {
             Channel::RestHook {
                 endpoint,
@@ -412,7 +504,7 @@ async fn deliver(state: &AppState) -> Result<bool> {
                 payload,
             } => {
                 let reference = format!("{}/{}", delivery.resource_type, delivery.resource_id);
-                let result = resthook::send(
+                resthook::send(
                     &state.subscriptions.http,
                     state.subscriptions.allow_private,
                     &resthook::Post {
@@ -425,9 +517,7 @@ async fn deliver(state: &AppState) -> Result<bool> {
                         secret: current.spec.secret.as_deref(),
                     },
                 )
-                .await;
-                record_audit(state, &tx, delivery, &current.author, &result).await?;
-                result
+                .await
             }
             Channel::Websocket => {
                 if !state.subscriptions.sockets.send(
@@ -440,33 +530,13 @@ async fn deliver(state: &AppState) -> Result<bool> {
                 Ok(0)
             }
         };
-        match result {
-            Ok(_) => delivered.push(delivery.seq),
-            Err(error) if delivery.attempts + 1 >= current.spec.max_attempts as i32 => {
-                let reason = format!(
-                    "delivery of {}/{} failed {} times, the last with: {error}",
-                    delivery.resource_type,
-                    delivery.resource_id,
-                    delivery.attempts + 1
-                );
-                tx.record_attempt(delivery.seq, &Attempted::Finished("failed", error))
-                    .await?;
-                stop_with_error(state, &tx, delivery, &current.author, &reason).await?;
-                break;
-            }
-            Err(error) => {
-                let delay = RETRY_BASE
-                    .saturating_mul(1u32 << delivery.attempts.clamp(0, 20) as u32)
-                    .min(RETRY_MOST);
-                tx.record_attempt(delivery.seq, &Attempted::Retry(delay, error))
-                    .await?;
-                break;
-            }
+        let failed = result.is_err();
+        attempts.push(Attempt::Sent(result));
+        if failed {
+            break;
         }
     }
-    tx.record_delivered(&delivered).await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(attempts)
 }
 
 /// The subscription now, or why its notifications are dropped.
@@ -494,7 +564,11 @@ async fn load_current(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let policy = author_policy(state, project_id, &author).await?;
+    let Some(policy) = author_policy(state, project_id, &author).await? else {
+        return Ok(Err(
+            "the subscription's author has no active membership in the project".into(),
+        ));
+    };
     Ok(Ok(Current {
         spec,
         author,
