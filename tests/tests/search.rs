@@ -1691,9 +1691,7 @@ async fn index_rows(
         .unwrap();
     assert_eq!(tables.len(), 10);
     for table in tables.iter().map(|row| row.get::<_, String>(0)) {
-        let sql = format!(
-            "SELECT t::text, xmin::text FROM {table} t WHERE resource_id = $1"
-        );
+        let sql = format!("SELECT t::text, xmin::text FROM {table} t WHERE resource_id = $1");
         for row in db.query(&sql, &[&id]).await.unwrap() {
             let key = format!("{table} {}", row.get::<_, String>(0));
             assert!(rows.insert(key, row.get(1)).is_none(), "a repeated row");
@@ -1743,7 +1741,8 @@ async fn an_update_rewrites_only_the_index_rows_that_changed() {
         .collect();
     for unchanged in ["identifier", "given", "gender", "birthdate"] {
         assert!(
-            kept.iter().any(|row| row.contains(&format!(",{unchanged},"))),
+            kept.iter()
+                .any(|row| row.contains(&format!(",{unchanged},"))),
             "the {unchanged} row was rewritten: {second:?}"
         );
     }

@@ -797,7 +797,8 @@ fn versions_query(
 /// $5 last-updated times, $6 contents, then [`index::IndexRows::params`]
 /// (into the index tables of `tables`).
 fn insert_sql(tables: usize) -> &'static str {
-    static SQL: [OnceLock<String>; index::TABLE_SETS] = [const { OnceLock::new() }; index::TABLE_SETS];
+    static SQL: [OnceLock<String>; index::TABLE_SETS] =
+        [const { OnceLock::new() }; index::TABLE_SETS];
     SQL[tables].get_or_init(|| {
         with_index_rows(
             &[
@@ -1131,8 +1132,7 @@ impl Tx {
             &v.content,
         ];
         params.extend(v.rows.params());
-        self.send(update_sql(&v.rows), &params, commit)
-            .await?;
+        self.send(update_sql(&v.rows), &params, commit).await?;
         Ok(())
     }
 
