@@ -1672,3 +1672,139 @@ async fn a_super_admin_pages_through_every_projects_matches_in_order() {
     let (mine, _) = walk_pages(&a, "Patient?identifier=urn:across%7Cshared").await;
     assert_eq!(mine.len(), 2);
 }
+
+/// The `xmin` of each index row of `id`, by table and values: a row an
+/// update kept has the xmin of the write that made it.
+async fn index_rows(
+    db: &tokio_postgres::Client,
+    id: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let id: uuid::Uuid = id.parse().unwrap();
+    let mut rows = std::collections::BTreeMap::new();
+    let tables = db
+        .query(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND (table_name LIKE 'idx\\_%' OR table_name = 'resource_compartment')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tables.len(), 10);
+    for table in tables.iter().map(|row| row.get::<_, String>(0)) {
+        let sql = format!("SELECT t::text, xmin::text FROM {table} t WHERE resource_id = $1");
+        for row in db.query(&sql, &[&id]).await.unwrap() {
+            let key = format!("{table} {}", row.get::<_, String>(0));
+            assert!(rows.insert(key, row.get(1)).is_none(), "a repeated row");
+        }
+    }
+    rows
+}
+
+/// An update writes only the index rows whose values changed (the others
+/// stay as they were: same row, same `xmin`), and afterwards the resource
+/// is found by its new values only, its rows are exactly what extraction
+/// gives (`fhirgate check`), and a delete leaves none.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_rewrites_only_the_index_rows_that_changed() {
+    let app = TestApp::spawn().await;
+    let s = app.project("update-rows").await.admin;
+    let before = json!({
+        "resourceType": "Patient", "gender": "female", "birthDate": "1815-12-10",
+        "name": [{"given": ["Ada"], "family": "Quince"}],
+        "identifier": [{"system": "urn:sys", "value": "mrn-1"}],
+        "telecom": [{"system": "phone", "value": "555-0001"}],
+        "address": [{"city": "Leeds"}],
+        "generalPractitioner": [{"reference": "Practitioner/0190a0e8-0000-7000-8000-000000000001"}]
+    });
+    let created = s.create(before).await;
+    let p = created["id"].as_str().unwrap().to_string();
+    let db = app.db().await;
+    let first = index_rows(&db, &p).await;
+
+    let mut after = created.clone();
+    after["name"][0]["family"] = json!("Rowan");
+    after["telecom"] = json!([{"system": "phone", "value": "555-0002"}]);
+    after.as_object_mut().unwrap().remove("address");
+    after.as_object_mut().unwrap().remove("generalPractitioner");
+    let (status, updated) = status_json(s.put(&format!("Patient/{p}"), &after).await).await;
+    assert_eq!(status, 200, "{updated}");
+    let second = index_rows(&db, &p).await;
+
+    let kept: Vec<&String> = second
+        .iter()
+        .filter(|(row, xmin)| first.get(*row) == Some(xmin))
+        .map(|(row, _)| row)
+        .collect();
+    let written: Vec<&String> = second
+        .keys()
+        .filter(|row| !first.contains_key(*row))
+        .collect();
+    for unchanged in ["identifier", "given", "gender", "birthdate"] {
+        assert!(
+            kept.iter()
+                .any(|row| row.contains(&format!(",{unchanged},"))),
+            "the {unchanged} row was rewritten: {second:?}"
+        );
+    }
+    for changed in ["Rowan", "555-0002"] {
+        assert!(
+            written.iter().any(|row| row.contains(changed)),
+            "no new row holds {changed}: {second:?}"
+        );
+    }
+    assert_eq!(written.len() + kept.len(), second.len(), "{second:?}");
+    assert!(
+        second.keys().all(|row| !row.contains("Quince")
+            && !row.contains("555-0001")
+            && !row.contains("leeds")
+            && !row.contains("idx_reference")),
+        "an old row stayed: {second:?}"
+    );
+
+    for (query, expected) in [
+        ("Patient?family=Quince", vec![]),
+        ("Patient?family=Rowan", vec![&p]),
+        ("Patient?phone=555-0001", vec![]),
+        ("Patient?phone=555-0002", vec![&p]),
+        ("Patient?address-city=Leeds", vec![]),
+        ("Patient?given=Ada", vec![&p]),
+        ("Patient?identifier=urn:sys%7Cmrn-1", vec![&p]),
+        ("Patient?general-practitioner:missing=true", vec![&p]),
+    ] {
+        check(&s, query, &expected).await;
+    }
+    // A resource with more rows in a table than an update compares has
+    // them all replaced, with the same outcome.
+    let many: Vec<Value> = (0..300)
+        .map(|n| json!({"system": "urn:many", "value": format!("v{n}")}))
+        .collect();
+    let big = s
+        .create(json!({"resourceType": "Patient", "identifier": many}))
+        .await;
+    let b = big["id"].as_str().unwrap().to_string();
+    let mut fewer = big.clone();
+    fewer["identifier"] = json!(many[150..]);
+    let (status, updated) = status_json(s.put(&format!("Patient/{b}"), &fewer).await).await;
+    assert_eq!(status, 200, "{updated}");
+    check(&s, "Patient?identifier=urn:many%7Cv10", &[]).await;
+    check(&s, "Patient?identifier=urn:many%7Cv299", &[&b]).await;
+
+    let store = fhirgate_server::cli::store(&fhirgate_server::Config::for_database(&format!(
+        "{}/{}",
+        fhirgate_tests::postgres_server(),
+        app.database
+    )))
+    .await
+    .unwrap();
+    let everything = fhirgate_server::store::maintenance::Scope {
+        project_id: None,
+        resource_type: None,
+    };
+    let checked = fhirgate_server::cli::walk(&store, &everything, true)
+        .await
+        .unwrap();
+    assert!(checked.differences.is_empty(), "{:?}", checked.differences);
+
+    assert_eq!(s.delete(&format!("Patient/{p}")).await.status(), 200);
+    assert!(index_rows(&db, &p).await.is_empty());
+}

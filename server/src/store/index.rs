@@ -407,52 +407,137 @@ pub(super) const TABLES: [(&str, &[(&str, &str)]); 10] = [
 /// How many sets of tables [`IndexRows::tables_with_rows`] can name.
 pub(super) const TABLE_SETS: usize = 1 << TABLES.len();
 
-/// `DELETE`s of every index row of one resource ($1 project, $2 type, $3 id).
-pub(super) fn delete_ctes() -> Vec<String> {
-    TABLES
-        .iter()
-        .enumerate()
-        .map(|(n, (table, _))| {
-            format!(
-                "d{n} AS (DELETE FROM {table} WHERE project_id = $1 AND resource_type = $2 AND resource_id = $3)"
-            )
-        })
-        .collect()
+/// One table's rows in a statement: its number in [`TABLES`], name and
+/// value columns, and its `UNNEST` of the [`IndexRows::params`] arrays as
+/// `n (project_id, resource_type, resource_id, <columns>)`.
+struct Unnest {
+    n: usize,
+    table: &'static str,
+    columns: &'static [(&'static str, &'static str)],
+    rows: String,
+}
+
+impl Unnest {
+    /// The tables of `tables` (a [`IndexRows::tables_with_rows`]), their
+    /// arrays numbered from `$first`.
+    fn of(first: usize, tables: usize) -> Vec<Unnest> {
+        let mut next = first;
+        TABLES
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| tables & (1 << n) != 0)
+            .map(|(n, (table, columns))| {
+                let arrays: Vec<String> = [("", "uuid"), ("", "text"), ("", "uuid")]
+                    .iter()
+                    .chain(columns.iter())
+                    .map(|(_, kind)| {
+                        next += 1;
+                        format!("${}::{kind}[]", next - 1)
+                    })
+                    .collect();
+                Unnest {
+                    n,
+                    table: *table,
+                    columns: *columns,
+                    rows: format!(
+                        "UNNEST({}) AS n (project_id, resource_type, resource_id, {})",
+                        arrays.join(", "),
+                        column_names(columns).join(", ")
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    /// `INSERT` of the rows, those `condition` admits.
+    fn insert(&self, condition: &str) -> String {
+        // A resource is in a compartment once, however many references lead there.
+        let distinct = if self.table == "resource_compartment" {
+            "DISTINCT "
+        } else {
+            ""
+        };
+        format!(
+            "i{} AS (INSERT INTO {} (project_id, resource_type, resource_id, {}) \
+             SELECT {distinct}n.* FROM {}{condition})",
+            self.n,
+            self.table,
+            column_names(self.columns).join(", "),
+            self.rows,
+        )
+    }
+
+    /// Row `o` of the table and row `n` of the arrays have the same values.
+    fn same_values(&self) -> String {
+        self.columns
+            .iter()
+            .map(|(c, _)| format!("o.{c} IS NOT DISTINCT FROM n.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+fn column_names(columns: &[(&'static str, &str)]) -> Vec<&'static str> {
+    columns.iter().map(|(name, _)| *name).collect()
 }
 
 /// `INSERT`s into the tables of `tables` (a [`IndexRows::tables_with_rows`])
 /// of the rows of [`IndexRows::params`], numbered from `$first`.
 pub(super) fn insert_ctes(first: usize, tables: usize) -> Vec<String> {
-    let mut next = first;
-    let mut placeholder = |kind: &str| {
-        next += 1;
-        format!("${}::{kind}[]", next - 1)
-    };
-    TABLES
+    Unnest::of(first, tables)
         .iter()
-        .enumerate()
-        .filter(|(n, _)| tables & (1 << n) != 0)
-        .map(|(n, (table, columns))| {
-            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-            let arrays: Vec<String> = [("", "uuid"), ("", "text"), ("", "uuid")]
-                .iter()
-                .chain(columns.iter())
-                .map(|(_, kind)| placeholder(kind))
-                .collect();
-            // A resource is in a compartment once, however many references lead there.
-            let distinct = if *table == "resource_compartment" {
-                "DISTINCT "
-            } else {
-                ""
-            };
-            format!(
-                "i{n} AS (INSERT INTO {table} (project_id, resource_type, resource_id, {}) \
-                 SELECT {distinct}* FROM UNNEST({}))",
-                names.join(", "),
-                arrays.join(", ")
-            )
-        })
+        .map(|unnest| unnest.insert(""))
         .collect()
+}
+
+/// Most rows of one table that an update compares with the stored ones
+/// (each stored row is compared with each new one); a resource with more
+/// has all its rows replaced. Below it every parameter has fewer values
+/// than extraction de-duplicates, so the rows compared are sets.
+const MOST_ROWS_COMPARED: usize = 256;
+
+/// Replaces the index rows of one resource ($1 project, $2 type, $3 id) by
+/// `rows` (their [`IndexRows::params`] numbered from `$first`). Usually only
+/// the rows that differ are touched: an update changes a few values, and
+/// each row kept saves a heap row, its btree entries and their WAL. Both
+/// sides see the rows as the statement began.
+pub(super) fn replace_ctes(first: usize, rows: &IndexRows) -> Vec<String> {
+    let compare = compared(rows);
+    let unnests = Unnest::of(first, rows.tables_with_rows());
+    let owner = "o.project_id = $1 AND o.resource_type = $2 AND o.resource_id = $3";
+    let mut ctes = Vec::new();
+    for (n, (table, _)) in TABLES.iter().enumerate() {
+        let delete_all = format!("d{n} AS (DELETE FROM {table} o WHERE {owner})");
+        match unnests.iter().find(|unnest| unnest.n == n) {
+            None => ctes.push(delete_all),
+            Some(unnest) if !compare => {
+                ctes.push(delete_all);
+                ctes.push(unnest.insert(""));
+            }
+            Some(unnest) => {
+                let same = unnest.same_values();
+                ctes.push(format!(
+                    "d{n} AS (DELETE FROM {table} o WHERE {owner} \
+                     AND NOT EXISTS (SELECT 1 FROM {} WHERE {same}))",
+                    unnest.rows
+                ));
+                ctes.push(unnest.insert(&format!(
+                    " WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {owner} AND {same})"
+                )));
+            }
+        }
+    }
+    ctes
+}
+
+/// Which statement text [`replace_ctes`] makes for `rows`: the tables with
+/// rows, and whether they are compared.
+pub(super) fn replace_shape(rows: &IndexRows) -> usize {
+    rows.tables_with_rows() | (usize::from(compared(rows)) << TABLES.len())
+}
+
+fn compared(rows: &IndexRows) -> bool {
+    rows.lengths().iter().all(|n| *n <= MOST_ROWS_COMPARED)
 }
 
 #[cfg(test)]

@@ -723,6 +723,7 @@ impl Store {
             observer: self.observer.clone(),
             changes: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
+            held: Mutex::new(None),
             group: self.group.clone(),
             created: Mutex::new(Vec::new()),
             statistics: self.statistics.clone(),
@@ -796,53 +797,55 @@ fn versions_query(
 /// $5 last-updated times, $6 contents, then [`index::IndexRows::params`]
 /// (into the index tables of `tables`).
 fn insert_sql(tables: usize) -> &'static str {
-    static SQL: StatementTexts = [const { OnceLock::new() }; index::TABLE_SETS];
-    with_index_inserts(&SQL, tables, || {
-        vec![
-            "x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
-             AS x (project_id, resource_type, id, version_id, last_updated, content))".to_string(),
-            "w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
-             SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x)".to_string(),
-        ]
+    static SQL: [OnceLock<String>; index::TABLE_SETS] =
+        [const { OnceLock::new() }; index::TABLE_SETS];
+    SQL[tables].get_or_init(|| {
+        with_index_rows(
+            &[
+                "x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
+                 AS x (project_id, resource_type, id, version_id, last_updated, content))",
+                "w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
+                 SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x)",
+            ],
+            index::insert_ctes(7, tables),
+        )
     })
 }
 
 /// A new version of one existing resource: $1 project, $2 type, $3 id, $4
-/// version, $5 last updated, $6 content (NULL deletes), then the index
-/// arrays (into the tables of `tables`); the version it replaces goes to
-/// history and its old index rows go, from every table.
-fn update_sql(tables: usize) -> &'static str {
-    static SQL: StatementTexts = [const { OnceLock::new() }; index::TABLE_SETS];
-    with_index_inserts(&SQL, tables, || {
-        let mut ctes = vec![
-            "w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
-             content = COALESCE($6::text, content) \
-             WHERE project_id = $1 AND resource_type = $2 AND id = $3)".to_string(),
-            // The version it supersedes (the statement's snapshot: the row
-            // as the caller locked it) goes to history.
-            format!("h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-             SELECT {VERSION_COLUMNS} FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3)"),
-        ];
-        ctes.extend(index::delete_ctes());
-        ctes
+/// version, $5 last updated, $6 content (NULL deletes), then the arrays of
+/// its index `rows`; the version it replaces goes to history, and its index
+/// rows become `rows` ([`index::replace_ctes`]).
+fn update_sql(rows: &index::IndexRows) -> &'static str {
+    const SHAPES: usize = 2 * index::TABLE_SETS;
+    static SQL: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+    SQL[index::replace_shape(rows)].get_or_init(|| {
+        let history = format!(
+            "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
+             SELECT {VERSION_COLUMNS} FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3)"
+        );
+        with_index_rows(
+            &[
+                "w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
+                 content = COALESCE($6::text, content) \
+                 WHERE project_id = $1 AND resource_type = $2 AND id = $3)",
+                // The version it supersedes (the statement's snapshot: the
+                // row as the caller locked it) goes to history.
+                &history,
+            ],
+            index::replace_ctes(7, rows),
+        )
     })
 }
 
-/// A statement's text for each set of index tables, made on first use.
-type StatementTexts = [OnceLock<String>; index::TABLE_SETS];
-
-/// `WITH <ctes>, <inserts into the index tables of tables> SELECT 1`, its
-/// index arrays numbered from $7.
-fn with_index_inserts(
-    texts: &'static StatementTexts,
-    tables: usize,
-    ctes: impl FnOnce() -> Vec<String>,
-) -> &'static str {
-    texts[tables].get_or_init(|| {
-        let mut ctes = ctes();
-        ctes.extend(index::insert_ctes(7, tables));
-        format!("WITH {} SELECT 1", ctes.join(", "))
-    })
+/// `WITH <ctes>, <index_ctes> SELECT 1` (the index arrays numbered from $7).
+fn with_index_rows(ctes: &[&str], index_ctes: Vec<String>) -> String {
+    let all: Vec<&str> = ctes
+        .iter()
+        .copied()
+        .chain(index_ctes.iter().map(String::as_str))
+        .collect();
+    format!("WITH {} SELECT 1", all.join(", "))
 }
 
 /// A new resource written by a transaction and not yet sent: new resources
@@ -856,6 +859,18 @@ struct NewResource {
     last_updated: DateTime<Utc>,
     content: String,
     index: Vec<fhir_model::search::IndexValue>,
+}
+
+/// A new version of an existing resource (content `None`: deleted), with
+/// its index rows: one [`update_sql`].
+struct NewVersion {
+    project_id: Uuid,
+    resource_type: String,
+    id: Uuid,
+    version_id: Uuid,
+    last_updated: DateTime<Utc>,
+    content: Option<String>,
+    rows: index::IndexRows,
 }
 
 /// New resources held back at most before they are sent; a [`GroupCommit`]
@@ -982,6 +997,10 @@ pub struct Tx {
     /// What this transaction wrote that sessions depend on.
     changes: Mutex<Vec<Change>>,
     pending: Mutex<Vec<NewResource>>,
+    /// The last new version of an existing resource, not yet sent: sent
+    /// before the transaction's next statement or with its `COMMIT`, so a
+    /// single update's write and commit are one round trip.
+    held: Mutex<Option<NewVersion>>,
     group: Arc<GroupCommit>,
     /// The project of each resource this transaction created, counted at
     /// its commit.
@@ -1053,8 +1072,14 @@ impl Tx {
         }
     }
 
-    /// Sends the new resources held back, all in one statement.
+    /// Sends what was held back: the new version, then the new resources,
+    /// all in one statement (the order they were written in: a version is
+    /// held only after the statement that locked its row).
     async fn send_pending(&self) -> Result<()> {
+        let held = lock(&self.held).take();
+        if let Some(version) = held {
+            self.send_version(&version, false).await?;
+        }
         let pending = std::mem::take(&mut *lock(&self.pending));
         if pending.is_empty() {
             return Ok(());
@@ -1093,6 +1118,21 @@ impl Tx {
         self.send(insert_sql(rows.tables_with_rows()), &params, commit)
             .await
             .map_err(conflict_on_duplicate)?;
+        Ok(())
+    }
+
+    /// Sends a new version of an existing resource, with the `COMMIT` when `commit`.
+    async fn send_version(&self, v: &NewVersion, commit: bool) -> Result<()> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &v.project_id,
+            &v.resource_type,
+            &v.id,
+            &v.version_id,
+            &v.last_updated,
+            &v.content,
+        ];
+        params.extend(v.rows.params());
+        self.send(update_sql(&v.rows), &params, commit).await?;
         Ok(())
     }
 
@@ -1155,8 +1195,9 @@ impl Tx {
     /// that row's lock from [`Tx::lock_current`], so the copy is the version
     /// it replaces) and its search-index rows (`index`; none for a
     /// deletion). New resources are held back and sent together (a
-    /// transaction Bundle's creates cost one statement), so a conflict on
-    /// their ids surfaces at the next statement or at commit.
+    /// transaction Bundle's creates cost one statement), and a new version
+    /// until the next statement or the commit, so a failure of either
+    /// surfaces there.
     pub async fn write(
         &self,
         w: &Write<'_>,
@@ -1197,17 +1238,18 @@ impl Tx {
             (false, _) => {
                 let mut rows = index::IndexRows::default();
                 rows.add(w.project_id, w.resource_type, w.id, &index);
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                    &w.project_id,
-                    &w.resource_type,
-                    &w.id,
-                    &w.version_id,
-                    &w.last_updated,
-                    &w.content,
-                ];
-                params.extend(rows.params());
-                self.run(update_sql(rows.tables_with_rows()), &params)
-                    .await?;
+                let version = NewVersion {
+                    project_id: w.project_id,
+                    resource_type: w.resource_type.to_string(),
+                    id: w.id,
+                    version_id: w.version_id,
+                    last_updated: w.last_updated,
+                    content: w.content.map(str::to_string),
+                    rows,
+                };
+                // What was held before goes first, in writing order.
+                self.send_pending().await?;
+                *lock(&self.held) = Some(version);
                 Ok(())
             }
         }
@@ -1273,6 +1315,14 @@ impl Tx {
     }
 
     async fn commit_writes(mut self) -> Result<()> {
+        let held = lock(&self.held).take();
+        if let Some(version) = held {
+            let commit = lock(&self.pending).is_empty();
+            self.send_version(&version, commit).await?;
+            if commit {
+                return self.finish();
+            }
+        }
         let pending = std::mem::take(&mut *lock(&self.pending));
         let begun = *self.begun.get_mut();
         match (pending.is_empty(), begun) {
