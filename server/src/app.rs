@@ -215,7 +215,10 @@ impl Application {
                 .build()
                 .map_err(|e| Error::Startup(format!("HTTP client: {e}")))?,
             jwks: Default::default(),
-            subscriptions: crate::subscriptions::Hub::new(config.subscription_allow_private)?,
+            subscriptions: crate::subscriptions::Hub::new(
+                config.subscription_allow_private,
+                store.committed_writes(),
+            )?,
             capability: capability_statement(&base_url).to_string(),
             openapi: http::openapi::document(http::routes(), &base_url)
                 .to_json()

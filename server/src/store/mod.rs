@@ -213,6 +213,12 @@ pub struct Store {
     statistics: Arc<statistics::Statistics>,
     /// Where reads by id, searches and history may go (`store::replica`).
     replica: Option<Arc<replica::Replica>>,
+    /// Bumped after each committed write: the subscription fan-out wakes on
+    /// it. The triggers that record subscription events do not `NOTIFY`,
+    /// because a notifying transaction holds PostgreSQL's global notify lock
+    /// through its commit, which serialized every watched write's commit
+    /// (no group commit).
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Creates in one project before the first `ANALYZE` they start
@@ -512,7 +518,13 @@ impl Store {
             observer: None,
             group: Arc::default(),
             replica: None,
+            committed: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// The signal bumped after each committed write of this instance.
+    pub fn committed_writes(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        self.committed.clone()
     }
 
     /// The same store, with a read replica.
@@ -727,6 +739,7 @@ impl Store {
             group: self.group.clone(),
             created: Mutex::new(Vec::new()),
             statistics: self.statistics.clone(),
+            committed: self.committed.clone(),
         })
     }
 
@@ -1002,6 +1015,7 @@ pub struct Tx {
     /// single update's write and commit are one round trip.
     held: Mutex<Option<NewVersion>>,
     group: Arc<GroupCommit>,
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The project of each resource this transaction created, counted at
     /// its commit.
     created: Mutex<Vec<Uuid>>,
@@ -1320,7 +1334,7 @@ impl Tx {
             let commit = lock(&self.pending).is_empty();
             self.send_version(&version, commit).await?;
             if commit {
-                return self.finish();
+                return self.finish(true);
             }
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
@@ -1336,7 +1350,7 @@ impl Tx {
                 tokio::spawn(
                     async move {
                         group.commit(&self, pending).await?;
-                        self.finish()
+                        self.finish(true)
                     }
                     .in_current_span(),
                 )
@@ -1346,7 +1360,7 @@ impl Tx {
             (false, true) => {
                 let resources: Vec<&NewResource> = pending.iter().collect();
                 self.send_new(&resources, true).await?;
-                self.finish()
+                self.finish(true)
             }
             (true, true) => {
                 self.client()
@@ -1354,16 +1368,20 @@ impl Tx {
                     .batch_execute("COMMIT")
                     .await
                     .map_err(in_doubt)?;
-                self.finish()
+                self.finish(true)
             }
             // Without a statement, nothing was begun.
-            (true, false) => self.finish(),
+            (true, false) => self.finish(false),
         }
     }
 
-    /// After the commit: the connection back to the pool, the changes told.
-    fn finish(mut self) -> Result<()> {
+    /// After the commit: the connection back to the pool, the changes told,
+    /// and, if it `wrote`, the committed-writes signal bumped.
+    fn finish(mut self, wrote: bool) -> Result<()> {
         drop(self.client.take());
+        if wrote {
+            self.committed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if let Some(observer) = &self.observer {
             let changes = std::mem::take(self.changes.get_mut().unwrap_or_else(|e| e.into_inner()));
             for change in changes {
