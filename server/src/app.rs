@@ -16,6 +16,7 @@ use actix_web::{
 };
 use fhir_model::Validator;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::{
     auth::{keys::Keys, sessions::SessionCache},
@@ -321,19 +322,22 @@ impl Application {
 /// entries, and reload signing keys (another instance may have rotated, and
 /// superseded keys leave the JWKS once their tokens have expired).
 fn spawn_maintenance(state: std::sync::Weak<AppState>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        tick.tick().await;
-        loop {
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.tick().await;
-            let Some(state) = state.upgrade() else { break };
-            state.auth_limiter.prune();
-            crate::subscriptions::clean(&state).await;
-            if let Err(e) = state.keys.reload().await {
-                tracing::warn!(error = %e, "reloading signing keys failed");
+            loop {
+                tick.tick().await;
+                let Some(state) = state.upgrade() else { break };
+                state.auth_limiter.prune();
+                crate::subscriptions::clean(&state).await;
+                if let Err(e) = state.keys.reload().await {
+                    tracing::warn!(error = %e, "reloading signing keys failed");
+                }
             }
         }
-    });
+        .instrument(crate::job_span("cleanup")),
+    );
 }
 
 /// 200 when PostgreSQL answers, 503 when it does not; with a read replica,
@@ -408,7 +412,6 @@ async fn log_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> std::result::Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    use tracing::Instrument;
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();

@@ -35,6 +35,104 @@ const WITHOUT_PROJECT: &[(&str, &str)] = &[
         "SELECT pg_advisory_xact_lock(",
         "the lock of a conditional write: no table, the key holds the project",
     ),
+    (
+        "JOIN unnest($1::text[]) WITH ORDINALITY AS scope(reference, position)",
+        "a User by email at sign-in: the email names no project",
+    ),
+    (
+        "WITH RECURSIVE projects (project_id) AS",
+        "a server-scoped User's rows in every project: by email (invitation), its memberships (sign-in), its Logins (auth/me)",
+    ),
+    (
+        "FROM login_lockout WHERE key = $1",
+        "the sign-in lockout of an email",
+    ),
+    (
+        "FROM user_mfa WHERE user_id = $1",
+        "a User's second factor, by the User's id",
+    ),
+    (
+        "FROM login_secret WHERE digest = $1",
+        "an authorization code or refresh token by its digest",
+    ),
+    (
+        "UPDATE login_secret SET used_at = now() WHERE digest = $1",
+        "spending that code or token",
+    ),
+    (
+        "FROM pg_stats WHERE",
+        "the planner's statistics of resource.project_id (a catalog, read for plans only)",
+    ),
+];
+
+/// Statements of background jobs that work across projects on purpose,
+/// with why each is safe on Citus (docs/scaling.md, "Background jobs").
+const MAINTENANCE: &[(&str, &str)] = &[
+    (
+        "DELETE FROM export_job WHERE completed_at < now()",
+        "expired exports of every project: a reference table",
+    ),
+    (
+        "WHERE id = (SELECT id FROM export_job",
+        "claiming the oldest waiting export (FOR UPDATE SKIP LOCKED): a reference table",
+    ),
+    (
+        "UPDATE export_job SET lease_until = now()",
+        "renewing a job's lease by its id",
+    ),
+    (
+        "UPDATE export_job SET status = $3, transaction_time = $4",
+        "ending a job by its id",
+    ),
+    (
+        "DELETE FROM export_output WHERE job_id = $1",
+        "a job's output, by the job's id (its distribution key)",
+    ),
+    (
+        "INSERT INTO export_output (job_id, resource_type, seq, lines, bytes)",
+        "a job's output, by the job's id",
+    ),
+    ("SELECT now()", "the export snapshot's time: no table"),
+    (
+        "ANALYZE resource, resource_compartment",
+        "statistics: Citus analyzes every shard",
+    ),
+    (
+        "SELECT pg_try_advisory_xact_lock($1)",
+        "the fan-out turn: no table",
+    ),
+    (
+        "FROM subscription_event ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "claiming events of any project: a reference table",
+    ),
+    (
+        "DELETE FROM subscription_event WHERE seq = ANY($1)",
+        "forgetting claimed events by their keys: a reference table",
+    ),
+    (
+        "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[])",
+        "versions by keys that carry their project: each shard answers its keys",
+    ),
+    (
+        "SELECT pg_notify($1, 'deliveries')",
+        "waking the delivery workers: no table",
+    ),
+    (
+        "WITH head AS (",
+        "claiming the head of a delivery queue (FOR UPDATE SKIP LOCKED): a reference table",
+    ),
+    (
+        "UPDATE subscription_delivery SET attempts = attempts +",
+        "recording attempts by their keys: a reference table",
+    ),
+    (
+        "last_error = 'no websocket client was bound to the subscription'",
+        "cleanup of unclaimed websocket notifications: a reference table",
+    ),
+    (
+        "DELETE FROM subscription_delivery",
+        "cleanup of finished deliveries: a reference table",
+    ),
 ];
 
 /// Whether `sql` names one project: `project_id = <parameter>` (possibly
@@ -85,7 +183,12 @@ fn the_check_tells_statements_apart() {
 async fn every_statement_of_a_project_caller_names_its_project() {
     let database = TestDatabase::new();
     let admin = Admin::generated();
-    let mut env = vec![("FHIRGATE_LOG_LEVEL", "info,fhirgate::sql=trace")];
+    let mut env = vec![
+        ("FHIRGATE_LOG_LEVEL", "info,fhirgate::sql=trace"),
+        // The statistics job runs after the few creates below.
+        ("FHIRGATE_ANALYZE_AFTER", "3"),
+        ("FHIRGATE_SUBSCRIPTION_ALLOW_PRIVATE", "1"),
+    ];
     env.extend(admin.env());
     let mut running = start_logging(&database.url, Logs::Kept, &env);
     let root = Api::sign_in(&running, &admin.client_id, &admin.client_secret).await;
@@ -274,21 +377,222 @@ async fn every_statement_of_a_project_caller_names_its_project() {
     )
     .await;
     call(Method::DELETE, &format!("fhir/R4/Patient/{id}"), None, &[]).await;
+
+    // A Subscription whose notifications a local endpoint takes: the
+    // fan-out and delivery jobs run for the next write.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/hook", hook.local_addr().unwrap());
+    let (delivered, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = hook.accept().await {
+            let mut request = vec![0; 64 * 1024];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            let _ = delivered.send(());
+        }
+    });
+    call(Method::POST, "fhir/R4/Subscription", Some(json!({"resourceType": "Subscription",
+        "status": "active", "reason": "tenancy", "criteria": "Observation",
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}})), &[]).await;
+    call(
+        Method::POST,
+        "fhir/R4/Observation",
+        Some(json!({"resourceType": "Observation",
+        "status": "final", "code": {"text": "notified"}})),
+        &[],
+    )
+    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), notified.recv())
+        .await
+        .expect("the subscription's notification arrives")
+        .unwrap();
+
+    // $export: kick-off, status until complete, one file.
+    let kicked_off = api
+        .request(Method::GET, "fhir/R4/$export")
+        .header("X-Request-Id", tag())
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kicked_off.status(), 202);
+    let status_url = kicked_off.headers()["Content-Location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let manifest: Value = loop {
+        let status = api
+            .http
+            .get(&status_url)
+            .bearer_auth(&token)
+            .header("X-Request-Id", tag())
+            .send()
+            .await
+            .unwrap();
+        match status.status().as_u16() {
+            200 => break status.json().await.unwrap(),
+            202 => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            other => panic!("$export-status: {other}"),
+        }
+    };
+    let file = manifest["output"][0]["url"].as_str().unwrap();
+    let download = api
+        .http
+        .get(file)
+        .bearer_auth(&token)
+        .header("X-Request-Id", tag())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    assert!(!download.bytes().await.unwrap().is_empty());
+
+    // Password sign-in of a member the project admin invites, who is also
+    // a member of a second project (so that it picks one with
+    // /auth/profile), then its code exchange and /auth/me.
+    let email = "member@example.com";
+    let password = "a long enough password";
+    let invited = call(
+        Method::POST,
+        &format!("admin/projects/{project}/invite"),
+        Some(
+            json!({"resourceType": "Practitioner", "firstName": "Mem", "lastName": "Ber",
+            "email": email, "password": password, "sendEmail": false}),
+        ),
+        &[],
+    )
+    .await;
+    // The invitation answers the new membership.
+    let user = invited["user"]["reference"].as_str().unwrap();
+    let other = root.new_project("other").await;
+    let profile = root
+        .create(json!({"resourceType": "Practitioner", "meta": {"project": other}}))
+        .await;
+    root.create(
+        json!({"resourceType": "ProjectMembership", "meta": {"project": other},
+        "project": {"reference": format!("Project/{other}")}, "user": {"reference": user},
+        "profile": {"reference": format!("Practitioner/{}", profile["id"].as_str().unwrap())}}),
+    )
+    .await;
+    let verifier = "a-verifier-of-at-least-forty-three-characters-0123456789";
+    let challenge = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier))
+    };
+    let anonymous = async |path: &str, body: Value| -> Value {
+        let response = http
+            .post(running.url(path))
+            .header("X-Request-Id", tag())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    };
+    let signed_in = anonymous(
+        "auth/login",
+        json!({"email": email, "password": password, "scope": "openid",
+            "codeChallenge": challenge, "codeChallengeMethod": "S256"}),
+    )
+    .await;
+    let chosen = signed_in["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["project"]["reference"] == format!("Project/{project}"))
+        .expect("the clinic's membership is offered");
+    let picked = anonymous(
+        "auth/profile",
+        json!({"login": signed_in["login"], "profile": chosen["id"]}),
+    )
+    .await;
+    let exchanged: Value = http
+        .post(running.url("oauth2/token"))
+        .header("X-Request-Id", tag())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", picked["code"].as_str().unwrap()),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let member = Api {
+        http: http.clone(),
+        base_url: running.url(""),
+        token: exchanged["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a token: {exchanged}"))
+            .to_string(),
+    };
+    let me = member
+        .request(Method::GET, "auth/me")
+        .header("X-Request-Id", tag())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    // The reset link is mailed after the answer, still as the request's work.
+    let reset = http
+        .post(running.url("auth/resetpassword"))
+        .header("X-Request-Id", tag())
+        .json(&json!({"email": email, "projectId": project}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+
+    // The statistics job: ANALYZE ran once a project passed 3 creates.
+    let db = database.connect().await;
+    let mut waited = 0;
+    while !db
+        .query_one(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'idx_text'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        waited += 1;
+        assert!(
+            waited < 300,
+            "the statistics job analyzes the search tables"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     call(Method::POST, "oauth2/logout", None, &[]).await;
 
     running.terminate();
     let (status, _) = running.wait_with_stderr();
     assert!(status.success());
     let mut by_request: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in running.log.take().unwrap().try_iter() {
         let line: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if line["target"] != "fhirgate::sql" {
             continue;
         }
-        // The request's span, the outermost one.
-        let request = line["spans"][0]["id"].as_str().unwrap_or("").to_string();
+        let sql = line["fields"]["sql"].as_str().unwrap().to_string();
+        // The request's or job's span, the outermost one.
+        let outermost = &line["spans"][0];
+        if outermost["name"] == "job" {
+            let job = outermost["job"].as_str().unwrap().to_string();
+            by_job.entry(job).or_default().push(sql);
+            continue;
+        }
+        let request = outermost["id"].as_str().unwrap_or("").to_string();
         if request.starts_with("checked-") {
-            let sql = line["fields"]["sql"].as_str().unwrap().to_string();
             by_request.entry(request).or_default().push(sql);
         }
     }
@@ -301,22 +605,53 @@ async fn every_statement_of_a_project_caller_names_its_project() {
         "every request ran statements and was logged: {:?}",
         by_request.keys()
     );
-    let mut unrouted = Vec::new();
-    for (request, statements) in &by_request {
-        for sql in statements {
-            let known = WITHOUT_PROJECT
-                .iter()
-                .any(|(needle, _)| sql.contains(needle));
-            if !names_a_project(sql) && !known {
-                unrouted.push(format!("{request}: {sql}"));
-            }
-        }
+    assert_every_statement_names_a_project("requests", &by_request, &[WITHOUT_PROJECT]);
+
+    // Every background job the requests above set off ran, and each of its
+    // statements names its project or is a documented maintenance one.
+    for job in [
+        "export",
+        "statistics",
+        "subscription-fanout",
+        "subscription-delivery",
+    ] {
+        assert!(
+            by_job.contains_key(job),
+            "the {job} job ran statements: {:?}",
+            by_job.keys()
+        );
     }
+    assert_every_statement_names_a_project(
+        "background jobs",
+        &by_job,
+        &[WITHOUT_PROJECT, MAINTENANCE],
+    );
+}
+
+/// Fails naming each statement (by the request or job that ran it) that
+/// names no project and is not among `exceptions`.
+fn assert_every_statement_names_a_project(
+    of: &str,
+    by_owner: &BTreeMap<String, Vec<String>>,
+    exceptions: &[&[(&str, &str)]],
+) {
+    let mut unrouted: Vec<String> = by_owner
+        .iter()
+        .flat_map(|(owner, statements)| statements.iter().map(move |sql| (owner, sql)))
+        .filter(|(_, sql)| {
+            !names_a_project(sql)
+                && !exceptions
+                    .iter()
+                    .flat_map(|list| list.iter())
+                    .any(|(needle, _)| sql.contains(needle))
+        })
+        .map(|(owner, sql)| format!("{owner}: {sql}"))
+        .collect();
     unrouted.sort();
     unrouted.dedup();
     assert!(
         unrouted.is_empty(),
-        "{} statements name no project:\n{}",
+        "{} statements of {of} name no project:\n{}",
         unrouted.len(),
         unrouted.join("\n")
     );

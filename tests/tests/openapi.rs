@@ -211,3 +211,150 @@ async fn every_recorded_route_is_served() {
     assert_eq!(status, 405);
     assert_eq!(body["resourceType"], "OperationOutcome");
 }
+
+/// The parameters of one operation, `$ref`s resolved, by (`in`, name).
+fn parameters<'a>(document: &'a Value, operation: &'a Value) -> BTreeSet<(String, String)> {
+    operation["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|parameter| match parameter["$ref"].as_str() {
+            Some(reference) => document.pointer(&reference[1..]).unwrap(),
+            None => parameter,
+        })
+        .map(|p| {
+            (
+                p["in"].as_str().unwrap().to_string(),
+                p["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The headers a response of `operation` with `status` declares.
+fn response_headers(operation: &Value, status: &str) -> BTreeSet<String> {
+    operation["responses"][status]["headers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no headers on {status}: {operation}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fhir_interactions_document_their_headers_and_search_parameters() {
+    let app = TestApp::spawn().await;
+    let document = document(&app).await;
+    let operation = |method: &str, path: &str| document["paths"][path][method].clone();
+    let header = |name: &str| ("header".to_string(), name.to_string());
+    let query = |name: &str| ("query".to_string(), name.to_string());
+
+    // FHIR R4 http.html: each interaction's request and response headers.
+    let update = operation("put", "/fhir/R4/{type}/{id}");
+    let declared = parameters(&document, &update);
+    assert!(declared.contains(&header("If-Match")), "{declared:?}");
+    assert!(declared.contains(&header("Prefer")), "{declared:?}");
+    assert!(response_headers(&update, "200").contains("ETag"));
+    assert!(response_headers(&update, "201").contains("Location"));
+    let create = operation("post", "/fhir/R4/{type}");
+    assert!(parameters(&document, &create).contains(&header("If-None-Exist")));
+    let created = response_headers(&create, "201");
+    for name in ["Location", "ETag", "Last-Modified"] {
+        assert!(created.contains(name), "create: {name} in {created:?}");
+    }
+    let read = operation("get", "/fhir/R4/{type}/{id}");
+    let declared = parameters(&document, &read);
+    assert!(declared.contains(&header("If-None-Match")), "{declared:?}");
+    assert!(
+        declared.contains(&header("If-Modified-Since")),
+        "{declared:?}"
+    );
+    assert!(response_headers(&read, "200").contains("ETag"));
+    assert!(response_headers(&read, "304").contains("ETag"));
+    assert!(response_headers(
+        &operation("get", "/fhir/R4/{type}/{id}/_history/{vid}"),
+        "200"
+    )
+    .contains("Last-Modified"));
+    for (method, path) in [
+        ("patch", "/fhir/R4/{type}/{id}"),
+        ("put", "/fhir/R4/{type}"),
+    ] {
+        assert!(
+            parameters(&document, &operation(method, path)).contains(&header("If-Match")),
+            "{method} {path}"
+        );
+    }
+    assert!(parameters(&document, &operation("post", "/fhir/R4")).contains(&header("Prefer")));
+    assert!(
+        response_headers(&operation("get", "/fhir/R4/$export"), "202").contains("Content-Location")
+    );
+    assert!(
+        response_headers(&operation("get", "/fhir/R4/$export-status/{job}"), "202")
+            .contains("Retry-After")
+    );
+
+    // Searches name the parameters every type has, and take the type's own
+    // as free-form pairs; conditional writes take only what matches.
+    let result_parameters = [
+        "_count",
+        "_offset",
+        "_cursor",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_total",
+    ];
+    let filters = ["_id", "_lastUpdated", "_tag", "_profile", "_security"];
+    for path in [
+        "/fhir/R4/{type}",
+        "/fhir/R4",
+        "/fhir/R4/{compartment}/{id}/{type}",
+    ] {
+        let search = operation("get", path);
+        let declared = parameters(&document, &search);
+        for name in result_parameters.iter().chain(&filters) {
+            assert!(declared.contains(&query(name)), "{path}: {name}");
+        }
+        assert!(declared.contains(&query("parameters")), "{path}: free-form");
+        assert!(declared.contains(&header("Prefer")), "{path}: Prefer");
+    }
+    let count = operation("get", "/fhir/R4/{type}")["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "_count")
+        .unwrap()
+        .clone();
+    assert_eq!(count["schema"]["maximum"], 1000, "{count}");
+    let conditional = parameters(&document, &operation("delete", "/fhir/R4/{type}"));
+    assert!(conditional.contains(&query("_id")));
+    assert!(!conditional.contains(&query("_count")), "{conditional:?}");
+    assert!(
+        parameters(&document, &operation("get", "/fhir/R4/{type}/_history"))
+            .contains(&query("_since"))
+    );
+
+    // Every operation takes and answers X-Request-Id; errors may say when
+    // to come back.
+    for (method, path) in documented(&document) {
+        let operation = &document["paths"][&path][&method];
+        assert!(
+            parameters(&document, operation).contains(&header("X-Request-Id")),
+            "{method} {path}: X-Request-Id"
+        );
+        for (status, response) in operation["responses"].as_object().unwrap() {
+            if response.get("$ref").is_none() {
+                assert!(
+                    response_headers(operation, status).contains("X-Request-Id"),
+                    "{method} {path} {status}: X-Request-Id"
+                );
+            }
+        }
+    }
+    let error = &document["components"]["responses"]["Error"]["headers"];
+    assert!(error["Retry-After"].is_object(), "{error}");
+    assert!(error["X-Request-Id"].is_object(), "{error}");
+}

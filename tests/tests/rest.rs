@@ -129,6 +129,61 @@ async fn create_read_vread_update_delete_round_trip() {
     );
 }
 
+/// FHIR R4 http.html#cread: `If-None-Match` and `If-Modified-Since` on a
+/// read answer 304 while the client's copy is current, the version otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_read_answers_304_while_the_copy_is_current() {
+    let app = TestApp::spawn().await;
+    let project = app.project("cread").await;
+    let user = &project.member;
+    let created = user.post("Patient", &patient()).await;
+    let etag = created.headers()["etag"].to_str().unwrap().to_string();
+    let last_modified = created.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = |name: &'static str, value: String| {
+        user.fhir(Method::GET, &format!("Patient/{id}"))
+            .header(name, value)
+            .send()
+    };
+    for (name, value) in [
+        ("If-None-Match", etag.clone()),
+        ("If-None-Match", "*".to_string()),
+        ("If-Modified-Since", last_modified.clone()),
+    ] {
+        let response = read(name, value.clone()).await.unwrap();
+        assert_eq!(response.status(), 304, "{name}: {value}");
+        assert_eq!(response.headers()["etag"].to_str().unwrap(), etag);
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    for (name, value) in [
+        ("If-None-Match", "W/\"not-the-version\"".to_string()),
+        (
+            "If-Modified-Since",
+            "Sat, 01 Jan 2000 00:00:00 GMT".to_string(),
+        ),
+    ] {
+        let (status, body) = status_json(read(name, value.clone()).await.unwrap()).await;
+        assert_eq!(status, 200, "{name}: {value}");
+        assert_eq!(body["id"], id.as_str());
+    }
+    // A resource the caller may not read stays 404 whatever the headers say.
+    let other = app.project("cread-other").await;
+    let response = other
+        .member
+        .fhir(Method::GET, &format!("Patient/{id}"))
+        .header("If-None-Match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_ids_types_and_routes() {
     let app = TestApp::spawn().await;

@@ -5,6 +5,7 @@
 use access_policy::RowFilter;
 use chrono::Utc;
 use serde_json::json;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -250,11 +251,15 @@ pub fn spawn_mail_request(
     request: MailRequest,
     kind: RequestKind,
 ) {
-    tokio::spawn(async move {
-        if let Err(e) = mail_link(&state, &request, kind).await {
-            tracing::error!(error = %e, kind = kind.as_str(), "could not send a link");
+    // Still the request's work: its log lines and statements carry its id.
+    tokio::spawn(
+        async move {
+            if let Err(e) = mail_link(&state, &request, kind).await {
+                tracing::error!(error = %e, kind = kind.as_str(), "could not send a link");
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 async fn mail_link(state: &AppState, request: &MailRequest, kind: RequestKind) -> Result<()> {

@@ -293,7 +293,7 @@ pub fn output_url(base_url: &str, id: Uuid, resource_type: &str) -> String {
 pub async fn manifest(state: &AppState, job: &ExportJob) -> Result<Value> {
     let output: Vec<Value> = state
         .store
-        .export_files(job.id)
+        .export_files(job.project_id, job.id)
         .await?
         .into_iter()
         .map(|(resource_type, count)| {

@@ -8,6 +8,8 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use access_policy::{Branch, Interaction, RowFilter, Types};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -33,25 +35,28 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 /// Runs jobs until the server is dropped.
 pub fn spawn(state: Weak<AppState>) {
     let runner = Uuid::new_v4();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(POLL).await;
-            let Some(state) = state.upgrade() else { break };
-            // One statement on a partial index of finished jobs: cheap at every poll.
-            if let Err(e) = state
-                .store
-                .remove_expired_exports(state.config.export_retention)
-                .await
-            {
-                tracing::warn!(error = %e, "removing expired exports failed");
-            }
-            match state.store.claim_export_job(runner, LEASE).await {
-                Ok(Some(job)) => run(&state, runner, job).await,
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "looking for export jobs failed"),
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                let Some(state) = state.upgrade() else { break };
+                // One statement on a partial index of finished jobs: cheap at every poll.
+                if let Err(e) = state
+                    .store
+                    .remove_expired_exports(state.config.export_retention)
+                    .await
+                {
+                    tracing::warn!(error = %e, "removing expired exports failed");
+                }
+                match state.store.claim_export_job(runner, LEASE).await {
+                    Ok(Some(job)) => run(&state, runner, job).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "looking for export jobs failed"),
+                }
             }
         }
-    });
+        .instrument(crate::job_span("export")),
+    );
 }
 
 async fn run(state: &AppState, runner: Uuid, job: ExportJob) {

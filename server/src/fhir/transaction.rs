@@ -771,7 +771,11 @@ async fn read_entry(
     let mut done = match parse_target(state, &entry.url)? {
         Target::Instance { resource_type, id } => {
             let version = super::read(db, caller, &resource_type, &id).await?;
-            if not_modified(entry, &version) {
+            if not_modified(
+                entry.if_none_match.as_deref(),
+                entry.if_modified_since.as_deref(),
+                &version,
+            ) {
                 return Ok(Done {
                     status: StatusCode::NOT_MODIFIED,
                     version: None,
@@ -829,14 +833,19 @@ async fn read_entry(
     Ok(done)
 }
 
-/// `ifNoneMatch` (`W/"vid"` or `*`) and `ifModifiedSince` on a read.
-fn not_modified(entry: &Entry, version: &Version) -> bool {
-    let etag_matches = entry.if_none_match.as_deref().is_some_and(|tag| {
+/// `ifNoneMatch` (`W/"vid"` or `*`) and `ifModifiedSince` on a read (an
+/// entry's, or the `If-None-Match` and `If-Modified-Since` headers').
+pub(crate) fn not_modified(
+    if_none_match: Option<&str>,
+    if_modified_since: Option<&str>,
+    version: &Version,
+) -> bool {
+    let etag_matches = if_none_match.is_some_and(|tag| {
         let tag = tag.trim();
         tag == "*"
             || tag.trim_start_matches("W/").trim_matches('"') == version.version_id.to_string()
     });
-    let unchanged_since = entry.if_modified_since.as_deref().is_some_and(|since| {
+    let unchanged_since = if_modified_since.is_some_and(|since| {
         chrono::DateTime::parse_from_rfc3339(since)
             .or_else(|_| chrono::DateTime::parse_from_rfc2822(since))
             .is_ok_and(|since| version.last_updated <= since)

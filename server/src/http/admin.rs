@@ -2,7 +2,7 @@
 //! administration, at Medplum's paths. Logic lives in `crate::admin`.
 
 use super::{
-    openapi::{Created, JsonObject, JsonOk, OutcomeOk, Resource, ResourceOk},
+    openapi::{JsonObject, JsonOk, OutcomeOk, Resource, ResourceCreated, ResourceOk},
     routes::Routes,
 };
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
@@ -187,7 +187,7 @@ async fn delete_member(
     )))
 }
 
-#[utoipa::path(post, path = "/admin/projects/{project}/client", request_body(content = JsonObject, description = "{name, description?, redirectUris?, launchUri?, pkceOptional?}"), responses(Created))]
+#[utoipa::path(post, path = "/admin/projects/{project}/client", request_body(content = JsonObject, description = "{name, description?, redirectUris?, launchUri?, pkceOptional?}"), responses(ResourceCreated))]
 async fn client(
     caller: Caller,
     state: Data,
@@ -201,7 +201,7 @@ async fn client(
     Ok(json(StatusCode::CREATED, &client.to_string()))
 }
 
-#[utoipa::path(post, path = "/admin/projects/{project}/bot", request_body(content = JsonObject, description = "{name, description?, runtimeVersion?, timeout?}"), responses(Created))]
+#[utoipa::path(post, path = "/admin/projects/{project}/bot", request_body(content = JsonObject, description = "{name, description?, runtimeVersion?, timeout?}"), responses(ResourceCreated))]
 async fn bot(
     caller: Caller,
     state: Data,

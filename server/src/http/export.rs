@@ -3,7 +3,7 @@
 //! files, streamed from PostgreSQL to those who asked for them only.
 
 use super::{
-    openapi::{JsonObject, OperationOutcome},
+    openapi::{JsonObject, OperationOutcome, Prefer},
     routes::Routes,
 };
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
@@ -69,17 +69,17 @@ async fn kick_off(
         .body(informational(&format!("Export {id} accepted")).to_string()))
 }
 
-#[utoipa::path(method(get, post), path = "/fhir/R4/$export", responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json")))]
+#[utoipa::path(method(get, post), path = "/fhir/R4/$export", params(Prefer), responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json", headers(("Content-Location" = String, description = "The job's status URL: `<base>fhir/R4/$export-status/<job>`")))))]
 async fn system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     kick_off(caller, state, req, Level::System).await
 }
 
-#[utoipa::path(method(get, post), path = "/fhir/R4/Patient/$export", responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json")))]
+#[utoipa::path(method(get, post), path = "/fhir/R4/Patient/$export", params(Prefer), responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json", headers(("Content-Location" = String, description = "The job's status URL: `<base>fhir/R4/$export-status/<job>`")))))]
 async fn patient(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     kick_off(caller, state, req, Level::Patient).await
 }
 
-#[utoipa::path(method(get, post), path = "/fhir/R4/Group/{id}/$export", responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json")))]
+#[utoipa::path(method(get, post), path = "/fhir/R4/Group/{id}/$export", params(Prefer), responses((status = 202, description = "Accepted; the status URL is in `Content-Location`", body = OperationOutcome, content_type = "application/fhir+json", headers(("Content-Location" = String, description = "The job's status URL: `<base>fhir/R4/$export-status/<job>`")))))]
 async fn group(
     caller: Caller,
     state: Data,
@@ -89,7 +89,7 @@ async fn group(
     kick_off(caller, state, req, Level::Group(&path)).await
 }
 
-#[utoipa::path(get, path = "/fhir/R4/$export-status/{job}", responses((status = 200, description = "Complete: the manifest listing the output files", body = JsonObject), (status = 202, description = "Still running; `X-Progress` says how far")))]
+#[utoipa::path(get, path = "/fhir/R4/$export-status/{job}", responses((status = 200, description = "Complete: the manifest listing the output files", body = JsonObject), (status = 202, description = "Still running", headers(("X-Progress" = String, description = "How far the job is"), ("Retry-After" = u64, description = "Seconds before asking again")))))]
 async fn status(caller: Caller, state: Data, path: web::Path<String>) -> Result<HttpResponse> {
     let job = export::job_of(&state, &caller, &path).await?;
     match job.status.as_str() {

@@ -4,8 +4,9 @@
 
 use super::{
     openapi::{
-        Bundle, BundleOk, Created, JsonObject, OutcomeOk, Parameters, Resource, ResourceOk,
-        SearchQuery,
+        Bundle, BundleOk, Created, HistoryQuery, IfMatch, IfNoneExist, IfNoneMatch, JsonObject,
+        NotModified, OutcomeOk, Parameters, Prefer, Resource, ResourceOk, SearchFilters,
+        SearchResults, VersionOk,
     },
     routes::Routes,
 };
@@ -56,7 +57,7 @@ async fn metadata(state: Data, req: HttpRequest) -> Result<HttpResponse> {
         .body(state.capability.clone()))
 }
 
-#[utoipa::path(post, path = "/fhir/R4/{type}", request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(Created, ResourceOk))]
+#[utoipa::path(post, path = "/fhir/R4/{type}", params(IfNoneExist, Prefer), request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(Created, VersionOk))]
 async fn create(
     caller: Caller,
     state: Data,
@@ -126,7 +127,12 @@ pub(super) fn created_response(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/fhir/R4/{type}/{id}", responses(ResourceOk))]
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/{type}/{id}",
+    params(IfNoneMatch),
+    responses(VersionOk, NotModified)
+)]
 async fn read(
     caller: Caller,
     state: Data,
@@ -140,6 +146,16 @@ async fn read(
     check_accept(&req)?;
     let db = super::read_your_writes::reads(&state, &caller, &req);
     let version = fhir::read(&db, &caller, &resource_type, &id).await?;
+    // A conditional read (FHIR R4 http.html#cread): the client's copy is current.
+    if fhir::transaction::not_modified(
+        header(&req, "If-None-Match").as_deref(),
+        header(&req, "If-Modified-Since").as_deref(),
+        &version,
+    ) {
+        let mut response = HttpResponse::NotModified();
+        super::version_headers(&mut response, &version);
+        return Ok(response.finish());
+    }
     Ok(version_response(
         StatusCode::OK,
         &version,
@@ -151,7 +167,7 @@ async fn read(
 #[utoipa::path(
     get,
     path = "/fhir/R4/{type}/{id}/_history/{vid}",
-    responses(ResourceOk)
+    responses(VersionOk)
 )]
 async fn vread(
     caller: Caller,
@@ -277,7 +293,7 @@ async fn update_target(
     Ok(write_response(&req, &version, outcome))
 }
 
-#[utoipa::path(put, path = "/fhir/R4/{type}/{id}", request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(ResourceOk, Created))]
+#[utoipa::path(put, path = "/fhir/R4/{type}/{id}", params(IfMatch, Prefer), request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(VersionOk, Created))]
 async fn update(
     caller: Caller,
     state: Data,
@@ -292,7 +308,7 @@ async fn update(
     update_target(caller, state, req, Target::instance(path), payload).await
 }
 
-#[utoipa::path(put, path = "/fhir/R4/{type}", params(SearchQuery), request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(ResourceOk, Created))]
+#[utoipa::path(put, path = "/fhir/R4/{type}", params(SearchFilters, IfMatch, Prefer), request_body(content = Resource, content_type = "application/fhir+json", description = "The resource (Binary also takes raw bytes of any type)"), responses(VersionOk, Created))]
 async fn conditional_update(
     caller: Caller,
     state: Data,
@@ -373,7 +389,7 @@ async fn patch_target(
     Ok(write_response(&req, &version, outcome))
 }
 
-#[utoipa::path(patch, path = "/fhir/R4/{type}/{id}", request_body(content((Vec<JsonObject> = "application/json-patch+json"), (Parameters = "application/fhir+json")), description = "A JSON Patch, or a FHIRPath Patch Parameters resource"), responses(ResourceOk))]
+#[utoipa::path(patch, path = "/fhir/R4/{type}/{id}", params(IfMatch, Prefer), request_body(content((Vec<JsonObject> = "application/json-patch+json"), (Parameters = "application/fhir+json")), description = "A JSON Patch, or a FHIRPath Patch Parameters resource"), responses(VersionOk))]
 async fn patch(
     caller: Caller,
     state: Data,
@@ -384,7 +400,7 @@ async fn patch(
     patch_target(caller, state, req, Target::instance(path), payload).await
 }
 
-#[utoipa::path(patch, path = "/fhir/R4/{type}", params(SearchQuery), request_body(content((Vec<JsonObject> = "application/json-patch+json"), (Parameters = "application/fhir+json")), description = "A JSON Patch, or a FHIRPath Patch Parameters resource"), responses(ResourceOk))]
+#[utoipa::path(patch, path = "/fhir/R4/{type}", params(SearchFilters, IfMatch, Prefer), request_body(content((Vec<JsonObject> = "application/json-patch+json"), (Parameters = "application/fhir+json")), description = "A JSON Patch, or a FHIRPath Patch Parameters resource"), responses(VersionOk))]
 async fn conditional_patch(
     caller: Caller,
     state: Data,
@@ -443,7 +459,7 @@ async fn delete(
 #[utoipa::path(
     delete,
     path = "/fhir/R4/{type}",
-    params(SearchQuery),
+    params(SearchFilters),
     responses(OutcomeOk)
 )]
 async fn conditional_delete(
@@ -457,7 +473,7 @@ async fn conditional_delete(
 }
 
 /// `POST /fhir/R4` with a batch or transaction Bundle.
-#[utoipa::path(post, path = "/fhir/R4", request_body(content = Bundle, content_type = "application/fhir+json", description = "A batch or transaction Bundle"), responses(BundleOk))]
+#[utoipa::path(post, path = "/fhir/R4", request_body(content = Bundle, content_type = "application/fhir+json", description = "A batch or transaction Bundle"), params(Prefer), responses(BundleOk))]
 async fn bundle(
     caller: Caller,
     state: Data,
@@ -529,7 +545,7 @@ async fn post_query(
 #[utoipa::path(
     get,
     path = "/fhir/R4/{type}",
-    params(SearchQuery),
+    params(SearchFilters, SearchResults, Prefer),
     responses(BundleOk)
 )]
 async fn search_type(
@@ -547,7 +563,7 @@ async fn search_type(
     run_search(caller, state, req, scope, query, &self_path).await
 }
 
-#[utoipa::path(post, path = "/fhir/R4/{type}/_search", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "Search parameters"), responses(BundleOk))]
+#[utoipa::path(post, path = "/fhir/R4/{type}/_search", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "Search parameters, as in the query string of a search"), params(Prefer), responses(BundleOk))]
 async fn search_type_post(
     caller: Caller,
     state: Data,
@@ -565,7 +581,12 @@ async fn search_type_post(
     run_search(caller, state, req, scope, query, &self_path).await
 }
 
-#[utoipa::path(get, path = "/fhir/R4", params(SearchQuery), responses(BundleOk))]
+#[utoipa::path(
+    get,
+    path = "/fhir/R4",
+    params(SearchFilters, SearchResults, Prefer),
+    responses(BundleOk)
+)]
 async fn search_system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     let query = query_pairs(&req)?;
     let scope = SearchScope {
@@ -575,7 +596,7 @@ async fn search_system(caller: Caller, state: Data, req: HttpRequest) -> Result<
     run_search(caller, state, req, scope, query, "fhir/R4").await
 }
 
-#[utoipa::path(post, path = "/fhir/R4/_search", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "Search parameters"), responses(BundleOk))]
+#[utoipa::path(post, path = "/fhir/R4/_search", request_body(content = JsonObject, content_type = "application/x-www-form-urlencoded", description = "Search parameters, as in the query string of a search"), params(Prefer), responses(BundleOk))]
 async fn search_system_post(
     caller: Caller,
     state: Data,
@@ -593,7 +614,7 @@ async fn search_system_post(
 #[utoipa::path(
     get,
     path = "/fhir/R4/{compartment}/{id}/{type}",
-    params(SearchQuery),
+    params(SearchFilters, SearchResults, Prefer),
     responses(BundleOk)
 )]
 async fn search_compartment(
@@ -645,12 +666,22 @@ async fn history(
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
 }
 
-#[utoipa::path(get, path = "/fhir/R4/_history", responses(BundleOk))]
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/_history",
+    params(HistoryQuery),
+    responses(BundleOk)
+)]
 async fn history_system(caller: Caller, state: Data, req: HttpRequest) -> Result<HttpResponse> {
     history(caller, state, req, None, None).await
 }
 
-#[utoipa::path(get, path = "/fhir/R4/{type}/_history", responses(BundleOk))]
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/{type}/_history",
+    params(HistoryQuery),
+    responses(BundleOk)
+)]
 async fn history_type(
     caller: Caller,
     state: Data,
@@ -660,7 +691,12 @@ async fn history_type(
     history(caller, state, req, Some(&path), None).await
 }
 
-#[utoipa::path(get, path = "/fhir/R4/{type}/{id}/_history", responses(BundleOk))]
+#[utoipa::path(
+    get,
+    path = "/fhir/R4/{type}/{id}/_history",
+    params(HistoryQuery),
+    responses(BundleOk)
+)]
 async fn history_instance(
     caller: Caller,
     state: Data,

@@ -11,7 +11,7 @@ use futures_util::Stream;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{search, Query, Store, Tenant};
+use super::{search, Query, Store, Tenant, Traced};
 use crate::error::Result;
 
 /// A job as the kick-off records it.
@@ -81,7 +81,7 @@ impl Store {
         self.pool()
             .get()
             .await?
-            .execute(
+            .traced_execute(
                 "INSERT INTO export_job (id, project_id, membership_id, login_id, scope, client_id, request, params)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[&job.id, &job.project_id, &job.membership_id, &job.login_id, &job.scope, &job.client_id, &job.request, job.params],
@@ -92,28 +92,30 @@ impl Store {
 
     /// A job of `project_id`.
     pub async fn export_job(&self, project_id: Uuid, id: Uuid) -> Result<Option<ExportJob>> {
-        let row = self
-            .pool()
-            .get()
-            .await?
-            .query_opt(
-                &format!("SELECT {JOB_COLUMNS} FROM export_job WHERE project_id = $1 AND id = $2"),
-                &[&project_id, &id],
-            )
-            .await?;
-        Ok(row.as_ref().map(ExportJob::from_row))
-    }
-
-    /// The types a job wrote and how many resources of each, by type.
-    pub async fn export_files(&self, id: Uuid) -> Result<Vec<(String, i64)>> {
         let rows = self
             .pool()
             .get()
             .await?
-            .query(
-                "SELECT resource_type, sum(lines)::bigint FROM export_output WHERE job_id = $1
-                 GROUP BY resource_type ORDER BY resource_type",
-                &[&id],
+            .traced_query(
+                &format!("SELECT {JOB_COLUMNS} FROM export_job WHERE project_id = $1 AND id = $2"),
+                &[&project_id, &id],
+            )
+            .await?;
+        Ok(rows.first().map(ExportJob::from_row))
+    }
+
+    /// The types a job of `project_id` wrote and how many resources of
+    /// each, by type.
+    pub async fn export_files(&self, project_id: Uuid, id: Uuid) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .pool()
+            .get()
+            .await?
+            .traced_query(
+                "SELECT o.resource_type, sum(o.lines)::bigint FROM export_output o
+                 JOIN export_job j ON j.id = o.job_id WHERE j.project_id = $1 AND o.job_id = $2
+                 GROUP BY o.resource_type ORDER BY o.resource_type",
+                &[&project_id, &id],
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -125,7 +127,7 @@ impl Store {
             .pool()
             .get()
             .await?
-            .execute(
+            .traced_execute(
                 "DELETE FROM export_job WHERE project_id = $1 AND id = $2",
                 &[&project_id, &id],
             )
@@ -160,11 +162,11 @@ impl Store {
         runner: Uuid,
         lease: Duration,
     ) -> Result<Option<ExportJob>> {
-        let row = self
+        let rows = self
             .pool()
             .get()
             .await?
-            .query_opt(
+            .traced_query(
                 &format!(
                     "UPDATE export_job SET status = 'running', runner = $1,
                             lease_until = now() + make_interval(secs => $2), progress = 'starting'
@@ -176,7 +178,7 @@ impl Store {
                 &[&runner, &seconds(lease)],
             )
             .await?;
-        Ok(row.as_ref().map(ExportJob::from_row))
+        Ok(rows.first().map(ExportJob::from_row))
     }
 
     /// Removes what an earlier run of the job wrote: a job taken over starts again.
@@ -184,7 +186,7 @@ impl Store {
         self.pool()
             .get()
             .await?
-            .execute("DELETE FROM export_output WHERE job_id = $1", &[&id])
+            .traced_execute("DELETE FROM export_output WHERE job_id = $1", &[&id])
             .await?;
         Ok(())
     }
@@ -202,7 +204,7 @@ impl Store {
             .pool()
             .get()
             .await?
-            .execute(
+            .traced_execute(
                 "UPDATE export_job SET lease_until = now() + make_interval(secs => $3), progress = $4
                  WHERE id = $1 AND runner = $2 AND status = 'running'",
                 &[&id, &runner, &seconds(lease), &progress],
@@ -226,7 +228,7 @@ impl Store {
             .pool()
             .get()
             .await?
-            .execute(
+            .traced_execute(
                 "INSERT INTO export_output (job_id, resource_type, seq, lines, bytes)
                  SELECT $1, $3, $4, $5, $6 FROM export_job WHERE id = $1 AND runner = $2 AND status = 'running'",
                 &[&id, &runner, &resource_type, &seq, &lines, &bytes],
@@ -249,7 +251,7 @@ impl Store {
         self.pool()
             .get()
             .await?
-            .execute(
+            .traced_execute(
                 "UPDATE export_job SET status = $3, transaction_time = $4, error = $5,
                         completed_at = now(), lease_until = NULL, progress = ''
                  WHERE id = $1 AND runner = $2",
@@ -265,7 +267,7 @@ impl Store {
             .pool()
             .get()
             .await?
-            .execute(
+            .traced_execute(
                 "DELETE FROM export_job WHERE completed_at < now() - make_interval(secs => $1)",
                 &[&seconds(retention)],
             )
@@ -284,8 +286,11 @@ impl Store {
             transaction_time: Utc::now(),
         };
         // The first statement takes the snapshot; now() is the transaction's start.
-        let row = snapshot.client()?.query_one("SELECT now()", &[]).await?;
-        snapshot.transaction_time = row.get(0);
+        let rows = snapshot.client()?.traced_query("SELECT now()", &[]).await?;
+        snapshot.transaction_time = rows
+            .first()
+            .map(|row| row.get(0))
+            .unwrap_or(snapshot.transaction_time);
         Ok(snapshot)
     }
 }
@@ -351,6 +356,7 @@ impl ExportSnapshot {
         }
         q.push(" ORDER BY id LIMIT ").bind(limit);
         let client = self.client()?;
+        super::trace_statement(&q.sql);
         let statement = client.prepare_cached(&q.sql).await?;
         let rows = client.query(&statement, &q.values()).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

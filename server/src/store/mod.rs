@@ -288,6 +288,42 @@ fn trace_statement(sql: &str) {
     tracing::trace!(target: "fhirgate::sql", sql, "statement");
 }
 
+/// Statements on a connection of their own, outside a [`Tx`] (`$export`,
+/// background jobs): logged as [`trace_statement`] logs every other, so the
+/// check of `server/tests/tenancy_sql.rs` sees them too.
+pub(crate) trait Traced {
+    async fn traced_execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error>;
+    async fn traced_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
+}
+
+impl Traced for tokio_postgres::Client {
+    async fn traced_execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        trace_statement(sql);
+        self.execute(sql, params).await
+    }
+
+    async fn traced_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        trace_statement(sql);
+        self.query(sql, params).await
+    }
+}
+
 async fn run_on(
     client: &Object,
     query: &Query,

@@ -39,7 +39,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use tracing::Instrument;
 use uuid::Uuid;
+
+use super::Traced;
 
 /// The tables searches plan from, each led by `project_id`.
 const ANALYZED: &str = "ANALYZE resource, resource_compartment, idx_token, idx_string, idx_date, \
@@ -147,11 +150,14 @@ impl Statistics {
             WHERE schemaname = current_schema() AND tablename = 'resource' AND attname = 'project_id'";
         let read = async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            let row = client
-                .query_opt(SQL, &[])
+            let rows = client
+                .traced_query(SQL, &[])
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>(row.and_then(|row| row.get::<_, Option<Vec<Uuid>>>(0)))
+            Ok::<_, String>(
+                rows.first()
+                    .and_then(|row| row.get::<_, Option<Vec<Uuid>>>(0)),
+            )
         };
         let result = read.await;
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
@@ -190,10 +196,13 @@ impl Statistics {
         } else if first {
             // The last creates of a load are added too, with no create after them.
             let statistics = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(FLUSH_EVERY).await;
-                statistics.flush();
-            });
+            tokio::spawn(
+                async move {
+                    tokio::time::sleep(FLUSH_EVERY).await;
+                    statistics.flush();
+                }
+                .instrument(crate::job_span("statistics")),
+            );
         }
     }
 
@@ -215,23 +224,26 @@ impl Statistics {
             return;
         }
         let statistics = self.clone();
-        tokio::spawn(async move {
-            let result = statistics.add_to_shared(&counts).await;
-            statistics.flushing.store(false, Ordering::SeqCst);
-            match result {
-                Ok(true) => statistics.analyze(),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!("counting a project's growth failed: {e}");
-                    // Counted again with the next addition.
-                    let mut pending = super::lock(&statistics.pending);
-                    for (project, n) in counts {
-                        *pending.counts.entry(project).or_default() += n;
-                        pending.total += n;
+        tokio::spawn(
+            async move {
+                let result = statistics.add_to_shared(&counts).await;
+                statistics.flushing.store(false, Ordering::SeqCst);
+                match result {
+                    Ok(true) => statistics.analyze(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!("counting a project's growth failed: {e}");
+                        // Counted again with the next addition.
+                        let mut pending = super::lock(&statistics.pending);
+                        for (project, n) in counts {
+                            *pending.counts.entry(project).or_default() += n;
+                            pending.total += n;
+                        }
                     }
                 }
             }
-        });
+            .instrument(crate::job_span("statistics")),
+        );
     }
 
     /// Adds `counts` to the projects' shared counts; answers whether this
@@ -247,9 +259,9 @@ impl Statistics {
         let (projects, added): (Vec<Uuid>, Vec<i64>) = counts.into_iter().unzip();
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let rows = client
-            .query(
+            .traced_query(
                 "INSERT INTO project_growth AS g (project_id, created) \
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[]) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[]) \
                  ON CONFLICT (project_id) DO UPDATE SET created = g.created + EXCLUDED.created \
                  RETURNING project_id, created, analyzed_at",
                 &[&projects, &added],
@@ -266,7 +278,7 @@ impl Statistics {
             }
             // Of the instances that see the step passed, one claims it.
             claimed |= client
-                .execute(
+                .traced_execute(
                     "UPDATE project_growth SET analyzed_at = $2 \
                      WHERE project_id = $1 AND analyzed_at < $2",
                     &[&project, &(step as i64)],
@@ -286,35 +298,41 @@ impl Statistics {
             return;
         }
         let statistics = self.clone();
-        tokio::spawn(async move {
-            while statistics.again.swap(false, Ordering::SeqCst) {
-                let result = match statistics.pool.get().await {
-                    Ok(client) => client
-                        .batch_execute(ANALYZED)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                crate::metrics::job("statistics", result.is_ok());
-                match result {
-                    Ok(()) => {
-                        // The next search reads what this ANALYZE found.
-                        statistics
-                            .known
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .read_at = None;
-                        tracing::info!("analyzed the search tables after a project grew")
+        tokio::spawn(
+            async move {
+                while statistics.again.swap(false, Ordering::SeqCst) {
+                    let result = match statistics.pool.get().await {
+                        Ok(client) => {
+                            super::trace_statement(ANALYZED);
+                            client
+                                .batch_execute(ANALYZED)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    crate::metrics::job("statistics", result.is_ok());
+                    match result {
+                        Ok(()) => {
+                            // The next search reads what this ANALYZE found.
+                            statistics
+                                .known
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .read_at = None;
+                            tracing::info!("analyzed the search tables after a project grew")
+                        }
+                        Err(e) => tracing::warn!("ANALYZE after a project grew failed: {e}"),
                     }
-                    Err(e) => tracing::warn!("ANALYZE after a project grew failed: {e}"),
+                }
+                statistics.running.store(false, Ordering::SeqCst);
+                // Asked for between the last check and giving up the turn.
+                if statistics.again.load(Ordering::SeqCst) {
+                    statistics.analyze();
                 }
             }
-            statistics.running.store(false, Ordering::SeqCst);
-            // Asked for between the last check and giving up the turn.
-            if statistics.again.load(Ordering::SeqCst) {
-                statistics.analyze();
-            }
-        });
+            .instrument(crate::job_span("statistics")),
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use fhir_model::search::Filter;
 use uuid::Uuid;
 
-use super::{search, Query, Store, Tx, Write};
+use super::{search, Query, Store, Traced, Tx, Write};
 use crate::error::Result;
 
 /// The channel the triggers notify when they record an event.
@@ -488,7 +488,7 @@ impl Store {
     pub async fn clean_deliveries(&self, age: Duration) -> Result<u64> {
         let client = self.pool.get().await?;
         let dropped = client
-            .execute(
+            .traced_execute(
                 "UPDATE subscription_delivery SET finished_at = clock_timestamp(), outcome = 'dropped',
                     last_error = 'no websocket client was bound to the subscription'
                  WHERE finished_at IS NULL AND channel = 'websocket'
@@ -497,7 +497,7 @@ impl Store {
             )
             .await?;
         let forgotten = client
-            .execute(
+            .traced_execute(
                 "DELETE FROM subscription_delivery
                  WHERE finished_at < now() - make_interval(secs => $1)",
                 &[&age.as_secs_f64()],

@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use access_policy::{CompiledPolicy, Interaction, RowFilter};
 use chrono::Utc;
 use fhir_model::search::{Filter, Registry};
@@ -149,8 +151,16 @@ fn spawn_worker(state: Weak<AppState>, work: Work) {
                 return;
             };
             let done = match work {
-                Work::FanOut => fan_out(&current).await,
-                Work::Delivery => deliver(&current).await,
+                Work::FanOut => {
+                    fan_out(&current)
+                        .instrument(crate::job_span("subscription-fanout"))
+                        .await
+                }
+                Work::Delivery => {
+                    deliver(&current)
+                        .instrument(crate::job_span("subscription-delivery"))
+                        .await
+                }
             };
             drop(current);
             let more = done.unwrap_or_else(|e| {
