@@ -114,8 +114,12 @@ const MAINTENANCE: &[(&str, &str)] = &[
         "versions by keys that carry their project: each shard answers its keys",
     ),
     (
-        "SELECT pg_notify($1, 'deliveries')",
+        "SELECT pg_notify($1, $2)",
         "waking the delivery workers: no table",
+    ),
+    (
+        "DELETE FROM subscription_lease",
+        "giving back (or expiring) a queue's lease by its subscription: a reference table, as the queue is",
     ),
     (
         "WITH head AS (",
