@@ -846,9 +846,13 @@ pub(crate) fn not_modified(
             || tag.trim_start_matches("W/").trim_matches('"') == version.version_id.to_string()
     });
     let unchanged_since = if_modified_since.is_some_and(|since| {
-        chrono::DateTime::parse_from_rfc3339(since)
-            .or_else(|_| chrono::DateTime::parse_from_rfc2822(since))
-            .is_ok_and(|since| version.last_updated <= since)
+        match chrono::DateTime::parse_from_rfc3339(since) {
+            Ok(since) => version.last_updated <= since,
+            // An HTTP date has whole seconds, as the `Last-Modified` the
+            // client got: compare at that precision (RFC 9110 13.1.3).
+            Err(_) => chrono::DateTime::parse_from_rfc2822(since)
+                .is_ok_and(|since| version.last_updated.timestamp() <= since.timestamp()),
+        }
     });
     etag_matches || unchanged_since
 }
