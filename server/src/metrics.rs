@@ -41,9 +41,27 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
+            spawn_upkeep(handle.clone());
             Some(handle)
         })
         .as_ref()
+}
+
+/// The recorder keeps every histogram sample until upkeep folds them into
+/// the buckets: without it, a process nobody scrapes grew by about 20 bytes
+/// a request (6 MiB a minute in the soak). A thread of its own, so that it
+/// runs whichever runtime (or none) installed the recorder.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples will pile up");
+    }
 }
 
 fn describe() {
