@@ -437,8 +437,8 @@ impl Unnest {
                     .collect();
                 Unnest {
                     n,
-                    table: *table,
-                    columns: *columns,
+                    table,
+                    columns,
                     rows: format!(
                         "UNNEST({}) AS n (project_id, resource_type, resource_id, {})",
                         arrays.join(", "),
