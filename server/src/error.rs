@@ -35,6 +35,11 @@ pub enum Error {
     NotAcceptable(String),
     #[error("{0}")]
     Conflict(String),
+    /// An update that read its resource without a lock found, when it came
+    /// to write, that another write had replaced the version it read
+    /// (`fhir::atomically_optimistic` runs it again, locked).
+    #[error("{0}")]
+    VersionMoved(String),
     #[error("{0}")]
     Gone(String),
     #[error("{0}")]
@@ -149,7 +154,9 @@ impl Error {
             Error::Forbidden(_) => IssueCode::Forbidden,
             Error::NotFound(_) | Error::UnknownResourceType(_) => IssueCode::NotFound,
             Error::Gone(_) => IssueCode::Deleted,
-            Error::Conflict(_) | Error::PreconditionFailed(_) => IssueCode::Conflict,
+            Error::Conflict(_) | Error::VersionMoved(_) | Error::PreconditionFailed(_) => {
+                IssueCode::Conflict
+            }
             Error::PayloadTooLarge(_) | Error::TooLarge(_) => IssueCode::TooCostly,
             Error::TooManyRequests { .. } => IssueCode::Throttled,
             Error::MethodNotAllowed(_)
@@ -190,6 +197,20 @@ impl Error {
 }
 
 impl Error {
+    /// Whether a write that read without locks lost a race and runs again
+    /// holding its row's lock: its version moved, or its batch deadlocked
+    /// with a transaction that holds locks.
+    pub fn version_moved(&self) -> bool {
+        match self {
+            Error::Shared(inner) => inner.version_moved(),
+            Error::VersionMoved(_) => true,
+            Error::Database(e) => {
+                e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+            }
+            _ => false,
+        }
+    }
+
     /// Seconds to wait before trying again, for a refusal that passes.
     fn retry_after(&self) -> Option<u64> {
         match self {
@@ -224,7 +245,7 @@ impl ResponseError for Error {
             Error::NotFound(_) | Error::UnknownResourceType(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::VersionMoved(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::PayloadTooLarge(_) | Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

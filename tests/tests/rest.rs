@@ -423,6 +423,166 @@ async fn racing_creates_at_one_id_keep_exactly_the_versions_they_report() {
     );
 }
 
+/// Racing updates of one resource (each read without a lock and committed
+/// with others when still current, else run again holding the lock): each
+/// is answered 200, or 412 when its If-Match no longer holds, and the
+/// history holds exactly one version per 200, each with the content its
+/// request sent, chained one after another: no update is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_updates_of_one_resource_each_keep_their_version() {
+    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let user = app.project("racing-updates").await.member;
+    let created = user.create(patient()).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("Patient/{id}");
+    let first_version = created["meta"]["versionId"].as_str().unwrap().to_string();
+    let birth_date = |i: usize| format!("1815-{:02}-{:02}", i / 28 + 1, i % 28 + 1);
+    let put_all = |range: std::ops::Range<usize>, if_match: Option<String>| {
+        futures_util::future::join_all(range.map(|i| {
+            let (user, path, if_match) = (user.clone(), path.clone(), if_match.clone());
+            let mut body = created.clone();
+            body["birthDate"] = json!(birth_date(i));
+            async move {
+                let mut request = user
+                    .fhir(Method::PUT, &path)
+                    .header("Content-Type", "application/fhir+json")
+                    .json(&body);
+                if let Some(version) = if_match {
+                    request = request.header("If-Match", format!("W/\"{version}\""));
+                }
+                let (status, reply) = status_json(request.send().await.unwrap()).await;
+                (i, status, reply)
+            }
+        }))
+    };
+
+    let replies = put_all(0..20, None).await;
+    let mut written = std::collections::HashMap::new();
+    for (i, status, reply) in &replies {
+        assert_eq!(*status, 200, "{reply}");
+        assert_eq!(reply["birthDate"], birth_date(*i), "{reply}");
+        written.insert(reply["meta"]["versionId"].as_str().unwrap().to_string(), *i);
+    }
+    assert_eq!(written.len(), 20, "each update wrote a version of its own");
+
+    // All sent with the same If-Match: one applies, the others are refused.
+    let current = status_json(user.get(&path).await).await.1;
+    let version = current["meta"]["versionId"].as_str().unwrap().to_string();
+    let replies = put_all(20..36, Some(version)).await;
+    let count = |status: u16| replies.iter().filter(|(_, s, _)| *s == status).count();
+    assert_eq!((count(200), count(412)), (1, 15), "{replies:?}");
+    for (i, status, reply) in &replies {
+        if *status == 200 {
+            written.insert(reply["meta"]["versionId"].as_str().unwrap().to_string(), *i);
+        } else {
+            assert_eq!(reply["issue"][0]["code"], "conflict", "{reply}");
+            let diagnostics = reply["issue"][0]["diagnostics"].as_str().unwrap();
+            assert!(diagnostics.contains("If-Match"), "{reply}");
+        }
+    }
+
+    let (status, history) =
+        status_json(user.get(&format!("{path}/_history?_count=100")).await).await;
+    assert_eq!(status, 200, "{history}");
+    let entries = history["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), written.len() + 1, "{history}");
+    // Newest first: the current version, then each one it replaced.
+    assert_eq!(
+        entries[0]["resource"]["meta"]["versionId"],
+        current_version(&user, &path).await
+    );
+    assert_eq!(
+        entries.last().unwrap()["resource"]["meta"]["versionId"],
+        first_version
+    );
+    let mut seen = std::collections::HashSet::new();
+    for entry in &entries[..entries.len() - 1] {
+        let resource = &entry["resource"];
+        let version = resource["meta"]["versionId"].as_str().unwrap();
+        let i = written[version];
+        assert_eq!(resource["birthDate"], birth_date(i), "{resource}");
+        assert_eq!(resource["name"], created["name"]);
+        assert!(seen.insert(version.to_string()));
+    }
+    let stamps: Vec<&str> = entries
+        .iter()
+        .map(|e| e["resource"]["meta"]["lastUpdated"].as_str().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] >= w[1]), "{stamps:?}");
+    let db = app.db().await;
+    let superseded: i64 = db
+        .query_one(
+            "SELECT count(*) FROM resource_history WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        superseded as usize,
+        written.len(),
+        "one history row per version replaced"
+    );
+}
+
+async fn current_version(user: &fhirgate_tests::Session, path: &str) -> Value {
+    status_json(user.get(path).await).await.1["meta"]["versionId"].clone()
+}
+
+/// Concurrent updates of different resources (committed together): each
+/// is applied, with its history and its search index rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_updates_of_different_resources_all_apply() {
+    let app = TestApp::spawn_with(|config| config.workers = 2).await;
+    let user = app.project("batched-updates").await.member;
+    let mut patients = Vec::new();
+    for i in 0..32 {
+        patients.push(
+            user.create(
+                json!({"resourceType": "Patient", "name": [{"family": format!("Before{i}")}],
+                "identifier": [{"system": "urn:batched", "value": format!("n{i}")}]}),
+            )
+            .await,
+        );
+    }
+    let updates = patients.iter().enumerate().map(|(i, created)| {
+        let user = user.clone();
+        let mut body = created.clone();
+        body["name"] = json!([{"family": format!("After{i}")}]);
+        async move {
+            let path = format!("Patient/{}", body["id"].as_str().unwrap());
+            (
+                path.clone(),
+                status_json(user.put(&path, &body).await).await,
+            )
+        }
+    });
+    let replies = futures_util::future::join_all(updates).await;
+    for (i, (path, (status, updated))) in replies.iter().enumerate() {
+        assert_eq!(*status, 200, "{updated}");
+        let (_, read) = status_json(user.get(path).await).await;
+        assert_eq!(read, *updated);
+        let (_, history) = status_json(user.get(&format!("{path}/_history")).await).await;
+        assert_eq!(history["entry"].as_array().unwrap().len(), 2, "{history}");
+        let (_, found) = status_json(
+            user.get(&format!(
+                "Patient?family=After{i}&identifier=urn:batched|n{i}"
+            ))
+            .await,
+        )
+        .await;
+        assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "{found}");
+    }
+    let (_, before) = status_json(user.get("Patient?family=Before&_summary=count").await).await;
+    assert_eq!(before["total"], 0, "{before}");
+    let (_, after) = status_json(
+        user.get("Patient?identifier=urn:batched|&_summary=count")
+            .await,
+    )
+    .await;
+    assert_eq!(after["total"], 32, "{after}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn json_patch() {
     let app = TestApp::spawn().await;

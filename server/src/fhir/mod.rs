@@ -313,7 +313,26 @@ pub async fn atomically<T>(
     state: &AppState,
     work: impl AsyncFnOnce(&Tx) -> Result<T>,
 ) -> Result<T> {
-    let tx = state.store.begin().await?;
+    committed(state.store.begin().await?, work).await
+}
+
+/// Runs `work`, one write of a resource it reads, like [`atomically`] but
+/// first without locking what it reads (`Store::begin_unlocked`): when it
+/// sends no other statement it commits with others (group commit). If
+/// another write replaced the version it read, it runs again, holding the
+/// row's lock this time, so that writers of one busy resource queue instead
+/// of retrying.
+pub async fn atomically_optimistic<T>(
+    state: &AppState,
+    work: impl AsyncFn(&Tx) -> Result<T>,
+) -> Result<T> {
+    match committed(state.store.begin_unlocked().await?, &work).await {
+        Err(e) if e.version_moved() => atomically(state, work).await,
+        result => result,
+    }
+}
+
+async fn committed<T>(tx: Tx, work: impl AsyncFnOnce(&Tx) -> Result<T>) -> Result<T> {
     let result = work(&tx).await?;
     tx.commit().await?;
     Ok(result)

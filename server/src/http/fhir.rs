@@ -262,34 +262,39 @@ async fn update_target(
     let _turn = target.turn(&caller, &state).await?;
     let body = read_fhir_resource(&state, &req, payload).await?;
     let if_match = if_match(&req);
-    let (version, outcome) = fhir::atomically(&state, async |tx| match &target {
+    let (version, outcome) = match &target {
         Target::Id(id) => {
-            fhir::update(
-                &state,
-                tx,
-                &caller,
-                &resource_type,
-                id,
-                body,
-                if_match.as_deref(),
-            )
-            .await
+            fhir::atomically_optimistic(&state, async |tx| {
+                fhir::update(
+                    &state,
+                    tx,
+                    &caller,
+                    &resource_type,
+                    id,
+                    body.clone(),
+                    if_match.as_deref(),
+                )
+                .await
+            })
+            .await?
         }
         Target::Condition(query) => {
-            fhir::conditional::update(
-                &state,
-                tx,
-                &caller,
-                &resource_type,
-                query,
-                body,
-                if_match.as_deref(),
-                fhir::resource::new_id(),
-            )
-            .await
+            fhir::atomically(&state, async |tx| {
+                fhir::conditional::update(
+                    &state,
+                    tx,
+                    &caller,
+                    &resource_type,
+                    query,
+                    body,
+                    if_match.as_deref(),
+                    fhir::resource::new_id(),
+                )
+                .await
+            })
+            .await?
         }
-    })
-    .await?;
+    };
     Ok(write_response(&req, &version, outcome))
 }
 

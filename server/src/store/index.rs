@@ -23,6 +23,8 @@ struct Owners {
 #[derive(Default)]
 pub(super) struct IndexRows {
     owners: [Owners; TABLES.len()],
+    /// The most rows one resource has, per table.
+    most: [usize; TABLES.len()],
     token_param: Texts,
     token_system: OptionalTexts,
     token_code: OptionalTexts,
@@ -126,8 +128,15 @@ impl IndexRows {
             }
         }
         let after = self.lengths();
-        for ((owners, before), after) in self.owners.iter_mut().zip(before).zip(after) {
+        for (((owners, most), before), after) in self
+            .owners
+            .iter_mut()
+            .zip(&mut self.most)
+            .zip(before)
+            .zip(after)
+        {
             let added = after - before;
+            *most = (*most).max(added);
             owners
                 .project_id
                 .extend(std::iter::repeat_n(project_id, added));
@@ -449,7 +458,7 @@ impl Unnest {
             .collect()
     }
 
-    /// `INSERT` of the rows, those `condition` admits.
+    /// `INSERT` of the rows that `condition` (joins, `WHERE`) admits.
     fn insert(&self, condition: &str) -> String {
         // A resource is in a compartment once, however many references lead there.
         let distinct = if self.table == "resource_compartment" {
@@ -491,38 +500,42 @@ pub(super) fn insert_ctes(first: usize, tables: usize) -> Vec<String> {
 }
 
 /// Most rows of one table that an update compares with the stored ones
-/// (each stored row is compared with each new one); a resource with more
-/// has all its rows replaced. Below it every parameter has fewer values
+/// (each stored row is compared with each new one of its resource); when a
+/// resource has more, the statement replaces all rows. Below it every parameter has fewer values
 /// than extraction de-duplicates, so the rows compared are sets.
 const MOST_ROWS_COMPARED: usize = 256;
 
-/// Replaces the index rows of one resource ($1 project, $2 type, $3 id) by
-/// `rows` (their [`IndexRows::params`] numbered from `$first`). Usually only
-/// the rows that differ are touched: an update changes a few values, and
-/// each row kept saves a heap row, its btree entries and their WAL. Both
-/// sides see the rows as the statement began.
+/// Replaces the index rows of the resources an `UPDATE` CTE `w` returns
+/// (`project_id, resource_type, id`) by their rows in `rows` (whose
+/// [`IndexRows::params`] are numbered from `$first`; rows of resources not
+/// in `w` are left out). Usually only the rows that differ are touched: an
+/// update changes a few values, and each row kept saves a heap row, its
+/// btree entries and their WAL. Both sides see the rows as the statement
+/// began.
 pub(super) fn replace_ctes(first: usize, rows: &IndexRows) -> Vec<String> {
     let compare = compared(rows);
     let unnests = Unnest::of(first, rows.tables_with_rows());
-    let owner = "o.project_id = $1 AND o.resource_type = $2 AND o.resource_id = $3";
+    let updated = "o.project_id = w.project_id AND o.resource_type = w.resource_type AND o.resource_id = w.id";
+    let same_owner = "o.project_id = n.project_id AND o.resource_type = n.resource_type AND o.resource_id = n.resource_id";
+    let new_of_updated = " JOIN w ON n.project_id = w.project_id AND n.resource_type = w.resource_type AND n.resource_id = w.id";
     let mut ctes = Vec::new();
     for (n, (table, _)) in TABLES.iter().enumerate() {
-        let delete_all = format!("d{n} AS (DELETE FROM {table} o WHERE {owner})");
+        let delete_all = format!("d{n} AS (DELETE FROM {table} o USING w WHERE {updated})");
         match unnests.iter().find(|unnest| unnest.n == n) {
             None => ctes.push(delete_all),
             Some(unnest) if !compare => {
                 ctes.push(delete_all);
-                ctes.push(unnest.insert(""));
+                ctes.push(unnest.insert(new_of_updated));
             }
             Some(unnest) => {
                 let same = unnest.same_values();
                 ctes.push(format!(
-                    "d{n} AS (DELETE FROM {table} o WHERE {owner} \
-                     AND NOT EXISTS (SELECT 1 FROM {} WHERE {same}))",
+                    "d{n} AS (DELETE FROM {table} o USING w WHERE {updated} \
+                     AND NOT EXISTS (SELECT 1 FROM {} WHERE {same_owner} AND {same}))",
                     unnest.rows
                 ));
                 ctes.push(unnest.insert(&format!(
-                    " WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {owner} AND {same})"
+                    "{new_of_updated} WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {same_owner} AND {same})"
                 )));
             }
         }
@@ -537,7 +550,7 @@ pub(super) fn replace_shape(rows: &IndexRows) -> usize {
 }
 
 fn compared(rows: &IndexRows) -> bool {
-    rows.lengths().iter().all(|n| *n <= MOST_ROWS_COMPARED)
+    rows.most.iter().all(|n| *n <= MOST_ROWS_COMPARED)
 }
 
 #[cfg(test)]

@@ -776,7 +776,20 @@ impl Store {
             created: Mutex::new(Vec::new()),
             statistics: self.statistics.clone(),
             committed: self.committed.clone(),
+            unlocked: None,
+            read_unlocked: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts a write transaction that reads the version it replaces
+    /// without locking it ([`Tx::lock_current`]): its new version is
+    /// written only if that is still current, else it fails with
+    /// `Error::VersionMoved` and changes nothing. One that sends no other
+    /// statement commits with others ([`GroupCommit`]).
+    pub async fn begin_unlocked(&self) -> Result<Tx> {
+        let mut tx = self.begin().await?;
+        tx.unlocked = Some(self.clone());
+        Ok(tx)
     }
 
     /// Holds the start-up advisory lock on its own connection while `work`
@@ -842,76 +855,79 @@ fn versions_query(
     Ok(q)
 }
 
-/// New resources, any number: $1 projects, $2 types, $3 ids, $4 versions,
-/// $5 last-updated times, $6 contents, then [`index::IndexRows::params`]
-/// (into the index tables of `tables`).
+/// `UNNEST` of the arrays of [`Columns`] ($1 to $7) as `x`.
+const VERSIONS: &str = "x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[], $7::uuid[]) \
+     AS x (project_id, resource_type, id, version_id, last_updated, content, replaces))";
+
+/// New resources, any number: the arrays of [`Columns`], then
+/// [`index::IndexRows::params`] (into the index tables of `tables`).
 fn insert_sql(tables: usize) -> &'static str {
     static SQL: [OnceLock<String>; index::TABLE_SETS] =
         [const { OnceLock::new() }; index::TABLE_SETS];
     SQL[tables].get_or_init(|| {
         with_index_rows(
             &[
-                "x AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[]) \
-                 AS x (project_id, resource_type, id, version_id, last_updated, content))",
+                VERSIONS,
                 "w AS (INSERT INTO resource (project_id, resource_type, id, version_id, last_updated, deleted, content) \
                  SELECT project_id, resource_type, id, version_id, last_updated, false, content FROM x)",
             ],
-            index::insert_ctes(7, tables),
+            index::insert_ctes(8, tables),
+            "1",
         )
     })
 }
 
-/// A new version of one existing resource: $1 project, $2 type, $3 id, $4
-/// version, $5 last updated, $6 content (NULL deletes), then the arrays of
-/// its index `rows`; the version it replaces goes to history, and its index
-/// rows become `rows` ([`index::replace_ctes`]).
+/// New versions of existing resources, any number, at most one per
+/// resource: the arrays of [`Columns`] (content NULL deletes), then those
+/// of their index `rows`. A version is applied only if its resource is
+/// still at the version it `replaces` (when that is NULL, the caller holds
+/// the row's lock); the version it supersedes goes to history and its index
+/// rows become the new version's ([`index::replace_ctes`]), for the applied
+/// ones alone. Returns the new version ids applied.
 fn update_sql(rows: &index::IndexRows) -> &'static str {
     const SHAPES: usize = 2 * index::TABLE_SETS;
     static SQL: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
     SQL[index::replace_shape(rows)].get_or_init(|| {
         let history = format!(
             "h AS (INSERT INTO resource_history (project_id, resource_type, id, version_id, last_updated, content) \
-             SELECT {VERSION_COLUMNS} FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3)"
+             SELECT {VERSION_COLUMNS} FROM resource JOIN w USING (project_id, resource_type, id))"
         );
         with_index_rows(
             &[
-                "w AS (UPDATE resource SET version_id = $4, last_updated = $5, deleted = $6::text IS NULL, \
-                 content = COALESCE($6::text, content) \
-                 WHERE project_id = $1 AND resource_type = $2 AND id = $3)",
-                // The version it supersedes (the statement's snapshot: the
-                // row as the caller locked it) goes to history.
+                VERSIONS,
+                // Under a concurrent write, PostgreSQL re-checks the
+                // condition on the row that write committed: a moved
+                // resource is not updated.
+                "w AS (UPDATE resource r SET version_id = x.version_id, last_updated = x.last_updated, \
+                 deleted = x.content IS NULL, content = COALESCE(x.content, r.content) FROM x \
+                 WHERE r.project_id = x.project_id AND r.resource_type = x.resource_type AND r.id = x.id \
+                 AND r.version_id = COALESCE(x.replaces, r.version_id) \
+                 RETURNING r.project_id, r.resource_type, r.id, r.version_id AS applied)",
+                // The version it supersedes goes to history: the statement's
+                // snapshot of the row, which for an applied update is the
+                // version it replaces (the one locked or read, committed
+                // before the statement began, and still current).
                 &history,
             ],
-            index::replace_ctes(7, rows),
+            index::replace_ctes(8, rows),
+            "applied FROM w",
         )
     })
 }
 
-/// `WITH <ctes>, <index_ctes> SELECT 1` (the index arrays numbered from $7).
-fn with_index_rows(ctes: &[&str], index_ctes: Vec<String>) -> String {
+/// `WITH <ctes>, <index_ctes> SELECT <result>`.
+fn with_index_rows(ctes: &[&str], index_ctes: Vec<String>, result: &str) -> String {
     let all: Vec<&str> = ctes
         .iter()
         .copied()
         .chain(index_ctes.iter().map(String::as_str))
         .collect();
-    format!("WITH {} SELECT 1", all.join(", "))
+    format!("WITH {} SELECT {result}", all.join(", "))
 }
 
-/// A new resource written by a transaction and not yet sent: new resources
-/// go as one [`insert_sql`] before the transaction's next statement or at
-/// its commit.
-struct NewResource {
-    project_id: Uuid,
-    resource_type: String,
-    id: Uuid,
-    version_id: Uuid,
-    last_updated: DateTime<Utc>,
-    content: String,
-    index: Vec<fhir_model::search::IndexValue>,
-}
-
-/// A new version of an existing resource (content `None`: deleted), with
-/// its index rows: one [`update_sql`].
+/// A version written by a transaction and not yet sent: a new resource
+/// (sent in one [`insert_sql`] with the others) or a new version of an
+/// existing one (content `None`: deleted; an [`update_sql`]).
 struct NewVersion {
     project_id: Uuid,
     resource_type: String,
@@ -919,22 +935,99 @@ struct NewVersion {
     version_id: Uuid,
     last_updated: DateTime<Utc>,
     content: Option<String>,
+    index: Vec<fhir_model::search::IndexValue>,
+    /// The version it must replace, read without a lock
+    /// ([`Store::begin_unlocked`]); `None` for a new resource, or when the
+    /// transaction holds the row's lock.
+    replaces: Option<Uuid>,
+}
+
+impl NewVersion {
+    fn key(&self) -> (Uuid, &str, Uuid) {
+        (self.project_id, &self.resource_type, self.id)
+    }
+
+    fn moved(&self) -> Error {
+        Error::VersionMoved(format!(
+            "{}/{} was changed by another request at the same time; retry the request",
+            self.resource_type, self.id
+        ))
+    }
+}
+
+/// Versions as the arrays a statement unnests: $1 projects, $2 types, $3
+/// ids, $4 versions, $5 last-updated times, $6 contents, $7 the versions
+/// they replace (unused by an insert), then their index rows' arrays.
+struct Columns<'a> {
+    project_id: Vec<Uuid>,
+    resource_type: Vec<&'a str>,
+    id: Vec<Uuid>,
+    version_id: Vec<Uuid>,
+    last_updated: Vec<DateTime<Utc>>,
+    content: Vec<Option<&'a str>>,
+    replaces: Vec<Option<Uuid>>,
     rows: index::IndexRows,
 }
 
-/// New resources held back at most before they are sent; a [`GroupCommit`]
-/// batch adds transactions queued after its writer's while under it.
-const MAX_PENDING_INSERTS: usize = 1000;
+impl<'a> Columns<'a> {
+    fn of(versions: &[&'a NewVersion]) -> Columns<'a> {
+        let mut columns = Columns {
+            project_id: Vec::with_capacity(versions.len()),
+            resource_type: Vec::with_capacity(versions.len()),
+            id: Vec::with_capacity(versions.len()),
+            version_id: Vec::with_capacity(versions.len()),
+            last_updated: Vec::with_capacity(versions.len()),
+            content: Vec::with_capacity(versions.len()),
+            replaces: Vec::with_capacity(versions.len()),
+            rows: index::IndexRows::default(),
+        };
+        for v in versions {
+            columns.project_id.push(v.project_id);
+            columns.resource_type.push(&v.resource_type);
+            columns.id.push(v.id);
+            columns.version_id.push(v.version_id);
+            columns.last_updated.push(v.last_updated);
+            columns.content.push(v.content.as_deref());
+            columns.replaces.push(v.replaces);
+            columns
+                .rows
+                .add(v.project_id, &v.resource_type, v.id, &v.index);
+        }
+        columns
+    }
 
-/// Group commit: transactions that only create (they sent no statement, so
-/// nothing they read or locked rests on their own transaction) commit
-/// together. While one of them writes a batch, those that arrive queue, and
-/// the first to get the writer's turn next writes all that queued, on its
-/// connection, in one statement and one `COMMIT`: executor start-up, the
-/// round trip and the WAL flush are paid once per batch instead of once per
-/// create. Nobody waits for company: a create that finds the writer free
-/// goes at once. A batch succeeds or fails whole; its ids are the server's
-/// own (time-ordered UUIDs), so no client can make another's create fail.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.project_id,
+            &self.resource_type,
+            &self.id,
+            &self.version_id,
+            &self.last_updated,
+            &self.content,
+            &self.replaces,
+        ];
+        params.extend(self.rows.params());
+        params
+    }
+}
+
+/// Versions held back at most before they are sent; a [`GroupCommit`]
+/// batch adds transactions queued after its writer's while under it.
+const MAX_PENDING_VERSIONS: usize = 1000;
+
+/// Group commit: transactions that sent no statement (so nothing they read
+/// or locked rests on their own transaction) and only create, or only write
+/// one new version of a resource they read without a lock, commit together.
+/// While one of them writes a batch, those that arrive queue, and the first
+/// to get the writer's turn next writes all that queued, on its connection,
+/// in one round trip and one `COMMIT`: one statement for the new resources
+/// and one for the new versions. Executor start-up, the round trip and the
+/// WAL flush are paid once per batch instead of once per write. Nobody
+/// waits for company: a write that finds the writer free goes at once. A
+/// batch succeeds or fails whole; its new ids are the server's own
+/// (time-ordered UUIDs), so no client can make another's create fail. A new
+/// version whose resource moved since it was read is not applied, and only
+/// its transaction is told so (`Error::VersionMoved`).
 pub(crate) struct GroupCommit {
     queue: Mutex<std::collections::VecDeque<Queued>>,
     /// Batches written at once: one per CPU, so that PostgreSQL's work is
@@ -955,9 +1048,11 @@ impl Default for GroupCommit {
     }
 }
 
+/// One transaction's writes in the queue: new resources, or one new version.
 struct Queued {
     ticket: u64,
-    resources: Vec<NewResource>,
+    creates: Vec<NewVersion>,
+    update: Option<NewVersion>,
     written: tokio::sync::oneshot::Sender<BatchOutcome>,
 }
 
@@ -966,16 +1061,22 @@ struct Queued {
 type BatchOutcome = std::result::Result<(), Arc<Error>>;
 
 impl GroupCommit {
-    /// Commits `resources` with whatever else is queued; `tx` writes the
-    /// batch if its turn comes first.
-    async fn commit(&self, tx: &Tx, resources: Vec<NewResource>) -> Result<()> {
+    /// Commits `creates` or `update` with whatever else is queued; `tx`
+    /// writes the batch if its turn comes first.
+    async fn commit(
+        &self,
+        tx: &Tx,
+        creates: Vec<NewVersion>,
+        update: Option<NewVersion>,
+    ) -> Result<()> {
         let ticket = self
             .tickets
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (written, mut outcome) = tokio::sync::oneshot::channel();
         lock(&self.queue).push_back(Queued {
             ticket,
-            resources,
+            creates,
+            update,
             written,
         });
         tokio::select! {
@@ -983,19 +1084,43 @@ impl GroupCommit {
             outcome = &mut outcome => return Self::reported(outcome),
             _turn = self.writers.acquire() => {
                 if let Some(batch) = self.batch_with(ticket) {
-                    let resources: Vec<&NewResource> =
-                        batch.iter().flat_map(|queued| &queued.resources).collect();
-                    let result = tx.send_new(&resources, true).await.map_err(Arc::new);
-                    for queued in batch {
-                        // A requester that went away still had its resources written.
-                        let _ = queued.written.send(result.clone());
-                    }
+                    Self::write(tx, batch).await;
                 }
             }
         }
         // Written by this transaction or, when another writer had taken its
-        // resources already, by that one: either reports here.
+        // writes already, by that one: either reports here.
         Self::reported(outcome.await)
+    }
+
+    /// Writes a batch on `tx`'s connection and tells each transaction in it.
+    async fn write(tx: &Tx, batch: Vec<Queued>) {
+        let creates: Vec<&NewVersion> = batch.iter().flat_map(|queued| &queued.creates).collect();
+        // In one order, so that batches written at once lock their rows
+        // alike (no deadlock), and one version per resource: of two, the
+        // UPDATE would apply either, with the index rows of both. The
+        // second is not sent, so is answered as moved.
+        let mut updates: Vec<&NewVersion> = batch
+            .iter()
+            .filter_map(|queued| queued.update.as_ref())
+            .collect();
+        updates.sort_by(|a, b| a.key().cmp(&b.key()));
+        updates.dedup_by(|a, b| a.key() == b.key());
+        let result = tx
+            .send_versions(&updates, &creates, true)
+            .await
+            .map_err(Arc::new);
+        for queued in batch {
+            let outcome = match (&result, &queued.update) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(applied), Some(update)) if !applied.contains(&update.version_id) => {
+                    Err(Arc::new(update.moved()))
+                }
+                (Ok(_), _) => Ok(()),
+            };
+            // A requester that went away still had its writes written.
+            let _ = queued.written.send(outcome);
+        }
     }
 
     fn reported(
@@ -1004,9 +1129,7 @@ impl GroupCommit {
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Shared(e)),
-            Err(_) => Err(Error::Internal(
-                "a batch of new resources was abandoned".into(),
-            )),
+            Err(_) => Err(Error::Internal("a batch of writes was abandoned".into())),
         }
     }
 
@@ -1017,15 +1140,21 @@ impl GroupCommit {
         let mut queue = lock(&self.queue);
         let mine = queue.iter().position(|queued| queued.ticket == ticket)?;
         let mut batch: Vec<Queued> = queue.drain(..=mine).collect();
-        let mut resources: usize = batch.iter().map(|queued| queued.resources.len()).sum();
-        while resources < MAX_PENDING_INSERTS {
+        let mut versions: usize = batch.iter().map(Queued::versions).sum();
+        while versions < MAX_PENDING_VERSIONS {
             let Some(queued) = queue.pop_front() else {
                 break;
             };
-            resources += queued.resources.len();
+            versions += queued.versions();
             batch.push(queued);
         }
         Some(batch)
+    }
+}
+
+impl Queued {
+    fn versions(&self) -> usize {
+        self.creates.len() + usize::from(self.update.is_some())
     }
 }
 
@@ -1045,7 +1174,8 @@ pub struct Tx {
     observer: Option<Arc<dyn ChangeObserver>>,
     /// What this transaction wrote that sessions depend on.
     changes: Mutex<Vec<Change>>,
-    pending: Mutex<Vec<NewResource>>,
+    /// New resources, not yet sent.
+    pending: Mutex<Vec<NewVersion>>,
     /// The last new version of an existing resource, not yet sent: sent
     /// before the transaction's next statement or with its `COMMIT`, so a
     /// single update's write and commit are one round trip.
@@ -1056,6 +1186,11 @@ pub struct Tx {
     /// its commit.
     created: Mutex<Vec<Uuid>>,
     statistics: Arc<statistics::Statistics>,
+    /// Where [`Tx::lock_current`] reads without a lock, in a transaction
+    /// from [`Store::begin_unlocked`].
+    unlocked: Option<Store>,
+    /// The versions it read so: type, id and version.
+    read_unlocked: Mutex<Vec<(String, Uuid, Uuid)>>,
 }
 
 impl Tx {
@@ -1068,32 +1203,34 @@ impl Tx {
             .await
     }
 
-    /// Runs a statement in the transaction, after the new resources it has
-    /// not sent yet (so that it sees them).
+    /// Runs a statement in the transaction, after the writes it has not
+    /// sent yet (so that it sees them).
     async fn run(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
         self.send_pending().await?;
-        self.send(sql, params, false).await
+        Ok(self.send(&[(sql, params)], false).await?.remove(0))
     }
 
-    /// Sends a statement in one round trip with the transaction's `BEGIN`
+    /// Sends statements in one round trip with the transaction's `BEGIN`
     /// (before its first statement) and, when `commit`, its `COMMIT`: a
     /// single create is one round trip. The messages go out in the order
     /// `try_join!` first polls the futures, each sending on its first poll.
-    /// Should the statement fail, the `COMMIT` behind it ends an aborted
+    /// Should a statement fail, the `COMMIT` behind it ends an aborted
     /// transaction, which PostgreSQL rolls back.
     async fn send(
         &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        statements: &[(&str, &[&(dyn ToSql + Sync)])],
         commit: bool,
-    ) -> Result<Vec<tokio_postgres::Row>> {
+    ) -> Result<Vec<Vec<tokio_postgres::Row>>> {
         let client = self.client().await?;
-        trace_statement(sql);
-        let statement = timed(client.prepare_cached(sql)).await?;
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, _) in statements {
+            trace_statement(sql);
+            prepared.push(timed(client.prepare_cached(sql)).await?);
+        }
         let begin = !self.begun.swap(true, Ordering::AcqRel);
         let sent = timed(async {
             tokio::try_join!(
@@ -1104,7 +1241,12 @@ impl Tx {
                         Ok(())
                     }
                 },
-                client.query(&statement, params),
+                futures_util::future::try_join_all(
+                    prepared
+                        .iter()
+                        .zip(statements)
+                        .map(|(statement, (_, params))| client.query(statement, params))
+                ),
                 async {
                     if commit {
                         client.batch_execute("COMMIT").await
@@ -1122,68 +1264,72 @@ impl Tx {
         }
     }
 
-    /// Sends what was held back: the new version, then the new resources,
-    /// all in one statement (the order they were written in: a version is
-    /// held only after the statement that locked its row).
+    /// `COMMIT` alone, after the transaction's statements.
+    async fn send_commit(&self) -> Result<()> {
+        self.client()
+            .await?
+            .batch_execute("COMMIT")
+            .await
+            .map_err(in_doubt)
+    }
+
+    /// Sends what was held back: the new version, then the new resources
+    /// (the order they were written in: a version is held only after the
+    /// new resources before it were sent).
     async fn send_pending(&self) -> Result<()> {
         let held = lock(&self.held).take();
-        if let Some(version) = held {
-            self.send_version(&version, false).await?;
-        }
         let pending = std::mem::take(&mut *lock(&self.pending));
-        if pending.is_empty() {
-            return Ok(());
-        }
-        self.send_new(&pending.iter().collect::<Vec<_>>(), false)
-            .await
+        self.send_own(held, &pending, false).await
     }
 
-    /// Sends new resources in one statement, with the `COMMIT` when `commit`.
-    async fn send_new(&self, resources: &[&NewResource], commit: bool) -> Result<()> {
-        let mut project_id = Vec::with_capacity(resources.len());
-        let mut resource_type = Vec::with_capacity(resources.len());
-        let mut id = Vec::with_capacity(resources.len());
-        let mut version_id = Vec::with_capacity(resources.len());
-        let mut last_updated = Vec::with_capacity(resources.len());
-        let mut content = Vec::with_capacity(resources.len());
-        let mut rows = index::IndexRows::default();
-        for r in resources {
-            project_id.push(r.project_id);
-            resource_type.push(r.resource_type.as_str());
-            id.push(r.id);
-            version_id.push(r.version_id);
-            last_updated.push(r.last_updated);
-            content.push(r.content.as_str());
-            rows.add(r.project_id, &r.resource_type, r.id, &r.index);
+    /// Sends this transaction's `update` and `creates`, with the `COMMIT`
+    /// when `commit`; an update that was not applied fails it.
+    async fn send_own(
+        &self,
+        update: Option<NewVersion>,
+        creates: &[NewVersion],
+        commit: bool,
+    ) -> Result<()> {
+        let updates: Vec<&NewVersion> = update.iter().collect();
+        let applied = self
+            .send_versions(&updates, &creates.iter().collect::<Vec<_>>(), commit)
+            .await?;
+        match update {
+            Some(update) if !applied.contains(&update.version_id) => Err(update.moved()),
+            _ => Ok(()),
         }
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &project_id,
-            &resource_type,
-            &id,
-            &version_id,
-            &last_updated,
-            &content,
-        ];
-        params.extend(rows.params());
-        self.send(insert_sql(rows.tables_with_rows()), &params, commit)
+    }
+
+    /// Sends new versions of existing resources (at most one per resource)
+    /// in one statement, then new resources in another, in one round trip,
+    /// with the `COMMIT` when `commit`. Returns the new versions applied.
+    async fn send_versions(
+        &self,
+        updates: &[&NewVersion],
+        creates: &[&NewVersion],
+        commit: bool,
+    ) -> Result<Vec<Uuid>> {
+        let updated = Columns::of(updates);
+        let created = Columns::of(creates);
+        let (update_params, create_params) = (updated.params(), created.params());
+        let mut statements: Vec<(&str, &[&(dyn ToSql + Sync)])> = Vec::with_capacity(2);
+        if !updates.is_empty() {
+            statements.push((update_sql(&updated.rows), &update_params));
+        }
+        if !creates.is_empty() {
+            statements.push((insert_sql(created.rows.tables_with_rows()), &create_params));
+        }
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .send(&statements, commit)
             .await
             .map_err(conflict_on_duplicate)?;
-        Ok(())
-    }
-
-    /// Sends a new version of an existing resource, with the `COMMIT` when `commit`.
-    async fn send_version(&self, v: &NewVersion, commit: bool) -> Result<()> {
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &v.project_id,
-            &v.resource_type,
-            &v.id,
-            &v.version_id,
-            &v.last_updated,
-            &v.content,
-        ];
-        params.extend(v.rows.params());
-        self.send(update_sql(&v.rows), &params, commit).await?;
-        Ok(())
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(rows[0].iter().map(|row| row.get(0)).collect())
     }
 
     /// Serialises writers that decide on the same condition (conditional
@@ -1196,7 +1342,10 @@ impl Tx {
     }
 
     /// The current version if `filter` admits it, locked until commit so
-    /// concurrent writers queue.
+    /// concurrent writers queue; in a transaction from
+    /// [`Store::begin_unlocked`] that has sent nothing yet, read without a
+    /// lock instead, and a new version of it is written only if it is still
+    /// current.
     pub async fn lock_current(
         &self,
         tenant: Tenant,
@@ -1205,6 +1354,17 @@ impl Tx {
         filter: &RowFilter<'_>,
     ) -> Result<Option<Version>> {
         let mut q = current_query(tenant, resource_type, id, filter)?;
+        if let Some(store) = self
+            .unlocked
+            .as_ref()
+            .filter(|_| !self.begun.load(Ordering::Acquire))
+        {
+            let version = store.lookup(&q).await?.first().map(Version::from_row);
+            if let Some(v) = &version {
+                lock(&self.read_unlocked).push((v.resource_type.clone(), v.id, v.version_id));
+            }
+            return Ok(version);
+        }
         q.push(" FOR UPDATE OF r");
         Ok(self.query(&q).await?.first().map(Version::from_row))
     }
@@ -1241,68 +1401,58 @@ impl Tx {
     }
 
     /// Writes a version: the resource row (inserted when `is_new`, otherwise
-    /// updated, the version it replaces copied to history; the caller holds
-    /// that row's lock from [`Tx::lock_current`], so the copy is the version
-    /// it replaces) and its search-index rows (`index`; none for a
-    /// deletion). New resources are held back and sent together (a
-    /// transaction Bundle's creates cost one statement), and a new version
-    /// until the next statement or the commit, so a failure of either
-    /// surfaces there.
+    /// updated, the version it replaces copied to history) and its
+    /// search-index rows (`index`; none for a deletion). An update replaces
+    /// the version [`Tx::lock_current`] returned: locked, or read without a
+    /// lock and then written only if still current. New resources are held
+    /// back and sent together (a transaction Bundle's creates cost one
+    /// statement), and a new version until the next statement or the
+    /// commit, so a failure of either surfaces there.
     pub async fn write(
         &self,
         w: &Write<'_>,
         is_new: bool,
         index: Vec<fhir_model::search::IndexValue>,
     ) -> Result<()> {
-        if let Some(change) = Change::of(w.resource_type, w.id) {
-            self.changes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(change);
-        }
-        match (is_new, w.content) {
-            (true, Some(content)) => {
-                lock(&self.created).push(w.project_id);
-                let full = {
-                    let mut pending = lock(&self.pending);
-                    pending.push(NewResource {
-                        project_id: w.project_id,
-                        resource_type: w.resource_type.to_string(),
-                        id: w.id,
-                        version_id: w.version_id,
-                        last_updated: w.last_updated,
-                        content: content.to_string(),
-                        index,
-                    });
-                    pending.len() >= MAX_PENDING_INSERTS
-                };
-                if full {
-                    self.send_pending().await?;
-                }
-                Ok(())
-            }
-            (true, None) => Err(Error::Internal(format!(
+        if is_new && w.content.is_none() {
+            return Err(Error::Internal(format!(
                 "{}/{} cannot be created deleted",
                 w.resource_type, w.id
-            ))),
-            (false, _) => {
-                let mut rows = index::IndexRows::default();
-                rows.add(w.project_id, w.resource_type, w.id, &index);
-                let version = NewVersion {
-                    project_id: w.project_id,
-                    resource_type: w.resource_type.to_string(),
-                    id: w.id,
-                    version_id: w.version_id,
-                    last_updated: w.last_updated,
-                    content: w.content.map(str::to_string),
-                    rows,
-                };
-                // What was held before goes first, in writing order.
-                self.send_pending().await?;
-                *lock(&self.held) = Some(version);
-                Ok(())
-            }
+            )));
         }
+        if let Some(change) = Change::of(w.resource_type, w.id) {
+            lock(&self.changes).push(change);
+        }
+        let replaces = lock(&self.read_unlocked)
+            .iter()
+            .find(|(resource_type, id, _)| resource_type == w.resource_type && *id == w.id)
+            .map(|(_, _, version_id)| *version_id);
+        let version = NewVersion {
+            project_id: w.project_id,
+            resource_type: w.resource_type.to_string(),
+            id: w.id,
+            version_id: w.version_id,
+            last_updated: w.last_updated,
+            content: w.content.map(str::to_string),
+            index,
+            replaces: replaces.filter(|_| !is_new),
+        };
+        if is_new {
+            lock(&self.created).push(w.project_id);
+            let full = {
+                let mut pending = lock(&self.pending);
+                pending.push(version);
+                pending.len() >= MAX_PENDING_VERSIONS
+            };
+            if full {
+                self.send_pending().await?;
+            }
+        } else {
+            // What was held before goes first, in writing order.
+            self.send_pending().await?;
+            *lock(&self.held) = Some(version);
+        }
+        Ok(())
     }
 
     /// Sets a secret (a hash) that belongs to a resource but never appears in it.
@@ -1366,48 +1516,44 @@ impl Tx {
 
     async fn commit_writes(mut self) -> Result<()> {
         let held = lock(&self.held).take();
-        if let Some(version) = held {
-            let commit = lock(&self.pending).is_empty();
-            self.send_version(&version, commit).await?;
-            if commit {
-                return self.finish(true);
-            }
-        }
         let pending = std::mem::take(&mut *lock(&self.pending));
         let begun = *self.begun.get_mut();
-        match (pending.is_empty(), begun) {
-            // Only creates: with others (group commit), in a task of its own
-            // so that a batch others wait on is written even if this
-            // request is dropped.
-            (false, false) => {
+        match (held, pending.is_empty(), begun) {
+            // Without a statement, nothing was begun.
+            (None, true, false) => self.finish(false),
+            (None, true, true) => {
+                self.send_commit().await?;
+                self.finish(true)
+            }
+            // Only creates, or only one new version, and no statement sent:
+            // with others (group commit), in a task of its own so that a
+            // batch others wait on is written even if this request is
+            // dropped.
+            (held, only_version, false) if held.is_none() || only_version => {
                 let group = self.group.clone();
                 // In the request's span, so that its log lines (and its
                 // statements, `fhirgate::sql`) name the request.
                 tokio::spawn(
                     async move {
-                        group.commit(&self, pending).await?;
+                        group.commit(&self, pending, held).await?;
                         self.finish(true)
                     }
                     .in_current_span(),
                 )
                 .await
-                .map_err(|e| Error::Internal(format!("committing new resources: {e}")))?
+                .map_err(|e| Error::Internal(format!("committing new versions: {e}")))?
             }
-            (false, true) => {
-                let resources: Vec<&NewResource> = pending.iter().collect();
-                self.send_new(&resources, true).await?;
+            (held, _, _) => {
+                // A version that may find its resource moved is applied
+                // before the `COMMIT` goes: else the transaction's other
+                // statements would commit without it.
+                let checked = held.as_ref().is_some_and(|v| v.replaces.is_some());
+                self.send_own(held, &pending, !checked).await?;
+                if checked {
+                    self.send_commit().await?;
+                }
                 self.finish(true)
             }
-            (true, true) => {
-                self.client()
-                    .await?
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(in_doubt)?;
-                self.finish(true)
-            }
-            // Without a statement, nothing was begun.
-            (true, false) => self.finish(false),
         }
     }
 
