@@ -157,12 +157,33 @@ fn names_a_project(sql: &str) -> bool {
                 .and_then(|(_, columns)| columns.split_once(')'))
                 .is_some_and(|(columns, _)| columns.split(", ").any(|c| c == "project_id"))
         });
-    // Reading a table (not the values being inserted) needs the equality.
-    let reads_a_table = flat
-        .split(" FROM ")
-        .skip(1)
-        .any(|rest| !rest.starts_with("UNNEST(") && !rest.starts_with("x"));
-    equality || (rows_carry_project && !reads_a_table)
+    // Rows of a table matched on `project_id` to the values given (`x`,
+    // their index rows `n`) or to the rows updated from them (`w`).
+    let matched_to_values = |clause: &str| {
+        [
+            "= x.project_id",
+            "= n.project_id",
+            "= w.project_id",
+            "JOIN w USING (project_id",
+        ]
+        .iter()
+        .any(|matched| clause.contains(matched))
+    };
+    let writes_values = flat.starts_with("WITH x AS (SELECT * FROM UNNEST(");
+    // Reading a table (not the values being written) needs the equality.
+    let reads_a_table = flat.split(" FROM ").skip(1).any(|rest| {
+        let cte = rest.split([' ', ')']).next();
+        // `IS NOT DISTINCT FROM n.code` names a column.
+        let column = cte.is_some_and(|name| name.contains('.'));
+        !column
+            && !rest.starts_with("UNNEST(")
+            && !(rest.starts_with("x") && !writes_values)
+            && !(writes_values
+                && (cte == Some("x") || cte == Some("w"))
+                && !rest.starts_with("x WHERE"))
+            && !(writes_values && matched_to_values(rest))
+    });
+    equality || ((rows_carry_project || writes_values) && !reads_a_table)
 }
 
 #[test]
@@ -181,6 +202,18 @@ fn the_check_tells_statements_apart() {
         "SELECT 1 FROM resource r JOIN x h ON h.project_id = r.project_id"
     ));
     assert!(!names_a_project("DELETE FROM login_lockout WHERE key = $1"));
+    let update = |matched: &str| {
+        format!(
+            "WITH x AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS x (project_id, id)), \
+             w AS (UPDATE resource r SET id = x.id FROM x WHERE {matched} RETURNING r.project_id, r.id), \
+             d0 AS (DELETE FROM idx_token o USING w WHERE o.project_id = w.project_id AND o.resource_id = w.id) \
+             SELECT id FROM w"
+        )
+    };
+    assert!(names_a_project(&update(
+        "r.project_id = x.project_id AND r.id = x.id"
+    )));
+    assert!(!names_a_project(&update("r.id = x.id")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
