@@ -172,16 +172,18 @@ fn names_a_project(sql: &str) -> bool {
     let writes_values = flat.starts_with("WITH x AS (SELECT * FROM UNNEST(");
     // Reading a table (not the values being written) needs the equality.
     let reads_a_table = flat.split(" FROM ").skip(1).any(|rest| {
-        let cte = rest.split([' ', ')']).next();
+        let name = rest.split([' ', ')']).next().unwrap_or_default();
+        let values = if writes_values {
+            // The values read whole (`FROM x)`, `FROM w`), or a table
+            // matched to them; `FROM x WHERE` is an UPDATE's own condition.
+            ((name == "x" || name == "w") && !rest.starts_with("x WHERE"))
+                || matched_to_values(rest)
+        } else {
+            rest.starts_with('x')
+        };
         // `IS NOT DISTINCT FROM n.code` names a column.
-        let column = cte.is_some_and(|name| name.contains('.'));
-        !column
-            && !rest.starts_with("UNNEST(")
-            && !(rest.starts_with("x") && !writes_values)
-            && !(writes_values
-                && (cte == Some("x") || cte == Some("w"))
-                && !rest.starts_with("x WHERE"))
-            && !(writes_values && matched_to_values(rest))
+        let column = name.contains('.');
+        !(column || values || rest.starts_with("UNNEST("))
     });
     equality || ((rows_carry_project || writes_values) && !reads_a_table)
 }
