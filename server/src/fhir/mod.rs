@@ -318,7 +318,10 @@ pub async fn atomically<T>(
 
 /// Runs `work`, one write of a resource it reads, like [`atomically`] but
 /// first without locking what it reads (`Store::begin_unlocked`): when it
-/// sends no other statement it commits with others (group commit). If
+/// sends no other statement it commits with others (group commit). A
+/// policy with a row filter checks the row in SQL (`Tx::passes`), so such a
+/// write commits alone, its version still applied only if current; the
+/// checks read the row as it is, and a row that moved fails the write. If
 /// another write replaced the version it read, it runs again, holding the
 /// row's lock this time, so that writers of one busy resource queue instead
 /// of retrying.
@@ -453,8 +456,10 @@ async fn check_written(
     Ok(())
 }
 
-/// The current version for a write, locked; `None` when there is none the
-/// caller may read (so a write outside the policy is a 404, like a miss).
+/// The current version for a write, locked (or, in a transaction from
+/// `Store::begin_unlocked`, read without a lock and written only if still
+/// current); `None` when there is none the caller may read (so a write
+/// outside the policy is a 404, like a miss).
 async fn lock_readable(
     tx: &Tx,
     caller: &Caller,
