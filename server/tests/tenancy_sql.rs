@@ -115,15 +115,19 @@ const MAINTENANCE: &[(&str, &str)] = &[
     ),
     (
         "SELECT pg_notify($1, $2)",
-        "waking the delivery workers: no table",
+        "waking the delivery dispatchers: no table",
     ),
     (
         "DELETE FROM subscription_lease",
         "giving back (or expiring) a queue's lease by its subscription: a reference table, as the queue is",
     ),
     (
-        "WITH head AS (",
-        "claiming the head of a delivery queue (FOR UPDATE SKIP LOCKED): a reference table",
+        "WITH RECURSIVE queue AS (",
+        "claiming the due heads of delivery queues (FOR UPDATE SKIP LOCKED): a reference table",
+    ),
+    (
+        "UPDATE subscription_lease SET until",
+        "renewing a queue's lease by its subscription: a reference table, as the queue is",
     ),
     (
         "UPDATE subscription_delivery SET attempts = attempts +",

@@ -464,6 +464,58 @@ async fn two_instances_deliver_each_notification_once_in_order() {
     drop(second);
 }
 
+/// 120 notifications queued at once take three batches of one lease (renewed
+/// between them): each goes out once, in the queue's order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_longer_than_a_batch_goes_out_once_in_order() {
+    let app = app().await;
+    let project = app.project("subscriptions-long-queue").await;
+    let admin = &project.admin;
+    let receiver = Receiver::start().await;
+    let subscription = admin
+        .create(rest_hook("Patient", &receiver, json!([])))
+        .await;
+    let entries: Vec<Value> = (0..120)
+        .map(|n| {
+            json!({"resource": {"resourceType": "Patient", "name": [{"family": format!("P{n}")}]},
+                   "request": {"method": "POST", "url": "Patient"}})
+        })
+        .collect();
+    let (status, _) = status_json(
+        admin
+            .post(
+                "",
+                &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    receiver.wait_for(120, WITHIN).await;
+    let delivered: Vec<String> = receiver
+        .settle(QUIET)
+        .await
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    let subscription_id: uuid::Uuid = id(&subscription).parse().unwrap();
+    let queued: Vec<String> = app
+        .db()
+        .await
+        .query(
+            "SELECT resource_id::text FROM subscription_delivery WHERE subscription_id = $1
+             AND outcome = 'delivered' ORDER BY seq",
+            &[&subscription_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(queued.len(), 120, "every notification recorded delivered");
+    assert_eq!(delivered, queued, "each once, in the queue's order");
+}
+
 /// A member whose policy lets it read only final Observations, without
 /// their value.
 async fn restricted_member(app: &TestApp, project: &fhirgate_tests::TestProject) -> Session {

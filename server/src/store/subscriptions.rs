@@ -1,7 +1,7 @@
 //! SQL of subscriptions: the events the triggers of
 //! `migrations/0025_subscriptions.sql` record in the writing transaction,
 //! their fan-out into one delivery per matching subscription, and the
-//! delivery queues the workers of every instance share.
+//! delivery queues the instances share.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -70,14 +70,13 @@ pub struct Delivery {
     pub attempts: i32,
 }
 
-/// What a claim on a queue found.
-pub enum Claim {
-    /// No queue is waiting.
-    Nothing,
-    /// Another worker leased the queue first; others may be waiting.
-    Taken,
-    /// The queue's first notifications, in order, leased to the caller.
-    Leased(Vec<Delivery>),
+/// A subscription's queue leased to the caller by [`Tx::claim_queues`].
+#[derive(Debug, Clone, Copy)]
+pub struct Leased {
+    pub subscription_id: Uuid,
+    pub project_id: Uuid,
+    /// Which claim took it: only its holder renews or gives it back.
+    pub holder: Uuid,
 }
 
 /// A delivery that did not succeed.
@@ -296,7 +295,7 @@ impl Tx {
         Ok(())
     }
 
-    /// Wakes the delivery workers of every instance at this transaction's
+    /// Wakes the delivery dispatchers of every instance at this transaction's
     /// commit.
     pub async fn announce_deliveries(&self) -> Result<()> {
         self.run("SELECT pg_notify($1, $2)", &[&CHANNEL, &DELIVERIES])
@@ -313,37 +312,45 @@ impl Tx {
         Ok(())
     }
 
-    /// Claims the queue of the subscription whose head is the oldest due
-    /// notification (none older pending) with no live lease: a lease row,
-    /// `holder`'s for `lease`, taken in this one statement, so no worker of
-    /// any instance takes that queue until it is given back
-    /// ([`Tx::release_lease`]) or expires. The head's row lock (`SKIP
-    /// LOCKED`) keeps concurrent claims off each other's heads, and the
-    /// upsert refuses a lease another claim took since this statement's
+    /// Leases up to `limit` queues whose head (oldest pending notification)
+    /// is due and whose subscription no one holds: a lease row each,
+    /// `holder`'s for `lease`, taken in this one statement, so no one of any
+    /// instance takes those queues until they are given back
+    /// ([`Tx::release_lease`]) or expire. The heads are found by a skip scan
+    /// of the pending index, one probe per subscription with pending
+    /// notifications, not a walk of every pending row. The heads' row locks
+    /// (`SKIP LOCKED`) keep concurrent claims off each other's heads, and
+    /// the upsert refuses a lease another claim took since this statement's
     /// snapshot. rest-hooks any instance delivers; websocket notifications
     /// only an instance where a client is bound to the subscription
-    /// (`sockets`). Returns up to `limit` of the queue's notifications, in
-    /// order.
-    pub async fn claim_deliveries(
+    /// (`sockets`). Oldest heads first.
+    pub async fn claim_queues(
         &self,
         limit: i64,
         sockets: &[Uuid],
         holder: Uuid,
         lease: Duration,
-    ) -> Result<Claim> {
+    ) -> Result<Vec<Leased>> {
         let rows = self
             .run(
-                "WITH head AS (
-                    SELECT d.subscription_id FROM subscription_delivery d
+                "WITH RECURSIVE queue AS (
+                    (SELECT d.subscription_id, d.seq FROM subscription_delivery d
+                     WHERE d.finished_at IS NULL ORDER BY d.subscription_id, d.seq LIMIT 1)
+                    UNION ALL
+                    SELECT n.subscription_id, n.seq FROM queue q, LATERAL (
+                        SELECT d.subscription_id, d.seq FROM subscription_delivery d
+                        WHERE d.finished_at IS NULL AND d.subscription_id > q.subscription_id
+                        ORDER BY d.subscription_id, d.seq LIMIT 1
+                    ) n
+                 ), head AS (
+                    SELECT d.subscription_id, d.project_id FROM queue q
+                    JOIN subscription_delivery d ON d.seq = q.seq
                     WHERE d.finished_at IS NULL AND d.next_attempt_at <= now()
                       AND (d.channel = 'rest-hook' OR d.subscription_id = ANY($2))
-                      AND NOT EXISTS (SELECT 1 FROM subscription_delivery e
-                                      WHERE e.subscription_id = d.subscription_id
-                                        AND e.finished_at IS NULL AND e.seq < d.seq)
                       AND NOT EXISTS (SELECT 1 FROM subscription_lease l
                                       WHERE l.subscription_id = d.subscription_id
                                         AND l.until > now())
-                    ORDER BY d.seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                    ORDER BY d.seq LIMIT $1 FOR UPDATE OF d SKIP LOCKED
                  ), leased AS (
                     INSERT INTO subscription_lease (subscription_id, holder, until)
                     SELECT subscription_id, $3, clock_timestamp() + make_interval(secs => $4)
@@ -353,46 +360,66 @@ impl Tx {
                         WHERE subscription_lease.until <= clock_timestamp()
                     RETURNING subscription_id
                  )
-                 SELECT d.seq, d.subscription_id, d.project_id, d.resource_type, d.resource_id,
-                        d.version_id, d.interaction, d.recorded_at, d.attempts
-                 FROM head LEFT JOIN leased ON true
-                 LEFT JOIN LATERAL (
-                    SELECT * FROM subscription_delivery q
-                    WHERE q.subscription_id = leased.subscription_id AND q.finished_at IS NULL
-                    ORDER BY q.seq LIMIT $1
-                 ) d ON true
-                 ORDER BY d.seq",
+                 SELECT head.subscription_id, head.project_id FROM head JOIN leased USING (subscription_id)",
                 &[&limit, &sockets, &holder, &lease.as_secs_f64()],
             )
             .await?;
-        if rows.is_empty() {
-            return Ok(Claim::Nothing);
-        }
-        if rows[0].get::<_, Option<i64>>(0).is_none() {
-            return Ok(Claim::Taken);
-        }
-        Ok(Claim::Leased(
-            rows.iter()
-                .map(|row| Delivery {
-                    seq: row.get(0),
-                    subscription_id: row.get(1),
-                    project_id: row.get(2),
-                    resource_type: row.get(3),
-                    resource_id: row.get(4),
-                    version_id: row.get(5),
-                    interaction: row.get(6),
-                    recorded_at: row.get(7),
-                    attempts: row.get(8),
-                })
-                .collect(),
-        ))
+        Ok(rows
+            .iter()
+            .map(|row| Leased {
+                subscription_id: row.get(0),
+                project_id: row.get(1),
+                holder,
+            })
+            .collect())
     }
 
-    /// Gives a subscription's queue back (if the lease is still `holder`'s).
-    pub async fn release_lease(&self, subscription_id: Uuid, holder: Uuid) -> Result<()> {
+    /// Up to `limit` of a leased queue's first notifications, in order.
+    pub async fn queue_batch(&self, queue: &Leased, limit: i64) -> Result<Vec<Delivery>> {
+        let rows = self
+            .run(
+                "SELECT seq, subscription_id, project_id, resource_type, resource_id, version_id,
+                        interaction, recorded_at, attempts
+                 FROM subscription_delivery
+                 WHERE project_id = $1 AND subscription_id = $2 AND finished_at IS NULL
+                 ORDER BY seq LIMIT $3",
+                &[&queue.project_id, &queue.subscription_id, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Delivery {
+                seq: row.get(0),
+                subscription_id: row.get(1),
+                project_id: row.get(2),
+                resource_type: row.get(3),
+                resource_id: row.get(4),
+                version_id: row.get(5),
+                interaction: row.get(6),
+                recorded_at: row.get(7),
+                attempts: row.get(8),
+            })
+            .collect())
+    }
+
+    /// Extends a lease by `lease` from now; false if it is no longer
+    /// `queue.holder`'s (it expired and another claim took it).
+    pub async fn renew_lease(&self, queue: &Leased, lease: Duration) -> Result<bool> {
+        let renewed = self
+            .run(
+                "UPDATE subscription_lease SET until = clock_timestamp() + make_interval(secs => $3)
+                 WHERE subscription_id = $1 AND holder = $2 RETURNING 1",
+                &[&queue.subscription_id, &queue.holder, &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(!renewed.is_empty())
+    }
+
+    /// Gives a subscription's queue back (if the lease is still its holder's).
+    pub async fn release_lease(&self, queue: &Leased) -> Result<()> {
         self.run(
             "DELETE FROM subscription_lease WHERE subscription_id = $1 AND holder = $2",
-            &[&subscription_id, &holder],
+            &[&queue.subscription_id, &queue.holder],
         )
         .await?;
         Ok(())
@@ -503,7 +530,7 @@ impl Store {
                 &[&age.as_secs_f64()],
             )
             .await?;
-        // Leases of workers that died, on subscriptions no one claims again.
+        // Leases of tasks that died, on subscriptions no one claims again.
         let expired = client
             .execute(
                 "DELETE FROM subscription_lease WHERE until < now() - make_interval(secs => $1)",
@@ -535,7 +562,7 @@ const DELIVERIES: &str = "deliveries";
 /// Listens on [`CHANNEL`] and bumps `events` at each event the triggers
 /// announce and `deliveries` at each batch the fan-out queued (both once
 /// listening, for what was recorded before), until they are gone;
-/// reconnects after a second when the connection fails (the workers poll
+/// reconnects after a second when the connection fails (the dispatchers poll
 /// meanwhile).
 pub fn spawn_listener(
     config: tokio_postgres::Config,
@@ -568,7 +595,7 @@ pub fn spawn_listener(
             if events.strong_count() == 0 {
                 return;
             }
-            tracing::warn!(%reason, "not hearing subscription events; workers poll until the listener reconnects");
+            tracing::warn!(%reason, "not hearing subscription events; polling until the listener reconnects");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

@@ -5,13 +5,14 @@
 //! 2. The fan-out (one instance at a time) matches each event against the
 //!    project's active Subscriptions with the search engine's SQL, and the
 //!    FHIRPath condition, and queues one delivery per match.
-//! 3. Delivery workers on every instance take the head of a subscription's
-//!    queue with `FOR UPDATE SKIP LOCKED`, check the author's access as it is
-//!    now, and POST it (rest-hook) or send it to bound clients (websocket),
-//!    recording each attempt as an AuditEvent; failures retry with
-//!    exponential backoff.
+//! 3. A dispatcher on every instance leases the queues whose heads are due
+//!    (`FOR UPDATE SKIP LOCKED`) and starts a task per leased queue, which
+//!    delivers it batch after batch while it holds the lease: it checks the
+//!    author's access (loaded again at most a second old), POSTs (rest-hook)
+//!    or sends to bound clients (websocket) in order, and records each
+//!    attempt as an AuditEvent; failures retry with exponential backoff.
 //!
-//! `NOTIFY` wakes the workers at each commit; they also poll every second.
+//! The fan-out's `NOTIFY` wakes the dispatchers; they also poll every second.
 
 pub mod resthook;
 pub mod spec;
@@ -27,7 +28,7 @@ use access_policy::{CompiledPolicy, Interaction, RowFilter};
 use chrono::Utc;
 use fhir_model::search::{Filter, Registry};
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::{
@@ -35,35 +36,39 @@ use crate::{
     error::{Error, Result},
     fhir::{self, resource::Stamp},
     store::{
-        subscriptions::{Attempted, Claim, Delivery, Event, NewDelivery, VersionKey},
+        subscriptions::{Attempted, Delivery, Event, Leased, NewDelivery, VersionKey},
         Tenant, Tx,
     },
 };
 use spec::{Channel, Spec};
 
-/// Delivery workers per instance: each delivers one subscription's queue at
-/// a time, so this many subscriptions are served at once. They hold a
-/// database connection only to claim a queue and to record what they sent,
-/// never while they send. More is not better: every pass of the fan-out
-/// wakes them all, and each idle one then runs the claim query for nothing
-/// (16 workers cut creates with one subscription from 1,339/s to 616/s,
-/// `bench/RESULTS.md`).
-const DELIVERY_WORKERS: usize = 4;
-/// How often workers look for work when no notification woke them.
+/// Subscriptions an instance delivers to at once: one task each, started by
+/// the dispatcher for a leased queue. A task holds a database connection
+/// only to read a batch and to record what it sent, never while it sends;
+/// idle, it does not exist (only the dispatcher claims).
+const DELIVERY_TASKS: usize = 64;
+/// How often the fan-out and the dispatcher look for work when nothing
+/// woke them.
 const POLL: Duration = Duration::from_secs(1);
-/// Notifications of one subscription one worker takes at once.
+/// Notifications of one subscription a task reads, sends and records at once.
 const DELIVERY_BATCH: i64 = 50;
+/// How long a task delivers by the subscription and its author's access as
+/// it loaded them before loading them again (and a new lease always loads
+/// them): a revoked membership or a changed subscription stops delivery
+/// within this, plus the batch being sent.
+const CURRENT_FOR: Duration = Duration::from_secs(1);
 /// How long the fan-out waits after a write woke it, so that one pass
 /// matches the writes of a few milliseconds rather than one each.
 const FANOUT_GATHER: Duration = Duration::from_millis(20);
 /// Events one fan-out transaction matches.
 const FANOUT_BATCH: i64 = 500;
-/// How long a worker's claim on a queue lasts (a worker that dies leaves it
-/// to expire; then another worker takes the queue over).
+/// How long a lease on a queue lasts from its claim or renewal (a task that
+/// dies leaves it to expire; then any instance's dispatcher claims the queue
+/// again).
 const LEASE: Duration = Duration::from_secs(20);
-/// No POST starts later than this after the claim, so that every POST ends
-/// (its timeout) before the lease can expire and another worker could send
-/// the same notification.
+/// No POST starts later than this after the claim or renewal, so that every
+/// POST ends (its timeout) before the lease can expire and another instance
+/// could send the same notification.
 const LAST_SEND: Duration = LEASE
     .saturating_sub(resthook::TIMEOUT)
     .saturating_sub(Duration::from_secs(2));
@@ -85,9 +90,11 @@ pub struct Hub {
     /// listener (re)connects.
     events: Arc<watch::Sender<u64>>,
     /// Bumped when deliveries may be waiting (the fan-out queued some, a
-    /// client bound a websocket), so the delivery workers do not wake at
-    /// every write.
+    /// client bound a websocket, a delivery task ended), so the dispatcher
+    /// does not wake at every write.
     deliveries: Arc<watch::Sender<u64>>,
+    /// The delivery tasks that may still start ([`DELIVERY_TASKS`]).
+    tasks: Arc<Semaphore>,
     http: reqwest::Client,
     allow_private: bool,
     pub sockets: websocket::Sockets,
@@ -98,6 +105,7 @@ impl Hub {
         Ok(Hub {
             events,
             deliveries: Arc::new(watch::Sender::new(0)),
+            tasks: Arc::new(Semaphore::new(DELIVERY_TASKS)),
             http: resthook::client(allow_private)
                 .map_err(|e| Error::Startup(format!("subscription HTTP client: {e}")))?,
             allow_private,
@@ -108,17 +116,18 @@ impl Hub {
     fn woken(&self, work: Work) -> watch::Receiver<u64> {
         match work {
             Work::FanOut => self.events.subscribe(),
-            Work::Delivery => self.deliveries.subscribe(),
+            Work::Dispatch => self.deliveries.subscribe(),
         }
     }
 
-    /// Wakes this instance's delivery workers (a client bound a websocket).
+    /// Wakes this instance's dispatcher (a client bound a websocket, a
+    /// delivery task ended).
     pub fn wake(&self) {
         self.deliveries.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
-/// Starts the listener, the fan-out and the delivery workers; they stop
+/// Starts the listener, the fan-out and the delivery dispatcher; they stop
 /// when the state is dropped.
 pub fn spawn(state: &Arc<AppState>, pg: tokio_postgres::Config) {
     crate::store::subscriptions::spawn_listener(
@@ -127,15 +136,13 @@ pub fn spawn(state: &Arc<AppState>, pg: tokio_postgres::Config) {
         Arc::downgrade(&state.subscriptions.deliveries),
     );
     spawn_worker(Arc::downgrade(state), Work::FanOut);
-    for _ in 0..DELIVERY_WORKERS {
-        spawn_worker(Arc::downgrade(state), Work::Delivery);
-    }
+    spawn_worker(Arc::downgrade(state), Work::Dispatch);
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Work {
     FanOut,
-    Delivery,
+    Dispatch,
 }
 
 /// Does `work` while it says more may be waiting, then waits for a wake-up
@@ -156,8 +163,8 @@ fn spawn_worker(state: Weak<AppState>, work: Work) {
                         .instrument(crate::job_span("subscription-fanout"))
                         .await
                 }
-                Work::Delivery => {
-                    deliver(&current)
+                Work::Dispatch => {
+                    dispatch(&current)
                         .instrument(crate::job_span("subscription-delivery"))
                         .await
                 }
@@ -392,7 +399,7 @@ fn is_delivery_audit(resource: &Value) -> bool {
         })
 }
 
-/// A subscription as a delivery worker sees it now.
+/// A subscription as a delivery task sees it now.
 struct Current {
     spec: Spec,
     /// `meta.author`: whose access the notifications are filtered by.
@@ -409,31 +416,129 @@ enum Attempt {
     Sent(std::result::Result<u16, String>),
 }
 
-/// Delivers the head of one subscription's queue and what follows it, in
-/// order, stopping at the first failure; true if it found work (or another
-/// worker took a queue first). Three short steps, so that no connection is
-/// held while the notifications go out: claim the queue (a lease) and read
-/// the versions; send; record every attempt and give the queue back, in
-/// one transaction.
-async fn deliver(state: &AppState) -> Result<bool> {
-    let claimed_at = Instant::now();
-    let holder = Uuid::new_v4();
+/// Leases the queues whose heads are due, as many as tasks may still start,
+/// and starts a task for each; true if it got all it asked for (more may
+/// be waiting). With every task busy it claims nothing: the next task to
+/// end wakes it.
+async fn dispatch(state: &Arc<AppState>) -> Result<bool> {
+    let hub = &state.subscriptions;
+    let free = hub.tasks.available_permits();
+    if free == 0 {
+        return Ok(false);
+    }
+    let leased_at = Instant::now();
     let tx = state.store.begin().await?;
-    let claim = tx
-        .claim_deliveries(
-            DELIVERY_BATCH,
-            &state.subscriptions.sockets.bound(),
-            holder,
-            LEASE,
-        )
+    let queues = tx
+        .claim_queues(free as i64, &hub.sockets.bound(), Uuid::new_v4(), LEASE)
         .await?;
-    let batch = match claim {
-        Claim::Nothing | Claim::Taken => {
-            tx.rollback().await?;
-            return Ok(matches!(claim, Claim::Taken));
-        }
-        Claim::Leased(batch) => batch,
+    tx.commit().await?;
+    for queue in &queues {
+        // Only this dispatcher takes permits, and `free` were there.
+        let permit = hub
+            .tasks
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Internal(format!("delivery tasks: {e}")))?;
+        tokio::spawn(
+            serve(Arc::downgrade(state), *queue, leased_at, permit)
+                .instrument(crate::job_span("subscription-delivery")),
+        );
+    }
+    Ok(queues.len() == free)
+}
+
+/// One leased queue's task: delivers it, gives the lease back on error,
+/// and wakes the dispatcher, since what was queued while the task gave the
+/// lease back is waiting for a claim.
+async fn serve(
+    state: Weak<AppState>,
+    queue: Leased,
+    leased_at: Instant,
+    permit: OwnedSemaphorePermit,
+) {
+    let served = deliver_queue(&state, &queue, leased_at).await;
+    drop(permit);
+    let Some(state) = state.upgrade() else {
+        return;
     };
+    if let Err(e) = served {
+        tracing::warn!(error = %e, subscription = %queue.subscription_id, "subscription delivery failed; giving the queue back");
+        let released = async {
+            let tx = state.store.begin().await?;
+            tx.release_lease(&queue).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "giving a subscription queue back failed; its lease expires");
+        }
+    }
+    state.subscriptions.wake();
+}
+
+/// Delivers a leased queue in order, batch after batch, while it holds the
+/// lease, and gives the lease back when the queue is empty or cannot go on
+/// now (a failure waits for its retry, a websocket client went away). Per
+/// batch, two short transactions around the sending, never one open while
+/// it sends: read the batch and its versions; record every attempt, renew
+/// the lease and read the next batch (or give the lease back).
+async fn deliver_queue(state: &Weak<AppState>, queue: &Leased, leased_at: Instant) -> Result<()> {
+    let mut leased_at = leased_at;
+    let mut cached: Option<(Instant, Current)> = None;
+    let Some(first) = state.upgrade() else {
+        return Ok(());
+    };
+    let mut tx = first.store.begin().await?;
+    drop(first);
+    loop {
+        let (batch, contents) = read_batch(&tx, queue).await?;
+        if batch.is_empty() {
+            tx.release_lease(queue).await?;
+            return tx.commit().await;
+        }
+        tx.commit().await?;
+        // Gone: the instance stops, and the lease expires.
+        let Some(state) = state.upgrade() else {
+            return Ok(());
+        };
+        let fresh = match cached.take() {
+            Some((loaded, current)) if loaded.elapsed() < CURRENT_FOR => (loaded, current),
+            _ => {
+                let loaded = Instant::now();
+                match load_current(&state, queue.project_id, queue.subscription_id).await? {
+                    Ok(current) => (loaded, current),
+                    Err(reason) => {
+                        let tx = state.store.begin().await?;
+                        tx.drop_pending(queue.subscription_id, &reason).await?;
+                        tx.release_lease(queue).await?;
+                        return tx.commit().await;
+                    }
+                }
+            }
+        };
+        let current = &cached.insert(fresh).1;
+        let attempts = send_in_order(&state, current, &batch, &contents, leased_at).await?;
+        tx = state.store.begin().await?;
+        record_attempts(&state, &tx, current, &batch, &attempts).await?;
+        let go_on = attempts.len() == batch.len()
+            && !matches!(attempts.last(), Some(Attempt::Sent(Err(_))));
+        if !go_on {
+            tx.release_lease(queue).await?;
+            return tx.commit().await;
+        }
+        let renewing = Instant::now();
+        if !tx.renew_lease(queue, LEASE).await? {
+            // It expired and another claim took the queue.
+            return tx.commit().await;
+        }
+        leased_at = renewing;
+    }
+}
+
+/// The head of a leased queue and the contents of its versions.
+async fn read_batch(tx: &Tx, queue: &Leased) -> Result<(Vec<Delivery>, HashMap<Uuid, String>)> {
+    let batch = tx.queue_batch(queue, DELIVERY_BATCH).await?;
     let versions: Vec<VersionKey> = batch
         .iter()
         .map(|d| VersionKey {
@@ -444,22 +549,22 @@ async fn deliver(state: &AppState) -> Result<bool> {
         })
         .collect();
     let contents = tx.version_contents(&versions).await?;
-    tx.commit().await?;
-    let (subscription_id, project_id) = (batch[0].subscription_id, batch[0].project_id);
-    let current = match load_current(state, project_id, subscription_id).await? {
-        Ok(current) => current,
-        Err(reason) => {
-            let tx = state.store.begin().await?;
-            tx.drop_pending(subscription_id, &reason).await?;
-            tx.release_lease(subscription_id, holder).await?;
-            tx.commit().await?;
-            return Ok(true);
-        }
-    };
-    let attempts = send_in_order(state, &current, &batch, &contents, claimed_at).await?;
-    let tx = state.store.begin().await?;
+    Ok((batch, contents))
+}
+
+/// Records a batch's attempts (`attempts` are those of its first
+/// notifications): AuditEvents of rest-hook attempts, delivered rows,
+/// retries, and a subscription's stop when a notification used up its
+/// attempts.
+async fn record_attempts(
+    state: &AppState,
+    tx: &Tx,
+    current: &Current,
+    batch: &[Delivery],
+    attempts: &[Attempt],
+) -> Result<()> {
     let mut delivered = Vec::new();
-    for (delivery, attempt) in batch.iter().zip(&attempts) {
+    for (delivery, attempt) in batch.iter().zip(attempts) {
         let result = match attempt {
             Attempt::Unreadable => {
                 let reason = "the subscription's author may not read this resource";
@@ -471,7 +576,7 @@ async fn deliver(state: &AppState) -> Result<bool> {
         };
         if matches!(current.spec.channel, Channel::RestHook { .. }) {
             // Held back and written with the batch's others in one statement.
-            record_audit(state, &tx, delivery, &current.author, result).await?;
+            record_audit(state, tx, delivery, &current.author, result).await?;
         }
         match result {
             Ok(_) => delivered.push(delivery.seq),
@@ -484,7 +589,7 @@ async fn deliver(state: &AppState) -> Result<bool> {
                 );
                 tx.record_attempt(delivery.seq, &Attempted::Finished("failed", error.clone()))
                     .await?;
-                stop_with_error(state, &tx, delivery, &current.author, &reason).await?;
+                stop_with_error(state, tx, delivery, &current.author, &reason).await?;
             }
             Err(error) => {
                 let delay = RETRY_BASE
@@ -495,25 +600,22 @@ async fn deliver(state: &AppState) -> Result<bool> {
             }
         }
     }
-    tx.record_delivered(&delivered).await?;
-    tx.release_lease(subscription_id, holder).await?;
-    tx.commit().await?;
-    Ok(true)
+    tx.record_delivered(&delivered).await
 }
 
-/// Sends a claimed batch in order, up to the first failure (or until the
-/// lease taken at `claimed_at` nears its end): one attempt per
+/// Sends a batch in order, up to the first failure (or until the lease
+/// taken or renewed at `leased_at` nears its end): one attempt per
 /// notification it got to, in the batch's order.
 async fn send_in_order(
     state: &AppState,
     current: &Current,
     batch: &[Delivery],
     contents: &HashMap<Uuid, String>,
-    claimed_at: Instant,
+    leased_at: Instant,
 ) -> Result<Vec<Attempt>> {
     let mut attempts = Vec::new();
     for delivery in batch {
-        if claimed_at.elapsed() > LAST_SEND {
+        if leased_at.elapsed() > LAST_SEND {
             break;
         }
         let Some(body) = readable_content(state, &current.policy, delivery, contents).await? else {
