@@ -159,6 +159,21 @@ impl TestApp {
         connect(&format!("{}/{}", postgres_server(), self.database)).await
     }
 
+    /// How many superseded versions of the resource `id` are stored in history.
+    pub async fn history_rows(&self, id: &str) -> usize {
+        let count: i64 = self
+            .db()
+            .await
+            .query_one(
+                "SELECT count(*) FROM resource_history WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        count as usize
+    }
+
     /// Client credentials with `client_secret_post`; panics unless it works.
     pub async fn session(&self, credentials: &Credentials) -> Session {
         self.sign_in(credentials, &[]).await

@@ -245,16 +245,7 @@ async fn history_pages_across_current_and_superseded_versions() {
     }
 
     // Stored: one current row, and one history row per superseded version.
-    let db = app.db().await;
-    let superseded: i64 = db
-        .query_one(
-            "SELECT count(*) FROM resource_history WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(superseded, versions.len() as i64 - 1);
+    assert_eq!(app.history_rows(&id).await, versions.len() - 1);
 
     // The type and system levels list the same versions.
     let (ids, _) = walk(&user, "Patient/_history?_count=2").await;

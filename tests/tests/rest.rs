@@ -509,17 +509,8 @@ async fn racing_updates_of_one_resource_each_keep_their_version() {
         .map(|e| e["resource"]["meta"]["lastUpdated"].as_str().unwrap())
         .collect();
     assert!(stamps.windows(2).all(|w| w[0] >= w[1]), "{stamps:?}");
-    let db = app.db().await;
-    let superseded: i64 = db
-        .query_one(
-            "SELECT count(*) FROM resource_history WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        superseded as usize,
+        app.history_rows(&id).await,
         written.len(),
         "one history row per version replaced"
     );
