@@ -510,3 +510,37 @@ async fn the_authorize_page_enrols_a_member_of_a_project_that_requires_it() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["entry"].as_array().map_or(0, Vec::len), 1, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_user_forgets_its_second_factor() {
+    let app = TestApp::spawn().await;
+    let Clinic {
+        project,
+        user,
+        client_id,
+    } = app.clinic().await;
+    let token = user_session(&app, &user, &client_id).await;
+    enrol(&app, &token).await;
+    let user_id = user.id.parse::<uuid::Uuid>().unwrap();
+    let db = app.db().await;
+    let stored = async || -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM user_mfa WHERE user_id = $1",
+            &[&user_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(stored().await, 1);
+
+    // A server-wide user (not the project's own): a super admin deletes it;
+    // the project's admin does not even see it.
+    let user_ref = format!("User/{}", user.id);
+    assert_eq!(project.admin.delete(&user_ref).await.status(), 404);
+    assert_eq!(stored().await, 1);
+    let response = app.super_admin().await.delete(&user_ref).await;
+    assert_eq!(response.status(), 200);
+    // The key goes with the user, in the deletion's transaction.
+    assert_eq!(stored().await, 0);
+}

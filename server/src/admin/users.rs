@@ -127,8 +127,9 @@ pub async fn revoke_logins(
     Ok(())
 }
 
-/// After a User is deleted: its memberships go, its logins are revoked, and
-/// each project it was in records the deletion.
+/// After a User is deleted: its memberships go, its logins are revoked, its
+/// second factor is forgotten, and each project it was in records the
+/// deletion.
 pub async fn after_user_deleted(
     state: &AppState,
     tx: &Tx,
@@ -144,6 +145,7 @@ pub async fn after_user_deleted(
     )
     .await?;
     revoke_logins(state, tx, &user_ref, Sessions::All).await?;
+    tx.remove_mfa(user.id).await?;
     let mut projects = vec![caller.project_id];
     for found in memberships {
         // Locked, as every write of an existing resource is.

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::{Executor, Query, Store};
+use super::{Executor, Query, Store, Tx};
 use crate::error::Result;
 
 /// A user's second factor as stored.
@@ -98,9 +98,21 @@ impl Store {
 
     /// Forgets a user's second factor; the next enrolment gets a new key.
     pub async fn remove_mfa(&self, user_id: Uuid) -> Result<()> {
-        let mut q = Query::new("DELETE FROM user_mfa WHERE user_id = ");
-        q.bind(user_id);
-        self.query(&q).await?;
-        Ok(())
+        remove(self, user_id).await
     }
+}
+
+impl Tx {
+    /// Forgets a deleted user's second factor with the deletion, so its key
+    /// does not outlive the user.
+    pub async fn remove_mfa(&self, user_id: Uuid) -> Result<()> {
+        remove(self, user_id).await
+    }
+}
+
+async fn remove(executor: &impl Executor, user_id: Uuid) -> Result<()> {
+    let mut q = Query::new("DELETE FROM user_mfa WHERE user_id = ");
+    q.bind(user_id);
+    executor.query(&q).await?;
+    Ok(())
 }
